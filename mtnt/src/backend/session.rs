@@ -1,0 +1,84 @@
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::{AppliedMigration, Engine, Migration, MigrationStatus, Result, Tenancy, Tenant, TenantName, TenantRecord};
+
+/// What a session or a migration works on: the shared control schema, or one tenant.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// The control schema (or control database) that public migrations change.
+    Public,
+    /// One tenant.
+    Tenant(&'a Tenant),
+}
+
+impl fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Public => f.write_str("the public schema"),
+            Target::Tenant(t) => write!(f, "tenant {}", t.name),
+        }
+    }
+}
+
+/// Up or down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Apply.
+    Up,
+    /// Revert.
+    Down,
+}
+
+/// The engine-specific half of mtnt: bookkeeping tables, tenants and sessions.
+///
+/// The planner, executor, reports and CLI are written once against this trait;
+/// a store mtnt does not ship can be supported by implementing it (and [`Session`])
+/// outside the crate and handing it to [`Migrator::builder`](crate::Migrator::builder).
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The engine.
+    fn engine(&self) -> Engine;
+
+    /// How tenants are isolated.
+    fn tenancy(&self) -> Tenancy;
+
+    /// Creates mtnt's control tables (tenant registry, public tracking table) if missing.
+    async fn prepare(&self) -> Result<()>;
+
+    /// Registered tenants ordered by name, after `after`, at most `limit`.
+    async fn tenant_page(&self, after: Option<&TenantName>, limit: usize) -> Result<Vec<TenantRecord>>;
+
+    /// The registry rows of the named tenants; names that are not registered are left out.
+    async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>>;
+
+    /// Opens a session that runs the migrations of one target on one connection.
+    async fn session<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Session + 'a>>;
+
+    /// Registers a tenant, creates its schema (database, file) and applies `migrations`,
+    /// all or nothing: on failure nothing of the tenant is left.
+    async fn create_tenant(&self, tenant: &Tenant, migrations: &[&'static Migration]) -> Result<()>;
+
+    /// Registers existing schemas (databases, files) whose names match the SQL `LIKE`
+    /// pattern and are not yet registered; returns the tenants it registered.
+    async fn adopt(&self, like: &str) -> Result<Vec<Tenant>>;
+}
+
+/// One connection working on one target.
+#[async_trait]
+pub trait Session: Send {
+    /// The rows of the target's tracking table, by order (creating the table if missing).
+    async fn applied(&mut self) -> Result<Vec<AppliedMigration>>;
+
+    /// Runs one migration's up or down function and records it, atomically where the
+    /// engine allows: on error the target is left at the previous migration and the
+    /// tracking row says `failed` with the error.
+    async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()>;
+
+    /// Overwrites the recorded checksum of an applied migration (`repair --checksums`).
+    async fn set_checksum(&mut self, order: i64, checksum: &str) -> Result<()>;
+
+    /// Sets the status of a tracking row (`repair --mark`).
+    async fn mark(&mut self, migration: &'static Migration, status: MigrationStatus) -> Result<()>;
+}

@@ -1,0 +1,183 @@
+use std::path::PathBuf;
+
+use crate::{Engine, Scope};
+
+/// The result type of mtnt and of migration functions.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in mtnt.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A database call failed (inside a migration, or in mtnt's own bookkeeping).
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+
+    /// The database named by the URL could not be reached.
+    #[error("cannot connect to {url}: {source}\n  fix: check that the server is running and that the URL (--database-url or DATABASE_URL) is right")]
+    Connect {
+        /// The URL, with its password replaced by `***`.
+        url: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The database URL is malformed or names an engine mtnt does not support.
+    #[error("unsupported database URL {url}: {reason}")]
+    BadUrl {
+        /// The URL, with its password replaced by `***`.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A migration function returned an error of its own.
+    #[error("{0}")]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+
+    /// Applying or reverting one migration failed; wraps the cause with the migration and tenant.
+    #[error("while {verb} {migration} {preposition} {target}: {source}", verb = if *.reverting { "reverting" } else { "applying" }, preposition = if *.reverting { "in" } else { "to" })]
+    Migration {
+        /// `"tenant acme"` or `"the public schema"`.
+        target: String,
+        /// `order name` of the migration.
+        migration: String,
+        /// Whether it was the down function.
+        reverting: bool,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// No migration is registered in this binary.
+    #[error("no migrations are registered in this binary\n  fix: annotate async functions with #[mtnt::migration(...)]; if they live in another crate, name that crate in mtnt::run!(that_crate) (or reference any item of it), or the linker drops them")]
+    EmptyRegistry,
+
+    /// Two migrations share one order.
+    #[error("two migrations have order {order}: {first} and {second}\n  fix: give one of them another order (cargo mtnt new picks the next free one)")]
+    DuplicateOrder {
+        /// The order, `YYYY_MM_DD_NNNN`.
+        order: String,
+        /// The first, with its source location.
+        first: String,
+        /// The second, with its source location.
+        second: String,
+    },
+
+    /// Two migrations of one scope share one name.
+    #[error("two {scope} migrations are named {name:?}: at {first} and at {second}\n  fix: rename one of them, or set name = \"...\" in its attribute")]
+    DuplicateName {
+        /// The shared name.
+        name: String,
+        /// Their scope.
+        scope: Scope,
+        /// Location of the first.
+        first: String,
+        /// Location of the second.
+        second: String,
+    },
+
+    /// A tenant name is not acceptable; nothing was sent to the database.
+    #[error("invalid tenant name {name:?}: {reason}\n  fix: use 1 to 50 characters of lowercase letters, digits, '_' or '-', starting with a letter")]
+    InvalidTenantName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A tenant named on the command line or in the API is not registered.
+    #[error("unknown tenant {0:?}\n  fix: check the name with `tenant list`, or create it with `tenant create {0}`")]
+    UnknownTenant(String),
+
+    /// `tenant create` named a tenant that exists already.
+    #[error("tenant {0:?} exists already")]
+    TenantExists(String),
+
+    /// `--to` named an order that no registered migration has.
+    #[error("no registered migration has order {0}\n  fix: pick an order from `list`")]
+    UnknownOrder(String),
+
+    /// A rollback would have to pass an irreversible migration.
+    #[error("cannot roll back tenant {tenant}: migration {migration} has no down function, and the rollback would have to revert it; nothing was changed\n  fix: roll back to an order at or after it (--to), or add `down = ...` to its attribute")]
+    Irreversible {
+        /// The tenant.
+        tenant: String,
+        /// `order name` of the irreversible migration.
+        migration: String,
+    },
+
+    /// An applied migration's code changed since it was applied.
+    #[error("migration {migration} was changed after it was applied to {target} (recorded checksum {recorded}, code checksum {current}); nothing was run\n  fix: revert the edit and write a new migration instead; if the edit is intended (formatting, comments in SQL), record the new checksum with `repair --checksums`")]
+    ChecksumMismatch {
+        /// `"tenant acme"` or `"the public schema"`.
+        target: String,
+        /// `order name`.
+        migration: String,
+        /// Checksum in the tracking table.
+        recorded: String,
+        /// Checksum of the code.
+        current: String,
+    },
+
+    /// The database has an applied migration this binary does not know (it is ahead of the code).
+    #[error("{target} has migration {order} {name} applied, which this binary does not know; nothing was run\n  fix: deploy the code that has this migration, or roll it back with the binary that has it")]
+    UnknownApplied {
+        /// `"tenant acme"` or `"the public schema"`.
+        target: String,
+        /// Its order.
+        order: String,
+        /// Its recorded name.
+        name: String,
+    },
+
+    /// A non-transactional migration began and never finished.
+    #[error("migration {migration} in {target} started without finishing (the run died while it ran outside a transaction), and it is not declared idempotent; nothing was run\n  fix: check the schema, then `repair {tenant_flag}--order {order} --mark completed` if it took effect, or `--mark pending` to run it again")]
+    Interrupted {
+        /// `"tenant acme"` or `"the public schema"`.
+        target: String,
+        /// `order name`.
+        migration: String,
+        /// `--tenant acme ` or empty for public.
+        tenant_flag: String,
+        /// The order as digits.
+        order: i64,
+    },
+
+    /// A migration asked the [`Ctx`](crate::Ctx) for another engine's connection.
+    #[error("this migration asked for a {wanted} connection, but it runs on {actual}")]
+    WrongEngine {
+        /// What it asked for.
+        wanted: Engine,
+        /// What it runs on.
+        actual: Engine,
+    },
+
+    /// A tracking or registry table holds something mtnt did not write.
+    #[error("corrupt mtnt bookkeeping: {0}")]
+    Corrupt(String),
+
+    /// A file could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What mtnt was doing.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An option or argument is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Wraps any error a migration wants to report.
+    pub fn other(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Other(error.into())
+    }
+}

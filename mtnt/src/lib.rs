@@ -1,0 +1,145 @@
+//! Migrations for multi-tenant databases, written as async Rust functions.
+//!
+//! ```no_run
+//! #[mtnt::migration(scope = "public", order = 2024_01_01_0001)]
+//! async fn create_plans(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+//!     ctx.execute("CREATE TABLE plans (id bigserial PRIMARY KEY, name text NOT NULL)").await
+//! }
+//!
+//! #[mtnt::migration(scope = "tenant", order = 2024_01_01_0002, down = drop_accounts)]
+//! async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+//!     ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY, email text UNIQUE)").await
+//! }
+//!
+//! async fn drop_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+//!     ctx.execute("DROP TABLE accounts").await
+//! }
+//!
+//! fn main() {
+//!     mtnt::run!()
+//! }
+//! ```
+//!
+//! See the README for the CLI, the engines and the library API ([`Migrator`]).
+#![warn(missing_docs, unreachable_pub)]
+
+mod backend;
+mod cli;
+mod ctx;
+mod error;
+mod migrate;
+mod migration;
+mod tenant;
+mod url_redact;
+
+pub use backend::{Backend, Engine, Session, Target, Tenancy};
+pub use ctx::Ctx;
+pub use error::{Error, Result};
+pub use migrate::{
+    FailedTenant, MigrateOptions, MigrateReport, Migrator, MigratorBuilder, Progress, RollbackTarget,
+    StatusReport, TenantRecord, TenantSource, TenantState, TenantStatus,
+};
+pub use migration::{AppliedMigration, Location, Migration, MigrationSet, MigrationStatus, Scope};
+pub use tenant::{Tenant, TenantName};
+pub use url_redact::redact_url;
+
+/// Registers an async function as a migration.
+///
+/// ```no_run
+/// #[mtnt::migration(scope = "tenant", order = 2024_01_01_0002, down = drop_accounts)]
+/// async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+///     ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY)").await
+/// }
+/// async fn drop_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+///     ctx.execute("DROP TABLE accounts").await
+/// }
+/// # fn main() {}
+/// ```
+///
+/// Keys: `scope` (`"public"` or `"tenant"`, required), `order` (a `YYYY_MM_DD_NNNN`
+/// integer, required), `name = "..."`, `down = path`, `transaction = false`,
+/// `idempotent = true`, `enabled = false`.
+pub use mtnt_macros::migration;
+
+/// Runs the mtnt command line (migrate, rollback, status, tenant, list, repair) and
+/// exits the process with its exit code.
+///
+/// Name the crates that hold migrations, so that the linker keeps them:
+/// `mtnt::run!(my_migrations)`.
+///
+/// ```no_run
+/// fn main() {
+///     mtnt::run!()
+/// }
+/// ```
+#[macro_export]
+macro_rules! run {
+    ($($krate:ident),* $(,)?) => {{
+        $(
+            #[allow(unused_imports)]
+            use $krate as _;
+        )*
+        ::std::process::exit($crate::__private::run_cli())
+    }};
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::ctx::Ctx;
+    pub use crate::migration::{BoxFuture, Location, Migration, MigrationFn, Scope};
+    pub use crate::Result;
+
+    #[cfg(not(feature = "inventory"))]
+    pub use linkme;
+
+    #[cfg(feature = "inventory")]
+    pub use inventory;
+
+    /// Every migration the macro registered, when collected with linkme.
+    #[cfg(not(feature = "inventory"))]
+    #[linkme::distributed_slice]
+    pub static MIGRATIONS: [Migration];
+
+    #[cfg(feature = "inventory")]
+    inventory::collect!(Migration);
+
+    /// Registers one migration; the macro expands to a call of this.
+    #[cfg(not(feature = "inventory"))]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __mtnt_register {
+        ($ident:ident = $value:expr) => {
+            #[$crate::__private::linkme::distributed_slice($crate::__private::MIGRATIONS)]
+            #[linkme(crate = $crate::__private::linkme)]
+            #[doc(hidden)]
+            #[allow(non_upper_case_globals)]
+            static $ident: $crate::__private::Migration = $value;
+        };
+    }
+
+    #[cfg(feature = "inventory")]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __mtnt_register {
+        ($ident:ident = $value:expr) => {
+            $crate::__private::inventory::submit! { $value }
+        };
+    }
+
+    pub use crate::__mtnt_register as register;
+
+    /// Every registered migration, in link order.
+    pub fn registered() -> Vec<&'static Migration> {
+        #[cfg(not(feature = "inventory"))]
+        {
+            MIGRATIONS.iter().collect()
+        }
+        #[cfg(feature = "inventory")]
+        {
+            inventory::iter::<Migration>.into_iter().collect()
+        }
+    }
+
+    pub use crate::cli::run_cli;
+    pub use crate::cli::scaffold;
+}

@@ -1,0 +1,175 @@
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// The longest tenant name: leaves room in PostgreSQL's 63-byte identifiers and
+/// MySQL's 64-character database names for a prefix.
+const MAX_LEN: usize = 50;
+
+/// A validated tenant name: 1 to 50 of `a-z 0-9 _ -`, starting with a letter.
+///
+/// Validation happens before any SQL is built, and every identifier is quoted as well.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct TenantName(String);
+
+impl TenantName {
+    /// Checks a tenant name.
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        let invalid = |reason| Err(Error::InvalidTenantName { name: name.clone(), reason });
+        if name.is_empty() {
+            return invalid("it is empty");
+        }
+        if name.len() > MAX_LEN {
+            return invalid("it is longer than 50 characters");
+        }
+        if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return invalid("it must start with a lowercase letter");
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+        {
+            return Err(Error::InvalidTenantName {
+                reason: if bad.is_ascii_uppercase() {
+                    "it has an uppercase letter"
+                } else if bad.is_whitespace() {
+                    "it has white space"
+                } else if bad == '"' || bad == '\'' || bad == '`' || bad == ';' {
+                    "it has a quote or semicolon"
+                } else {
+                    "it has a character other than a-z, 0-9, '_' and '-'"
+                },
+                name,
+            });
+        }
+        if name.starts_with("pg_") || name.starts_with("mtnt") {
+            return invalid("names starting with pg_ or mtnt are reserved");
+        }
+        if matches!(
+            name.as_str(),
+            "public" | "information_schema" | "mysql" | "sys" | "performance_schema" | "postgres" | "template0" | "template1"
+        ) {
+            return invalid("it is a name the database reserves");
+        }
+        Ok(Self(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for TenantName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::new(s)
+    }
+}
+
+/// A tenant as migrations see it: its name and where its data lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    /// The tenant's name.
+    pub name: TenantName,
+    /// The schema (PostgreSQL schema per tenant), database, or file stem holding its data.
+    pub schema: String,
+}
+
+impl Tenant {
+    /// A tenant whose schema is named like the tenant.
+    pub fn new(name: TenantName) -> Self {
+        Self { schema: name.as_str().to_owned(), name }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_names() {
+        for ok in ["acme", "a", "tenant_0001", "big-co", &"a".repeat(50)] {
+            assert!(TenantName::new(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_hostile_and_malformed_names() {
+        for bad in [
+            "",
+            "x\"; DROP SCHEMA public; --",
+            "Acme",
+            "1acme",
+            "_acme",
+            "acme corp",
+            "acme'",
+            "public",
+            "pg_catalog",
+            "mtnt_x",
+            "acme\0",
+            "ä",
+            &"a".repeat(51),
+        ] {
+            let err = TenantName::new(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid tenant name"), "{bad}: {err}");
+        }
+    }
+}
+
+/// Where a registered tenant stands in its life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantState {
+    /// In use; migrated by `migrate`.
+    Active,
+    /// `tenant create` is under way (or died; the next `tenant create` cleans it up).
+    Creating,
+}
+
+impl TenantState {
+    /// The name stored in the registry table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantState::Active => "active",
+            TenantState::Creating => "creating",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self> {
+        match s {
+            "active" => Ok(TenantState::Active),
+            "creating" => Ok(TenantState::Creating),
+            other => Err(Error::Corrupt(format!("unknown tenant state {other:?} in the tenant registry"))),
+        }
+    }
+}
+
+/// One row of the tenant registry: a tenant and the cached summary of its tracking table,
+/// so that fleet-wide questions need one query.
+#[derive(Clone, Debug, Serialize)]
+pub struct TenantRecord {
+    /// The tenant.
+    #[serde(flatten)]
+    pub tenant: Tenant,
+    /// Its life-cycle state.
+    pub state: TenantState,
+    /// When it was registered.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The order of its newest completed migration, if any.
+    pub applied_order: Option<i64>,
+    /// The order of the migration that failed last, until a run gets past it.
+    pub failed_order: Option<i64>,
+    /// The error of that failure.
+    pub last_error: Option<String>,
+}
