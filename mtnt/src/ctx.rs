@@ -1,5 +1,6 @@
 use sqlx::{MySqlConnection, PgConnection, SqliteConnection};
 
+use crate::backend::{exec_mysql, exec_postgres, exec_sqlite};
 use crate::{Engine, Error, Result, Scope, Tenant};
 
 /// What a migration function gets: the tenant it runs for and the live connection,
@@ -69,9 +70,9 @@ impl<'c> Ctx<'c> {
     /// Runs one or more SQL statements (separated by `;`) in the migration's transaction.
     pub async fn execute(&mut self, sql: &str) -> Result<()> {
         match &mut self.conn {
-            CtxConn::Postgres(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(drop),
-            CtxConn::Sqlite(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(drop),
-            CtxConn::MySql(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(drop),
+            CtxConn::Postgres(c) => exec_postgres(c, sql).await,
+            CtxConn::Sqlite(c) => exec_sqlite(c, sql).await,
+            CtxConn::MySql(c) => exec_mysql(c, sql).await,
         }
         .map_err(Error::from)
     }

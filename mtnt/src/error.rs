@@ -100,10 +100,10 @@ pub enum Error {
     UnknownOrder(String),
 
     /// A rollback would have to pass an irreversible migration.
-    #[error("cannot roll back tenant {tenant}: migration {migration} has no down function, and the rollback would have to revert it; nothing was changed\n  fix: roll back to an order at or after it (--to), or add `down = ...` to its attribute")]
+    #[error("cannot roll back {target}: migration {migration} has no down function, and the rollback would have to revert it; nothing was changed\n  fix: roll back to an order at or after it (--to), or add `down = ...` to its attribute")]
     Irreversible {
-        /// The tenant.
-        tenant: String,
+        /// `"tenant acme"` or `"the public schema"`.
+        target: String,
         /// `order name` of the irreversible migration.
         migration: String,
     },
@@ -133,7 +133,7 @@ pub enum Error {
     },
 
     /// A non-transactional migration began and never finished.
-    #[error("migration {migration} in {target} started without finishing (the run died while it ran outside a transaction), and it is not declared idempotent; nothing was run\n  fix: check the schema, then `repair {tenant_flag}--order {order} --mark completed` if it took effect, or `--mark pending` to run it again")]
+    #[error("migration {migration} in {target} started outside a transaction and never completed (the run failed or died while it ran), and it is not declared idempotent; nothing was run\n  fix: check the schema, then `repair {tenant_flag}--order {order} --mark completed` if it took effect, or `--mark pending` to run it again")]
     Interrupted {
         /// `"tenant acme"` or `"the public schema"`.
         target: String,

@@ -23,6 +23,9 @@
 //! See the README for the CLI, the engines and the library API ([`Migrator`]).
 #![warn(missing_docs, unreachable_pub)]
 
+// Lets the macro's `::mtnt::...` paths resolve inside this crate's own tests.
+extern crate self as mtnt;
+
 mod backend;
 mod cli;
 mod ctx;
@@ -32,15 +35,15 @@ mod migration;
 mod tenant;
 mod url_redact;
 
-pub use backend::{Backend, Engine, Session, Target, Tenancy};
-pub use ctx::Ctx;
+pub use backend::{connect, Backend, ConnectOptions, Direction, Engine, PostgresBackend, Session, Target, Tenancy};
+pub use ctx::{Ctx, CtxConn};
 pub use error::{Error, Result};
 pub use migrate::{
-    FailedTenant, MigrateOptions, MigrateReport, Migrator, MigratorBuilder, Progress, RollbackTarget,
-    StatusReport, TenantRecord, TenantSource, TenantState, TenantStatus,
+    FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator, MigratorBuilder, Progress, PublicStatus,
+    RegistrySource, RollbackReport, RollbackTarget, StatusReport, TenantSource, TenantStatus,
 };
 pub use migration::{AppliedMigration, Location, Migration, MigrationSet, MigrationStatus, Scope};
-pub use tenant::{Tenant, TenantName};
+pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
 pub use url_redact::redact_url;
 
 /// Registers an async function as a migration.

@@ -1,10 +1,12 @@
 mod connect;
 mod engine;
+mod invoke;
 mod postgres;
 mod session;
-mod sqlite;
 mod sql;
 
-pub use connect::connect;
+pub(crate) use invoke::{exec_mysql, exec_postgres, exec_sqlite};
+pub use connect::{connect, ConnectOptions};
 pub use engine::{Engine, Tenancy};
+pub use postgres::PostgresBackend;
 pub use session::{Backend, Direction, Session, Target};

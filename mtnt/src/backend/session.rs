@@ -50,19 +50,32 @@ pub trait Backend: Send + Sync {
     /// Registered tenants ordered by name, after `after`, at most `limit`.
     async fn tenant_page(&self, after: Option<&TenantName>, limit: usize) -> Result<Vec<TenantRecord>>;
 
+    /// How many tenants are registered.
+    async fn tenant_count(&self) -> Result<u64>;
+
     /// The registry rows of the named tenants; names that are not registered are left out.
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>>;
 
     /// Opens a session that runs the migrations of one target on one connection.
     async fn session<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Session + 'a>>;
 
-    /// Registers a tenant, creates its schema (database, file) and applies `migrations`,
-    /// all or nothing: on failure nothing of the tenant is left.
-    async fn create_tenant(&self, tenant: &Tenant, migrations: &[&'static Migration]) -> Result<()>;
+    /// Registers a tenant, creates its schema (database, file) and its tracking table, and
+    /// applies `migrations` (all transactional), all or nothing: on failure nothing of the
+    /// tenant is left. With `activate` the tenant is `active` when this returns, otherwise
+    /// it stays `creating` until [`Backend::activate_tenant`].
+    async fn create_tenant(&self, tenant: &Tenant, migrations: &[&'static Migration], activate: bool) -> Result<()>;
+
+    /// Marks a tenant made by [`Backend::create_tenant`] as `active`.
+    async fn activate_tenant(&self, tenant: &Tenant) -> Result<()>;
+
+    /// Removes a tenant: its schema (database, file) with all its data, and its registry row.
+    async fn drop_tenant(&self, tenant: &Tenant) -> Result<()>;
 
     /// Registers existing schemas (databases, files) whose names match the SQL `LIKE`
-    /// pattern and are not yet registered; returns the tenants it registered.
-    async fn adopt(&self, like: &str) -> Result<Vec<Tenant>>;
+    /// pattern and are not registered yet, creates their tracking tables and records
+    /// `baseline` as completed in them (the migrations the schemas already reflect).
+    /// Names that are not valid tenant names are skipped and returned as the second list.
+    async fn adopt(&self, like: &str, baseline: &[&'static Migration]) -> Result<(Vec<Tenant>, Vec<String>)>;
 }
 
 /// One connection working on one target.

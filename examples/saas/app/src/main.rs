@@ -1,0 +1,1 @@
+fn main() { mtnt::run!(saas_migrations) }

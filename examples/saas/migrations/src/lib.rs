@@ -1,0 +1,1 @@
+//! SaaS example migrations

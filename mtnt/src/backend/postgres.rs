@@ -1,0 +1,542 @@
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Postgres, Row};
+
+use super::invoke::{connection_lost, exec_postgres, invoke};
+use super::sql::{quote_ident, quote_literal};
+use crate::ctx::CtxConn;
+use crate::{
+    AppliedMigration, Backend, Ctx, Direction, Engine, Error, Migration, MigrationStatus, Result, Session, Target,
+    Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+};
+
+/// PostgreSQL with one schema per tenant, all in one database.
+///
+/// The control schema (default `public`) holds the tenant registry `mtnt_tenants` and the
+/// tracking table of public migrations; every tenant schema holds its own `mtnt_migrations`.
+#[derive(Clone, Debug)]
+pub struct PostgresBackend {
+    pool: PgPool,
+    control: String,
+    control_q: String,
+}
+
+impl PostgresBackend {
+    /// A backend on `pool` whose control schema is `public`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool, control: "public".to_owned(), control_q: quote_ident("public") }
+    }
+
+    /// Puts the registry and the public migrations in another schema.
+    pub fn with_control_schema(mut self, schema: &str) -> Result<Self> {
+        if schema.is_empty() || schema.len() > 63 || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::Invalid(format!(
+                "invalid control schema {schema:?}: use 1 to 63 letters, digits and '_'"
+            )));
+        }
+        self.control = schema.to_owned();
+        self.control_q = quote_ident(schema);
+        Ok(self)
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn registry(&self) -> String {
+        format!("{}.mtnt_tenants", self.control_q)
+    }
+
+    fn record_from_row(row: &PgRow) -> Result<TenantRecord> {
+        let name: String = row.try_get("name")?;
+        let name = TenantName::new(name).map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))?;
+        Ok(TenantRecord {
+            tenant: Tenant { name, schema: row.try_get("schema_name")? },
+            state: TenantState::parse(row.try_get("state")?)?,
+            created_at: row.try_get("created_at")?,
+            applied_order: row.try_get("applied_order")?,
+            failed_order: row.try_get("failed_order")?,
+            last_error: row.try_get("last_error")?,
+        })
+    }
+
+    fn select_records(&self) -> String {
+        format!(
+            "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error FROM {}",
+            self.registry()
+        )
+    }
+}
+
+/// The tracking table of one schema.
+fn tracking_ddl(schema_q: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {schema_q}.mtnt_migrations (
+            migration_order bigint PRIMARY KEY,
+            name text NOT NULL,
+            checksum text NOT NULL,
+            status text NOT NULL CHECK (status IN ('pending', 'started', 'failed', 'completed')),
+            started_at timestamptz,
+            finished_at timestamptz,
+            duration_ms bigint,
+            error text
+        )"
+    )
+}
+
+/// Upserts a tracking row for `migration` with `status`, timed from the transaction start.
+fn record_sql(schema_q: &str, migration: &Migration, status: MigrationStatus, finished: bool) -> String {
+    let (finished_at, duration) = if finished {
+        ("clock_timestamp()", "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint")
+    } else {
+        ("NULL", "NULL")
+    };
+    format!(
+        "INSERT INTO {schema_q}.mtnt_migrations AS t (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
+         VALUES ({order}, {name}, {checksum}, '{status}', now(), {finished_at}, {duration}, NULL) \
+         ON CONFLICT (migration_order) DO UPDATE SET name = excluded.name, checksum = excluded.checksum, \
+         status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, \
+         duration_ms = excluded.duration_ms, error = NULL",
+        order = migration.order(),
+        name = quote_literal(migration.name()),
+        checksum = quote_literal(migration.checksum()),
+        status = status.as_str(),
+    )
+}
+
+fn is_db_code(error: &sqlx::Error, code: &str) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    fn engine(&self) -> Engine {
+        Engine::Postgres
+    }
+
+    fn tenancy(&self) -> Tenancy {
+        Tenancy::Schema
+    }
+
+    async fn prepare(&self) -> Result<()> {
+        // The advisory lock serialises concurrent first runs, whose CREATE ... IF NOT EXISTS
+        // would otherwise race on the catalog.
+        let sql = format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(hashtext('mtnt.prepare'));
+             CREATE SCHEMA IF NOT EXISTS {control};
+             CREATE TABLE IF NOT EXISTS {registry} (
+                name text PRIMARY KEY,
+                schema_name text NOT NULL UNIQUE,
+                state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'creating')),
+                created_at timestamptz NOT NULL DEFAULT now(),
+                applied_order bigint,
+                failed_order bigint,
+                last_error text,
+                updated_at timestamptz NOT NULL DEFAULT now()
+             );
+             {tracking};
+             COMMIT",
+            control = self.control_q,
+            registry = self.registry(),
+            tracking = tracking_ddl(&self.control_q),
+        );
+        let mut conn = self.pool.acquire().await?;
+        if let Err(e) = exec_postgres(&mut conn, &sql).await {
+            let _ = exec_postgres(&mut conn, "ROLLBACK").await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn tenant_page(&self, after: Option<&TenantName>, limit: usize) -> Result<Vec<TenantRecord>> {
+        let sql = format!("{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2", self.select_records());
+        let rows = sqlx::query(&sql)
+            .bind(after.map(TenantName::as_str))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::record_from_row).collect()
+    }
+
+    async fn tenant_count(&self) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", self.registry()))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count as u64)
+    }
+
+    async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
+        let sql = format!("{} WHERE name = ANY($1) ORDER BY name", self.select_records());
+        let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
+        let rows = sqlx::query(&sql).bind(&names).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::record_from_row).collect()
+    }
+
+    async fn session<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Session + 'a>> {
+        let conn = self.pool.acquire().await?;
+        let schema_q = match target {
+            Target::Public => self.control_q.clone(),
+            Target::Tenant(t) => quote_ident(&t.schema),
+        };
+        let search_path = match target {
+            Target::Public => self.control_q.clone(),
+            Target::Tenant(_) if self.control == "public" => format!("{schema_q}, public"),
+            Target::Tenant(_) => format!("{schema_q}, {}, public", self.control_q),
+        };
+        let registry_update = match target {
+            Target::Public => None,
+            Target::Tenant(t) => Some(format!(
+                "UPDATE {registry} SET applied_order = (SELECT max(migration_order) FROM {schema_q}.mtnt_migrations \
+                 WHERE status = 'completed'), failed_order = NULL, last_error = NULL, updated_at = now() WHERE name = {name}",
+                registry = self.registry(),
+                name = quote_literal(t.name.as_str()),
+            )),
+        };
+        Ok(Box::new(PgSession { backend: self, conn, target, schema_q, search_path, registry_update }))
+    }
+
+    async fn create_tenant(&self, tenant: &Tenant, migrations: &[&'static Migration], activate: bool) -> Result<()> {
+        let schema_q = quote_ident(&tenant.schema);
+        let mut conn = self.pool.acquire().await?;
+        let begin = format!(
+            "BEGIN;
+             INSERT INTO {registry} (name, schema_name, state) VALUES ({name}, {schema}, 'creating');
+             CREATE SCHEMA {schema_q};
+             {tracking};
+             SET LOCAL search_path TO {schema_q}, public",
+            registry = self.registry(),
+            name = quote_literal(tenant.name.as_str()),
+            schema = quote_literal(&tenant.schema),
+            tracking = tracking_ddl(&schema_q),
+        );
+        let result = async {
+            if let Err(e) = exec_postgres(&mut conn, &begin).await {
+                if is_db_code(&e, "23505") {
+                    return Err(Error::TenantExists(tenant.name.to_string()));
+                }
+                if is_db_code(&e, "42P06") {
+                    return Err(Error::Invalid(format!(
+                        "schema {} exists already but is not a registered tenant\n  fix: register it with `tenant adopt --schema-like {}`",
+                        tenant.schema, tenant.schema
+                    )));
+                }
+                return Err(e.into());
+            }
+            let mut rows = Vec::with_capacity(migrations.len());
+            for &migration in migrations {
+                let started = Instant::now();
+                let mut ctx = Ctx::new(Some(tenant), CtxConn::Postgres(&mut conn));
+                invoke(migration.up(), &mut ctx).await.map_err(|e| Error::Migration {
+                    target: Target::Tenant(tenant).to_string(),
+                    migration: migration.to_string(),
+                    reverting: false,
+                    source: Box::new(e),
+                })?;
+                rows.push(format!(
+                    "({}, {}, {}, 'completed', now(), now(), {}, NULL)",
+                    migration.order(),
+                    quote_literal(migration.name()),
+                    quote_literal(migration.checksum()),
+                    started.elapsed().as_millis() as i64
+                ));
+            }
+            let mut finish = String::new();
+            if !rows.is_empty() {
+                finish.push_str(&format!(
+                    "INSERT INTO {schema_q}.mtnt_migrations (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) VALUES {};",
+                    rows.join(", ")
+                ));
+            }
+            finish.push_str(&format!(
+                "UPDATE {registry} SET state = '{state}', applied_order = {applied}, updated_at = now() WHERE name = {name}; COMMIT",
+                registry = self.registry(),
+                state = if activate { "active" } else { "creating" },
+                applied = migrations.iter().map(|m| m.order()).max().map_or("NULL".to_owned(), |o| o.to_string()),
+                name = quote_literal(tenant.name.as_str()),
+            ));
+            exec_postgres(&mut conn, &finish).await?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            if exec_postgres(&mut conn, "ROLLBACK").await.is_err() {
+                conn.close_on_drop();
+            }
+        }
+        result
+    }
+
+    async fn activate_tenant(&self, tenant: &Tenant) -> Result<()> {
+        sqlx::query(&format!("UPDATE {} SET state = 'active', updated_at = now() WHERE name = $1", self.registry()))
+            .bind(tenant.name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn drop_tenant(&self, tenant: &Tenant) -> Result<()> {
+        let sql = format!(
+            "BEGIN; DROP SCHEMA IF EXISTS {} CASCADE; DELETE FROM {} WHERE name = {}; COMMIT",
+            quote_ident(&tenant.schema),
+            self.registry(),
+            quote_literal(tenant.name.as_str())
+        );
+        let mut conn = self.pool.acquire().await?;
+        if let Err(e) = exec_postgres(&mut conn, &sql).await {
+            let _ = exec_postgres(&mut conn, "ROLLBACK").await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn adopt(&self, like: &str, baseline: &[&'static Migration]) -> Result<(Vec<Tenant>, Vec<String>)> {
+        let sql = format!(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1 AND nspname NOT LIKE 'pg\\_%' \
+             AND nspname NOT IN ('information_schema', $2) \
+             AND nspname NOT IN (SELECT schema_name FROM {}) ORDER BY nspname",
+            self.registry()
+        );
+        let schemas: Vec<String> =
+            sqlx::query_scalar(&sql).bind(like).bind(&self.control).fetch_all(&self.pool).await?;
+        let mut adopted = Vec::new();
+        let mut skipped = Vec::new();
+        let mut conn = self.pool.acquire().await?;
+        for schema in schemas {
+            let Ok(name) = TenantName::new(schema.clone()) else {
+                skipped.push(schema);
+                continue;
+            };
+            let tenant = Tenant { name, schema };
+            let schema_q = quote_ident(&tenant.schema);
+            let mut sql = format!(
+                "BEGIN; {tracking}; INSERT INTO {registry} (name, schema_name, state, applied_order) VALUES ({name}, {schema}, 'active', {applied});",
+                tracking = tracking_ddl(&schema_q),
+                registry = self.registry(),
+                name = quote_literal(tenant.name.as_str()),
+                schema = quote_literal(&tenant.schema),
+                applied = baseline.iter().map(|m| m.order()).max().map_or("NULL".to_owned(), |o| o.to_string()),
+            );
+            for migration in baseline {
+                sql.push_str(&record_sql(&schema_q, migration, MigrationStatus::Completed, true));
+                sql.push(';');
+            }
+            sql.push_str("COMMIT");
+            if let Err(e) = exec_postgres(&mut conn, &sql).await {
+                let _ = exec_postgres(&mut conn, "ROLLBACK").await;
+                return Err(e.into());
+            }
+            adopted.push(tenant);
+        }
+        Ok((adopted, skipped))
+    }
+}
+
+struct PgSession<'a> {
+    backend: &'a PostgresBackend,
+    conn: PoolConnection<Postgres>,
+    target: Target<'a>,
+    schema_q: String,
+    search_path: String,
+    registry_update: Option<String>,
+}
+
+impl PgSession<'_> {
+    async fn run(&mut self, sql: &str) -> Result<()> {
+        exec_postgres(&mut self.conn, sql).await?;
+        Ok(())
+    }
+
+    /// Ends a failed transaction; a connection that cannot even roll back is not reused.
+    async fn rollback(&mut self) {
+        if exec_postgres(&mut self.conn, "ROLLBACK").await.is_err() {
+            self.conn.close_on_drop();
+        }
+    }
+
+    async fn record_failure(&mut self, migration: &Migration, error: &Error, status: MigrationStatus) -> Result<()> {
+        let message = error.to_string();
+        let sql = format!(
+            "INSERT INTO {}.mtnt_migrations AS t (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
+             VALUES ($1, $2, $3, $4, now(), clock_timestamp(), NULL, $5) \
+             ON CONFLICT (migration_order) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, error = excluded.error \
+             WHERE t.status <> 'completed'",
+            self.schema_q
+        );
+        sqlx::query(&sql)
+            .bind(migration.order())
+            .bind(migration.name())
+            .bind(migration.checksum())
+            .bind(status.as_str())
+            .bind(&message)
+            .execute(&mut *self.conn)
+            .await?;
+        if let Target::Tenant(t) = self.target {
+            sqlx::query(&format!(
+                "UPDATE {} SET failed_order = $1, last_error = $2, updated_at = now() WHERE name = $3",
+                self.backend.registry()
+            ))
+            .bind(migration.order())
+            .bind(&message)
+            .bind(t.name.as_str())
+            .execute(&mut *self.conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn commit_sql(&self, record: &str) -> String {
+        match &self.registry_update {
+            Some(update) => format!("{record}; {update}; COMMIT"),
+            None => format!("{record}; COMMIT"),
+        }
+    }
+
+    async fn apply_in_transaction(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
+        self.run(&format!("BEGIN; SET LOCAL search_path TO {}", self.search_path)).await?;
+        let function = match direction {
+            Direction::Up => migration.up(),
+            Direction::Down => migration.down().ok_or_else(|| Error::Irreversible {
+                target: self.target.to_string(),
+                migration: migration.to_string(),
+            })?,
+        };
+        let tenant = match self.target {
+            Target::Public => None,
+            Target::Tenant(t) => Some(t),
+        };
+        let mut ctx = Ctx::new(tenant, CtxConn::Postgres(&mut self.conn));
+        let mut result = invoke(function, &mut ctx).await;
+        if result.is_ok() {
+            let record = match direction {
+                Direction::Up => record_sql(&self.schema_q, migration, MigrationStatus::Completed, true),
+                Direction::Down => format!(
+                    "UPDATE {}.mtnt_migrations SET status = 'pending', started_at = now(), finished_at = clock_timestamp(), \
+                     duration_ms = (extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint, error = NULL \
+                     WHERE migration_order = {}",
+                    self.schema_q,
+                    migration.order()
+                ),
+            };
+            result = self.run(&self.commit_sql(&record)).await;
+        }
+        if let Err(error) = result {
+            if connection_lost(&error) {
+                self.conn.close_on_drop();
+                return Err(error);
+            }
+            self.rollback().await;
+            if direction == Direction::Up {
+                // Best effort: the migration error matters more than a failed bookkeeping write.
+                let _ = self.record_failure(migration, &error, MigrationStatus::Failed).await;
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn apply_outside_transaction(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
+        let function = match direction {
+            Direction::Up => migration.up(),
+            Direction::Down => migration.down().ok_or_else(|| Error::Irreversible {
+                target: self.target.to_string(),
+                migration: migration.to_string(),
+            })?,
+        };
+        if direction == Direction::Up {
+            self.run(&record_sql(&self.schema_q, migration, MigrationStatus::Started, false)).await?;
+        }
+        self.run(&format!("SET search_path TO {}", self.search_path)).await?;
+        let tenant = match self.target {
+            Target::Public => None,
+            Target::Tenant(t) => Some(t),
+        };
+        let mut ctx = Ctx::new(tenant, CtxConn::Postgres(&mut self.conn));
+        let result = invoke(function, &mut ctx).await;
+        let reset = self.run("RESET search_path").await;
+        if let Err(error) = result {
+            if direction == Direction::Up && !connection_lost(&error) {
+                // The row stays `started`: what the migration did before failing is unknown.
+                let _ = self.record_failure(migration, &error, MigrationStatus::Started).await;
+            }
+            return Err(error);
+        }
+        reset?;
+        let record = match direction {
+            Direction::Up => format!(
+                "UPDATE {}.mtnt_migrations SET status = 'completed', finished_at = clock_timestamp(), \
+                 duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::bigint, error = NULL \
+                 WHERE migration_order = {}",
+                self.schema_q,
+                migration.order()
+            ),
+            Direction::Down => format!(
+                "UPDATE {}.mtnt_migrations SET status = 'pending', finished_at = clock_timestamp(), error = NULL WHERE migration_order = {}",
+                self.schema_q,
+                migration.order()
+            ),
+        };
+        self.run(&format!("BEGIN; {}", self.commit_sql(&record))).await
+    }
+}
+
+fn applied_from_row(row: &PgRow) -> Result<AppliedMigration> {
+    Ok(AppliedMigration {
+        order: row.try_get("migration_order")?,
+        name: row.try_get("name")?,
+        checksum: row.try_get("checksum")?,
+        status: MigrationStatus::parse(row.try_get("status")?)?,
+        started_at: row.try_get::<Option<DateTime<Utc>>, _>("started_at")?,
+        finished_at: row.try_get::<Option<DateTime<Utc>>, _>("finished_at")?,
+        duration_ms: row.try_get("duration_ms")?,
+        error: row.try_get("error")?,
+    })
+}
+
+#[async_trait]
+impl Session for PgSession<'_> {
+    async fn applied(&mut self) -> Result<Vec<AppliedMigration>> {
+        let sql = format!(
+            "SELECT migration_order, name, checksum, status, started_at, finished_at, duration_ms, error \
+             FROM {}.mtnt_migrations ORDER BY migration_order",
+            self.schema_q
+        );
+        let rows = match sqlx::query(&sql).fetch_all(&mut *self.conn).await {
+            Ok(rows) => rows,
+            // An adopted or hand-made schema without a tracking table yet.
+            Err(e) if is_db_code(&e, "42P01") => {
+                self.run(&tracking_ddl(&self.schema_q)).await?;
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        rows.iter().map(applied_from_row).collect()
+    }
+
+    async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
+        if migration.is_transactional() {
+            self.apply_in_transaction(migration, direction).await
+        } else {
+            self.apply_outside_transaction(migration, direction).await
+        }
+    }
+
+    async fn set_checksum(&mut self, order: i64, checksum: &str) -> Result<()> {
+        sqlx::query(&format!("UPDATE {}.mtnt_migrations SET checksum = $1 WHERE migration_order = $2", self.schema_q))
+            .bind(checksum)
+            .bind(order)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark(&mut self, migration: &'static Migration, status: MigrationStatus) -> Result<()> {
+        let record = record_sql(&self.schema_q, migration, status, true);
+        self.run(&format!("BEGIN; {}", self.commit_sql(&record))).await
+    }
+}

@@ -1,0 +1,175 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+use super::plan::{plan_down, plan_up};
+use super::source::TenantSource;
+use super::{FailedTenant, MigrateReport, Progress};
+use crate::{Backend, Direction, Error, MigrationSet, Result, RollbackTarget, Scope, Target, TenantName, TenantRecord, TenantState};
+
+fn wrap(target: Target<'_>, migration: &crate::Migration, direction: Direction, error: Error) -> Error {
+    Error::Migration {
+        target: target.to_string(),
+        migration: migration.to_string(),
+        reverting: direction == Direction::Down,
+        source: Box::new(error),
+    }
+}
+
+/// Brings one target up to `to`, each migration in its own transaction; returns how many ran.
+pub(crate) async fn migrate_target(
+    backend: &dyn Backend,
+    target: Target<'_>,
+    set: &MigrationSet,
+    to: Option<i64>,
+) -> Result<usize> {
+    let scope = match target {
+        Target::Public => Scope::Public,
+        Target::Tenant(_) => Scope::Tenant,
+    };
+    let mut session = backend.session(target).await?;
+    let applied = session.applied().await?;
+    let steps = plan_up(target, &applied, set, scope, to)?;
+    for migration in &steps {
+        session.apply(migration, Direction::Up).await.map_err(|e| wrap(target, migration, Direction::Up, e))?;
+    }
+    Ok(steps.len())
+}
+
+/// Reverts migrations of one target, newest first; refuses before any change when an
+/// irreversible migration is in the way. Returns the reverted migrations.
+pub(crate) async fn rollback_target(
+    backend: &dyn Backend,
+    target: Target<'_>,
+    set: &MigrationSet,
+    how_far: RollbackTarget,
+) -> Result<Vec<&'static crate::Migration>> {
+    let scope = match target {
+        Target::Public => Scope::Public,
+        Target::Tenant(_) => Scope::Tenant,
+    };
+    let mut session = backend.session(target).await?;
+    let applied = session.applied().await?;
+    let steps = plan_down(target, &applied, set, scope, how_far)?;
+    for migration in &steps {
+        session.apply(migration, Direction::Down).await.map_err(|e| wrap(target, migration, Direction::Down, e))?;
+    }
+    Ok(steps)
+}
+
+/// Where the fleet's tenants come from.
+pub(crate) enum Tenants<'a> {
+    /// Every registered tenant, page by page.
+    Registry,
+    /// A user-supplied source, page by page.
+    Source(&'a dyn TenantSource),
+    /// These registry rows (tenants named on the command line).
+    Listed(Vec<TenantRecord>),
+}
+
+/// The registry rows of the fleet, one page at a time, so memory does not grow with it.
+fn pages<'a>(
+    backend: &'a dyn Backend,
+    tenants: Tenants<'a>,
+    page_size: usize,
+) -> impl futures_util::Stream<Item = Result<TenantRecord>> + 'a {
+    enum State<'a> {
+        Paging { source: Option<&'a dyn TenantSource>, after: Option<TenantName> },
+        Listed(Vec<TenantRecord>),
+        Done,
+    }
+    let state = match tenants {
+        Tenants::Registry => State::Paging { source: None, after: None },
+        Tenants::Source(source) => State::Paging { source: Some(source), after: None },
+        Tenants::Listed(records) => State::Listed(records),
+    };
+    stream::try_unfold(state, move |state| async move {
+        match state {
+            State::Done => Ok(None),
+            State::Listed(records) => Ok(Some((records, State::Done))),
+            State::Paging { source, after } => {
+                let page = match source {
+                    None => backend.tenant_page(after.as_ref(), page_size).await?,
+                    Some(source) => {
+                        let names = source.page(after.as_ref(), page_size).await?;
+                        let mut records = backend.tenant_records(&names).await?;
+                        if records.len() < names.len() {
+                            let missing = names.iter().find(|n| !records.iter().any(|r| &r.tenant.name == *n));
+                            return Err(Error::UnknownTenant(missing.map(|n| n.to_string()).unwrap_or_default()));
+                        }
+                        records.sort_by(|a, b| a.tenant.name.cmp(&b.tenant.name));
+                        records
+                    }
+                };
+                let next = if page.len() < page_size {
+                    State::Done
+                } else {
+                    State::Paging { source, after: page.last().map(|r| r.tenant.name.clone()) }
+                };
+                Ok(Some((page, next)))
+            }
+        }
+    })
+    .map_ok(|page| stream::iter(page.into_iter().map(Ok)))
+    .try_flatten()
+}
+
+/// Migrates many tenants, `concurrency` at a time, each tenant's migrations in order.
+///
+/// Tenants are handed out one by one from a shared stream, so a slow tenant never idles
+/// the others; a failing tenant is reported and the rest go on (unless `fail_fast`).
+pub(crate) async fn migrate_fleet(
+    backend: &dyn Backend,
+    set: &MigrationSet,
+    tenants: Tenants<'_>,
+    to: Option<i64>,
+    concurrency: usize,
+    page_size: usize,
+    fail_fast: bool,
+    progress: &dyn Progress,
+    report: &mut MigrateReport,
+) -> Result<()> {
+    let stop = AtomicBool::new(false);
+    let stop = &stop;
+    let outcomes = pages(backend, tenants, page_size)
+        .map(|record| async move {
+            let record = record?;
+            if record.state == TenantState::Creating {
+                // `tenant create` owns it until it is active.
+                return Ok((record.tenant.name, None));
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Ok((record.tenant.name, Some(Err(None))));
+            }
+            let outcome = migrate_target(backend, Target::Tenant(&record.tenant), set, to).await;
+            if outcome.is_err() && fail_fast {
+                stop.store(true, Ordering::Relaxed);
+            }
+            Ok::<_, Error>((record.tenant.name, Some(outcome.map_err(Some))))
+        })
+        .buffer_unordered(concurrency.max(1));
+    let mut outcomes = std::pin::pin!(outcomes);
+    while let Some(next) = outcomes.next().await {
+        let (tenant, outcome) = next?;
+        let Some(outcome) = outcome else { continue };
+        report.tenants_total += 1;
+        match outcome {
+            Ok(n) => {
+                if n == 0 {
+                    report.tenants_current += 1;
+                } else {
+                    report.tenants_migrated += 1;
+                    report.migrations_applied += n;
+                }
+                progress.tenant_done(&tenant, Ok(n));
+            }
+            Err(None) => report.tenants_skipped += 1,
+            Err(Some(error)) => {
+                progress.tenant_done(&tenant, Err(&error));
+                report.failures.push(FailedTenant { tenant, error });
+            }
+        }
+    }
+    report.failures.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    Ok(())
+}

@@ -1,0 +1,16 @@
+use crate::{Error, TenantName};
+
+/// Hears about a fleet run as it goes; the CLI draws a progress bar with it.
+pub trait Progress: Send + Sync {
+    /// The run starts on `total` tenants.
+    fn start(&self, _total: u64) {}
+    /// A tenant is done: `Ok(n)` with the migrations it applied (or reverted), or its error.
+    fn tenant_done(&self, _tenant: &TenantName, _outcome: Result<usize, &Error>) {}
+    /// The run is over.
+    fn finish(&self) {}
+}
+
+/// No progress output.
+pub(crate) struct Silent;
+
+impl Progress for Silent {}

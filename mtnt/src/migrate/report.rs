@@ -1,0 +1,130 @@
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::{Error, TenantName, TenantState};
+
+/// A tenant whose migration failed.
+#[derive(Debug)]
+pub struct FailedTenant {
+    /// The tenant.
+    pub tenant: TenantName,
+    /// What failed; names the migration and carries the database error.
+    pub error: Error,
+}
+
+/// What [`Migrator::migrate`](crate::Migrator::migrate) did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct MigrateReport {
+    /// Public migrations applied.
+    pub public_applied: usize,
+    /// Tenants looked at.
+    pub tenants_total: usize,
+    /// Tenants that had migrations applied.
+    pub tenants_migrated: usize,
+    /// Tenants that were up to date already.
+    pub tenants_current: usize,
+    /// Tenant migrations applied, over all tenants.
+    pub migrations_applied: usize,
+    /// Tenants not started because of `fail_fast`.
+    pub tenants_skipped: usize,
+    /// Tenants that failed, each with its error.
+    pub failures: Vec<FailedTenant>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl MigrateReport {
+    /// Whether every tenant asked for is up to date now.
+    pub fn is_success(&self) -> bool {
+        self.failures.is_empty() && self.tenants_skipped == 0
+    }
+}
+
+/// What [`Migrator::rollback`](crate::Migrator::rollback) reverted.
+#[derive(Debug, Serialize)]
+#[non_exhaustive]
+pub struct RollbackReport {
+    /// The tenant.
+    pub tenant: TenantName,
+    /// `(order, name)` of each reverted migration, newest first.
+    pub reverted: Vec<(i64, &'static str)>,
+}
+
+/// The migration a tenant failed at.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailedMigration {
+    /// Its order.
+    pub order: i64,
+    /// Its name, if this binary knows it.
+    pub name: Option<&'static str>,
+    /// The recorded error.
+    pub error: Option<String>,
+}
+
+/// Where one tenant stands.
+#[derive(Clone, Debug, Serialize)]
+pub struct TenantStatus {
+    /// The tenant.
+    pub tenant: TenantName,
+    /// Its schema (database, file).
+    pub schema: String,
+    /// Its life-cycle state.
+    pub state: TenantState,
+    /// Its newest applied migration.
+    pub applied_order: Option<i64>,
+    /// How many enabled tenant migrations are newer than that.
+    pub pending: usize,
+    /// The migration it failed at, until a run gets past it.
+    pub failed: Option<FailedMigration>,
+}
+
+impl TenantStatus {
+    /// Up to date and not failed.
+    pub fn is_current(&self) -> bool {
+        self.pending == 0 && self.failed.is_none()
+    }
+}
+
+/// Where the public schema stands.
+#[derive(Clone, Debug, Serialize)]
+pub struct PublicStatus {
+    /// Newest applied public migration.
+    pub applied_order: Option<i64>,
+    /// Public migrations not applied yet.
+    pub pending: usize,
+    /// The public migration that failed last, if it is not applied yet.
+    pub failed: Option<FailedMigration>,
+}
+
+/// The whole fleet at a glance: what `status` prints.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct StatusReport {
+    /// The newest enabled tenant migration's order.
+    pub latest_tenant_order: Option<i64>,
+    /// The public schema.
+    pub public: PublicStatus,
+    /// Each tenant asked for, by name.
+    pub tenants: Vec<TenantStatus>,
+    /// How many tenants are current.
+    pub current: usize,
+    /// How many are behind without a failure.
+    pub behind: usize,
+    /// How many have a failed migration.
+    pub failed: usize,
+}
+
+impl StatusReport {
+    /// `998/1000 tenants current, 2 behind, 0 failed`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}/{} tenants current, {} behind, {} failed",
+            self.current,
+            self.tenants.len(),
+            self.behind,
+            self.failed
+        )
+    }
+}
