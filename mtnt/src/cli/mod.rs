@@ -1,6 +1,7 @@
+mod args;
+mod output;
+mod progress;
+mod run;
 pub mod scaffold;
 
-/// Runs the CLI; returns the process exit code.
-pub fn run_cli() -> i32 {
-    0
-}
+pub use run::run_cli;

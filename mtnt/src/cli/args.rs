@@ -1,0 +1,187 @@
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{TenantName, Tenancy};
+
+/// Migrates the shared schema and every tenant of a multi-tenant database.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    /// The database: postgres://user@host/db, mysql://user@host/control or sqlite://./tenants/
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
+
+    /// How tenants are isolated; the default follows from the URL (schema on PostgreSQL)
+    #[arg(long, value_enum, global = true)]
+    pub(crate) tenancy: Option<TenancyArg>,
+
+    /// The PostgreSQL schema holding the tenant registry and the public migrations
+    #[arg(long, env = "MTNT_CONTROL_SCHEMA", default_value = "public", global = true)]
+    pub(crate) control_schema: String,
+
+    /// How many tenants are migrated at once (each uses one connection)
+    #[arg(long, env = "MTNT_CONCURRENCY", default_value_t = 4, global = true)]
+    pub(crate) concurrency: usize,
+
+    /// Never draw progress bars, even on a terminal
+    #[arg(long, global = true)]
+    pub(crate) no_progress: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The tenancy model.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum TenancyArg {
+    /// One schema per tenant (PostgreSQL)
+    Schema,
+    /// One database per tenant (PostgreSQL, MySQL)
+    Database,
+    /// One file per tenant (SQLite)
+    File,
+}
+
+impl From<TenancyArg> for Tenancy {
+    fn from(arg: TenancyArg) -> Self {
+        match arg {
+            TenancyArg::Schema => Tenancy::Schema,
+            TenancyArg::Database => Tenancy::Database,
+            TenancyArg::File => Tenancy::File,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Apply pending migrations: public ones first, then every tenant (or the named ones)
+    Migrate(MigrateArgs),
+    /// Revert migrations of one tenant, newest first
+    Rollback(RollbackArgs),
+    /// Show where the public schema and each tenant stand
+    Status(StatusArgs),
+    /// Create, list and adopt tenants
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// List every registered migration
+    List(ListArgs),
+    /// Fix bookkeeping by hand: accept changed checksums, mark an interrupted migration
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// Only this tenant (repeatable); default: every tenant
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub(crate) tenants: Vec<TenantName>,
+    /// Stop at this order (YYYY_MM_DD_NNNN), inclusive
+    #[arg(long, value_name = "ORDER", value_parser = parse_order)]
+    pub(crate) to: Option<i64>,
+    /// Start no further tenant after the first failure
+    #[arg(long)]
+    pub(crate) fail_fast: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("how_far").required(true).args(["steps", "to", "all"])))]
+pub(crate) struct RollbackArgs {
+    /// The tenant to roll back
+    #[arg(long, value_name = "NAME")]
+    pub(crate) tenant: TenantName,
+    /// Revert the newest N applied migrations
+    #[arg(long, value_name = "N")]
+    pub(crate) steps: Option<usize>,
+    /// Revert every migration newer than this order (YYYY_MM_DD_NNNN)
+    #[arg(long, value_name = "ORDER", value_parser = parse_order)]
+    pub(crate) to: Option<i64>,
+    /// Revert every applied migration
+    #[arg(long)]
+    pub(crate) all: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Only this tenant (repeatable)
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub(crate) tenants: Vec<TenantName>,
+    /// Print one JSON document instead of a table
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TenantCommand {
+    /// Register a tenant, create its schema and apply every tenant migration, atomically
+    Create {
+        /// The tenant's name: lowercase letters, digits, '_' and '-', starting with a letter
+        name: TenantName,
+    },
+    /// List the registered tenants
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register schemas that exist already (moving an existing deployment onto mtnt)
+    Adopt {
+        /// SQL LIKE pattern of the schema (database, file) names, e.g. 'tenant_%'
+        #[arg(long, value_name = "PATTERN")]
+        schema_like: String,
+        /// Record every tenant migration up to this order as applied without running it
+        #[arg(long, value_name = "ORDER", value_parser = parse_order)]
+        baseline: Option<i64>,
+    },
+    /// Delete a tenant: its schema (database, file) with all its data, and its registry row
+    Drop {
+        /// The tenant
+        name: TenantName,
+        /// Confirm that the tenant's data is to be deleted
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["checksums", "mark"])))]
+pub(crate) struct RepairArgs {
+    /// Record the code's checksum for applied migrations whose code changed on purpose
+    #[arg(long)]
+    pub(crate) checksums: bool,
+    /// Set one migration's status without running it (needs --order and --tenant or --public)
+    #[arg(long, value_enum, requires = "order")]
+    pub(crate) mark: Option<MarkArg>,
+    /// The migration to mark (YYYY_MM_DD_NNNN)
+    #[arg(long, value_name = "ORDER", value_parser = parse_order)]
+    pub(crate) order: Option<i64>,
+    /// The tenant (repeatable with --checksums; default: every tenant)
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub(crate) tenants: Vec<TenantName>,
+    /// Mark a public migration instead of a tenant's
+    #[arg(long, conflicts_with = "tenants")]
+    pub(crate) public: bool,
+}
+
+/// What `repair --mark` records.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum MarkArg {
+    /// It took effect: record it as applied
+    Completed,
+    /// Run it again on the next migrate
+    Pending,
+}
+
+/// Parses `2024_01_01_0001` or `202401010001`.
+pub(crate) fn parse_order(s: &str) -> Result<i64, String> {
+    let digits: String = s.chars().filter(|c| *c != '_').collect();
+    if digits.len() != 12 || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("{s:?} is not an order; write it as YYYY_MM_DD_NNNN, e.g. 2024_01_01_0001"));
+    }
+    digits.parse().map_err(|e| format!("{s:?}: {e}"))
+}
+
