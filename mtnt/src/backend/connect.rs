@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::Connection;
 
 use super::postgres::PostgresBackend;
 use crate::{redact_url, Backend, Error, Result, Tenancy};
@@ -44,12 +45,15 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
                     })
                 }
             }
+            let connect_error = |source| Error::Connect { url: redact_url(url), source };
+            let connect_options: PgConnectOptions = url.parse().map_err(connect_error)?;
+            // One direct connection first: a pool retries a refused connection until its
+            // acquire timeout, while a user with a wrong URL wants to hear so at once.
+            PgConnection::connect_with(&connect_options).await.map_err(connect_error)?.close().await.ok();
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(30))
-                .connect(url)
-                .await
-                .map_err(|source| Error::Connect { url: redact_url(url), source })?;
+                .connect_lazy_with(connect_options);
             Ok(Box::new(PostgresBackend::new(pool).with_control_schema(&options.control_schema)?))
         }
         _ => Err(Error::BadUrl {
