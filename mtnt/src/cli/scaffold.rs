@@ -246,25 +246,39 @@ pub fn date_base(date: NaiveDate) -> Result<i64, ScaffoldError> {
 /// The order of a new migration created on `today`, given the newest existing order.
 ///
 /// `today_0001` when nothing exists from today or later; otherwise `newest + 1`, so that
-/// orders keep increasing even when an existing migration is dated in the future (a
-/// sequence of `9999` then rolls over into the next day's `0000`, still increasing).
+/// orders keep increasing even when an existing migration is dated in the future. After a
+/// sequence of `9999` comes the next day's `0001` (the attribute only accepts real dates).
 pub fn next_order(today: NaiveDate, newest: Option<i64>) -> Result<i64, ScaffoldError> {
     let base = date_base(today)?;
-    match newest {
-        Some(max) if max >= base => {
-            if max >= 999_999_999_999 {
-                return Err(ScaffoldError::Order {
-                    reason: format!(
-                        "the newest existing order {} is the largest one that has 12 digits",
-                        order_literal(max)
-                    ),
-                    fix: "renumber the existing migrations with smaller orders".to_owned(),
-                });
-            }
-            Ok(max + 1)
-        }
-        _ => Ok(base + 1),
+    let Some(max) = newest.filter(|&max| max >= base) else {
+        return Ok(base + 1);
+    };
+    if max % 10_000 < 9999 {
+        return Ok(max + 1);
     }
+    let date = order_date(max).ok_or_else(|| ScaffoldError::Order {
+        reason: format!(
+            "the newest existing order {} does not start with a real date",
+            order_literal(max)
+        ),
+        fix: "renumber that migration with a YYYY_MM_DD_NNNN order".to_owned(),
+    })?;
+    let next_day = date.succ_opt().ok_or_else(|| ScaffoldError::Order {
+        reason: format!("no date follows that of {}", order_literal(max)),
+        fix: "renumber the existing migrations with earlier dates".to_owned(),
+    })?;
+    Ok(date_base(next_day)? + 1)
+}
+
+/// The date an order starts with, if it is a real one.
+fn order_date(order: i64) -> Option<NaiveDate> {
+    let date = order / 10_000;
+    let (year, month, day) = (date / 10_000, date / 100 % 100, date % 100);
+    NaiveDate::from_ymd_opt(
+        i32::try_from(year).ok()?,
+        u32::try_from(month).ok()?,
+        u32::try_from(day).ok()?,
+    )
 }
 
 /// Formats an order as the `YYYY_MM_DD_NNNN` literal the attribute takes.
@@ -620,6 +634,7 @@ pub fn create(new: &NewMigration) -> Result<Created, ScaffoldError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::inconsistent_digit_grouping)] // orders are written `YYYY_MM_DD_NNNN`
 mod tests {
     use super::*;
 
@@ -660,12 +675,28 @@ mod tests {
     }
 
     #[test]
-    fn full_sequence_rolls_into_next_day() {
+    fn full_sequence_rolls_into_next_real_day() {
+        let today = day("2026-11-23");
         assert_eq!(
-            next_order(day("2026-11-23"), Some(2026_11_23_9999)).unwrap(),
-            2026_11_24_0000
+            next_order(today, Some(2026_11_23_9999)).unwrap(),
+            2026_11_24_0001
         );
-        assert!(next_order(day("2026-11-23"), Some(9999_99_99_9999)).is_err());
+        assert_eq!(
+            next_order(today, Some(2026_11_30_9999)).unwrap(),
+            2026_12_01_0001
+        );
+        assert_eq!(
+            next_order(today, Some(2026_12_31_9999)).unwrap(),
+            2027_01_01_0001
+        );
+        let err = next_order(today, Some(2026_11_31_9999))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("2026_11_31_9999 does not start with a real date"),
+            "{err}"
+        );
+        assert!(next_order(today, Some(9999_12_31_9999)).is_err());
     }
 
     #[test]
