@@ -22,6 +22,8 @@
 //!
 //! See the README for the CLI, the engines and the library API ([`Migrator`]).
 #![warn(missing_docs, unreachable_pub)]
+// The examples show `fn main` because that is where `mtnt::run!()` belongs.
+#![allow(clippy::needless_doctest_main)]
 
 // Lets the macro's `::mtnt::...` paths resolve inside this crate's own tests.
 extern crate self as mtnt;
@@ -35,7 +37,10 @@ mod migration;
 mod tenant;
 mod url_redact;
 
-pub use backend::{connect, Backend, ConnectOptions, Direction, Engine, PostgresBackend, Session, Target, Tenancy};
+pub use backend::{
+    connect, Backend, ConnectOptions, Direction, Engine, PostgresBackend, Session, SqliteBackend,
+    Target, Tenancy,
+};
 pub use ctx::{Ctx, CtxConn};
 pub use error::{Error, Result};
 pub use migrate::{

@@ -65,6 +65,17 @@ impl PostgresBackend {
         })
     }
 
+    /// The search path of tenant migrations: the tenant's schema, then the control schema
+    /// (so tenant tables can reference shared ones unqualified), then `public`. The same
+    /// for `create_tenant` and `migrate`.
+    fn tenant_search_path(&self, schema_q: &str) -> String {
+        if self.control == "public" {
+            format!("{schema_q}, public")
+        } else {
+            format!("{schema_q}, {}, public", self.control_q)
+        }
+    }
+
     fn select_records(&self) -> String {
         format!(
             "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error FROM {}",
@@ -186,8 +197,7 @@ impl Backend for PostgresBackend {
         };
         let search_path = match target {
             Target::Public => self.control_q.clone(),
-            Target::Tenant(_) if self.control == "public" => format!("{schema_q}, public"),
-            Target::Tenant(_) => format!("{schema_q}, {}, public", self.control_q),
+            Target::Tenant(_) => self.tenant_search_path(&schema_q),
         };
         let registry_update = match target {
             Target::Public => None,
@@ -209,7 +219,8 @@ impl Backend for PostgresBackend {
              INSERT INTO {registry} (name, schema_name, state) VALUES ({name}, {schema}, 'creating');
              CREATE SCHEMA {schema_q};
              {tracking};
-             SET LOCAL search_path TO {schema_q}, public",
+             SET LOCAL search_path TO {search_path}",
+            search_path = self.tenant_search_path(&schema_q),
             registry = self.registry(),
             name = quote_literal(tenant.name.as_str()),
             schema = quote_literal(&tenant.schema),
@@ -228,7 +239,6 @@ impl Backend for PostgresBackend {
                 }
                 return Err(e.into());
             }
-            let mut rows = Vec::with_capacity(migrations.len());
             for &migration in migrations {
                 let started = Instant::now();
                 let mut ctx = Ctx::new(Some(tenant), CtxConn::Postgres(&mut conn));
@@ -238,36 +248,32 @@ impl Backend for PostgresBackend {
                     reverting: false,
                     source: Box::new(e),
                 })?;
-                rows.push(format!(
-                    "({}, {}, {}, 'completed', now(), now(), {}, NULL)",
-                    migration.order(),
-                    quote_literal(migration.name()),
-                    quote_literal(migration.checksum()),
-                    started.elapsed().as_millis() as i64
-                ));
+                // Recorded as it finishes (in the same transaction), so that each row has its
+                // own start and end; `now()` would give every row the transaction's start.
+                let micros = started.elapsed().as_micros() as i64;
+                let record = format!(
+                    "INSERT INTO {schema_q}.mtnt_migrations (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
+                     VALUES ({order}, {name}, {checksum}, 'completed', clock_timestamp() - interval '{micros} microseconds', clock_timestamp(), {ms}, NULL)",
+                    order = migration.order(),
+                    name = quote_literal(migration.name()),
+                    checksum = quote_literal(migration.checksum()),
+                    ms = micros / 1000,
+                );
+                exec_postgres(&mut conn, &record).await?;
             }
-            let mut finish = String::new();
-            if !rows.is_empty() {
-                finish.push_str(&format!(
-                    "INSERT INTO {schema_q}.mtnt_migrations (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) VALUES {};",
-                    rows.join(", ")
-                ));
-            }
-            finish.push_str(&format!(
+            let finish = format!(
                 "UPDATE {registry} SET state = '{state}', applied_order = {applied}, updated_at = now() WHERE name = {name}; COMMIT",
                 registry = self.registry(),
                 state = if activate { "active" } else { "creating" },
                 applied = migrations.iter().map(|m| m.order()).max().map_or("NULL".to_owned(), |o| o.to_string()),
                 name = quote_literal(tenant.name.as_str()),
-            ));
+            );
             exec_postgres(&mut conn, &finish).await?;
             Ok(())
         }
         .await;
-        if result.is_err() {
-            if exec_postgres(&mut conn, "ROLLBACK").await.is_err() {
-                conn.close_on_drop();
-            }
+        if result.is_err() && exec_postgres(&mut conn, "ROLLBACK").await.is_err() {
+            conn.close_on_drop();
         }
         result
     }

@@ -114,6 +114,18 @@ fn pages<'a>(
     .try_flatten()
 }
 
+/// How a fleet run goes.
+pub(crate) struct FleetRun {
+    /// The newest order to apply.
+    pub(crate) to: Option<i64>,
+    /// Tenants at once.
+    pub(crate) concurrency: usize,
+    /// Tenants read per query.
+    pub(crate) page_size: usize,
+    /// Start no tenant after a failure.
+    pub(crate) fail_fast: bool,
+}
+
 /// Migrates many tenants, `concurrency` at a time, each tenant's migrations in order.
 ///
 /// Tenants are handed out one by one from a shared stream, so a slow tenant never idles
@@ -122,13 +134,11 @@ pub(crate) async fn migrate_fleet(
     backend: &dyn Backend,
     set: &MigrationSet,
     tenants: Tenants<'_>,
-    to: Option<i64>,
-    concurrency: usize,
-    page_size: usize,
-    fail_fast: bool,
+    run: FleetRun,
     progress: &dyn Progress,
     report: &mut MigrateReport,
 ) -> Result<()> {
+    let FleetRun { to, concurrency, page_size, fail_fast } = run;
     let stop = AtomicBool::new(false);
     let stop = &stop;
     let outcomes = pages(backend, tenants, page_size)

@@ -1,6 +1,6 @@
 use std::time::Instant;
 
-use super::executor::{migrate_fleet, migrate_target, rollback_target, Tenants};
+use super::executor::{migrate_fleet, migrate_target, rollback_target, FleetRun, Tenants};
 use super::progress::Silent;
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
 use super::{MigrateOptions, MigrateReport, Progress, RollbackTarget, TenantSource};
@@ -158,10 +158,12 @@ impl Migrator {
             &*self.backend,
             &self.migrations,
             tenants,
-            options.to,
-            self.concurrency,
-            self.page_size,
-            options.fail_fast,
+            FleetRun {
+                to: options.to,
+                concurrency: self.concurrency,
+                page_size: self.page_size,
+                fail_fast: options.fail_fast,
+            },
             progress,
             &mut report,
         )
