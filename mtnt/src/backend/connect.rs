@@ -1,9 +1,11 @@
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::Connection;
 
 use super::postgres::PostgresBackend;
+use super::sqlite::SqliteBackend;
 use crate::{redact_url, Backend, Error, Result, Tenancy};
 
 /// How [`connect`] builds a backend from a URL.
@@ -21,7 +23,11 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self { tenancy: None, control_schema: "public".to_owned(), max_connections: 8 }
+        Self {
+            tenancy: None,
+            control_schema: "public".to_owned(),
+            max_connections: 8,
+        }
     }
 }
 
@@ -30,6 +36,12 @@ impl Default for ConnectOptions {
 /// | URL | model |
 /// |---|---|
 /// | `postgres://user@host/db` | a schema per tenant in `db` |
+/// | `sqlite://./tenants/`, `sqlite:tenants` | a file per tenant in the relative directory `tenants` |
+/// | `sqlite:///var/lib/app/tenants` | a file per tenant in the absolute directory `/var/lib/app/tenants` |
+///
+/// A SQLite URL names a directory, not a file: it is created if missing and holds
+/// `mtnt_control.db` (registry and public migrations) and one `<tenant>.db` per tenant
+/// (see [`SqliteBackend`]).
 ///
 /// Errors name the URL with its password redacted.
 pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Backend>> {
@@ -41,24 +53,97 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
                 Some(other) => {
                     return Err(Error::BadUrl {
                         url: redact_url(url),
-                        reason: format!("tenancy {other:?} is not supported on PostgreSQL yet; use schema"),
+                        reason: format!(
+                            "tenancy {other:?} is not supported on PostgreSQL yet; use schema"
+                        ),
                     })
                 }
             }
-            let connect_error = |source| Error::Connect { url: redact_url(url), source };
+            let connect_error = |source| Error::Connect {
+                url: redact_url(url),
+                source,
+            };
             let connect_options: PgConnectOptions = url.parse().map_err(connect_error)?;
             // One direct connection first: a pool retries a refused connection until its
             // acquire timeout, while a user with a wrong URL wants to hear so at once.
-            PgConnection::connect_with(&connect_options).await.map_err(connect_error)?.close().await.ok();
+            PgConnection::connect_with(&connect_options)
+                .await
+                .map_err(connect_error)?
+                .close()
+                .await
+                .ok();
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_lazy_with(connect_options);
-            Ok(Box::new(PostgresBackend::new(pool).with_control_schema(&options.control_schema)?))
+            Ok(Box::new(
+                PostgresBackend::new(pool).with_control_schema(&options.control_schema)?,
+            ))
+        }
+        "sqlite" => {
+            match options.tenancy {
+                None | Some(Tenancy::File) => {}
+                Some(other) => {
+                    return Err(Error::BadUrl {
+                        url: redact_url(url),
+                        reason: format!("tenancy {other:?} is not supported on SQLite, which keeps one file per tenant; use file"),
+                    })
+                }
+            }
+            let dir = sqlite_dir(url).map_err(|reason| Error::BadUrl {
+                url: redact_url(url),
+                reason,
+            })?;
+            Ok(Box::new(SqliteBackend::open(dir).await?))
         }
         _ => Err(Error::BadUrl {
             url: redact_url(url),
             reason: "expected a URL starting with postgres://, mysql:// or sqlite://".to_owned(),
         }),
+    }
+}
+
+/// The directory a `sqlite:` URL names: `sqlite://./dir/`, `sqlite:///abs/dir` or `sqlite:dir`.
+fn sqlite_dir(url: &str) -> std::result::Result<PathBuf, String> {
+    let rest = url.strip_prefix("sqlite:").unwrap_or(url);
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if path.contains('?') || path.contains('#') {
+        return Err("SQLite URLs take no parameters here; name the tenant directory only, as in sqlite://./tenants/".to_owned());
+    }
+    if path.is_empty() || path.starts_with(':') {
+        return Err("name the directory that holds the tenant files, as in sqlite://./tenants/ (in-memory databases cannot hold a file per tenant)".to_owned());
+    }
+    let dir = PathBuf::from(path);
+    let looks_like_file = dir
+        .extension()
+        .is_some_and(|e| e == "db" || e == "sqlite" || e == "sqlite3");
+    if dir.is_file() || (looks_like_file && !dir.is_dir()) {
+        return Err(format!(
+            "{path} looks like a database file, but mtnt keeps one file per tenant in a directory; name the directory, as in sqlite://./tenants/"
+        ));
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_dir;
+    use std::path::PathBuf;
+
+    #[test]
+    fn sqlite_urls_name_directories() {
+        assert_eq!(
+            sqlite_dir("sqlite://./tenants/"),
+            Ok(PathBuf::from("./tenants/"))
+        );
+        assert_eq!(
+            sqlite_dir("sqlite:///abs/dir"),
+            Ok(PathBuf::from("/abs/dir"))
+        );
+        assert_eq!(sqlite_dir("sqlite:tenants"), Ok(PathBuf::from("tenants")));
+        assert!(sqlite_dir("sqlite::memory:").is_err());
+        assert!(sqlite_dir("sqlite://").is_err());
+        assert!(sqlite_dir("sqlite://./app.db").is_err());
+        assert!(sqlite_dir("sqlite://./t?mode=rwc").is_err());
     }
 }
