@@ -1,1 +1,4 @@
-//! SaaS example migrations
+//! The migrations of the example SaaS app: a library crate, as in a real workspace, so that
+//! the app binary, its admin tools and its tests share them.
+
+mod migrations;
