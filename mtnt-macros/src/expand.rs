@@ -4,7 +4,7 @@ use proc_macro2::{Delimiter, Group, Literal, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use sha2::{Digest, Sha256};
 use syn::ext::IdentExt;
-use syn::{FnArg, ItemFn, ReturnType, Signature};
+use syn::{FnArg, ItemFn, ReturnType};
 
 use crate::args::{MigrationArgs, Scope};
 use crate::Errors;
@@ -15,11 +15,25 @@ const SIGNATURE: &str = "async fn(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()>";
 ///
 /// Argument and return types are left to the compiler: the generated call is spanned at
 /// the user's tokens so its errors point there.
-pub(crate) fn check_signature(sig: &Signature) -> syn::Result<()> {
+pub(crate) fn check_function(func: &ItemFn) -> syn::Result<()> {
+    let sig = &func.sig;
     let mut errors = Errors::default();
     let mut error = |tokens: &dyn ToTokens, message: String| {
         errors.push(syn::Error::new_spanned(tokens, message));
     };
+
+    // A second `#[mtnt::migration]` would register the function twice under one name.
+    for attr in &func.attrs {
+        let path = attr.path();
+        let is_migration = path.segments.last().is_some_and(|s| s.ident == "migration")
+            && (path.segments.len() == 1 || path.segments[0].ident == "mtnt");
+        if is_migration {
+            error(
+                attr,
+                "#[mtnt::migration] is given more than once on this function".into(),
+            );
+        }
+    }
 
     if let Some(constness) = &sig.constness {
         error(constness, "a migration cannot be a `const fn`".into());
@@ -91,7 +105,7 @@ pub(crate) fn check_signature(sig: &Signature) -> syn::Result<()> {
 
 /// Generates the function, its boxed up and down shims and the registration.
 ///
-/// `check_signature` must have accepted `func.sig`.
+/// `check_function` must have accepted `func`.
 pub(crate) fn expand(args: &MigrationArgs, func: &ItemFn) -> TokenStream {
     let ident = &func.sig.ident;
     let name = match &args.name {
@@ -110,10 +124,10 @@ pub(crate) fn expand(args: &MigrationArgs, func: &ItemFn) -> TokenStream {
     let enabled = args.enabled;
 
     let FnArg::Typed(arg) = &func.sig.inputs[0] else {
-        unreachable!("check_signature rejects `self`")
+        unreachable!("check_function rejects `self`")
     };
     let ReturnType::Type(_, return_type) = &func.sig.output else {
-        unreachable!("check_signature rejects a missing return type")
+        unreachable!("check_function rejects a missing return type")
     };
 
     // `&mut *ctx` spans the whole argument type, so a wrong type is underlined in full.

@@ -40,7 +40,7 @@ pub fn migration(args: TokenStream, item: TokenStream) -> TokenStream {
         })
         .ok();
     if let Some(func) = &func {
-        if let Err(e) = expand::check_signature(&func.sig) {
+        if let Err(e) = expand::check_function(func) {
             errors.push(e);
         }
     }

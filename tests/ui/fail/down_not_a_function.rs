@@ -1,0 +1,9 @@
+const DROP_ACCOUNTS: &str = "DROP TABLE accounts";
+
+#[mtnt::migration(scope = "tenant", order = 2024_01_01_0001, down = DROP_ACCOUNTS)]
+async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+    ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY)")
+        .await
+}
+
+fn main() {}

@@ -1,0 +1,12 @@
+#[mtnt::migration(scope = "tenant", order = 2024_01_01_0001, down = drop_accounts)]
+async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+    ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY)")
+        .await
+}
+
+fn drop_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+    let _ = ctx;
+    Ok(())
+}
+
+fn main() {}

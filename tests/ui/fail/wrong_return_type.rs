@@ -1,0 +1,8 @@
+#[mtnt::migration(scope = "tenant", order = 2024_01_01_0001)]
+async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> Result<(), String> {
+    ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY)")
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+fn main() {}
