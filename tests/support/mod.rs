@@ -1,3 +1,4 @@
 //! Test support
 
+pub mod postgres;
 pub mod sqlite;

@@ -1,17 +1,19 @@
+use std::ops::{Deref, DerefMut};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, Row};
+use sqlx::{PgConnection, Postgres, Row};
 
 use super::invoke::{connection_lost, exec_postgres, invoke};
 use super::sql::{quote_ident, quote_literal};
 use crate::ctx::CtxConn;
+use crate::migration::BoxFuture;
 use crate::{
-    AppliedMigration, Backend, Ctx, Direction, Engine, Error, Migration, MigrationStatus, Result, Session, Target,
-    Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+    AppliedMigration, Backend, Ctx, Direction, Engine, Error, Migration, MigrationStatus, Result,
+    Session, Target, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
 };
 
 /// PostgreSQL with one schema per tenant, all in one database.
@@ -28,12 +30,21 @@ pub struct PostgresBackend {
 impl PostgresBackend {
     /// A backend on `pool` whose control schema is `public`.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, control: "public".to_owned(), control_q: quote_ident("public") }
+        Self {
+            pool,
+            control: "public".to_owned(),
+            control_q: quote_ident("public"),
+        }
     }
 
     /// Puts the registry and the public migrations in another schema.
     pub fn with_control_schema(mut self, schema: &str) -> Result<Self> {
-        if schema.is_empty() || schema.len() > 63 || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if schema.is_empty()
+            || schema.len() > 63
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(Error::Invalid(format!(
                 "invalid control schema {schema:?}: use 1 to 63 letters, digits and '_'"
             )));
@@ -54,9 +65,13 @@ impl PostgresBackend {
 
     fn record_from_row(row: &PgRow) -> Result<TenantRecord> {
         let name: String = row.try_get("name")?;
-        let name = TenantName::new(name).map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))?;
+        let name =
+            TenantName::new(name).map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))?;
         Ok(TenantRecord {
-            tenant: Tenant { name, schema: row.try_get("schema_name")? },
+            tenant: Tenant {
+                name,
+                schema: row.try_get("schema_name")?,
+            },
             state: TenantState::parse(row.try_get("state")?)?,
             created_at: row.try_get("created_at")?,
             applied_order: row.try_get("applied_order")?,
@@ -101,9 +116,17 @@ fn tracking_ddl(schema_q: &str) -> String {
 }
 
 /// Upserts a tracking row for `migration` with `status`, timed from the transaction start.
-fn record_sql(schema_q: &str, migration: &Migration, status: MigrationStatus, finished: bool) -> String {
+fn record_sql(
+    schema_q: &str,
+    migration: &Migration,
+    status: MigrationStatus,
+    finished: bool,
+) -> String {
     let (finished_at, duration) = if finished {
-        ("clock_timestamp()", "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint")
+        (
+            "clock_timestamp()",
+            "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint",
+        )
     } else {
         ("NULL", "NULL")
     };
@@ -165,8 +188,15 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
-    async fn tenant_page(&self, after: Option<&TenantName>, limit: usize) -> Result<Vec<TenantRecord>> {
-        let sql = format!("{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2", self.select_records());
+    async fn tenant_page(
+        &self,
+        after: Option<&TenantName>,
+        limit: usize,
+    ) -> Result<Vec<TenantRecord>> {
+        let sql = format!(
+            "{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
+            self.select_records()
+        );
         let rows = sqlx::query(&sql)
             .bind(after.map(TenantName::as_str))
             .bind(limit as i64)
@@ -183,14 +213,24 @@ impl Backend for PostgresBackend {
     }
 
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
-        let sql = format!("{} WHERE name = ANY($1) ORDER BY name", self.select_records());
+        let sql = format!(
+            "{} WHERE name = ANY($1) ORDER BY name",
+            self.select_records()
+        );
         let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
         let rows = sqlx::query(&sql).bind(&names).fetch_all(&self.pool).await?;
         rows.iter().map(Self::record_from_row).collect()
     }
 
     async fn session<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Session + 'a>> {
-        let conn = self.pool.acquire().await?;
+        let lock_key = match target {
+            Target::Public => format!("public:{}", self.control),
+            Target::Tenant(t) => format!("tenant:{}", t.schema),
+        };
+        let conn = TargetLock {
+            conn: Some(self.pool.acquire().await?),
+            locked: false,
+        };
         let schema_q = match target {
             Target::Public => self.control_q.clone(),
             Target::Tenant(t) => quote_ident(&t.schema),
@@ -208,10 +248,23 @@ impl Backend for PostgresBackend {
                 name = quote_literal(t.name.as_str()),
             )),
         };
-        Ok(Box::new(PgSession { backend: self, conn, target, schema_q, search_path, registry_update }))
+        Ok(Box::new(PgSession {
+            backend: self,
+            conn,
+            target,
+            lock_key,
+            schema_q,
+            search_path,
+            registry_update,
+        }))
     }
 
-    async fn create_tenant(&self, tenant: &Tenant, migrations: &[&'static Migration], activate: bool) -> Result<()> {
+    async fn create_tenant(
+        &self,
+        tenant: &Tenant,
+        migrations: &[&'static Migration],
+        activate: bool,
+    ) -> Result<()> {
         let schema_q = quote_ident(&tenant.schema);
         let mut conn = self.pool.acquire().await?;
         let begin = format!(
@@ -279,10 +332,13 @@ impl Backend for PostgresBackend {
     }
 
     async fn activate_tenant(&self, tenant: &Tenant) -> Result<()> {
-        sqlx::query(&format!("UPDATE {} SET state = 'active', updated_at = now() WHERE name = $1", self.registry()))
-            .bind(tenant.name.as_str())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(&format!(
+            "UPDATE {} SET state = 'active', updated_at = now() WHERE name = $1",
+            self.registry()
+        ))
+        .bind(tenant.name.as_str())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -301,15 +357,22 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
-    async fn adopt(&self, like: &str, baseline: &[&'static Migration]) -> Result<(Vec<Tenant>, Vec<String>)> {
+    async fn adopt(
+        &self,
+        like: &str,
+        baseline: &[&'static Migration],
+    ) -> Result<(Vec<Tenant>, Vec<String>)> {
         let sql = format!(
             "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1 AND nspname NOT LIKE 'pg\\_%' \
              AND nspname NOT IN ('information_schema', $2) \
              AND nspname NOT IN (SELECT schema_name FROM {}) ORDER BY nspname",
             self.registry()
         );
-        let schemas: Vec<String> =
-            sqlx::query_scalar(&sql).bind(like).bind(&self.control).fetch_all(&self.pool).await?;
+        let schemas: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(like)
+            .bind(&self.control)
+            .fetch_all(&self.pool)
+            .await?;
         let mut adopted = Vec::new();
         let mut skipped = Vec::new();
         let mut conn = self.pool.acquire().await?;
@@ -329,7 +392,12 @@ impl Backend for PostgresBackend {
                 applied = baseline.iter().map(|m| m.order()).max().map_or("NULL".to_owned(), |o| o.to_string()),
             );
             for migration in baseline {
-                sql.push_str(&record_sql(&schema_q, migration, MigrationStatus::Completed, true));
+                sql.push_str(&record_sql(
+                    &schema_q,
+                    migration,
+                    MigrationStatus::Completed,
+                    true,
+                ));
                 sql.push(';');
             }
             sql.push_str("COMMIT");
@@ -343,10 +411,103 @@ impl Backend for PostgresBackend {
     }
 }
 
+/// A session's pooled connection, which may hold the session-level advisory lock of its
+/// target ([`Session::lock`]), so that two runs (two deploys, a `migrate` and a `repair`)
+/// never write to one target at once.
+///
+/// When locked, dropping it releases the lock on a spawned task before the connection goes
+/// back to the pool; a connection left inside a transaction (a run cancelled
+/// mid-migration), or one that cannot be unlocked, is closed instead, which ends both.
+struct TargetLock {
+    conn: Option<PoolConnection<Postgres>>,
+    locked: bool,
+}
+
+impl TargetLock {
+    async fn lock(&mut self, key: &str, target: Target<'_>) -> Result<()> {
+        if self.locked {
+            return Ok(());
+        }
+        // Set before the first lock query, so that a cancelled wait still unlocks on drop.
+        self.locked = true;
+        let free: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('mtnt'), hashtext($1))")
+                .bind(key)
+                .fetch_one(&mut **self)
+                .await?;
+        if !free {
+            tracing::info!("another mtnt run is working on {target}; waiting for it to finish");
+            sqlx::query("SELECT pg_advisory_lock(hashtext('mtnt'), hashtext($1))")
+                .bind(key)
+                .execute(&mut **self)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn close_on_drop(&mut self) {
+        if let Some(conn) = &mut self.conn {
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl Deref for TargetLock {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        self.conn
+            .as_ref()
+            .expect("the connection is only taken on drop")
+    }
+}
+
+impl DerefMut for TargetLock {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken on drop")
+    }
+}
+
+impl Drop for TargetLock {
+    fn drop(&mut self) {
+        if !self.locked {
+            return;
+        }
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            conn.close_on_drop();
+            return;
+        };
+        runtime.spawn(async move {
+            // Outside a transaction block, `now()` is the start of this statement, sent
+            // alone with the simple protocol (the extended one starts the clocks apart).
+            if !matches!(unlock_all(&mut conn).await, Ok(true)) {
+                conn.close_on_drop();
+            }
+        });
+    }
+}
+
+/// Releases every advisory lock of the connection; whether it is outside a transaction.
+///
+/// A named function with a concrete connection type and a boxed `Send` future, like
+/// `exec_postgres`, because the generic executor trips the compiler's higher-ranked `Send`
+/// check inside a spawned task.
+fn unlock_all(conn: &mut PgConnection) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    // A plain `&str` has no arguments, so sqlx sends it with the simple protocol.
+    const SQL: &str =
+        "SELECT now() = statement_timestamp() FROM (SELECT pg_advisory_unlock_all()) AS u";
+    Box::pin(async move { sqlx::Executor::fetch_one(conn, SQL).await?.try_get(0) })
+}
+
 struct PgSession<'a> {
     backend: &'a PostgresBackend,
-    conn: PoolConnection<Postgres>,
+    conn: TargetLock,
     target: Target<'a>,
+    lock_key: String,
     schema_q: String,
     search_path: String,
     registry_update: Option<String>,
@@ -365,7 +526,12 @@ impl PgSession<'_> {
         }
     }
 
-    async fn record_failure(&mut self, migration: &Migration, error: &Error, status: MigrationStatus) -> Result<()> {
+    async fn record_failure(
+        &mut self,
+        migration: &Migration,
+        error: &Error,
+        status: MigrationStatus,
+    ) -> Result<()> {
         let message = error.to_string();
         let sql = format!(
             "INSERT INTO {}.mtnt_migrations AS t (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
@@ -403,8 +569,16 @@ impl PgSession<'_> {
         }
     }
 
-    async fn apply_in_transaction(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
-        self.run(&format!("BEGIN; SET LOCAL search_path TO {}", self.search_path)).await?;
+    async fn apply_in_transaction(
+        &mut self,
+        migration: &'static Migration,
+        direction: Direction,
+    ) -> Result<()> {
+        self.run(&format!(
+            "BEGIN; SET LOCAL search_path TO {}",
+            self.search_path
+        ))
+        .await?;
         let function = match direction {
             Direction::Up => migration.up(),
             Direction::Down => migration.down().ok_or_else(|| Error::Irreversible {
@@ -439,14 +613,20 @@ impl PgSession<'_> {
             self.rollback().await;
             if direction == Direction::Up {
                 // Best effort: the migration error matters more than a failed bookkeeping write.
-                let _ = self.record_failure(migration, &error, MigrationStatus::Failed).await;
+                let _ = self
+                    .record_failure(migration, &error, MigrationStatus::Failed)
+                    .await;
             }
             return Err(error);
         }
         Ok(())
     }
 
-    async fn apply_outside_transaction(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
+    async fn apply_outside_transaction(
+        &mut self,
+        migration: &'static Migration,
+        direction: Direction,
+    ) -> Result<()> {
         let function = match direction {
             Direction::Up => migration.up(),
             Direction::Down => migration.down().ok_or_else(|| Error::Irreversible {
@@ -455,9 +635,16 @@ impl PgSession<'_> {
             })?,
         };
         if direction == Direction::Up {
-            self.run(&record_sql(&self.schema_q, migration, MigrationStatus::Started, false)).await?;
+            self.run(&record_sql(
+                &self.schema_q,
+                migration,
+                MigrationStatus::Started,
+                false,
+            ))
+            .await?;
         }
-        self.run(&format!("SET search_path TO {}", self.search_path)).await?;
+        self.run(&format!("SET search_path TO {}", self.search_path))
+            .await?;
         let tenant = match self.target {
             Target::Public => None,
             Target::Tenant(t) => Some(t),
@@ -468,7 +655,9 @@ impl PgSession<'_> {
         if let Err(error) = result {
             if direction == Direction::Up && !connection_lost(&error) {
                 // The row stays `started`: what the migration did before failing is unknown.
-                let _ = self.record_failure(migration, &error, MigrationStatus::Started).await;
+                let _ = self
+                    .record_failure(migration, &error, MigrationStatus::Started)
+                    .await;
             }
             return Err(error);
         }
@@ -487,7 +676,8 @@ impl PgSession<'_> {
                 migration.order()
             ),
         };
-        self.run(&format!("BEGIN; {}", self.commit_sql(&record))).await
+        self.run(&format!("BEGIN; {}", self.commit_sql(&record)))
+            .await
     }
 }
 
@@ -524,7 +714,12 @@ impl Session for PgSession<'_> {
         rows.iter().map(applied_from_row).collect()
     }
 
+    async fn lock(&mut self) -> Result<()> {
+        self.conn.lock(&self.lock_key, self.target).await
+    }
+
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
+        self.lock().await?;
         if migration.is_transactional() {
             self.apply_in_transaction(migration, direction).await
         } else {
@@ -533,16 +728,22 @@ impl Session for PgSession<'_> {
     }
 
     async fn set_checksum(&mut self, order: i64, checksum: &str) -> Result<()> {
-        sqlx::query(&format!("UPDATE {}.mtnt_migrations SET checksum = $1 WHERE migration_order = $2", self.schema_q))
-            .bind(checksum)
-            .bind(order)
-            .execute(&mut *self.conn)
-            .await?;
+        self.lock().await?;
+        sqlx::query(&format!(
+            "UPDATE {}.mtnt_migrations SET checksum = $1 WHERE migration_order = $2",
+            self.schema_q
+        ))
+        .bind(checksum)
+        .bind(order)
+        .execute(&mut *self.conn)
+        .await?;
         Ok(())
     }
 
     async fn mark(&mut self, migration: &'static Migration, status: MigrationStatus) -> Result<()> {
+        self.lock().await?;
         let record = record_sql(&self.schema_q, migration, status, true);
-        self.run(&format!("BEGIN; {}", self.commit_sql(&record))).await
+        self.run(&format!("BEGIN; {}", self.commit_sql(&record)))
+            .await
     }
 }

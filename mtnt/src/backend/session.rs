@@ -2,7 +2,10 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::{AppliedMigration, Engine, Migration, MigrationStatus, Result, Tenancy, Tenant, TenantName, TenantRecord};
+use crate::{
+    AppliedMigration, Engine, Migration, MigrationStatus, Result, Tenancy, Tenant, TenantName,
+    TenantRecord,
+};
 
 /// What a session or a migration works on: the shared control schema, or one tenant.
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +51,11 @@ pub trait Backend: Send + Sync {
     async fn prepare(&self) -> Result<()>;
 
     /// Registered tenants ordered by name, after `after`, at most `limit`.
-    async fn tenant_page(&self, after: Option<&TenantName>, limit: usize) -> Result<Vec<TenantRecord>>;
+    async fn tenant_page(
+        &self,
+        after: Option<&TenantName>,
+        limit: usize,
+    ) -> Result<Vec<TenantRecord>>;
 
     /// How many tenants are registered.
     async fn tenant_count(&self) -> Result<u64>;
@@ -63,7 +70,12 @@ pub trait Backend: Send + Sync {
     /// applies `migrations` (all transactional), all or nothing: on failure nothing of the
     /// tenant is left. With `activate` the tenant is `active` when this returns, otherwise
     /// it stays `creating` until [`Backend::activate_tenant`].
-    async fn create_tenant(&self, tenant: &Tenant, migrations: &[&'static Migration], activate: bool) -> Result<()>;
+    async fn create_tenant(
+        &self,
+        tenant: &Tenant,
+        migrations: &[&'static Migration],
+        activate: bool,
+    ) -> Result<()>;
 
     /// Marks a tenant made by [`Backend::create_tenant`] as `active`.
     async fn activate_tenant(&self, tenant: &Tenant) -> Result<()>;
@@ -75,7 +87,11 @@ pub trait Backend: Send + Sync {
     /// pattern and are not registered yet, creates their tracking tables and records
     /// `baseline` as completed in them (the migrations the schemas already reflect).
     /// Names that are not valid tenant names are skipped and returned as the second list.
-    async fn adopt(&self, like: &str, baseline: &[&'static Migration]) -> Result<(Vec<Tenant>, Vec<String>)>;
+    async fn adopt(
+        &self,
+        like: &str,
+        baseline: &[&'static Migration],
+    ) -> Result<(Vec<Tenant>, Vec<String>)>;
 }
 
 /// One connection working on one target.
@@ -83,6 +99,14 @@ pub trait Backend: Send + Sync {
 pub trait Session: Send {
     /// The rows of the target's tracking table, by order (creating the table if missing).
     async fn applied(&mut self) -> Result<Vec<AppliedMigration>>;
+
+    /// Waits until no other run works on this target, and keeps it for this session (until
+    /// it is dropped), so that concurrent runs (two deploys) take turns instead of applying
+    /// one migration twice. Callers lock, then read [`Session::applied`] again to plan.
+    /// Idempotent; the default does nothing (for engines that serialise otherwise).
+    async fn lock(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// Runs one migration's up or down function and records it, atomically where the
     /// engine allows: on error the target is left at the previous migration and the

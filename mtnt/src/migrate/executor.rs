@@ -5,9 +5,17 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use super::plan::{plan_down, plan_up};
 use super::source::TenantSource;
 use super::{FailedTenant, MigrateReport, Progress};
-use crate::{Backend, Direction, Error, MigrationSet, Result, RollbackTarget, Scope, Target, TenantName, TenantRecord, TenantState};
+use crate::{
+    Backend, Direction, Error, MigrationSet, Result, RollbackTarget, Scope, Target, TenantName,
+    TenantRecord, TenantState,
+};
 
-fn wrap(target: Target<'_>, migration: &crate::Migration, direction: Direction, error: Error) -> Error {
+fn wrap(
+    target: Target<'_>,
+    migration: &crate::Migration,
+    direction: Direction,
+    error: Error,
+) -> Error {
     Error::Migration {
         target: target.to_string(),
         migration: migration.to_string(),
@@ -28,10 +36,19 @@ pub(crate) async fn migrate_target(
         Target::Tenant(_) => Scope::Tenant,
     };
     let mut session = backend.session(target).await?;
-    let applied = session.applied().await?;
-    let steps = plan_up(target, &applied, set, scope, to)?;
+    // Nothing to do is the common case and needs no lock. Otherwise another run may be
+    // working on this target (its `started` row would look interrupted): wait for it,
+    // then plan from what it recorded.
+    match plan_up(target, &session.applied().await?, set, scope, to) {
+        Ok(steps) if steps.is_empty() => return Ok(0),
+        _ => session.lock().await?,
+    }
+    let steps = plan_up(target, &session.applied().await?, set, scope, to)?;
     for migration in &steps {
-        session.apply(migration, Direction::Up).await.map_err(|e| wrap(target, migration, Direction::Up, e))?;
+        session
+            .apply(migration, Direction::Up)
+            .await
+            .map_err(|e| wrap(target, migration, Direction::Up, e))?;
     }
     Ok(steps.len())
 }
@@ -49,10 +66,14 @@ pub(crate) async fn rollback_target(
         Target::Tenant(_) => Scope::Tenant,
     };
     let mut session = backend.session(target).await?;
+    session.lock().await?;
     let applied = session.applied().await?;
     let steps = plan_down(target, &applied, set, scope, how_far)?;
     for migration in &steps {
-        session.apply(migration, Direction::Down).await.map_err(|e| wrap(target, migration, Direction::Down, e))?;
+        session
+            .apply(migration, Direction::Down)
+            .await
+            .map_err(|e| wrap(target, migration, Direction::Down, e))?;
     }
     Ok(steps)
 }
@@ -74,13 +95,22 @@ fn pages<'a>(
     page_size: usize,
 ) -> impl futures_util::Stream<Item = Result<TenantRecord>> + 'a {
     enum State<'a> {
-        Paging { source: Option<&'a dyn TenantSource>, after: Option<TenantName> },
+        Paging {
+            source: Option<&'a dyn TenantSource>,
+            after: Option<TenantName>,
+        },
         Listed(Vec<TenantRecord>),
         Done,
     }
     let state = match tenants {
-        Tenants::Registry => State::Paging { source: None, after: None },
-        Tenants::Source(source) => State::Paging { source: Some(source), after: None },
+        Tenants::Registry => State::Paging {
+            source: None,
+            after: None,
+        },
+        Tenants::Source(source) => State::Paging {
+            source: Some(source),
+            after: None,
+        },
         Tenants::Listed(records) => State::Listed(records),
     };
     stream::try_unfold(state, move |state| async move {
@@ -94,8 +124,12 @@ fn pages<'a>(
                         let names = source.page(after.as_ref(), page_size).await?;
                         let mut records = backend.tenant_records(&names).await?;
                         if records.len() < names.len() {
-                            let missing = names.iter().find(|n| !records.iter().any(|r| &r.tenant.name == *n));
-                            return Err(Error::UnknownTenant(missing.map(|n| n.to_string()).unwrap_or_default()));
+                            let missing = names
+                                .iter()
+                                .find(|n| !records.iter().any(|r| &r.tenant.name == *n));
+                            return Err(Error::UnknownTenant(
+                                missing.map(|n| n.to_string()).unwrap_or_default(),
+                            ));
                         }
                         records.sort_by(|a, b| a.tenant.name.cmp(&b.tenant.name));
                         records
@@ -104,7 +138,10 @@ fn pages<'a>(
                 let next = if page.len() < page_size {
                     State::Done
                 } else {
-                    State::Paging { source, after: page.last().map(|r| r.tenant.name.clone()) }
+                    State::Paging {
+                        source,
+                        after: page.last().map(|r| r.tenant.name.clone()),
+                    }
                 };
                 Ok(Some((page, next)))
             }
@@ -138,7 +175,12 @@ pub(crate) async fn migrate_fleet(
     progress: &dyn Progress,
     report: &mut MigrateReport,
 ) -> Result<()> {
-    let FleetRun { to, concurrency, page_size, fail_fast } = run;
+    let FleetRun {
+        to,
+        concurrency,
+        page_size,
+        fail_fast,
+    } = run;
     let stop = AtomicBool::new(false);
     let stop = &stop;
     let outcomes = pages(backend, tenants, page_size)

@@ -7,8 +7,8 @@ use super::{MigrateOptions, MigrateReport, Progress, RollbackTarget, TenantSourc
 use crate::backend::{connect, ConnectOptions};
 use crate::migration::format_order;
 use crate::{
-    Backend, Direction, Error, Migration, MigrationSet, MigrationStatus, Result, Scope, Target, Tenant, TenantName,
-    TenantRecord,
+    Backend, Direction, Error, Migration, MigrationSet, MigrationStatus, Result, Scope, Target,
+    Tenant, TenantName, TenantRecord,
 };
 
 /// Runs migrations over a fleet: the library API behind the CLI.
@@ -89,7 +89,13 @@ impl Migrator {
 
     /// Like [`Migrator::builder`], for a backend that is boxed already.
     pub fn builder_boxed(backend: Box<dyn Backend>) -> MigratorBuilder {
-        MigratorBuilder { backend, migrations: None, source: None, concurrency: 4, page_size: 1000 }
+        MigratorBuilder {
+            backend,
+            migrations: None,
+            source: None,
+            concurrency: 4,
+            page_size: 1000,
+        }
     }
 
     /// Connects to `url` with default options and uses every registered migration.
@@ -109,7 +115,9 @@ impl Migrator {
 
     fn check_order(&self, order: Option<i64>) -> Result<()> {
         match order {
-            Some(order) if self.migrations.get(order).is_none() => Err(Error::UnknownOrder(format_order(order))),
+            Some(order) if self.migrations.get(order).is_none() => {
+                Err(Error::UnknownOrder(format_order(order)))
+            }
             _ => Ok(()),
         }
     }
@@ -117,7 +125,10 @@ impl Migrator {
     /// The registry rows of `names`, failing on the first unknown one before anything runs.
     async fn records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
         let records = self.backend.tenant_records(names).await?;
-        if let Some(missing) = names.iter().find(|n| !records.iter().any(|r| &r.tenant.name == *n)) {
+        if let Some(missing) = names
+            .iter()
+            .find(|n| !records.iter().any(|r| &r.tenant.name == *n))
+        {
             return Err(Error::UnknownTenant(missing.to_string()));
         }
         Ok(records)
@@ -133,7 +144,11 @@ impl Migrator {
     }
 
     /// [`Migrator::migrate`], reporting each tenant to `progress` as it finishes.
-    pub async fn migrate_with_progress(&self, options: &MigrateOptions, progress: &dyn Progress) -> Result<MigrateReport> {
+    pub async fn migrate_with_progress(
+        &self,
+        options: &MigrateOptions,
+        progress: &dyn Progress,
+    ) -> Result<MigrateReport> {
         let started = Instant::now();
         self.check_order(options.to)?;
         self.backend.prepare().await?;
@@ -146,7 +161,13 @@ impl Migrator {
             Tenants::Listed(self.records(&options.tenants).await?)
         };
         let mut report = MigrateReport {
-            public_applied: migrate_target(&*self.backend, Target::Public, &self.migrations, options.to).await?,
+            public_applied: migrate_target(
+                &*self.backend,
+                Target::Public,
+                &self.migrations,
+                options.to,
+            )
+            .await?,
             ..MigrateReport::default()
         };
         let total = match &tenants {
@@ -176,13 +197,23 @@ impl Migrator {
 
     /// Reverts tenant migrations of one tenant, newest first. Refuses, before changing
     /// anything, when an irreversible migration is in the way.
-    pub async fn rollback(&self, tenant: &TenantName, how_far: RollbackTarget) -> Result<RollbackReport> {
+    pub async fn rollback(
+        &self,
+        tenant: &TenantName,
+        how_far: RollbackTarget,
+    ) -> Result<RollbackReport> {
         if let RollbackTarget::To(order) = how_far {
             self.check_order(Some(order))?;
         }
         self.backend.prepare().await?;
         let record = self.records(std::slice::from_ref(tenant)).await?.remove(0);
-        let reverted = rollback_target(&*self.backend, Target::Tenant(&record.tenant), &self.migrations, how_far).await?;
+        let reverted = rollback_target(
+            &*self.backend,
+            Target::Tenant(&record.tenant),
+            &self.migrations,
+            how_far,
+        )
+        .await?;
         Ok(RollbackReport {
             tenant: tenant.clone(),
             reverted: reverted.iter().map(|m| (m.order(), m.name())).collect(),
@@ -193,7 +224,12 @@ impl Migrator {
     /// registry in one query per page.
     pub async fn status(&self, names: &[TenantName]) -> Result<StatusReport> {
         self.backend.prepare().await?;
-        let public_rows = self.backend.session(Target::Public).await?.applied().await?;
+        let public_rows = self
+            .backend
+            .session(Target::Public)
+            .await?
+            .applied()
+            .await?;
         let public_done: Vec<i64> = public_rows
             .iter()
             .filter(|r| r.status == MigrationStatus::Completed)
@@ -215,17 +251,34 @@ impl Migrator {
                     error: r.error.clone(),
                 }),
         };
-        let records = if names.is_empty() { self.all_records().await? } else { self.records(names).await? };
-        let enabled: Vec<i64> = self.migrations.scope(Scope::Tenant).filter(|m| m.is_enabled()).map(|m| m.order()).collect();
+        let records = if names.is_empty() {
+            self.all_records().await?
+        } else {
+            self.records(names).await?
+        };
+        let enabled: Vec<i64> = self
+            .migrations
+            .scope(Scope::Tenant)
+            .filter(|m| m.is_enabled())
+            .map(|m| m.order())
+            .collect();
         let tenants: Vec<TenantStatus> = records
             .into_iter()
             .map(|record| TenantStatus {
-                pending: enabled.iter().filter(|&&o| record.applied_order.is_none_or(|a| o > a)).count(),
-                failed: record.failed_order.map(|order| FailedMigration {
-                    order,
-                    name: self.migrations.get(order).map(Migration::name),
-                    error: record.last_error.clone(),
-                }),
+                pending: enabled
+                    .iter()
+                    .filter(|&&o| record.applied_order.is_none_or(|a| o > a))
+                    .count(),
+                // A recorded failure of a migration this binary does not run (disabled, or
+                // not in its code: a reverted deploy) is nothing it can retry or report on.
+                failed: record
+                    .failed_order
+                    .filter(|order| enabled.contains(order))
+                    .map(|order| FailedMigration {
+                        order,
+                        name: self.migrations.get(order).map(Migration::name),
+                        error: record.last_error.clone(),
+                    }),
                 applied_order: record.applied_order,
                 state: record.state,
                 schema: record.tenant.schema,
@@ -247,7 +300,13 @@ impl Migrator {
     async fn all_records(&self) -> Result<Vec<TenantRecord>> {
         let mut all = Vec::new();
         loop {
-            let page = self.backend.tenant_page(all.last().map(|r: &TenantRecord| &r.tenant.name), self.page_size).await?;
+            let page = self
+                .backend
+                .tenant_page(
+                    all.last().map(|r: &TenantRecord| &r.tenant.name),
+                    self.page_size,
+                )
+                .await?;
             let done = page.len() < self.page_size;
             all.extend(page);
             if done {
@@ -268,21 +327,32 @@ impl Migrator {
         self.backend.prepare().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
-        let all: Vec<&'static Migration> = self.migrations.scope(Scope::Tenant).filter(|m| m.is_enabled()).collect();
+        let all: Vec<&'static Migration> = self
+            .migrations
+            .scope(Scope::Tenant)
+            .filter(|m| m.is_enabled())
+            .collect();
         // Everything up to the first non-transactional migration runs in one transaction;
         // the rest (if any) runs after it, and a failure there drops the tenant again.
-        let split = all.iter().position(|m| !m.is_transactional()).unwrap_or(all.len());
+        let split = all
+            .iter()
+            .position(|m| !m.is_transactional())
+            .unwrap_or(all.len());
         let (atomic, rest) = all.split_at(split);
-        self.backend.create_tenant(&tenant, atomic, rest.is_empty()).await?;
+        self.backend
+            .create_tenant(&tenant, atomic, rest.is_empty())
+            .await?;
         if !rest.is_empty() {
             let outcome = async {
                 let mut session = self.backend.session(Target::Tenant(&tenant)).await?;
                 for &migration in rest {
-                    session.apply(migration, Direction::Up).await.map_err(|e| Error::Migration {
-                        target: Target::Tenant(&tenant).to_string(),
-                        migration: migration.to_string(),
-                        reverting: false,
-                        source: Box::new(e),
+                    session.apply(migration, Direction::Up).await.map_err(|e| {
+                        Error::Migration {
+                            target: Target::Tenant(&tenant).to_string(),
+                            migration: migration.to_string(),
+                            reverting: false,
+                            source: Box::new(e),
+                        }
                     })?;
                 }
                 Ok::<_, Error>(())
@@ -298,13 +368,19 @@ impl Migrator {
     }
 
     async fn migrate_public_first(&self) -> Result<()> {
-        migrate_target(&*self.backend, Target::Public, &self.migrations, None).await.map(drop)
+        migrate_target(&*self.backend, Target::Public, &self.migrations, None)
+            .await
+            .map(drop)
     }
 
     /// Registers existing schemas matching the SQL `LIKE` pattern as tenants. With
     /// `baseline`, every tenant migration up to that order is recorded as applied
     /// without running (the schemas already have those tables).
-    pub async fn adopt(&self, like: &str, baseline: Option<i64>) -> Result<(Vec<Tenant>, Vec<String>)> {
+    pub async fn adopt(
+        &self,
+        like: &str,
+        baseline: Option<i64>,
+    ) -> Result<(Vec<Tenant>, Vec<String>)> {
         self.check_order(baseline)?;
         self.backend.prepare().await?;
         let baseline: Vec<&'static Migration> = match baseline {
@@ -323,7 +399,11 @@ impl Migrator {
     pub async fn repair_checksums(&self, names: &[TenantName]) -> Result<usize> {
         self.backend.prepare().await?;
         let mut changed = self.repair_target(Target::Public).await?;
-        let records = if names.is_empty() { self.all_records().await? } else { self.records(names).await? };
+        let records = if names.is_empty() {
+            self.all_records().await?
+        } else {
+            self.records(names).await?
+        };
         for record in &records {
             changed += self.repair_target(Target::Tenant(&record.tenant)).await?;
         }
@@ -332,6 +412,7 @@ impl Migrator {
 
     async fn repair_target(&self, target: Target<'_>) -> Result<usize> {
         let mut session = self.backend.session(target).await?;
+        session.lock().await?;
         let mut changed = 0;
         for row in session.applied().await? {
             if let Some(m) = self.migrations.get(row.order) {
@@ -347,12 +428,23 @@ impl Migrator {
     /// Sets the tracking status of one migration in one tenant (or the public schema when
     /// `tenant` is `None`) without running it: `Completed` after checking by hand that an
     /// interrupted migration took effect, `Pending` to have it run again.
-    pub async fn mark(&self, tenant: Option<&TenantName>, order: i64, status: MigrationStatus) -> Result<()> {
+    pub async fn mark(
+        &self,
+        tenant: Option<&TenantName>,
+        order: i64,
+        status: MigrationStatus,
+    ) -> Result<()> {
         self.check_order(Some(order))?;
         let migration = self.migrations.get(order).expect("checked above");
         self.backend.prepare().await?;
         match tenant {
-            None => self.backend.session(Target::Public).await?.mark(migration, status).await,
+            None => {
+                self.backend
+                    .session(Target::Public)
+                    .await?
+                    .mark(migration, status)
+                    .await
+            }
             Some(name) => {
                 let record = self.records(std::slice::from_ref(name)).await?.remove(0);
                 let mut session = self.backend.session(Target::Tenant(&record.tenant)).await?;
