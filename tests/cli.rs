@@ -6,8 +6,11 @@ use mtnt_test_support::postgres::TestDb;
 use predicates::prelude::*;
 
 fn app(db: &TestDb) -> Command {
-    let mut cmd = Command::cargo_bin("mtnt-test-app").expect("the test app is built with the tests");
-    cmd.env("DATABASE_URL", &db.url).env_remove("MTNT_LOG").arg("--no-progress");
+    let mut cmd =
+        Command::cargo_bin("mtnt-test-app").expect("the test app is built with the tests");
+    cmd.env("DATABASE_URL", &db.url)
+        .env_remove("MTNT_LOG")
+        .arg("--no-progress");
     cmd
 }
 
@@ -26,13 +29,17 @@ async fn a_fleet_through_the_cli() {
         .arg("list")
         .assert()
         .success()
-        .stdout(predicate::str::contains("2024_01_02_0001  tenant  create_invoices"))
+        .stdout(predicate::str::contains(
+            "2024_01_02_0001  tenant  create_invoices",
+        ))
         .stdout(predicate::str::contains("tests/support/app.rs:"));
 
     for name in ["acme", "beta", "gamma"] {
-        app(&db).args(["tenant", "create", name]).assert().success().stdout(predicate::str::contains(
-            format!("created tenant {name}"),
-        ));
+        app(&db)
+            .args(["tenant", "create", name])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(format!("created tenant {name}")));
     }
     // `broken` fails at create_invoices: nothing of it may remain.
     app(&db)
@@ -43,8 +50,22 @@ async fn a_fleet_through_the_cli() {
             "while applying 2024_01_02_0001 create_invoices to tenant broken",
         ))
         .stderr(predicate::str::contains("no_such_table"));
-    assert_eq!(scalar(&db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'broken'").await, 0);
-    assert_eq!(scalar(&db, "SELECT count(*) FROM public.mtnt_tenants WHERE name = 'broken'").await, 0);
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'broken'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM public.mtnt_tenants WHERE name = 'broken'"
+        )
+        .await,
+        0
+    );
 
     app(&db)
         .args(["tenant", "create", "acme"])
@@ -56,23 +77,35 @@ async fn a_fleet_through_the_cli() {
         .arg("migrate")
         .assert()
         .success()
-        .stdout(predicate::str::contains("tenants: 3 total, 0 migrated (0 migrations), 3 already current, 0 failed"));
+        .stdout(predicate::str::contains(
+            "tenants: 3 total, 0 migrated (0 migrations), 3 already current, 0 failed",
+        ));
 
     app(&db)
         .arg("status")
         .assert()
         .success()
-        .stdout(predicate::str::contains("public: at 2024_01_01_0001, 0 pending"))
-        .stdout(predicate::str::contains("3/3 tenants current, 0 behind, 0 failed"));
+        .stdout(predicate::str::contains(
+            "public: at 2024_01_01_0001, 0 pending",
+        ))
+        .stdout(predicate::str::contains(
+            "3/3 tenants current, 0 behind, 0 failed",
+        ));
 
     // Rolling back past the irreversible add_account_names is refused, and nothing changes.
     app(&db)
         .args(["rollback", "--tenant", "beta", "--steps", "2"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("2024_01_03_0001 add_account_names has no down function"));
+        .stderr(predicate::str::contains(
+            "2024_01_03_0001 add_account_names has no down function",
+        ));
     assert_eq!(
-        scalar(&db, "SELECT count(*) FROM beta.mtnt_migrations WHERE status = 'completed'").await,
+        scalar(
+            &db,
+            "SELECT count(*) FROM beta.mtnt_migrations WHERE status = 'completed'"
+        )
+        .await,
         3
     );
     app(&db)
@@ -92,7 +125,13 @@ async fn a_fleet_through_the_cli() {
     .await
     .unwrap();
     pool.close().await;
-    let json = app(&db).args(["status", "--json"]).assert().success().get_output().stdout.clone();
+    let json = app(&db)
+        .args(["status", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let status: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(status["summary"], "2/3 tenants current, 1 behind, 0 failed");
     assert_eq!(status["tenants"][2]["tenant"], "gamma");
@@ -102,7 +141,9 @@ async fn a_fleet_through_the_cli() {
         .args(["migrate", "--tenant", "gamma"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("tenants: 1 total, 1 migrated (1 migrations)"));
+        .stdout(predicate::str::contains(
+            "tenants: 1 total, 1 migrated (1 migrations)",
+        ));
     assert_eq!(
         scalar(&db, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'gamma' AND table_name = 'accounts' AND column_name = 'name'").await,
         1
@@ -135,16 +176,28 @@ async fn bad_input_is_refused_before_any_sql() {
         .args(["migrate", "--to", "2030_01_01_0001"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("no registered migration has order 2030_01_01_0001"));
+        .stderr(predicate::str::contains(
+            "no registered migration has order 2030_01_01_0001",
+        ));
     app(&db)
         .args(["migrate", "--to", "yesterday"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("write it as YYYY_MM_DD_NNNN"));
-    app(&db).args(["rollback", "--tenant", "acme"]).assert().code(2);
+    app(&db)
+        .args(["rollback", "--tenant", "acme"])
+        .assert()
+        .code(2);
     // Nothing above created the registry: no SQL ran for rejected input that clap caught,
     // and the rejected runs changed no tenant.
-    assert_eq!(scalar(&db, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'x%'").await, 0);
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'x%'"
+        )
+        .await,
+        0
+    );
     db.drop_db().await;
 }
 
@@ -155,7 +208,9 @@ fn an_unreachable_database_is_named_without_its_password() {
         .arg("status")
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("cannot connect to postgres://app:***@127.0.0.1:1/fleet"))
+        .stderr(predicate::str::contains(
+            "cannot connect to postgres://app:***@127.0.0.1:1/fleet",
+        ))
         .stderr(predicate::str::contains("hunter2").not());
 }
 
@@ -167,5 +222,7 @@ fn a_missing_url_says_how_to_give_one() {
         .arg("status")
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("pass --database-url URL or set DATABASE_URL"));
+        .stderr(predicate::str::contains(
+            "pass --database-url URL or set DATABASE_URL",
+        ));
 }

@@ -84,7 +84,10 @@ impl<'c> Ctx<'c> {
         let actual = self.engine();
         match &mut self.conn {
             CtxConn::Postgres(c) => Ok(c),
-            _ => Err(Error::WrongEngine { wanted: Engine::Postgres, actual }),
+            _ => Err(Error::WrongEngine {
+                wanted: Engine::Postgres,
+                actual,
+            }),
         }
     }
 
@@ -93,7 +96,10 @@ impl<'c> Ctx<'c> {
         let actual = self.engine();
         match &mut self.conn {
             CtxConn::Sqlite(c) => Ok(c),
-            _ => Err(Error::WrongEngine { wanted: Engine::Sqlite, actual }),
+            _ => Err(Error::WrongEngine {
+                wanted: Engine::Sqlite,
+                actual,
+            }),
         }
     }
 
@@ -102,7 +108,10 @@ impl<'c> Ctx<'c> {
         let actual = self.engine();
         match &mut self.conn {
             CtxConn::MySql(c) => Ok(c),
-            _ => Err(Error::WrongEngine { wanted: Engine::MySql, actual }),
+            _ => Err(Error::WrongEngine {
+                wanted: Engine::MySql,
+                actual,
+            }),
         }
     }
 }

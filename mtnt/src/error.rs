@@ -132,8 +132,8 @@ pub enum Error {
         name: String,
     },
 
-    /// A non-transactional migration began and never finished.
-    #[error("migration {migration} in {target} started outside a transaction and never completed (the run failed or died while it ran), and it is not declared idempotent; nothing was run\n  fix: check the schema, then `repair {tenant_flag}--order {order} --mark completed` if it took effect, or `--mark pending` to run it again")]
+    /// A migration began and never finished: it ran outside a transaction, or failed on MySQL.
+    #[error("migration {migration} in {target} started and never completed (it ran outside a transaction, or on MySQL, which commits DDL at once, it failed; or the run died while it ran), and it is not declared idempotent; nothing was run\n  fix: check the schema, then `repair {tenant_flag}--order {order} --mark completed` if it took effect, or `--mark pending` to run it again")]
     Interrupted {
         /// `"tenant acme"` or `"the public schema"`.
         target: String,

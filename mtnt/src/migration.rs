@@ -171,14 +171,14 @@ impl MigrationSet {
         Self::new(crate::__private::registered())
     }
 
-    /// The registered migrations whose module path starts with `prefix`
+    /// The registered migrations in module `prefix` or its submodules
     /// (for binaries that hold several independent migration sets, and for tests).
     pub fn registered_in(prefix: &str) -> Result<Self> {
-        Self::new(
-            crate::__private::registered()
-                .into_iter()
-                .filter(|m| m.location().module_path.starts_with(prefix)),
-        )
+        Self::new(crate::__private::registered().into_iter().filter(|m| {
+            let path = m.location().module_path;
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        }))
     }
 
     /// Validates and orders the given migrations.

@@ -19,7 +19,12 @@ impl TenantName {
     /// Checks a tenant name.
     pub fn new(name: impl Into<String>) -> Result<Self> {
         let name = name.into();
-        let invalid = |reason| Err(Error::InvalidTenantName { name: name.clone(), reason });
+        let invalid = |reason| {
+            Err(Error::InvalidTenantName {
+                name: name.clone(),
+                reason,
+            })
+        };
         if name.is_empty() {
             return invalid("it is empty");
         }
@@ -51,7 +56,14 @@ impl TenantName {
         }
         if matches!(
             name.as_str(),
-            "public" | "information_schema" | "mysql" | "sys" | "performance_schema" | "postgres" | "template0" | "template1"
+            "public"
+                | "information_schema"
+                | "mysql"
+                | "sys"
+                | "performance_schema"
+                | "postgres"
+                | "template0"
+                | "template1"
         ) {
             return invalid("it is a name the database reserves");
         }
@@ -89,7 +101,10 @@ pub struct Tenant {
 impl Tenant {
     /// A tenant whose schema is named like the tenant.
     pub fn new(name: TenantName) -> Self {
-        Self { schema: name.as_str().to_owned(), name }
+        Self {
+            schema: name.as_str().to_owned(),
+            name,
+        }
     }
 }
 
@@ -150,7 +165,9 @@ impl TenantState {
         match s {
             "active" => Ok(TenantState::Active),
             "creating" => Ok(TenantState::Creating),
-            other => Err(Error::Corrupt(format!("unknown tenant state {other:?} in the tenant registry"))),
+            other => Err(Error::Corrupt(format!(
+                "unknown tenant state {other:?} in the tenant registry"
+            ))),
         }
     }
 }

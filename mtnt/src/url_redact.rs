@@ -29,7 +29,10 @@ mod tests {
 
     #[test]
     fn hides_passwords() {
-        assert_eq!(redact_url("mysql://root:pw@127.0.0.1/x"), "mysql://root:***@127.0.0.1/x");
+        assert_eq!(
+            redact_url("mysql://root:pw@127.0.0.1/x"),
+            "mysql://root:***@127.0.0.1/x"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://./tenants/"), "sqlite://./tenants/");
         assert!(!redact_url("postgres://u:p%40ss@h/db").contains("p%40ss"));

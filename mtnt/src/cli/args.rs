@@ -1,6 +1,6 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{TenantName, Tenancy};
+use crate::{Tenancy, TenantName};
 
 /// Migrates the shared schema and every tenant of a multi-tenant database.
 #[derive(Debug, Parser)]
@@ -15,7 +15,12 @@ pub(crate) struct Cli {
     pub(crate) tenancy: Option<TenancyArg>,
 
     /// The PostgreSQL schema holding the tenant registry and the public migrations
-    #[arg(long, env = "MTNT_CONTROL_SCHEMA", default_value = "public", global = true)]
+    #[arg(
+        long,
+        env = "MTNT_CONTROL_SCHEMA",
+        default_value = "public",
+        global = true
+    )]
     pub(crate) control_schema: String,
 
     /// How many tenants are migrated at once (each uses one connection)
@@ -180,8 +185,9 @@ pub(crate) enum MarkArg {
 pub(crate) fn parse_order(s: &str) -> Result<i64, String> {
     let digits: String = s.chars().filter(|c| *c != '_').collect();
     if digits.len() != 12 || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("{s:?} is not an order; write it as YYYY_MM_DD_NNNN, e.g. 2024_01_01_0001"));
+        return Err(format!(
+            "{s:?} is not an order; write it as YYYY_MM_DD_NNNN, e.g. 2024_01_01_0001"
+        ));
     }
     digits.parse().map_err(|e| format!("{s:?}: {e}"))
 }
-

@@ -33,7 +33,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 pub(crate) fn migrate_report(report: &MigrateReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "public: {} migration(s) applied", report.public_applied);
+    let _ = writeln!(
+        out,
+        "public: {} migration(s) applied",
+        report.public_applied
+    );
     let _ = writeln!(
         out,
         "tenants: {} total, {} migrated ({} migrations), {} already current, {} failed{} in {:.2}s",
@@ -42,7 +46,11 @@ pub(crate) fn migrate_report(report: &MigrateReport) -> String {
         report.migrations_applied,
         report.tenants_current,
         report.failures.len(),
-        if report.tenants_skipped > 0 { format!(", {} skipped (--fail-fast)", report.tenants_skipped) } else { String::new() },
+        if report.tenants_skipped > 0 {
+            format!(", {} skipped (--fail-fast)", report.tenants_skipped)
+        } else {
+            String::new()
+        },
         report.elapsed.as_secs_f64()
     );
     if !report.failures.is_empty() {
@@ -57,9 +65,19 @@ pub(crate) fn migrate_report(report: &MigrateReport) -> String {
 pub(crate) fn status_report(report: &StatusReport) -> String {
     let mut out = String::new();
     let public = &report.public;
-    let _ = write!(out, "public: at {}, {} pending", order_or_none(public.applied_order), public.pending);
+    let _ = write!(
+        out,
+        "public: at {}, {} pending",
+        order_or_none(public.applied_order),
+        public.pending
+    );
     if let Some(failed) = &public.failed {
-        let _ = write!(out, ", failed at {} {}", format_order(failed.order), failed.name.unwrap_or("(unknown)"));
+        let _ = write!(
+            out,
+            ", failed at {} {}",
+            format_order(failed.order),
+            failed.name.unwrap_or("(unknown)")
+        );
     }
     out.push('\n');
     let rows: Vec<Vec<String>> = report
@@ -71,7 +89,12 @@ pub(crate) fn status_report(report: &StatusReport) -> String {
                     "failed at {} {}: {}",
                     format_order(f.order),
                     f.name.unwrap_or("(unknown)"),
-                    f.error.as_deref().unwrap_or("").lines().next().unwrap_or("")
+                    f.error
+                        .as_deref()
+                        .unwrap_or("")
+                        .lines()
+                        .next()
+                        .unwrap_or("")
                 ),
                 (None, 0) => "current".to_owned(),
                 (None, n) => format!("{n} behind"),
@@ -87,7 +110,10 @@ pub(crate) fn status_report(report: &StatusReport) -> String {
         })
         .collect();
     if !rows.is_empty() {
-        out.push_str(&table(&["TENANT", "SCHEMA", "STATE", "APPLIED", "PENDING", "STATUS"], &rows));
+        out.push_str(&table(
+            &["TENANT", "SCHEMA", "STATE", "APPLIED", "PENDING", "STATUS"],
+            &rows,
+        ));
     }
     out.push_str(&report.summary());
     out.push('\n');
@@ -127,7 +153,18 @@ pub(crate) fn migration_list(set: &MigrationSet) -> String {
             ]
         })
         .collect();
-    table(&["ORDER", "SCOPE", "NAME", "REVERSIBLE", "TRANSACTION", "ENABLED", "LOCATION"], &rows)
+    table(
+        &[
+            "ORDER",
+            "SCOPE",
+            "NAME",
+            "REVERSIBLE",
+            "TRANSACTION",
+            "ENABLED",
+            "LOCATION",
+        ],
+        &rows,
+    )
 }
 
 pub(crate) fn migration_list_json(set: &MigrationSet) -> serde_json::Value {

@@ -76,7 +76,10 @@ impl Progress for FleetProgress {
                 let step = (total / 10).max(1);
                 if done % step == 0 || done == total {
                     let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-6);
-                    eprintln!("{} {done}/{total} tenants ({rate:.0}/s, {failed} failed)", self.verb);
+                    eprintln!(
+                        "{} {done}/{total} tenants ({rate:.0}/s, {failed} failed)",
+                        self.verb
+                    );
                 }
             }
         }

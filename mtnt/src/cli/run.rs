@@ -6,7 +6,8 @@ use super::args::{Cli, Command, MarkArg, RollbackArgs, TenantCommand};
 use super::output;
 use super::progress::FleetProgress;
 use crate::{
-    connect, ConnectOptions, Error, MigrateOptions, MigrationSet, MigrationStatus, Migrator, Result, RollbackTarget,
+    connect, ConnectOptions, Error, MigrateOptions, MigrationSet, MigrationStatus, Migrator,
+    Result, RollbackTarget,
 };
 
 /// Parses the command line, runs the command and returns the process exit code:
@@ -17,7 +18,10 @@ pub fn run_cli() -> i32 {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("MTNT_LOG"))
         .with_writer(std::io::stderr)
         .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -25,7 +29,13 @@ pub fn run_cli() -> i32 {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(code) => if code == ExitCode::SUCCESS { 0 } else { 1 },
+        Ok(code) => {
+            if code == ExitCode::SUCCESS {
+                0
+            } else {
+                1
+            }
+        }
         Err(error) => {
             eprintln!("error: {error}");
             let mut source = std::error::Error::source(&error);
@@ -45,7 +55,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let migrations = MigrationSet::registered()?;
     if let Command::List(args) = &cli.command {
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&output::migration_list_json(&migrations)).expect("serializable"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&output::migration_list_json(&migrations))
+                    .expect("serializable")
+            );
         } else {
             print!("{}", output::migration_list(&migrations));
         }
@@ -60,18 +74,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         max_connections: (cli.concurrency + 2) as u32,
     };
     let backend = connect(url, &options).await?;
-    let migrator = Migrator::builder_boxed(backend).migrations(migrations).concurrency(cli.concurrency).build()?;
+    let migrator = Migrator::builder_boxed(backend)
+        .migrations(migrations)
+        .concurrency(cli.concurrency)
+        .build()?;
     let show_progress = !cli.no_progress;
     match cli.command {
         Command::List(_) => unreachable!("handled above"),
         Command::Migrate(args) => {
-            let options = MigrateOptions::new().tenants(args.tenants).to(args.to).fail_fast(args.fail_fast);
+            let options = MigrateOptions::new()
+                .tenants(args.tenants)
+                .to(args.to)
+                .fail_fast(args.fail_fast);
             let progress = FleetProgress::new("migrate", show_progress);
             let report = migrator.migrate_with_progress(&options, &progress).await?;
             print!("{}", output::migrate_report(&report));
-            Ok(if report.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Rollback(RollbackArgs { tenant, steps, to, all }) => {
+        Command::Rollback(RollbackArgs {
+            tenant,
+            steps,
+            to,
+            all,
+        }) => {
             let how_far = match (steps, to, all) {
                 (Some(n), _, _) => RollbackTarget::Steps(n),
                 (_, Some(order), _) => RollbackTarget::To(order),
@@ -82,7 +111,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("tenant {tenant}: nothing to roll back");
             }
             for (order, name) in &report.reverted {
-                println!("tenant {tenant}: reverted {} {name}", crate::migration::format_order(*order));
+                println!(
+                    "tenant {tenant}: reverted {} {name}",
+                    crate::migration::format_order(*order)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -91,7 +123,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if args.json {
                 let mut value = serde_json::to_value(&report).expect("serializable");
                 value["summary"] = serde_json::Value::String(report.summary());
-                println!("{}", serde_json::to_string_pretty(&value).expect("serializable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).expect("serializable")
+                );
             } else {
                 print!("{}", output::status_report(&report));
             }
@@ -99,19 +134,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Tenant(TenantCommand::Create { name }) => {
             let tenant = migrator.create_tenant(&name).await?;
-            println!("created tenant {} (schema {}) with every tenant migration applied", tenant.name, tenant.schema);
+            println!(
+                "created tenant {} (schema {}) with every tenant migration applied",
+                tenant.name, tenant.schema
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenant(TenantCommand::List { json }) => {
             let records = migrator.tenants().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&records).expect("serializable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&records).expect("serializable")
+                );
             } else {
                 print!("{}", output::tenant_list(&records));
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tenant(TenantCommand::Adopt { schema_like, baseline }) => {
+        Command::Tenant(TenantCommand::Adopt {
+            schema_like,
+            baseline,
+        }) => {
             let (adopted, skipped) = migrator.adopt(&schema_like, baseline).await?;
             for tenant in &adopted {
                 println!("adopted {}", tenant.name);
@@ -120,7 +164,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("skipped {name:?}: not a valid tenant name (lowercase letters, digits, '_' or '-', starting with a letter)");
             }
             println!("{} adopted, {} skipped", adopted.len(), skipped.len());
-            Ok(if skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if skipped.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Tenant(TenantCommand::Drop { name, yes }) => {
             if !yes {
@@ -145,7 +193,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let order = args.order.expect("clap requires --order with --mark");
-            let status = match args.mark.expect("clap group requires --checksums or --mark") {
+            let status = match args
+                .mark
+                .expect("clap group requires --checksums or --mark")
+            {
                 MarkArg::Completed => MigrationStatus::Completed,
                 MarkArg::Pending => MigrationStatus::Pending,
             };

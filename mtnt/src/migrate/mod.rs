@@ -9,5 +9,8 @@ mod source;
 pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget};
 pub use progress::Progress;
-pub use report::{FailedMigration, FailedTenant, MigrateReport, PublicStatus, RollbackReport, StatusReport, TenantStatus};
+pub use report::{
+    FailedMigration, FailedTenant, MigrateReport, PublicStatus, RollbackReport, StatusReport,
+    TenantStatus,
+};
 pub use source::{RegistrySource, TenantSource};

@@ -1,5 +1,8 @@
 use crate::migration::format_order;
-use crate::{AppliedMigration, Error, Migration, MigrationSet, MigrationStatus, Result, RollbackTarget, Scope, Target};
+use crate::{
+    AppliedMigration, Error, Migration, MigrationSet, MigrationStatus, Result, RollbackTarget,
+    Scope, Target,
+};
 
 fn checked_applied<'r>(
     target: Target<'_>,
@@ -43,7 +46,12 @@ pub(crate) fn plan_up(
     to: Option<i64>,
 ) -> Result<Vec<&'static Migration>> {
     let known = checked_applied(target, applied, set, scope)?;
-    let status_of = |order: i64| known.iter().find(|(row, _)| row.order == order).map(|(row, _)| row.status);
+    let status_of = |order: i64| {
+        known
+            .iter()
+            .find(|(row, _)| row.order == order)
+            .map(|(row, _)| row.status)
+    };
     let mut steps = Vec::new();
     for migration in set.scope(scope) {
         if !migration.is_enabled() || to.is_some_and(|to| migration.order() > to) {
@@ -69,7 +77,9 @@ pub(crate) fn plan_up(
 }
 
 /// The migrations to revert in `target`, newest first; fails before anything runs when
-/// one of them has no down function.
+/// one of them has no down function, or when a migration is `started` (an interrupted
+/// run, or on MySQL a failed up or down whose DDL may have taken effect): reverting the
+/// ones below it would leave it half-done on top.
 pub(crate) fn plan_down(
     target: Target<'_>,
     applied: &[AppliedMigration],
@@ -78,6 +88,20 @@ pub(crate) fn plan_down(
     how_far: RollbackTarget,
 ) -> Result<Vec<&'static Migration>> {
     let known = checked_applied(target, applied, set, scope)?;
+    if let Some((_, interrupted)) = known
+        .iter()
+        .find(|(row, _)| row.status == MigrationStatus::Started)
+    {
+        return Err(Error::Interrupted {
+            target: target.to_string(),
+            migration: interrupted.to_string(),
+            tenant_flag: match target {
+                Target::Public => "--public ".to_owned(),
+                Target::Tenant(t) => format!("--tenant {} ", t.name),
+            },
+            order: interrupted.order(),
+        });
+    }
     let mut completed: Vec<&'static Migration> = known
         .iter()
         .filter(|(row, _)| row.status == MigrationStatus::Completed)
@@ -86,11 +110,17 @@ pub(crate) fn plan_down(
     completed.reverse();
     let steps: Vec<&'static Migration> = match how_far {
         RollbackTarget::Steps(n) => completed.into_iter().take(n).collect(),
-        RollbackTarget::To(order) => completed.into_iter().take_while(|m| m.order() > order).collect(),
+        RollbackTarget::To(order) => completed
+            .into_iter()
+            .take_while(|m| m.order() > order)
+            .collect(),
         RollbackTarget::All => completed,
     };
     if let Some(blocker) = steps.iter().find(|m| !m.is_reversible()) {
-        return Err(Error::Irreversible { target: target.to_string(), migration: blocker.to_string() });
+        return Err(Error::Irreversible {
+            target: target.to_string(),
+            migration: blocker.to_string(),
+        });
     }
     Ok(steps)
 }

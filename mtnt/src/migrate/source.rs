@@ -19,6 +19,12 @@ pub struct RegistrySource<'a>(pub &'a dyn Backend);
 #[async_trait]
 impl TenantSource for RegistrySource<'_> {
     async fn page(&self, after: Option<&TenantName>, limit: usize) -> Result<Vec<TenantName>> {
-        Ok(self.0.tenant_page(after, limit).await?.into_iter().map(|r: TenantRecord| r.tenant.name).collect())
+        Ok(self
+            .0
+            .tenant_page(after, limit)
+            .await?
+            .into_iter()
+            .map(|r: TenantRecord| r.tenant.name)
+            .collect())
     }
 }

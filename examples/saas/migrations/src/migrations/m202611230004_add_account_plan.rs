@@ -6,7 +6,8 @@
 #[mtnt::migration(scope = "tenant", order = 2026_11_23_0004, down = add_account_plan_down)]
 async fn add_account_plan(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
     // Schema change and backfill in one transaction: typed sqlx calls on the live connection.
-    ctx.execute("ALTER TABLE accounts ADD COLUMN plan text").await?;
+    ctx.execute("ALTER TABLE accounts ADD COLUMN plan text")
+        .await?;
     let free: String = sqlx::query_scalar("SELECT name FROM public.plans ORDER BY seats LIMIT 1")
         .fetch_one(ctx.postgres()?)
         .await?;
@@ -14,7 +15,8 @@ async fn add_account_plan(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
         .bind(free)
         .execute(ctx.postgres()?)
         .await?;
-    ctx.execute("ALTER TABLE accounts ALTER COLUMN plan SET NOT NULL").await
+    ctx.execute("ALTER TABLE accounts ALTER COLUMN plan SET NOT NULL")
+        .await
 }
 
 async fn add_account_plan_down(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
