@@ -92,7 +92,7 @@ pub enum Error {
     UnknownTenant(String),
 
     /// `tenant create` named a tenant that exists already.
-    #[error("tenant {0:?} exists already")]
+    #[error("tenant {0:?} exists already\n  fix: pick another name; if `tenant list` shows it as `creating`, an earlier create died half-way: remove it with `tenant drop {0} --yes` and create it again")]
     TenantExists(String),
 
     /// `--to` named an order that no registered migration has.

@@ -148,7 +148,7 @@ mod tests {
 pub enum TenantState {
     /// In use; migrated by `migrate`.
     Active,
-    /// `tenant create` is under way (or died; the next `tenant create` cleans it up).
+    /// `tenant create` is under way, or died half-way (remove it with `tenant drop NAME --yes`).
     Creating,
 }
 

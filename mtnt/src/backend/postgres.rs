@@ -574,11 +574,6 @@ impl PgSession<'_> {
         migration: &'static Migration,
         direction: Direction,
     ) -> Result<()> {
-        self.run(&format!(
-            "BEGIN; SET LOCAL search_path TO {}",
-            self.search_path
-        ))
-        .await?;
         let function = match direction {
             Direction::Up => migration.up(),
             Direction::Down => migration.down().ok_or_else(|| Error::Irreversible {
@@ -586,6 +581,11 @@ impl PgSession<'_> {
                 migration: migration.to_string(),
             })?,
         };
+        self.run(&format!(
+            "BEGIN; SET LOCAL search_path TO {}",
+            self.search_path
+        ))
+        .await?;
         let tenant = match self.target {
             Target::Public => None,
             Target::Tenant(t) => Some(t),

@@ -359,7 +359,9 @@ impl Migrator {
             }
             .await;
             if let Err(error) = outcome {
-                self.backend.drop_tenant(&tenant).await?;
+                if let Err(cleanup) = self.backend.drop_tenant(&tenant).await {
+                    tracing::error!(tenant = %tenant.name, "could not remove the half-created tenant: {cleanup}");
+                }
                 return Err(error);
             }
             self.backend.activate_tenant(&tenant).await?;
