@@ -38,14 +38,15 @@ mod tenant;
 mod url_redact;
 
 pub use backend::{
-    connect, Backend, ConnectOptions, Direction, Engine, PostgresBackend, Session, SqliteBackend,
-    Target, Tenancy,
+    connect, Backend, ConnectOptions, Direction, Engine, MySqlBackend, PostgresBackend, Session,
+    SqliteBackend, Target, Tenancy,
 };
 pub use ctx::{Ctx, CtxConn};
 pub use error::{Error, Result};
 pub use migrate::{
-    FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator, MigratorBuilder, Progress, PublicStatus,
-    RegistrySource, RollbackReport, RollbackTarget, StatusReport, TenantSource, TenantStatus,
+    FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator, MigratorBuilder,
+    Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget, StatusReport,
+    TenantSource, TenantStatus,
 };
 pub use migration::{AppliedMigration, Location, Migration, MigrationSet, MigrationStatus, Scope};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};

@@ -1,4 +1,5 @@
 //! Test support
 
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;

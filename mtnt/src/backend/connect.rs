@@ -1,9 +1,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::Connection;
 
+use super::mysql::MySqlBackend;
 use super::postgres::PostgresBackend;
 use super::sqlite::SqliteBackend;
 use crate::{redact_url, Backend, Error, Result, Tenancy};
@@ -36,6 +38,7 @@ impl Default for ConnectOptions {
 /// | URL | model |
 /// |---|---|
 /// | `postgres://user@host/db` | a schema per tenant in `db` |
+/// | `mysql://user@host/control`, `mariadb://...` | a database per tenant; `control` holds the registry (see [`MySqlBackend`]) |
 /// | `sqlite://./tenants/`, `sqlite:tenants` | a file per tenant in the relative directory `tenants` |
 /// | `sqlite:///var/lib/app/tenants` | a file per tenant in the absolute directory `/var/lib/app/tenants` |
 ///
@@ -96,11 +99,79 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
             })?;
             Ok(Box::new(SqliteBackend::open(dir).await?))
         }
+        "mysql" | "mariadb" => {
+            match options.tenancy {
+                None | Some(Tenancy::Database) => {}
+                Some(other) => {
+                    return Err(Error::BadUrl {
+                        url: redact_url(url),
+                        reason: format!(
+                            "tenancy {other:?} is not supported on MySQL, where a schema is a database; use database"
+                        ),
+                    })
+                }
+            }
+            let bad_url = |reason: String| Error::BadUrl {
+                url: redact_url(url),
+                reason,
+            };
+            let (server_url, control) = mysql_control(url).map_err(bad_url)?;
+            let connect_error = |source| Error::Connect {
+                url: redact_url(url),
+                source,
+            };
+            let connect_options: MySqlConnectOptions = server_url.parse().map_err(connect_error)?;
+            // One direct connection first, as for PostgreSQL: fail at once when unreachable.
+            MySqlConnection::connect_with(&connect_options)
+                .await
+                .map_err(connect_error)?
+                .close()
+                .await
+                .ok();
+            let pool = MySqlPoolOptions::new()
+                .max_connections(options.max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_lazy_with(connect_options);
+            Ok(Box::new(MySqlBackend::new(pool, &control)?))
+        }
         _ => Err(Error::BadUrl {
             url: redact_url(url),
             reason: "expected a URL starting with postgres://, mysql:// or sqlite://".to_owned(),
         }),
     }
+}
+
+/// Splits a MySQL URL into the server URL (no database: sessions pick theirs with `USE`)
+/// and the control database it names.
+fn mysql_control(url: &str) -> std::result::Result<(String, String), String> {
+    let mut parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let control = parsed.path().trim_start_matches('/').to_owned();
+    let control = percent_decode(&control)?;
+    if control.is_empty() || control.contains('/') {
+        return Err("name the control database that holds the tenant registry, as in mysql://root@127.0.0.1/control".to_owned());
+    }
+    parsed.set_path("");
+    Ok((parsed.to_string(), control))
+}
+
+/// Decodes `%XX` escapes of a URL path.
+fn percent_decode(text: &str) -> std::result::Result<String, String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' && tail.len() >= 2 {
+            let hex = std::str::from_utf8(&tail[..2]).map_err(|e| e.to_string())?;
+            bytes.push(
+                u8::from_str_radix(hex, 16)
+                    .map_err(|_| format!("bad escape %{hex} in the database name"))?,
+            );
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
 /// The directory a `sqlite:` URL names: `sqlite://./dir/`, `sqlite:///abs/dir` or `sqlite:dir`.
@@ -127,8 +198,27 @@ fn sqlite_dir(url: &str) -> std::result::Result<PathBuf, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::sqlite_dir;
+    use super::{mysql_control, sqlite_dir};
     use std::path::PathBuf;
+
+    #[test]
+    fn mysql_urls_name_the_control_database() {
+        assert_eq!(
+            mysql_control("mysql://root:pw@127.0.0.1:3306/control?ssl-mode=disabled"),
+            Ok((
+                "mysql://root:pw@127.0.0.1:3306?ssl-mode=disabled".to_owned(),
+                "control".to_owned()
+            ))
+        );
+        assert_eq!(
+            mysql_control("mariadb://root@db/app%2Dcontrol").map(|(_, c)| c),
+            Ok("app-control".to_owned())
+        );
+        assert!(mysql_control("mysql://root@127.0.0.1")
+            .unwrap_err()
+            .contains("name the control database"));
+        assert!(mysql_control("mysql://root@127.0.0.1/").is_err());
+    }
 
     #[test]
     fn sqlite_urls_name_directories() {

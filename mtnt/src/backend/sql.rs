@@ -8,7 +8,6 @@ pub(crate) fn quote_ident(ident: &str) -> String {
 }
 
 /// Quotes an identifier for MySQL: `` `name` ``, doubling inner backticks.
-#[allow(dead_code)]
 pub(crate) fn quote_ident_mysql(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }

@@ -1,0 +1,995 @@
+use std::ops::{Deref, DerefMut};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::mysql::{MySqlDatabaseError, MySqlPool, MySqlRow};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, MySql, MySqlConnection, Row};
+
+use super::invoke::{connection_lost, exec_mysql, invoke};
+use super::sql::quote_ident_mysql;
+use crate::ctx::CtxConn;
+use crate::migration::MigrationFn;
+use crate::{
+    AppliedMigration, Backend, Ctx, Direction, Engine, Error, Migration, MigrationStatus, Result,
+    Session, Target, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+};
+
+/// The current time in UTC with microseconds, whatever the session's `time_zone`.
+const NOW: &str = "UTC_TIMESTAMP(6)";
+
+/// Databases that are never tenants.
+const SYSTEM_DATABASES: [&str; 4] = ["mysql", "information_schema", "performance_schema", "sys"];
+
+/// The longest error text stored in a tracking or registry row.
+const MAX_ERROR_BYTES: usize = 60_000;
+
+/// MySQL or MariaDB with one database per tenant, all on one server.
+///
+/// The database named in the URL (`mysql://user@host/control`) is the control database:
+/// it holds the tenant registry `mtnt_tenants`, the tracking table `mtnt_migrations` of
+/// public migrations, and whatever the public migrations create. It is created on first
+/// use if missing. Each tenant is a database named like the tenant (`acme`, `big-co`),
+/// with its own `mtnt_migrations`. Timestamps are `DATETIME(6)` in UTC.
+///
+/// One pool serves the whole server. A session takes one connection and selects the
+/// target's database with `USE`, so migrations can name their tables unqualified; mtnt's
+/// own SQL always names the database. A tenant migration reaches shared tables as
+/// `` `control`.table ``. Because MySQL binds a prepared statement to the database that
+/// was current when it was prepared, the connection's statement cache is cleared whenever
+/// a session selects a database; migrations can use typed `sqlx::query(...)` calls on
+/// [`Ctx::mysql`](crate::Ctx::mysql) freely.
+///
+/// Concurrent runs on one target (two deploys) take turns on a named lock (`GET_LOCK`)
+/// that the session holds until it ends.
+///
+/// # No transactional DDL
+///
+/// MySQL commits every DDL statement (`CREATE`, `ALTER`, `DROP`, ...) on the spot, so the
+/// server cannot roll back a migration that changed the schema. mtnt therefore
+///
+/// 1. records the migration as `started` (committed) before it runs;
+/// 2. runs it with autocommit off (`SET autocommit = 0; START TRANSACTION`), so that a
+///    migration that only changes data rolls back completely, and data changes after its
+///    last DDL statement do too;
+/// 3. on success records it `completed` (or `pending` after a down) and updates the
+///    registry row in one transaction;
+/// 4. on failure rolls back and leaves the row `started`, with the error. mtnt cannot know
+///    whether the migration ran DDL before it failed, so every failure is treated as
+///    possibly half-applied: the tenant's registry row shows the failure in `status`, and
+///    the next `migrate` refuses the tenant until someone checks its schema and runs
+///    `repair --tenant X --order N --mark completed` (it took effect) or `--mark pending`
+///    (run it again). Migrations declared `idempotent = true` are simply run again.
+///    A failed down function leaves its row `started` the same way, and `rollback`
+///    refuses to go past it until it is repaired.
+///
+/// Keep each MySQL migration to one DDL statement (plus data changes) where you can, so
+/// that a failure leaves a state that is easy to judge.
+///
+/// # Creating and dropping tenants
+///
+/// `create_tenant` registers the tenant as `creating`, creates its database, its tracking
+/// table and runs its migrations. When anything fails it drops the database and deletes
+/// the registry row again: the creation is atomic by compensation, not by transaction. A
+/// process that dies midway leaves the tenant `creating` (the fleet skips it), and
+/// `tenant drop` removes what is left.
+#[derive(Clone, Debug)]
+pub struct MySqlBackend {
+    pool: MySqlPool,
+    control: String,
+    control_q: String,
+}
+
+impl MySqlBackend {
+    /// A backend on `pool` whose control database is `control`.
+    ///
+    /// The pool's connections need no default database; every session selects its own.
+    pub fn new(pool: MySqlPool, control: &str) -> Result<Self> {
+        if control.is_empty()
+            || control.len() > 64
+            || !control
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '$')
+        {
+            return Err(Error::Invalid(format!(
+                "invalid control database {control:?}: use 1 to 64 letters, digits, '_', '-' and '$'"
+            )));
+        }
+        Ok(Self {
+            pool,
+            control: control.to_owned(),
+            control_q: quote_ident_mysql(control),
+        })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// The control database: tenant registry, public tracking table, public tables.
+    pub fn control_database(&self) -> &str {
+        &self.control
+    }
+
+    fn registry(&self) -> String {
+        format!("{}.mtnt_tenants", self.control_q)
+    }
+
+    fn select_records(&self) -> String {
+        format!(
+            "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error FROM {}",
+            self.registry()
+        )
+    }
+
+    fn record_from_row(row: &MySqlRow) -> Result<TenantRecord> {
+        let name = TenantName::new(text(row, "name")?)
+            .map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))?;
+        Ok(TenantRecord {
+            tenant: Tenant {
+                name,
+                schema: text(row, "schema_name")?,
+            },
+            state: TenantState::parse(&text(row, "state")?)?,
+            created_at: row.try_get("created_at")?,
+            applied_order: row.try_get("applied_order")?,
+            failed_order: row.try_get("failed_order")?,
+            last_error: opt_text(row, "last_error")?,
+        })
+    }
+
+    /// Removes a tenant's registry row (only while it is `creating`, when `creating_only`).
+    async fn delete_row(&self, tenant: &Tenant, creating_only: bool) -> Result<()> {
+        let mut sql = format!("DELETE FROM {} WHERE name = ?", self.registry());
+        if creating_only {
+            sql.push_str(" AND state = 'creating'");
+        }
+        sqlx::query(&sql)
+            .bind(tenant.name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Fills the new database of a tenant on `conn`: tracking table and `migrations`, then
+    /// the registry row, committed together (as far as MySQL lets DDL join a transaction).
+    async fn fill_new_database(
+        &self,
+        conn: &mut TargetConn,
+        tenant: &Tenant,
+        migrations: &[&'static Migration],
+        activate: bool,
+    ) -> Result<()> {
+        let db_q = quote_ident_mysql(&tenant.schema);
+        use_database(conn, &db_q).await?;
+        conn.in_transaction = true;
+        exec_mysql(
+            conn,
+            &format!(
+                "{}; SET autocommit = 0; START TRANSACTION",
+                tracking_ddl(&db_q)
+            ),
+        )
+        .await?;
+        for &migration in migrations {
+            let clock = Instant::now();
+            let mut ctx = Ctx::new(Some(tenant), CtxConn::MySql(conn));
+            invoke(migration.up(), &mut ctx)
+                .await
+                .map_err(|e| Error::Migration {
+                    target: Target::Tenant(tenant).to_string(),
+                    migration: migration.to_string(),
+                    reverting: false,
+                    source: Box::new(e),
+                })?;
+            let micros = clock.elapsed().as_micros() as i64;
+            sqlx::query(&format!(
+                "INSERT INTO {db_q}.mtnt_migrations \
+                 (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
+                 VALUES (?, ?, ?, 'completed', {NOW} - INTERVAL ? MICROSECOND, {NOW}, ?, NULL)"
+            ))
+            .bind(migration.order())
+            .bind(migration.name())
+            .bind(migration.checksum())
+            .bind(micros)
+            .bind(micros / 1000)
+            .execute(&mut **conn)
+            .await?;
+        }
+        sqlx::query(&format!(
+            "UPDATE {} SET state = ?, applied_order = ?, updated_at = {NOW} WHERE name = ?",
+            self.registry()
+        ))
+        .bind(if activate { "active" } else { "creating" })
+        .bind(migrations.iter().map(|m| m.order()).max())
+        .bind(tenant.name.as_str())
+        .execute(&mut **conn)
+        .await?;
+        exec_mysql(conn, "COMMIT; SET autocommit = 1").await?;
+        conn.in_transaction = false;
+        Ok(())
+    }
+}
+
+/// `ER_DUP_ENTRY`.
+const ER_DUP_ENTRY: u16 = 1062;
+/// `ER_DB_CREATE_EXISTS`.
+const ER_DB_CREATE_EXISTS: u16 = 1007;
+/// `ER_BAD_DB_ERROR`: unknown database.
+const ER_BAD_DB_ERROR: u16 = 1049;
+/// `ER_NO_SUCH_TABLE`.
+const ER_NO_SUCH_TABLE: u16 = 1146;
+
+/// Makes `db_q` the connection's default database, for the unqualified names of migrations.
+///
+/// MySQL binds a prepared statement to the database that was the default when it was
+/// prepared, and sqlx caches prepared statements per connection: a pooled connection that
+/// worked on another tenant would run a migration's `sqlx::query("INSERT INTO accounts ...")`
+/// against that tenant's table. So the cache is cleared as the database changes.
+async fn use_database(conn: &mut MySqlConnection, db_q: &str) -> Result<(), sqlx::Error> {
+    exec_mysql(conn, &format!("USE {db_q}")).await?;
+    if conn.cached_statements_size() > 0 {
+        conn.clear_cached_statements().await?;
+    }
+    Ok(())
+}
+
+/// The server's error number of a database error.
+fn error_number(error: &sqlx::Error) -> Option<u16> {
+    match error {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .map(MySqlDatabaseError::number),
+        _ => None,
+    }
+}
+
+/// A text column, read as bytes: columns with a binary collation (`utf8mb4_bin`, which
+/// the registry uses so that names sort like Rust strings) carry the protocol's binary
+/// flag, which sqlx will not decode into `String`.
+fn text(row: &MySqlRow, column: &str) -> Result<String> {
+    let bytes: Vec<u8> = row.try_get(column)?;
+    String::from_utf8(bytes)
+        .map_err(|e| Error::Corrupt(format!("column {column} is not UTF-8: {e}")))
+}
+
+fn opt_text(row: &MySqlRow, column: &str) -> Result<Option<String>> {
+    let bytes: Option<Vec<u8>> = row.try_get(column)?;
+    bytes
+        .map(|b| {
+            String::from_utf8(b)
+                .map_err(|e| Error::Corrupt(format!("column {column} is not UTF-8: {e}")))
+        })
+        .transpose()
+}
+
+/// The error text to store, cut at a character boundary below [`MAX_ERROR_BYTES`].
+fn error_text(error: &Error) -> String {
+    let mut message = error.to_string();
+    if message.len() > MAX_ERROR_BYTES {
+        let mut cut = MAX_ERROR_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" [...]");
+    }
+    message
+}
+
+/// The tracking table of one database.
+fn tracking_ddl(db_q: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db_q}.mtnt_migrations (
+            migration_order BIGINT NOT NULL PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            checksum VARCHAR(255) NOT NULL,
+            status VARCHAR(16) NOT NULL CHECK (status IN ('pending', 'started', 'failed', 'completed')),
+            started_at DATETIME(6) NULL,
+            finished_at DATETIME(6) NULL,
+            duration_ms BIGINT NULL,
+            error MEDIUMTEXT NULL
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
+    )
+}
+
+#[async_trait]
+impl Backend for MySqlBackend {
+    fn engine(&self) -> Engine {
+        Engine::MySql
+    }
+
+    fn tenancy(&self) -> Tenancy {
+        Tenancy::Database
+    }
+
+    async fn prepare(&self) -> Result<()> {
+        let sql = format!(
+            "CREATE DATABASE IF NOT EXISTS {control} CHARACTER SET utf8mb4;
+             CREATE TABLE IF NOT EXISTS {registry} (
+                name VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+                schema_name VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL UNIQUE,
+                state VARCHAR(16) NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'creating')),
+                created_at DATETIME(6) NOT NULL,
+                applied_order BIGINT NULL,
+                failed_order BIGINT NULL,
+                last_error MEDIUMTEXT NULL,
+                updated_at DATETIME(6) NOT NULL
+             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
+             {tracking}",
+            control = self.control_q,
+            registry = self.registry(),
+            tracking = tracking_ddl(&self.control_q),
+        );
+        let mut conn = self.pool.acquire().await?;
+        exec_mysql(&mut conn, &sql).await?;
+        Ok(())
+    }
+
+    async fn tenant_page(
+        &self,
+        after: Option<&TenantName>,
+        limit: usize,
+    ) -> Result<Vec<TenantRecord>> {
+        let sql = format!(
+            "{} WHERE (? IS NULL OR name > ?) ORDER BY name LIMIT ?",
+            self.select_records()
+        );
+        let after = after.map(TenantName::as_str);
+        let rows = sqlx::query(&sql)
+            .bind(after)
+            .bind(after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::record_from_row).collect()
+    }
+
+    async fn tenant_count(&self) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", self.registry()))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count as u64)
+    }
+
+    async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut records = Vec::with_capacity(names.len());
+        // Bounded IN lists: a server caps the placeholders of one statement.
+        for chunk in names.chunks(1000) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "{} WHERE name IN ({placeholders}) ORDER BY name",
+                self.select_records()
+            );
+            let mut query = sqlx::query(&sql);
+            for name in chunk {
+                query = query.bind(name.as_str());
+            }
+            let rows = query.fetch_all(&self.pool).await?;
+            for row in &rows {
+                records.push(Self::record_from_row(row)?);
+            }
+        }
+        records.sort_by(|a, b| a.tenant.name.cmp(&b.tenant.name));
+        Ok(records)
+    }
+
+    async fn session<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Session + 'a>> {
+        let mut conn = self.pool.acquire().await?;
+        let db_q = match target {
+            Target::Public => self.control_q.clone(),
+            Target::Tenant(t) => quote_ident_mysql(&t.schema),
+        };
+        if let Err(e) = use_database(&mut conn, &db_q).await {
+            if let (Target::Tenant(t), Some(ER_BAD_DB_ERROR)) = (target, error_number(&e)) {
+                return Err(Error::Invalid(format!(
+                    "database {} of tenant {} does not exist\n  fix: restore it, or remove the tenant with `tenant drop {}`",
+                    t.schema, t.name, t.name
+                )));
+            }
+            return Err(e.into());
+        }
+        let lock_key = match target {
+            Target::Public => format!("public:{}", self.control),
+            // Tenant databases are server-wide, whatever control database registers them.
+            Target::Tenant(t) => format!("tenant:{}", t.schema),
+        };
+        let conn = TargetConn::new(conn, lock_key);
+        Ok(Box::new(MySqlSession {
+            backend: self,
+            conn,
+            target,
+            db_q,
+        }))
+    }
+
+    async fn create_tenant(
+        &self,
+        tenant: &Tenant,
+        migrations: &[&'static Migration],
+        activate: bool,
+    ) -> Result<()> {
+        let claim = sqlx::query(&format!(
+            "INSERT INTO {} (name, schema_name, state, created_at, updated_at) VALUES (?, ?, 'creating', {NOW}, {NOW})",
+            self.registry()
+        ))
+        .bind(tenant.name.as_str())
+        .bind(&tenant.schema)
+        .execute(&self.pool)
+        .await;
+        match claim {
+            Err(e) if error_number(&e) == Some(ER_DUP_ENTRY) => {
+                return Err(Error::TenantExists(tenant.name.to_string()))
+            }
+            other => other?,
+        };
+        let db_q = quote_ident_mysql(&tenant.schema);
+        let created = async {
+            let mut conn = self.pool.acquire().await?;
+            exec_mysql(
+                &mut conn,
+                &format!("CREATE DATABASE {db_q} CHARACTER SET utf8mb4"),
+            )
+            .await?;
+            Ok::<_, sqlx::Error>(conn)
+        }
+        .await;
+        let mut conn = match created {
+            // Closed if dropped inside the transaction (a cancelled creation).
+            Ok(conn) => TargetConn::new(conn, String::new()),
+            Err(e) => {
+                // Nothing was created: only the claim goes.
+                let _ = self.delete_row(tenant, true).await;
+                if error_number(&e) == Some(ER_DB_CREATE_EXISTS) {
+                    return Err(Error::Invalid(format!(
+                        "database {} exists already but is not a registered tenant\n  fix: register it with `tenant adopt --schema-like {}`",
+                        tenant.schema, tenant.schema
+                    )));
+                }
+                return Err(e.into());
+            }
+        };
+        let Err(error) = self
+            .fill_new_database(&mut conn, tenant, migrations, activate)
+            .await
+        else {
+            return Ok(());
+        };
+        // Compensate: nothing of the tenant may stay. The database goes first, then the
+        // row that claims it.
+        if exec_mysql(&mut conn, "ROLLBACK; SET autocommit = 1")
+            .await
+            .is_ok()
+        {
+            conn.in_transaction = false;
+        }
+        drop(conn);
+        let dropped = async {
+            let mut conn = self.pool.acquire().await?;
+            exec_mysql(&mut conn, &format!("DROP DATABASE IF EXISTS {db_q}")).await
+        }
+        .await;
+        if let Err(e) = dropped {
+            // The row stays (state `creating`) so that `tenant drop` can finish the job.
+            tracing::warn!(tenant = %tenant.name, "could not drop the database of a failed tenant creation: {e}");
+            return Err(error);
+        }
+        if let Err(e) = self.delete_row(tenant, true).await {
+            tracing::warn!(tenant = %tenant.name, "could not delete the registry row of a failed tenant creation: {e}");
+        }
+        Err(error)
+    }
+
+    async fn activate_tenant(&self, tenant: &Tenant) -> Result<()> {
+        sqlx::query(&format!(
+            "UPDATE {} SET state = 'active', updated_at = {NOW} WHERE name = ?",
+            self.registry()
+        ))
+        .bind(tenant.name.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn drop_tenant(&self, tenant: &Tenant) -> Result<()> {
+        // DDL cannot join a transaction: the database first, then the row, so that a
+        // failure in between leaves a row that `tenant drop` can remove again.
+        let mut conn = self.pool.acquire().await?;
+        exec_mysql(
+            &mut conn,
+            &format!(
+                "DROP DATABASE IF EXISTS {}",
+                quote_ident_mysql(&tenant.schema)
+            ),
+        )
+        .await?;
+        drop(conn);
+        self.delete_row(tenant, false).await
+    }
+
+    async fn adopt(
+        &self,
+        like: &str,
+        baseline: &[&'static Migration],
+    ) -> Result<(Vec<Tenant>, Vec<String>)> {
+        // Compared as bytes: case-sensitive, like database names on most servers.
+        let rows = sqlx::query(
+            "SELECT SCHEMA_NAME AS db FROM information_schema.SCHEMATA \
+             WHERE CAST(SCHEMA_NAME AS BINARY) LIKE CAST(? AS BINARY) ORDER BY db",
+        )
+        .bind(like)
+        .fetch_all(&self.pool)
+        .await?;
+        let registered_rows = sqlx::query(&format!("SELECT schema_name FROM {}", self.registry()))
+            .fetch_all(&self.pool)
+            .await?;
+        let registered = registered_rows
+            .iter()
+            .map(|r| text(r, "schema_name"))
+            .collect::<Result<Vec<_>>>()?;
+        let mut databases = rows
+            .iter()
+            .map(|r| text(r, "db"))
+            .collect::<Result<Vec<_>>>()?;
+        databases.retain(|db| {
+            !SYSTEM_DATABASES.contains(&db.as_str())
+                && *db != self.control
+                && !registered.contains(db)
+        });
+        databases.sort();
+
+        let applied = baseline.iter().map(|m| m.order()).max();
+        let mut adopted = Vec::new();
+        let mut skipped = Vec::new();
+        let mut conn = TargetConn::new(self.pool.acquire().await?, String::new());
+        for db in databases {
+            let Ok(name) = TenantName::new(db.clone()) else {
+                skipped.push(db);
+                continue;
+            };
+            let tenant = Tenant { name, schema: db };
+            let db_q = quote_ident_mysql(&tenant.schema);
+            // The table commits on its own (DDL); the rows and the registration together.
+            conn.in_transaction = true;
+            exec_mysql(
+                &mut conn,
+                &format!("{}; START TRANSACTION", tracking_ddl(&db_q)),
+            )
+            .await?;
+            let result = async {
+                for migration in baseline {
+                    sqlx::query(&upsert_sql(&db_q, NOW, "0"))
+                        .bind(migration.order())
+                        .bind(migration.name())
+                        .bind(migration.checksum())
+                        .bind(MigrationStatus::Completed.as_str())
+                        .bind(migration.name())
+                        .bind(migration.checksum())
+                        .bind(MigrationStatus::Completed.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                sqlx::query(&format!(
+                    "INSERT INTO {} (name, schema_name, state, created_at, applied_order, updated_at) \
+                     VALUES (?, ?, 'active', {NOW}, ?, {NOW})",
+                    self.registry()
+                ))
+                .bind(tenant.name.as_str())
+                .bind(&tenant.schema)
+                .bind(applied)
+                .execute(&mut *conn)
+                .await?;
+                exec_mysql(&mut conn, "COMMIT").await?;
+                Ok::<_, Error>(())
+            }
+            .await;
+            if let Err(e) = result {
+                if exec_mysql(&mut conn, "ROLLBACK").await.is_ok() {
+                    conn.in_transaction = false;
+                }
+                return Err(e);
+            }
+            conn.in_transaction = false;
+            adopted.push(tenant);
+        }
+        Ok((adopted, skipped))
+    }
+}
+
+/// Inserts or overwrites a tracking row, with `finished_at` and `duration_ms` as given
+/// (SQL expressions). Binds: order, name, checksum, status, then name, checksum, status again.
+fn upsert_sql(db_q: &str, finished_at: &str, duration_ms: &str) -> String {
+    format!(
+        "INSERT INTO {db_q}.mtnt_migrations \
+         (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
+         VALUES (?, ?, ?, ?, {NOW}, {finished_at}, {duration_ms}, NULL) \
+         ON DUPLICATE KEY UPDATE name = ?, checksum = ?, status = ?, started_at = {NOW}, \
+         finished_at = {finished_at}, duration_ms = {duration_ms}, error = NULL"
+    )
+}
+
+/// A session's pooled connection, which may hold the target's named lock
+/// ([`Session::lock`], `GET_LOCK`) and may be inside a migration's transaction.
+///
+/// Dropped while inside a transaction (a run cancelled mid-migration), it is closed, which
+/// rolls back and releases the lock. Dropped holding the lock, it releases the lock on a
+/// spawned task before going back to the pool, or is closed when that fails.
+struct TargetConn {
+    conn: Option<PoolConnection<MySql>>,
+    lock_key: String,
+    locked: bool,
+    in_transaction: bool,
+}
+
+impl TargetConn {
+    fn new(conn: PoolConnection<MySql>, lock_key: String) -> Self {
+        Self {
+            conn: Some(conn),
+            lock_key,
+            locked: false,
+            in_transaction: false,
+        }
+    }
+
+    async fn lock(&mut self, target: Target<'_>) -> Result<()> {
+        if self.locked {
+            return Ok(());
+        }
+        // Set before the first lock query, so that a cancelled wait still unlocks on drop.
+        self.locked = true;
+        // A lock name has at most 64 characters: hash the key.
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(CONCAT('mtnt:', SHA1(?)), 0)")
+            .bind(self.lock_key.clone())
+            .fetch_one(&mut **self)
+            .await?;
+        if got != Some(1) {
+            tracing::info!("another mtnt run is working on {target}; waiting for it to finish");
+            // A year: MariaDB and MySQL agree on positive timeouts only.
+            let got: Option<i64> =
+                sqlx::query_scalar("SELECT GET_LOCK(CONCAT('mtnt:', SHA1(?)), 31536000)")
+                    .bind(self.lock_key.clone())
+                    .fetch_one(&mut **self)
+                    .await?;
+            if got != Some(1) {
+                return Err(Error::other(format!(
+                    "could not take the mtnt lock of {target}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn close_on_drop(&mut self) {
+        if let Some(conn) = &mut self.conn {
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl Deref for TargetConn {
+    type Target = MySqlConnection;
+    fn deref(&self) -> &MySqlConnection {
+        self.conn
+            .as_ref()
+            .expect("the connection is only taken on drop")
+    }
+}
+
+impl DerefMut for TargetConn {
+    fn deref_mut(&mut self) -> &mut MySqlConnection {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken on drop")
+    }
+}
+
+impl Drop for TargetConn {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.in_transaction {
+            conn.close_on_drop();
+            return;
+        }
+        if !self.locked {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            conn.close_on_drop();
+            return;
+        };
+        runtime.spawn(async move {
+            if exec_mysql(&mut conn, "DO RELEASE_ALL_LOCKS()")
+                .await
+                .is_err()
+            {
+                conn.close_on_drop();
+            }
+        });
+    }
+}
+
+struct MySqlSession<'a> {
+    backend: &'a MySqlBackend,
+    conn: TargetConn,
+    target: Target<'a>,
+    db_q: String,
+}
+
+impl MySqlSession<'_> {
+    async fn run(&mut self, sql: &str) -> Result<()> {
+        exec_mysql(&mut self.conn, sql).await?;
+        Ok(())
+    }
+
+    /// Turns autocommit off and starts a transaction: after a DDL statement's implicit
+    /// commit, the statements that follow are in a transaction again.
+    async fn begin(&mut self) -> Result<()> {
+        self.conn.in_transaction = true;
+        self.run("SET autocommit = 0; START TRANSACTION").await
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.run("COMMIT; SET autocommit = 1").await?;
+        self.conn.in_transaction = false;
+        Ok(())
+    }
+
+    /// Ends a failed transaction and turns autocommit back on; a connection that cannot
+    /// do that is not reused.
+    async fn rollback(&mut self) {
+        if exec_mysql(&mut self.conn, "ROLLBACK; SET autocommit = 1")
+            .await
+            .is_ok()
+        {
+            self.conn.in_transaction = false;
+        } else {
+            self.conn.close_on_drop();
+        }
+    }
+
+    /// The registry update that follows a successful change: the cached newest completed
+    /// migration, and no failure.
+    fn registry_update(&self) -> Option<(String, &TenantName)> {
+        match self.target {
+            Target::Public => None,
+            Target::Tenant(t) => Some((
+                format!(
+                    "UPDATE {registry} SET applied_order = (SELECT max(migration_order) FROM {db_q}.mtnt_migrations \
+                     WHERE status = 'completed'), failed_order = NULL, last_error = NULL, updated_at = {NOW} WHERE name = ?",
+                    registry = self.backend.registry(),
+                    db_q = self.db_q,
+                ),
+                &t.name,
+            )),
+        }
+    }
+
+    async fn update_registry(&mut self) -> Result<()> {
+        if let Some((sql, name)) = self.registry_update() {
+            let name = name.as_str().to_owned();
+            sqlx::query(&sql)
+                .bind(name)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records that a migration's up or down function is about to run (committed at once).
+    async fn record_started(&mut self, migration: &Migration, direction: Direction) -> Result<()> {
+        match direction {
+            Direction::Up => {
+                let status = MigrationStatus::Started.as_str();
+                sqlx::query(&upsert_sql(&self.db_q, "NULL", "NULL"))
+                    .bind(migration.order())
+                    .bind(migration.name())
+                    .bind(migration.checksum())
+                    .bind(status)
+                    .bind(migration.name())
+                    .bind(migration.checksum())
+                    .bind(status)
+                    .execute(&mut *self.conn)
+                    .await?;
+            }
+            Direction::Down => {
+                sqlx::query(&format!(
+                    "UPDATE {}.mtnt_migrations SET status = 'started', started_at = {NOW}, finished_at = NULL, \
+                     duration_ms = NULL, error = NULL WHERE migration_order = ?",
+                    self.db_q
+                ))
+                .bind(migration.order())
+                .execute(&mut *self.conn)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the end of a successful run and updates the registry, in the open transaction.
+    async fn record_finished(
+        &mut self,
+        migration: &Migration,
+        direction: Direction,
+        clock: Instant,
+    ) -> Result<()> {
+        let status = match direction {
+            Direction::Up => MigrationStatus::Completed,
+            Direction::Down => MigrationStatus::Pending,
+        };
+        sqlx::query(&format!(
+            "UPDATE {}.mtnt_migrations SET status = ?, finished_at = {NOW}, duration_ms = ?, error = NULL \
+             WHERE migration_order = ?",
+            self.db_q
+        ))
+        .bind(status.as_str())
+        .bind(clock.elapsed().as_millis() as i64)
+        .bind(migration.order())
+        .execute(&mut *self.conn)
+        .await?;
+        self.update_registry().await
+    }
+
+    /// Keeps the row `started` with the error, and notes the failure in the registry, whose
+    /// cached newest completed migration drops below a down that failed halfway.
+    async fn record_failure(&mut self, migration: &Migration, error: &Error) -> Result<()> {
+        let message = error_text(error);
+        sqlx::query(&format!(
+            "UPDATE {}.mtnt_migrations SET finished_at = {NOW}, error = ? WHERE migration_order = ? AND status = 'started'",
+            self.db_q
+        ))
+        .bind(&message)
+        .bind(migration.order())
+        .execute(&mut *self.conn)
+        .await?;
+        if let Target::Tenant(t) = self.target {
+            sqlx::query(&format!(
+                "UPDATE {registry} SET applied_order = (SELECT max(migration_order) FROM {db_q}.mtnt_migrations \
+                 WHERE status = 'completed'), failed_order = ?, last_error = ?, updated_at = {NOW} WHERE name = ?",
+                registry = self.backend.registry(),
+                db_q = self.db_q,
+            ))
+            .bind(migration.order())
+            .bind(&message)
+            .bind(t.name.as_str())
+            .execute(&mut *self.conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the function with autocommit off (when the migration is transactional) and
+    /// records its end, committing both.
+    async fn run_and_finish(
+        &mut self,
+        migration: &'static Migration,
+        function: MigrationFn,
+        direction: Direction,
+    ) -> Result<()> {
+        let clock = Instant::now();
+        if migration.is_transactional() {
+            self.begin().await?;
+        }
+        let tenant = match self.target {
+            Target::Public => None,
+            Target::Tenant(t) => Some(t),
+        };
+        let mut ctx = Ctx::new(tenant, CtxConn::MySql(&mut self.conn));
+        invoke(function, &mut ctx).await?;
+        if !migration.is_transactional() {
+            // The bookkeeping commits together even when the migration did not.
+            self.begin().await?;
+        }
+        self.record_finished(migration, direction, clock).await?;
+        self.commit().await
+    }
+}
+
+fn applied_from_row(row: &MySqlRow) -> Result<AppliedMigration> {
+    Ok(AppliedMigration {
+        order: row.try_get("migration_order")?,
+        name: text(row, "name")?,
+        checksum: text(row, "checksum")?,
+        status: MigrationStatus::parse(&text(row, "status")?)?,
+        started_at: row.try_get::<Option<DateTime<Utc>>, _>("started_at")?,
+        finished_at: row.try_get::<Option<DateTime<Utc>>, _>("finished_at")?,
+        duration_ms: row.try_get("duration_ms")?,
+        error: opt_text(row, "error")?,
+    })
+}
+
+#[async_trait]
+impl Session for MySqlSession<'_> {
+    async fn applied(&mut self) -> Result<Vec<AppliedMigration>> {
+        let sql = format!(
+            "SELECT migration_order, name, checksum, status, started_at, finished_at, duration_ms, error \
+             FROM {}.mtnt_migrations ORDER BY migration_order",
+            self.db_q
+        );
+        let rows = match sqlx::query(&sql).fetch_all(&mut *self.conn).await {
+            Ok(rows) => rows,
+            // An adopted or hand-made database without a tracking table yet.
+            Err(e) if error_number(&e) == Some(ER_NO_SUCH_TABLE) => {
+                self.run(&tracking_ddl(&self.db_q)).await?;
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        rows.iter().map(applied_from_row).collect()
+    }
+
+    async fn lock(&mut self) -> Result<()> {
+        self.conn.lock(self.target).await
+    }
+
+    async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
+        self.lock().await?;
+        let function = match direction {
+            Direction::Up => migration.up(),
+            Direction::Down => migration.down().ok_or_else(|| Error::Irreversible {
+                target: self.target.to_string(),
+                migration: migration.to_string(),
+            })?,
+        };
+        self.record_started(migration, direction).await?;
+        let Err(error) = self.run_and_finish(migration, function, direction).await else {
+            return Ok(());
+        };
+        if connection_lost(&error) {
+            self.conn.close_on_drop();
+            return Err(error);
+        }
+        self.rollback().await;
+        // Best effort: the migration error matters more than a failed bookkeeping write.
+        if let Err(e) = self.record_failure(migration, &error).await {
+            tracing::warn!(
+                "could not record the failure of {migration} in {}: {e}",
+                self.target
+            );
+        }
+        Err(error)
+    }
+
+    async fn set_checksum(&mut self, order: i64, checksum: &str) -> Result<()> {
+        self.lock().await?;
+        sqlx::query(&format!(
+            "UPDATE {}.mtnt_migrations SET checksum = ? WHERE migration_order = ?",
+            self.db_q
+        ))
+        .bind(checksum)
+        .bind(order)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark(&mut self, migration: &'static Migration, status: MigrationStatus) -> Result<()> {
+        self.lock().await?;
+        self.begin().await?;
+        let result = async {
+            sqlx::query(&upsert_sql(&self.db_q, NOW, "0"))
+                .bind(migration.order())
+                .bind(migration.name())
+                .bind(migration.checksum())
+                .bind(status.as_str())
+                .bind(migration.name())
+                .bind(migration.checksum())
+                .bind(status.as_str())
+                .execute(&mut *self.conn)
+                .await?;
+            self.update_registry().await?;
+            self.commit().await
+        }
+        .await;
+        if result.is_err() {
+            self.rollback().await;
+        }
+        result
+    }
+}
