@@ -25,7 +25,12 @@ pub(crate) async fn invoke(function: MigrationFn, ctx: &mut Ctx<'_>) -> Result<(
 pub(crate) fn connection_lost(error: &Error) -> bool {
     matches!(
         error,
-        Error::Sql(sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_))
+        Error::Sql(
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::Protocol(_)
+        )
     )
 }
 
@@ -36,7 +41,10 @@ macro_rules! raw_sql_fn {
         /// A named function with a concrete connection type and a boxed `Send` future,
         /// because sqlx's generic `execute` trips the compiler's higher-ranked `Send`
         /// check inside `async_trait` methods and migration futures.
-        pub(crate) fn $name<'a>(conn: &'a mut $conn, sql: &'a str) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        pub(crate) fn $name<'a>(
+            conn: &'a mut $conn,
+            sql: &'a str,
+        ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
             // A plain `&str` has no arguments, so sqlx sends it unprepared: several
             // statements in one round trip.
             Box::pin(async move { sqlx::Executor::execute(conn, sql).await.map(drop) })
