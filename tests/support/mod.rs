@@ -1,5 +1,43 @@
 //! Test support
 
+pub mod models;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
+
+use std::future::Future;
+
+/// Runs the future `cleanup` makes to completion from a `Drop`, which cannot await and may
+/// run inside a runtime: on a thread of its own, with a runtime of its own. `what` names it
+/// in warnings.
+pub(crate) fn block_on_in_thread<F, Fut>(what: &str, cleanup: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let joined = std::thread::spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(cleanup()),
+            Err(e) => eprintln!("warning: no runtime to clean up with: {e}"),
+        }
+    })
+    .join();
+    if joined.is_err() {
+        eprintln!("warning: cleaning up {what} panicked");
+    }
+}
+
+/// `text` with the SQL `LIKE` wildcards `_` and `%` (and the escape `\\`) escaped.
+pub fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('_', "\\_")
+        .replace('%', "\\%")
+}
+
+/// The SQL `LIKE` pattern of the names that start with `prefix`.
+pub fn like_prefix(prefix: &str) -> String {
+    format!("{}%", escape_like(prefix))
+}

@@ -34,16 +34,9 @@ async fn admin() -> MySqlConnection {
 
 /// The databases whose names start with `prefix`.
 async fn databases_with_prefix(conn: &mut MySqlConnection, prefix: &str) -> Vec<String> {
-    let pattern = format!(
-        "{}%",
-        prefix
-            .replace('\\', "\\\\")
-            .replace('_', "\\_")
-            .replace('%', "\\%")
-    );
     let rows =
         sqlx::query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE ?")
-            .bind(pattern)
+            .bind(crate::like_prefix(prefix))
             .fetch_all(&mut *conn)
             .await
             .expect("list databases");
@@ -141,25 +134,11 @@ impl Drop for TestControl {
         if self.tenant_prefix.is_empty() {
             return;
         }
-        // Drop cannot await, and may run inside a runtime: use a thread with its own runtime.
         let (control, prefix) = (self.control.clone(), self.tenant_prefix.clone());
-        let joined =
-            std::thread::spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(cleanup(&control, &prefix)),
-                    Err(e) => eprintln!("warning: could not drop test database {control}: {e}"),
-                }
-            })
-            .join();
-        if joined.is_err() {
-            eprintln!(
-                "warning: cleaning up test database {} panicked",
-                self.control
-            );
-        }
+        crate::block_on_in_thread(
+            &format!("test database {}", self.control),
+            move || async move { cleanup(&control, &prefix).await },
+        );
     }
 }
 

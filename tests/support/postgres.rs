@@ -66,9 +66,32 @@ async fn admin() -> PgConnection {
 
 async fn drop_database(name: &str) {
     let mut conn = admin().await;
-    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-    if let Err(e) = sqlx::raw_sql(&sql).execute(&mut conn).await {
+    drop_on(&mut conn, name).await;
+    let _ = conn.close().await;
+}
+
+async fn drop_on(conn: &mut PgConnection, name: &str) {
+    let sql = format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    );
+    if let Err(e) = sqlx::raw_sql(&sql).execute(&mut *conn).await {
         eprintln!("warning: could not drop test database {name}: {e}");
+    }
+}
+
+/// Drops every database whose name starts with `prefix` (the tenant databases of a test),
+/// closing their connections by force.
+pub async fn drop_databases_with_prefix(prefix: &str) {
+    let mut conn = admin().await;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
+            .bind(crate::like_prefix(prefix))
+            .fetch_all(&mut conn)
+            .await
+            .expect("list databases");
+    for name in names {
+        drop_on(&mut conn, &name).await;
     }
     let _ = conn.close().await;
 }
@@ -118,22 +141,11 @@ impl Drop for TestDb {
         if self.dropped {
             return;
         }
-        // Drop cannot await, and may run inside a runtime: use a thread with its own runtime.
         let name = self.name.clone();
-        let joined =
-            std::thread::spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(drop_database(&name)),
-                    Err(e) => eprintln!("warning: could not drop test database {name}: {e}"),
-                }
-            })
-            .join();
-        if joined.is_err() {
-            eprintln!("warning: dropping test database {} panicked", self.name);
-        }
+        crate::block_on_in_thread(
+            &format!("test database {}", self.name),
+            move || async move { drop_database(&name).await },
+        );
     }
 }
 
