@@ -10,7 +10,7 @@ use crate::order::parse_order;
 use crate::Errors;
 
 /// Every accepted key, in the order the error messages list them.
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 9] = [
     "scope",
     "order",
     "name",
@@ -18,6 +18,8 @@ const KEYS: [&str; 7] = [
     "transaction",
     "idempotent",
     "enabled",
+    "lock_timeout",
+    "statement_timeout",
 ];
 
 /// Where a migration runs.
@@ -39,6 +41,10 @@ pub(crate) struct MigrationArgs {
     pub(crate) transaction: bool,
     pub(crate) idempotent: bool,
     pub(crate) enabled: bool,
+    /// `lock_timeout = "5s"`, in milliseconds (0: no limit).
+    pub(crate) lock_timeout_ms: Option<u64>,
+    /// `statement_timeout = "10m"`, in milliseconds (0: no limit).
+    pub(crate) statement_timeout_ms: Option<u64>,
 }
 
 /// One `key = value` pair, before the value is checked.
@@ -70,6 +76,8 @@ impl Parse for MigrationArgs {
         let mut transaction = true;
         let mut idempotent = false;
         let mut enabled = true;
+        let mut lock_timeout_ms = None;
+        let mut statement_timeout_ms = None;
 
         for KeyValue { key, value } in pairs {
             let key_str = key.unraw().to_string();
@@ -96,6 +104,12 @@ impl Parse for MigrationArgs {
                 "transaction" => parse_bool(&key_str, value).map(|b| transaction = b),
                 "idempotent" => parse_bool(&key_str, value).map(|b| idempotent = b),
                 "enabled" => parse_bool(&key_str, value).map(|b| enabled = b),
+                "lock_timeout" => {
+                    parse_duration(&key_str, value).map(|d| lock_timeout_ms = Some(d))
+                }
+                "statement_timeout" => {
+                    parse_duration(&key_str, value).map(|d| statement_timeout_ms = Some(d))
+                }
                 _ => unreachable!("every key of KEYS is handled"),
             };
             if let Err(e) = result {
@@ -130,6 +144,8 @@ impl Parse for MigrationArgs {
                 transaction,
                 idempotent,
                 enabled,
+                lock_timeout_ms,
+                statement_timeout_ms,
             }),
             _ => unreachable!("a missing or invalid scope or order was reported above"),
         }
@@ -249,6 +265,51 @@ fn parse_bool(key: &str, value: &Expr) -> syn::Result<bool> {
     }
 }
 
+/// A duration string, `"500ms"`, `"5s"`, `"2m"` (or `"2min"`), `"1h"`, or `"0"` for no
+/// limit, in milliseconds; the same syntax as the CLI's `--lock-timeout`.
+fn parse_duration(key: &str, value: &Expr) -> syn::Result<u64> {
+    let Expr::Lit(ExprLit {
+        lit: Lit::Str(s), ..
+    }) = value
+    else {
+        return Err(syn::Error::new_spanned(
+            value,
+            format!(
+                "`{key}` must be a string such as \"5s\", \"500ms\", \"2m\" or \"0\" (no limit)"
+            ),
+        ));
+    };
+    let text = s.value();
+    let text = text.trim();
+    if matches!(text, "0" | "off" | "none") {
+        return Ok(0);
+    }
+    let bad = |why: &str| {
+        syn::Error::new_spanned(
+            s,
+            format!("`{key}`: {why}; write a duration such as \"5s\", \"500ms\", \"2m\", \"1h\", or \"0\" for no limit"),
+        )
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| bad(&format!("{text:?} has no unit")))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| bad(&format!("{text:?} does not start with a whole number")))?;
+    let factor = match unit.trim() {
+        "ms" => 1,
+        "s" | "sec" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        other => return Err(bad(&format!("unknown unit {other:?}"))),
+    };
+    number
+        .checked_mul(factor)
+        .filter(|ms| *ms <= i32::MAX as u64)
+        .ok_or_else(|| bad("it is longer than PostgreSQL accepts (about 24 days)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{MigrationArgs, Scope};
@@ -286,6 +347,28 @@ mod tests {
     }
 
     #[test]
+    fn parses_timeouts() {
+        let args = parse(
+            r#"scope = "tenant", order = 2024_01_01_0002, lock_timeout = "2s", statement_timeout = "0""#,
+        )
+        .unwrap();
+        assert_eq!(args.lock_timeout_ms, Some(2000));
+        assert_eq!(args.statement_timeout_ms, Some(0));
+        assert!(
+            err(r#"scope = "tenant", order = 2024_01_01_0002, lock_timeout = 5"#)
+                .contains("must be a string")
+        );
+        assert!(
+            err(r#"scope = "tenant", order = 2024_01_01_0002, lock_timeout = "5""#)
+                .contains("has no unit")
+        );
+        assert!(
+            err(r#"scope = "tenant", order = 2024_01_01_0002, lock_timeout = "5d""#)
+                .contains("unknown unit")
+        );
+    }
+
+    #[test]
     fn defaults() {
         let args = parse(r#"order = 2024_01_01_0001, scope = "public""#).unwrap();
         assert_eq!(args.scope, Scope::Public);
@@ -298,7 +381,7 @@ mod tests {
         let e = err(r#"foo = 1, scope = "x", scope = "tenant", transaction = 1"#);
         assert_eq!(
             e,
-            "unknown key `foo`, expected one of: scope, order, name, down, transaction, idempotent, enabled \
+            "unknown key `foo`, expected one of: scope, order, name, down, transaction, idempotent, enabled, lock_timeout, statement_timeout \
              | unknown scope \"x\", expected \"public\" or \"tenant\" \
              | duplicate key `scope` \
              | `transaction` must be `true` or `false` \

@@ -122,6 +122,12 @@ pub(crate) fn expand(args: &MigrationArgs, func: &ItemFn) -> TokenStream {
     let transaction = args.transaction;
     let idempotent = args.idempotent;
     let enabled = args.enabled;
+    let option = |ms: Option<u64>| match ms {
+        Some(ms) => quote!(::core::option::Option::Some(#ms)),
+        None => quote!(::core::option::Option::None),
+    };
+    let lock_timeout = option(args.lock_timeout_ms);
+    let statement_timeout = option(args.statement_timeout_ms);
 
     let FnArg::Typed(arg) = &func.sig.inputs[0] else {
         unreachable!("check_function rejects `self`")
@@ -182,6 +188,8 @@ pub(crate) fn expand(args: &MigrationArgs, func: &ItemFn) -> TokenStream {
             __transaction: #transaction,
             __idempotent: #idempotent,
             __enabled: #enabled,
+            __lock_timeout_ms: #lock_timeout,
+            __statement_timeout_ms: #statement_timeout,
             __checksum: #checksum,
             __location: ::mtnt::__private::Location {
                 file: ::core::file!(),

@@ -145,6 +145,25 @@ pub enum Error {
         order: i64,
     },
 
+    /// Another run held the target's lock for longer than the unlock deadline.
+    #[error("{target} is locked by another mtnt run, which kept it longer than the unlock deadline ({waited}); it was not migrated\n  fix: run the same command again once the other run is done (`status` lists the running runs), or raise --unlock-deadline")]
+    Busy {
+        /// `"tenant acme"` or `"the public schema"`.
+        target: String,
+        /// How long this run waited.
+        waited: String,
+    },
+
+    /// A transient failure (lock timeout, serialization failure, deadlock, dropped
+    /// connection) that persisted through every retry.
+    #[error("{source} (gave up after {attempts} attempts)")]
+    GaveUp {
+        /// How many times it was tried.
+        attempts: u32,
+        /// The last failure.
+        source: Box<Error>,
+    },
+
     /// A migration asked the [`Ctx`](crate::Ctx) for another engine's connection.
     #[error("this migration asked for a {wanted} connection, but it runs on {actual}")]
     WrongEngine {

@@ -41,8 +41,10 @@ pub use backend::{
     connect, Backend, ConnectOptions, Direction, Engine, MySqlBackend, PostgresBackend, Session,
     SqliteBackend, Target, Tenancy,
 };
+pub use backend::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts};
 pub use ctx::{Ctx, CtxConn};
 pub use error::{Error, Result};
+pub use migrate::{parse_duration, SafetySettings, Shard};
 pub use migrate::{
     FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator, MigratorBuilder,
     Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget, StatusReport,

@@ -77,6 +77,10 @@ pub struct Migration {
     #[doc(hidden)]
     pub __enabled: bool,
     #[doc(hidden)]
+    pub __lock_timeout_ms: Option<u64>,
+    #[doc(hidden)]
+    pub __statement_timeout_ms: Option<u64>,
+    #[doc(hidden)]
     pub __checksum: &'static str,
     #[doc(hidden)]
     pub __location: Location,
@@ -110,6 +114,16 @@ impl Migration {
     /// Whether the migration runs at all (`enabled = false` keeps it registered but inert).
     pub fn is_enabled(&self) -> bool {
         self.__enabled
+    }
+    /// The lock timeout its attribute sets (`lock_timeout = "5s"`), overriding the run's;
+    /// `Some(Duration::ZERO)` is no limit.
+    pub fn lock_timeout(&self) -> Option<std::time::Duration> {
+        self.__lock_timeout_ms.map(std::time::Duration::from_millis)
+    }
+    /// The statement timeout its attribute sets (`statement_timeout = "10m"`).
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        self.__statement_timeout_ms
+            .map(std::time::Duration::from_millis)
     }
     /// Checksum of the up function's tokens, to detect edits of applied migrations.
     pub fn checksum(&self) -> &'static str {

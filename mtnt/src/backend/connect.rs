@@ -21,6 +21,8 @@ pub struct ConnectOptions {
     pub control_schema: String,
     /// The most connections mtnt opens to one server.
     pub max_connections: u32,
+    /// The lock and statement timeouts of migrations (PostgreSQL schema per tenant).
+    pub timeouts: super::control::Timeouts,
 }
 
 impl Default for ConnectOptions {
@@ -29,6 +31,7 @@ impl Default for ConnectOptions {
             tenancy: None,
             control_schema: "public".to_owned(),
             max_connections: 8,
+            timeouts: super::control::Timeouts::default(),
         }
     }
 }
@@ -80,7 +83,9 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_lazy_with(connect_options);
             Ok(Box::new(
-                PostgresBackend::new(pool).with_control_schema(&options.control_schema)?,
+                PostgresBackend::new(pool)
+                    .with_control_schema(&options.control_schema)?
+                    .with_timeouts(options.timeouts),
             ))
         }
         "sqlite" => {

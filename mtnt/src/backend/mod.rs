@@ -1,13 +1,18 @@
 mod connect;
+mod control;
 mod engine;
 mod invoke;
 mod mysql;
+mod pg_lease;
+mod pg_lock;
 mod postgres;
 mod session;
 mod sql;
 mod sqlite;
 
 pub use connect::{connect, ConnectOptions};
+pub(crate) use control::{connection_tag, host_name};
+pub use control::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts};
 pub use engine::{Engine, Tenancy};
 pub(crate) use invoke::{exec_mysql, exec_postgres, exec_sqlite};
 pub use mysql::MySqlBackend;

@@ -7,7 +7,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Postgres, Row};
 
+use super::control::{RunControl, Timeouts};
 use super::invoke::{connection_lost, exec_postgres, invoke};
+use super::pg_lease::PgControl;
+use super::pg_lock;
 use super::sql::{quote_ident, quote_literal};
 use crate::ctx::CtxConn;
 use crate::migration::BoxFuture;
@@ -25,6 +28,7 @@ pub struct PostgresBackend {
     pool: PgPool,
     control: String,
     control_q: String,
+    timeouts: Timeouts,
 }
 
 impl PostgresBackend {
@@ -34,7 +38,15 @@ impl PostgresBackend {
             pool,
             control: "public".to_owned(),
             control_q: quote_ident("public"),
+            timeouts: Timeouts::default(),
         }
+    }
+
+    /// The lock and statement timeouts of migrations whose attribute sets none
+    /// (default: [`Timeouts::default`]).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     /// Puts the registry and the public migrations in another schema.
@@ -269,6 +281,7 @@ impl Backend for PostgresBackend {
         let mut conn = self.pool.acquire().await?;
         let begin = format!(
             "BEGIN;
+             SELECT pg_advisory_xact_lock(hashtext('mtnt'), hashtext({lock_key}));
              INSERT INTO {registry} (name, schema_name, state) VALUES ({name}, {schema}, 'creating');
              CREATE SCHEMA {schema_q};
              {tracking};
@@ -278,6 +291,7 @@ impl Backend for PostgresBackend {
             name = quote_literal(tenant.name.as_str()),
             schema = quote_literal(&tenant.schema),
             tracking = tracking_ddl(&schema_q),
+            lock_key = quote_literal(&pg_lock::tenant_key(&tenant.schema)),
         );
         let result = async {
             if let Err(e) = exec_postgres(&mut conn, &begin).await {
@@ -344,7 +358,9 @@ impl Backend for PostgresBackend {
 
     async fn drop_tenant(&self, tenant: &Tenant) -> Result<()> {
         let sql = format!(
-            "BEGIN; DROP SCHEMA IF EXISTS {} CASCADE; DELETE FROM {} WHERE name = {}; COMMIT",
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('mtnt'), hashtext({})); \
+             DROP SCHEMA IF EXISTS {} CASCADE; DELETE FROM {} WHERE name = {}; COMMIT",
+            quote_literal(&pg_lock::tenant_key(&tenant.schema)),
             quote_ident(&tenant.schema),
             self.registry(),
             quote_literal(tenant.name.as_str())
@@ -355,6 +371,14 @@ impl Backend for PostgresBackend {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    fn run_control(&self) -> Option<std::sync::Arc<dyn RunControl>> {
+        Some(std::sync::Arc::new(PgControl::new(
+            self.pool.clone(),
+            &self.control_q,
+            self.registry(),
+        )))
     }
 
     async fn adopt(
@@ -582,8 +606,9 @@ impl PgSession<'_> {
             })?,
         };
         self.run(&format!(
-            "BEGIN; SET LOCAL search_path TO {}",
-            self.search_path
+            "BEGIN; SET LOCAL search_path TO {}{}",
+            self.search_path,
+            pg_lock::timeouts_sql(migration, self.backend.timeouts, true)
         ))
         .await?;
         let tenant = match self.target {
@@ -643,15 +668,21 @@ impl PgSession<'_> {
             ))
             .await?;
         }
-        self.run(&format!("SET search_path TO {}", self.search_path))
-            .await?;
+        self.run(&format!(
+            "SET search_path TO {}{}",
+            self.search_path,
+            pg_lock::timeouts_sql(migration, self.backend.timeouts, false)
+        ))
+        .await?;
         let tenant = match self.target {
             Target::Public => None,
             Target::Tenant(t) => Some(t),
         };
         let mut ctx = Ctx::new(tenant, CtxConn::Postgres(&mut self.conn));
         let result = invoke(function, &mut ctx).await;
-        let reset = self.run("RESET search_path").await;
+        let reset = self
+            .run(&format!("RESET search_path{}", pg_lock::RESET_TIMEOUTS_SQL))
+            .await;
         if let Err(error) = result {
             if direction == Direction::Up && !connection_lost(&error) {
                 // The row stays `started`: what the migration did before failing is unknown.
@@ -706,7 +737,12 @@ impl Session for PgSession<'_> {
             Ok(rows) => rows,
             // An adopted or hand-made schema without a tracking table yet.
             Err(e) if is_db_code(&e, "42P01") => {
-                self.run(&tracking_ddl(&self.schema_q)).await?;
+                // Two runners may create it at once; the loser's error means it exists.
+                if let Err(e) = self.run(&tracking_ddl(&self.schema_q)).await {
+                    if !pg_lock::lost_creation_race(&e) {
+                        return Err(e);
+                    }
+                }
                 Vec::new()
             }
             Err(e) => return Err(e.into()),
@@ -716,6 +752,17 @@ impl Session for PgSession<'_> {
 
     async fn lock(&mut self) -> Result<()> {
         self.conn.lock(&self.lock_key, self.target).await
+    }
+
+    async fn try_lock(&mut self) -> Result<bool> {
+        if self.conn.locked {
+            return Ok(true);
+        }
+        // Set first, so that a cancelled attempt still unlocks on drop.
+        self.conn.locked = true;
+        let free = pg_lock::try_lock(&mut self.conn, &self.lock_key).await?;
+        self.conn.locked = free;
+        Ok(free)
     }
 
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {

@@ -1,7 +1,9 @@
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::control::RunControl;
 use crate::{
     AppliedMigration, Engine, Migration, MigrationStatus, Result, Tenancy, Tenant, TenantName,
     TenantRecord,
@@ -92,6 +94,12 @@ pub trait Backend: Send + Sync {
         like: &str,
         baseline: &[&'static Migration],
     ) -> Result<(Vec<Tenant>, Vec<String>)>;
+
+    /// The run leases and preflight checks of the control schema, if the backend keeps
+    /// them; without, runs take no lease (see the README section "Safety").
+    fn run_control(&self) -> Option<Arc<dyn RunControl>> {
+        None
+    }
 }
 
 /// One connection working on one target.
@@ -106,6 +114,13 @@ pub trait Session: Send {
     /// Idempotent; the default does nothing (for engines that serialise otherwise).
     async fn lock(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    /// Takes the target's lock like [`Session::lock`] if no other run holds it, without
+    /// waiting; returns whether it is held now. A fleet run skips a tenant another runner
+    /// holds and comes back to it at the end. The default waits ([`Session::lock`]).
+    async fn try_lock(&mut self) -> Result<bool> {
+        self.lock().await.map(|()| true)
     }
 
     /// Runs one migration's up or down function and records it, atomically where the

@@ -1,6 +1,8 @@
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{Tenancy, TenantName};
+use crate::{parse_duration, Shard, Tenancy, TenantName};
 
 /// Migrates the shared schema and every tenant of a multi-tenant database.
 #[derive(Debug, Parser)]
@@ -30,6 +32,9 @@ pub(crate) struct Cli {
     /// Never draw progress bars, even on a terminal
     #[arg(long, global = true)]
     pub(crate) no_progress: bool,
+
+    #[command(flatten)]
+    pub(crate) safety: SafetyArgs,
 
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -73,6 +78,49 @@ pub(crate) enum Command {
     Repair(RepairArgs),
 }
 
+/// Deadlines, heartbeat, retries and timeouts (README section "Safety"). Durations are
+/// written 500ms, 5s, 2m or 1h; 0 means no limit.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Safety")]
+pub(crate) struct SafetyArgs {
+    /// Time budget of the whole run: after it no further tenant starts, and the run fails
+    #[arg(long, env = "MTNT_DEADLINE", default_value = "0", value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub(crate) deadline: Duration,
+    /// How long a tenant another run holds is waited for, and how old a run lease's heartbeat may get before the lease is taken over
+    #[arg(long, env = "MTNT_UNLOCK_DEADLINE", default_value = "60s", value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub(crate) unlock_deadline: Duration,
+    /// How often a run refreshes its lease
+    #[arg(long, env = "MTNT_HEARTBEAT_INTERVAL", default_value = "5s", value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub(crate) heartbeat_interval: Duration,
+    /// Failed lease refreshes in a row after which a run stops starting tenants and exits non-zero
+    #[arg(
+        long,
+        env = "MTNT_HEARTBEAT_RETRIES",
+        default_value_t = 3,
+        value_name = "N",
+        global = true
+    )]
+    pub(crate) heartbeat_retries: u32,
+    /// How often a tenant is retried after a lock timeout, serialization failure, deadlock or dropped connection
+    #[arg(
+        long,
+        env = "MTNT_RETRIES",
+        default_value_t = 3,
+        value_name = "N",
+        global = true
+    )]
+    pub(crate) retries: u32,
+    /// The first pause before a retry; doubled each time (at most 10s), with jitter
+    #[arg(long, env = "MTNT_RETRY_BACKOFF", default_value = "200ms", value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub(crate) retry_backoff: Duration,
+    /// lock_timeout of each migration unless its attribute sets one (PostgreSQL)
+    #[arg(long, env = "MTNT_LOCK_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub(crate) lock_timeout: Duration,
+    /// statement_timeout of each migration unless its attribute sets one (PostgreSQL)
+    #[arg(long, env = "MTNT_STATEMENT_TIMEOUT", default_value = "0", value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub(crate) statement_timeout: Duration,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct MigrateArgs {
     /// Only this tenant (repeatable); default: every tenant
@@ -84,6 +132,13 @@ pub(crate) struct MigrateArgs {
     /// Start no further tenant after the first failure
     #[arg(long)]
     pub(crate) fail_fast: bool,
+    /// Only the tenants of static part I of N (1-based), e.g. 2/4; concurrent runners split the fleet without it too
+    #[arg(long, env = "MTNT_SHARD", value_name = "I/N", value_parser = parse_shard)]
+    pub(crate) shard: Option<Shard>,
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    s.parse().map_err(|e: crate::Error| e.to_string())
 }
 
 #[derive(Debug, Args)]

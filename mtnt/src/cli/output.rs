@@ -38,7 +38,8 @@ pub(crate) fn migrate_report(report: &MigrateReport) -> String {
         "public: {} migration(s) applied",
         report.public_applied
     );
-    let _ = writeln!(
+    let _ =
+        writeln!(
         out,
         "tenants: {} total, {} migrated ({} migrations), {} already current, {} failed{} in {:.2}s",
         report.tenants_total,
@@ -47,12 +48,16 @@ pub(crate) fn migrate_report(report: &MigrateReport) -> String {
         report.tenants_current,
         report.failures.len(),
         if report.tenants_skipped > 0 {
-            format!(", {} skipped (--fail-fast)", report.tenants_skipped)
+            let why = if report.stopped.is_some() { "not started" } else { "--fail-fast" };
+            format!(", {} skipped ({why})", report.tenants_skipped)
         } else {
             String::new()
         },
         report.elapsed.as_secs_f64()
     );
+    if let Some(why) = &report.stopped {
+        let _ = writeln!(out, "stopped early: {why}");
+    }
     if !report.failures.is_empty() {
         let _ = writeln!(out, "failed tenants:");
         for failure in &report.failures {

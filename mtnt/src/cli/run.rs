@@ -7,7 +7,7 @@ use super::output;
 use super::progress::FleetProgress;
 use crate::{
     connect, ConnectOptions, Error, MigrateOptions, MigrationSet, MigrationStatus, Migrator,
-    Result, RollbackTarget,
+    Result, RollbackTarget, SafetySettings, Timeouts,
 };
 
 /// Parses the command line, runs the command and returns the process exit code:
@@ -72,11 +72,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         tenancy: cli.tenancy.map(Into::into),
         control_schema: cli.control_schema.clone(),
         max_connections: (cli.concurrency + 2) as u32,
+        timeouts: Timeouts {
+            lock: Some(cli.safety.lock_timeout),
+            statement: Some(cli.safety.statement_timeout),
+        },
     };
+    let safety = SafetySettings::new()
+        .deadline(Some(cli.safety.deadline).filter(|d| !d.is_zero()))
+        .unlock_deadline(cli.safety.unlock_deadline)
+        .heartbeat_interval(cli.safety.heartbeat_interval)
+        .heartbeat_retries(cli.safety.heartbeat_retries)
+        .retries(cli.safety.retries)
+        .retry_backoff(cli.safety.retry_backoff);
     let backend = connect(url, &options).await?;
     let migrator = Migrator::builder_boxed(backend)
         .migrations(migrations)
         .concurrency(cli.concurrency)
+        .safety(safety)
         .build()?;
     let show_progress = !cli.no_progress;
     match cli.command {
@@ -85,7 +97,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let options = MigrateOptions::new()
                 .tenants(args.tenants)
                 .to(args.to)
-                .fail_fast(args.fail_fast);
+                .fail_fast(args.fail_fast)
+                .shard(args.shard);
             let progress = FleetProgress::new("migrate", show_progress);
             let report = migrator.migrate_with_progress(&options, &progress).await?;
             print!("{}", output::migrate_report(&report));

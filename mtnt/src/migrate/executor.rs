@@ -2,6 +2,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
+use super::claim::Guard;
 use super::plan::{plan_down, plan_up};
 use super::source::TenantSource;
 use super::{FailedTenant, MigrateReport, Progress};
@@ -31,6 +32,20 @@ pub(crate) async fn migrate_target(
     set: &MigrationSet,
     to: Option<i64>,
 ) -> Result<usize> {
+    migrate_target_claim(backend, target, set, to, false)
+        .await
+        .map(|ran| ran.unwrap_or(0))
+}
+
+/// [`migrate_target`]; with `skip_busy`, returns `None` at once, changing nothing, when
+/// another run holds the target's lock (see `claim.rs`).
+pub(crate) async fn migrate_target_claim(
+    backend: &dyn Backend,
+    target: Target<'_>,
+    set: &MigrationSet,
+    to: Option<i64>,
+    skip_busy: bool,
+) -> Result<Option<usize>> {
     let scope = match target {
         Target::Public => Scope::Public,
         Target::Tenant(_) => Scope::Tenant,
@@ -40,7 +55,12 @@ pub(crate) async fn migrate_target(
     // working on this target (its `started` row would look interrupted): wait for it,
     // then plan from what it recorded.
     match plan_up(target, &session.applied().await?, set, scope, to) {
-        Ok(steps) if steps.is_empty() => return Ok(0),
+        Ok(steps) if steps.is_empty() => return Ok(Some(0)),
+        _ if skip_busy => {
+            if !session.try_lock().await? {
+                return Ok(None);
+            }
+        }
         _ => session.lock().await?,
     }
     let steps = plan_up(target, &session.applied().await?, set, scope, to)?;
@@ -50,7 +70,7 @@ pub(crate) async fn migrate_target(
             .await
             .map_err(|e| wrap(target, migration, Direction::Up, e))?;
     }
-    Ok(steps.len())
+    Ok(Some(steps.len()))
 }
 
 /// Reverts migrations of one target, newest first; refuses before any change when an
@@ -172,6 +192,7 @@ pub(crate) async fn migrate_fleet(
     set: &MigrationSet,
     tenants: Tenants<'_>,
     run: FleetRun,
+    guard: &Guard<'_>,
     progress: &dyn Progress,
     report: &mut MigrateReport,
 ) -> Result<()> {
@@ -186,24 +207,24 @@ pub(crate) async fn migrate_fleet(
     let outcomes = pages(backend, tenants, page_size)
         .map(|record| async move {
             let record = record?;
-            if record.state == TenantState::Creating {
-                // `tenant create` owns it until it is active.
+            if record.state == TenantState::Creating || !guard.owns(&record.tenant.name) {
+                // `tenant create` owns it until it is active; another shard owns it.
                 return Ok((record.tenant.name, None));
             }
-            if stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) || guard.stop_reason().is_some() {
                 return Ok((record.tenant.name, Some(Err(None))));
             }
-            let outcome = migrate_target(backend, Target::Tenant(&record.tenant), set, to).await;
+            // `None`: another runner holds it; it comes back in the second pass below.
+            let Some(outcome) = guard.first_pass(backend, &record, set, to).await else {
+                return Ok((record.tenant.name, None));
+            };
             if outcome.is_err() && fail_fast {
                 stop.store(true, Ordering::Relaxed);
             }
             Ok::<_, Error>((record.tenant.name, Some(outcome.map_err(Some))))
         })
         .buffer_unordered(concurrency.max(1));
-    let mut outcomes = std::pin::pin!(outcomes);
-    while let Some(next) = outcomes.next().await {
-        let (tenant, outcome) = next?;
-        let Some(outcome) = outcome else { continue };
+    let mut account = |tenant: TenantName, outcome: std::result::Result<usize, Option<Error>>| {
         report.tenants_total += 1;
         match outcome {
             Ok(n) => {
@@ -221,6 +242,35 @@ pub(crate) async fn migrate_fleet(
                 report.failures.push(FailedTenant { tenant, error });
             }
         }
+    };
+    let mut outcomes = std::pin::pin!(outcomes);
+    while let Some(next) = outcomes.next().await {
+        let (tenant, outcome) = next?;
+        let Some(outcome) = outcome else { continue };
+        account(tenant, outcome);
+    }
+    // The tenants other runners held: wait for each (at most the unlock deadline) and
+    // re-plan; usually the other runner has migrated it and nothing is left to do.
+    let deferred = guard.take_deferred();
+    let outcomes = stream::iter(deferred)
+        .map(|record| async move {
+            if stop.load(Ordering::Relaxed) || guard.stop_reason().is_some() {
+                return (record.tenant.name, Err(None));
+            }
+            let target = Target::Tenant(&record.tenant);
+            let outcome = guard.waiting(backend, target, set, to).await;
+            if outcome.is_err() && fail_fast {
+                stop.store(true, Ordering::Relaxed);
+            }
+            (record.tenant.name, outcome.map_err(Some))
+        })
+        .buffer_unordered(concurrency.max(1));
+    let mut outcomes = std::pin::pin!(outcomes);
+    while let Some((tenant, outcome)) = outcomes.next().await {
+        account(tenant, outcome);
+    }
+    if report.tenants_skipped > 0 && !stop.load(Ordering::Relaxed) {
+        report.stopped = guard.stop_reason();
     }
     report.failures.sort_by(|a, b| a.tenant.cmp(&b.tenant));
     Ok(())

@@ -1,9 +1,13 @@
 use std::time::Instant;
 
+use super::claim::{migrate_waiting, Guard};
 use super::executor::{migrate_fleet, migrate_target, rollback_target, FleetRun, Tenants};
+use super::lease::Lease;
 use super::progress::Silent;
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
-use super::{MigrateOptions, MigrateReport, Progress, RollbackTarget, TenantSource};
+use super::{
+    MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
+};
 use crate::backend::{connect, ConnectOptions};
 use crate::migration::format_order;
 use crate::{
@@ -28,6 +32,7 @@ pub struct Migrator {
     source: Option<Box<dyn TenantSource>>,
     concurrency: usize,
     page_size: usize,
+    safety: SafetySettings,
 }
 
 /// Builds a [`Migrator`].
@@ -37,6 +42,7 @@ pub struct MigratorBuilder {
     source: Option<Box<dyn TenantSource>>,
     concurrency: usize,
     page_size: usize,
+    safety: SafetySettings,
 }
 
 impl MigratorBuilder {
@@ -64,8 +70,15 @@ impl MigratorBuilder {
         self
     }
 
-    /// Validates the migrations and builds the migrator.
+    /// Deadlines, heartbeat and retries of fleet runs (default: [`SafetySettings::new`]).
+    pub fn safety(mut self, settings: SafetySettings) -> Self {
+        self.safety = settings;
+        self
+    }
+
+    /// Validates the migrations and settings and builds the migrator.
     pub fn build(self) -> Result<Migrator> {
+        self.safety.validate()?;
         let migrations = match self.migrations {
             Some(set) => set,
             None => MigrationSet::registered()?,
@@ -76,6 +89,7 @@ impl MigratorBuilder {
             source: self.source,
             concurrency: self.concurrency,
             page_size: self.page_size,
+            safety: self.safety,
         })
     }
 }
@@ -95,6 +109,7 @@ impl Migrator {
             source: None,
             concurrency: 4,
             page_size: 1000,
+            safety: SafetySettings::default(),
         }
     }
 
@@ -160,14 +175,28 @@ impl Migrator {
         } else {
             Tenants::Listed(self.records(&options.tenants).await?)
         };
+        self.refuse_ahead_of_code(&options.tenants).await?;
+        let lease = Lease::acquire(&*self.backend, &self.safety, "migrate").await?;
+        let guard = Guard::new(&self.safety, lease.as_ref(), options.shard);
+        let public_applied = migrate_waiting(
+            &*self.backend,
+            Target::Public,
+            &self.migrations,
+            options.to,
+            &self.safety,
+        )
+        .await;
+        let public_applied = match public_applied {
+            Ok(n) => n,
+            Err(e) => {
+                if let Some(lease) = lease {
+                    lease.release("failed").await;
+                }
+                return Err(e);
+            }
+        };
         let mut report = MigrateReport {
-            public_applied: migrate_target(
-                &*self.backend,
-                Target::Public,
-                &self.migrations,
-                options.to,
-            )
-            .await?,
+            public_applied,
             ..MigrateReport::default()
         };
         let total = match &tenants {
@@ -185,14 +214,52 @@ impl Migrator {
                 page_size: self.page_size,
                 fail_fast: options.fail_fast,
             },
+            &guard,
             progress,
             &mut report,
         )
         .await;
         progress.finish();
+        if let Some(lease) = lease {
+            if let Some(why) = lease.lost() {
+                report.stopped = Some(why);
+            }
+            let ok = result.is_ok() && report.is_success();
+            lease.release(if ok { "finished" } else { "failed" }).await;
+        }
         result?;
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Refuses, before anything changes, a run over tenants (`names`, or all) of which
+    /// one has a migration applied that this binary does not know.
+    async fn refuse_ahead_of_code(&self, names: &[TenantName]) -> Result<()> {
+        let Some(control) = self.backend.run_control() else {
+            return Ok(());
+        };
+        let known: Vec<i64> = self
+            .migrations
+            .scope(Scope::Tenant)
+            .map(Migration::order)
+            .collect();
+        match control.ahead_of_code(&known, names).await? {
+            None => Ok(()),
+            Some((tenant, order, name)) => Err(Error::UnknownApplied {
+                target: format!("tenant {tenant}"),
+                order: format_order(order),
+                name,
+            }),
+        }
+    }
+
+    /// The leases of the runs working on the fleet now (empty where the backend keeps
+    /// no leases).
+    pub async fn running(&self) -> Result<Vec<crate::RunLease>> {
+        match self.backend.run_control() {
+            Some(control) => control.running().await,
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Reverts tenant migrations of one tenant, newest first. Refuses, before changing

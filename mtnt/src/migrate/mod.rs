@@ -1,9 +1,13 @@
+mod claim;
 mod executor;
+mod lease;
 mod migrator;
 mod options;
 mod plan;
 mod progress;
 mod report;
+mod retry;
+mod safety;
 mod source;
 
 pub use migrator::{Migrator, MigratorBuilder};
@@ -13,4 +17,6 @@ pub use report::{
     FailedMigration, FailedTenant, MigrateReport, PublicStatus, RollbackReport, StatusReport,
     TenantStatus,
 };
+pub(crate) use retry::random_fraction;
+pub use safety::{parse_duration, SafetySettings, Shard};
 pub use source::{RegistrySource, TenantSource};

@@ -1,3 +1,4 @@
+use super::Shard;
 use crate::TenantName;
 
 /// What [`Migrator::migrate`](crate::Migrator::migrate) does.
@@ -10,6 +11,8 @@ pub struct MigrateOptions {
     pub to: Option<i64>,
     /// Start no further tenant after the first failure.
     pub fail_fast: bool,
+    /// Only the tenants of this static part of the fleet (`--shard I/N`).
+    pub shard: Option<Shard>,
 }
 
 impl MigrateOptions {
@@ -33,6 +36,12 @@ impl MigrateOptions {
     /// Start no further tenant after the first failure.
     pub fn fail_fast(mut self, yes: bool) -> Self {
         self.fail_fast = yes;
+        self
+    }
+
+    /// Only the tenants of this shard.
+    pub fn shard(mut self, shard: Option<Shard>) -> Self {
+        self.shard = shard;
         self
     }
 }

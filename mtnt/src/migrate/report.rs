@@ -33,12 +33,15 @@ pub struct MigrateReport {
     pub failures: Vec<FailedTenant>,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Why the run stopped starting tenants before the end (its lease was lost, or its
+    /// deadline passed); the tenants it did not start are counted in `tenants_skipped`.
+    pub stopped: Option<String>,
 }
 
 impl MigrateReport {
     /// Whether every tenant asked for is up to date now.
     pub fn is_success(&self) -> bool {
-        self.failures.is_empty() && self.tenants_skipped == 0
+        self.failures.is_empty() && self.tenants_skipped == 0 && self.stopped.is_none()
     }
 }
 

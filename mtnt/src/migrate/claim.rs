@@ -1,0 +1,175 @@
+//! How a fleet run claims targets: a tenant another runner holds is skipped and come
+//! back to at the end (waiting at most the unlock deadline), transient failures are
+//! retried with backoff, and no tenant is started once the run must stop (its lease
+//! was lost, or its deadline passed).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::executor::migrate_target_claim;
+use super::lease::Lease;
+use super::retry::{backoff, is_transient};
+use super::safety::{format_duration, SafetySettings, Shard};
+use crate::{Backend, Error, MigrationSet, Result, Target, TenantName, TenantRecord};
+
+/// The state of one fleet run that the claim logic needs.
+pub(crate) struct Guard<'a> {
+    settings: &'a SafetySettings,
+    lease: Option<&'a Lease>,
+    shard: Option<Shard>,
+    started: Instant,
+    deferred: Mutex<Vec<TenantRecord>>,
+}
+
+impl<'a> Guard<'a> {
+    pub(crate) fn new(
+        settings: &'a SafetySettings,
+        lease: Option<&'a Lease>,
+        shard: Option<Shard>,
+    ) -> Self {
+        Self {
+            settings,
+            lease,
+            shard,
+            started: Instant::now(),
+            deferred: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Why no further tenant may start, if it may not.
+    pub(crate) fn stop_reason(&self) -> Option<String> {
+        if let Some(why) = self.lease.and_then(Lease::lost) {
+            return Some(why);
+        }
+        match self.settings.deadline {
+            Some(deadline) if !deadline.is_zero() && self.started.elapsed() >= deadline => Some(
+                format!("the run deadline of {} passed", format_duration(deadline)),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Whether this run migrates the tenant (`--shard`).
+    pub(crate) fn owns(&self, tenant: &TenantName) -> bool {
+        self.shard.is_none_or(|shard| shard.contains(tenant))
+    }
+
+    /// The first pass over a tenant: migrates it unless another runner holds it, in
+    /// which case it is set aside for [`Guard::take_deferred`] and `None` returned.
+    pub(crate) async fn first_pass(
+        &self,
+        backend: &dyn Backend,
+        record: &TenantRecord,
+        set: &MigrationSet,
+        to: Option<i64>,
+    ) -> Option<Result<usize>> {
+        let target = Target::Tenant(&record.tenant);
+        match with_retries(self.settings, target, || {
+            migrate_target_claim(backend, target, set, to, true)
+        })
+        .await
+        {
+            Ok(Some(n)) => Some(Ok(n)),
+            Ok(None) => {
+                tracing::debug!(tenant = %record.tenant.name, "held by another run; coming back to it");
+                if let Ok(mut deferred) = self.deferred.lock() {
+                    deferred.push(record.clone());
+                }
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The tenants the first pass set aside.
+    pub(crate) fn take_deferred(&self) -> Vec<TenantRecord> {
+        self.deferred
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
+    }
+
+    /// Migrates a target, waiting (try-lock with backoff) at most the unlock deadline
+    /// while another run holds it. Usually that run has migrated it meanwhile, and there
+    /// is nothing left to do.
+    pub(crate) async fn waiting(
+        &self,
+        backend: &dyn Backend,
+        target: Target<'_>,
+        set: &MigrationSet,
+        to: Option<i64>,
+    ) -> Result<usize> {
+        migrate_waiting(backend, target, set, to, self.settings).await
+    }
+}
+
+/// [`Guard::waiting`] without a fleet run (the public migrations).
+pub(crate) async fn migrate_waiting(
+    backend: &dyn Backend,
+    target: Target<'_>,
+    set: &MigrationSet,
+    to: Option<i64>,
+    settings: &SafetySettings,
+) -> Result<usize> {
+    let since = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    let mut announced = false;
+    loop {
+        let outcome = with_retries(settings, target, || {
+            migrate_target_claim(backend, target, set, to, true)
+        })
+        .await?;
+        if let Some(n) = outcome {
+            return Ok(n);
+        }
+        if since.elapsed() >= settings.unlock_deadline {
+            return Err(Error::Busy {
+                target: target.to_string(),
+                waited: format_duration(settings.unlock_deadline),
+            });
+        }
+        if !announced {
+            tracing::info!("another mtnt run is working on {target}; waiting for it");
+            announced = true;
+        }
+        let left = settings.unlock_deadline.saturating_sub(since.elapsed());
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or has failed transiently
+/// `settings.retries + 1` times, pausing with backoff and jitter in between.
+async fn with_retries<T, F, Fut>(
+    settings: &SafetySettings,
+    target: Target<'_>,
+    mut attempt: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if is_transient(&error) && tries <= settings.retries => {
+                let pause = backoff(settings.retry_backoff, tries);
+                tracing::warn!(
+                    "{target}: attempt {tries} of {} failed ({error}); trying again in {}",
+                    settings.retries + 1,
+                    format_duration(pause)
+                );
+                tokio::time::sleep(pause).await;
+            }
+            Err(error) if is_transient(&error) && tries > 1 => {
+                return Err(Error::GaveUp {
+                    attempts: tries,
+                    source: Box::new(error),
+                })
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}

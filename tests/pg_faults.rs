@@ -1,0 +1,1073 @@
+//! Fault tests against the real PostgreSQL server with real processes: runners killed
+//! with SIGKILL at random moments, four runners over one fleet, connections terminated
+//! mid-run, a tenant whose table another session locks, a stale lease, interrupted
+//! non-transactional migrations, hostile input and passwords in output.
+//!
+//! The app under test is `tests/support/fault_app.rs` (binary `mtnt-fault-app`). Every
+//! test checks the fleet with `check_fleet`: a tenant is half-migrated when the tables,
+//! columns and index in its schema, or the ledger of migration runs, disagree with its
+//! tracking rows.
+//!
+//! The registry mechanism does not matter here, so the suite runs once (not again under
+//! `--features inventory`), which keeps CI short.
+#![cfg(not(feature = "inventory"))]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mtnt_test_support::postgres::TestDb;
+use sqlx::{PgPool, Row};
+
+const A: i64 = 202401020001;
+const B: i64 = 202401020002;
+const INDEX: i64 = 202401020003;
+const C: i64 = 202401020004;
+const D: i64 = 202401020005;
+/// Every tenant migration but the non-idempotent `create_d`.
+const UP_TO_C: &str = "2024_01_02_0004";
+
+fn app(db: &TestDb) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("mtnt-fault-app"));
+    cmd.env("DATABASE_URL", &db.url)
+        .env_remove("MTNT_LOG")
+        .env_remove("MTNT_TEST_SLEEP_MS")
+        .arg("--no-progress")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs to the end (at most two minutes).
+async fn run(mut cmd: impl std::borrow::BorrowMut<Command>) -> Output {
+    let child = cmd.borrow_mut().spawn().expect("start mtnt-fault-app");
+    finish(child).await
+}
+
+async fn finish(mut child: Child) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mtnt-fault-app did not finish within two minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A small deterministic generator; the seed is printed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env_or_time() -> Self {
+        let seed = std::env::var("MTNT_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("fault seed {seed} (set MTNT_FAULT_SEED to replay)");
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    /// Uniform in [lo, hi).
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo).max(1)
+    }
+}
+
+fn tenant_name(i: usize) -> String {
+    format!("t{i:03}")
+}
+
+/// A database whose public migration ran (the ledger exists), and no tenant yet.
+async fn fleet_db(prefix: &str) -> (TestDb, PgPool) {
+    let db = TestDb::create(prefix).await;
+    let out = run(app(&db).arg("migrate")).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let pool = db.pool(4).await;
+    (db, pool)
+}
+
+/// Replaces every tenant with `n` new, empty ones (schemas registered, nothing applied),
+/// and empties the ledger and the lease table.
+async fn reset_fleet(pool: &PgPool, n: usize) {
+    let schemas: Vec<String> = sqlx::query_scalar("SELECT schema_name FROM public.mtnt_tenants")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    for chunk in schemas.chunks(50) {
+        let sql: String = chunk
+            .iter()
+            .map(|s| format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE;"))
+            .collect();
+        sqlx::raw_sql(&format!("BEGIN; {sql} COMMIT"))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let mut sql = String::from(
+        "BEGIN; DELETE FROM public.mtnt_tenants; TRUNCATE public.fault_ledger; \
+         DELETE FROM public.mtnt_runs;",
+    );
+    for i in 0..n {
+        let name = tenant_name(i);
+        sql.push_str(&format!(
+            "CREATE SCHEMA {name}; INSERT INTO public.mtnt_tenants (name, schema_name, state) VALUES ('{name}', '{name}', 'active');"
+        ));
+    }
+    sql.push_str("COMMIT");
+    sqlx::raw_sql(&sql).execute(pool).await.unwrap();
+}
+
+/// What `check_fleet` found.
+#[derive(Debug, Default)]
+struct Check {
+    tenants: usize,
+    /// Tenants with every migration of `expect` completed.
+    complete: usize,
+    /// Tenants with a migration left `started`.
+    started: usize,
+    /// Extra runs of the idempotent migration (re-runs after an interruption).
+    reruns: usize,
+    violations: Vec<String>,
+}
+
+/// Compares every tenant's schema and ledger entries with its tracking rows.
+///
+/// A tenant is consistent when its completed migrations are a prefix of the migration
+/// order (at most one `started` non-transactional migration after them), each completed
+/// transactional migration's objects exist and it ran exactly once, and no migration that
+/// is not completed left anything behind (a `started` one may have done anything).
+async fn check_fleet(pool: &PgPool, expect: &[i64]) -> Check {
+    // A killed runner's server sessions may still be finishing a statement or a commit:
+    // wait until they are gone, then read everything in one snapshot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name LIKE 'mtnt %'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if busy == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let check = check_in_snapshot(&mut conn, expect).await;
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await.unwrap();
+    check
+}
+
+async fn check_in_snapshot(pool: &mut sqlx::PgConnection, expect: &[i64]) -> Check {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM public.mtnt_tenants ORDER BY name")
+            .fetch_all(&mut *pool)
+            .await
+            .unwrap();
+    let tracked: Vec<String> = sqlx::query_scalar(
+        "SELECT table_schema::text FROM information_schema.tables \
+         WHERE table_name = 'mtnt_migrations' AND table_schema = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(&mut *pool)
+    .await
+    .unwrap();
+    let mut status: BTreeMap<(String, i64), String> = BTreeMap::new();
+    if !tracked.is_empty() {
+        let union = tracked
+            .iter()
+            .map(|s| {
+                format!(
+                    "SELECT '{s}' AS tenant, migration_order, status FROM \"{s}\".mtnt_migrations"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        for row in sqlx::query(&union).fetch_all(&mut *pool).await.unwrap() {
+            status.insert(
+                (row.get("tenant"), row.get("migration_order")),
+                row.get("status"),
+            );
+        }
+    }
+    let tables: BTreeSet<(String, String)> = sqlx::query(
+        "SELECT schemaname::text AS s, tablename::text AS t FROM pg_tables WHERE schemaname = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(&mut *pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get("s"), r.get("t")))
+    .collect();
+    let noted: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT table_schema::text FROM information_schema.columns \
+         WHERE table_name = 'a' AND column_name = 'note' AND table_schema = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(&mut *pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let indexed: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT schemaname::text FROM pg_indexes WHERE indexname = 'a_note' AND schemaname = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(&mut *pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let ledger: BTreeMap<(String, i64), i64> = sqlx::query(
+        "SELECT tenant, migration, count(*) AS n FROM public.fault_ledger GROUP BY 1, 2",
+    )
+    .fetch_all(&mut *pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| ((r.get("tenant"), r.get("migration")), r.get("n")))
+    .collect();
+
+    let mut check = Check {
+        tenants: names.len(),
+        ..Check::default()
+    };
+    for t in &names {
+        let st = |o: i64| {
+            status
+                .get(&(t.clone(), o))
+                .map(String::as_str)
+                .unwrap_or("absent")
+        };
+        let done = |o: i64| st(o) == "completed";
+        let runs = |o: i64| *ledger.get(&(t.clone(), o)).unwrap_or(&0);
+        let has = |table: &str| tables.contains(&(t.clone(), table.to_owned()));
+        let mut bad = |why: String| check.violations.push(format!("tenant {t}: {why}"));
+
+        let orders = [A, B, INDEX, C, D];
+        let first_open = orders
+            .iter()
+            .position(|&o| !done(o))
+            .unwrap_or(orders.len());
+        for (i, &o) in orders.iter().enumerate() {
+            if i > first_open && done(o) {
+                bad(format!("{o} completed after an unfinished migration"));
+            }
+            if st(o) == "started" && (i != first_open || !(o == INDEX || o == D)) {
+                bad(format!("{o} is started, which only the first unfinished non-transactional migration may be"));
+            }
+        }
+        for (o, objects) in [
+            (A, has("a")),
+            (B, has("b") && noted.contains(t)),
+            (C, has("c")),
+        ] {
+            let any = match o {
+                B => has("b") || noted.contains(t),
+                _ => objects,
+            };
+            if done(o) && (!objects || runs(o) != 1) {
+                bad(format!(
+                    "{o} completed, but objects present: {objects}, ran {} times",
+                    runs(o)
+                ));
+            }
+            if !done(o) && (any || runs(o) != 0) {
+                bad(format!(
+                    "{o} is {}, but objects present: {any}, ran {} times",
+                    st(o),
+                    runs(o)
+                ));
+            }
+        }
+        match st(INDEX) {
+            "completed" if !indexed.contains(t) || runs(INDEX) < 1 => bad(format!(
+                "{INDEX} completed without its index or ledger entry"
+            )),
+            "completed" => check.reruns += (runs(INDEX) - 1) as usize,
+            "started" => {}
+            other if indexed.contains(t) || runs(INDEX) != 0 => {
+                bad(format!("{INDEX} is {other} but ran {} times", runs(INDEX)))
+            }
+            _ => {}
+        }
+        if runs(D) > 1 {
+            bad(format!("the non-idempotent {D} ran {} times", runs(D)));
+        }
+        match st(D) {
+            "completed" if !has("d") || runs(D) != 1 => {
+                bad(format!("{D} completed without its table"))
+            }
+            "completed" | "started" => {}
+            other if has("d") || runs(D) != 0 => {
+                bad(format!("{D} is {other} but its table exists"))
+            }
+            _ => {}
+        }
+        if orders.iter().any(|&o| st(o) == "started") {
+            check.started += 1;
+        }
+        if expect.iter().all(|&o| done(o)) {
+            check.complete += 1;
+        }
+    }
+    check
+}
+
+/// The `N migrated` of a migrate report.
+fn migrated(output: &Output) -> usize {
+    let out = stdout(output);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("tenants:"))
+        .unwrap_or_else(|| panic!("no summary line in\n{}", text(output)));
+    line.split(", ")
+        .find_map(|part| {
+            part.strip_suffix(" migrations)")
+                .and(part.split(' ').next())
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the migrated count of {line:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_never_half_migrates() {
+    const TENANTS: usize = 200;
+    const ITERATIONS: usize = 20;
+    let (db, pool) = fleet_db("faults_kill").await;
+    let mut rng = Rng::from_env_or_time();
+
+    // How long an uninterrupted run takes, so that kills land across the whole run.
+    reset_fleet(&pool, TENANTS).await;
+    let clock = Instant::now();
+    let out = run({
+        let mut c = app(&db);
+        c.args(["migrate", "--to", UP_TO_C]);
+        c
+    })
+    .await;
+    let full = clock.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.complete, TENANTS);
+
+    let (mut checked, mut killed_mid_run, mut left_started, mut reruns) = (0, 0, 0, 0);
+    let mut violations = Vec::new();
+    for iteration in 0..ITERATIONS {
+        reset_fleet(&pool, TENANTS).await;
+        let delay = Duration::from_millis(rng.range(20, full.as_millis() as u64 + 20));
+        let mut child = app(&db).args(["migrate", "--to", UP_TO_C]).spawn().unwrap();
+        tokio::time::sleep(delay).await;
+        let finished_first = child.try_wait().unwrap().is_some();
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+
+        let after_kill = check_fleet(&pool, &[A, B, INDEX, C]).await;
+        checked += after_kill.tenants;
+        left_started += after_kill.started;
+        if !finished_first && after_kill.complete < TENANTS {
+            killed_mid_run += 1;
+        }
+        violations.extend(
+            after_kill
+                .violations
+                .iter()
+                .map(|v| format!("iteration {iteration}, after kill at {delay:?}: {v}")),
+        );
+
+        // The same command again finishes the fleet.
+        let out = run({
+            let mut c = app(&db);
+            c.args(["migrate", "--to", UP_TO_C]);
+            c
+        })
+        .await;
+        assert!(
+            out.status.success(),
+            "iteration {iteration}: {}",
+            text(&out)
+        );
+        let after_rerun = check_fleet(&pool, &[A, B, INDEX, C]).await;
+        checked += after_rerun.tenants;
+        reruns += after_rerun.reruns;
+        assert_eq!(after_rerun.complete, TENANTS, "iteration {iteration}");
+        violations.extend(
+            after_rerun
+                .violations
+                .iter()
+                .map(|v| format!("iteration {iteration}, after the re-run: {v}")),
+        );
+    }
+    eprintln!(
+        "kill -9: {ITERATIONS} iterations on {TENANTS} tenants (an uninterrupted run takes {full:?}), \
+         {killed_mid_run} killed mid-run, {checked} tenant checks, {left_started} tenants left visibly `started`, \
+         {reruns} idempotent re-runs, {} violations",
+        violations.len()
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(
+        killed_mid_run >= ITERATIONS / 2,
+        "most kills must land mid-run"
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_runners_split_one_fleet() {
+    const TENANTS: usize = 200;
+    let (db, pool) = fleet_db("faults_four").await;
+    reset_fleet(&pool, TENANTS).await;
+    let children: Vec<Child> = (0..4)
+        .map(|_| {
+            app(&db)
+                .env("MTNT_TEST_SLEEP_MS", "2")
+                .args(["migrate", "--to", UP_TO_C])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for child in children {
+        outputs.push(finish(child).await);
+    }
+    for out in &outputs {
+        assert!(out.status.success(), "a runner failed: {}", text(out));
+    }
+    let split: Vec<usize> = outputs.iter().map(migrated).collect();
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    eprintln!(
+        "four runners: tenants migrated per runner {split:?}, {} tenants checked, {} complete, {} violations",
+        check.tenants,
+        check.complete,
+        check.violations.len()
+    );
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.complete, TENANTS);
+    assert_eq!(
+        check.reruns, 0,
+        "nothing was interrupted, so nothing ran twice"
+    );
+    assert_eq!(
+        split.iter().sum::<usize>(),
+        TENANTS,
+        "each tenant migrated by exactly one runner"
+    );
+    assert!(
+        split.iter().filter(|&&n| n > 0).count() >= 2,
+        "the runners shared the work: {split:?}"
+    );
+    let runs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM public.mtnt_runs WHERE state = 'finished' AND command = 'migrate'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(runs, 4, "every runner recorded its lease and finished it");
+
+    // --shard pins a static split: two shards together cover the fleet once.
+    reset_fleet(&pool, 40).await;
+    let one = run({
+        let mut c = app(&db);
+        c.args(["migrate", "--to", UP_TO_C, "--shard", "1/2"]);
+        c
+    })
+    .await;
+    assert!(one.status.success(), "{}", text(&one));
+    let half = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert_eq!(half.complete, migrated(&one));
+    assert!(half.complete > 0 && half.complete < 40, "{}", half.complete);
+    let two = run({
+        let mut c = app(&db);
+        c.env("MTNT_SHARD", "2/2")
+            .args(["migrate", "--to", UP_TO_C]);
+        c
+    })
+    .await;
+    assert!(two.status.success(), "{}", text(&two));
+    assert_eq!(migrated(&one) + migrated(&two), 40);
+    assert_eq!(check_fleet(&pool, &[A, B, INDEX, C]).await.complete, 40);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_connections_are_retried_or_reported() {
+    const TENANTS: usize = 100;
+    let (db, pool) = fleet_db("faults_term").await;
+    reset_fleet(&pool, TENANTS).await;
+    let child = app(&db)
+        .env("MTNT_TEST_SLEEP_MS", "15")
+        .args([
+            "migrate",
+            "--to",
+            UP_TO_C,
+            "--retry-backoff",
+            "20ms",
+            "--retries",
+            "5",
+        ])
+        .spawn()
+        .unwrap();
+    let mut terminated = 0i64;
+    for wait in [400, 300, 300] {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        terminated += sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    }
+    let out = finish(child).await;
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    eprintln!(
+        "pg_terminate_backend: {terminated} sessions ended, exit {:?}, {} of {} tenants complete, {} violations",
+        out.status.code(),
+        check.complete,
+        check.tenants,
+        check.violations.len()
+    );
+    assert!(terminated > 0, "the run had connections to end");
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    if out.status.success() {
+        assert_eq!(check.complete, TENANTS, "{}", text(&out));
+    } else {
+        // Every incomplete tenant, and only those, is named as failed.
+        let report = stdout(&out);
+        let failed: BTreeSet<String> = report
+            .lines()
+            .filter_map(|l| l.strip_prefix("  "))
+            .filter_map(|l| l.split(':').next())
+            .filter(|name| name.len() == 4 && name.starts_with('t'))
+            .map(str::to_owned)
+            .collect();
+        let incomplete = TENANTS - check.complete;
+        assert_eq!(failed.len(), incomplete, "{}", text(&out));
+    }
+    // Whatever happened, the same command finishes the fleet.
+    let out = run({
+        let mut c = app(&db);
+        c.args(["migrate", "--to", UP_TO_C]);
+        c
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.complete, TENANTS);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_tenant_times_out_and_fails_alone() {
+    const TENANTS: usize = 20;
+    let (db, pool) = fleet_db("faults_locked").await;
+    reset_fleet(&pool, TENANTS).await;
+    let out = run({
+        let mut c = app(&db);
+        c.args(["migrate", "--to", "2024_01_02_0001"]);
+        c
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A long report query holds t007.a; create_b (lock_timeout = "300ms") must alter it.
+    let mut blocker = pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE t007.a IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let clock = Instant::now();
+    let out = run({
+        let mut c = app(&db);
+        c.args([
+            "migrate",
+            "--to",
+            UP_TO_C,
+            "--retries",
+            "2",
+            "--retry-backoff",
+            "50ms",
+        ]);
+        c
+    })
+    .await;
+    let took = clock.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(report.contains("19 migrated"), "{report}");
+    assert!(report.contains("1 failed"), "{report}");
+    assert!(
+        report.contains("t007: while applying 2024_01_02_0002 create_b to tenant t007: error returned from database: canceling statement due to lock timeout (gave up after 3 attempts)"),
+        "{report}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "a locked tenant must not stall the run: {took:?}"
+    );
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.complete, TENANTS - 1);
+
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    drop(blocker);
+    let out = run({
+        let mut c = app(&db);
+        c.args(["migrate", "--to", UP_TO_C]);
+        c
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("1 migrated"), "{}", text(&out));
+    assert_eq!(
+        check_fleet(&pool, &[A, B, INDEX, C]).await.complete,
+        TENANTS
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_lease_is_taken_over_and_a_lost_lease_stops_the_runner() {
+    const TENANTS: usize = 30;
+    let (db, pool) = fleet_db("faults_lease").await;
+    reset_fleet(&pool, TENANTS).await;
+    let lease_flags = [
+        "--heartbeat-interval",
+        "200ms",
+        "--heartbeat-retries",
+        "1",
+        "--unlock-deadline",
+        "1s",
+    ];
+    // Runner A takes a lease and is killed mid-run.
+    let mut a = app(&db)
+        .env("MTNT_TEST_SLEEP_MS", "100")
+        .args(["migrate", "--to", UP_TO_C])
+        .args(lease_flags)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let a_run: String = loop {
+        let row: Option<String> =
+            sqlx::query_scalar("SELECT run_id FROM public.mtnt_runs WHERE state = 'running'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap_or(None);
+        if let Some(id) = row {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "runner A took no lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // Its lease still says running: nobody could tell it died.
+    let state: String = sqlx::query_scalar("SELECT state FROM public.mtnt_runs WHERE run_id = $1")
+        .bind(&a_run)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "running");
+
+    // Past the unlock deadline, runner B takes the lease over and finishes the fleet.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let out = run({
+        let mut c = app(&db);
+        c.args(["migrate", "--to", UP_TO_C]).args(lease_flags);
+        c
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let row = sqlx::query(
+        "SELECT a.state, a.taken_over_by, b.state AS b_state FROM public.mtnt_runs a \
+         JOIN public.mtnt_runs b ON b.run_id = a.taken_over_by WHERE a.run_id = $1",
+    )
+    .bind(&a_run)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("state"), "taken_over");
+    assert_eq!(row.get::<String, _>("b_state"), "finished");
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.complete, TENANTS);
+
+    // A runner that cannot refresh its lease stops starting tenants and fails.
+    reset_fleet(&pool, TENANTS).await;
+    let c = app(&db)
+        .env("MTNT_TEST_SLEEP_MS", "100")
+        .args(["migrate", "--to", UP_TO_C, "--concurrency", "2"])
+        .args(lease_flags)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sqlx::raw_sql("ALTER TABLE public.mtnt_runs RENAME TO mtnt_runs_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = finish(c).await;
+    sqlx::raw_sql("ALTER TABLE public.mtnt_runs_away RENAME TO mtnt_runs")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(
+        report.contains("stopped early: lost contact with the database: could not refresh the run lease 2 times in a row"),
+        "{report}"
+    );
+    assert!(report.contains("skipped (not started)"), "{report}");
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert!(check.complete < TENANTS, "{}", check.complete);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// Waits until `n` tenants have migration `order` `started`.
+async fn wait_started(pool: &PgPool, order: i64, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut started = 0;
+        for i in 0..n {
+            let sql = format!(
+                "SELECT count(*) FROM {}.mtnt_migrations WHERE migration_order = {order} AND status = 'started'",
+                tenant_name(i)
+            );
+            started += sqlx::query_scalar::<_, i64>(&sql)
+                .fetch_one(pool)
+                .await
+                .unwrap_or(0);
+        }
+        if started as usize == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {started} of {n} started {order}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_non_transactional_migrations() {
+    const TENANTS: usize = 4;
+    let (db, pool) = fleet_db("faults_nontx").await;
+    reset_fleet(&pool, TENANTS).await;
+    let out = run({
+        let mut c = app(&db);
+        c.args(["migrate", "--to", "2024_01_02_0002"]);
+        c
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Idempotent: killed between `started` and `completed`, it simply runs again.
+    let mut child = app(&db)
+        .env("MTNT_TEST_SLEEP_MS", "5000")
+        .args(["migrate", "--to", "2024_01_02_0003"])
+        .spawn()
+        .unwrap();
+    wait_started(&pool, INDEX, TENANTS).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let check = check_fleet(&pool, &[A, B, INDEX]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.started, TENANTS);
+    let out = run({
+        let mut c = app(&db);
+        c.args(["migrate", "--to", UP_TO_C]);
+        c
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.complete, TENANTS);
+
+    // Not idempotent: the tenant stops with the repair command, until it is repaired.
+    let mut child = app(&db)
+        .env("MTNT_TEST_SLEEP_MS", "5000")
+        .arg("migrate")
+        .spawn()
+        .unwrap();
+    wait_started(&pool, D, TENANTS).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = run(app(&db).arg("migrate")).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(report.contains(&format!("{TENANTS} failed")), "{report}");
+    assert!(
+        report.contains("2024_01_02_0005 create_d in tenant t001 started and never completed"),
+        "{report}"
+    );
+    assert!(
+        report.contains("`repair --tenant t001 --order 202401020005 --mark completed`"),
+        "{report}"
+    );
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.started, TENANTS);
+    // The table exists (the kill came after CREATE TABLE): mark it completed.
+    for i in 0..TENANTS {
+        let out = run({
+            let mut c = app(&db);
+            c.args([
+                "repair",
+                "--tenant",
+                &tenant_name(i),
+                "--order",
+                "2024_01_02_0005",
+                "--mark",
+                "completed",
+            ]);
+            c
+        })
+        .await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = run(app(&db).arg("migrate")).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("{TENANTS} already current")),
+        "{}",
+        text(&out)
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_before_anything_changes() {
+    let (db, pool) = fleet_db("faults_input").await;
+    reset_fleet(&pool, 3).await;
+    let out = run({
+        let mut c = app(&db);
+        c.args(["migrate", "--to", "2024_01_02_0001"]);
+        c
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let hostile = [
+        "x\"; DROP SCHEMA public; --",
+        "Robert'); DROP TABLE mtnt_tenants;--",
+        "../../etc/passwd",
+        "a b",
+        "ünïcode",
+        "",
+        "t\n",
+        "pg_catalog",
+        "public",
+        "mtnt_runs",
+        "$(reboot)",
+        "`id`",
+        &"x".repeat(51),
+    ];
+    for name in hostile {
+        for args in [
+            vec!["tenant", "create", name],
+            vec!["migrate", "--tenant", name],
+            vec!["rollback", "--tenant", name, "--all"],
+        ] {
+            let out = run({
+                let mut c = app(&db);
+                c.args(&args);
+                c
+            })
+            .await;
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("invalid tenant name"),
+                "{args:?}: {}",
+                text(&out)
+            );
+        }
+    }
+    // Unknown tenant, unknown order, bad shard: refused, nothing changed.
+    for (args, message) in [
+        (
+            vec!["migrate", "--tenant", "nobody"],
+            "unknown tenant \"nobody\"",
+        ),
+        (
+            vec!["migrate", "--to", "2030_01_01_0001"],
+            "no registered migration has order 2030_01_01_0001",
+        ),
+        (
+            vec!["rollback", "--tenant", "t000", "--to", "2030_01_01_0001"],
+            "no registered migration has order",
+        ),
+        (vec!["migrate", "--shard", "5/4"], "invalid shard 5/4"),
+        (vec!["migrate", "--lock-timeout", "5"], "has no unit"),
+        (
+            vec!["migrate", "--unlock-deadline", "2s"],
+            "fix: raise --unlock-deadline",
+        ),
+    ] {
+        let out = run({
+            let mut c = app(&db);
+            c.args(&args);
+            c
+        })
+        .await;
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(message),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    // A database ahead of the code: refused before the public schema or any tenant moves.
+    sqlx::raw_sql(
+        "INSERT INTO t001.mtnt_migrations (migration_order, name, checksum, status) \
+         VALUES (209901010001, 'from_the_future', 'x', 'completed'); \
+         UPDATE public.mtnt_tenants SET applied_order = 209901010001 WHERE name = 't001'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = run(app(&db).arg("migrate")).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "tenant t001 has migration 2099_01_01_0001 from_the_future applied, which this binary does not know; nothing was run"
+        ),
+        "{}",
+        text(&out)
+    );
+    let check = check_fleet(&pool, &[A]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    let behind: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM t000.mtnt_migrations WHERE status = 'completed'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(behind, 1, "t000 was not migrated");
+
+    // A password never shows, not on success, not on failure, not in trace logs.
+    let with_password = db.url.replacen("postgres@", "postgres:s3cret-pw@", 1);
+    assert!(with_password.contains("s3cret-pw"), "{with_password}");
+    for (url, args) in [
+        (with_password.as_str(), vec!["status"]),
+        (with_password.as_str(), vec!["migrate", "--to", "nonsense"]),
+        (with_password.as_str(), vec!["migrate"]),
+        (
+            "postgres://app:s3cret-pw@127.0.0.1:1/fleet",
+            vec!["migrate"],
+        ),
+        ("mysql://app:s3cret-pw@127.0.0.1:1/fleet", vec!["status"]),
+        ("postgres://app:s3cret-pw@[::1", vec!["status"]),
+    ] {
+        let out = run({
+            let mut c = app(&db);
+            c.env("DATABASE_URL", url)
+                .env("MTNT_LOG", "trace")
+                .args(&args);
+            c
+        })
+        .await;
+        let all = text(&out);
+        assert!(
+            !all.contains("s3cret-pw"),
+            "{args:?} with {url} leaked the password:\n{all}"
+        );
+    }
+    let out = run({
+        let mut c = app(&db);
+        c.env("DATABASE_URL", "postgres://app:s3cret-pw@127.0.0.1:1/fleet")
+            .arg("migrate");
+        c
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("cannot connect to postgres://app:***@127.0.0.1:1/fleet"));
+    let leases: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM public.mtnt_runs WHERE concat_ws(' ', run_id, host, command, app_name) LIKE '%s3cret%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(leases, 0);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[test]
+fn two_migrations_at_one_order_are_refused() {
+    fn noop<'a, 'c>(
+        _: &'a mut mtnt::Ctx<'c>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = mtnt::Result<()>> + Send + 'a>> {
+        Box::pin(async { Ok(()) })
+    }
+    let make = |name: &'static str, line: u32| -> &'static mtnt::Migration {
+        Box::leak(Box::new(mtnt::Migration {
+            __order: 202401010001,
+            __name: name,
+            __scope: mtnt::Scope::Tenant,
+            __up: noop,
+            __down: None,
+            __transaction: true,
+            __idempotent: false,
+            __enabled: true,
+            __lock_timeout_ms: None,
+            __statement_timeout_ms: None,
+            __checksum: "x",
+            __location: mtnt::Location {
+                file: "m.rs",
+                line,
+                module_path: "m",
+            },
+        }))
+    };
+    let error = mtnt::MigrationSet::new([make("one", 1), make("two", 9)]).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "two migrations have order 2024_01_01_0001: one at m.rs:1 and two at m.rs:9\n  fix: give one of them another order (cargo mtnt new picks the next free one)"
+    );
+}
