@@ -38,8 +38,8 @@ mod tenant;
 mod url_redact;
 
 pub use backend::{
-    connect, Backend, ConnectOptions, Direction, Engine, MySqlBackend, PostgresBackend, Session,
-    SqliteBackend, Target, Tenancy,
+    connect, Backend, ConnectOptions, Direction, Engine, MySqlBackend, PgDatabaseBackend,
+    PostgresBackend, Session, SqliteBackend, Target, Tenancy,
 };
 pub use backend::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts};
 pub use ctx::{Ctx, CtxConn};

@@ -6,6 +6,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::Connection;
 
 use super::mysql::MySqlBackend;
+use super::pg_database::PgDatabaseBackend;
 use super::postgres::PostgresBackend;
 use super::sqlite::SqliteBackend;
 use crate::{redact_url, Backend, Error, Result, Tenancy};
@@ -21,7 +22,7 @@ pub struct ConnectOptions {
     pub control_schema: String,
     /// The most connections mtnt opens to one server.
     pub max_connections: u32,
-    /// The lock and statement timeouts of migrations (PostgreSQL schema per tenant).
+    /// The lock and statement timeouts of migrations (PostgreSQL).
     pub timeouts: super::control::Timeouts,
 }
 
@@ -41,6 +42,7 @@ impl Default for ConnectOptions {
 /// | URL | model |
 /// |---|---|
 /// | `postgres://user@host/db` | a schema per tenant in `db` |
+/// | `postgres://user@host/control` with [`Tenancy::Database`] (`--tenancy database`) | a database per tenant on the server; `control` holds the registry (see [`PgDatabaseBackend`]) |
 /// | `mysql://user@host/control`, `mariadb://...` | a database per tenant; `control` holds the registry (see [`MySqlBackend`]) |
 /// | `sqlite://./tenants/`, `sqlite:tenants` | a file per tenant in the relative directory `tenants` |
 /// | `sqlite:///var/lib/app/tenants` | a file per tenant in the absolute directory `/var/lib/app/tenants` |
@@ -55,12 +57,12 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
     match scheme {
         "postgres" | "postgresql" => {
             match options.tenancy {
-                None | Some(Tenancy::Schema) => {}
+                None | Some(Tenancy::Schema) | Some(Tenancy::Database) => {}
                 Some(other) => {
                     return Err(Error::BadUrl {
                         url: redact_url(url),
                         reason: format!(
-                            "tenancy {other:?} is not supported on PostgreSQL yet; use schema"
+                            "PostgreSQL has no tenancy {other:?}; use schema or database"
                         ),
                     })
                 }
@@ -70,6 +72,13 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
                 source,
             };
             let connect_options: PgConnectOptions = url.parse().map_err(connect_error)?;
+            let per_database = options.tenancy == Some(Tenancy::Database);
+            if per_database && connect_options.get_database().is_none_or(str::is_empty) {
+                return Err(Error::BadUrl {
+                    url: redact_url(url),
+                    reason: "with --tenancy database, name the control database that holds the tenant registry, as in postgres://postgres@127.0.0.1/control".to_owned(),
+                });
+            }
             // One direct connection first: a pool retries a refused connection until its
             // acquire timeout, while a user with a wrong URL wants to hear so at once.
             PgConnection::connect_with(&connect_options)
@@ -82,6 +91,13 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
                 .max_connections(options.max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_lazy_with(connect_options);
+            if per_database {
+                return Ok(Box::new(
+                    PgDatabaseBackend::new(pool)?
+                        .with_control_schema(&options.control_schema)?
+                        .with_timeouts(options.timeouts),
+                ));
+            }
             Ok(Box::new(
                 PostgresBackend::new(pool)
                     .with_control_schema(&options.control_schema)?

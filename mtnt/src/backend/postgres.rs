@@ -1,16 +1,15 @@
 use std::ops::{Deref, DerefMut};
-use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{PgConnection, Postgres, Row};
+use sqlx::{PgConnection, Row};
 
 use super::control::{RunControl, Timeouts};
 use super::invoke::{connection_lost, exec_postgres, invoke};
 use super::pg_lease::PgControl;
 use super::pg_lock;
+use super::pg_shared::{apply_new_tenant, is_db_code, record_sql, tracking_ddl, PgConn};
 use super::sql::{quote_ident, quote_literal};
 use crate::ctx::CtxConn;
 use crate::migration::BoxFuture;
@@ -71,7 +70,7 @@ impl PostgresBackend {
         &self.pool
     }
 
-    fn registry(&self) -> String {
+    pub(super) fn registry(&self) -> String {
         format!("{}.mtnt_tenants", self.control_q)
     }
 
@@ -109,54 +108,6 @@ impl PostgresBackend {
             self.registry()
         )
     }
-}
-
-/// The tracking table of one schema.
-fn tracking_ddl(schema_q: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {schema_q}.mtnt_migrations (
-            migration_order bigint PRIMARY KEY,
-            name text NOT NULL,
-            checksum text NOT NULL,
-            status text NOT NULL CHECK (status IN ('pending', 'started', 'failed', 'completed')),
-            started_at timestamptz,
-            finished_at timestamptz,
-            duration_ms bigint,
-            error text
-        )"
-    )
-}
-
-/// Upserts a tracking row for `migration` with `status`, timed from the transaction start.
-fn record_sql(
-    schema_q: &str,
-    migration: &Migration,
-    status: MigrationStatus,
-    finished: bool,
-) -> String {
-    let (finished_at, duration) = if finished {
-        (
-            "clock_timestamp()",
-            "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint",
-        )
-    } else {
-        ("NULL", "NULL")
-    };
-    format!(
-        "INSERT INTO {schema_q}.mtnt_migrations AS t (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
-         VALUES ({order}, {name}, {checksum}, '{status}', now(), {finished_at}, {duration}, NULL) \
-         ON CONFLICT (migration_order) DO UPDATE SET name = excluded.name, checksum = excluded.checksum, \
-         status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, \
-         duration_ms = excluded.duration_ms, error = NULL",
-        order = migration.order(),
-        name = quote_literal(migration.name()),
-        checksum = quote_literal(migration.checksum()),
-        status = status.as_str(),
-    )
-}
-
-fn is_db_code(error: &sqlx::Error, code: &str) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
 }
 
 #[async_trait]
@@ -240,7 +191,7 @@ impl Backend for PostgresBackend {
             Target::Tenant(t) => format!("tenant:{}", t.schema),
         };
         let conn = TargetLock {
-            conn: Some(self.pool.acquire().await?),
+            conn: Some(self.pool.acquire().await?.into()),
             locked: false,
         };
         let schema_q = match target {
@@ -306,28 +257,7 @@ impl Backend for PostgresBackend {
                 }
                 return Err(e.into());
             }
-            for &migration in migrations {
-                let started = Instant::now();
-                let mut ctx = Ctx::new(Some(tenant), CtxConn::Postgres(&mut conn));
-                invoke(migration.up(), &mut ctx).await.map_err(|e| Error::Migration {
-                    target: Target::Tenant(tenant).to_string(),
-                    migration: migration.to_string(),
-                    reverting: false,
-                    source: Box::new(e),
-                })?;
-                // Recorded as it finishes (in the same transaction), so that each row has its
-                // own start and end; `now()` would give every row the transaction's start.
-                let micros = started.elapsed().as_micros() as i64;
-                let record = format!(
-                    "INSERT INTO {schema_q}.mtnt_migrations (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
-                     VALUES ({order}, {name}, {checksum}, 'completed', clock_timestamp() - interval '{micros} microseconds', clock_timestamp(), {ms}, NULL)",
-                    order = migration.order(),
-                    name = quote_literal(migration.name()),
-                    checksum = quote_literal(migration.checksum()),
-                    ms = micros / 1000,
-                );
-                exec_postgres(&mut conn, &record).await?;
-            }
+            apply_new_tenant(&mut conn, tenant, &schema_q, migrations).await?;
             let finish = format!(
                 "UPDATE {registry} SET state = '{state}', applied_order = {applied}, updated_at = now() WHERE name = {name}; COMMIT",
                 registry = self.registry(),
@@ -443,7 +373,7 @@ impl Backend for PostgresBackend {
 /// back to the pool; a connection left inside a transaction (a run cancelled
 /// mid-migration), or one that cannot be unlocked, is closed instead, which ends both.
 struct TargetLock {
-    conn: Option<PoolConnection<Postgres>>,
+    conn: Option<PgConn>,
     locked: bool,
 }
 
@@ -527,6 +457,32 @@ fn unlock_all(conn: &mut PgConnection) -> BoxFuture<'_, Result<bool, sqlx::Error
     Box::pin(async move { sqlx::Executor::fetch_one(conn, SQL).await?.try_get(0) })
 }
 
+impl PostgresBackend {
+    /// A session of [`PgDatabaseBackend`](super::PgDatabaseBackend) on `conn`, a connection
+    /// of its own to the database of `tenant`: migrations and the tracking table in that
+    /// database's `public` schema, the advisory lock taken there. `self` is the control
+    /// side; no registry update joins the tenant's transactions (the registry is in
+    /// another database), so the caller keeps the registry's cache in line.
+    pub(super) fn tenant_database_session<'a>(
+        &'a self,
+        conn: PgConnection,
+        tenant: &'a Tenant,
+    ) -> Box<dyn Session + 'a> {
+        Box::new(PgSession {
+            backend: self,
+            conn: TargetLock {
+                conn: Some(conn.into()),
+                locked: false,
+            },
+            target: Target::Tenant(tenant),
+            lock_key: pg_lock::tenant_key(&tenant.schema),
+            schema_q: quote_ident("public"),
+            search_path: quote_ident("public"),
+            registry_update: None,
+        })
+    }
+}
+
 struct PgSession<'a> {
     backend: &'a PostgresBackend,
     conn: TargetLock,
@@ -572,7 +528,9 @@ impl PgSession<'_> {
             .bind(&message)
             .execute(&mut *self.conn)
             .await?;
-        if let Target::Tenant(t) = self.target {
+        // Without a registry update, the registry is in another database (database per
+        // tenant), whose backend records the failure there.
+        if let (Target::Tenant(t), Some(_)) = (self.target, &self.registry_update) {
             sqlx::query(&format!(
                 "UPDATE {} SET failed_order = $1, last_error = $2, updated_at = now() WHERE name = $3",
                 self.backend.registry()

@@ -1,0 +1,160 @@
+//! What the two PostgreSQL backends share: the tracking table, its rows, the migrations of
+//! a new tenant, and the connection a session holds.
+
+use std::ops::{Deref, DerefMut};
+use std::time::Instant;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgConnection, Postgres};
+
+use super::invoke::{exec_postgres, invoke};
+use super::sql::quote_literal;
+use crate::ctx::CtxConn;
+use crate::{Ctx, Error, Migration, MigrationStatus, Result, Target, Tenant};
+
+/// The tracking table of one schema.
+pub(super) fn tracking_ddl(schema_q: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {schema_q}.mtnt_migrations (
+            migration_order bigint PRIMARY KEY,
+            name text NOT NULL,
+            checksum text NOT NULL,
+            status text NOT NULL CHECK (status IN ('pending', 'started', 'failed', 'completed')),
+            started_at timestamptz,
+            finished_at timestamptz,
+            duration_ms bigint,
+            error text
+        )"
+    )
+}
+
+/// Upserts a tracking row for `migration` with `status`, timed from the transaction start.
+pub(super) fn record_sql(
+    schema_q: &str,
+    migration: &Migration,
+    status: MigrationStatus,
+    finished: bool,
+) -> String {
+    let (finished_at, duration) = if finished {
+        (
+            "clock_timestamp()",
+            "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint",
+        )
+    } else {
+        ("NULL", "NULL")
+    };
+    format!(
+        "INSERT INTO {schema_q}.mtnt_migrations AS t (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
+         VALUES ({order}, {name}, {checksum}, '{status}', now(), {finished_at}, {duration}, NULL) \
+         ON CONFLICT (migration_order) DO UPDATE SET name = excluded.name, checksum = excluded.checksum, \
+         status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, \
+         duration_ms = excluded.duration_ms, error = NULL",
+        order = migration.order(),
+        name = quote_literal(migration.name()),
+        checksum = quote_literal(migration.checksum()),
+        status = status.as_str(),
+    )
+}
+
+/// Whether `error` is a database error with SQLSTATE `code`.
+pub(super) fn is_db_code(error: &sqlx::Error, code: &str) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
+}
+
+/// Runs the up functions of a new tenant's `migrations` on `conn`, inside the caller's
+/// open transaction, recording each as `completed` in `schema_q.mtnt_migrations`.
+pub(super) async fn apply_new_tenant(
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    schema_q: &str,
+    migrations: &[&'static Migration],
+) -> Result<()> {
+    for &migration in migrations {
+        let started = Instant::now();
+        let mut ctx = Ctx::new(Some(tenant), CtxConn::Postgres(&mut *conn));
+        invoke(migration.up(), &mut ctx)
+            .await
+            .map_err(|e| Error::Migration {
+                target: Target::Tenant(tenant).to_string(),
+                migration: migration.to_string(),
+                reverting: false,
+                source: Box::new(e),
+            })?;
+        // Recorded as it finishes (in the same transaction), so that each row has its
+        // own start and end; `now()` would give every row the transaction's start.
+        let micros = started.elapsed().as_micros() as i64;
+        let record = format!(
+            "INSERT INTO {schema_q}.mtnt_migrations (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
+             VALUES ({order}, {name}, {checksum}, 'completed', clock_timestamp() - interval '{micros} microseconds', clock_timestamp(), {ms}, NULL)",
+            order = migration.order(),
+            name = quote_literal(migration.name()),
+            checksum = quote_literal(migration.checksum()),
+            ms = micros / 1000,
+        );
+        exec_postgres(conn, &record).await?;
+    }
+    Ok(())
+}
+
+/// The connection of a session: pooled (schema per tenant, and the control database), or
+/// one of its own to a tenant database (database per tenant), closed when dropped.
+pub(super) enum PgConn {
+    /// From the backend's pool; goes back to it when dropped.
+    Pooled(PoolConnection<Postgres>),
+    /// A connection of its own; `None` only while it is being closed.
+    Owned(Option<PgConnection>),
+}
+
+impl PgConn {
+    /// Makes sure the connection is not reused (an owned one never is).
+    pub(super) fn close_on_drop(&mut self) {
+        if let PgConn::Pooled(conn) = self {
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl From<PoolConnection<Postgres>> for PgConn {
+    fn from(conn: PoolConnection<Postgres>) -> Self {
+        PgConn::Pooled(conn)
+    }
+}
+
+impl From<PgConnection> for PgConn {
+    fn from(conn: PgConnection) -> Self {
+        PgConn::Owned(Some(conn))
+    }
+}
+
+impl Deref for PgConn {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match self {
+            PgConn::Pooled(conn) => conn,
+            PgConn::Owned(conn) => conn.as_ref().expect("only taken on drop"),
+        }
+    }
+}
+
+impl DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            PgConn::Pooled(conn) => conn,
+            PgConn::Owned(conn) => conn.as_mut().expect("only taken on drop"),
+        }
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        let PgConn::Owned(conn) = self else { return };
+        let Some(conn) = conn.take() else { return };
+        // A polite goodbye where a runtime can run it; otherwise the socket just closes.
+        // Either way the server ends the session, with its transaction and advisory locks.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = conn.close().await;
+            });
+        }
+    }
+}
