@@ -133,15 +133,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status(args) => {
             let report = migrator.status(&args.tenants).await?;
+            // Who is migrating the fleet right now (the run leases).
+            let running = migrator.running().await?;
             if args.json {
                 let mut value = serde_json::to_value(&report).expect("serializable");
                 value["summary"] = serde_json::Value::String(report.summary());
+                value["running"] = serde_json::to_value(&running).expect("serializable");
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&value).expect("serializable")
                 );
             } else {
                 print!("{}", output::status_report(&report));
+                for run in &running {
+                    println!(
+                        "running: {} run {} on {} (pid {}) since {}, last heartbeat {}",
+                        run.command,
+                        run.run_id,
+                        run.host,
+                        run.pid,
+                        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        run.heartbeat_at.format("%H:%M:%S UTC"),
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
