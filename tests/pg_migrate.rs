@@ -1,6 +1,8 @@
-//! `Migrator::migrate` on PostgreSQL (schema per tenant): a fleet of tenants, a failing
-//! tenant, `fail_fast`, typed sqlx inside a migration, a custom `TenantSource`, and an
-//! unreachable server. Every test works in its own database.
+//! `Migrator::migrate` on PostgreSQL (schema per tenant), for what one engine proves for
+//! all or only PostgreSQL has: `fail_fast` and a custom `TenantSource` (the executor's and
+//! the migrator's own logic, the same over every backend), advisory locks between runs,
+//! and an unreachable `postgres://` server. Fleets, failing tenants and typed sqlx calls
+//! are proven on every engine by `tests/behaviour.rs`. Every test works in its own database.
 
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
@@ -13,8 +15,9 @@ use std::time::{Duration, Instant};
 use mtnt::{
     Error, MigrateOptions, MigrationSet, Migrator, PostgresBackend, TenantName, TenantSource,
 };
+use mtnt_test_support::create_tenants;
 use mtnt_test_support::postgres::{
-    column_exists, registry_row, registry_rows, table_exists, tracking_row, tracking_rows, TestDb,
+    registry_row, table_exists, tracking_row, tracking_rows, TestDb,
 };
 use sqlx::PgPool;
 
@@ -27,370 +30,6 @@ fn migrator(pool: &PgPool, prefix: &str) -> Migrator {
         .migrations(MigrationSet::registered_in(prefix).unwrap())
         .build()
         .unwrap()
-}
-
-async fn create_all(migrator: &Migrator, names: &[&str]) {
-    for n in names {
-        migrator
-            .create_tenant(&name(n))
-            .await
-            .unwrap_or_else(|e| panic!("create {n}: {e}"));
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// A fleet of 52 tenants, created at v1 and migrated to v2.
-
-mod fleet {
-    pub mod v1 {
-        #[mtnt::migration(scope = "public", order = 2024_01_01_0001)]
-        async fn create_plans(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-            ctx.execute(
-                "CREATE TABLE plans (id bigserial PRIMARY KEY, name text NOT NULL);
-                 INSERT INTO plans (name) VALUES ('free')",
-            )
-            .await
-        }
-
-        // References the public `plans` through the search path.
-        #[mtnt::migration(scope = "tenant", order = 2024_01_01_0002)]
-        async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-            ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY, email text UNIQUE, plan_id bigint REFERENCES plans (id))")
-                .await
-        }
-    }
-
-    pub mod v2 {
-        #[mtnt::migration(scope = "tenant", order = 2024_01_02_0001)]
-        async fn create_invoices(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-            ctx.execute("CREATE TABLE invoices (id bigserial PRIMARY KEY, account_id bigint REFERENCES accounts (id))")
-                .await
-        }
-
-        #[mtnt::migration(scope = "tenant", order = 2024_01_02_0002)]
-        async fn add_account_name(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-            ctx.execute("ALTER TABLE accounts ADD COLUMN name text")
-                .await
-        }
-
-        #[mtnt::migration(scope = "public", order = 2024_01_02_0003)]
-        async fn create_features(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-            ctx.execute(
-                "CREATE TABLE features (key text PRIMARY KEY); INSERT INTO features VALUES ('sso')",
-            )
-            .await
-        }
-    }
-}
-
-const FLEET_TENANT_ORDERS: [i64; 3] = [2024_01_01_0002, 2024_01_02_0001, 2024_01_02_0002];
-const FLEET_PUBLIC_ORDERS: [i64; 2] = [2024_01_01_0001, 2024_01_02_0003];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_of_52_tenants_is_created_then_migrated() {
-    let db = TestDb::create("fleet").await;
-    let pool = db.pool(6).await;
-    let names: Vec<String> = (0..52).map(|i| format!("t{i:03}")).collect();
-
-    let creator = migrator(&pool, "pg_migrate::fleet::v1");
-    for n in &names {
-        creator.create_tenant(&name(n)).await.unwrap();
-    }
-    let registry = registry_rows(&pool).await;
-    assert_eq!(registry.len(), 52);
-    for row in &registry {
-        assert_eq!(
-            (row.state.as_str(), row.applied_order),
-            ("active", Some(2024_01_01_0002)),
-            "{row:?}"
-        );
-        assert_eq!(row.schema_name, row.name);
-    }
-
-    let full = Migrator::builder(PostgresBackend::new(pool.clone()))
-        .migrations(MigrationSet::registered_in("pg_migrate::fleet").unwrap())
-        .concurrency(4)
-        .page_size(10)
-        .build()
-        .unwrap();
-    let report = full.migrate(&MigrateOptions::new()).await.unwrap();
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
-    assert!(report.is_success());
-    assert_eq!(
-        report.public_applied, 1,
-        "only the new public migration runs"
-    );
-    assert_eq!(report.tenants_total, 52);
-    assert_eq!(report.tenants_migrated, 52);
-    assert_eq!(report.migrations_applied, 104);
-
-    // Every tenant schema has the tables, and its tracking rows are complete.
-    for n in &names {
-        assert!(table_exists(&pool, n, "accounts").await, "{n}");
-        assert!(table_exists(&pool, n, "invoices").await, "{n}");
-        assert!(column_exists(&pool, n, "accounts", "name").await, "{n}");
-        assert!(
-            !table_exists(&pool, n, "plans").await,
-            "public migration leaked into {n}"
-        );
-        assert!(
-            !table_exists(&pool, n, "features").await,
-            "public migration leaked into {n}"
-        );
-        let rows = tracking_rows(&pool, n).await;
-        assert_eq!(
-            rows.iter().map(|r| r.migration_order).collect::<Vec<_>>(),
-            FLEET_TENANT_ORDERS,
-            "{n}"
-        );
-        for row in rows {
-            let migration = full.migrations().get(row.migration_order).unwrap();
-            assert_eq!(row.status, "completed", "{n}: {row:?}");
-            assert_eq!(row.name, migration.name());
-            assert_eq!(row.checksum, migration.checksum());
-            assert!(!row.checksum.is_empty());
-            let (started, finished) = (row.started_at.unwrap(), row.finished_at.unwrap());
-            assert!(finished >= started, "{n}: {row:?}");
-            assert!(row.duration_ms.is_some_and(|d| d >= 0), "{n}: {row:?}");
-            assert_eq!(row.error, None);
-        }
-    }
-    for row in registry_rows(&pool).await {
-        assert_eq!(row.applied_order, Some(2024_01_02_0002), "{row:?}");
-        assert_eq!(row.failed_order, None);
-    }
-
-    // The public migrations ran once, in the control schema, and are tracked there only.
-    let plans: i64 = sqlx::query_scalar("SELECT count(*) FROM public.plans")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(plans, 1, "the public migration ran more than once");
-    assert!(table_exists(&pool, "public", "features").await);
-    let public_rows = tracking_rows(&pool, "public").await;
-    assert_eq!(
-        public_rows
-            .iter()
-            .map(|r| r.migration_order)
-            .collect::<Vec<_>>(),
-        FLEET_PUBLIC_ORDERS
-    );
-    assert!(public_rows
-        .iter()
-        .all(|r| r.status == "completed" && r.finished_at.is_some()));
-
-    // A second run finds nothing to do.
-    let again = full.migrate(&MigrateOptions::new()).await.unwrap();
-    assert_eq!(
-        (
-            again.public_applied,
-            again.tenants_current,
-            again.migrations_applied
-        ),
-        (0, 52, 0)
-    );
-    let plans: i64 = sqlx::query_scalar("SELECT count(*) FROM public.plans")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(plans, 1);
-
-    let status = full.status(&[]).await.unwrap();
-    assert_eq!(
-        status.summary(),
-        "52/52 tenants current, 0 behind, 0 failed"
-    );
-    assert_eq!(status.public.applied_order, Some(2024_01_02_0003));
-    assert_eq!(status.public.pending, 0);
-    assert_eq!(status.latest_tenant_order, Some(2024_01_02_0002));
-
-    pool.close().await;
-    db.drop_db().await;
-}
-
-// ---------------------------------------------------------------------------------------
-// One tenant fails; the others complete; fixing the cause lets a re-run finish it.
-
-mod failing {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    pub static FIXED: AtomicBool = AtomicBool::new(false);
-
-    pub mod v1 {
-        #[mtnt::migration(scope = "tenant", order = 2024_02_01_0001)]
-        async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-            ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY)")
-                .await
-        }
-    }
-
-    #[mtnt::migration(scope = "tenant", order = 2024_02_01_0002)]
-    async fn create_invoices(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-        ctx.execute("CREATE TABLE invoices (id bigserial PRIMARY KEY, total bigint NOT NULL)")
-            .await?;
-        if ctx.tenant().unwrap().name.as_str() == "bad" && !FIXED.load(Ordering::SeqCst) {
-            ctx.execute("INSERT INTO no_such_table VALUES (1)").await?;
-        }
-        Ok(())
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_failing_tenant_does_not_stop_the_others() {
-    let db = TestDb::create("failing").await;
-    let pool = db.pool(6).await;
-    let tenants = ["alpha", "bad", "charlie", "delta", "echo", "foxtrot"];
-    create_all(&migrator(&pool, "pg_migrate::failing::v1"), &tenants).await;
-
-    let full = migrator(&pool, "pg_migrate::failing");
-    let report = full.migrate(&MigrateOptions::new()).await.unwrap();
-    assert!(!report.is_success());
-    assert_eq!(report.tenants_total, 6);
-    assert_eq!(report.tenants_migrated, 5);
-    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
-    let failure = &report.failures[0];
-    assert_eq!(failure.tenant.as_str(), "bad");
-    assert!(
-        matches!(
-            failure.error,
-            Error::Migration {
-                reverting: false,
-                ..
-            }
-        ),
-        "{:?}",
-        failure.error
-    );
-    let message = failure.error.to_string();
-    for part in [
-        "tenant bad",
-        "2024_02_01_0002",
-        "create_invoices",
-        "relation \"no_such_table\" does not exist",
-    ] {
-        assert!(message.contains(part), "{part:?} missing from {message:?}");
-    }
-
-    // The bad tenant is exactly at its previous migration: the failed DDL was rolled back.
-    assert!(table_exists(&pool, "bad", "accounts").await);
-    assert!(
-        !table_exists(&pool, "bad", "invoices").await,
-        "the failed migration's DDL was not rolled back"
-    );
-    assert_eq!(
-        tracking_row(&pool, "bad", 2024_02_01_0001)
-            .await
-            .unwrap()
-            .status,
-        "completed"
-    );
-    let failed_row = tracking_row(&pool, "bad", 2024_02_01_0002).await.unwrap();
-    assert_eq!(failed_row.status, "failed");
-    assert!(
-        failed_row
-            .error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("no_such_table"),
-        "{failed_row:?}"
-    );
-    assert!(failed_row.finished_at.is_some());
-    let bad = registry_row(&pool, "bad").await.unwrap();
-    assert_eq!(bad.applied_order, Some(2024_02_01_0001));
-    assert_eq!(bad.failed_order, Some(2024_02_01_0002));
-    assert!(
-        bad.last_error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("no_such_table"),
-        "{bad:?}"
-    );
-    for t in tenants.iter().filter(|t| **t != "bad") {
-        assert!(table_exists(&pool, t, "invoices").await, "{t}");
-        let row = registry_row(&pool, t).await.unwrap();
-        assert_eq!(
-            (row.applied_order, row.failed_order),
-            (Some(2024_02_01_0002), None),
-            "{t}"
-        );
-    }
-
-    let status = full.status(&[]).await.unwrap();
-    assert_eq!(status.summary(), "5/6 tenants current, 0 behind, 1 failed");
-    let bad_status = status
-        .tenants
-        .iter()
-        .find(|t| t.tenant.as_str() == "bad")
-        .unwrap();
-    let failed = bad_status.failed.as_ref().unwrap();
-    assert_eq!(
-        (failed.order, failed.name),
-        (2024_02_01_0002, Some("create_invoices"))
-    );
-    assert!(failed
-        .error
-        .as_deref()
-        .unwrap_or_default()
-        .contains("no_such_table"));
-    assert_eq!(bad_status.applied_order, Some(2024_02_01_0001));
-
-    // A binary without the failed migration (the deploy was reverted) sees nothing failed:
-    // the failure is about a migration it does not have.
-    let reverted = migrator(&pool, "pg_migrate::failing::v1")
-        .status(&[])
-        .await
-        .unwrap();
-    assert_eq!(
-        reverted.summary(),
-        "6/6 tenants current, 0 behind, 0 failed"
-    );
-    let report = migrator(&pool, "pg_migrate::failing::v1")
-        .migrate(&MigrateOptions::new())
-        .await
-        .unwrap();
-    // ... while the tenants that are ahead of it are refused, and `bad` has nothing to do.
-    assert_eq!(report.tenants_current, 1, "{report:?}");
-    assert_eq!(report.failures.len(), 5, "{report:?}");
-    assert!(report
-        .failures
-        .iter()
-        .all(|f| matches!(f.error, Error::UnknownApplied { .. })));
-
-    // Still broken: the same tenant fails again, nothing else changes.
-    let report = full.migrate(&MigrateOptions::new()).await.unwrap();
-    assert_eq!(report.failures.len(), 1);
-    assert_eq!(report.tenants_current, 5);
-
-    // Fixed: the re-run completes the bad tenant and clears the failure.
-    failing::FIXED.store(true, Ordering::SeqCst);
-    let report = full.migrate(&MigrateOptions::new()).await.unwrap();
-    assert!(report.is_success(), "{:?}", report.failures);
-    assert_eq!(
-        (
-            report.tenants_migrated,
-            report.tenants_current,
-            report.migrations_applied
-        ),
-        (1, 5, 1)
-    );
-    assert!(table_exists(&pool, "bad", "invoices").await);
-    let row = tracking_row(&pool, "bad", 2024_02_01_0002).await.unwrap();
-    assert_eq!(
-        (row.status.as_str(), row.error.as_deref()),
-        ("completed", None)
-    );
-    let bad = registry_row(&pool, "bad").await.unwrap();
-    assert_eq!(
-        (bad.applied_order, bad.failed_order, bad.last_error),
-        (Some(2024_02_01_0002), None, None)
-    );
-    assert_eq!(
-        full.status(&[]).await.unwrap().summary(),
-        "6/6 tenants current, 0 behind, 0 failed"
-    );
-
-    pool.close().await;
-    db.drop_db().await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -416,12 +55,13 @@ mod fail_fast {
     }
 }
 
+// One engine suffices: fail_fast is the executor's scheduling, which no backend takes part in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_fast_starts_no_tenant_after_a_failure() {
     let db = TestDb::create("failfast").await;
     let pool = db.pool(4).await;
     let tenants = ["a1", "b1", "c-bad", "d1", "e1", "f1"];
-    create_all(&migrator(&pool, "pg_migrate::fail_fast::v1"), &tenants).await;
+    create_tenants(&migrator(&pool, "pg_migrate::fail_fast::v1"), &tenants).await;
 
     // One tenant at a time, in name order: a1 and b1 complete, c-bad fails, the rest wait.
     let full = Migrator::builder(PostgresBackend::new(pool.clone()))
@@ -489,79 +129,6 @@ async fn fail_fast_starts_no_tenant_after_a_failure() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Typed sqlx queries inside a migration, through `ctx.postgres()?`.
-
-mod backfill {
-    pub mod v1 {
-        #[mtnt::migration(scope = "tenant", order = 2024_04_01_0001)]
-        async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-            ctx.execute(
-                "CREATE TABLE accounts (id bigserial PRIMARY KEY, email text NOT NULL, display_name text);
-                 INSERT INTO accounts (email) SELECT 'user' || i || '@example.com' FROM generate_series(1, 25) AS i",
-            )
-            .await
-        }
-    }
-
-    #[mtnt::migration(scope = "tenant", order = 2024_04_01_0002)]
-    async fn backfill_display_names(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-        let tenant = ctx.tenant().unwrap().name.to_string();
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT id, email FROM accounts WHERE display_name IS NULL ORDER BY id")
-                .fetch_all(ctx.postgres()?)
-                .await?;
-        for (id, email) in rows {
-            sqlx::query("UPDATE accounts SET display_name = $1 WHERE id = $2")
-                .bind(format!("{tenant}:{email}"))
-                .bind(id)
-                .execute(ctx.postgres()?)
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_sqlx_backfill_runs_per_tenant() {
-    let db = TestDb::create("backfill").await;
-    let pool = db.pool(4).await;
-    create_all(
-        &migrator(&pool, "pg_migrate::backfill::v1"),
-        &["acme", "globex"],
-    )
-    .await;
-
-    let report = migrator(&pool, "pg_migrate::backfill")
-        .migrate(&MigrateOptions::new())
-        .await
-        .unwrap();
-    assert!(report.is_success(), "{:?}", report.failures);
-    assert_eq!(report.migrations_applied, 2);
-    for tenant in ["acme", "globex"] {
-        let rows: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
-            "SELECT email, display_name FROM \"{tenant}\".accounts ORDER BY id"
-        ))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        assert_eq!(rows.len(), 25);
-        for (email, display_name) in rows {
-            assert_eq!(display_name, Some(format!("{tenant}:{email}")));
-        }
-    }
-    assert_eq!(
-        tracking_row(&pool, "acme", 2024_04_01_0002)
-            .await
-            .unwrap()
-            .status,
-        "completed"
-    );
-
-    pool.close().await;
-    db.drop_db().await;
-}
-
-// ---------------------------------------------------------------------------------------
 // A custom TenantSource that yields a subset of the registered tenants.
 
 mod sourced {
@@ -623,12 +190,13 @@ impl TenantSource for Subset {
     }
 }
 
+// One engine suffices: a TenantSource replaces the registry's paging in the migrator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_tenant_source_migrates_only_its_tenants() {
     let db = TestDb::create("source").await;
     let pool = db.pool(4).await;
     let all = ["s1", "s2", "s3", "s4", "s5", "s6", "s7"];
-    create_all(&migrator(&pool, "pg_migrate::sourced::v1"), &all).await;
+    create_tenants(&migrator(&pool, "pg_migrate::sourced::v1"), &all).await;
 
     let migrator = Migrator::builder(PostgresBackend::new(pool.clone()))
         .migrations(MigrationSet::registered_in("pg_migrate::sourced").unwrap())
@@ -682,6 +250,7 @@ async fn custom_source_pages_through_the_subset() {
 // ---------------------------------------------------------------------------------------
 // An unreachable server: the error names the address, never the password.
 
+// PostgreSQL only: a `postgres://` URL (MySQL's is in mysql.rs).
 #[tokio::test]
 async fn unreachable_database_error_names_the_host_not_the_password() {
     let started = Instant::now();
@@ -743,13 +312,15 @@ mod concurrent {
     }
 }
 
+// PostgreSQL only: two runs meet on PostgreSQL's advisory locks (MySQL's GET_LOCK is in
+// mysql.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_runs_migrate_each_tenant_once() {
     let db = TestDb::create("concurrent").await;
     let setup = db.pool(2).await;
     let tenants: Vec<String> = (0..12).map(|i| format!("c{i:02}")).collect();
     let names: Vec<&str> = tenants.iter().map(String::as_str).collect();
-    create_all(&migrator(&setup, "pg_migrate::concurrent::v1"), &names).await;
+    create_tenants(&migrator(&setup, "pg_migrate::concurrent::v1"), &names).await;
 
     // Two processes: two pools, two migrators.
     let (pool_a, pool_b) = (db.pool(4).await, db.pool(4).await);
@@ -807,11 +378,12 @@ async fn two_concurrent_runs_migrate_each_tenant_once() {
 // ---------------------------------------------------------------------------------------
 // The lock a run takes on a tenant is released without throwing the connection away.
 
+// PostgreSQL only: session-level advisory locks and pooled connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locked_sessions_give_their_connection_back() {
     let db = TestDb::create("reuse").await;
     let pool = db.pool(1).await;
-    create_all(
+    create_tenants(
         &migrator(&pool, "pg_migrate::sourced::v1"),
         &["r1", "r2", "r3"],
     )

@@ -30,6 +30,18 @@ where
     }
 }
 
+/// Creates each of the tenants `names` with `migrator`, panicking with the name on failure.
+pub async fn create_tenants<S: AsRef<str>>(migrator: &mtnt::Migrator, names: &[S]) {
+    for n in names {
+        let n = n.as_ref();
+        let name = mtnt::TenantName::new(n).unwrap_or_else(|e| panic!("{e}"));
+        migrator
+            .create_tenant(&name)
+            .await
+            .unwrap_or_else(|e| panic!("create {n}: {e}"));
+    }
+}
+
 /// `text` with the SQL `LIKE` wildcards `_` and `%` (and the escape `\\`) escaped.
 pub fn escape_like(text: &str) -> String {
     text.replace('\\', "\\\\")

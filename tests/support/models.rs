@@ -88,10 +88,12 @@ pub struct Model {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// `t<pid>_<n>_`: unique among the tests of every test process running at once.
-fn unique_prefix() -> String {
+/// `<letter><pid>_<n>_`: unique among the tests of every test process running at once,
+/// and, by its letter, apart from [`TestControl`]'s `t<pid>_<n>_` (tenant names are global
+/// within a test process: the suite's migrations look them up in one static set).
+fn unique_prefix(letter: char) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("t{}_{n}_", std::process::id())
+    format!("{letter}{}_{n}_", std::process::id())
 }
 
 impl Model {
@@ -101,11 +103,11 @@ impl Model {
             Kind::Sqlite => {
                 let dir = sqlite_dir();
                 let url = format!("sqlite://{}", dir.path().display());
-                (url, unique_prefix(), Env::Sqlite(dir))
+                (url, unique_prefix('s'), Env::Sqlite(dir))
             }
             Kind::PgSchema | Kind::PgDatabase => {
                 let db = TestDb::create(label).await;
-                let prefix = unique_prefix();
+                let prefix = unique_prefix(if kind == Kind::PgSchema { 'p' } else { 'd' });
                 if kind == Kind::PgDatabase {
                     // What a crashed earlier run with the same process id may have left.
                     drop_databases_with_prefix(&prefix).await;
@@ -146,7 +148,7 @@ impl Model {
         options
     }
 
-    /// The name of this test's tenant `base`: `t<pid>_<n>_<base>`.
+    /// The name of this test's tenant `base`: `<letter><pid>_<n>_<base>`.
     pub fn tenant(&self, base: &str) -> String {
         let name = format!("{}{base}", self.prefix);
         assert!(name.len() <= 50, "tenant name {name} is too long");
