@@ -50,7 +50,6 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "PostgreSQL database-per-tenant has not landed yet"]
             async fn pg_database() {
                 run(Kind::PgDatabase).await
             }
@@ -1093,6 +1092,25 @@ async fn unknown_applied_migration_is_refused(m: &Model) {
     .await;
     let full = m.migrator(fleet_to(BACKFILL)).await;
     let future = "INSERT INTO mtnt_migrations (migration_order, name, checksum, status) VALUES";
+
+    // In the public schema: the run stops before any tenant.
+    m.execute(
+        Place::Control,
+        &format!("{future} (209901010002, 'public_future', 'abc', 'completed')"),
+    )
+    .await;
+    match full.migrate(&MigrateOptions::new()).await {
+        Err(Error::UnknownApplied { target, .. }) => assert_eq!(target, "the public schema"),
+        other => panic!("expected UnknownApplied, got {other:?}"),
+    }
+    assert!(!m.table_exists(Place::Tenant(&normal), "projects").await);
+    m.execute(
+        Place::Control,
+        "DELETE FROM mtnt_migrations WHERE migration_order = 209901010002",
+    )
+    .await;
+
+    // In a tenant: that tenant is refused, the others go on.
     m.execute(
         Place::Tenant(&ahead),
         &format!("{future} (209901010001, 'from_the_future', 'abc', 'completed')"),
@@ -1134,17 +1152,6 @@ async fn unknown_applied_migration_is_refused(m: &Model) {
         .unwrap_err();
     assert!(matches!(error, Error::UnknownApplied { .. }), "{error:?}");
     assert!(m.table_exists(Place::Tenant(&ahead), "accounts").await);
-
-    // The same in the public schema stops the run before any tenant.
-    m.execute(
-        Place::Control,
-        &format!("{future} (209901010002, 'public_future', 'abc', 'completed')"),
-    )
-    .await;
-    match full.migrate(&MigrateOptions::new()).await {
-        Err(Error::UnknownApplied { target, .. }) => assert_eq!(target, "the public schema"),
-        other => panic!("expected UnknownApplied, got {other:?}"),
-    }
 }
 
 /// `adopt` registers storage made without mtnt (an existing deployment), recording a
