@@ -878,19 +878,32 @@ impl Session for SqliteSession<'_> {
                 .filter(|r| r.status == MigrationStatus::Completed)
                 .map(|r| r.order)
                 .max();
-            let cached: Option<Option<i64>> =
-                sqlx::query_scalar("SELECT applied_order FROM mtnt_tenants WHERE name = ?1")
+            let cached: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+                "SELECT applied_order, failed_order FROM mtnt_tenants WHERE name = ?1",
+            )
+            .bind(tenant.name.as_str())
+            .fetch_optional(&self.backend.control)
+            .await?;
+            if let Some((cached, failed)) = cached {
+                // A recorded failure of a migration that has completed since is cleared too.
+                let failure_done = failed.is_some_and(|f| {
+                    applied
+                        .iter()
+                        .any(|r| r.order == f && r.status == MigrationStatus::Completed)
+                });
+                if cached != truth || failure_done {
+                    sqlx::query(&format!(
+                        "UPDATE mtnt_tenants SET applied_order = ?1, \
+                         failed_order = CASE WHEN ?2 THEN NULL ELSE failed_order END, \
+                         last_error = CASE WHEN ?2 THEN NULL ELSE last_error END, \
+                         updated_at = {NOW_SQL} WHERE name = ?3"
+                    ))
+                    .bind(truth)
+                    .bind(failure_done)
                     .bind(tenant.name.as_str())
-                    .fetch_optional(&self.backend.control)
+                    .execute(&self.backend.control)
                     .await?;
-            if cached.is_some_and(|cached| cached != truth) {
-                sqlx::query(&format!(
-                    "UPDATE mtnt_tenants SET applied_order = ?1, updated_at = {NOW_SQL} WHERE name = ?2"
-                ))
-                .bind(truth)
-                .bind(tenant.name.as_str())
-                .execute(&self.backend.control)
-                .await?;
+                }
             }
         }
         Ok(applied)
