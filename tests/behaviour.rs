@@ -329,14 +329,19 @@ async fn migrate_fleet(m: &Model) {
         m.execute(
             Place::Control,
             &format!(
-                "UPDATE mtnt_tenants SET applied_order = NULL WHERE name = '{}'",
+                "UPDATE mtnt_tenants SET applied_order = NULL, failed_order = {BACKFILL}, \
+                 last_error = 'stale' WHERE name = '{}'",
                 names[1]
             ),
         )
         .await;
-        assert_summary(&full, "9/10 tenants current, 1 behind, 0 failed").await;
+        assert_summary(&full, "9/10 tenants current, 0 behind, 1 failed").await;
         let healed = full.migrate(&MigrateOptions::new()).await.unwrap();
         assert_eq!((healed.tenants_current, healed.migrations_applied), (10, 0));
+        assert_eq!(
+            registry(&full, &names[1]).await.unwrap(),
+            (TenantState::Active, Some(BACKFILL), None, None)
+        );
         assert_summary(&full, "10/10 tenants current, 0 behind, 0 failed").await;
     }
 }
