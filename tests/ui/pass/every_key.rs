@@ -10,6 +10,8 @@ use mtnt::{Ctx, Result};
     name = "add_email_index",
     order = 2024_03_15_0001,
     scope = "tenant",
+    lock_timeout = "2s",
+    statement_timeout = "0",
 )]
 pub async fn create_index(ctx: &mut Ctx<'_>) -> Result<()> {
     ctx.execute("CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_email ON accounts (email)")
