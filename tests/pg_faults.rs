@@ -758,6 +758,44 @@ async fn a_stale_lease_is_taken_over_and_a_lost_lease_stops_the_runner() {
     assert!(check.violations.is_empty(), "{:#?}", check.violations);
     assert_eq!(check.complete, TENANTS);
 
+    // A runner on a machine that vanished: its lease went stale, but the server still
+    // keeps its session, which holds a tenant's lock. Taking the lease over ends that
+    // session, so the tenant is migrated now instead of when the server notices.
+    reset_fleet(&pool, TENANTS).await;
+    let mut ghost = pool.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "SET application_name = 'mtnt vanished-pod 4242 beef'; \
+         SELECT pg_advisory_lock(hashtext('mtnt'), hashtext('tenant:t005')); \
+         INSERT INTO public.mtnt_runs (run_id, host, pid, command, app_name, started_at, heartbeat_at, state) \
+         VALUES ('ghost', 'vanished-pod', 4242, 'migrate', 'mtnt vanished-pod 4242 beef', \
+                 now() - interval '1 hour', now() - interval '1 hour', 'running')",
+    )
+    .execute(&mut *ghost)
+    .await
+    .unwrap();
+    let out = run(app(&db)
+        .args(["migrate", "--to", UP_TO_C])
+        .args(lease_flags))
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        sqlx::raw_sql("SELECT 1")
+            .execute(&mut *ghost)
+            .await
+            .is_err(),
+        "the vanished runner's session was not ended"
+    );
+    drop(ghost);
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM public.mtnt_runs WHERE run_id = 'ghost'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "taken_over");
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.complete, TENANTS);
+
     // A runner that cannot refresh its lease stops starting tenants and fails.
     reset_fleet(&pool, TENANTS).await;
     let c = app(&db)

@@ -162,10 +162,12 @@ impl RunControl for PgControl {
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
+        // Every database: with a database per tenant, the locks sit in the tenant databases.
+        // The tags are unique per process, so no other client's session matches.
         let tags = tags(&rows);
         let ended: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name = ANY($1) AND pid <> pg_backend_pid()) AS t",
+             WHERE application_name = ANY($1) AND pid <> pg_backend_pid()) AS t",
         )
         .bind(&tags)
         .fetch_one(&self.pool)
