@@ -133,14 +133,9 @@ impl Model {
         self.kind
     }
 
-    /// The database URL.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// The options for `mtnt::connect`: the URL's default tenancy, except for PostgreSQL
     /// database-per-tenant, which has to be asked for.
-    pub fn connect_options(&self) -> ConnectOptions {
+    fn connect_options(&self) -> ConnectOptions {
         let mut options = ConnectOptions::default();
         if self.kind == Kind::PgDatabase {
             options.tenancy = Some(Tenancy::Database);
