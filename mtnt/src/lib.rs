@@ -46,9 +46,9 @@ pub use ctx::{Ctx, CtxConn};
 pub use error::{Error, Result};
 pub use migrate::{parse_duration, SafetySettings, Shard};
 pub use migrate::{
-    FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator, MigratorBuilder,
-    Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget, StatusReport,
-    TenantSource, TenantStatus,
+    fingerprint, FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
+    MigratorBuilder, Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget,
+    StatusReport, TenantSource, TenantStatus,
 };
 pub use migration::{AppliedMigration, Location, Migration, MigrationSet, MigrationStatus, Scope};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};

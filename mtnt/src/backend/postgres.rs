@@ -12,10 +12,11 @@ use super::pg_lock;
 use super::pg_shared::{apply_new_tenant, is_db_code, record_sql, tracking_ddl, PgConn};
 use super::sql::{quote_ident, quote_literal};
 use crate::ctx::CtxConn;
+use crate::migrate::Silent;
 use crate::migration::BoxFuture;
 use crate::{
-    AppliedMigration, Backend, Ctx, Direction, Engine, Error, Migration, MigrationStatus, Result,
-    Session, Target, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+    AppliedMigration, Backend, Ctx, Direction, Engine, Error, Migration, MigrationStatus, Progress,
+    Result, Session, Target, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
 };
 
 /// PostgreSQL with one schema per tenant, all in one database.
@@ -110,6 +111,28 @@ impl PostgresBackend {
     }
 }
 
+/// Makes any change of a tenant's tracking table clear the tenant's fingerprint in the
+/// registry (`mtnt_tracking_changed`, made by `prepare`). mtnt writes the new fingerprint
+/// after its own changes, in the same transaction; a change made by hand (a row deleted to
+/// run a migration again, an edited checksum) leaves none, so a fleet run opens a session
+/// for the tenant and checks its tracking table in full.
+fn tracking_trigger_sql(control_q: &str, schema_q: &str) -> String {
+    format!(
+        "DROP TRIGGER IF EXISTS mtnt_changed ON {schema_q}.mtnt_migrations; \
+         CREATE TRIGGER mtnt_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {schema_q}.mtnt_migrations \
+         FOR EACH STATEMENT EXECUTE FUNCTION {control_q}.mtnt_tracking_changed()"
+    )
+}
+
+/// The registry's summary of a tracking table: its newest completed migration and the
+/// [`fingerprint`](crate::fingerprint) of all completed ones, as one row of two columns.
+fn summary_sql(schema_q: &str) -> String {
+    format!(
+        "SELECT max(migration_order), encode(sha256(convert_to(coalesce(string_agg(migration_order::text || ':' || checksum, \
+         ',' ORDER BY migration_order), ''), 'UTF8')), 'hex') FROM {schema_q}.mtnt_migrations WHERE status = 'completed'"
+    )
+}
+
 #[async_trait]
 impl Backend for PostgresBackend {
     fn engine(&self) -> Engine {
@@ -135,12 +158,31 @@ impl Backend for PostgresBackend {
                 applied_order bigint,
                 failed_order bigint,
                 last_error text,
-                updated_at timestamptz NOT NULL DEFAULT now()
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                fingerprint text
              );
              {tracking};
+             DO $mtnt$ BEGIN
+                IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
+                               AND attname = 'fingerprint' AND NOT attisdropped) THEN
+                    ALTER TABLE {registry} ADD COLUMN fingerprint text;
+                END IF;
+                IF NOT EXISTS (SELECT FROM pg_proc WHERE proname = 'mtnt_tracking_changed'
+                               AND pronamespace = {control_l}::regnamespace) THEN
+                    CREATE FUNCTION {control}.mtnt_tracking_changed() RETURNS trigger
+                    LANGUAGE plpgsql AS $fn$
+                    BEGIN
+                        UPDATE {registry} SET fingerprint = NULL
+                        WHERE schema_name = TG_TABLE_SCHEMA AND fingerprint IS NOT NULL;
+                        RETURN NULL;
+                    END $fn$;
+                END IF;
+             END $mtnt$;
              COMMIT",
             control = self.control_q,
             registry = self.registry(),
+            registry_l = quote_literal(&self.registry()),
+            control_l = quote_literal(&self.control_q),
             tracking = tracking_ddl(&self.control_q),
         );
         let mut conn = self.pool.acquire().await?;
@@ -185,6 +227,40 @@ impl Backend for PostgresBackend {
         rows.iter().map(Self::record_from_row).collect()
     }
 
+    async fn fingerprints(&self, names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
+        let sql = format!(
+            "SELECT name, fingerprint FROM {} WHERE name = ANY($1) AND fingerprint IS NOT NULL",
+            self.registry()
+        );
+        let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
+        let rows: Vec<(String, String)> = sqlx::query_as(&sql)
+            .bind(&names)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(name, fingerprint)| {
+                TenantName::new(name)
+                    .map(|name| (name, fingerprint))
+                    .map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))
+            })
+            .collect()
+    }
+
+    async fn session_budget(&self) -> Result<Option<usize>> {
+        // Connections this pool holds already count among the server's used ones.
+        let (max, reserved, used): (i32, i32, i64) = sqlx::query_as(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, \
+             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let server_free = i64::from(max - reserved) - used + i64::from(self.pool.size());
+        let pool = self.pool.options().get_max_connections().saturating_sub(1);
+        Ok(Some(
+            usize::try_from(server_free.min(i64::from(pool)).max(1)).unwrap_or(1),
+        ))
+    }
+
     async fn session<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Session + 'a>> {
         let lock_key = match target {
             Target::Public => format!("public:{}", self.control),
@@ -205,9 +281,10 @@ impl Backend for PostgresBackend {
         let registry_update = match target {
             Target::Public => None,
             Target::Tenant(t) => Some(format!(
-                "UPDATE {registry} SET applied_order = (SELECT max(migration_order) FROM {schema_q}.mtnt_migrations \
-                 WHERE status = 'completed'), failed_order = NULL, last_error = NULL, updated_at = now() WHERE name = {name}",
+                "UPDATE {registry} SET (applied_order, fingerprint) = ({summary}), \
+                 failed_order = NULL, last_error = NULL, updated_at = now() WHERE name = {name}",
                 registry = self.registry(),
+                summary = summary_sql(&schema_q),
                 name = quote_literal(t.name.as_str()),
             )),
         };
@@ -219,6 +296,7 @@ impl Backend for PostgresBackend {
             schema_q,
             search_path,
             registry_update,
+            setup: None,
         }))
     }
 
@@ -236,7 +314,9 @@ impl Backend for PostgresBackend {
              INSERT INTO {registry} (name, schema_name, state) VALUES ({name}, {schema}, 'creating');
              CREATE SCHEMA {schema_q};
              {tracking};
+             {trigger};
              SET LOCAL search_path TO {search_path}",
+            trigger = tracking_trigger_sql(&self.control_q, &schema_q),
             search_path = self.tenant_search_path(&schema_q),
             registry = self.registry(),
             name = quote_literal(tenant.name.as_str()),
@@ -259,10 +339,11 @@ impl Backend for PostgresBackend {
             }
             apply_new_tenant(&mut conn, tenant, &schema_q, migrations).await?;
             let finish = format!(
-                "UPDATE {registry} SET state = '{state}', applied_order = {applied}, updated_at = now() WHERE name = {name}; COMMIT",
+                "UPDATE {registry} SET state = '{state}', (applied_order, fingerprint) = ({summary}), updated_at = now() \
+                 WHERE name = {name}; COMMIT",
                 registry = self.registry(),
                 state = if activate { "active" } else { "creating" },
-                applied = migrations.iter().map(|m| m.order()).max().map_or("NULL".to_owned(), |o| o.to_string()),
+                summary = summary_sql(&schema_q),
                 name = quote_literal(tenant.name.as_str()),
             );
             exec_postgres(&mut conn, &finish).await?;
@@ -316,6 +397,15 @@ impl Backend for PostgresBackend {
         like: &str,
         baseline: &[&'static Migration],
     ) -> Result<(Vec<Tenant>, Vec<String>)> {
+        self.adopt_with_progress(like, baseline, &Silent).await
+    }
+
+    async fn adopt_with_progress(
+        &self,
+        like: &str,
+        baseline: &[&'static Migration],
+        progress: &dyn Progress,
+    ) -> Result<(Vec<Tenant>, Vec<String>)> {
         let sql = format!(
             "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1 AND nspname NOT LIKE 'pg\\_%' \
              AND nspname NOT IN ('information_schema', $2) \
@@ -329,6 +419,12 @@ impl Backend for PostgresBackend {
             .await?;
         let mut adopted = Vec::new();
         let mut skipped = Vec::new();
+        progress.start(
+            schemas
+                .iter()
+                .filter(|s| TenantName::new(s.as_str()).is_ok())
+                .count() as u64,
+        );
         let mut conn = self.pool.acquire().await?;
         for schema in schemas {
             let Ok(name) = TenantName::new(schema.clone()) else {
@@ -338,8 +434,9 @@ impl Backend for PostgresBackend {
             let tenant = Tenant { name, schema };
             let schema_q = quote_ident(&tenant.schema);
             let mut sql = format!(
-                "BEGIN; {tracking}; INSERT INTO {registry} (name, schema_name, state, applied_order) VALUES ({name}, {schema}, 'active', {applied});",
+                "BEGIN; {tracking}; {trigger}; INSERT INTO {registry} (name, schema_name, state, applied_order) VALUES ({name}, {schema}, 'active', {applied});",
                 tracking = tracking_ddl(&schema_q),
+                trigger = tracking_trigger_sql(&self.control_q, &schema_q),
                 registry = self.registry(),
                 name = quote_literal(tenant.name.as_str()),
                 schema = quote_literal(&tenant.schema),
@@ -354,11 +451,19 @@ impl Backend for PostgresBackend {
                 ));
                 sql.push(';');
             }
-            sql.push_str("COMMIT");
+            sql.push_str(&format!(
+                "UPDATE {registry} SET fingerprint = (SELECT f FROM ({summary}) AS s (o, f)) WHERE name = {name}; COMMIT",
+                registry = self.registry(),
+                summary = summary_sql(&schema_q),
+                name = quote_literal(tenant.name.as_str()),
+            ));
             if let Err(e) = exec_postgres(&mut conn, &sql).await {
                 let _ = exec_postgres(&mut conn, "ROLLBACK").await;
-                return Err(e.into());
+                let error = Error::from(e);
+                progress.tenant_done(&tenant.name, Err(&error));
+                return Err(error);
             }
+            progress.tenant_done(&tenant.name, Ok(baseline.len()));
             adopted.push(tenant);
         }
         Ok((adopted, skipped))
@@ -479,6 +584,7 @@ impl PostgresBackend {
             schema_q: quote_ident("public"),
             search_path: quote_ident("public"),
             registry_update: None,
+            setup: None,
         })
     }
 }
@@ -491,6 +597,10 @@ struct PgSession<'a> {
     schema_q: String,
     search_path: String,
     registry_update: Option<String>,
+    /// Creates the target's missing tracking table (and a tenant's missing schema: a
+    /// registered tenant that was never migrated), sent with the next change, in its
+    /// transaction.
+    setup: Option<String>,
 }
 
 impl PgSession<'_> {
@@ -506,12 +616,29 @@ impl PgSession<'_> {
         }
     }
 
+    /// Creates the missing schema or tracking table now, on its own, if
+    /// [`PgSession::setup`] is pending.
+    async fn run_setup(&mut self) -> Result<()> {
+        if let Some(setup) = self.setup.clone() {
+            // Two runners may create it at once; the loser's error means it exists.
+            if let Err(e) = self.run(&setup).await {
+                if !pg_lock::lost_creation_race(&e) {
+                    return Err(e);
+                }
+            }
+            self.setup = None;
+        }
+        Ok(())
+    }
+
     async fn record_failure(
         &mut self,
         migration: &Migration,
         error: &Error,
         status: MigrationStatus,
     ) -> Result<()> {
+        // The failed transaction took a new schema with it: the failure needs a row.
+        self.run_setup().await?;
         let message = error.to_string();
         let sql = format!(
             "INSERT INTO {}.mtnt_migrations AS t (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
@@ -563,12 +690,19 @@ impl PgSession<'_> {
                 migration: migration.to_string(),
             })?,
         };
-        self.run(&format!(
-            "BEGIN; SET LOCAL search_path TO {}{}",
+        let begin = format!(
+            "BEGIN; {}SET LOCAL search_path TO {}{}",
+            self.setup
+                .as_deref()
+                .map_or(String::new(), |s| format!("{s}; ")),
             self.search_path,
             pg_lock::timeouts_sql(migration, self.backend.timeouts, true)
-        ))
-        .await?;
+        );
+        if let Err(error) = self.run(&begin).await {
+            // Creating a missing schema can fail (no CREATE privilege): end the transaction.
+            self.rollback().await;
+            return Err(error);
+        }
         let tenant = match self.target {
             Target::Public => None,
             Target::Tenant(t) => Some(t),
@@ -602,6 +736,7 @@ impl PgSession<'_> {
             }
             return Err(error);
         }
+        self.setup = None;
         Ok(())
     }
 
@@ -617,6 +752,7 @@ impl PgSession<'_> {
                 migration: migration.to_string(),
             })?,
         };
+        self.run_setup().await?;
         if direction == Direction::Up {
             self.run(&record_sql(
                 &self.schema_q,
@@ -692,15 +828,28 @@ impl Session for PgSession<'_> {
             self.schema_q
         );
         let rows = match sqlx::query(&sql).fetch_all(&mut *self.conn).await {
-            Ok(rows) => rows,
-            // An adopted or hand-made schema without a tracking table yet.
+            Ok(rows) => {
+                self.setup = None;
+                rows
+            }
+            // A registered tenant without a schema yet (registered in bulk, or its schema
+            // is to be made by mtnt), or an adopted or hand-made schema without a tracking
+            // table: both are created with the first change, in its transaction.
             Err(e) if is_db_code(&e, "42P01") => {
-                // Two runners may create it at once; the loser's error means it exists.
-                if let Err(e) = self.run(&tracking_ddl(&self.schema_q)).await {
-                    if !pg_lock::lost_creation_race(&e) {
-                        return Err(e);
-                    }
-                }
+                let tracking = tracking_ddl(&self.schema_q);
+                self.setup = Some(match self.target {
+                    Target::Public => tracking,
+                    // Schema per tenant (the registry is in this database). `CREATE SCHEMA
+                    // IF NOT EXISTS` would need the CREATE privilege even when it exists.
+                    Target::Tenant(_) if self.registry_update.is_some() => format!(
+                        "DO $mtnt$ BEGIN IF to_regnamespace({schema_l}) IS NULL THEN CREATE SCHEMA {schema_q}; \
+                         END IF; END $mtnt$; {tracking}; {trigger}",
+                        schema_l = quote_literal(&self.schema_q),
+                        schema_q = self.schema_q,
+                        trigger = tracking_trigger_sql(&self.backend.control_q, &self.schema_q)
+                    ),
+                    Target::Tenant(_) => tracking,
+                });
                 Vec::new()
             }
             Err(e) => return Err(e.into()),
@@ -734,21 +883,43 @@ impl Session for PgSession<'_> {
 
     async fn set_checksum(&mut self, order: i64, checksum: &str) -> Result<()> {
         self.lock().await?;
-        sqlx::query(&format!(
-            "UPDATE {}.mtnt_migrations SET checksum = $1 WHERE migration_order = $2",
-            self.schema_q
-        ))
-        .bind(checksum)
-        .bind(order)
-        .execute(&mut *self.conn)
-        .await?;
+        let mut sql = format!(
+            "BEGIN; UPDATE {}.mtnt_migrations SET checksum = {} WHERE migration_order = {order};",
+            self.schema_q,
+            quote_literal(checksum)
+        );
+        if let (Target::Tenant(t), Some(_)) = (self.target, &self.registry_update) {
+            // The fingerprint covers the checksums; a failure stays recorded.
+            sql.push_str(&format!(
+                "UPDATE {} SET fingerprint = (SELECT f FROM ({}) AS s (o, f)) WHERE name = {};",
+                self.backend.registry(),
+                summary_sql(&self.schema_q),
+                quote_literal(t.name.as_str())
+            ));
+        }
+        sql.push_str("COMMIT");
+        if let Err(error) = self.run(&sql).await {
+            self.rollback().await;
+            return Err(error);
+        }
         Ok(())
     }
 
     async fn mark(&mut self, migration: &'static Migration, status: MigrationStatus) -> Result<()> {
         self.lock().await?;
         let record = record_sql(&self.schema_q, migration, status, true);
-        self.run(&format!("BEGIN; {}", self.commit_sql(&record)))
-            .await
+        let sql = format!(
+            "BEGIN; {}{}",
+            self.setup
+                .as_deref()
+                .map_or(String::new(), |s| format!("{s}; ")),
+            self.commit_sql(&record)
+        );
+        if let Err(error) = self.run(&sql).await {
+            self.rollback().await;
+            return Err(error);
+        }
+        self.setup = None;
+        Ok(())
     }
 }

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 
 use super::control::RunControl;
 use crate::{
-    AppliedMigration, Engine, Migration, MigrationStatus, Result, Tenancy, Tenant, TenantName,
-    TenantRecord,
+    AppliedMigration, Engine, Migration, MigrationStatus, Progress, Result, Tenancy, Tenant,
+    TenantName, TenantRecord,
 };
 
 /// What a session or a migration works on: the shared control schema, or one tenant.
@@ -65,6 +65,30 @@ pub trait Backend: Send + Sync {
     /// The registry rows of the named tenants; names that are not registered are left out.
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>>;
 
+    /// The [`fingerprint`](crate::fingerprint)s of the completed migrations of the named
+    /// tenants, as their registry rows recorded them; tenants without one are left out.
+    ///
+    /// A fleet run skips, without a session, every tenant whose recorded fingerprint says
+    /// it is up to date and that has no recorded failure. A backend that returns them must
+    /// therefore keep each in line with the tenant's tracking table: written in the same
+    /// transaction as every change of the completed rows (apply, revert, `mark`,
+    /// `set_checksum`, create, adopt), or, where the registry cannot join that transaction,
+    /// cleared before a change that could make an older fingerprint look current (a
+    /// revert, a mark, a checksum repair) and written after it. The default returns none:
+    /// every tenant gets a session.
+    async fn fingerprints(&self, names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
+        let _ = names;
+        Ok(Vec::new())
+    }
+
+    /// How many sessions can be open at once without waiting for a connection: the
+    /// pool's size less one (for reading the registry while sessions run), and no more
+    /// than the server has connections free. `None`: no such limit is known. A fleet run
+    /// lowers its concurrency to this.
+    async fn session_budget(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
+
     /// Opens a session that runs the migrations of one target on one connection.
     async fn session<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Session + 'a>>;
 
@@ -99,6 +123,23 @@ pub trait Backend: Send + Sync {
     /// them; without, runs take no lease (see the README section "Safety").
     fn run_control(&self) -> Option<Arc<dyn RunControl>> {
         None
+    }
+
+    /// [`Backend::adopt`], telling `progress` about each tenant as it is registered (for
+    /// the progress bar of `tenant adopt`). The default reports them all once `adopt`
+    /// returns.
+    async fn adopt_with_progress(
+        &self,
+        like: &str,
+        baseline: &[&'static Migration],
+        progress: &dyn Progress,
+    ) -> Result<(Vec<Tenant>, Vec<String>)> {
+        let (adopted, skipped) = self.adopt(like, baseline).await?;
+        progress.start(adopted.len() as u64);
+        for tenant in &adopted {
+            progress.tenant_done(&tenant.name, Ok(baseline.len()));
+        }
+        Ok((adopted, skipped))
     }
 }
 

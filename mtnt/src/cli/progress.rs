@@ -76,8 +76,9 @@ impl Progress for FleetProgress {
                 let step = (total / 10).max(1);
                 if done % step == 0 || done == total {
                     let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-6);
+                    let eta = total.saturating_sub(done) as f64 / rate.max(1e-6);
                     eprintln!(
-                        "{} {done}/{total} tenants ({rate:.0}/s, {failed} failed)",
+                        "{} {done}/{total} tenants ({rate:.0}/s, eta {eta:.0}s, {failed} failed)",
                         self.verb
                     );
                 }

@@ -183,7 +183,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             schema_like,
             baseline,
         }) => {
-            let (adopted, skipped) = migrator.adopt(&schema_like, baseline).await?;
+            let progress = FleetProgress::new("adopt", show_progress);
+            let (adopted, skipped) = migrator
+                .adopt_with_progress(&schema_like, baseline, &progress)
+                .await?;
             for tenant in &adopted {
                 println!("adopted {}", tenant.name);
             }

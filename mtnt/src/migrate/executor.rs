@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::claim::Guard;
+use super::fingerprint::current_fingerprints;
 use super::plan::{plan_down, plan_up};
 use super::source::TenantSource;
 use super::{FailedTenant, MigrateReport, Progress};
@@ -108,12 +109,13 @@ pub(crate) enum Tenants<'a> {
     Listed(Vec<TenantRecord>),
 }
 
-/// The registry rows of the fleet, one page at a time, so memory does not grow with it.
+/// The registry rows of the fleet with their fingerprints ([`Backend::fingerprints`]), one
+/// page at a time, so memory does not grow with it.
 fn pages<'a>(
     backend: &'a dyn Backend,
     tenants: Tenants<'a>,
     page_size: usize,
-) -> impl futures_util::Stream<Item = Result<TenantRecord>> + 'a {
+) -> impl futures_util::Stream<Item = Result<(TenantRecord, Option<String>)>> + 'a {
     enum State<'a> {
         Paging {
             source: Option<&'a dyn TenantSource>,
@@ -167,7 +169,20 @@ fn pages<'a>(
             }
         }
     })
-    .map_ok(|page| stream::iter(page.into_iter().map(Ok)))
+    .and_then(move |page| async move {
+        // One query per page: with the registry rows, this is all an up-to-date tenant costs.
+        let names: Vec<TenantName> = page.iter().map(|r| r.tenant.name.clone()).collect();
+        let mut fingerprints = backend.fingerprints(&names).await?;
+        fingerprints.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(page.into_iter().map(move |record| {
+            let fingerprint = fingerprints
+                .binary_search_by(|(name, _)| name.cmp(&record.tenant.name))
+                .ok()
+                .map(|i| std::mem::take(&mut fingerprints[i].1));
+            Ok((record, fingerprint))
+        }))
+    })
+    .map_ok(stream::iter)
     .try_flatten()
 }
 
@@ -204,15 +219,27 @@ pub(crate) async fn migrate_fleet(
     } = run;
     let stop = AtomicBool::new(false);
     let stop = &stop;
+    let current = current_fingerprints(set, to);
+    let current = &current;
     let outcomes = pages(backend, tenants, page_size)
         .map(|record| async move {
-            let record = record?;
+            let (record, fingerprint) = record?;
             if record.state == TenantState::Creating || !guard.owns(&record.tenant.name) {
                 // `tenant create` owns it until it is active; another shard owns it.
                 return Ok((record.tenant.name, None));
             }
             if stop.load(Ordering::Relaxed) || guard.stop_reason().is_some() {
                 return Ok((record.tenant.name, Some(Err(None))));
+            }
+            if record.failed_order.is_none()
+                && fingerprint.is_some_and(|f| {
+                    current
+                        .iter()
+                        .any(|(c, applied)| *c == f && *applied == record.applied_order)
+                })
+            {
+                // Up to date by its registry row: no session, no round trip.
+                return Ok((record.tenant.name, Some(Ok(0))));
             }
             // `None`: another runner holds it; it comes back in the second pass below.
             let Some(outcome) = guard.first_pass(backend, &record, set, to).await else {

@@ -176,6 +176,7 @@ impl Migrator {
             Tenants::Listed(self.records(&options.tenants).await?)
         };
         self.refuse_ahead_of_code(&options.tenants).await?;
+        let concurrency = self.fleet_concurrency().await?;
         let lease = Lease::acquire(&*self.backend, &self.safety, "migrate").await?;
         let guard = Guard::new(&self.safety, lease.as_ref(), options.shard);
         let public_applied = migrate_waiting(
@@ -210,7 +211,7 @@ impl Migrator {
             tenants,
             FleetRun {
                 to: options.to,
-                concurrency: self.concurrency,
+                concurrency,
                 page_size: self.page_size,
                 fail_fast: options.fail_fast,
             },
@@ -230,6 +231,20 @@ impl Migrator {
         result?;
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// The configured concurrency, lowered to what the pool and the server allow.
+    async fn fleet_concurrency(&self) -> Result<usize> {
+        Ok(match self.backend.session_budget().await? {
+            Some(budget) if budget < self.concurrency => {
+                tracing::warn!(
+                    "concurrency {} lowered to {budget}: that many connections are free in the pool and on the server",
+                    self.concurrency
+                );
+                budget.max(1)
+            }
+            _ => self.concurrency,
+        })
     }
 
     /// Refuses, before anything changes, a run over tenants (`names`, or all) of which
@@ -450,6 +465,16 @@ impl Migrator {
         like: &str,
         baseline: Option<i64>,
     ) -> Result<(Vec<Tenant>, Vec<String>)> {
+        self.adopt_with_progress(like, baseline, &Silent).await
+    }
+
+    /// [`Migrator::adopt`], reporting each tenant to `progress` as it is registered.
+    pub async fn adopt_with_progress(
+        &self,
+        like: &str,
+        baseline: Option<i64>,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<Tenant>, Vec<String>)> {
         self.check_order(baseline)?;
         self.backend.prepare().await?;
         let baseline: Vec<&'static Migration> = match baseline {
@@ -460,7 +485,12 @@ impl Migrator {
                 .filter(|m| m.is_enabled() && m.order() <= order)
                 .collect(),
         };
-        self.backend.adopt(like, &baseline).await
+        let result = self
+            .backend
+            .adopt_with_progress(like, &baseline, progress)
+            .await;
+        progress.finish();
+        result
     }
 
     /// Records the code's checksum for every applied migration whose code changed, in the

@@ -1,5 +1,6 @@
 mod claim;
 mod executor;
+mod fingerprint;
 mod lease;
 mod migrator;
 mod options;
@@ -10,9 +11,11 @@ mod retry;
 mod safety;
 mod source;
 
+pub use fingerprint::fingerprint;
 pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget};
 pub use progress::Progress;
+pub(crate) use progress::Silent;
 pub use report::{
     FailedMigration, FailedTenant, MigrateReport, PublicStatus, RollbackReport, StatusReport,
     TenantStatus,
