@@ -1,0 +1,847 @@
+//! The fleet benchmark: how fast mtnt migrates, skips, reports and creates tenants, each
+//! figure next to a baseline measured in the same run.
+//!
+//! ```sh
+//! cargo run --release --example bench -- --tenants 1000 --fleet 10000
+//! cargo run --release --example bench -- --engine sqlite --tenants 300 --fleet 2000
+//! cargo run --release --example bench -- --engine mysql --tenants 300 --fleet 2000
+//! ```
+//!
+//! Options: `--engine postgres|sqlite|mysql` (default postgres), `--tenants N` (migrate from
+//! empty, default 1000), `--fleet N` (no-op migrate, status and peak memory, default
+//! 10000), `--creates N` (tenant creates to take the median of, default 50),
+//! `--concurrency N` (passed to mtnt; default: mtnt's own default). Servers:
+//! `MTNT_BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and
+//! `MTNT_BENCH_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`); SQLite files go to a
+//! temporary directory under `target/`. The benchmark creates its own databases (files)
+//! and drops them when done.
+//!
+//! Every mtnt figure except `tenant create` is a run of the mtnt command line in a child
+//! process (this binary re-executes itself as an mtnt app), timed from spawn to exit, so
+//! it includes start-up, connecting and the public migrations' check. The child reports
+//! its peak resident memory (`VmHWM`). `tenant create` is the library call an app makes
+//! on sign-up, on a warm connection pool.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mtnt::{ConnectOptions, Engine, Migrator, TenantName};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::{ConnectOptions as _, Connection, Executor, MySqlConnection, PgConnection};
+
+// ---------------------------------------------------------------------------------------
+// The workload: one public migration and six tenant migrations of realistic DDL.
+
+struct Workload {
+    public: &'static str,
+    tenant: [&'static str; 6],
+}
+
+const POSTGRES: Workload = Workload {
+    public: "CREATE TABLE plans (id bigserial PRIMARY KEY, name text NOT NULL UNIQUE, price_cents integer NOT NULL DEFAULT 0)",
+    tenant: [
+        "CREATE TABLE accounts (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, plan_id bigint, created_at timestamptz NOT NULL DEFAULT now())",
+        "CREATE TABLE projects (id bigserial PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts (id) ON DELETE CASCADE, name text NOT NULL, created_at timestamptz NOT NULL DEFAULT now()); \
+         CREATE INDEX projects_account_id ON projects (account_id)",
+        "ALTER TABLE accounts ADD COLUMN status text NOT NULL DEFAULT 'active'",
+        "CREATE TABLE events (id bigserial PRIMARY KEY, project_id bigint NOT NULL, kind text NOT NULL, payload jsonb, at timestamptz NOT NULL DEFAULT now()); \
+         CREATE INDEX events_project_id ON events (project_id); CREATE INDEX events_kind_at ON events (kind, at)",
+        "UPDATE accounts SET status = 'trial' WHERE plan_id IS NULL",
+        "CREATE VIEW active_accounts AS SELECT id, email, plan_id FROM accounts WHERE status = 'active'",
+    ],
+};
+
+const SQLITE: Workload = Workload {
+    public: "CREATE TABLE plans (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, price_cents INTEGER NOT NULL DEFAULT 0)",
+    tenant: [
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, plan_id INTEGER, created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+        "CREATE TABLE projects (id INTEGER PRIMARY KEY, account_id INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE, name TEXT NOT NULL, created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP); \
+         CREATE INDEX projects_account_id ON projects (account_id)",
+        "ALTER TABLE accounts ADD COLUMN status TEXT NOT NULL DEFAULT 'active'",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, kind TEXT NOT NULL, payload TEXT, at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP); \
+         CREATE INDEX events_project_id ON events (project_id); CREATE INDEX events_kind_at ON events (kind, at)",
+        "UPDATE accounts SET status = 'trial' WHERE plan_id IS NULL",
+        "CREATE VIEW active_accounts AS SELECT id, email, plan_id FROM accounts WHERE status = 'active'",
+    ],
+};
+
+const MYSQL: Workload = Workload {
+    public: "CREATE TABLE plans (id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100) NOT NULL UNIQUE, price_cents INT NOT NULL DEFAULT 0)",
+    tenant: [
+        "CREATE TABLE accounts (id BIGINT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(255) NOT NULL UNIQUE, plan_id BIGINT, created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
+        "CREATE TABLE projects (id BIGINT AUTO_INCREMENT PRIMARY KEY, account_id BIGINT NOT NULL, name VARCHAR(255) NOT NULL, created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+         CONSTRAINT projects_account FOREIGN KEY (account_id) REFERENCES accounts (id) ON DELETE CASCADE); \
+         CREATE INDEX projects_account_created ON projects (account_id, created_at)",
+        "ALTER TABLE accounts ADD COLUMN status VARCHAR(20) NOT NULL DEFAULT 'active'",
+        "CREATE TABLE events (id BIGINT AUTO_INCREMENT PRIMARY KEY, project_id BIGINT NOT NULL, kind VARCHAR(50) NOT NULL, payload JSON, at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)); \
+         CREATE INDEX events_project_id ON events (project_id); CREATE INDEX events_kind_at ON events (kind, at)",
+        "UPDATE accounts SET status = 'trial' WHERE plan_id IS NULL",
+        "CREATE VIEW active_accounts AS SELECT id, email, plan_id FROM accounts WHERE status = 'active'",
+    ],
+};
+
+fn workload(engine: Engine) -> &'static Workload {
+    match engine {
+        Engine::Sqlite => &SQLITE,
+        Engine::MySql => &MYSQL,
+        _ => &POSTGRES,
+    }
+}
+
+#[mtnt::migration(scope = "public", order = 2025_01_06_0001)]
+async fn create_plans(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+    ctx.execute(workload(ctx.engine()).public).await
+}
+
+#[mtnt::migration(scope = "tenant", order = 2025_01_06_0002)]
+async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+    ctx.execute(workload(ctx.engine()).tenant[0]).await
+}
+
+#[mtnt::migration(scope = "tenant", order = 2025_01_06_0003)]
+async fn create_projects(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+    ctx.execute(workload(ctx.engine()).tenant[1]).await
+}
+
+#[mtnt::migration(scope = "tenant", order = 2025_01_06_0004)]
+async fn add_account_status(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+    ctx.execute(workload(ctx.engine()).tenant[2]).await
+}
+
+#[mtnt::migration(scope = "tenant", order = 2025_01_06_0005)]
+async fn create_events(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+    ctx.execute(workload(ctx.engine()).tenant[3]).await
+}
+
+#[mtnt::migration(scope = "tenant", order = 2025_01_06_0006)]
+async fn backfill_account_status(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+    ctx.execute(workload(ctx.engine()).tenant[4]).await
+}
+
+#[mtnt::migration(scope = "tenant", order = 2025_01_06_0007)]
+async fn create_active_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+    ctx.execute(workload(ctx.engine()).tenant[5]).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Command line.
+
+type Res<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const CHILD: &str = "MTNT_BENCH_CHILD";
+
+struct Args {
+    engine: Engine,
+    tenants: usize,
+    fleet: usize,
+    creates: usize,
+    concurrency: Option<usize>,
+}
+
+fn parse_args() -> Res<Args> {
+    let mut args = Args {
+        engine: Engine::Postgres,
+        tenants: 1000,
+        fleet: 10_000,
+        creates: 50,
+        concurrency: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--engine" => {
+                args.engine = match value()?.as_str() {
+                    "postgres" | "pg" => Engine::Postgres,
+                    "sqlite" => Engine::Sqlite,
+                    "mysql" | "mariadb" => Engine::MySql,
+                    other => return Err(format!("unknown engine {other:?}").into()),
+                }
+            }
+            "--tenants" => args.tenants = value()?.parse()?,
+            "--fleet" => args.fleet = value()?.parse()?,
+            "--creates" => args.creates = value()?.parse()?,
+            "--concurrency" => args.concurrency = Some(value()?.parse()?),
+            "-h" | "--help" => {
+                println!("usage: bench [--engine postgres|sqlite|mysql] [--tenants N] [--fleet N] [--creates N] [--concurrency N]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)").into()),
+        }
+    }
+    if args.tenants == 0 || args.fleet == 0 || args.creates == 0 {
+        return Err("--tenants, --fleet and --creates must be at least 1".into());
+    }
+    Ok(args)
+}
+
+fn main() {
+    if std::env::var_os(CHILD).is_some() {
+        // The child: an mtnt app whose command line is its arguments.
+        let code = mtnt::__private::run_cli();
+        eprintln!("MTNT_BENCH_VMHWM_KB={}", peak_rss_kb().unwrap_or(0));
+        std::process::exit(code);
+    }
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// This process's peak resident set size, from `/proc/self/status`.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// Throwaway databases.
+
+/// One database (PostgreSQL), control database with its tenant databases (MySQL), or
+/// directory of files (SQLite) that the benchmark creates and drops.
+struct Db {
+    engine: Engine,
+    /// PostgreSQL: the database; MySQL: the control database; SQLite: the directory.
+    name: String,
+    /// Every tenant name starts with it (MySQL tenant databases are server-wide).
+    prefix: String,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("MTNT_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn mysql_server_url() -> String {
+    std::env::var("MTNT_BENCH_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+fn sqlite_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mtnt-bench")
+}
+
+fn sqlite_file(dir: &Path, tenant: &str) -> PathBuf {
+    dir.join(format!("{tenant}.db"))
+}
+
+fn sqlite_options(file: &Path, create: bool) -> SqliteConnectOptions {
+    // The options mtnt's SQLite backend uses.
+    SqliteConnectOptions::new()
+        .filename(file)
+        .create_if_missing(create)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true)
+}
+
+async fn pg_admin() -> Res<PgConnection> {
+    Ok(PgConnection::connect(&pg_admin_url()).await?)
+}
+
+async fn mysql_admin() -> Res<MySqlConnection> {
+    Ok(MySqlConnection::connect(&mysql_server_url()).await?)
+}
+
+static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Db {
+    async fn create(engine: Engine) -> Res<Db> {
+        let n = DB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let db = Db {
+            engine,
+            name: format!("mtnt_bench_{pid}_{n}"),
+            prefix: match engine {
+                Engine::MySql => format!("b{pid}x{n}_"),
+                _ => "t".to_owned(),
+            },
+        };
+        match engine {
+            Engine::Sqlite => std::fs::create_dir_all(db.dir())?,
+            Engine::MySql => {
+                let mut conn = mysql_admin().await?;
+                conn.execute(&*format!("CREATE DATABASE `{}`", db.name))
+                    .await?;
+            }
+            _ => {
+                let mut conn = pg_admin().await?;
+                conn.execute(&*format!("CREATE DATABASE \"{}\"", db.name))
+                    .await?;
+            }
+        }
+        Ok(db)
+    }
+
+    fn dir(&self) -> PathBuf {
+        sqlite_root().join(&self.name)
+    }
+
+    /// The URL mtnt is given.
+    fn url(&self) -> Res<String> {
+        Ok(match self.engine {
+            Engine::Sqlite => format!("sqlite://{}", self.dir().display()),
+            Engine::MySql => format!("{}/{}", mysql_server_url().trim_end_matches('/'), self.name),
+            _ => {
+                let options: PgConnectOptions = pg_admin_url().parse()?;
+                options.database(&self.name).to_url_lossy().to_string()
+            }
+        })
+    }
+
+    fn tenant(&self, i: usize) -> String {
+        format!("{}{i:06}", self.prefix)
+    }
+
+    async fn drop(self) -> Res<()> {
+        match self.engine {
+            Engine::Sqlite => std::fs::remove_dir_all(self.dir())?,
+            Engine::MySql => {
+                let mut conn = mysql_admin().await?;
+                let pattern = format!("{}%", self.prefix.replace('_', "\\_"));
+                let doomed: Vec<String> = sqlx::query_scalar(
+                    "SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE ?",
+                )
+                .bind(pattern)
+                .fetch_all(&mut conn)
+                .await?;
+                for db in doomed.iter().chain([&self.name]) {
+                    conn.execute(&*format!("DROP DATABASE IF EXISTS `{db}`"))
+                        .await?;
+                }
+            }
+            _ => {
+                let mut conn = pg_admin().await?;
+                conn.execute(&*format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.name
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A plain connection to the database (PostgreSQL) or the server (MySQL).
+    async fn plain(&self) -> Res<Plain> {
+        Ok(match self.engine {
+            Engine::Sqlite => Plain::Sqlite(self.dir()),
+            Engine::MySql => Plain::MySql(mysql_admin().await?),
+            _ => {
+                let options: PgConnectOptions = pg_admin_url().parse()?;
+                Plain::Pg(options.database(&self.name).connect().await?)
+            }
+        })
+    }
+
+    /// Creates mtnt's control tables and registers tenants 1..=n in bulk (untimed set-up).
+    /// Their schemas do not exist yet on PostgreSQL; on SQLite and MySQL, where mtnt does
+    /// not create a registered tenant's file or database, they are created empty.
+    async fn register(&self, n: usize) -> Res<()> {
+        let backend = mtnt::connect(&self.url()?, &ConnectOptions::default()).await?;
+        backend.prepare().await?;
+        let registry = match self.engine {
+            Engine::Sqlite => "mtnt_tenants".to_owned(),
+            Engine::MySql => format!("`{}`.mtnt_tenants", self.name),
+            _ => "public.mtnt_tenants".to_owned(),
+        };
+        let mut plain = self.plain().await?;
+        let names: Vec<String> = (1..=n).map(|i| self.tenant(i)).collect();
+        let control = match &plain {
+            Plain::Sqlite(dir) => Some(
+                sqlite_options(&dir.join("mtnt_control.db"), false)
+                    .connect()
+                    .await?,
+            ),
+            _ => None,
+        };
+        let mut control = control;
+        for chunk in names.chunks(1000) {
+            let values: Vec<String> = chunk.iter().map(|t| format!("('{t}', '{t}')")).collect();
+            let sql = format!(
+                "INSERT INTO {registry} (name, schema_name) VALUES {}",
+                values.join(", ")
+            );
+            match (&mut plain, &mut control) {
+                (Plain::Pg(conn), _) => {
+                    conn.execute(&*sql).await?;
+                }
+                (Plain::MySql(conn), _) => {
+                    conn.execute(&*sql).await?;
+                }
+                (Plain::Sqlite(_), Some(conn)) => {
+                    conn.execute(&*sql).await?;
+                }
+                (Plain::Sqlite(_), None) => unreachable!(),
+            }
+        }
+        for name in &names {
+            match &mut plain {
+                Plain::Sqlite(dir) => {
+                    std::fs::File::create(sqlite_file(dir, name))?;
+                }
+                Plain::MySql(conn) => {
+                    conn.execute(&*format!("CREATE DATABASE `{name}`")).await?;
+                }
+                Plain::Pg(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The least a no-op run or `status` must read: every registry row, one query.
+    async fn registry_scan(&self) -> Res<Duration> {
+        let started = Instant::now();
+        let sql = "SELECT name, schema_name, state, applied_order, failed_order, last_error FROM mtnt_tenants ORDER BY name";
+        let rows = match self.plain().await? {
+            Plain::Pg(mut conn) => conn.fetch_all(sql).await?.len(),
+            Plain::MySql(mut conn) => {
+                conn.execute(&*format!("USE `{}`", self.name)).await?;
+                conn.fetch_all(sql).await?.len()
+            }
+            Plain::Sqlite(dir) => sqlite_options(&dir.join("mtnt_control.db"), false)
+                .connect()
+                .await?
+                .fetch_all(sql)
+                .await?
+                .len(),
+        };
+        std::hint::black_box(rows);
+        Ok(started.elapsed())
+    }
+}
+
+/// A plain connection: no pool, no bookkeeping.
+enum Plain {
+    Pg(PgConnection),
+    MySql(MySqlConnection),
+    /// A connection per tenant file, in this directory.
+    Sqlite(PathBuf),
+}
+
+impl Plain {
+    /// The workload's tenant migrations for one tenant, one statement batch (and on
+    /// PostgreSQL and SQLite one transaction) per migration, like mtnt sends them. On
+    /// PostgreSQL the schema is created first, in the same way mtnt creates it; on SQLite
+    /// and MySQL the tenant's file or database exists already.
+    async fn migrate_tenant(&mut self, engine: Engine, tenant: &str) -> Res<()> {
+        let work = workload(engine);
+        match self {
+            Plain::Pg(conn) => {
+                conn.execute(&*format!(
+                    "CREATE SCHEMA \"{tenant}\"; SET search_path TO \"{tenant}\", public"
+                ))
+                .await?;
+                for sql in work.tenant {
+                    conn.execute(sql).await?;
+                }
+            }
+            Plain::MySql(conn) => {
+                conn.execute(&*format!("USE `{tenant}`")).await?;
+                for sql in work.tenant {
+                    conn.execute(sql).await?;
+                }
+            }
+            Plain::Sqlite(dir) => {
+                let mut conn = sqlite_options(&sqlite_file(dir, tenant), true)
+                    .connect()
+                    .await?;
+                for sql in work.tenant {
+                    conn.execute(&*format!("BEGIN IMMEDIATE; {sql}; COMMIT"))
+                        .await?;
+                }
+                conn.close().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A new tenant with every migration, atomically where the engine allows: the
+    /// baseline of `tenant create`.
+    async fn create_tenant(&mut self, engine: Engine, tenant: &str) -> Res<()> {
+        let work = workload(engine);
+        match self {
+            Plain::Pg(conn) => {
+                conn.execute(&*format!(
+                    "BEGIN; CREATE SCHEMA \"{tenant}\"; SET LOCAL search_path TO \"{tenant}\", public"
+                ))
+                .await?;
+                for sql in work.tenant {
+                    conn.execute(sql).await?;
+                }
+                conn.execute("COMMIT").await?;
+            }
+            Plain::MySql(conn) => {
+                conn.execute(&*format!("CREATE DATABASE `{tenant}`; USE `{tenant}`"))
+                    .await?;
+                for sql in work.tenant {
+                    conn.execute(sql).await?;
+                }
+            }
+            Plain::Sqlite(dir) => {
+                let mut conn = sqlite_options(&sqlite_file(dir, tenant), true)
+                    .connect()
+                    .await?;
+                conn.execute("BEGIN IMMEDIATE").await?;
+                for sql in work.tenant {
+                    conn.execute(sql).await?;
+                }
+                conn.execute("COMMIT").await?;
+                conn.close().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The floor: `tenants` tenants migrated by `workers` plain connections taking tenants
+/// from one shared counter (one worker: a single loop).
+async fn floor(db: &Db, tenants: usize, workers: usize) -> Res<Duration> {
+    let next = Arc::new(AtomicUsize::new(1));
+    let mut plains = Vec::new();
+    for _ in 0..workers {
+        plains.push(db.plain().await?);
+    }
+    let engine = db.engine;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut plain in plains {
+        let next = next.clone();
+        let names: Vec<String> = (1..=tenants).map(|i| db.tenant(i)).collect();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i > names.len() {
+                    return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(());
+                }
+                plain.migrate_tenant(engine, &names[i - 1]).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(started.elapsed())
+}
+
+/// One run of the mtnt command line in a child process: wall time and peak memory.
+struct ChildRun {
+    elapsed: Duration,
+    peak_kb: u64,
+    stdout: String,
+}
+
+fn mtnt_cli(db: &Db, concurrency: Option<usize>, args: &[&str]) -> Res<ChildRun> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .env(CHILD, "1")
+        .env_remove("MTNT_CONCURRENCY")
+        .arg("--database-url")
+        .arg(db.url()?)
+        .arg("--no-progress");
+    if let Some(n) = concurrency {
+        command.arg("--concurrency").arg(n.to_string());
+    }
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let output = command.spawn()?.wait_with_output()?;
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!(
+            "mtnt {} failed ({}):\n{}\n{stderr}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout)
+        )
+        .into());
+    }
+    let peak_kb = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("MTNT_BENCH_VMHWM_KB="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(ChildRun {
+        elapsed,
+        peak_kb,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+    })
+}
+
+/// Fails unless the child printed `text`: a benchmark of a run that did something else
+/// measures nothing.
+fn expect(run: &ChildRun, text: &str) -> Res<()> {
+    if run.stdout.contains(text) {
+        Ok(())
+    } else {
+        Err(format!("expected {text:?} from mtnt, got:\n{}", run.stdout).into())
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+// ---------------------------------------------------------------------------------------
+// The table.
+
+struct Row {
+    what: String,
+    figure: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+}
+
+fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+fn rate(n: usize, d: Duration) -> String {
+    format!("{:.0}/s", n as f64 / d.as_secs_f64())
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.1} MB", kb as f64 / 1024.0)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let headers = ["measure", "mtnt", "baseline", "ratio", "target"];
+    let cells: Vec<[&str; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.what.as_str(),
+                r.figure.as_str(),
+                r.baseline.as_str(),
+                r.ratio.as_str(),
+                r.target.as_str(),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .chain([headers[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |c: [&str; 5]| {
+        let cols: Vec<String> = (0..5)
+            .map(|i| format!("{:w$}", c[i], w = widths[i]))
+            .collect();
+        format!("| {} |", cols.join(" | "))
+    };
+    println!("{}", line(headers));
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    println!("|-{}-|", rule.join("-|-"));
+    for c in cells {
+        println!("{}", line(c));
+    }
+}
+
+fn progress(what: &str) {
+    eprint!("{what}...");
+    let _ = std::io::stderr().flush();
+}
+
+fn done(d: Duration) {
+    eprintln!(" {}", secs(d));
+}
+
+async fn run(args: Args) -> Res<()> {
+    let engine = args.engine;
+    let (n, fleet) = (args.tenants, args.fleet);
+    let mut rows = Vec::new();
+    eprintln!(
+        "mtnt bench: engine {engine:?}, {n} tenants from empty, fleet of {fleet}, {} creates, concurrency {}",
+        args.creates,
+        args.concurrency.map_or("default".to_owned(), |c| c.to_string())
+    );
+
+    // 1. Migrate from empty: the single-connection floor, four plain parallel sessions
+    //    for reference, then mtnt; each on a fresh database.
+    progress(&format!("floor: {n} tenants, one plain connection"));
+    let db = Db::create(engine).await?;
+    db.register(n).await?;
+    let floor_1 = floor(&db, n, 1).await?;
+    db.drop().await?;
+    done(floor_1);
+
+    progress(&format!("reference: {n} tenants, four plain connections"));
+    let db = Db::create(engine).await?;
+    db.register(n).await?;
+    let floor_4 = floor(&db, n, 4).await?;
+    db.drop().await?;
+    done(floor_4);
+
+    progress(&format!("mtnt migrate: {n} tenants from empty"));
+    let db = Db::create(engine).await?;
+    db.register(n).await?;
+    let small = mtnt_cli(&db, args.concurrency, &["migrate"])?;
+    expect(
+        &small,
+        &format!("{n} total, {n} migrated ({} migrations)", 6 * n),
+    )?;
+    db.drop().await?;
+    done(small.elapsed);
+
+    let ratio = small.elapsed.as_secs_f64() / floor_1.as_secs_f64();
+    rows.push(Row {
+        what: format!("migrate {n} tenants from empty"),
+        figure: format!("{} ({})", secs(small.elapsed), rate(n, small.elapsed)),
+        baseline: format!("{} ({}), 1 plain conn", secs(floor_1), rate(n, floor_1)),
+        ratio: format!("{ratio:.2}x"),
+        target: format!("<= 0.65x: {}", verdict(ratio <= 0.65)),
+    });
+    rows.push(Row {
+        what: "  reference: 4 plain parallel sessions".to_owned(),
+        figure: format!("{} ({})", secs(floor_4), rate(n, floor_4)),
+        baseline: format!("{}, 1 plain conn", secs(floor_1)),
+        ratio: format!("{:.2}x", floor_4.as_secs_f64() / floor_1.as_secs_f64()),
+        target: "-".to_owned(),
+    });
+
+    // 2-5. A fleet: migrated from empty by mtnt (peak memory), then no-op migrate,
+    //      status and tenant create.
+    progress(&format!("mtnt migrate: fleet of {fleet} from empty"));
+    let db = Db::create(engine).await?;
+    db.register(fleet).await?;
+    let big = mtnt_cli(&db, args.concurrency, &["migrate"])?;
+    expect(
+        &big,
+        &format!("{fleet} total, {fleet} migrated ({} migrations)", 6 * fleet),
+    )?;
+    done(big.elapsed);
+    rows.push(Row {
+        what: format!("migrate {fleet} tenants from empty"),
+        figure: format!("{} ({})", secs(big.elapsed), rate(fleet, big.elapsed)),
+        baseline: "-".to_owned(),
+        ratio: "-".to_owned(),
+        target: "-".to_owned(),
+    });
+
+    progress("registry scan");
+    let scan = db.registry_scan().await?;
+    done(scan);
+    progress(&format!("mtnt no-op migrate: {fleet} tenants"));
+    let noop = mtnt_cli(&db, args.concurrency, &["migrate"])?;
+    done(noop.elapsed);
+    expect(
+        &noop,
+        &format!("{fleet} total, 0 migrated (0 migrations), {fleet} already current"),
+    )?;
+    rows.push(Row {
+        what: format!("no-op migrate, {fleet} tenants"),
+        figure: secs(noop.elapsed),
+        baseline: format!("{}, SELECT of the registry", secs(scan)),
+        ratio: format!("{:.1}x", noop.elapsed.as_secs_f64() / scan.as_secs_f64()),
+        target: format!("< 1 s: {}", verdict(noop.elapsed < Duration::from_secs(1))),
+    });
+
+    progress(&format!("mtnt status: {fleet} tenants"));
+    let status = mtnt_cli(&db, args.concurrency, &["status"])?;
+    done(status.elapsed);
+    rows.push(Row {
+        what: format!("status, {fleet} tenants"),
+        figure: secs(status.elapsed),
+        baseline: format!("{}, SELECT of the registry", secs(scan)),
+        ratio: format!("{:.1}x", status.elapsed.as_secs_f64() / scan.as_secs_f64()),
+        target: format!(
+            "< 1 s: {}",
+            verdict(status.elapsed < Duration::from_secs(1))
+        ),
+    });
+
+    progress(&format!("tenant create x{}", args.creates));
+    let backend = mtnt::connect(&db.url()?, &ConnectOptions::default()).await?;
+    let migrator = Migrator::builder_boxed(backend).build()?;
+    let mut samples = Vec::new();
+    for i in 0..=args.creates {
+        let name = TenantName::new(format!("{}new{i:04}", db.prefix))?;
+        let started = Instant::now();
+        migrator.create_tenant(&name).await?;
+        if i > 0 {
+            // The first one warms the pool up.
+            samples.push(started.elapsed());
+        }
+    }
+    let create = median(samples);
+    let mut plain = db.plain().await?;
+    let mut samples = Vec::new();
+    for i in 0..=args.creates {
+        let name = format!("{}plain{i:04}", db.prefix);
+        let started = Instant::now();
+        plain.create_tenant(engine, &name).await?;
+        if i > 0 {
+            samples.push(started.elapsed());
+        }
+    }
+    let plain_create = median(samples);
+    drop(plain);
+    drop(migrator);
+    done(create);
+    rows.push(Row {
+        what: format!("tenant create (median of {})", args.creates),
+        figure: secs(create),
+        baseline: format!("{}, same SQL in 1 transaction", secs(plain_create)),
+        ratio: format!("{:.2}x", create.as_secs_f64() / plain_create.as_secs_f64()),
+        target: format!("< 50 ms: {}", verdict(create < Duration::from_millis(50))),
+    });
+
+    db.drop().await?;
+
+    let peak = small.peak_kb.max(big.peak_kb);
+    rows.push(Row {
+        what: format!("peak memory, migrate {fleet} tenants"),
+        figure: mb(big.peak_kb),
+        baseline: format!("{} at {n} tenants", mb(small.peak_kb)),
+        ratio: format!("{:.2}x", big.peak_kb as f64 / small.peak_kb.max(1) as f64),
+        target: format!(
+            "< 100 MB, flat: {}",
+            verdict(peak < 100 * 1024 && big.peak_kb as f64 <= small.peak_kb as f64 * 1.25)
+        ),
+    });
+
+    println!();
+    print_table(&rows);
+    Ok(())
+}
