@@ -18,7 +18,9 @@
 mod migrations;
 
 use assert_cmd::Command;
-use migrations::{ACCOUNTS, BACKFILL, FIXED, INDEX, ITEMS, LEDGER, NOTES, PLANS, PROJECTS, TAGS};
+use migrations::{
+    ACCOUNTS, BACKFILL, FEATURES, FIXED, INDEX, ITEMS, LEDGER, NOTES, PLANS, PROJECTS, TAGS,
+};
 use mtnt::{
     Engine, Error, MigrateOptions, MigrateReport, MigrationSet, MigrationStatus, Migrator,
     RollbackTarget, Scope, TenantName, TenantState, TenantStatus,
@@ -27,9 +29,10 @@ use mtnt_test_support::models::{Kind, Model, Place};
 use mtnt_test_support::{create_tenants, escape_like};
 use predicates::prelude::*;
 
-/// One test per model for each scenario, in a module named after the scenario.
+/// One test per model for each scenario, in a module named after the scenario; a scenario
+/// that SQLite does not pass because of a documented limit says why, and is ignored there.
 macro_rules! scenarios {
-    ($($scenario:ident),* $(,)?) => {$(
+    ($($scenario:ident $(: sqlite ignored = $why:literal)?),* $(,)?) => {$(
         mod $scenario {
             use mtnt_test_support::models::{Kind, Model};
 
@@ -40,6 +43,7 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[ignore = $why])?
             async fn sqlite() {
                 run(Kind::Sqlite).await
             }
@@ -70,6 +74,10 @@ scenarios!(
     failing_down_function,
     create_tenant_is_all_or_nothing,
     non_transactional_migrations,
+    // A known limit (README, "Engines and tenancy models"): SQLite takes no lock per tenant
+    // across processes, so two runs that overlap can both plan the same migration.
+    concurrent_runs_apply_each_migration_once: sqlite ignored =
+        "SQLite does not keep two runs apart: run one migrate at a time",
     checksum_drift_is_refused_until_repaired,
     unknown_applied_migration_is_refused,
     adopt_registers_existing_storage,
@@ -992,6 +1000,52 @@ async fn non_transactional_migrations(m: &Model) {
     assert_summary(&migrator, "2/2 tenants current, 0 behind, 0 failed").await;
 }
 
+/// Two runs at once (two deploys, each with its own pool): every migration is applied once,
+/// the public one too, and neither run fails.
+async fn concurrent_runs_apply_each_migration_once(m: &Model) {
+    let names: Vec<String> = (1..=4).map(|i| m.tenant(&format!("c{i}-slow"))).collect();
+    create_tenants(&m.migrator(fleet_to(ACCOUNTS)).await, &names).await;
+    let everything = MigrationSet::registered_in("behaviour::migrations").unwrap();
+    let (a, b) = (
+        m.migrator(everything.clone()).await,
+        m.migrator(everything).await,
+    );
+    let options = MigrateOptions::new();
+    let (ra, rb) = tokio::join!(a.migrate(&options), b.migrate(&options));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let errors: Vec<String> = ra
+        .failures
+        .iter()
+        .chain(&rb.failures)
+        .map(|f| format!("{}: {}", f.tenant, f.error))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(
+        ra.public_applied + rb.public_applied,
+        1,
+        "the public migration ran twice or not at all"
+    );
+    assert_eq!(
+        ra.migrations_applied + rb.migrations_applied,
+        4 * 6,
+        "a tenant migration ran twice or not at all"
+    );
+    assert_eq!(
+        m.int(Place::Control, "SELECT count(*) FROM features").await,
+        Some(1)
+    );
+    let orders: Vec<i64> = a
+        .migrations()
+        .scope(Scope::Tenant)
+        .map(|m| m.order())
+        .collect();
+    for n in &names {
+        assert_completed(m, n, &orders).await;
+        assert_eq!(admins(m, n).await, 1, "{n}: the backfill ran twice");
+    }
+    assert_summary(&a, "4/4 tenants current, 0 behind, 0 failed").await;
+}
+
 /// An applied migration edited afterwards is refused, in a tenant or in the public schema,
 /// until `repair_checksums` records the new checksum.
 async fn checksum_drift_is_refused_until_repaired(m: &Model) {
@@ -1321,7 +1375,7 @@ async fn cli_status_and_json(m: &Model) {
         .assert()
         .success()
         .stdout(predicate::str::contains(
-            "public: at 2024_01_01_0001, 0 pending",
+            "public: at 2024_03_01_0001, 0 pending",
         ))
         .stdout(predicate::str::contains(
             "3/3 tenants current, 0 behind, 0 failed",
@@ -1368,7 +1422,7 @@ async fn cli_status_and_json(m: &Model) {
         ));
     let status = json(app(m).args(["status", "--json"]));
     assert_eq!(status["summary"], "2/3 tenants current, 1 behind, 0 failed");
-    assert_eq!(status["public"]["applied_order"], PLANS);
+    assert_eq!(status["public"]["applied_order"], FEATURES);
     assert_eq!(status["latest_tenant_order"], TAGS);
     assert_eq!(status["tenants"].as_array().unwrap().len(), 3);
     let g = &status["tenants"][2];

@@ -1,9 +1,9 @@
 //! What only the MySQL/MariaDB backend (one database per tenant) has, against the server
 //! named by `MTNT_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`): DDL that commits
-//! at once, the prepared-statement cache across databases, `GET_LOCK` turns, UTC
-//! timestamps in `DATETIME` columns, `MySqlBackend` on an own pool, and its URLs. The
-//! behaviour every engine shares (fleet, failures, rollback, create, checksums, adopt, CLI)
-//! is proven on MySQL by `tests/behaviour.rs`. Each test has its own control database and
+//! at once, the prepared-statement cache across databases, UTC timestamps in `DATETIME`
+//! columns, `MySqlBackend` on an own pool, and its URLs. The behaviour every engine shares
+//! (fleet, failures, rollback, create, concurrent runs, checksums, adopt, CLI) is proven on
+//! MySQL by `tests/behaviour.rs`. Each test has its own control database and
 //! tenant prefix, removed when it ends.
 
 // Migration orders are written YYYY_MM_DD_NNNN, like in the attributes.
@@ -46,23 +46,6 @@ mod data {
             return Err(mtnt::Error::other("the seed data is not ready"));
         }
         Ok(())
-    }
-}
-
-/// A slow migration, so that two runs overlap.
-mod slow {
-    use mtnt::{Ctx, Result};
-
-    #[mtnt::migration(scope = "tenant", order = 2024_05_01_0001)]
-    async fn create_events(ctx: &mut Ctx<'_>) -> Result<()> {
-        ctx.execute("CREATE TABLE events (id BIGINT AUTO_INCREMENT PRIMARY KEY, kind VARCHAR(32))")
-            .await
-    }
-
-    #[mtnt::migration(scope = "tenant", order = 2024_05_01_0002)]
-    async fn seed_events(ctx: &mut Ctx<'_>) -> Result<()> {
-        ctx.execute("DO SLEEP(0.3); INSERT INTO events (kind) VALUES ('seed')")
-            .await
     }
 }
 
@@ -208,41 +191,6 @@ async fn one_connection_serves_every_tenant_in_turn() {
                 .unwrap();
         assert_eq!(emails, [format!("admin@{tenant}.example")], "{tenant}");
     }
-
-    drop(pool);
-    control.cleanup().await;
-}
-
-// MySQL only: its runs take turns on a `GET_LOCK` named lock (PostgreSQL's advisory locks
-// are tested in pg_migrate.rs and pg_faults.rs).
-#[tokio::test]
-async fn concurrent_runs_on_one_tenant_take_turns() {
-    let control = TestControl::new("concurrent").await;
-    let pool = control.pool(2).await;
-    let acme = control.tenant("acme");
-    let all = MigrationSet::registered_in("mysql::slow").unwrap();
-    let v1 = migrator(&control, MigrationSet::new(all.iter().take(1)).unwrap()).await;
-    v1.create_tenant(&name(&acme)).await.unwrap();
-
-    // Two deploys at once: one applies the slow migration, the other waits for its lock
-    // and then finds nothing to do (instead of seeing a `started` row, or running it twice).
-    let first = migrator(&control, all.clone()).await;
-    let second = migrator(&control, all).await;
-    let options = MigrateOptions::new();
-    let (a, b) = tokio::join!(first.migrate(&options), second.migrate(&options));
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert!(
-        a.is_success() && b.is_success(),
-        "{:?} {:?}",
-        a.failures,
-        b.failures
-    );
-    assert_eq!(a.migrations_applied + b.migrations_applied, 1);
-    let seeds: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM `{acme}`.events"))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(seeds, 1);
 
     drop(pool);
     control.cleanup().await;

@@ -1,9 +1,8 @@
 //! What only PostgreSQL with one database per tenant (`--tenancy database`,
 //! [`PgDatabaseBackend`]) has: a connection of its own per tenant session, closed when the
-//! session ends; runs taking turns on an advisory lock in the tenant's database; and a URL
-//! or pool that must name the control database. The behaviour every model shares (fleet,
-//! failures, rollback, create, checksums, adopt, CLI) is proven on this model by
-//! `tests/behaviour.rs`. Each test works in a [`Model`] of its own: a fresh control
+//! session ends, and a URL or pool that must name the control database. The behaviour every
+//! model shares (fleet, failures, rollback, create, concurrent runs, checksums, adopt, CLI)
+//! is proven on this model by `tests/behaviour.rs`. Each test works in a [`Model`] of its own: a fresh control
 //! database and a tenant prefix unique to the test, whose tenant databases are dropped when
 //! it ends, even when it fails.
 
@@ -13,7 +12,7 @@
 use std::time::Duration;
 
 use assert_cmd::Command;
-use mtnt::{MigrateOptions, MigrationSet, Migrator, PgDatabaseBackend, TenantName};
+use mtnt::{MigrateOptions, MigrationSet, PgDatabaseBackend};
 use mtnt_test_support::create_tenants;
 use mtnt_test_support::like_prefix;
 use mtnt_test_support::models::{Kind, Model, Place};
@@ -26,39 +25,11 @@ mod migrations;
 
 use migrations::{ACCOUNTS, BACKFILL};
 
-/// A slow migration, so that two runs overlap.
-mod slow {
-    use mtnt::{Ctx, Result};
-
-    pub mod v1 {
-        use mtnt::{Ctx, Result};
-
-        #[mtnt::migration(scope = "tenant", order = 2024_05_01_0001)]
-        async fn create_events(ctx: &mut Ctx<'_>) -> Result<()> {
-            ctx.execute("CREATE TABLE events (id bigserial PRIMARY KEY)")
-                .await
-        }
-    }
-
-    #[mtnt::migration(scope = "tenant", order = 2024_05_01_0002)]
-    async fn seed_events(ctx: &mut Ctx<'_>) -> Result<()> {
-        ctx.execute("SELECT pg_sleep(0.3); INSERT INTO events DEFAULT VALUES")
-            .await
-    }
-}
-
-fn name(s: &str) -> TenantName {
-    TenantName::new(s).unwrap()
-}
-
-fn set(prefix: &str) -> MigrationSet {
-    MigrationSet::registered_in(prefix).unwrap()
-}
-
 /// The behaviour suite's main set up to `to`.
 fn fleet_to(to: i64) -> MigrationSet {
     MigrationSet::new(
-        set("pg_database::migrations::fleet")
+        MigrationSet::registered_in("pg_database::migrations::fleet")
+            .unwrap()
             .iter()
             .filter(|m| m.order() <= to),
     )
@@ -109,38 +80,6 @@ async fn each_session_closes_its_tenant_connection() {
     assert_eq!(tenant_connections(&model).await, 0);
     all.status(&[]).await.unwrap();
     assert_eq!(tenant_connections(&model).await, 0);
-
-    model.finish().await;
-}
-
-// This model only: the runs meet on an advisory lock in the tenant's own database.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_runs_on_one_tenant_take_turns() {
-    let model = model("pgdb_lock").await;
-    let acme = model.tenant("acme");
-    model
-        .migrator(set("pg_database::slow::v1"))
-        .await
-        .create_tenant(&name(&acme))
-        .await
-        .unwrap();
-
-    let first: Migrator = model.migrator(set("pg_database::slow")).await;
-    let second = model.migrator(set("pg_database::slow")).await;
-    let options = MigrateOptions::new();
-    let (a, b) = tokio::join!(first.migrate(&options), second.migrate(&options));
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert!(
-        a.is_success() && b.is_success(),
-        "{:?} {:?}",
-        a.failures,
-        b.failures
-    );
-    assert_eq!(a.migrations_applied + b.migrations_applied, 1);
-    let events = model
-        .int(Place::Tenant(&acme), "SELECT count(*) FROM events")
-        .await;
-    assert_eq!(events, Some(1), "the migration ran once");
 
     model.finish().await;
 }

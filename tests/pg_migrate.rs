@@ -1,8 +1,8 @@
 //! `Migrator::migrate` on PostgreSQL (schema per tenant), for what one engine proves for
 //! all or only PostgreSQL has: `fail_fast` and a custom `TenantSource` (the executor's and
-//! the migrator's own logic, the same over every backend), advisory locks between runs,
-//! and an unreachable `postgres://` server. Fleets, failing tenants and typed sqlx calls
-//! are proven on every engine by `tests/behaviour.rs`. Every test works in its own database.
+//! the migrator's own logic, the same over every backend), the connection an advisory lock
+//! was taken on, and an unreachable `postgres://` server. Fleets, failing tenants,
+//! concurrent runs and typed sqlx calls are proven on every engine by `tests/behaviour.rs`. Every test works in its own database.
 
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
@@ -16,9 +16,7 @@ use mtnt::{
     Error, MigrateOptions, MigrationSet, Migrator, PostgresBackend, TenantName, TenantSource,
 };
 use mtnt_test_support::create_tenants;
-use mtnt_test_support::postgres::{
-    registry_row, table_exists, tracking_row, tracking_rows, TestDb,
-};
+use mtnt_test_support::postgres::{registry_row, table_exists, tracking_row, TestDb};
 use sqlx::PgPool;
 
 fn name(s: &str) -> TenantName {
@@ -279,100 +277,6 @@ async fn unreachable_database_error_names_the_host_not_the_password() {
         error.contains("127.0.0.1:1") && !error.contains("secret"),
         "{error}"
     );
-}
-
-// ---------------------------------------------------------------------------------------
-// Two runs at once (two deploys): each tenant is migrated once, and nobody fails.
-
-mod concurrent {
-    pub mod v1 {
-        #[mtnt::migration(scope = "tenant", order = 2024_10_01_0001)]
-        async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-            ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY, email text)")
-                .await
-        }
-    }
-
-    #[mtnt::migration(scope = "public", order = 2024_10_01_0002)]
-    async fn create_plans(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-        ctx.execute("CREATE TABLE plans (id bigserial PRIMARY KEY); SELECT pg_sleep(0.05)")
-            .await
-    }
-
-    #[mtnt::migration(scope = "tenant", order = 2024_10_01_0003)]
-    async fn create_notes(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-        ctx.execute("CREATE TABLE notes (id bigserial PRIMARY KEY); SELECT pg_sleep(0.02)")
-            .await
-    }
-
-    #[mtnt::migration(scope = "tenant", order = 2024_10_01_0004, transaction = false)]
-    async fn index_emails(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-        ctx.execute("CREATE INDEX accounts_email ON accounts (email)")
-            .await
-    }
-}
-
-// PostgreSQL only: two runs meet on PostgreSQL's advisory locks (MySQL's GET_LOCK is in
-// mysql.rs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_concurrent_runs_migrate_each_tenant_once() {
-    let db = TestDb::create("concurrent").await;
-    let setup = db.pool(2).await;
-    let tenants: Vec<String> = (0..12).map(|i| format!("c{i:02}")).collect();
-    let names: Vec<&str> = tenants.iter().map(String::as_str).collect();
-    create_tenants(&migrator(&setup, "pg_migrate::concurrent::v1"), &names).await;
-
-    // Two processes: two pools, two migrators.
-    let (pool_a, pool_b) = (db.pool(4).await, db.pool(4).await);
-    let (a, b) = (
-        migrator(&pool_a, "pg_migrate::concurrent"),
-        migrator(&pool_b, "pg_migrate::concurrent"),
-    );
-    let options = MigrateOptions::new();
-    let (ra, rb) = tokio::join!(a.migrate(&options), b.migrate(&options));
-    let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    let errors: Vec<String> = ra
-        .failures
-        .iter()
-        .chain(&rb.failures)
-        .map(|f| format!("{}: {}", f.tenant, f.error))
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}");
-    assert_eq!(
-        ra.public_applied + rb.public_applied,
-        1,
-        "the public migration ran twice"
-    );
-    assert_eq!(
-        ra.migrations_applied + rb.migrations_applied,
-        24,
-        "some tenant migration ran twice or not at all"
-    );
-    assert_eq!(ra.tenants_migrated + rb.tenants_migrated, 12);
-
-    for t in &names {
-        let rows = tracking_rows(&setup, t).await;
-        assert!(
-            rows.iter()
-                .all(|r| r.status == "completed" && r.error.is_none()),
-            "{t}: {rows:?}"
-        );
-        let row = registry_row(&setup, t).await.unwrap();
-        assert_eq!(
-            (row.applied_order, row.failed_order),
-            (Some(2024_10_01_0004), None),
-            "{t}"
-        );
-    }
-    assert_eq!(
-        a.status(&[]).await.unwrap().summary(),
-        "12/12 tenants current, 0 behind, 0 failed"
-    );
-
-    pool_a.close().await;
-    pool_b.close().await;
-    setup.close().await;
-    db.drop_db().await;
 }
 
 // ---------------------------------------------------------------------------------------

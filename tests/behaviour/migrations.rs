@@ -6,7 +6,8 @@
 //! Tenants fail on purpose by name: a tenant whose name ends in `-bad` fails
 //! `add_projects`, `-stuck` fails the down of `add_projects`, `-flaky` fails the
 //! non-transactional `index_items` and `-doomed` fails `create_notes`, each until its
-//! name is put in [`FIXED`]. A tenant ending in `-slow` takes 50 ms in `create_ledger`.
+//! name is put in [`FIXED`]. A tenant ending in `-slow` takes 50 ms in `create_ledger` and
+//! 100 ms in `backfill_admin`.
 
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
@@ -36,6 +37,9 @@ pub const INDEX: i64 = 2024_02_01_0002;
 pub const NOTES: i64 = 2024_02_01_0003;
 /// Non-transactional set: `tags`, outside a transaction, declared idempotent.
 pub const TAGS: i64 = 2024_02_01_0004;
+
+/// A later public migration: `features`, with one row.
+pub const FEATURES: i64 = 2024_03_01_0001;
 
 /// Tenants whose failure was "fixed": they no longer fail on purpose.
 pub static FIXED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
@@ -148,6 +152,10 @@ pub mod fleet {
 
     #[mtnt::migration(scope = "tenant", order = 2024_01_01_0005, down = remove_admin)]
     async fn backfill_admin(ctx: &mut Ctx<'_>) -> Result<()> {
+        if named(ctx, "-slow") {
+            // Long enough for a second run to arrive while this one holds the tenant.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         match ctx.engine() {
             Engine::Postgres => backfill!(
                 ctx,
@@ -251,5 +259,19 @@ pub mod nontx {
 
     async fn drop_tags(ctx: &mut Ctx<'_>) -> Result<()> {
         ctx.execute("DROP TABLE tags").await
+    }
+}
+
+/// A public migration after all the others.
+pub mod later {
+    use super::*;
+
+    #[mtnt::migration(scope = "public", order = 2024_03_01_0001)]
+    async fn create_features(ctx: &mut Ctx<'_>) -> Result<()> {
+        ctx.execute(
+            "CREATE TABLE features (name VARCHAR(100) PRIMARY KEY);
+             INSERT INTO features (name) VALUES ('sso')",
+        )
+        .await
     }
 }
