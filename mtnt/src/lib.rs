@@ -44,12 +44,12 @@ pub use backend::{
 pub use backend::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts};
 pub use ctx::{Ctx, CtxConn};
 pub use error::{Error, Result};
-pub use migrate::{parse_duration, SafetySettings, Shard};
 pub use migrate::{
     fingerprint, FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
     MigratorBuilder, Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget,
     StatusReport, TenantSource, TenantStatus,
 };
+pub use migrate::{parse_duration, SafetySettings, Shard};
 pub use migration::{AppliedMigration, Location, Migration, MigrationSet, MigrationStatus, Scope};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
 pub use url_redact::redact_url;

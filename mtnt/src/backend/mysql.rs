@@ -664,6 +664,22 @@ impl TargetConn {
         Ok(())
     }
 
+    /// Takes the lock if it is free, without waiting (a fleet run skips a tenant another
+    /// runner holds); whether it is held now.
+    async fn try_lock(&mut self) -> Result<bool> {
+        if self.locked {
+            return Ok(true);
+        }
+        // Set first, so that a cancelled attempt still unlocks on drop.
+        self.locked = true;
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(CONCAT('mtnt:', SHA1(?)), 0)")
+            .bind(self.lock_key.clone())
+            .fetch_one(&mut **self)
+            .await?;
+        self.locked = got == Some(1);
+        Ok(self.locked)
+    }
+
     fn close_on_drop(&mut self) {
         if let Some(conn) = &mut self.conn {
             conn.close_on_drop();
@@ -926,6 +942,10 @@ impl Session for MySqlSession<'_> {
 
     async fn lock(&mut self) -> Result<()> {
         self.conn.lock(self.target).await
+    }
+
+    async fn try_lock(&mut self) -> Result<bool> {
+        self.conn.try_lock().await
     }
 
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
