@@ -1131,3 +1131,82 @@ fn two_migrations_at_one_order_are_refused() {
         "two migrations have order 2024_01_01_0001: one at m.rs:1 and two at m.rs:9\n  fix: give one of them another order (cargo mtnt new picks the next free one)"
     );
 }
+
+mod leak {
+    #[mtnt::migration(scope = "tenant", order = 2031_01_01_0001)]
+    async fn create_t(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+        ctx.execute("CREATE TABLE t (id bigint)").await
+    }
+
+    // Fails in one tenant, panics in another: neither may keep its tenant's lock.
+    #[mtnt::migration(scope = "tenant", order = 2031_01_01_0002)]
+    async fn break_some(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+        match ctx.tenant().map(|t| t.name.to_string()).as_deref() {
+            Some("fails") => ctx.execute("SELECT * FROM no_such_table").await,
+            Some("panics") => panic!("a bug in a migration"),
+            _ => ctx.execute("ALTER TABLE t ADD COLUMN note text").await,
+        }
+    }
+}
+
+/// Unlike sqlx's migrator, which keeps its lock when a migration fails, mtnt releases a
+/// tenant's lock on every exit path, while the process goes on.
+#[tokio::test]
+async fn failed_and_panicking_migrations_release_their_locks() {
+    let db = TestDb::create("faults_leak").await;
+    let pool = db.pool(6).await;
+    let migrator = mtnt::Migrator::builder(mtnt::PostgresBackend::new(pool.clone()))
+        .migrations(mtnt::MigrationSet::registered_in("pg_faults::leak").unwrap())
+        .build()
+        .unwrap();
+    for name in ["fails", "panics", "works"] {
+        let name = mtnt::TenantName::new(name).unwrap();
+        sqlx::raw_sql(&format!("CREATE SCHEMA {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    migrator.adopt("%s", None).await.unwrap();
+    let report = migrator
+        .migrate(&mtnt::MigrateOptions::new())
+        .await
+        .unwrap();
+    let failed: Vec<String> = report
+        .failures
+        .iter()
+        .map(|f| format!("{}: {}", f.tenant, f.error))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(failed[0].contains("no_such_table"), "{failed:#?}");
+    assert!(
+        failed[1].contains("the migration panicked: a bug in a migration"),
+        "{failed:#?}"
+    );
+    // The unlock runs on a spawned task as the session is dropped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if held == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} advisory locks still held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the lease says the run ended.
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM public.mtnt_runs")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(states, ["failed"]);
+    pool.close().await;
+    db.drop_db().await;
+}
