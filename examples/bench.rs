@@ -362,6 +362,11 @@ impl Db {
             Engine::MySql => format!("`{}`.mtnt_tenants", self.name),
             _ => "public.mtnt_tenants".to_owned(),
         };
+        let now = match self.engine {
+            Engine::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            Engine::MySql => "UTC_TIMESTAMP(6)",
+            _ => "now()",
+        };
         let mut plain = self.plain().await?;
         let names: Vec<String> = (1..=n).map(|i| self.tenant(i)).collect();
         let control = match &plain {
@@ -374,9 +379,13 @@ impl Db {
         };
         let mut control = control;
         for chunk in names.chunks(1000) {
-            let values: Vec<String> = chunk.iter().map(|t| format!("('{t}', '{t}')")).collect();
+            // MySQL's registry has no defaults for the timestamps.
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|t| format!("('{t}', '{t}', {now}, {now})"))
+                .collect();
             let sql = format!(
-                "INSERT INTO {registry} (name, schema_name) VALUES {}",
+                "INSERT INTO {registry} (name, schema_name, created_at, updated_at) VALUES {}",
                 values.join(", ")
             );
             match (&mut plain, &mut control) {
@@ -822,7 +831,7 @@ async fn run(args: Args) -> Res<()> {
     rows.push(Row {
         what: format!("tenant create (median of {})", args.creates),
         figure: secs(create),
-        baseline: format!("{}, same SQL in 1 transaction", secs(plain_create)),
+        baseline: format!("{}, same SQL, plain conn", secs(plain_create)),
         ratio: format!("{:.2}x", create.as_secs_f64() / plain_create.as_secs_f64()),
         target: format!("< 50 ms: {}", verdict(create < Duration::from_millis(50))),
     });
