@@ -589,6 +589,16 @@ impl PostgresBackend {
     }
 }
 
+/// Runs one statement with the simple protocol and returns its rows (a named function
+/// with a boxed `Send` future, like `exec_postgres`).
+fn fetch_unprepared<'a>(
+    conn: &'a mut PgConnection,
+    sql: &'a str,
+) -> BoxFuture<'a, Result<Vec<PgRow>, sqlx::Error>> {
+    // A plain `&str` has no arguments, so sqlx sends it with the simple protocol.
+    Box::pin(sqlx::Executor::fetch_all(conn, sql))
+}
+
 struct PgSession<'a> {
     backend: &'a PostgresBackend,
     conn: TargetLock,
@@ -827,7 +837,9 @@ impl Session for PgSession<'_> {
              FROM {}.mtnt_migrations ORDER BY migration_order",
             self.schema_q
         );
-        let rows = match sqlx::query(&sql).fetch_all(&mut *self.conn).await {
+        // Unprepared (one round trip): the statement names the tenant's schema, so a
+        // prepared one would never be used again, only fill the connection's cache.
+        let rows = match fetch_unprepared(&mut self.conn, &sql).await {
             Ok(rows) => {
                 self.setup = None;
                 rows
