@@ -74,10 +74,7 @@ scenarios!(
     failing_down_function,
     create_tenant_is_all_or_nothing,
     non_transactional_migrations,
-    // A known limit (README, "Engines and tenancy models"): SQLite takes no lock per tenant
-    // across processes, so two runs that overlap can both plan the same migration.
-    concurrent_runs_apply_each_migration_once: sqlite ignored =
-        "SQLite does not keep two runs apart: run one migrate at a time",
+    concurrent_runs_apply_each_migration_once,
     checksum_drift_is_refused_until_repaired,
     unknown_applied_migration_is_refused,
     adopt_registers_existing_storage,

@@ -421,6 +421,7 @@ impl Backend for SqliteBackend {
             backend: self,
             conn,
             target,
+            lock: None,
         }))
     }
 
@@ -639,9 +640,32 @@ struct SqliteSession<'a> {
     backend: &'a SqliteBackend,
     conn: Conn,
     target: Target<'a>,
+    /// The target's lock file while this session holds its exclusive lock; the operating
+    /// system releases it when the file is closed, even when the process is killed.
+    lock: Option<std::fs::File>,
 }
 
 impl<'a> SqliteSession<'a> {
+    /// `<tenant>.lock` beside the tenant file, `mtnt_control.lock` for the public target:
+    /// SQLite's own locks last one transaction, while a run must keep a target from its
+    /// plan to its last migration.
+    fn open_lock_file(&self) -> Result<std::fs::File> {
+        let path = match self.target {
+            Target::Public => self.backend.control_file().with_extension("lock"),
+            Target::Tenant(tenant) => self.backend.path_of(tenant)?.with_extension("lock"),
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                action: "cannot open the lock file",
+                path,
+                source,
+            })
+    }
+
     fn tenant(&self) -> Option<&'a Tenant> {
         match self.target {
             Target::Public => None,
@@ -909,7 +933,45 @@ impl Session for SqliteSession<'_> {
         Ok(applied)
     }
 
+    async fn lock(&mut self) -> Result<()> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let file = self.open_lock_file()?;
+        // The wait blocks a thread, so it runs off the async workers.
+        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .map_err(|e| Error::other(format!("the lock wait did not finish: {e}")))?
+            .map_err(|source| Error::Io {
+                action: "cannot lock",
+                path: self.backend.dir().to_owned(),
+                source,
+            })?;
+        self.lock = Some(file);
+        Ok(())
+    }
+
+    async fn try_lock(&mut self) -> Result<bool> {
+        if self.lock.is_some() {
+            return Ok(true);
+        }
+        let file = self.open_lock_file()?;
+        match file.try_lock() {
+            Ok(()) => {
+                self.lock = Some(file);
+                Ok(true)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(source)) => Err(Error::Io {
+                action: "cannot lock",
+                path: self.backend.dir().to_owned(),
+                source,
+            }),
+        }
+    }
+
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
+        self.lock().await?;
         if migration.is_transactional() {
             self.apply_in_transaction(migration, direction).await
         } else {
@@ -918,6 +980,7 @@ impl Session for SqliteSession<'_> {
     }
 
     async fn set_checksum(&mut self, order: i64, checksum: &str) -> Result<()> {
+        self.lock().await?;
         sqlx::query("UPDATE mtnt_migrations SET checksum = ?1 WHERE migration_order = ?2")
             .bind(checksum)
             .bind(order)
@@ -927,6 +990,7 @@ impl Session for SqliteSession<'_> {
     }
 
     async fn mark(&mut self, migration: &'static Migration, status: MigrationStatus) -> Result<()> {
+        self.lock().await?;
         let now = now_text();
         sqlx::query(UPSERT_SQL)
             .bind(migration.order())

@@ -74,7 +74,7 @@ impl Progress for FleetProgress {
             None => {
                 let total = self.total.load(Ordering::Relaxed).max(1);
                 let step = (total / 10).max(1);
-                if done % step == 0 || done == total {
+                if done.is_multiple_of(step) || done == total {
                     let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-6);
                     let eta = total.saturating_sub(done) as f64 / rate.max(1e-6);
                     eprintln!(
