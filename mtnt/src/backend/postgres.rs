@@ -169,8 +169,10 @@ impl Backend for PostgresBackend {
                 END IF;
                 IF NOT EXISTS (SELECT FROM pg_proc WHERE proname = 'mtnt_tracking_changed'
                                AND pronamespace = {control_l}::regnamespace) THEN
+                    -- As its owner: whoever may edit a tracking table may clear the
+                    -- fingerprint, without a grant on the registry.
                     CREATE FUNCTION {control}.mtnt_tracking_changed() RETURNS trigger
-                    LANGUAGE plpgsql AS $fn$
+                    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
                     BEGIN
                         UPDATE {registry} SET fingerprint = NULL
                         WHERE schema_name = TG_TABLE_SCHEMA AND fingerprint IS NOT NULL;
