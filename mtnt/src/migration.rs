@@ -136,8 +136,19 @@ impl Migration {
     pub(crate) fn up(&self) -> MigrationFn {
         self.__up
     }
-    pub(crate) fn down(&self) -> Option<MigrationFn> {
-        self.__down
+    /// The up or down function; `Irreversible` for a down the migration does not have.
+    pub(crate) fn function(
+        &self,
+        direction: crate::Direction,
+        target: crate::Target<'_>,
+    ) -> Result<MigrationFn> {
+        match direction {
+            crate::Direction::Up => Ok(self.__up),
+            crate::Direction::Down => self.__down.ok_or_else(|| Error::Irreversible {
+                target: target.to_string(),
+                migration: self.to_string(),
+            }),
+        }
     }
 }
 

@@ -950,13 +950,7 @@ impl Session for MySqlSession<'_> {
 
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
         self.lock().await?;
-        let function = match direction {
-            Direction::Up => migration.up(),
-            Direction::Down => migration.down().ok_or_else(|| Error::Irreversible {
-                target: self.target.to_string(),
-                migration: migration.to_string(),
-            })?,
-        };
+        let function = migration.function(direction, self.target)?;
         self.record_started(migration, direction).await?;
         let Err(error) = self.run_and_finish(migration, function, direction).await else {
             return Ok(());

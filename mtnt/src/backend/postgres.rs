@@ -695,13 +695,7 @@ impl PgSession<'_> {
         migration: &'static Migration,
         direction: Direction,
     ) -> Result<()> {
-        let function = match direction {
-            Direction::Up => migration.up(),
-            Direction::Down => migration.down().ok_or_else(|| Error::Irreversible {
-                target: self.target.to_string(),
-                migration: migration.to_string(),
-            })?,
-        };
+        let function = migration.function(direction, self.target)?;
         let begin = format!(
             "BEGIN; {}SET LOCAL search_path TO {}{}",
             self.setup
@@ -757,13 +751,7 @@ impl PgSession<'_> {
         migration: &'static Migration,
         direction: Direction,
     ) -> Result<()> {
-        let function = match direction {
-            Direction::Up => migration.up(),
-            Direction::Down => migration.down().ok_or_else(|| Error::Irreversible {
-                target: self.target.to_string(),
-                migration: migration.to_string(),
-            })?,
-        };
+        let function = migration.function(direction, self.target)?;
         self.run_setup().await?;
         if direction == Direction::Up {
             self.run(&record_sql(

@@ -688,20 +688,6 @@ impl<'a> SqliteSession<'a> {
         }
     }
 
-    fn function(
-        &self,
-        migration: &'static Migration,
-        direction: Direction,
-    ) -> Result<crate::migration::MigrationFn> {
-        match direction {
-            Direction::Up => Ok(migration.up()),
-            Direction::Down => migration.down().ok_or_else(|| Error::Irreversible {
-                target: self.target.to_string(),
-                migration: migration.to_string(),
-            }),
-        }
-    }
-
     /// Brings the registry row's cached summary in line with the tenant's tracking table
     /// after a successful change (which also clears a recorded failure).
     async fn refresh_registry(&mut self) -> Result<()> {
@@ -763,7 +749,7 @@ impl<'a> SqliteSession<'a> {
         migration: &'static Migration,
         direction: Direction,
     ) -> Result<()> {
-        let function = self.function(migration, direction)?;
+        let function = migration.function(direction, self.target)?;
         let started_at = now_text();
         let clock = Instant::now();
         // IMMEDIATE takes the write lock now (waiting up to the busy timeout), instead of
@@ -817,7 +803,7 @@ impl<'a> SqliteSession<'a> {
         migration: &'static Migration,
         direction: Direction,
     ) -> Result<()> {
-        let function = self.function(migration, direction)?;
+        let function = migration.function(direction, self.target)?;
         let started_at = now_text();
         let clock = Instant::now();
         if direction == Direction::Up {
