@@ -18,7 +18,7 @@ pub fn run_cli() -> i32 {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("MTNT_LOG"))
         .with_writer(std::io::stderr)
         .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
