@@ -10,7 +10,9 @@
 //! Options: `--engine postgres|sqlite|mysql` (default postgres), `--tenants N` (migrate from
 //! empty, default 1000), `--fleet N` (no-op migrate, status and peak memory, default
 //! 10000), `--creates N` (tenant creates to take the median of, default 50),
-//! `--concurrency N` (passed to mtnt; default: mtnt's own default). Servers:
+//! `--concurrency N` (passed to mtnt; default: mtnt's own default), `--repeat N` (run the
+//! migrate-from-empty row N times, floor and mtnt in turn, and report the median with the
+//! spread). Servers:
 //! `MTNT_BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and
 //! `MTNT_BENCH_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`); SQLite files go to a
 //! temporary directory under `target/`. The benchmark creates its own databases (files)
@@ -141,6 +143,7 @@ struct Args {
     fleet: usize,
     creates: usize,
     concurrency: Option<usize>,
+    repeat: usize,
 }
 
 fn parse_args() -> Res<Args> {
@@ -150,6 +153,7 @@ fn parse_args() -> Res<Args> {
         fleet: 10_000,
         creates: 50,
         concurrency: None,
+        repeat: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -167,15 +171,16 @@ fn parse_args() -> Res<Args> {
             "--fleet" => args.fleet = value()?.parse()?,
             "--creates" => args.creates = value()?.parse()?,
             "--concurrency" => args.concurrency = Some(value()?.parse()?),
+            "--repeat" => args.repeat = value()?.parse()?,
             "-h" | "--help" => {
-                println!("usage: bench [--engine postgres|sqlite|mysql] [--tenants N] [--fleet N] [--creates N] [--concurrency N]");
+                println!("usage: bench [--engine postgres|sqlite|mysql] [--tenants N] [--fleet N] [--creates N] [--concurrency N] [--repeat N]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
         }
     }
-    if args.tenants == 0 || args.fleet == 0 || args.creates == 0 {
-        return Err("--tenants, --fleet and --creates must be at least 1".into());
+    if args.tenants == 0 || args.fleet == 0 || args.creates == 0 || args.repeat == 0 {
+        return Err("--tenants, --fleet, --creates and --repeat must be at least 1".into());
     }
     Ok(args)
 }
@@ -185,6 +190,7 @@ fn main() {
         // The child: an mtnt app whose command line is its arguments.
         let code = mtnt::__private::run_cli();
         eprintln!("MTNT_BENCH_VMHWM_KB={}", peak_rss_kb().unwrap_or(0));
+        eprintln!("MTNT_BENCH_CPU_S={}", process_cpu("self").unwrap_or(0.0));
         std::process::exit(code);
     }
     let args = match parse_args() {
@@ -201,6 +207,68 @@ fn main() {
     if let Err(e) = runtime.block_on(run(args)) {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// The CPU time (user and system) of a process so far, in seconds, from
+/// `/proc/<pid>/stat` (`pid` may be `self`).
+fn process_cpu(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// The CPU time PostgreSQL spends for one database: a task that looks up the database's
+/// backends every 20 ms and keeps the last CPU time read for each (PostgreSQL on this
+/// machine only; the benchmark's own admin connection is not counted).
+struct ServerCpu {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<f64>,
+}
+
+impl ServerCpu {
+    async fn start(db: &Db) -> Res<Option<ServerCpu>> {
+        if db.engine != Engine::Postgres || !Path::new("/proc/self/stat").exists() {
+            return Ok(None);
+        }
+        let mut conn = pg_admin().await?;
+        let name = db.name.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::<i32, f64>::new();
+            loop {
+                let done = stopped.load(Ordering::Relaxed);
+                let pids: Vec<i32> = sqlx::query_scalar(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind(&name)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+                for pid in pids
+                    .into_iter()
+                    .chain(seen.keys().copied().collect::<Vec<_>>())
+                {
+                    if let Some(cpu) = process_cpu(&pid.to_string()) {
+                        seen.insert(pid, cpu);
+                    }
+                }
+                if done {
+                    return seen.values().sum();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Ok(Some(ServerCpu { stop, task }))
+    }
+
+    async fn finish(probe: Option<ServerCpu>) -> Option<f64> {
+        let probe = probe?;
+        probe.stop.store(true, Ordering::Relaxed);
+        probe.task.await.ok()
     }
 }
 
@@ -553,11 +621,13 @@ async fn floor(db: &Db, tenants: usize, workers: usize) -> Res<Duration> {
 /// One run of the mtnt command line in a child process: wall time and peak memory.
 struct ChildRun {
     elapsed: Duration,
+    /// The child's own CPU time, in seconds.
+    cpu: f64,
     peak_kb: u64,
     stdout: String,
 }
 
-fn mtnt_cli(db: &Db, concurrency: Option<usize>, args: &[&str]) -> Res<ChildRun> {
+async fn mtnt_cli(db: &Db, concurrency: Option<usize>, args: &[&str]) -> Res<ChildRun> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     command
@@ -574,9 +644,13 @@ fn mtnt_cli(db: &Db, concurrency: Option<usize>, args: &[&str]) -> Res<ChildRun>
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let started = Instant::now();
-    let output = command.spawn()?.wait_with_output()?;
-    let elapsed = started.elapsed();
+    // Waited for on a blocking thread, so that the CPU probe's task goes on.
+    let (output, elapsed) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let output = command.spawn()?.wait_with_output()?;
+        Ok::<_, std::io::Error>((output, started.elapsed()))
+    })
+    .await??;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         return Err(format!(
@@ -592,8 +666,14 @@ fn mtnt_cli(db: &Db, concurrency: Option<usize>, args: &[&str]) -> Res<ChildRun>
         .find_map(|l| l.strip_prefix("MTNT_BENCH_VMHWM_KB="))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let cpu = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("MTNT_BENCH_CPU_S="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     Ok(ChildRun {
         elapsed,
+        cpu,
         peak_kb,
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
     })
@@ -606,6 +686,55 @@ fn expect(run: &ChildRun, text: &str) -> Res<()> {
         Ok(())
     } else {
         Err(format!("expected {text:?} from mtnt, got:\n{}", run.stdout).into())
+    }
+}
+
+/// One measured run: wall time, and the CPU time PostgreSQL's backends for the database
+/// and the client spent on it.
+#[derive(Clone, Copy)]
+struct Timed {
+    wall: Duration,
+    server: Option<f64>,
+    client: f64,
+    /// The fastest and slowest of the runs this is the median of.
+    spread: (Duration, Duration),
+}
+
+impl Timed {
+    fn new(wall: Duration, server: Option<f64>, client: f64) -> Self {
+        Self {
+            wall,
+            server,
+            client,
+            spread: (wall, wall),
+        }
+    }
+
+    /// The run with the median wall time, with the spread of all.
+    fn median(mut runs: Vec<Timed>) -> Timed {
+        runs.sort_by_key(|r| r.wall);
+        let mut median = runs[runs.len() / 2];
+        median.spread = (runs[0].wall, runs[runs.len() - 1].wall);
+        median
+    }
+
+    /// `7.77 s, 64/s (4.43 s-8.04 s); CPU/tenant: server 12.1 ms, client 0.8 ms`.
+    fn describe(&self, tenants: usize) -> String {
+        let spread = if self.spread.0 == self.spread.1 {
+            String::new()
+        } else {
+            format!(" ({}-{})", secs(self.spread.0), secs(self.spread.1))
+        };
+        let per = |cpu: f64| format!("{:.1} ms", cpu * 1000.0 / tenants as f64);
+        let server = self
+            .server
+            .map_or(String::new(), |cpu| format!("server {}, ", per(cpu)));
+        format!(
+            "{}, {}{spread}; CPU/tenant: {server}client {}",
+            secs(self.wall),
+            rate(tenants, self.wall),
+            per(self.client)
+        )
     }
 }
 
@@ -707,45 +836,80 @@ async fn run(args: Args) -> Res<()> {
     );
 
     // 1. Migrate from empty: the single-connection floor, four plain parallel sessions
-    //    for reference, then mtnt; each on a fresh database.
-    progress(&format!("floor: {n} tenants, one plain connection"));
-    let db = Db::create(engine).await?;
-    db.register(n).await?;
-    let floor_1 = floor(&db, n, 1).await?;
-    db.drop().await?;
-    done(floor_1);
+    //    for reference, then mtnt; each on a fresh database, `--repeat` times in turn.
+    let mut floor_1 = Vec::new();
+    let mut floor_4 = Vec::new();
+    let mut mtnt_n = Vec::new();
+    let mut small_peak_kb = 0;
+    for round in 1..=args.repeat {
+        let of = if args.repeat > 1 {
+            format!(" ({round}/{})", args.repeat)
+        } else {
+            String::new()
+        };
+        progress(&format!("floor: {n} tenants, one plain connection{of}"));
+        let db = Db::create(engine).await?;
+        db.register(n).await?;
+        let probe = ServerCpu::start(&db).await?;
+        let client = process_cpu("self").unwrap_or(0.0);
+        let wall = floor(&db, n, 1).await?;
+        let client = process_cpu("self").unwrap_or(0.0) - client;
+        floor_1.push(Timed::new(wall, ServerCpu::finish(probe).await, client));
+        db.drop().await?;
+        done(wall);
 
-    progress(&format!("reference: {n} tenants, four plain connections"));
-    let db = Db::create(engine).await?;
-    db.register(n).await?;
-    let floor_4 = floor(&db, n, 4).await?;
-    db.drop().await?;
-    done(floor_4);
+        progress(&format!(
+            "reference: {n} tenants, four plain connections{of}"
+        ));
+        let db = Db::create(engine).await?;
+        db.register(n).await?;
+        let probe = ServerCpu::start(&db).await?;
+        let client = process_cpu("self").unwrap_or(0.0);
+        let wall = floor(&db, n, 4).await?;
+        let client = process_cpu("self").unwrap_or(0.0) - client;
+        floor_4.push(Timed::new(wall, ServerCpu::finish(probe).await, client));
+        db.drop().await?;
+        done(wall);
 
-    progress(&format!("mtnt migrate: {n} tenants from empty"));
-    let db = Db::create(engine).await?;
-    db.register(n).await?;
-    let small = mtnt_cli(&db, args.concurrency, &["migrate"])?;
-    expect(
-        &small,
-        &format!("{n} total, {n} migrated ({} migrations)", 6 * n),
-    )?;
-    db.drop().await?;
-    done(small.elapsed);
-
-    let ratio = small.elapsed.as_secs_f64() / floor_1.as_secs_f64();
+        progress(&format!("mtnt migrate: {n} tenants from empty{of}"));
+        let db = Db::create(engine).await?;
+        db.register(n).await?;
+        let probe = ServerCpu::start(&db).await?;
+        let small = mtnt_cli(&db, args.concurrency, &["migrate"]).await?;
+        mtnt_n.push(Timed::new(
+            small.elapsed,
+            ServerCpu::finish(probe).await,
+            small.cpu,
+        ));
+        expect(
+            &small,
+            &format!("{n} total, {n} migrated ({} migrations)", 6 * n),
+        )?;
+        small_peak_kb = small_peak_kb.max(small.peak_kb);
+        db.drop().await?;
+        done(small.elapsed);
+    }
+    let (floor_1, floor_4, mtnt_n) = (
+        Timed::median(floor_1),
+        Timed::median(floor_4),
+        Timed::median(mtnt_n),
+    );
+    let ratio = mtnt_n.wall.as_secs_f64() / floor_1.wall.as_secs_f64();
     rows.push(Row {
         what: format!("migrate {n} tenants from empty"),
-        figure: format!("{} ({})", secs(small.elapsed), rate(n, small.elapsed)),
-        baseline: format!("{} ({}), 1 plain conn", secs(floor_1), rate(n, floor_1)),
+        figure: mtnt_n.describe(n),
+        baseline: format!("{}, 1 plain conn", floor_1.describe(n)),
         ratio: format!("{ratio:.2}x"),
         target: format!("<= 0.65x: {}", verdict(ratio <= 0.65)),
     });
     rows.push(Row {
         what: "  reference: 4 plain parallel sessions".to_owned(),
-        figure: format!("{} ({})", secs(floor_4), rate(n, floor_4)),
-        baseline: format!("{}, 1 plain conn", secs(floor_1)),
-        ratio: format!("{:.2}x", floor_4.as_secs_f64() / floor_1.as_secs_f64()),
+        figure: floor_4.describe(n),
+        baseline: format!("{}, 1 plain conn", secs(floor_1.wall)),
+        ratio: format!(
+            "{:.2}x",
+            floor_4.wall.as_secs_f64() / floor_1.wall.as_secs_f64()
+        ),
         target: "-".to_owned(),
     });
 
@@ -754,7 +918,7 @@ async fn run(args: Args) -> Res<()> {
     progress(&format!("mtnt migrate: fleet of {fleet} from empty"));
     let db = Db::create(engine).await?;
     db.register(fleet).await?;
-    let big = mtnt_cli(&db, args.concurrency, &["migrate"])?;
+    let big = mtnt_cli(&db, args.concurrency, &["migrate"]).await?;
     expect(
         &big,
         &format!("{fleet} total, {fleet} migrated ({} migrations)", 6 * fleet),
@@ -768,36 +932,48 @@ async fn run(args: Args) -> Res<()> {
         target: "-".to_owned(),
     });
 
+    // Cheap: each the median of at least three runs.
+    let runs = args.repeat.max(3);
     progress("registry scan");
-    let scan = db.registry_scan().await?;
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        samples.push(db.registry_scan().await?);
+    }
+    let scan = median(samples);
     done(scan);
     progress(&format!("mtnt no-op migrate: {fleet} tenants"));
-    let noop = mtnt_cli(&db, args.concurrency, &["migrate"])?;
-    done(noop.elapsed);
-    expect(
-        &noop,
-        &format!("{fleet} total, 0 migrated (0 migrations), {fleet} already current"),
-    )?;
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let run = mtnt_cli(&db, args.concurrency, &["migrate"]).await?;
+        expect(
+            &run,
+            &format!("{fleet} total, 0 migrated (0 migrations), {fleet} already current"),
+        )?;
+        samples.push(run.elapsed);
+    }
+    let noop = median(samples);
+    done(noop);
     rows.push(Row {
         what: format!("no-op migrate, {fleet} tenants"),
-        figure: secs(noop.elapsed),
+        figure: secs(noop),
         baseline: format!("{}, SELECT of the registry", secs(scan)),
-        ratio: format!("{:.1}x", noop.elapsed.as_secs_f64() / scan.as_secs_f64()),
-        target: format!("< 1 s: {}", verdict(noop.elapsed < Duration::from_secs(1))),
+        ratio: format!("{:.1}x", noop.as_secs_f64() / scan.as_secs_f64()),
+        target: format!("< 1 s: {}", verdict(noop < Duration::from_secs(1))),
     });
 
     progress(&format!("mtnt status: {fleet} tenants"));
-    let status = mtnt_cli(&db, args.concurrency, &["status"])?;
-    done(status.elapsed);
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        samples.push(mtnt_cli(&db, args.concurrency, &["status"]).await?.elapsed);
+    }
+    let status = median(samples);
+    done(status);
     rows.push(Row {
         what: format!("status, {fleet} tenants"),
-        figure: secs(status.elapsed),
+        figure: secs(status),
         baseline: format!("{}, SELECT of the registry", secs(scan)),
-        ratio: format!("{:.1}x", status.elapsed.as_secs_f64() / scan.as_secs_f64()),
-        target: format!(
-            "< 1 s: {}",
-            verdict(status.elapsed < Duration::from_secs(1))
-        ),
+        ratio: format!("{:.1}x", status.as_secs_f64() / scan.as_secs_f64()),
+        target: format!("< 1 s: {}", verdict(status < Duration::from_secs(1))),
     });
 
     progress(&format!("tenant create x{}", args.creates));
@@ -838,15 +1014,15 @@ async fn run(args: Args) -> Res<()> {
 
     db.drop().await?;
 
-    let peak = small.peak_kb.max(big.peak_kb);
+    let peak = small_peak_kb.max(big.peak_kb);
     rows.push(Row {
         what: format!("peak memory, migrate {fleet} tenants"),
         figure: mb(big.peak_kb),
-        baseline: format!("{} at {n} tenants", mb(small.peak_kb)),
-        ratio: format!("{:.2}x", big.peak_kb as f64 / small.peak_kb.max(1) as f64),
+        baseline: format!("{} at {n} tenants", mb(small_peak_kb)),
+        ratio: format!("{:.2}x", big.peak_kb as f64 / small_peak_kb.max(1) as f64),
         target: format!(
             "< 100 MB, flat: {}",
-            verdict(peak < 100 * 1024 && big.peak_kb as f64 <= small.peak_kb as f64 * 1.25)
+            verdict(peak < 100 * 1024 && big.peak_kb as f64 <= small_peak_kb as f64 * 1.25)
         ),
     });
 
