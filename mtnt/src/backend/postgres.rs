@@ -112,17 +112,22 @@ impl PostgresBackend {
 }
 
 /// Makes any change of a tenant's tracking table clear the tenant's fingerprint in the
-/// registry (`mtnt_tracking_changed`, made by `prepare`). mtnt writes the new fingerprint
-/// after its own changes, in the same transaction; a change made by hand (a row deleted to
-/// run a migration again, an edited checksum) leaves none, so a fleet run opens a session
-/// for the tenant and checks its tracking table in full.
+/// registry (`mtnt_tracking_changed`, made by `prepare`): a change made by hand (a row
+/// deleted to run a migration again, an edited checksum) leaves none, so a fleet run opens
+/// a session for the tenant and checks its tracking table in full. Transactions that
+/// write the new fingerprint themselves set [`OWN_BOOKKEEPING`] and skip the trigger.
 fn tracking_trigger_sql(control_q: &str, schema_q: &str) -> String {
     format!(
         "DROP TRIGGER IF EXISTS mtnt_changed ON {schema_q}.mtnt_migrations; \
          CREATE TRIGGER mtnt_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {schema_q}.mtnt_migrations \
-         FOR EACH STATEMENT EXECUTE FUNCTION {control_q}.mtnt_tracking_changed()"
+         FOR EACH STATEMENT WHEN (pg_catalog.current_setting('mtnt.bookkeeping', true) IS DISTINCT FROM 'on') \
+         EXECUTE FUNCTION {control_q}.mtnt_tracking_changed()"
     )
 }
+
+/// Set in a transaction that updates the registry's fingerprint along with the tracking
+/// table: the trigger of [`tracking_trigger_sql`] need not clear it first.
+const OWN_BOOKKEEPING: &str = "SET LOCAL mtnt.bookkeeping = on";
 
 /// The registry's summary of a tracking table: its newest completed migration and the
 /// [`fingerprint`](crate::fingerprint) of all completed ones, as one row of two columns.
@@ -317,6 +322,7 @@ impl Backend for PostgresBackend {
              CREATE SCHEMA {schema_q};
              {tracking};
              {trigger};
+             {OWN_BOOKKEEPING};
              SET LOCAL search_path TO {search_path}",
             trigger = tracking_trigger_sql(&self.control_q, &schema_q),
             search_path = self.tenant_search_path(&schema_q),
@@ -697,10 +703,15 @@ impl PgSession<'_> {
     ) -> Result<()> {
         let function = migration.function(direction, self.target)?;
         let begin = format!(
-            "BEGIN; {}SET LOCAL search_path TO {}{}",
+            "BEGIN; {}{}SET LOCAL search_path TO {}{}",
             self.setup
                 .as_deref()
                 .map_or(String::new(), |s| format!("{s}; ")),
+            if self.registry_update.is_some() {
+                format!("{OWN_BOOKKEEPING}; ")
+            } else {
+                String::new()
+            },
             self.search_path,
             pg_lock::timeouts_sql(migration, self.backend.timeouts, true)
         );
