@@ -208,31 +208,19 @@ async fn check_in_snapshot(pool: &mut sqlx::PgConnection, expect: &[i64]) -> Che
             .fetch_all(&mut *pool)
             .await
             .unwrap();
-    let tracked: Vec<String> = sqlx::query_scalar(
-        "SELECT table_schema::text FROM information_schema.tables \
-         WHERE table_name = 'mtnt_migrations' AND table_schema = ANY($1)",
+    let mut status: BTreeMap<(String, i64), String> = BTreeMap::new();
+    let rows = sqlx::query(
+        "SELECT tenant, migration_order, status FROM public.mtnt_tenant_migrations WHERE tenant = ANY($1)",
     )
     .bind(&names)
     .fetch_all(&mut *pool)
     .await
     .unwrap();
-    let mut status: BTreeMap<(String, i64), String> = BTreeMap::new();
-    if !tracked.is_empty() {
-        let union = tracked
-            .iter()
-            .map(|s| {
-                format!(
-                    "SELECT '{s}' AS tenant, migration_order, status FROM \"{s}\".mtnt_migrations"
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
-        for row in sqlx::query(&union).fetch_all(&mut *pool).await.unwrap() {
-            status.insert(
-                (row.get("tenant"), row.get("migration_order")),
-                row.get("status"),
-            );
-        }
+    for row in rows {
+        status.insert(
+            (row.get("tenant"), row.get("migration_order")),
+            row.get("status"),
+        );
     }
     let tables: BTreeSet<(String, String)> = sqlx::query(
         "SELECT schemaname::text AS s, tablename::text AS t FROM pg_tables WHERE schemaname = ANY($1)",
@@ -835,7 +823,8 @@ async fn wait_started(pool: &PgPool, order: i64, n: usize) {
         let mut started = 0;
         for i in 0..n {
             let sql = format!(
-                "SELECT count(*) FROM {}.mtnt_migrations WHERE migration_order = {order} AND status = 'started'",
+                "SELECT count(*) FROM public.mtnt_tenant_migrations WHERE tenant = '{}' \
+                 AND migration_order = {order} AND status = 'started'",
                 tenant_name(i)
             );
             started += sqlx::query_scalar::<_, i64>(&sql)
@@ -1025,8 +1014,8 @@ async fn bad_input_is_refused_before_anything_changes() {
     }
     // A database ahead of the code: refused before the public schema or any tenant moves.
     sqlx::raw_sql(
-        "INSERT INTO t001.mtnt_migrations (migration_order, name, checksum, status) \
-         VALUES (209901010001, 'from_the_future', 'x', 'completed'); \
+        "INSERT INTO public.mtnt_tenant_migrations (tenant, migration_order, name, checksum, status) \
+         VALUES ('t001', 209901010001, 'from_the_future', 'x', 'completed'); \
          UPDATE public.mtnt_tenants SET applied_order = 209901010001 WHERE name = 't001'",
     )
     .execute(&pool)
@@ -1044,7 +1033,7 @@ async fn bad_input_is_refused_before_anything_changes() {
     let check = check_fleet(&pool, &[A]).await;
     assert!(check.violations.is_empty(), "{:#?}", check.violations);
     let behind: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM t000.mtnt_migrations WHERE status = 'completed'")
+        sqlx::query_scalar("SELECT count(*) FROM public.mtnt_tenant_migrations WHERE tenant = 't000' AND status = 'completed'")
             .fetch_one(&pool)
             .await
             .unwrap();

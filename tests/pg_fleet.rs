@@ -94,7 +94,7 @@ async fn registered_tenants_without_schemas_are_created_by_migrate() {
     assert_eq!(status.summary(), "5/5 tenants current, 0 behind, 0 failed");
 
     // A first migration that fails takes the new schema with it, but the failure is
-    // recorded: in a tracking table made for it, and in the registry.
+    // recorded: in its tracking rows, and in the registry.
     sqlx::query("INSERT INTO public.mtnt_tenants (name, schema_name) VALUES ('t6', 't6')")
         .execute(&pool)
         .await
@@ -130,10 +130,10 @@ async fn up_to_date_tenants_are_skipped_and_every_change_is_seen() {
         .await
         .expect("tenant create records one");
 
-    // With a's tracking table locked, a session would wait on it: the run only finishes
-    // because an up-to-date tenant costs no session.
+    // With the tenants' tracking table locked, a session would wait on it: the run only
+    // finishes because an up-to-date tenant costs no session.
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE a.mtnt_migrations IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE public.mtnt_tenant_migrations IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *blocker)
         .await
         .unwrap();
@@ -173,7 +173,8 @@ async fn up_to_date_tenants_are_skipped_and_every_change_is_seen() {
     // A tracking row deleted by hand (to run a migration again) clears the fingerprint,
     // so the next run looks at the tenant in full.
     sqlx::raw_sql(
-        "DELETE FROM a.mtnt_migrations WHERE migration_order = 202409010003; DROP TABLE a.notes",
+        "DELETE FROM public.mtnt_tenant_migrations WHERE tenant = 'a' AND migration_order = 202409010003; \
+         DROP TABLE a.notes",
     )
     .execute(&pool)
     .await
@@ -186,7 +187,7 @@ async fn up_to_date_tenants_are_skipped_and_every_change_is_seen() {
 
     // A checksum edited in a tracking table is refused, as without the fast path.
     sqlx::query(
-        "UPDATE b.mtnt_migrations SET checksum = 'edited' WHERE migration_order = 202409010001",
+        "UPDATE public.mtnt_tenant_migrations SET checksum = 'edited' WHERE tenant = 'b' AND migration_order = 202409010001",
     )
     .execute(&pool)
     .await

@@ -237,6 +237,18 @@ impl Model {
                 };
                 conn.execute(&format!("SET search_path TO \"{schema}\""))
                     .await;
+                if let Place::Tenant(t) = place {
+                    // The tenant's rows of the shared tracking table, under the name the
+                    // other models give their tracking table: a temporary view, which
+                    // PostgreSQL finds before the schema's tables and which reads and
+                    // writes the real rows (and fires their trigger).
+                    conn.execute(&format!(
+                        "DO $v$ BEGIN IF to_regclass('public.mtnt_tenant_migrations') IS NOT NULL THEN \
+                         CREATE TEMP VIEW mtnt_migrations AS SELECT * FROM public.mtnt_tenant_migrations WHERE tenant = '{t}'; \
+                         ALTER VIEW mtnt_migrations ALTER COLUMN tenant SET DEFAULT '{t}'; END IF; END $v$"
+                    ))
+                    .await;
+                }
                 conn
             }
             (Kind::PgDatabase | Kind::MySql, Place::Control) => {
@@ -304,8 +316,14 @@ impl Model {
         found
     }
 
-    /// Whether `place` has a table named `table`.
+    /// Whether `place` has a table named `table`. For a tenant of schema per tenant,
+    /// `mtnt_migrations` means its rows of the shared tracking table: whether it has any.
     pub async fn table_exists(&self, place: Place<'_>, table: &str) -> bool {
+        if let (Kind::PgSchema, Place::Tenant(t), "mtnt_migrations") = (self.kind, place, table) {
+            let sql =
+                format!("SELECT count(*) FROM public.mtnt_tenant_migrations WHERE tenant = '{t}'");
+            return self.int(Place::Control, &sql).await.unwrap_or(0) > 0;
+        }
         if let Place::Tenant(t) = place {
             if !self.storage_exists(t).await {
                 return false;

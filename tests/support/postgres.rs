@@ -184,7 +184,7 @@ pub async fn column_exists(pool: &PgPool, schema: &str, table: &str, column: &st
     .expect("query information_schema.columns")
 }
 
-/// One row of a schema's `mtnt_migrations`, read with plain SQL.
+/// One tracking row of a tenant, read with plain SQL.
 #[derive(Clone, Debug)]
 pub struct TrackingRow {
     /// The migration's order.
@@ -205,17 +205,16 @@ pub struct TrackingRow {
     pub error: Option<String>,
 }
 
-/// The rows of `schema.mtnt_migrations`, by order.
-pub async fn tracking_rows(pool: &PgPool, schema: &str) -> Vec<TrackingRow> {
-    let sql = format!(
+/// The tracking rows of `tenant` (schema per tenant, control schema `public`), by order.
+pub async fn tracking_rows(pool: &PgPool, tenant: &str) -> Vec<TrackingRow> {
+    let rows = sqlx::query(
         "SELECT migration_order, name, checksum, status, started_at, finished_at, duration_ms, error \
-         FROM \"{}\".mtnt_migrations ORDER BY migration_order",
-        schema.replace('"', "\"\"")
-    );
-    let rows = sqlx::query(&sql)
-        .fetch_all(pool)
-        .await
-        .unwrap_or_else(|e| panic!("read {schema}.mtnt_migrations: {e}"));
+         FROM public.mtnt_tenant_migrations WHERE tenant = $1 ORDER BY migration_order",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .unwrap_or_else(|e| panic!("read the tracking rows of {tenant}: {e}"));
     rows.iter()
         .map(|row| TrackingRow {
             migration_order: row.get("migration_order"),

@@ -7,6 +7,7 @@ mod pg_database;
 mod pg_lease;
 mod pg_lock;
 mod pg_shared;
+mod pg_tracking;
 mod postgres;
 mod session;
 mod sql;

@@ -7,7 +7,8 @@ use sqlx::{Connection, PgConnection};
 
 use super::control::{RunControl, Timeouts};
 use super::invoke::{connection_lost, exec_postgres};
-use super::pg_shared::{apply_new_tenant, is_db_code, record_sql, tracking_ddl};
+use super::pg_shared::{apply_new_tenant, is_db_code};
+use super::pg_tracking::Tracking;
 use super::postgres::PostgresBackend;
 use super::sql::quote_ident;
 use crate::{
@@ -169,16 +170,17 @@ impl PgDatabaseBackend {
     ) -> Result<()> {
         let mut conn = self.connect_tenant(tenant).await?;
         let schema_q = quote_ident(TENANT_SCHEMA);
+        let tracking = Tracking::own(&schema_q);
         let result = async {
             exec_postgres(
                 &mut conn,
                 &format!(
                     "BEGIN; {}; SET LOCAL search_path TO {schema_q}",
-                    tracking_ddl(&schema_q)
+                    tracking.own_ddl()
                 ),
             )
             .await?;
-            apply_new_tenant(&mut conn, tenant, &schema_q, migrations).await?;
+            apply_new_tenant(&mut conn, tenant, &tracking, migrations).await?;
             exec_postgres(&mut conn, "COMMIT").await?;
             Ok(())
         }
@@ -197,21 +199,18 @@ impl PgDatabaseBackend {
     ) -> Result<Option<i64>> {
         let mut conn = self.connect_tenant(tenant).await?;
         let schema_q = quote_ident(TENANT_SCHEMA);
-        let mut sql = format!("BEGIN; {};", tracking_ddl(&schema_q));
+        let tracking = Tracking::own(&schema_q);
+        let mut sql = format!("BEGIN; {};", tracking.own_ddl());
         for migration in baseline {
-            sql.push_str(&record_sql(
-                &schema_q,
-                migration,
-                MigrationStatus::Completed,
-                true,
-            ));
+            sql.push_str(&tracking.record(migration, MigrationStatus::Completed, true));
             sql.push(';');
         }
         sql.push_str("COMMIT");
         let result = async {
             exec_postgres(&mut conn, &sql).await?;
             let applied: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT max(migration_order) FROM {schema_q}.mtnt_migrations WHERE status = 'completed'"
+                "SELECT o FROM ({}) AS s (o, f)",
+                tracking.summary()
             ))
             .fetch_one(&mut conn)
             .await?;

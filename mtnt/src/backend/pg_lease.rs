@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use super::control::{Heartbeat, RunControl, RunIdentity, RunLease};
 use super::invoke::exec_postgres;
-use super::sql::quote_ident;
+use super::pg_tracking::shared_table;
 use crate::{Error, Result, TenantName};
 
 /// [`RunControl`] on a PostgreSQL control schema.
@@ -16,6 +16,8 @@ pub(crate) struct PgControl {
     pool: PgPool,
     runs: String,
     registry: String,
+    /// The shared tracking table of schema per tenant.
+    tracking: String,
 }
 
 impl PgControl {
@@ -25,6 +27,7 @@ impl PgControl {
             pool,
             runs: format!("{control_q}.mtnt_runs"),
             registry,
+            tracking: shared_table(control_q),
         }
     }
 
@@ -208,12 +211,13 @@ impl RunControl for PgControl {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let name: String = row.try_get("name")?;
-        let schema: String = row.try_get("schema_name")?;
         let order: i64 = row.try_get("applied_order")?;
+        // Database per tenant keeps the rows in the tenant's database: unknown here.
         let recorded: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT name FROM {}.mtnt_migrations WHERE migration_order = $1",
-            quote_ident(&schema)
+            "SELECT name FROM {} WHERE tenant = $1 AND migration_order = $2",
+            self.tracking
         ))
+        .bind(&name)
         .bind(order)
         .fetch_optional(&self.pool)
         .await

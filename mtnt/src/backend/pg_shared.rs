@@ -8,53 +8,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, Postgres};
 
 use super::invoke::{exec_postgres, invoke};
-use super::sql::quote_literal;
+use super::pg_tracking::Tracking;
 use crate::ctx::CtxConn;
-use crate::{Ctx, Error, Migration, MigrationStatus, Result, Target, Tenant};
-
-/// The tracking table of one schema.
-pub(super) fn tracking_ddl(schema_q: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {schema_q}.mtnt_migrations (
-            migration_order bigint PRIMARY KEY,
-            name text NOT NULL,
-            checksum text NOT NULL,
-            status text NOT NULL CHECK (status IN ('pending', 'started', 'failed', 'completed')),
-            started_at timestamptz,
-            finished_at timestamptz,
-            duration_ms bigint,
-            error text
-        )"
-    )
-}
-
-/// Upserts a tracking row for `migration` with `status`, timed from the transaction start.
-pub(super) fn record_sql(
-    schema_q: &str,
-    migration: &Migration,
-    status: MigrationStatus,
-    finished: bool,
-) -> String {
-    let (finished_at, duration) = if finished {
-        (
-            "clock_timestamp()",
-            "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint",
-        )
-    } else {
-        ("NULL", "NULL")
-    };
-    format!(
-        "INSERT INTO {schema_q}.mtnt_migrations AS t (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
-         VALUES ({order}, {name}, {checksum}, '{status}', now(), {finished_at}, {duration}, NULL) \
-         ON CONFLICT (migration_order) DO UPDATE SET name = excluded.name, checksum = excluded.checksum, \
-         status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, \
-         duration_ms = excluded.duration_ms, error = NULL",
-        order = migration.order(),
-        name = quote_literal(migration.name()),
-        checksum = quote_literal(migration.checksum()),
-        status = status.as_str(),
-    )
-}
+use crate::{Ctx, Error, Migration, Result, Target, Tenant};
 
 /// Whether `error` is a database error with SQLSTATE `code`.
 pub(super) fn is_db_code(error: &sqlx::Error, code: &str) -> bool {
@@ -62,11 +18,11 @@ pub(super) fn is_db_code(error: &sqlx::Error, code: &str) -> bool {
 }
 
 /// Runs the up functions of a new tenant's `migrations` on `conn`, inside the caller's
-/// open transaction, recording each as `completed` in `schema_q.mtnt_migrations`.
+/// open transaction, recording each as `completed` in `tracking`.
 pub(super) async fn apply_new_tenant(
     conn: &mut PgConnection,
     tenant: &Tenant,
-    schema_q: &str,
+    tracking: &Tracking,
     migrations: &[&'static Migration],
 ) -> Result<()> {
     for &migration in migrations {
@@ -83,14 +39,7 @@ pub(super) async fn apply_new_tenant(
         // Recorded as it finishes (in the same transaction), so that each row has its
         // own start and end; `now()` would give every row the transaction's start.
         let micros = started.elapsed().as_micros() as i64;
-        let record = format!(
-            "INSERT INTO {schema_q}.mtnt_migrations (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
-             VALUES ({order}, {name}, {checksum}, 'completed', clock_timestamp() - interval '{micros} microseconds', clock_timestamp(), {ms}, NULL)",
-            order = migration.order(),
-            name = quote_literal(migration.name()),
-            checksum = quote_literal(migration.checksum()),
-            ms = micros / 1000,
-        );
+        let record = tracking.record_completed(migration, micros);
         exec_postgres(conn, &record).await?;
     }
     Ok(())

@@ -9,7 +9,8 @@ use super::control::{RunControl, Timeouts};
 use super::invoke::{connection_lost, exec_postgres, invoke};
 use super::pg_lease::PgControl;
 use super::pg_lock;
-use super::pg_shared::{apply_new_tenant, is_db_code, record_sql, tracking_ddl, PgConn};
+use super::pg_shared::{apply_new_tenant, is_db_code, PgConn};
+use super::pg_tracking::{shared_ddl, shared_table, Tracking};
 use super::sql::{quote_ident, quote_literal};
 use crate::ctx::CtxConn;
 use crate::migrate::Silent;
@@ -21,8 +22,9 @@ use crate::{
 
 /// PostgreSQL with one schema per tenant, all in one database.
 ///
-/// The control schema (default `public`) holds the tenant registry `mtnt_tenants` and the
-/// tracking table of public migrations; every tenant schema holds its own `mtnt_migrations`.
+/// The control schema (default `public`) holds the tenant registry `mtnt_tenants`, the
+/// tracking table of public migrations `mtnt_migrations`, and the tracking rows of every
+/// tenant, `mtnt_tenant_migrations` (see `pg_tracking.rs` for why they are shared).
 #[derive(Clone, Debug)]
 pub struct PostgresBackend {
     pool: PgPool,
@@ -103,6 +105,18 @@ impl PostgresBackend {
         }
     }
 
+    /// Brings the registry row of `tenant` in line with its tracking rows: newest
+    /// completed migration, fingerprint, no failure.
+    fn registry_update(&self, tenant: &Tenant, tracking: &Tracking) -> String {
+        format!(
+            "UPDATE {registry} SET (applied_order, fingerprint) = ({summary}), \
+             failed_order = NULL, last_error = NULL, updated_at = now() WHERE name = {name}",
+            registry = self.registry(),
+            summary = tracking.summary(),
+            name = quote_literal(tenant.name.as_str()),
+        )
+    }
+
     fn select_records(&self) -> String {
         format!(
             "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error FROM {}",
@@ -111,32 +125,48 @@ impl PostgresBackend {
     }
 }
 
-/// Makes any change of a tenant's tracking table clear the tenant's fingerprint in the
-/// registry (`mtnt_tracking_changed`, made by `prepare`): a change made by hand (a row
-/// deleted to run a migration again, an edited checksum) leaves none, so a fleet run opens
-/// a session for the tenant and checks its tracking table in full. Transactions that
-/// write the new fingerprint themselves set [`OWN_BOOKKEEPING`] and skip the trigger.
-fn tracking_trigger_sql(control_q: &str, schema_q: &str) -> String {
+/// Makes any change of the shared tracking table clear the changed tenants' fingerprints
+/// in the registry: a change made by hand (a row deleted to run a migration again, an
+/// edited checksum) leaves none, so a fleet run opens a session for the tenant and checks
+/// its tracking rows in full. Transactions that write the new fingerprint themselves set
+/// [`OWN_BOOKKEEPING`] and skip the trigger. As its owner: whoever may edit the tracking
+/// table may clear the fingerprint, without a grant on the registry.
+fn tracking_trigger_sql(control_q: &str, registry: &str) -> String {
+    let table = shared_table(control_q);
+    let control_l = quote_literal(control_q);
     format!(
-        "DROP TRIGGER IF EXISTS mtnt_changed ON {schema_q}.mtnt_migrations; \
-         CREATE TRIGGER mtnt_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {schema_q}.mtnt_migrations \
-         FOR EACH STATEMENT WHEN (pg_catalog.current_setting('mtnt.bookkeeping', true) IS DISTINCT FROM 'on') \
-         EXECUTE FUNCTION {control_q}.mtnt_tracking_changed()"
+        "IF NOT EXISTS (SELECT FROM pg_proc WHERE proname = 'mtnt_tenant_tracking_changed'
+                        AND pronamespace = {control_l}::regnamespace) THEN
+            CREATE FUNCTION {control_q}.mtnt_tenant_tracking_changed() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+            BEGIN
+                IF TG_LEVEL = 'STATEMENT' THEN
+                    UPDATE {registry} SET fingerprint = NULL WHERE fingerprint IS NOT NULL;
+                    RETURN NULL;
+                END IF;
+                IF TG_OP <> 'INSERT' THEN
+                    UPDATE {registry} SET fingerprint = NULL WHERE name = OLD.tenant AND fingerprint IS NOT NULL;
+                END IF;
+                IF TG_OP <> 'DELETE' THEN
+                    UPDATE {registry} SET fingerprint = NULL WHERE name = NEW.tenant AND fingerprint IS NOT NULL;
+                END IF;
+                RETURN NULL;
+            END $fn$;
+         END IF;
+         IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = {table_l}::regclass AND tgname = 'mtnt_changed') THEN
+            CREATE TRIGGER mtnt_changed AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW
+            WHEN (pg_catalog.current_setting('mtnt.bookkeeping', true) IS DISTINCT FROM 'on')
+            EXECUTE FUNCTION {control_q}.mtnt_tenant_tracking_changed();
+            CREATE TRIGGER mtnt_truncated AFTER TRUNCATE ON {table} FOR EACH STATEMENT
+            EXECUTE FUNCTION {control_q}.mtnt_tenant_tracking_changed();
+         END IF;",
+        table_l = quote_literal(&table),
     )
 }
 
 /// Set in a transaction that updates the registry's fingerprint along with the tracking
-/// table: the trigger of [`tracking_trigger_sql`] need not clear it first.
+/// rows: the trigger of [`tracking_trigger_sql`] need not clear it first.
 const OWN_BOOKKEEPING: &str = "SET LOCAL mtnt.bookkeeping = on";
-
-/// The registry's summary of a tracking table: its newest completed migration and the
-/// [`fingerprint`](crate::fingerprint) of all completed ones, as one row of two columns.
-fn summary_sql(schema_q: &str) -> String {
-    format!(
-        "SELECT max(migration_order), encode(sha256(convert_to(coalesce(string_agg(migration_order::text || ':' || checksum, \
-         ',' ORDER BY migration_order), ''), 'UTF8')), 'hex') FROM {schema_q}.mtnt_migrations WHERE status = 'completed'"
-    )
-}
 
 #[async_trait]
 impl Backend for PostgresBackend {
@@ -167,30 +197,21 @@ impl Backend for PostgresBackend {
                 fingerprint text
              );
              {tracking};
+             {shared};
              DO $mtnt$ BEGIN
                 IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
                                AND attname = 'fingerprint' AND NOT attisdropped) THEN
                     ALTER TABLE {registry} ADD COLUMN fingerprint text;
                 END IF;
-                IF NOT EXISTS (SELECT FROM pg_proc WHERE proname = 'mtnt_tracking_changed'
-                               AND pronamespace = {control_l}::regnamespace) THEN
-                    -- As its owner: whoever may edit a tracking table may clear the
-                    -- fingerprint, without a grant on the registry.
-                    CREATE FUNCTION {control}.mtnt_tracking_changed() RETURNS trigger
-                    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
-                    BEGIN
-                        UPDATE {registry} SET fingerprint = NULL
-                        WHERE schema_name = TG_TABLE_SCHEMA AND fingerprint IS NOT NULL;
-                        RETURN NULL;
-                    END $fn$;
-                END IF;
+                {trigger}
              END $mtnt$;
              COMMIT",
             control = self.control_q,
             registry = self.registry(),
             registry_l = quote_literal(&self.registry()),
-            control_l = quote_literal(&self.control_q),
-            tracking = tracking_ddl(&self.control_q),
+            tracking = Tracking::own(&self.control_q).own_ddl(),
+            shared = shared_ddl(&self.control_q, &self.registry()),
+            trigger = tracking_trigger_sql(&self.control_q, &self.registry()),
         );
         let mut conn = self.pool.acquire().await?;
         if let Err(e) = exec_postgres(&mut conn, &sql).await {
@@ -285,15 +306,13 @@ impl Backend for PostgresBackend {
             Target::Public => self.control_q.clone(),
             Target::Tenant(_) => self.tenant_search_path(&schema_q),
         };
+        let tracking = match target {
+            Target::Public => Tracking::own(&schema_q),
+            Target::Tenant(t) => Tracking::shared(&self.control_q, t.name.as_str()),
+        };
         let registry_update = match target {
             Target::Public => None,
-            Target::Tenant(t) => Some(format!(
-                "UPDATE {registry} SET (applied_order, fingerprint) = ({summary}), \
-                 failed_order = NULL, last_error = NULL, updated_at = now() WHERE name = {name}",
-                registry = self.registry(),
-                summary = summary_sql(&schema_q),
-                name = quote_literal(t.name.as_str()),
-            )),
+            Target::Tenant(t) => Some(self.registry_update(t, &tracking)),
         };
         Ok(Box::new(PgSession {
             backend: self,
@@ -302,6 +321,7 @@ impl Backend for PostgresBackend {
             lock_key,
             schema_q,
             search_path,
+            tracking,
             registry_update,
             setup: None,
         }))
@@ -320,18 +340,15 @@ impl Backend for PostgresBackend {
              SELECT pg_advisory_xact_lock(hashtext('mtnt'), hashtext({lock_key}));
              INSERT INTO {registry} (name, schema_name, state) VALUES ({name}, {schema}, 'creating');
              CREATE SCHEMA {schema_q};
-             {tracking};
-             {trigger};
              {OWN_BOOKKEEPING};
              SET LOCAL search_path TO {search_path}",
-            trigger = tracking_trigger_sql(&self.control_q, &schema_q),
             search_path = self.tenant_search_path(&schema_q),
             registry = self.registry(),
             name = quote_literal(tenant.name.as_str()),
             schema = quote_literal(&tenant.schema),
-            tracking = tracking_ddl(&schema_q),
             lock_key = quote_literal(&pg_lock::tenant_key(&tenant.schema)),
         );
+        let tracking = Tracking::shared(&self.control_q, tenant.name.as_str());
         let result = async {
             if let Err(e) = exec_postgres(&mut conn, &begin).await {
                 if is_db_code(&e, "23505") {
@@ -345,13 +362,13 @@ impl Backend for PostgresBackend {
                 }
                 return Err(e.into());
             }
-            apply_new_tenant(&mut conn, tenant, &schema_q, migrations).await?;
+            apply_new_tenant(&mut conn, tenant, &tracking, migrations).await?;
             let finish = format!(
                 "UPDATE {registry} SET state = '{state}', (applied_order, fingerprint) = ({summary}), updated_at = now() \
                  WHERE name = {name}; COMMIT",
                 registry = self.registry(),
                 state = if activate { "active" } else { "creating" },
-                summary = summary_sql(&schema_q),
+                summary = tracking.summary(),
                 name = quote_literal(tenant.name.as_str()),
             );
             exec_postgres(&mut conn, &finish).await?;
@@ -377,7 +394,7 @@ impl Backend for PostgresBackend {
 
     async fn drop_tenant(&self, tenant: &Tenant) -> Result<()> {
         let sql = format!(
-            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('mtnt'), hashtext({})); \
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('mtnt'), hashtext({})); {OWN_BOOKKEEPING}; \
              DROP SCHEMA IF EXISTS {} CASCADE; DELETE FROM {} WHERE name = {}; COMMIT",
             quote_literal(&pg_lock::tenant_key(&tenant.schema)),
             quote_ident(&tenant.schema),
@@ -440,29 +457,22 @@ impl Backend for PostgresBackend {
                 continue;
             };
             let tenant = Tenant { name, schema };
-            let schema_q = quote_ident(&tenant.schema);
+            let tracking = Tracking::shared(&self.control_q, tenant.name.as_str());
             let mut sql = format!(
-                "BEGIN; {tracking}; {trigger}; INSERT INTO {registry} (name, schema_name, state, applied_order) VALUES ({name}, {schema}, 'active', {applied});",
-                tracking = tracking_ddl(&schema_q),
-                trigger = tracking_trigger_sql(&self.control_q, &schema_q),
+                "BEGIN; {OWN_BOOKKEEPING}; INSERT INTO {registry} (name, schema_name, state, applied_order) VALUES ({name}, {schema}, 'active', {applied});",
                 registry = self.registry(),
                 name = quote_literal(tenant.name.as_str()),
                 schema = quote_literal(&tenant.schema),
                 applied = baseline.iter().map(|m| m.order()).max().map_or("NULL".to_owned(), |o| o.to_string()),
             );
             for migration in baseline {
-                sql.push_str(&record_sql(
-                    &schema_q,
-                    migration,
-                    MigrationStatus::Completed,
-                    true,
-                ));
+                sql.push_str(&tracking.record(migration, MigrationStatus::Completed, true));
                 sql.push(';');
             }
             sql.push_str(&format!(
                 "UPDATE {registry} SET fingerprint = (SELECT f FROM ({summary}) AS s (o, f)) WHERE name = {name}; COMMIT",
                 registry = self.registry(),
-                summary = summary_sql(&schema_q),
+                summary = tracking.summary(),
                 name = quote_literal(tenant.name.as_str()),
             ));
             if let Err(e) = exec_postgres(&mut conn, &sql).await {
@@ -591,6 +601,7 @@ impl PostgresBackend {
             lock_key: pg_lock::tenant_key(&tenant.schema),
             schema_q: quote_ident("public"),
             search_path: quote_ident("public"),
+            tracking: Tracking::own(&quote_ident("public")),
             registry_update: None,
             setup: None,
         })
@@ -614,6 +625,7 @@ struct PgSession<'a> {
     lock_key: String,
     schema_q: String,
     search_path: String,
+    tracking: Tracking,
     registry_update: Option<String>,
     /// Creates the target's missing tracking table (and a tenant's missing schema: a
     /// registered tenant that was never migrated), sent with the next change, in its
@@ -655,21 +667,13 @@ impl PgSession<'_> {
         error: &Error,
         status: MigrationStatus,
     ) -> Result<()> {
-        // The failed transaction took a new schema with it: the failure needs a row.
-        self.run_setup().await?;
+        if !self.tracking.is_shared() {
+            // The failed transaction took a new tracking table with it: the failure needs
+            // a row.
+            self.run_setup().await?;
+        }
         let message = error.to_string();
-        let sql = format!(
-            "INSERT INTO {}.mtnt_migrations AS t (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
-             VALUES ($1, $2, $3, $4, now(), clock_timestamp(), NULL, $5) \
-             ON CONFLICT (migration_order) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, error = excluded.error \
-             WHERE t.status <> 'completed'",
-            self.schema_q
-        );
-        sqlx::query(&sql)
-            .bind(migration.order())
-            .bind(migration.name())
-            .bind(migration.checksum())
-            .bind(status.as_str())
+        sqlx::query(&self.tracking.record_failure(migration, status))
             .bind(&message)
             .execute(&mut *self.conn)
             .await?;
@@ -728,13 +732,11 @@ impl PgSession<'_> {
         let mut result = invoke(function, &mut ctx).await;
         if result.is_ok() {
             let record = match direction {
-                Direction::Up => record_sql(&self.schema_q, migration, MigrationStatus::Completed, true),
-                Direction::Down => format!(
-                    "UPDATE {}.mtnt_migrations SET status = 'pending', started_at = now(), finished_at = clock_timestamp(), \
-                     duration_ms = (extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint, error = NULL \
-                     WHERE migration_order = {}",
-                    self.schema_q,
-                    migration.order()
+                Direction::Up => self.tracking.record(migration, MigrationStatus::Completed, true),
+                Direction::Down => self.tracking.update(
+                    "status = 'pending', started_at = now(), finished_at = clock_timestamp(), \
+                     duration_ms = (extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint, error = NULL",
+                    migration.order(),
                 ),
             };
             result = self.run(&self.commit_sql(&record)).await;
@@ -765,12 +767,11 @@ impl PgSession<'_> {
         let function = migration.function(direction, self.target)?;
         self.run_setup().await?;
         if direction == Direction::Up {
-            self.run(&record_sql(
-                &self.schema_q,
-                migration,
-                MigrationStatus::Started,
-                false,
-            ))
+            self.run(
+                &self
+                    .tracking
+                    .record(migration, MigrationStatus::Started, false),
+            )
             .await?;
         }
         self.run(&format!(
@@ -799,17 +800,14 @@ impl PgSession<'_> {
         }
         reset?;
         let record = match direction {
-            Direction::Up => format!(
-                "UPDATE {}.mtnt_migrations SET status = 'completed', finished_at = clock_timestamp(), \
-                 duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::bigint, error = NULL \
-                 WHERE migration_order = {}",
-                self.schema_q,
-                migration.order()
+            Direction::Up => self.tracking.update(
+                "status = 'completed', finished_at = clock_timestamp(), \
+                 duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::bigint, error = NULL",
+                migration.order(),
             ),
-            Direction::Down => format!(
-                "UPDATE {}.mtnt_migrations SET status = 'pending', finished_at = clock_timestamp(), error = NULL WHERE migration_order = {}",
-                self.schema_q,
-                migration.order()
+            Direction::Down => self.tracking.update(
+                "status = 'pending', finished_at = clock_timestamp(), error = NULL",
+                migration.order(),
             ),
         };
         self.run(&format!("BEGIN; {}", self.commit_sql(&record)))
@@ -833,36 +831,37 @@ fn applied_from_row(row: &PgRow) -> Result<AppliedMigration> {
 #[async_trait]
 impl Session for PgSession<'_> {
     async fn applied(&mut self) -> Result<Vec<AppliedMigration>> {
-        let sql = format!(
-            "SELECT migration_order, name, checksum, status, started_at, finished_at, duration_ms, error \
-             FROM {}.mtnt_migrations ORDER BY migration_order",
-            self.schema_q
-        );
-        // Unprepared (one round trip): the statement names the tenant's schema, so a
-        // prepared one would never be used again, only fill the connection's cache.
+        // Unprepared (one round trip): the statement names the target, so a prepared one
+        // would never be used again, only fill the connection's cache.
+        if self.tracking.is_shared() {
+            let sql = self.tracking.select_applied_and_schema(&self.schema_q);
+            let rows = fetch_unprepared(&mut self.conn, &sql).await?;
+            // A registered tenant without a schema yet (registered in bulk, or its schema
+            // is to be made by mtnt) gets it with its first change, in that transaction.
+            let schema_exists: bool = match rows.first() {
+                Some(row) => row.try_get("schema_exists")?,
+                None => true,
+            };
+            self.setup = (!schema_exists).then(|| format!("CREATE SCHEMA {}", self.schema_q));
+            return rows
+                .iter()
+                .filter(|row| {
+                    row.try_get::<Option<i64>, _>("migration_order")
+                        .is_ok_and(|order| order.is_some())
+                })
+                .map(applied_from_row)
+                .collect();
+        }
+        let sql = self.tracking.select_applied();
         let rows = match fetch_unprepared(&mut self.conn, &sql).await {
             Ok(rows) => {
                 self.setup = None;
                 rows
             }
-            // A registered tenant without a schema yet (registered in bulk, or its schema
-            // is to be made by mtnt), or an adopted or hand-made schema without a tracking
-            // table: both are created with the first change, in its transaction.
+            // A target without a tracking table yet: it is created with the first change,
+            // in its transaction.
             Err(e) if is_db_code(&e, "42P01") => {
-                let tracking = tracking_ddl(&self.schema_q);
-                self.setup = Some(match self.target {
-                    Target::Public => tracking,
-                    // Schema per tenant (the registry is in this database). `CREATE SCHEMA
-                    // IF NOT EXISTS` would need the CREATE privilege even when it exists.
-                    Target::Tenant(_) if self.registry_update.is_some() => format!(
-                        "DO $mtnt$ BEGIN IF to_regnamespace({schema_l}) IS NULL THEN CREATE SCHEMA {schema_q}; \
-                         END IF; END $mtnt$; {tracking}; {trigger}",
-                        schema_l = quote_literal(&self.schema_q),
-                        schema_q = self.schema_q,
-                        trigger = tracking_trigger_sql(&self.backend.control_q, &self.schema_q)
-                    ),
-                    Target::Tenant(_) => tracking,
-                });
+                self.setup = Some(self.tracking.own_ddl());
                 Vec::new()
             }
             Err(e) => return Err(e.into()),
@@ -897,16 +896,16 @@ impl Session for PgSession<'_> {
     async fn set_checksum(&mut self, order: i64, checksum: &str) -> Result<()> {
         self.lock().await?;
         let mut sql = format!(
-            "BEGIN; UPDATE {}.mtnt_migrations SET checksum = {} WHERE migration_order = {order};",
-            self.schema_q,
-            quote_literal(checksum)
+            "BEGIN; {OWN_BOOKKEEPING}; {};",
+            self.tracking
+                .update(&format!("checksum = {}", quote_literal(checksum)), order)
         );
         if let (Target::Tenant(t), Some(_)) = (self.target, &self.registry_update) {
             // The fingerprint covers the checksums; a failure stays recorded.
             sql.push_str(&format!(
                 "UPDATE {} SET fingerprint = (SELECT f FROM ({}) AS s (o, f)) WHERE name = {};",
                 self.backend.registry(),
-                summary_sql(&self.schema_q),
+                self.tracking.summary(),
                 quote_literal(t.name.as_str())
             ));
         }
@@ -920,7 +919,7 @@ impl Session for PgSession<'_> {
 
     async fn mark(&mut self, migration: &'static Migration, status: MigrationStatus) -> Result<()> {
         self.lock().await?;
-        let record = record_sql(&self.schema_q, migration, status, true);
+        let record = self.tracking.record(migration, status, true);
         let sql = format!(
             "BEGIN; {}{}",
             self.setup

@@ -16,7 +16,7 @@ use crate::{MigrationSet, Scope};
 /// ```sql
 /// SELECT encode(sha256(convert_to(coalesce(string_agg(migration_order::text || ':' || checksum,
 ///        ',' ORDER BY migration_order), ''), 'UTF8')), 'hex')
-/// FROM mtnt_migrations WHERE status = 'completed'
+/// FROM mtnt_tenant_migrations WHERE tenant = 'acme' AND status = 'completed'
 /// ```
 ///
 /// ```

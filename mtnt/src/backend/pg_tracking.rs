@@ -1,0 +1,213 @@
+//! Where PostgreSQL keeps a target's tracking rows, and the SQL that reads and writes them.
+//!
+//! Schema per tenant keeps every tenant's rows in one shared table of the control schema,
+//! `mtnt_tenant_migrations`, keyed on (tenant, order): a tracking table in each tenant
+//! schema would add a table, its TOAST table and two indexes (four files and their
+//! catalog rows) to every tenant, about a quarter of the server's work of migrating a
+//! new tenant. The public migrations, and each tenant database of database per tenant,
+//! have a `mtnt_migrations` table of their own.
+
+use super::sql::quote_literal;
+use crate::{Migration, MigrationStatus};
+
+/// The columns of a tracking row, in the order [`Tracking::select_applied`] returns them.
+const COLUMNS: &str =
+    "migration_order, name, checksum, status, started_at, finished_at, duration_ms, error";
+
+/// The columns and checks a tracking row has wherever it is kept.
+const ROW_DDL: &str = "migration_order bigint NOT NULL,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    status text NOT NULL CHECK (status IN ('pending', 'started', 'failed', 'completed')),
+    started_at timestamptz,
+    finished_at timestamptz,
+    duration_ms bigint,
+    error text";
+
+/// The tracking rows of one target.
+#[derive(Clone, Debug)]
+pub(super) struct Tracking {
+    /// The qualified table.
+    table: String,
+    /// The tenant's name as a literal, when the table is shared by all tenants.
+    tenant: Option<String>,
+}
+
+impl Tracking {
+    /// The table `schema_q.mtnt_migrations`, of one target alone.
+    pub(super) fn own(schema_q: &str) -> Self {
+        Self {
+            table: format!("{schema_q}.mtnt_migrations"),
+            tenant: None,
+        }
+    }
+
+    /// The rows of `tenant` in the shared table of the control schema `control_q`.
+    pub(super) fn shared(control_q: &str, tenant: &str) -> Self {
+        Self {
+            table: shared_table(control_q),
+            tenant: Some(quote_literal(tenant)),
+        }
+    }
+
+    /// Whether the table is shared (and created by `prepare`, never by a session).
+    pub(super) fn is_shared(&self) -> bool {
+        self.tenant.is_some()
+    }
+
+    /// Creates the table of [`Tracking::own`] if it is missing.
+    pub(super) fn own_ddl(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} ({ROW_DDL}, PRIMARY KEY (migration_order))",
+            self.table
+        )
+    }
+
+    /// `WHERE` with the tenant's key and `condition`.
+    fn filter(&self, condition: &str) -> String {
+        match (&self.tenant, condition.is_empty()) {
+            (Some(t), true) => format!("WHERE tenant = {t}"),
+            (Some(t), false) => format!("WHERE tenant = {t} AND {condition}"),
+            (None, true) => String::new(),
+            (None, false) => format!("WHERE {condition}"),
+        }
+    }
+
+    /// Every row, by order.
+    pub(super) fn select_applied(&self) -> String {
+        format!(
+            "SELECT {COLUMNS} FROM {} {} ORDER BY migration_order",
+            self.table,
+            self.filter("")
+        )
+    }
+
+    /// Every row, by order, each with a first column `schema_exists`: whether the schema
+    /// `schema_q` exists. A single row with only that column set when there are no rows.
+    pub(super) fn select_applied_and_schema(&self, schema_q: &str) -> String {
+        format!(
+            "SELECT s.schema_exists, m.* FROM (SELECT to_regnamespace({}) IS NOT NULL AS schema_exists) AS s \
+             LEFT JOIN (SELECT {COLUMNS} FROM {} {}) AS m ON true ORDER BY m.migration_order",
+            quote_literal(schema_q),
+            self.table,
+            self.filter("")
+        )
+    }
+
+    /// `UPDATE ... SET assignments` of the row of `order`.
+    pub(super) fn update(&self, assignments: &str, order: i64) -> String {
+        format!(
+            "UPDATE {} SET {assignments} {}",
+            self.table,
+            self.filter(&format!("migration_order = {order}"))
+        )
+    }
+
+    /// `INSERT INTO table (columns) VALUES (values)`, with the tenant's key where shared;
+    /// `values` are in the order of [`COLUMNS`].
+    fn insert(&self, values: &str) -> String {
+        match &self.tenant {
+            Some(t) => format!(
+                "INSERT INTO {} AS t (tenant, {COLUMNS}) VALUES ({t}, {values})",
+                self.table
+            ),
+            None => format!(
+                "INSERT INTO {} AS t ({COLUMNS}) VALUES ({values})",
+                self.table
+            ),
+        }
+    }
+
+    /// `ON CONFLICT (key)`: the row of one migration.
+    fn conflict(&self) -> &'static str {
+        match self.tenant {
+            Some(_) => "ON CONFLICT (tenant, migration_order)",
+            None => "ON CONFLICT (migration_order)",
+        }
+    }
+
+    /// Upserts the row of `migration` with `status`, timed from the transaction start
+    /// (and, when `finished`, ending now).
+    pub(super) fn record(
+        &self,
+        migration: &Migration,
+        status: MigrationStatus,
+        finished: bool,
+    ) -> String {
+        let (finished_at, duration) = if finished {
+            (
+                "clock_timestamp()",
+                "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint",
+            )
+        } else {
+            ("NULL", "NULL")
+        };
+        format!(
+            "{} {} DO UPDATE SET name = excluded.name, checksum = excluded.checksum, \
+             status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, \
+             duration_ms = excluded.duration_ms, error = NULL",
+            self.insert(&format!(
+                "{order}, {name}, {checksum}, '{status}', now(), {finished_at}, {duration}, NULL",
+                order = migration.order(),
+                name = quote_literal(migration.name()),
+                checksum = quote_literal(migration.checksum()),
+                status = status.as_str(),
+            )),
+            self.conflict(),
+        )
+    }
+
+    /// Inserts the row of `migration`, completed just now after `micros` microseconds.
+    pub(super) fn record_completed(&self, migration: &Migration, micros: i64) -> String {
+        self.insert(&format!(
+            "{order}, {name}, {checksum}, 'completed', clock_timestamp() - interval '{micros} microseconds', \
+             clock_timestamp(), {ms}, NULL",
+            order = migration.order(),
+            name = quote_literal(migration.name()),
+            checksum = quote_literal(migration.checksum()),
+            ms = micros / 1000,
+        ))
+    }
+
+    /// Records a failure of `migration` with `status` and the error `$1` (a bound
+    /// parameter); a completed row is left alone.
+    pub(super) fn record_failure(&self, migration: &Migration, status: MigrationStatus) -> String {
+        format!(
+            "{} {} DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, error = excluded.error \
+             WHERE t.status <> 'completed'",
+            self.insert(&format!(
+                "{order}, {name}, {checksum}, '{status}', now(), clock_timestamp(), NULL, $1",
+                order = migration.order(),
+                name = quote_literal(migration.name()),
+                checksum = quote_literal(migration.checksum()),
+                status = status.as_str(),
+            )),
+            self.conflict(),
+        )
+    }
+
+    /// The registry's summary of these rows: the newest completed migration and the
+    /// [`fingerprint`](crate::fingerprint) of all completed ones, as one row of two columns.
+    pub(super) fn summary(&self) -> String {
+        format!(
+            "SELECT max(migration_order), encode(sha256(convert_to(coalesce(string_agg(migration_order::text || ':' || checksum, \
+             ',' ORDER BY migration_order), ''), 'UTF8')), 'hex') FROM {} {}",
+            self.table,
+            self.filter("status = 'completed'")
+        )
+    }
+}
+
+/// The shared tracking table of schema per tenant, in the control schema `control_q`.
+pub(super) fn shared_table(control_q: &str) -> String {
+    format!("{control_q}.mtnt_tenant_migrations")
+}
+
+/// Creates the shared tracking table, whose rows go with their tenant's registry row.
+pub(super) fn shared_ddl(control_q: &str, registry: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (tenant text NOT NULL REFERENCES {registry} (name) ON DELETE CASCADE, \
+         {ROW_DDL}, PRIMARY KEY (tenant, migration_order))",
+        shared_table(control_q)
+    )
+}
