@@ -41,7 +41,7 @@ pub use backend::{
     connect, Backend, ConnectOptions, Direction, Engine, MySqlBackend, PgDatabaseBackend,
     PostgresBackend, Session, SqliteBackend, Target, Tenancy,
 };
-pub use backend::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts};
+pub use backend::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts, Transactions};
 pub use ctx::{Ctx, CtxConn};
 pub use error::{Error, Result};
 pub use migrate::{

@@ -229,9 +229,9 @@ pub async fn tracking_rows(pool: &PgPool, tenant: &str) -> Vec<TrackingRow> {
         .collect()
 }
 
-/// The tracking row of one migration in `schema`, if there is one.
-pub async fn tracking_row(pool: &PgPool, schema: &str, order: i64) -> Option<TrackingRow> {
-    tracking_rows(pool, schema)
+/// The tracking row of one migration of `tenant`, if there is one.
+pub async fn tracking_row(pool: &PgPool, tenant: &str, order: i64) -> Option<TrackingRow> {
+    tracking_rows(pool, tenant)
         .await
         .into_iter()
         .find(|r| r.migration_order == order)

@@ -24,6 +24,8 @@ pub struct ConnectOptions {
     pub max_connections: u32,
     /// The lock and statement timeouts of migrations (PostgreSQL).
     pub timeouts: super::control::Timeouts,
+    /// How many of a tenant's pending migrations share a transaction (PostgreSQL).
+    pub transactions: super::control::Transactions,
 }
 
 impl Default for ConnectOptions {
@@ -33,6 +35,7 @@ impl Default for ConnectOptions {
             control_schema: "public".to_owned(),
             max_connections: 8,
             timeouts: super::control::Timeouts::default(),
+            transactions: super::control::Transactions::default(),
         }
     }
 }
@@ -95,13 +98,15 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
                 return Ok(Box::new(
                     PgDatabaseBackend::new(pool)?
                         .with_control_schema(&options.control_schema)?
-                        .with_timeouts(options.timeouts),
+                        .with_timeouts(options.timeouts)
+                        .with_transactions(options.transactions),
                 ));
             }
             Ok(Box::new(
                 PostgresBackend::new(pool)
                     .with_control_schema(&options.control_schema)?
-                    .with_timeouts(options.timeouts),
+                    .with_timeouts(options.timeouts)
+                    .with_transactions(options.transactions),
             ))
         }
         "sqlite" => {

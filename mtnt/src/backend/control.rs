@@ -138,3 +138,23 @@ impl Default for Timeouts {
         }
     }
 }
+
+/// How many of a tenant's pending migrations share a transaction, where the engine's DDL
+/// is transactional (PostgreSQL; MySQL commits each DDL statement, SQLite runs each
+/// migration on its own).
+///
+/// [`PerTenant`](Self::PerTenant), the default, makes a tenant's whole upgrade atomic:
+/// the tenant is either where it was or at the target, never in between, and a fleet run
+/// costs one commit per tenant. A migration with `transaction = false` runs on its own
+/// and splits the upgrade there. [`PerMigration`](Self::PerMigration) commits each
+/// migration, so a failure keeps the ones before it, and holds each migration's locks
+/// only as long as that migration runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transactions {
+    /// One transaction for a tenant's consecutive transactional migrations.
+    #[default]
+    PerTenant,
+    /// One transaction per migration.
+    PerMigration,
+}

@@ -15,7 +15,7 @@ mod sqlite;
 
 pub use connect::{connect, ConnectOptions};
 pub(crate) use control::{connection_tag, host_name};
-pub use control::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts};
+pub use control::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts, Transactions};
 pub use engine::{Engine, Tenancy};
 pub(crate) use invoke::{exec_mysql, exec_postgres, exec_sqlite};
 pub use mysql::MySqlBackend;

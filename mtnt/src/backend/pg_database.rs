@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection, PgConnection};
 
-use super::control::{RunControl, Timeouts};
+use super::control::{RunControl, Timeouts, Transactions};
 use super::invoke::{connection_lost, exec_postgres};
 use super::pg_shared::{apply_new_tenant, is_db_code};
 use super::pg_tracking::Tracking;
@@ -91,6 +91,13 @@ impl PgDatabaseBackend {
     pub fn with_control_schema(mut self, schema: &str) -> Result<Self> {
         self.control = self.control.with_control_schema(schema)?;
         Ok(self)
+    }
+
+    /// How many of a tenant's pending migrations share a transaction (see
+    /// [`PostgresBackend::with_transactions`]).
+    pub fn with_transactions(mut self, transactions: Transactions) -> Self {
+        self.control = self.control.with_transactions(transactions);
+        self
     }
 
     /// The lock and statement timeouts of migrations whose attribute sets none (see

@@ -2,7 +2,7 @@
 //! a new tenant, and the connection a session holds.
 
 use std::ops::{Deref, DerefMut};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, Postgres};
@@ -38,8 +38,7 @@ pub(super) async fn apply_new_tenant(
             })?;
         // Recorded as it finishes (in the same transaction), so that each row has its
         // own start and end; `now()` would give every row the transaction's start.
-        let micros = started.elapsed().as_micros() as i64;
-        let record = tracking.record_completed(migration, micros);
+        let record = tracking.record_measured(migration, started.elapsed(), Duration::ZERO);
         exec_postgres(conn, &record).await?;
     }
     Ok(())

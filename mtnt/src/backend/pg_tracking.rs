@@ -7,6 +7,8 @@
 //! new tenant. The public migrations, and each tenant database of database per tenant,
 //! have a `mtnt_migrations` table of their own.
 
+use std::time::Duration;
+
 use super::sql::quote_literal;
 use crate::{Migration, MigrationStatus};
 
@@ -126,28 +128,22 @@ impl Tracking {
         }
     }
 
-    /// Upserts the row of `migration` with `status`, timed from the transaction start
-    /// (and, when `finished`, ending now).
-    pub(super) fn record(
+    /// Upserts the row of `migration` with `status` and these SQL expressions for the
+    /// times, duration and error.
+    fn upsert(
         &self,
         migration: &Migration,
         status: MigrationStatus,
-        finished: bool,
+        times: [&str; 3],
+        error: &str,
     ) -> String {
-        let (finished_at, duration) = if finished {
-            (
-                "clock_timestamp()",
-                "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint",
-            )
-        } else {
-            ("NULL", "NULL")
-        };
+        let [started_at, finished_at, duration] = times;
         format!(
             "{} {} DO UPDATE SET name = excluded.name, checksum = excluded.checksum, \
              status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, \
-             duration_ms = excluded.duration_ms, error = NULL",
+             duration_ms = excluded.duration_ms, error = excluded.error",
             self.insert(&format!(
-                "{order}, {name}, {checksum}, '{status}', now(), {finished_at}, {duration}, NULL",
+                "{order}, {name}, {checksum}, '{status}', {started_at}, {finished_at}, {duration}, {error}",
                 order = migration.order(),
                 name = quote_literal(migration.name()),
                 checksum = quote_literal(migration.checksum()),
@@ -157,32 +153,66 @@ impl Tracking {
         )
     }
 
-    /// Inserts the row of `migration`, completed just now after `micros` microseconds.
-    pub(super) fn record_completed(&self, migration: &Migration, micros: i64) -> String {
-        self.insert(&format!(
-            "{order}, {name}, {checksum}, 'completed', clock_timestamp() - interval '{micros} microseconds', \
-             clock_timestamp(), {ms}, NULL",
-            order = migration.order(),
-            name = quote_literal(migration.name()),
-            checksum = quote_literal(migration.checksum()),
-            ms = micros / 1000,
-        ))
+    /// Upserts the row of `migration` with `status`, timed from the transaction start
+    /// (and, when `finished`, ending now).
+    pub(super) fn record(
+        &self,
+        migration: &Migration,
+        status: MigrationStatus,
+        finished: bool,
+    ) -> String {
+        let times = if finished {
+            [
+                "now()",
+                "clock_timestamp()",
+                "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint",
+            ]
+        } else {
+            ["now()", "NULL", "NULL"]
+        };
+        self.upsert(migration, status, times, "NULL")
+    }
+
+    /// Upserts the row of `migration`, completed: it started `started_ago` and finished
+    /// `finished_ago` before this statement (one of several migrations recorded at once,
+    /// each with its own times).
+    pub(super) fn record_measured(
+        &self,
+        migration: &Migration,
+        started_ago: Duration,
+        finished_ago: Duration,
+    ) -> String {
+        let started = format!(
+            "clock_timestamp() - interval '{} microseconds'",
+            started_ago.as_micros()
+        );
+        let finished = format!(
+            "clock_timestamp() - interval '{} microseconds'",
+            finished_ago.as_micros()
+        );
+        let duration = started_ago
+            .saturating_sub(finished_ago)
+            .as_millis()
+            .to_string();
+        self.upsert(
+            migration,
+            MigrationStatus::Completed,
+            [&started, &finished, &duration],
+            "NULL",
+        )
     }
 
     /// Records a failure of `migration` with `status` and the error `$1` (a bound
     /// parameter); a completed row is left alone.
     pub(super) fn record_failure(&self, migration: &Migration, status: MigrationStatus) -> String {
         format!(
-            "{} {} DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, error = excluded.error \
-             WHERE t.status <> 'completed'",
-            self.insert(&format!(
-                "{order}, {name}, {checksum}, '{status}', now(), clock_timestamp(), NULL, $1",
-                order = migration.order(),
-                name = quote_literal(migration.name()),
-                checksum = quote_literal(migration.checksum()),
-                status = status.as_str(),
-            )),
-            self.conflict(),
+            "{} WHERE t.status <> 'completed'",
+            self.upsert(
+                migration,
+                status,
+                ["now()", "clock_timestamp()", "NULL"],
+                "$1"
+            )
         )
     }
 

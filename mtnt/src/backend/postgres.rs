@@ -1,11 +1,12 @@
 use std::ops::{Deref, DerefMut};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 
-use super::control::{RunControl, Timeouts};
+use super::control::{RunControl, Timeouts, Transactions};
 use super::invoke::{connection_lost, exec_postgres, invoke};
 use super::pg_lease::PgControl;
 use super::pg_lock;
@@ -31,6 +32,7 @@ pub struct PostgresBackend {
     control: String,
     control_q: String,
     timeouts: Timeouts,
+    transactions: Transactions,
 }
 
 impl PostgresBackend {
@@ -41,6 +43,7 @@ impl PostgresBackend {
             control: "public".to_owned(),
             control_q: quote_ident("public"),
             timeouts: Timeouts::default(),
+            transactions: Transactions::default(),
         }
     }
 
@@ -48,6 +51,13 @@ impl PostgresBackend {
     /// (default: [`Timeouts::default`]).
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
+        self
+    }
+
+    /// How many of a tenant's pending migrations share a transaction (default:
+    /// [`Transactions::PerTenant`]).
+    pub fn with_transactions(mut self, transactions: Transactions) -> Self {
+        self.transactions = transactions;
         self
     }
 
@@ -700,12 +710,9 @@ impl PgSession<'_> {
         }
     }
 
-    async fn apply_in_transaction(
-        &mut self,
-        migration: &'static Migration,
-        direction: Direction,
-    ) -> Result<()> {
-        let function = migration.function(direction, self.target)?;
+    /// Opens the transaction of `first` (and the migrations after it): the pending setup,
+    /// the search path, `first`'s timeouts.
+    async fn begin(&mut self, first: &Migration) -> Result<()> {
         let begin = format!(
             "BEGIN; {}{}SET LOCAL search_path TO {}{}",
             self.setup
@@ -717,18 +724,92 @@ impl PgSession<'_> {
                 String::new()
             },
             self.search_path,
-            pg_lock::timeouts_sql(migration, self.backend.timeouts, true)
+            pg_lock::timeouts_sql(first, self.backend.timeouts, true)
         );
         if let Err(error) = self.run(&begin).await {
             // Creating a missing schema can fail (no CREATE privilege): end the transaction.
             self.rollback().await;
             return Err(error);
         }
-        let tenant = match self.target {
-            Target::Public => None,
-            Target::Tenant(t) => Some(t),
+        Ok(())
+    }
+
+    /// Runs `batch`, transactional migrations, in one transaction with their tracking
+    /// rows and the registry update; on a failure, rolls all of them back and records
+    /// the failed one. Returns the index of the failed migration with its error.
+    async fn apply_together(
+        &mut self,
+        batch: &[&'static Migration],
+    ) -> std::result::Result<(), (usize, Error)> {
+        self.lock().await.map_err(|e| (0, e))?;
+        let mut functions = Vec::with_capacity(batch.len());
+        for (i, migration) in batch.iter().enumerate() {
+            functions.push(
+                migration
+                    .function(Direction::Up, self.target)
+                    .map_err(|e| (i, e))?,
+            );
+        }
+        self.begin(batch[0]).await.map_err(|e| (0, e))?;
+        let mut finished = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for (i, (&migration, function)) in batch.iter().zip(functions).enumerate() {
+            let timeouts = pg_lock::timeouts_sql(migration, self.backend.timeouts, true);
+            if i > 0 && timeouts != pg_lock::timeouts_sql(batch[i - 1], self.backend.timeouts, true)
+            {
+                if let Err(error) = self.run(timeouts.trim_start_matches("; ")).await {
+                    failure = Some((i, error));
+                    break;
+                }
+            }
+            let started = Instant::now();
+            let mut ctx = Ctx::new(self.target.tenant(), CtxConn::Postgres(&mut self.conn));
+            if let Err(error) = invoke(function, &mut ctx).await {
+                failure = Some((i, error));
+                break;
+            }
+            finished.push((started, Instant::now()));
+        }
+        if failure.is_none() {
+            let now = Instant::now();
+            let records: Vec<String> = batch
+                .iter()
+                .zip(&finished)
+                .map(|(migration, (started, done))| {
+                    self.tracking
+                        .record_measured(migration, now - *started, now - *done)
+                })
+                .collect();
+            if let Err(error) = self.run(&self.commit_sql(&records.join("; "))).await {
+                // A deferred constraint of one of them, or the connection: the last one
+                // is named, as the commit came after it.
+                failure = Some((batch.len() - 1, error));
+            }
+        }
+        let Some((i, error)) = failure else {
+            self.setup = None;
+            return Ok(());
         };
-        let mut ctx = Ctx::new(tenant, CtxConn::Postgres(&mut self.conn));
+        if connection_lost(&error) {
+            self.conn.close_on_drop();
+            return Err((i, error));
+        }
+        self.rollback().await;
+        // Best effort: the migration error matters more than a failed bookkeeping write.
+        let _ = self
+            .record_failure(batch[i], &error, MigrationStatus::Failed)
+            .await;
+        Err((i, error))
+    }
+
+    async fn apply_in_transaction(
+        &mut self,
+        migration: &'static Migration,
+        direction: Direction,
+    ) -> Result<()> {
+        let function = migration.function(direction, self.target)?;
+        self.begin(migration).await?;
+        let mut ctx = Ctx::new(self.target.tenant(), CtxConn::Postgres(&mut self.conn));
         let mut result = invoke(function, &mut ctx).await;
         if result.is_ok() {
             let record = match direction {
@@ -780,11 +861,7 @@ impl PgSession<'_> {
             pg_lock::timeouts_sql(migration, self.backend.timeouts, false)
         ))
         .await?;
-        let tenant = match self.target {
-            Target::Public => None,
-            Target::Tenant(t) => Some(t),
-        };
-        let mut ctx = Ctx::new(tenant, CtxConn::Postgres(&mut self.conn));
+        let mut ctx = Ctx::new(self.target.tenant(), CtxConn::Postgres(&mut self.conn));
         let result = invoke(function, &mut ctx).await;
         let reset = self
             .run(&format!("RESET search_path{}", pg_lock::RESET_TIMEOUTS_SQL))
@@ -882,6 +959,34 @@ impl Session for PgSession<'_> {
         let free = pg_lock::try_lock(&mut self.conn, &self.lock_key).await?;
         self.conn.locked = free;
         Ok(free)
+    }
+
+    async fn apply_up(
+        &mut self,
+        migrations: &[&'static Migration],
+    ) -> std::result::Result<(), (usize, Error)> {
+        let mut i = 0;
+        while i < migrations.len() {
+            let together = match self.backend.transactions {
+                Transactions::PerTenant => migrations[i..]
+                    .iter()
+                    .take_while(|m| m.is_transactional())
+                    .count(),
+                _ => 0,
+            };
+            if together == 0 {
+                self.apply(migrations[i], Direction::Up)
+                    .await
+                    .map_err(|e| (i, e))?;
+                i += 1;
+            } else {
+                self.apply_together(&migrations[i..i + together])
+                    .await
+                    .map_err(|(k, e)| (i + k, e))?;
+                i += together;
+            }
+        }
+        Ok(())
     }
 
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {

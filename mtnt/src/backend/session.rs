@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::control::RunControl;
 use crate::{
-    AppliedMigration, Engine, Migration, MigrationStatus, Progress, Result, Tenancy, Tenant,
+    AppliedMigration, Engine, Error, Migration, MigrationStatus, Progress, Result, Tenancy, Tenant,
     TenantName, TenantRecord,
 };
 
@@ -16,6 +16,16 @@ pub enum Target<'a> {
     Public,
     /// One tenant.
     Tenant(&'a Tenant),
+}
+
+impl<'a> Target<'a> {
+    /// The tenant, unless this is the public target.
+    pub fn tenant(self) -> Option<&'a Tenant> {
+        match self {
+            Target::Public => None,
+            Target::Tenant(t) => Some(t),
+        }
+    }
 }
 
 impl fmt::Display for Target<'_> {
@@ -168,6 +178,23 @@ pub trait Session: Send {
     /// engine allows: on error the target is left at the previous migration and the
     /// tracking row says `failed` with the error.
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()>;
+
+    /// Runs the up functions of `migrations` in order and records them, stopping at the
+    /// first failure, whose index it returns with the error. A backend may run several
+    /// in one transaction (see [`Transactions`](crate::Transactions)), so that a failure
+    /// also undoes the ones before it in that transaction. By default, each on its own
+    /// with [`Session::apply`].
+    async fn apply_up(
+        &mut self,
+        migrations: &[&'static Migration],
+    ) -> std::result::Result<(), (usize, Error)> {
+        for (i, &migration) in migrations.iter().enumerate() {
+            self.apply(migration, Direction::Up)
+                .await
+                .map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
 
     /// Overwrites the recorded checksum of an applied migration (`repair --checksums`).
     async fn set_checksum(&mut self, order: i64, checksum: &str) -> Result<()>;

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{parse_duration, Shard, Tenancy, TenantName};
+use crate::{parse_duration, Shard, Tenancy, TenantName, Transactions};
 
 /// Migrates the shared schema and every tenant of a multi-tenant database.
 #[derive(Debug, Parser)]
@@ -29,6 +29,16 @@ pub(crate) struct Cli {
     #[arg(long, env = "MTNT_CONCURRENCY", default_value_t = 4, global = true)]
     pub(crate) concurrency: usize,
 
+    /// Transactions of a tenant's upgrade (PostgreSQL): per-tenant makes it atomic
+    #[arg(
+        long,
+        env = "MTNT_TRANSACTIONS",
+        value_enum,
+        default_value = "per-tenant",
+        global = true
+    )]
+    pub(crate) transactions: TransactionsArg,
+
     /// Never draw progress bars, even on a terminal
     #[arg(long, global = true)]
     pub(crate) no_progress: bool,
@@ -49,6 +59,25 @@ pub(crate) enum TenancyArg {
     Database,
     /// One file per tenant (SQLite)
     File,
+}
+
+/// How many of a tenant's pending migrations share a transaction.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum TransactionsArg {
+    /// One transaction for a tenant's consecutive transactional migrations: the tenant
+    /// is upgraded entirely or not at all
+    PerTenant,
+    /// One transaction per migration: a failure keeps the migrations before it
+    PerMigration,
+}
+
+impl From<TransactionsArg> for Transactions {
+    fn from(arg: TransactionsArg) -> Self {
+        match arg {
+            TransactionsArg::PerTenant => Transactions::PerTenant,
+            TransactionsArg::PerMigration => Transactions::PerMigration,
+        }
+    }
 }
 
 impl From<TenancyArg> for Tenancy {

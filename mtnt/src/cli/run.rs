@@ -76,6 +76,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             lock: Some(cli.safety.lock_timeout),
             statement: Some(cli.safety.statement_timeout),
         },
+        transactions: cli.transactions.into(),
     };
     let safety = SafetySettings::new()
         .deadline(Some(cli.safety.deadline).filter(|d| !d.is_zero()))

@@ -26,7 +26,7 @@ fn wrap(
     }
 }
 
-/// Brings one target up to `to`, each migration in its own transaction; returns how many ran.
+/// Brings one target up to `to`; returns how many migrations ran.
 pub(crate) async fn migrate_target(
     backend: &dyn Backend,
     target: Target<'_>,
@@ -65,12 +65,10 @@ pub(crate) async fn migrate_target_claim(
         _ => session.lock().await?,
     }
     let steps = plan_up(target, &session.applied().await?, set, scope, to)?;
-    for migration in &steps {
-        session
-            .apply(migration, Direction::Up)
-            .await
-            .map_err(|e| wrap(target, migration, Direction::Up, e))?;
-    }
+    session
+        .apply_up(&steps)
+        .await
+        .map_err(|(i, e)| wrap(target, steps[i], Direction::Up, e))?;
     Ok(Some(steps.len()))
 }
 
