@@ -123,7 +123,11 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
                 url: redact_url(url),
                 reason,
             })?;
-            Ok(Box::new(SqliteBackend::open(dir).await?))
+            Ok(Box::new(
+                SqliteBackend::open(dir)
+                    .await?
+                    .with_transactions(options.transactions),
+            ))
         }
         "mysql" | "mariadb" => {
             match options.tenancy {

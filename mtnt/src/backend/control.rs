@@ -140,8 +140,8 @@ impl Default for Timeouts {
 }
 
 /// How many of a tenant's pending migrations share a transaction, where the engine's DDL
-/// is transactional (PostgreSQL; MySQL commits each DDL statement, SQLite runs each
-/// migration on its own).
+/// is transactional (PostgreSQL and SQLite; MySQL commits each DDL statement, so it runs
+/// each migration on its own).
 ///
 /// [`PerTenant`](Self::PerTenant), the default, makes a tenant's whole upgrade atomic:
 /// the tenant is either where it was or at the target, never in between, and a fleet run

@@ -10,6 +10,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, SqliteConnection};
 
+use super::control::Transactions;
 use super::invoke::{connection_lost, exec_sqlite, invoke};
 use crate::ctx::CtxConn;
 use crate::{
@@ -80,6 +81,7 @@ const SELECT_RECORDS: &str =
 pub struct SqliteBackend {
     dir: PathBuf,
     control: SqlitePool,
+    transactions: Transactions,
 }
 
 impl SqliteBackend {
@@ -96,7 +98,18 @@ impl SqliteBackend {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(file_options(&dir.join(CONTROL_FILE), true))
             .await?;
-        Ok(Self { dir, control })
+        Ok(Self {
+            dir,
+            control,
+            transactions: Transactions::default(),
+        })
+    }
+
+    /// How many of a tenant's pending migrations share a transaction (default:
+    /// [`Transactions::PerTenant`]).
+    pub fn with_transactions(mut self, transactions: Transactions) -> Self {
+        self.transactions = transactions;
+        self
     }
 
     /// The directory holding the control file and the tenant files.
@@ -798,6 +811,73 @@ impl<'a> SqliteSession<'a> {
         self.refresh_registry().await
     }
 
+    /// Runs `batch`, transactional migrations, in one transaction with their tracking
+    /// rows; on a failure, rolls all of them back and records the failed one. Returns the
+    /// index of the failed migration with its error.
+    async fn apply_together(
+        &mut self,
+        batch: &[&'static Migration],
+    ) -> std::result::Result<(), (usize, Error)> {
+        self.lock().await.map_err(|e| (0, e))?;
+        self.run("BEGIN IMMEDIATE").await.map_err(|e| (0, e))?;
+        let mut started = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for (i, &migration) in batch.iter().enumerate() {
+            started.push(now_text());
+            // Each row gets its own times: written right after its migration, in the
+            // transaction, so that they commit or roll back with it.
+            let clock = Instant::now();
+            let mut result = match migration.function(Direction::Up, self.target) {
+                Ok(function) => {
+                    let tenant = self.tenant();
+                    let mut ctx = Ctx::new(tenant, CtxConn::Sqlite(&mut self.conn));
+                    invoke(function, &mut ctx).await
+                }
+                Err(error) => Err(error),
+            };
+            if result.is_ok() {
+                result = upsert(
+                    &mut self.conn,
+                    migration,
+                    MigrationStatus::Completed,
+                    &started[i],
+                    Some(clock),
+                )
+                .await;
+            }
+            if let Err(error) = result {
+                failure = Some((i, error));
+                break;
+            }
+        }
+        if failure.is_none() {
+            if let Err(error) = self.run("COMMIT").await {
+                // The commit came after the last one: it is named.
+                failure = Some((batch.len() - 1, error));
+            }
+        }
+        let Some((i, error)) = failure else {
+            // The tenant file has committed; the registry (another file) follows, once for
+            // the batch and never before the commit, so that it names no migration a
+            // rollback could still undo.
+            return self
+                .refresh_registry()
+                .await
+                .map_err(|e| (batch.len() - 1, e));
+        };
+        if connection_lost(&error) {
+            self.conn.discard();
+            return Err((i, error));
+        }
+        self.rollback().await;
+        // Best effort: the migration error matters more than a failed bookkeeping write.
+        // The registry's applied order stays: the batch took nothing with it.
+        let _ = self
+            .record_failure(batch[i], &error, MigrationStatus::Failed, &started[i])
+            .await;
+        Err((i, error))
+    }
+
     async fn apply_outside_transaction(
         &mut self,
         migration: &'static Migration,
@@ -954,6 +1034,34 @@ impl Session for SqliteSession<'_> {
                 source,
             }),
         }
+    }
+
+    async fn apply_up(
+        &mut self,
+        migrations: &[&'static Migration],
+    ) -> std::result::Result<(), (usize, Error)> {
+        let mut i = 0;
+        while i < migrations.len() {
+            let together = match self.backend.transactions {
+                Transactions::PerTenant => migrations[i..]
+                    .iter()
+                    .take_while(|m| m.is_transactional())
+                    .count(),
+                _ => 0,
+            };
+            if together == 0 {
+                self.apply(migrations[i], Direction::Up)
+                    .await
+                    .map_err(|e| (i, e))?;
+                i += 1;
+            } else {
+                self.apply_together(&migrations[i..i + together])
+                    .await
+                    .map_err(|(k, e)| (i + k, e))?;
+                i += together;
+            }
+        }
+        Ok(())
     }
 
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
