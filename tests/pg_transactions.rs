@@ -1,9 +1,8 @@
 //! How many of a tenant's pending migrations share a transaction on PostgreSQL
 //! (`Transactions`): per tenant by default, so that a failure leaves the tenant exactly
 //! where it was; per migration on request; split by a migration that runs outside a
-//! transaction. PostgreSQL only: MySQL's DDL commits by itself and SQLite runs each
-//! migration on its own, so neither groups migrations. Every test works in its own
-//! database.
+//! transaction. SQLite's grouping is tested in `tests/sqlite.rs`; MySQL's DDL commits
+//! by itself, so it never groups migrations. Every test works in its own database.
 
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]

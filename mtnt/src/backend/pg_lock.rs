@@ -10,11 +10,23 @@ use std::time::Duration;
 use sqlx::PgConnection;
 
 use super::control::{connection_tag, Timeouts};
+use super::sql::quote_literal;
 use crate::{Migration, Result};
 
 /// The lock key of a tenant schema (see the module docs).
 pub(crate) fn tenant_key(schema: &str) -> String {
     format!("tenant:{schema}")
+}
+
+/// The statement of [`try_lock`] with its arguments inline, to be sent with the simple
+/// protocol along with other statements: one row, one column `free`.
+pub(crate) fn try_lock_sql(key: &str) -> String {
+    format!(
+        "SELECT pg_try_advisory_lock(hashtext('mtnt'), hashtext({})) AS free \
+         FROM (SELECT set_config('application_name', {}, false)) AS tag",
+        quote_literal(key),
+        quote_literal(connection_tag())
+    )
 }
 
 /// Tries once to take the advisory lock `key` on `conn`, without waiting; tags the

@@ -628,6 +628,29 @@ fn fetch_unprepared<'a>(
     Box::pin(sqlx::Executor::fetch_all(conn, sql))
 }
 
+/// Runs several statements with the simple protocol and returns the rows of each,
+/// statement by statement (a named function with a boxed
+/// `Send` future, like `exec_postgres`).
+fn fetch_results<'a>(
+    conn: &'a mut PgConnection,
+    sql: &'a str,
+) -> BoxFuture<'a, Result<Vec<Vec<PgRow>>, sqlx::Error>> {
+    Box::pin(async move {
+        use futures_util::TryStreamExt;
+        let mut results = vec![Vec::new()];
+        let mut stream = sqlx::Executor::fetch_many(conn, sql);
+        while let Some(item) = stream.try_next().await? {
+            match item {
+                sqlx::Either::Left(_) => results.push(Vec::new()),
+                sqlx::Either::Right(row) => results.last_mut().expect("never empty").push(row),
+            }
+        }
+        // Each statement's rows end with its completion; nothing follows the last one.
+        results.pop();
+        Ok(results)
+    })
+}
+
 struct PgSession<'a> {
     backend: &'a PostgresBackend,
     conn: TargetLock,
@@ -644,6 +667,25 @@ struct PgSession<'a> {
 }
 
 impl PgSession<'_> {
+    /// The applied migrations in the rows of [`Tracking::select_applied_and_schema`];
+    /// notes whether the tenant's schema must be created.
+    fn applied_from_shared(&mut self, rows: &[PgRow]) -> Result<Vec<AppliedMigration>> {
+        // A registered tenant without a schema yet (registered in bulk, or its schema is
+        // to be made by mtnt) gets it with its first change, in that transaction.
+        let schema_exists: bool = match rows.first() {
+            Some(row) => row.try_get("schema_exists")?,
+            None => true,
+        };
+        self.setup = (!schema_exists).then(|| format!("CREATE SCHEMA {}", self.schema_q));
+        rows.iter()
+            .filter(|row| {
+                row.try_get::<Option<i64>, _>("migration_order")
+                    .is_ok_and(|order| order.is_some())
+            })
+            .map(applied_from_row)
+            .collect()
+    }
+
     async fn run(&mut self, sql: &str) -> Result<()> {
         exec_postgres(&mut self.conn, sql).await?;
         Ok(())
@@ -913,21 +955,7 @@ impl Session for PgSession<'_> {
         if self.tracking.is_shared() {
             let sql = self.tracking.select_applied_and_schema(&self.schema_q);
             let rows = fetch_unprepared(&mut self.conn, &sql).await?;
-            // A registered tenant without a schema yet (registered in bulk, or its schema
-            // is to be made by mtnt) gets it with its first change, in that transaction.
-            let schema_exists: bool = match rows.first() {
-                Some(row) => row.try_get("schema_exists")?,
-                None => true,
-            };
-            self.setup = (!schema_exists).then(|| format!("CREATE SCHEMA {}", self.schema_q));
-            return rows
-                .iter()
-                .filter(|row| {
-                    row.try_get::<Option<i64>, _>("migration_order")
-                        .is_ok_and(|order| order.is_some())
-                })
-                .map(applied_from_row)
-                .collect();
+            return self.applied_from_shared(&rows);
         }
         let sql = self.tracking.select_applied();
         let rows = match fetch_unprepared(&mut self.conn, &sql).await {
@@ -959,6 +987,36 @@ impl Session for PgSession<'_> {
         let free = pg_lock::try_lock(&mut self.conn, &self.lock_key).await?;
         self.conn.locked = free;
         Ok(free)
+    }
+
+    async fn try_lock_applied(&mut self) -> Result<Option<Vec<AppliedMigration>>> {
+        if self.conn.locked || !self.tracking.is_shared() {
+            // A tracking table of its own may be missing, which fails the read: apart.
+            if !self.try_lock().await? {
+                return Ok(None);
+            }
+            return self.applied().await.map(Some);
+        }
+        // Set first, so that a cancelled or failed attempt still unlocks on drop. The read
+        // comes after the lock, in a statement of its own, so it sees what the run that
+        // held the lock before committed.
+        self.conn.locked = true;
+        let sql = format!(
+            "{}; {}",
+            pg_lock::try_lock_sql(&self.lock_key),
+            self.tracking.select_applied_and_schema(&self.schema_q)
+        );
+        let mut results = fetch_results(&mut self.conn, &sql).await?.into_iter();
+        let free: bool = match results.next().as_deref() {
+            Some([row]) => row.try_get("free")?,
+            _ => return Err(Error::Corrupt("the lock query returned no row".to_owned())),
+        };
+        self.conn.locked = free;
+        if !free {
+            return Ok(None);
+        }
+        let rows = results.next().unwrap_or_default();
+        self.applied_from_shared(&rows).map(Some)
     }
 
     async fn apply_up(

@@ -174,6 +174,16 @@ pub trait Session: Send {
         self.lock().await.map(|()| true)
     }
 
+    /// [`Session::try_lock`], then, if the lock is held, [`Session::applied`] read under
+    /// it; `None` when another run holds the target. A backend may do both in one round
+    /// trip.
+    async fn try_lock_applied(&mut self) -> Result<Option<Vec<AppliedMigration>>> {
+        if !self.try_lock().await? {
+            return Ok(None);
+        }
+        self.applied().await.map(Some)
+    }
+
     /// Runs one migration's up or down function and records it, atomically where the
     /// engine allows: on error the target is left at the previous migration and the
     /// tracking row says `failed` with the error.

@@ -29,7 +29,7 @@ pub(crate) struct Cli {
     #[arg(long, env = "MTNT_CONCURRENCY", default_value_t = 4, global = true)]
     pub(crate) concurrency: usize,
 
-    /// Transactions of a tenant's upgrade (PostgreSQL): per-tenant makes it atomic
+    /// Transactions of a tenant's upgrade (PostgreSQL, SQLite): per-tenant makes it atomic
     #[arg(
         long,
         env = "MTNT_TRANSACTIONS",

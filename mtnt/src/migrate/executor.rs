@@ -52,19 +52,24 @@ pub(crate) async fn migrate_target_claim(
         Target::Tenant(_) => Scope::Tenant,
     };
     let mut session = backend.session(target).await?;
-    // Nothing to do is the common case and needs no lock. Otherwise another run may be
-    // working on this target (its `started` row would look interrupted): wait for it,
-    // then plan from what it recorded.
-    match plan_up(target, &session.applied().await?, set, scope, to) {
-        Ok(steps) if steps.is_empty() => return Ok(Some(0)),
-        _ if skip_busy => {
-            if !session.try_lock().await? {
-                return Ok(None);
-            }
+    let applied = if skip_busy {
+        // A fleet run comes here only for a tenant whose registry row does not show it up
+        // to date (or for the public target, one per run): lock and read at once.
+        match session.try_lock_applied().await? {
+            Some(applied) => applied,
+            None => return Ok(None),
         }
-        _ => session.lock().await?,
-    }
-    let steps = plan_up(target, &session.applied().await?, set, scope, to)?;
+    } else {
+        // Nothing to do is the common case and needs no lock. Otherwise another run may
+        // be working on this target (its `started` row would look interrupted): wait for
+        // it, then plan from what it recorded.
+        match plan_up(target, &session.applied().await?, set, scope, to) {
+            Ok(steps) if steps.is_empty() => return Ok(Some(0)),
+            _ => session.lock().await?,
+        }
+        session.applied().await?
+    };
+    let steps = plan_up(target, &applied, set, scope, to)?;
     session
         .apply_up(&steps)
         .await
