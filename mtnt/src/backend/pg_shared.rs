@@ -38,7 +38,7 @@ pub(super) async fn apply_new_tenant(
             })?;
         // Recorded as it finishes (in the same transaction), so that each row has its
         // own start and end; `now()` would give every row the transaction's start.
-        let record = tracking.record_measured(migration, started.elapsed(), Duration::ZERO);
+        let record = tracking.record_measured(&[(migration, started.elapsed(), Duration::ZERO)]);
         exec_postgres(conn, &record).await?;
     }
     Ok(())

@@ -105,19 +105,19 @@ impl Tracking {
         )
     }
 
-    /// `INSERT INTO table (columns) VALUES (values)`, with the tenant's key where shared;
-    /// `values` are in the order of [`COLUMNS`].
-    fn insert(&self, values: &str) -> String {
-        match &self.tenant {
-            Some(t) => format!(
-                "INSERT INTO {} AS t (tenant, {COLUMNS}) VALUES ({t}, {values})",
-                self.table
-            ),
-            None => format!(
-                "INSERT INTO {} AS t ({COLUMNS}) VALUES ({values})",
-                self.table
-            ),
-        }
+    /// `INSERT INTO table (columns) VALUES (row), ...`, with the tenant's key where shared;
+    /// each row's values are in the order of [`COLUMNS`].
+    fn insert(&self, rows: &[String]) -> String {
+        let (columns, key) = match &self.tenant {
+            Some(t) => (format!("tenant, {COLUMNS}"), format!("{t}, ")),
+            None => (COLUMNS.to_owned(), String::new()),
+        };
+        let values: Vec<String> = rows.iter().map(|row| format!("({key}{row})")).collect();
+        format!(
+            "INSERT INTO {} AS t ({columns}) VALUES {}",
+            self.table,
+            values.join(", ")
+        )
     }
 
     /// `ON CONFLICT (key)`: the row of one migration.
@@ -128,10 +128,9 @@ impl Tracking {
         }
     }
 
-    /// Upserts the row of `migration` with `status` and these SQL expressions for the
+    /// The values of a row of `migration` with `status` and these SQL expressions for the
     /// times, duration and error.
-    fn upsert(
-        &self,
+    fn row(
         migration: &Migration,
         status: MigrationStatus,
         times: [&str; 3],
@@ -139,16 +138,21 @@ impl Tracking {
     ) -> String {
         let [started_at, finished_at, duration] = times;
         format!(
+            "{order}, {name}, {checksum}, '{status}', {started_at}, {finished_at}, {duration}, {error}",
+            order = migration.order(),
+            name = quote_literal(migration.name()),
+            checksum = quote_literal(migration.checksum()),
+            status = status.as_str(),
+        )
+    }
+
+    /// Upserts `rows` (of [`Tracking::row`]).
+    fn upsert(&self, rows: &[String]) -> String {
+        format!(
             "{} {} DO UPDATE SET name = excluded.name, checksum = excluded.checksum, \
              status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, \
              duration_ms = excluded.duration_ms, error = excluded.error",
-            self.insert(&format!(
-                "{order}, {name}, {checksum}, '{status}', {started_at}, {finished_at}, {duration}, {error}",
-                order = migration.order(),
-                name = quote_literal(migration.name()),
-                checksum = quote_literal(migration.checksum()),
-                status = status.as_str(),
-            )),
+            self.insert(rows),
             self.conflict(),
         )
     }
@@ -170,36 +174,37 @@ impl Tracking {
         } else {
             ["now()", "NULL", "NULL"]
         };
-        self.upsert(migration, status, times, "NULL")
+        self.upsert(&[Self::row(migration, status, times, "NULL")])
     }
 
-    /// Upserts the row of `migration`, completed: it started `started_ago` and finished
-    /// `finished_ago` before this statement (one of several migrations recorded at once,
-    /// each with its own times).
-    pub(super) fn record_measured(
-        &self,
-        migration: &Migration,
-        started_ago: Duration,
-        finished_ago: Duration,
-    ) -> String {
-        let started = format!(
-            "clock_timestamp() - interval '{} microseconds'",
-            started_ago.as_micros()
-        );
-        let finished = format!(
-            "clock_timestamp() - interval '{} microseconds'",
-            finished_ago.as_micros()
-        );
-        let duration = started_ago
-            .saturating_sub(finished_ago)
-            .as_millis()
-            .to_string();
-        self.upsert(
-            migration,
-            MigrationStatus::Completed,
-            [&started, &finished, &duration],
-            "NULL",
-        )
+    /// Upserts the rows of `completed` migrations, in one statement: each started and
+    /// finished the given time before this statement (several migrations recorded at
+    /// once, each with its own times).
+    pub(super) fn record_measured(&self, completed: &[(&Migration, Duration, Duration)]) -> String {
+        let rows: Vec<String> = completed
+            .iter()
+            .map(|&(migration, started_ago, finished_ago)| {
+                let started = format!(
+                    "clock_timestamp() - interval '{} microseconds'",
+                    started_ago.as_micros()
+                );
+                let finished = format!(
+                    "clock_timestamp() - interval '{} microseconds'",
+                    finished_ago.as_micros()
+                );
+                let duration = started_ago
+                    .saturating_sub(finished_ago)
+                    .as_millis()
+                    .to_string();
+                Self::row(
+                    migration,
+                    MigrationStatus::Completed,
+                    [&started, &finished, &duration],
+                    "NULL",
+                )
+            })
+            .collect();
+        self.upsert(&rows)
     }
 
     /// Records a failure of `migration` with `status` and the error `$1` (a bound
@@ -207,12 +212,12 @@ impl Tracking {
     pub(super) fn record_failure(&self, migration: &Migration, status: MigrationStatus) -> String {
         format!(
             "{} WHERE t.status <> 'completed'",
-            self.upsert(
+            self.upsert(&[Self::row(
                 migration,
                 status,
                 ["now()", "clock_timestamp()", "NULL"],
                 "$1"
-            )
+            )])
         )
     }
 

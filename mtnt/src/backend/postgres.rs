@@ -814,15 +814,13 @@ impl PgSession<'_> {
         }
         if failure.is_none() {
             let now = Instant::now();
-            let records: Vec<String> = batch
+            let completed: Vec<_> = batch
                 .iter()
                 .zip(&finished)
-                .map(|(migration, (started, done))| {
-                    self.tracking
-                        .record_measured(migration, now - *started, now - *done)
-                })
+                .map(|(&migration, (started, done))| (migration, now - *started, now - *done))
                 .collect();
-            if let Err(error) = self.run(&self.commit_sql(&records.join("; "))).await {
+            let records = self.tracking.record_measured(&completed);
+            if let Err(error) = self.run(&self.commit_sql(&records)).await {
                 // A deferred constraint of one of them, or the connection: the last one
                 // is named, as the commit came after it.
                 failure = Some((batch.len() - 1, error));
