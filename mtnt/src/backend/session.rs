@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::control::RunControl;
+use super::control::{RunControl, Transactions};
 use crate::{
     AppliedMigration, Engine, Error, Migration, MigrationStatus, Progress, Result, Tenancy, Tenant,
     TenantName, TenantRecord,
@@ -189,16 +189,55 @@ pub trait Session: Send {
     /// tracking row says `failed` with the error.
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()>;
 
+    /// How this session groups a target's pending migrations into transactions
+    /// ([`Session::apply_up`]); the default, for engines that cannot group them:
+    /// [`Transactions::PerMigration`].
+    fn transactions(&self) -> Transactions {
+        Transactions::PerMigration
+    }
+
     /// Runs the up functions of `migrations` in order and records them, stopping at the
-    /// first failure, whose index it returns with the error. A backend may run several
-    /// in one transaction (see [`Transactions`](crate::Transactions)), so that a failure
-    /// also undoes the ones before it in that transaction. By default, each on its own
-    /// with [`Session::apply`].
+    /// first failure, whose index it returns with the error. With
+    /// [`Transactions::PerTenant`] consecutive transactional migrations go to
+    /// [`Session::apply_together`], so that a failure also undoes the ones before it in
+    /// that transaction; the others to [`Session::apply`], one by one.
     async fn apply_up(
         &mut self,
         migrations: &[&'static Migration],
     ) -> std::result::Result<(), (usize, Error)> {
-        for (i, &migration) in migrations.iter().enumerate() {
+        let mut i = 0;
+        while i < migrations.len() {
+            let together = match self.transactions() {
+                Transactions::PerTenant => migrations[i..]
+                    .iter()
+                    .take_while(|m| m.is_transactional())
+                    .count(),
+                _ => 0,
+            };
+            if together == 0 {
+                self.apply(migrations[i], Direction::Up)
+                    .await
+                    .map_err(|e| (i, e))?;
+                i += 1;
+            } else {
+                self.apply_together(&migrations[i..i + together])
+                    .await
+                    .map_err(|(k, e)| (i + k, e))?;
+                i += together;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the up functions of `batch`, transactional migrations, in one transaction
+    /// with their tracking rows, for [`Session::apply_up`]; on a failure nothing of
+    /// `batch` stays applied, the failed migration is recorded, and its index returned.
+    /// The default applies each on its own.
+    async fn apply_together(
+        &mut self,
+        batch: &[&'static Migration],
+    ) -> std::result::Result<(), (usize, Error)> {
+        for (i, &migration) in batch.iter().enumerate() {
             self.apply(migration, Direction::Up)
                 .await
                 .map_err(|e| (i, e))?;

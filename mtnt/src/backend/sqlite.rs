@@ -814,7 +814,7 @@ impl<'a> SqliteSession<'a> {
     /// Runs `batch`, transactional migrations, in one transaction with their tracking
     /// rows; on a failure, rolls all of them back and records the failed one. Returns the
     /// index of the failed migration with its error.
-    async fn apply_together(
+    async fn apply_batch(
         &mut self,
         batch: &[&'static Migration],
     ) -> std::result::Result<(), (usize, Error)> {
@@ -1036,32 +1036,15 @@ impl Session for SqliteSession<'_> {
         }
     }
 
-    async fn apply_up(
+    fn transactions(&self) -> Transactions {
+        self.backend.transactions
+    }
+
+    async fn apply_together(
         &mut self,
-        migrations: &[&'static Migration],
+        batch: &[&'static Migration],
     ) -> std::result::Result<(), (usize, Error)> {
-        let mut i = 0;
-        while i < migrations.len() {
-            let together = match self.backend.transactions {
-                Transactions::PerTenant => migrations[i..]
-                    .iter()
-                    .take_while(|m| m.is_transactional())
-                    .count(),
-                _ => 0,
-            };
-            if together == 0 {
-                self.apply(migrations[i], Direction::Up)
-                    .await
-                    .map_err(|e| (i, e))?;
-                i += 1;
-            } else {
-                self.apply_together(&migrations[i..i + together])
-                    .await
-                    .map_err(|(k, e)| (i + k, e))?;
-                i += together;
-            }
-        }
-        Ok(())
+        self.apply_batch(batch).await
     }
 
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
