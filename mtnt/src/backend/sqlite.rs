@@ -617,6 +617,11 @@ enum Conn {
 }
 
 impl Conn {
+    /// Whether [`Conn::discard`] took a tenant connection away.
+    fn is_discarded(&self) -> bool {
+        matches!(self, Conn::Owned(None))
+    }
+
     /// Makes sure a connection in an unknown state is not used again.
     fn discard(&mut self) {
         match self {
@@ -726,6 +731,11 @@ impl<'a> SqliteSession<'a> {
         status: MigrationStatus,
         started_at: &str,
     ) -> Result<()> {
+        if self.conn.is_discarded() {
+            // A tenant connection that could not even roll back is gone: nothing can be
+            // recorded in its file, and the caller reports the migration's error anyway.
+            return Ok(());
+        }
         let message = error.to_string();
         sqlx::query(
             "INSERT INTO mtnt_migrations \
