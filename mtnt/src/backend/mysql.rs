@@ -10,7 +10,6 @@ use sqlx::{Connection, MySql, MySqlConnection, Row};
 use super::invoke::{connection_lost, exec_mysql, invoke};
 use super::sql::quote_ident_mysql;
 use crate::ctx::CtxConn;
-use crate::migration::MigrationFn;
 use crate::{
     AppliedMigration, Backend, Ctx, Direction, Engine, Error, Migration, MigrationStatus, Result,
     Session, Target, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
@@ -54,7 +53,8 @@ const MAX_ERROR_BYTES: usize = 60_000;
 ///    migration that only changes data rolls back completely, and data changes after its
 ///    last DDL statement do too;
 /// 3. on success records it `completed` (or `pending` after a down) and updates the
-///    registry row in one transaction;
+///    registry row in one transaction, which also records the next migration `started`
+///    (step 1 of the next): one commit, one round trip between two migrations;
 /// 4. on failure rolls back and leaves the row `started`, with the error. mtnt cannot know
 ///    whether the migration ran DDL before it failed, so every failure is treated as
 ///    possibly half-applied: the tenant's registry row shows the failure in `status`, and
@@ -277,6 +277,22 @@ fn error_text(error: &Error) -> String {
         message.push_str(" [...]");
     }
     message
+}
+
+/// A string literal for mtnt's own multi-statement SQL, which has no placeholders: hex
+/// with a character set introducer, so that no `sql_mode` (`NO_BACKSLASH_ESCAPES`) or
+/// content can change how it reads.
+fn text_literal(value: &str) -> String {
+    if value.is_empty() {
+        return "''".to_owned();
+    }
+    let mut literal = String::with_capacity(12 + 2 * value.len());
+    literal.push_str("_utf8mb4 X'");
+    for byte in value.bytes() {
+        literal.push_str(&format!("{byte:02X}"));
+    }
+    literal.push('\'');
+    literal
 }
 
 /// The tracking table of one database.
@@ -771,85 +787,195 @@ impl MySqlSession<'_> {
     }
 
     /// The registry update that follows a successful change: the cached newest completed
-    /// migration, and no failure.
-    fn registry_update(&self) -> Option<(String, &TenantName)> {
+    /// migration, and no failure. Its name is spliced in as a literal so that it can
+    /// travel with other statements in one round trip.
+    fn registry_update(&self) -> Option<String> {
         match self.target {
             Target::Public => None,
-            Target::Tenant(t) => Some((
-                format!(
-                    "UPDATE {registry} SET applied_order = (SELECT max(migration_order) FROM {db_q}.mtnt_migrations \
-                     WHERE status = 'completed'), failed_order = NULL, last_error = NULL, updated_at = {NOW} WHERE name = ?",
-                    registry = self.backend.registry(),
-                    db_q = self.db_q,
-                ),
-                &t.name,
+            Target::Tenant(t) => Some(format!(
+                "UPDATE {registry} SET applied_order = (SELECT max(migration_order) FROM {db_q}.mtnt_migrations \
+                 WHERE status = 'completed'), failed_order = NULL, last_error = NULL, updated_at = {NOW} \
+                 WHERE name = {name}",
+                registry = self.backend.registry(),
+                db_q = self.db_q,
+                name = text_literal(t.name.as_str()),
             )),
         }
     }
 
     async fn update_registry(&mut self) -> Result<()> {
-        if let Some((sql, name)) = self.registry_update() {
-            let name = name.as_str().to_owned();
-            sqlx::query(&sql)
-                .bind(name)
-                .execute(&mut *self.conn)
-                .await?;
+        if let Some(sql) = self.registry_update() {
+            self.run(&sql).await?;
         }
         Ok(())
     }
 
-    /// Records that a migration's up or down function is about to run (committed at once).
-    async fn record_started(&mut self, migration: &Migration, direction: Direction) -> Result<()> {
+    /// The statements that record `migration` as about to run. A down also refreshes the
+    /// registry's cached newest completed migration, which the row leaves: the registry
+    /// agrees with the tracking table after every commit.
+    fn started_sql(&self, migration: &Migration, direction: Direction) -> Vec<String> {
+        let db_q = &self.db_q;
+        let order = migration.order();
         match direction {
             Direction::Up => {
-                let status = MigrationStatus::Started.as_str();
-                sqlx::query(&upsert_sql(&self.db_q, "NULL", "NULL"))
-                    .bind(migration.order())
-                    .bind(migration.name())
-                    .bind(migration.checksum())
-                    .bind(status)
-                    .bind(migration.name())
-                    .bind(migration.checksum())
-                    .bind(status)
-                    .execute(&mut *self.conn)
-                    .await?;
+                let (name, checksum) = (
+                    text_literal(migration.name()),
+                    text_literal(migration.checksum()),
+                );
+                vec![format!(
+                    "INSERT INTO {db_q}.mtnt_migrations \
+                     (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
+                     VALUES ({order}, {name}, {checksum}, 'started', {NOW}, NULL, NULL, NULL) \
+                     ON DUPLICATE KEY UPDATE name = {name}, checksum = {checksum}, status = 'started', \
+                     started_at = {NOW}, finished_at = NULL, duration_ms = NULL, error = NULL"
+                )]
             }
             Direction::Down => {
-                sqlx::query(&format!(
-                    "UPDATE {}.mtnt_migrations SET status = 'started', started_at = {NOW}, finished_at = NULL, \
-                     duration_ms = NULL, error = NULL WHERE migration_order = ?",
-                    self.db_q
-                ))
-                .bind(migration.order())
-                .execute(&mut *self.conn)
-                .await?;
+                let mut sql = vec![format!(
+                    "UPDATE {db_q}.mtnt_migrations SET status = 'started', started_at = {NOW}, \
+                     finished_at = NULL, duration_ms = NULL, error = NULL WHERE migration_order = {order}"
+                )];
+                if let Target::Tenant(t) = self.target {
+                    sql.push(format!(
+                        "UPDATE {registry} SET applied_order = (SELECT max(migration_order) \
+                         FROM {db_q}.mtnt_migrations WHERE status = 'completed'), updated_at = {NOW} \
+                         WHERE name = {name}",
+                        registry = self.backend.registry(),
+                        name = text_literal(t.name.as_str()),
+                    ));
+                }
+                sql
+            }
+        }
+    }
+
+    /// Sends bookkeeping statements in one round trip and commits them together, with
+    /// autocommit left off afterwards when `then_autocommit_off` (the next function runs
+    /// inside a transaction). `autocommit_off` says how the connection is set now.
+    async fn commit_bookkeeping(
+        &mut self,
+        statements: Vec<String>,
+        autocommit_off: bool,
+        then_autocommit_off: bool,
+    ) -> Result<()> {
+        let mut sql = Vec::with_capacity(statements.len() + 3);
+        if !autocommit_off {
+            sql.push("START TRANSACTION".to_owned());
+        }
+        sql.extend(statements);
+        sql.push("COMMIT".to_owned());
+        match (autocommit_off, then_autocommit_off) {
+            (true, false) => sql.push("SET autocommit = 1".to_owned()),
+            (false, true) => sql.push("SET autocommit = 0".to_owned()),
+            _ => {}
+        }
+        // Closed if dropped mid-flight: a cancelled commit must not go back to the pool.
+        self.conn.in_transaction = true;
+        self.run(&sql.join("; ")).await?;
+        self.conn.in_transaction = then_autocommit_off;
+        Ok(())
+    }
+
+    /// Rolls back after a failed migration (or its failed bookkeeping) and records the
+    /// failure; the error is handed back.
+    async fn fail(&mut self, migration: &Migration, error: Error) -> Error {
+        if connection_lost(&error) {
+            self.conn.close_on_drop();
+            return error;
+        }
+        self.rollback().await;
+        // Best effort: the migration error matters more than a failed bookkeeping write.
+        if let Err(e) = self.record_failure(migration, &error).await {
+            tracing::warn!(
+                "could not record the failure of {migration} in {}: {e}",
+                self.target
+            );
+        }
+        error
+    }
+
+    /// Runs the `direction` functions of `migrations` in order, stopping at the first
+    /// failure, whose index it returns with the error.
+    ///
+    /// Each migration is recorded `started` in a commit before its function runs, and
+    /// `completed` (`pending` after a down) with the registry row in a commit after it,
+    /// as the type's docs say. The commit after one migration is the commit before the
+    /// next: its `completed` row, the registry row and the next `started` row travel in
+    /// one multi-statement round trip and one transaction (one log flush), so every
+    /// committed state is one the old two commits could leave too: either the previous
+    /// migration is still `started`, or it is `completed` and the next is `started`.
+    async fn run_chain(
+        &mut self,
+        migrations: &[&'static Migration],
+        direction: Direction,
+    ) -> std::result::Result<(), (usize, Error)> {
+        let Some(&first) = migrations.first() else {
+            return Ok(());
+        };
+        self.lock().await.map_err(|e| (0, e))?;
+        let mut function = first.function(direction, self.target).map_err(|e| (0, e))?;
+        let started = self.started_sql(first, direction);
+        if let Err(error) = self
+            .commit_bookkeeping(started, false, first.is_transactional())
+            .await
+        {
+            // Nothing ran and nothing was recorded: no failure to note.
+            if connection_lost(&error) {
+                self.conn.close_on_drop();
+            } else {
+                self.rollback().await;
+            }
+            return Err((0, error));
+        }
+        let tenant = self.target.tenant();
+        for (i, &migration) in migrations.iter().enumerate() {
+            let clock = Instant::now();
+            let mut ctx = Ctx::new(tenant, CtxConn::MySql(&mut self.conn));
+            if let Err(error) = invoke(function, &mut ctx).await {
+                return Err((i, self.fail(migration, error).await));
+            }
+            let next = migrations
+                .get(i + 1)
+                .map(|&m| (m, m.function(direction, self.target)));
+            let mut statements = vec![self.finished_sql(migration, direction, clock)];
+            statements.extend(self.registry_update());
+            if let Some((next, Ok(_))) = &next {
+                statements.extend(self.started_sql(next, direction));
+            }
+            let then_autocommit_off = matches!(&next, Some((m, Ok(_))) if m.is_transactional());
+            if let Err(error) = self
+                .commit_bookkeeping(
+                    statements,
+                    migration.is_transactional(),
+                    then_autocommit_off,
+                )
+                .await
+            {
+                return Err((i, self.fail(migration, error).await));
+            }
+            match next {
+                None => break,
+                Some((_, Err(error))) => return Err((i + 1, error)),
+                Some((_, Ok(f))) => function = f,
             }
         }
         Ok(())
     }
 
-    /// Records the end of a successful run and updates the registry, in the open transaction.
-    async fn record_finished(
-        &mut self,
-        migration: &Migration,
-        direction: Direction,
-        clock: Instant,
-    ) -> Result<()> {
+    /// The statement that records the end of a successful run.
+    fn finished_sql(&self, migration: &Migration, direction: Direction, clock: Instant) -> String {
         let status = match direction {
             Direction::Up => MigrationStatus::Completed,
             Direction::Down => MigrationStatus::Pending,
         };
-        sqlx::query(&format!(
-            "UPDATE {}.mtnt_migrations SET status = ?, finished_at = {NOW}, duration_ms = ?, error = NULL \
-             WHERE migration_order = ?",
-            self.db_q
-        ))
-        .bind(status.as_str())
-        .bind(clock.elapsed().as_millis() as i64)
-        .bind(migration.order())
-        .execute(&mut *self.conn)
-        .await?;
-        self.update_registry().await
+        format!(
+            "UPDATE {}.mtnt_migrations SET status = '{}', finished_at = {NOW}, duration_ms = {}, \
+             error = NULL WHERE migration_order = {}",
+            self.db_q,
+            status.as_str(),
+            clock.elapsed().as_millis() as i64,
+            migration.order()
+        )
     }
 
     /// Keeps the row `started` with the error, and notes the failure in the registry, whose
@@ -878,32 +1004,6 @@ impl MySqlSession<'_> {
             .await?;
         }
         Ok(())
-    }
-
-    /// Runs the function with autocommit off (when the migration is transactional) and
-    /// records its end, committing both.
-    async fn run_and_finish(
-        &mut self,
-        migration: &'static Migration,
-        function: MigrationFn,
-        direction: Direction,
-    ) -> Result<()> {
-        let clock = Instant::now();
-        if migration.is_transactional() {
-            self.begin().await?;
-        }
-        let tenant = match self.target {
-            Target::Public => None,
-            Target::Tenant(t) => Some(t),
-        };
-        let mut ctx = Ctx::new(tenant, CtxConn::MySql(&mut self.conn));
-        invoke(function, &mut ctx).await?;
-        if !migration.is_transactional() {
-            // The bookkeeping commits together even when the migration did not.
-            self.begin().await?;
-        }
-        self.record_finished(migration, direction, clock).await?;
-        self.commit().await
     }
 }
 
@@ -949,25 +1049,16 @@ impl Session for MySqlSession<'_> {
     }
 
     async fn apply(&mut self, migration: &'static Migration, direction: Direction) -> Result<()> {
-        self.lock().await?;
-        let function = migration.function(direction, self.target)?;
-        self.record_started(migration, direction).await?;
-        let Err(error) = self.run_and_finish(migration, function, direction).await else {
-            return Ok(());
-        };
-        if connection_lost(&error) {
-            self.conn.close_on_drop();
-            return Err(error);
-        }
-        self.rollback().await;
-        // Best effort: the migration error matters more than a failed bookkeeping write.
-        if let Err(e) = self.record_failure(migration, &error).await {
-            tracing::warn!(
-                "could not record the failure of {migration} in {}: {e}",
-                self.target
-            );
-        }
-        Err(error)
+        self.run_chain(&[migration], direction)
+            .await
+            .map_err(|(_, error)| error)
+    }
+
+    async fn apply_up(
+        &mut self,
+        migrations: &[&'static Migration],
+    ) -> std::result::Result<(), (usize, Error)> {
+        self.run_chain(migrations, Direction::Up).await
     }
 
     async fn set_checksum(&mut self, order: i64, checksum: &str) -> Result<()> {
