@@ -9,12 +9,16 @@
 // Migration orders are written YYYY_MM_DD_NNNN, like in the attributes.
 #![allow(clippy::inconsistent_digit_grouping)]
 
+use std::time::Duration;
+
 use mtnt::{
-    ConnectOptions, Engine, Error, MigrateOptions, MigrationSet, MigrationStatus, Migrator,
-    MySqlBackend, Tenancy, TenantName,
+    Backend, ConnectOptions, Engine, Error, MigrateOptions, MigrationSet, MigrationStatus,
+    Migrator, MySqlBackend, SafetySettings, Tenancy, TenantName,
 };
-use mtnt_test_support::mysql::{table_exists, tracking_row, TestControl};
+use mtnt_test_support::mysql::{execute, registry_row, table_exists, tracking_row, TestControl};
+use sqlx::pool::PoolConnection;
 use sqlx::types::chrono::Utc;
+use sqlx::{MySql, MySqlPool};
 
 // The behaviour suite's migrations; this file uses the main set only.
 #[allow(dead_code)]
@@ -263,4 +267,245 @@ async fn urls_are_checked_and_an_unreachable_server_fails_fast_without_the_passw
         .unwrap();
     assert!(matches!(error, Error::BadUrl { .. }), "{error}");
     assert!(error.to_string().contains("use database"), "{error}");
+}
+
+/// How long a fleet run waits for a tenant another run holds, in the fast-path tests: a
+/// tenant that gets a session while its lock is held fails after this.
+const UNLOCK_DEADLINE: Duration = Duration::from_secs(2);
+
+/// A migrator whose fleet runs give up on a held tenant after [`UNLOCK_DEADLINE`].
+async fn impatient_migrator(control: &TestControl, set: MigrationSet) -> Migrator {
+    let backend = mtnt::connect(&control.url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    Migrator::builder_boxed(backend)
+        .migrations(set)
+        .safety(
+            SafetySettings::new()
+                .unlock_deadline(UNLOCK_DEADLINE)
+                .heartbeat_interval(Duration::from_millis(100))
+                .heartbeat_retries(1),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Takes the mtnt locks of `tenants` (as a session would, `GET_LOCK` on the hashed
+/// `tenant:<database>` key) on one connection, held until it is dropped: a run that opens
+/// a session on one of them cannot lock it and waits, then fails as busy.
+async fn hold_tenant_locks(pool: &MySqlPool, tenants: &[&str]) -> PoolConnection<MySql> {
+    let mut conn = pool.acquire().await.unwrap();
+    for tenant in tenants {
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(CONCAT('mtnt:', SHA1(?)), 0)")
+            .bind(format!("tenant:{tenant}"))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(got, Some(1), "lock of {tenant}");
+    }
+    conn
+}
+
+/// Ends the connection of [`hold_tenant_locks`], and with it its locks (a pooled
+/// connection would keep them).
+async fn release(held: PoolConnection<MySql>) {
+    sqlx::Connection::close(held.detach()).await.unwrap();
+}
+
+/// The failures of a report, by tenant.
+fn failed(report: &mtnt::MigrateReport) -> Vec<(String, String)> {
+    report
+        .failures
+        .iter()
+        .map(|f| (f.tenant.to_string(), f.error.to_string()))
+        .collect()
+}
+
+// MySQL only: the fingerprints are computed from each tenant's tracking table on the
+// control connection, and must be `mtnt::fingerprint` to the byte.
+#[tokio::test]
+async fn fingerprints_are_read_from_the_tracking_tables_exactly() {
+    let control = TestControl::new("fingerprint").await;
+    let pool = control.pool(2).await;
+    let [full, empty, untracked, started, long] =
+        ["full", "empty", "untracked", "started", "long"].map(|t| control.tenant(t));
+    let set = fleet_set(BACKFILL);
+    let m = migrator(&control, set.clone()).await;
+    for tenant in [&full, &empty, &untracked, &started, &long] {
+        m.create_tenant(&name(tenant)).await.unwrap();
+    }
+    execute(&pool, &format!("DELETE FROM `{empty}`.mtnt_migrations")).await;
+    execute(&pool, &format!("DROP TABLE `{untracked}`.mtnt_migrations")).await;
+    execute(
+        &pool,
+        &format!(
+            "UPDATE `{started}`.mtnt_migrations SET status = 'started' WHERE migration_order = {BACKFILL}"
+        ),
+    )
+    .await;
+    // Far past MySQL's default `group_concat_max_len` of 1024 bytes, with text that is
+    // not plain ASCII.
+    let rows: Vec<(i64, String)> = (1..=300)
+        .map(|i| (i, format!("sum-{i}-é✓-{}", "x".repeat(40))))
+        .collect();
+    execute(&pool, &format!("DELETE FROM `{long}`.mtnt_migrations")).await;
+    for (order, checksum) in &rows {
+        sqlx::query(&format!(
+            "INSERT INTO `{long}`.mtnt_migrations (migration_order, name, checksum, status) \
+             VALUES (?, 'hand', ?, 'completed')"
+        ))
+        .bind(order)
+        .bind(checksum)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+
+    // One connection, so that the session setting it raises is seen if it stays raised.
+    let own = control.pool(1).await;
+    let before: u64 = sqlx::query_scalar("SELECT @@SESSION.group_concat_max_len")
+        .fetch_one(&own)
+        .await
+        .unwrap();
+    let backend = MySqlBackend::new(own.clone(), control.control()).unwrap();
+    let mut names: Vec<TenantName> = [&full, &empty, &untracked, &started, &long]
+        .iter()
+        .map(|t| name(t))
+        .collect();
+    names.push(name(&control.tenant("unregistered")));
+    let mut got = backend.fingerprints(&names).await.unwrap();
+    got.sort();
+    let tenant_set: Vec<_> = set
+        .iter()
+        .filter(|m| m.scope() == mtnt::Scope::Tenant)
+        .map(|m| (m.order(), m.checksum()))
+        .collect();
+    let mut expected = vec![
+        (name(&full), mtnt::fingerprint(tenant_set.iter().copied())),
+        (name(&empty), mtnt::fingerprint([])),
+        (
+            name(&long),
+            mtnt::fingerprint(rows.iter().map(|(o, c)| (*o, c.as_str()))),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(got, expected);
+    let after: u64 = sqlx::query_scalar("SELECT @@SESSION.group_concat_max_len")
+        .fetch_one(&own)
+        .await
+        .unwrap();
+    assert_eq!(after, before, "group_concat_max_len was set back");
+
+    own.close().await;
+    drop(pool);
+    control.cleanup().await;
+}
+
+// MySQL only: a no-op fleet run decides from the control connection alone. Every
+// tenant's lock is held elsewhere, so a session on any of them would wait and fail.
+#[tokio::test]
+async fn a_no_op_fleet_run_opens_no_tenant_session() {
+    let control = TestControl::new("noop").await;
+    let pool = control.pool(2).await;
+    let tenants: Vec<String> = ["a", "b", "c"].map(|t| control.tenant(t)).to_vec();
+    let m = impatient_migrator(&control, fleet_set(BACKFILL)).await;
+    for tenant in &tenants {
+        m.create_tenant(&name(tenant)).await.unwrap();
+    }
+    let held = hold_tenant_locks(
+        &pool,
+        &tenants.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let report = m.migrate(&MigrateOptions::new()).await.unwrap();
+    assert_eq!(failed(&report), [], "a tenant got a session");
+    assert_eq!(report.tenants_current, 3);
+    assert!(report.elapsed < UNLOCK_DEADLINE, "{:?}", report.elapsed);
+
+    release(held).await;
+    drop(pool);
+    control.cleanup().await;
+}
+
+// MySQL only: the fingerprint is the tracking table's, not a cached copy: a row edited by
+// hand is seen at once (the tenant gets a session and the checksum check), while the
+// untouched tenant next to it still gets none.
+#[tokio::test]
+async fn a_hand_edited_tracking_row_is_seen() {
+    let control = TestControl::new("handedit").await;
+    let pool = control.pool(2).await;
+    let (kept, edited) = (control.tenant("kept"), control.tenant("edited"));
+    let m = impatient_migrator(&control, fleet_set(BACKFILL)).await;
+    m.create_tenant(&name(&kept)).await.unwrap();
+    m.create_tenant(&name(&edited)).await.unwrap();
+    execute(
+        &pool,
+        &format!(
+            "UPDATE `{edited}`.mtnt_migrations SET checksum = 'edited' WHERE migration_order = {LEDGER}"
+        ),
+    )
+    .await;
+    let held = hold_tenant_locks(&pool, &[&kept]).await;
+    let report = m.migrate(&MigrateOptions::new()).await.unwrap();
+    let failures = failed(&report);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].0, edited);
+    assert!(failures[0].1.contains("checksum"), "{failures:?}");
+    assert_eq!(
+        report.tenants_current, 1,
+        "the untouched tenant, without a session"
+    );
+    assert!(report.elapsed < UNLOCK_DEADLINE, "{:?}", report.elapsed);
+
+    release(held).await;
+    drop(pool);
+    control.cleanup().await;
+}
+
+// MySQL only: a tenant behind the code gets its new migration, and the registry's cached
+// newest migration agrees with its tracking table afterwards (the fast path compares
+// both); the tenant already up to date gets no session.
+#[tokio::test]
+async fn a_new_migration_is_applied_and_the_current_tenant_gets_no_session() {
+    let control = TestControl::new("newmig").await;
+    let pool = control.pool(2).await;
+    let (behind, current) = (control.tenant("behind"), control.tenant("current"));
+    impatient_migrator(&control, fleet_set(ACCOUNTS))
+        .await
+        .create_tenant(&name(&behind))
+        .await
+        .unwrap();
+    let m = impatient_migrator(&control, fleet_set(PROJECTS)).await;
+    m.create_tenant(&name(&current)).await.unwrap();
+    assert!(!table_exists(&pool, &behind, "projects").await);
+    let held = hold_tenant_locks(&pool, &[&current]).await;
+    let report = m.migrate(&MigrateOptions::new()).await.unwrap();
+    assert_eq!(failed(&report), []);
+    assert_eq!(
+        (
+            report.tenants_migrated,
+            report.migrations_applied,
+            report.tenants_current
+        ),
+        (1, 1, 1)
+    );
+    assert!(table_exists(&pool, &behind, "projects").await);
+    for tenant in [&behind, &current] {
+        let row = registry_row(&pool, control.control(), tenant)
+            .await
+            .unwrap();
+        assert_eq!(row.applied_order, Some(PROJECTS), "{tenant}");
+        assert_eq!(row.failed_order, None, "{tenant}");
+    }
+    release(held).await;
+
+    // And the next run finds both current without a session.
+    let held = hold_tenant_locks(&pool, &[&behind, &current]).await;
+    let report = m.migrate(&MigrateOptions::new()).await.unwrap();
+    assert_eq!(failed(&report), []);
+    assert_eq!(report.tenants_current, 2);
+
+    release(held).await;
+    drop(pool);
+    control.cleanup().await;
 }

@@ -10,6 +10,7 @@ use sqlx::{Connection, MySql, MySqlConnection, Row};
 use super::invoke::{connection_lost, exec_mysql, invoke};
 use super::sql::quote_ident_mysql;
 use crate::ctx::CtxConn;
+use crate::migration::BoxFuture;
 use crate::{
     AppliedMigration, Backend, Ctx, Direction, Engine, Error, Migration, MigrationStatus, Result,
     Session, Target, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
@@ -236,6 +237,19 @@ async fn use_database(conn: &mut MySqlConnection, db_q: &str) -> Result<(), sqlx
     Ok(())
 }
 
+/// Runs several statements in one unprepared round trip and returns the rows they yield.
+///
+/// A named function with a concrete connection type and a boxed `Send` future, like
+/// [`exec_mysql`], because sqlx's generic executors trip the compiler's higher-ranked
+/// `Send` check inside `async_trait` methods.
+fn fetch_all_unprepared<'a>(
+    conn: &'a mut MySqlConnection,
+    sql: &'a str,
+) -> BoxFuture<'a, Result<Vec<MySqlRow>, sqlx::Error>> {
+    // A plain `&str` has no arguments: sqlx sends it unprepared, several statements at once.
+    Box::pin(async move { sqlx::Executor::fetch_all(conn, sql).await })
+}
+
 /// The server's error number of a database error.
 fn error_number(error: &sqlx::Error) -> Option<u16> {
     match error {
@@ -393,6 +407,99 @@ impl Backend for MySqlBackend {
         }
         records.sort_by(|a, b| a.tenant.name.cmp(&b.tenant.name));
         Ok(records)
+    }
+
+    /// Computed from the tenants' own tracking tables, not cached in the registry: a
+    /// MySQL commit cannot hold DDL and the registry together, and reading the tables
+    /// sees hand edits and interrupted runs as they are. Per page of names, one query
+    /// finds the tenant databases that have a tracking table, and one `UNION ALL` query
+    /// hashes each table's rows with [`fingerprint`](crate::fingerprint)'s definition.
+    /// A tenant with a row that is not `completed` (a `started` migration, a `pending`
+    /// one after a revert) is left out, so it gets a session and the full check.
+    async fn fingerprints(&self, names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
+        let mut fingerprints = Vec::with_capacity(names.len());
+        if names.is_empty() {
+            return Ok(fingerprints);
+        }
+        let mut conn = self.pool.acquire().await?;
+        // Bounded IN lists and UNIONs: a server caps placeholders and open tables.
+        for chunk in names.chunks(1000) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            // Compared as bytes, like the registry's names (utf8mb4_bin).
+            let sql = format!(
+                "SELECT r.name, r.schema_name FROM {registry} r \
+                 JOIN information_schema.TABLES t \
+                 ON CAST(t.TABLE_SCHEMA AS BINARY) = CAST(r.schema_name AS BINARY) \
+                 WHERE t.TABLE_NAME = 'mtnt_migrations' AND r.name IN ({placeholders}) ORDER BY r.name",
+                registry = self.registry()
+            );
+            let mut query = sqlx::query(&sql);
+            for name in chunk {
+                query = query.bind(name.as_str());
+            }
+            let tracked = query
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|row| Ok((text(row, "name")?, text(row, "schema_name")?)))
+                .collect::<Result<Vec<_>>>()?;
+            if tracked.is_empty() {
+                continue;
+            }
+            let union = tracked
+                .iter()
+                .enumerate()
+                .map(|(i, (_, schema))| {
+                    format!(
+                        "SELECT {i} AS k, IF(MAX(status <> 'completed'), NULL, \
+                         SHA2(COALESCE(GROUP_CONCAT(CONCAT(migration_order, ':', checksum) \
+                         ORDER BY migration_order SEPARATOR ','), ''), 256)) AS fingerprint \
+                         FROM {}.mtnt_migrations",
+                        quote_ident_mysql(schema)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            // GROUP_CONCAT cuts its result at `group_concat_max_len` (1024 bytes on MySQL
+            // by default, a dozen migrations), which would hash a prefix: raised for this
+            // statement and set back, in one round trip.
+            let sql = format!(
+                "SET @mtnt_group_concat_max_len = @@SESSION.group_concat_max_len; \
+                 SET SESSION group_concat_max_len = 4294967295; {union}; \
+                 SET SESSION group_concat_max_len = @mtnt_group_concat_max_len"
+            );
+            let rows = match fetch_all_unprepared(&mut conn, &sql).await {
+                Ok(rows) => rows,
+                // A tenant database dropped since the first query: this page gets
+                // sessions, which report it properly.
+                Err(e) if error_number(&e) == Some(ER_NO_SUCH_TABLE) => {
+                    conn.close_on_drop();
+                    return Ok(fingerprints);
+                }
+                Err(e) => {
+                    // Its `group_concat_max_len` may still be raised.
+                    conn.close_on_drop();
+                    return Err(Error::other(format!(
+                        "reading the fingerprints of {} tenant tracking tables: {e}",
+                        tracked.len()
+                    )));
+                }
+            };
+            for row in &rows {
+                let k: i64 = row.try_get("k")?;
+                let Some(fingerprint) = opt_text(row, "fingerprint")? else {
+                    continue;
+                };
+                let (name, _) = usize::try_from(k)
+                    .ok()
+                    .and_then(|k| tracked.get(k))
+                    .ok_or_else(|| Error::Corrupt(format!("fingerprint row {k} of no tenant")))?;
+                let name = TenantName::new(name.clone())
+                    .map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))?;
+                fingerprints.push((name, fingerprint));
+            }
+        }
+        Ok(fingerprints)
     }
 
     async fn session<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Session + 'a>> {
@@ -559,7 +666,6 @@ impl Backend for MySqlBackend {
         });
         databases.sort();
 
-        let applied = baseline.iter().map(|m| m.order()).max();
         let mut adopted = Vec::new();
         let mut skipped = Vec::new();
         let mut conn = TargetConn::new(self.pool.acquire().await?, String::new());
@@ -590,14 +696,16 @@ impl Backend for MySqlBackend {
                         .execute(&mut *conn)
                         .await?;
                 }
+                // From the table, not the baseline: an adopted database may bring rows of
+                // its own, and the registry must agree with them for the fleet's fast path.
                 sqlx::query(&format!(
                     "INSERT INTO {} (name, schema_name, state, created_at, applied_order, updated_at) \
-                     VALUES (?, ?, 'active', {NOW}, ?, {NOW})",
+                     SELECT ?, ?, 'active', {NOW}, max(migration_order), {NOW} \
+                     FROM {db_q}.mtnt_migrations WHERE status = 'completed'",
                     self.registry()
                 ))
                 .bind(tenant.name.as_str())
                 .bind(&tenant.schema)
-                .bind(applied)
                 .execute(&mut *conn)
                 .await?;
                 exec_mysql(&mut conn, "COMMIT").await?;
