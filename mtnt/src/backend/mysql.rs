@@ -411,8 +411,9 @@ impl Backend for MySqlBackend {
 
     /// Computed from the tenants' own tracking tables, not cached in the registry: a
     /// MySQL commit cannot hold DDL and the registry together, and reading the tables
-    /// sees hand edits and interrupted runs as they are. Per page of names, one query
-    /// finds the tenant databases that have a tracking table, and one `UNION ALL` query
+    /// sees hand edits and interrupted runs as they are. Per page of names, the registry
+    /// gives their databases, one query finds those that have a tracking table, and one
+    /// `UNION ALL` query
     /// hashes each table's rows with [`fingerprint`](crate::fingerprint)'s definition.
     /// A tenant with a row that is not `completed` (a `started` migration, a `pending`
     /// one after a revert) is left out, so it gets a session and the full check.
@@ -425,24 +426,46 @@ impl Backend for MySqlBackend {
         // Bounded IN lists and UNIONs: a server caps placeholders and open tables.
         for chunk in names.chunks(1000) {
             let placeholders = vec!["?"; chunk.len()].join(", ");
-            // Compared as bytes, like the registry's names (utf8mb4_bin).
             let sql = format!(
-                "SELECT r.name, r.schema_name FROM {registry} r \
-                 JOIN information_schema.TABLES t \
-                 ON CAST(t.TABLE_SCHEMA AS BINARY) = CAST(r.schema_name AS BINARY) \
-                 WHERE t.TABLE_NAME = 'mtnt_migrations' AND r.name IN ({placeholders}) ORDER BY r.name",
-                registry = self.registry()
+                "SELECT name, schema_name FROM {} WHERE name IN ({placeholders})",
+                self.registry()
             );
             let mut query = sqlx::query(&sql);
             for name in chunk {
                 query = query.bind(name.as_str());
             }
-            let tracked = query
+            let registered = query
                 .fetch_all(&mut *conn)
                 .await?
                 .iter()
                 .map(|row| Ok((text(row, "name")?, text(row, "schema_name")?)))
                 .collect::<Result<Vec<_>>>()?;
+            if registered.is_empty() {
+                continue;
+            }
+            // A list of constants, not a join with the registry: that makes the server
+            // look at every database on it (1.5 s for 1000 tenants among 2000 databases
+            // against 20 ms).
+            let placeholders = vec!["?"; registered.len()].join(", ");
+            let sql = format!(
+                "SELECT TABLE_SCHEMA AS db FROM information_schema.TABLES \
+                 WHERE TABLE_NAME = 'mtnt_migrations' AND TABLE_SCHEMA IN ({placeholders})"
+            );
+            let mut query = sqlx::query(&sql);
+            for (_, schema) in &registered {
+                query = query.bind(schema.as_str());
+            }
+            let with_table = query
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|row| text(row, "db"))
+                .collect::<Result<std::collections::HashSet<_>>>()?;
+            // Matched here as bytes: the server compares database names without case.
+            let tracked: Vec<_> = registered
+                .into_iter()
+                .filter(|(_, schema)| with_table.contains(schema))
+                .collect();
             if tracked.is_empty() {
                 continue;
             }
