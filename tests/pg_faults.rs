@@ -1199,3 +1199,91 @@ async fn failed_and_panicking_migrations_release_their_locks() {
     pool.close().await;
     db.drop_db().await;
 }
+
+mod held {
+    #[mtnt::migration(scope = "tenant", order = 2032_01_01_0001, down = drop_t)]
+    async fn create_t(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+        ctx.execute("CREATE TABLE t (id bigint)").await
+    }
+
+    async fn drop_t(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+        ctx.execute("DROP TABLE t").await
+    }
+}
+
+/// `rollback` and `repair` wait for a tenant another run holds, but at most the unlock
+/// deadline, then say so and change nothing; once it is free they go ahead.
+#[tokio::test]
+async fn rollback_and_repair_wait_for_a_held_tenant_at_most_the_deadline() {
+    let db = TestDb::create("faults_held").await;
+    let pool = db.pool(4).await;
+    let migrator = mtnt::Migrator::builder(mtnt::PostgresBackend::new(pool.clone()))
+        .migrations(mtnt::MigrationSet::registered_in("pg_faults::held").unwrap())
+        .safety(
+            mtnt::SafetySettings::new()
+                .heartbeat_interval(Duration::from_millis(100))
+                .heartbeat_retries(1)
+                .unlock_deadline(Duration::from_millis(800)),
+        )
+        .build()
+        .unwrap();
+    let acme = mtnt::TenantName::new("acme").unwrap();
+    migrator.create_tenant(&acme).await.unwrap();
+
+    // Another run's session holds acme's lock.
+    let mut other = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtext('mtnt'), hashtext('tenant:acme'))")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let bounded = Duration::from_secs(10);
+    let error = tokio::time::timeout(bounded, migrator.rollback(&acme, mtnt::RollbackTarget::All))
+        .await
+        .expect("rollback waited past its deadline")
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(error, mtnt::Error::Busy { .. }),
+        "{error:?}: {error}"
+    );
+    assert!(error.to_string().contains("tenant acme"), "{error}");
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    let error = tokio::time::timeout(
+        bounded,
+        migrator.mark(Some(&acme), 203201010001, mtnt::MigrationStatus::Pending),
+    )
+    .await
+    .expect("repair --mark waited past its deadline")
+    .unwrap_err();
+    assert!(matches!(error, mtnt::Error::Busy { .. }), "{error}");
+    let error = tokio::time::timeout(
+        bounded,
+        migrator.repair_checksums(std::slice::from_ref(&acme)),
+    )
+    .await
+    .expect("repair --checksums waited past its deadline")
+    .unwrap_err();
+    assert!(matches!(error, mtnt::Error::Busy { .. }), "{error}");
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('acme.t')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(table.as_deref(), Some("acme.t"), "nothing was reverted");
+
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    drop(other);
+    let report = migrator
+        .rollback(&acme, mtnt::RollbackTarget::All)
+        .await
+        .unwrap();
+    assert_eq!(report.reverted.len(), 1);
+    pool.close().await;
+    db.drop_db().await;
+}

@@ -10,7 +10,7 @@ use super::executor::migrate_target_claim;
 use super::lease::Lease;
 use super::retry::{backoff, is_transient};
 use super::safety::{format_duration, SafetySettings, Shard};
-use crate::{Backend, Error, MigrationSet, Result, Target, TenantName, TenantRecord};
+use crate::{Backend, Error, MigrationSet, Result, Session, Target, TenantName, TenantRecord};
 
 /// The state of one fleet run that the claim logic needs.
 pub(crate) struct Guard<'a> {
@@ -65,7 +65,7 @@ impl<'a> Guard<'a> {
     ) -> Option<Result<usize>> {
         let target = Target::Tenant(&record.tenant);
         match with_retries(self.settings, target, || {
-            migrate_target_claim(backend, target, set, to, true)
+            migrate_target_claim(backend, target, set, to)
         })
         .await
         {
@@ -111,30 +111,70 @@ pub(crate) async fn migrate_waiting(
     to: Option<i64>,
     settings: &SafetySettings,
 ) -> Result<usize> {
-    let since = Instant::now();
-    let mut pause = Duration::from_millis(50);
-    let mut announced = false;
+    let mut wait = Wait::new(settings.unlock_deadline);
     loop {
         let outcome = with_retries(settings, target, || {
-            migrate_target_claim(backend, target, set, to, true)
+            migrate_target_claim(backend, target, set, to)
         })
         .await?;
         if let Some(n) = outcome {
             return Ok(n);
         }
-        if since.elapsed() >= settings.unlock_deadline {
+        wait.again(target).await?;
+    }
+}
+
+/// Takes `session`'s lock on `target`, waiting (try-lock with backoff) at most the
+/// unlock deadline while another run holds it: for the commands that work on one target
+/// (`rollback`, `repair`), which would otherwise wait without end.
+pub(crate) async fn lock_waiting(
+    session: &mut dyn Session,
+    target: Target<'_>,
+    settings: &SafetySettings,
+) -> Result<()> {
+    let mut wait = Wait::new(settings.unlock_deadline);
+    while !session.try_lock().await? {
+        wait.again(target).await?;
+    }
+    Ok(())
+}
+
+/// The pauses between attempts on a target another run holds: doubling from 50 ms up
+/// to 2 s, for at most `deadline` in all.
+struct Wait {
+    since: Instant,
+    deadline: Duration,
+    pause: Duration,
+    announced: bool,
+}
+
+impl Wait {
+    fn new(deadline: Duration) -> Self {
+        Self {
+            since: Instant::now(),
+            deadline,
+            pause: Duration::from_millis(50),
+            announced: false,
+        }
+    }
+
+    /// Pauses before the next attempt, or fails with [`Error::Busy`] once the deadline
+    /// has passed.
+    async fn again(&mut self, target: Target<'_>) -> Result<()> {
+        if self.since.elapsed() >= self.deadline {
             return Err(Error::Busy {
                 target: target.to_string(),
-                waited: format_duration(settings.unlock_deadline),
+                waited: format_duration(self.deadline),
             });
         }
-        if !announced {
+        if !self.announced {
             tracing::info!("another mtnt run is working on {target}; waiting for it");
-            announced = true;
+            self.announced = true;
         }
-        let left = settings.unlock_deadline.saturating_sub(since.elapsed());
-        tokio::time::sleep(pause.min(left)).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        let left = self.deadline.saturating_sub(self.since.elapsed());
+        tokio::time::sleep(self.pause.min(left)).await;
+        self.pause = (self.pause * 2).min(Duration::from_secs(2));
+        Ok(())
     }
 }
 

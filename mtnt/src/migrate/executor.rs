@@ -2,10 +2,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use super::claim::Guard;
+use super::claim::{lock_waiting, Guard};
 use super::fingerprint::current_fingerprints;
 use super::plan::{plan_down, plan_up};
 use super::source::TenantSource;
+use super::SafetySettings;
 use super::{FailedTenant, MigrateReport, Progress};
 use crate::{
     Backend, Direction, Error, MigrationSet, Result, RollbackTarget, Scope, Target, TenantName,
@@ -26,48 +27,30 @@ fn wrap(
     }
 }
 
-/// Brings one target up to `to`; returns how many migrations ran.
-pub(crate) async fn migrate_target(
-    backend: &dyn Backend,
-    target: Target<'_>,
-    set: &MigrationSet,
-    to: Option<i64>,
-) -> Result<usize> {
-    migrate_target_claim(backend, target, set, to, false)
-        .await
-        .map(|ran| ran.unwrap_or(0))
-}
-
-/// [`migrate_target`]; with `skip_busy`, returns `None` at once, changing nothing, when
-/// another run holds the target's lock (see `claim.rs`).
+/// Brings one target up to `to`; returns how many migrations ran, or `None` at once,
+/// changing nothing, when another run holds the target's lock (see `claim.rs`).
 pub(crate) async fn migrate_target_claim(
     backend: &dyn Backend,
     target: Target<'_>,
     set: &MigrationSet,
     to: Option<i64>,
-    skip_busy: bool,
 ) -> Result<Option<usize>> {
     let scope = match target {
         Target::Public => Scope::Public,
         Target::Tenant(_) => Scope::Tenant,
     };
     let mut session = backend.session(target).await?;
-    let applied = if skip_busy {
-        // A fleet run comes here only for a tenant whose registry row does not show it up
-        // to date (or for the public target, one per run): lock and read at once.
-        match session.try_lock_applied().await? {
-            Some(applied) => applied,
-            None => return Ok(None),
-        }
-    } else {
-        // Nothing to do is the common case and needs no lock. Otherwise another run may
-        // be working on this target (its `started` row would look interrupted): wait for
-        // it, then plan from what it recorded.
-        match plan_up(target, &session.applied().await?, set, scope, to) {
-            Ok(steps) if steps.is_empty() => return Ok(Some(0)),
-            _ => session.lock().await?,
-        }
-        session.applied().await?
+    if matches!(target, Target::Public)
+        && plan_up(target, &session.applied().await?, set, scope, to).is_ok_and(|s| s.is_empty())
+    {
+        // The public target is read by every run and every `tenant create`, and is
+        // nearly always up to date: that needs no lock, so that sign-ups never queue.
+        return Ok(Some(0));
+    }
+    // A fleet run comes here only for a tenant whose registry row does not show it up to
+    // date: lock and read at once.
+    let Some(applied) = session.try_lock_applied().await? else {
+        return Ok(None);
     };
     let steps = plan_up(target, &applied, set, scope, to)?;
     session
@@ -84,13 +67,14 @@ pub(crate) async fn rollback_target(
     target: Target<'_>,
     set: &MigrationSet,
     how_far: RollbackTarget,
+    settings: &SafetySettings,
 ) -> Result<Vec<&'static crate::Migration>> {
     let scope = match target {
         Target::Public => Scope::Public,
         Target::Tenant(_) => Scope::Tenant,
     };
     let mut session = backend.session(target).await?;
-    session.lock().await?;
+    lock_waiting(&mut *session, target, settings).await?;
     let applied = session.applied().await?;
     let steps = plan_down(target, &applied, set, scope, how_far)?;
     for migration in &steps {

@@ -1,7 +1,7 @@
 use std::time::Instant;
 
-use super::claim::{migrate_waiting, Guard};
-use super::executor::{migrate_fleet, migrate_target, rollback_target, FleetRun, Tenants};
+use super::claim::{lock_waiting, migrate_waiting, Guard};
+use super::executor::{migrate_fleet, rollback_target, FleetRun, Tenants};
 use super::lease::Lease;
 use super::progress::Silent;
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
@@ -294,6 +294,7 @@ impl Migrator {
             Target::Tenant(&record.tenant),
             &self.migrations,
             how_far,
+            &self.safety,
         )
         .await?;
         Ok(RollbackReport {
@@ -452,9 +453,15 @@ impl Migrator {
     }
 
     async fn migrate_public_first(&self) -> Result<()> {
-        migrate_target(&*self.backend, Target::Public, &self.migrations, None)
-            .await
-            .map(drop)
+        migrate_waiting(
+            &*self.backend,
+            Target::Public,
+            &self.migrations,
+            None,
+            &self.safety,
+        )
+        .await
+        .map(drop)
     }
 
     /// Registers existing schemas matching the SQL `LIKE` pattern as tenants. With
@@ -511,7 +518,7 @@ impl Migrator {
 
     async fn repair_target(&self, target: Target<'_>) -> Result<usize> {
         let mut session = self.backend.session(target).await?;
-        session.lock().await?;
+        lock_waiting(&mut *session, target, &self.safety).await?;
         let mut changed = 0;
         for row in session.applied().await? {
             if let Some(m) = self.migrations.get(row.order) {
@@ -538,15 +545,15 @@ impl Migrator {
         self.backend.prepare().await?;
         match tenant {
             None => {
-                self.backend
-                    .session(Target::Public)
-                    .await?
-                    .mark(migration, status)
-                    .await
+                let mut session = self.backend.session(Target::Public).await?;
+                lock_waiting(&mut *session, Target::Public, &self.safety).await?;
+                session.mark(migration, status).await
             }
             Some(name) => {
                 let record = self.records(std::slice::from_ref(name)).await?.remove(0);
-                let mut session = self.backend.session(Target::Tenant(&record.tenant)).await?;
+                let target = Target::Tenant(&record.tenant);
+                let mut session = self.backend.session(target).await?;
+                lock_waiting(&mut *session, target, &self.safety).await?;
                 session.mark(migration, status).await
             }
         }
