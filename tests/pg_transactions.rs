@@ -240,3 +240,39 @@ async fn a_migration_outside_a_transaction_splits_the_upgrade() {
     pool.close().await;
     db.drop_db().await;
 }
+
+mod slow_failure {
+    #[mtnt::migration(scope = "tenant", order = 2024_09_01_0001, transaction = false)]
+    async fn slow_then_fails(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+        ctx.execute("SELECT pg_sleep(0.3)").await?;
+        ctx.execute("SELECT 1 / 0").await
+    }
+}
+
+/// A migration outside a transaction that fails keeps the start of its attempt: the row
+/// says when it began, and when it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_row_keeps_the_start_of_its_attempt() {
+    let db = TestDb::create("tx_started").await;
+    let pool = db.pool(4).await;
+    sqlx::query("CREATE SCHEMA slow")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let m = migrator(
+        &pool,
+        "pg_transactions::slow_failure",
+        Transactions::PerTenant,
+    );
+    m.adopt("slow", None).await.unwrap();
+    let report = m.migrate(&MigrateOptions::new()).await.unwrap();
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    let row = tracking_row(&pool, "slow", 2024_09_01_0001).await.unwrap();
+    assert_eq!(row.status, "started");
+    assert!(row.error.unwrap().contains("division by zero"));
+    let took = row.finished_at.unwrap() - row.started_at.unwrap();
+    assert!(took.num_milliseconds() >= 250, "{took:?}");
+
+    pool.close().await;
+    db.drop_db().await;
+}

@@ -210,15 +210,29 @@ impl Tracking {
     /// Records a failure of `migration` with `status` and the error `$1` (a bound
     /// parameter); a completed row is left alone.
     pub(super) fn record_failure(&self, migration: &Migration, status: MigrationStatus) -> String {
+        // An existing row keeps its name, checksum and start: those of the attempt that
+        // failed (a `started` row's start is when it began, not when it failed).
         format!(
-            "{} WHERE t.status <> 'completed'",
-            self.upsert(&[Self::row(
+            "{} {} DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, \
+             error = excluded.error WHERE t.status <> 'completed'",
+            self.insert(&[Self::row(
                 migration,
                 status,
                 ["now()", "clock_timestamp()", "NULL"],
                 "$1"
-            )])
+            )]),
+            self.conflict(),
         )
+    }
+
+    /// The fingerprint of [`Tracking::summary`] alone, as a scalar subquery.
+    pub(super) fn fingerprint(&self) -> String {
+        format!("(SELECT f FROM ({}) AS s (o, f))", self.summary())
+    }
+
+    /// The newest completed migration of [`Tracking::summary`] alone, as a query.
+    pub(super) fn applied_order(&self) -> String {
+        format!("SELECT o FROM ({}) AS s (o, f)", self.summary())
     }
 
     /// The registry's summary of these rows: the newest completed migration and the
