@@ -215,12 +215,9 @@ impl PgDatabaseBackend {
         sql.push_str("COMMIT");
         let result = async {
             exec_postgres(&mut conn, &sql).await?;
-            let applied: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT o FROM ({}) AS s (o, f)",
-                tracking.summary()
-            ))
-            .fetch_one(&mut conn)
-            .await?;
+            let applied: Option<i64> = sqlx::query_scalar(&tracking.applied_order())
+                .fetch_one(&mut conn)
+                .await?;
             Ok(applied)
         }
         .await;

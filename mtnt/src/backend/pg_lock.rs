@@ -33,15 +33,10 @@ pub(crate) fn try_lock_sql(key: &str) -> String {
 /// connection with this process's [`connection_tag`] in the same round trip, so that a
 /// runner that takes over this one's lease can find and end its sessions.
 pub(crate) async fn try_lock(conn: &mut PgConnection, key: &str) -> Result<bool> {
-    let free: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_lock(hashtext('mtnt'), hashtext($1)) \
-         FROM (SELECT set_config('application_name', $2, false)) AS tag",
-    )
-    .bind(key)
-    .bind(connection_tag())
-    .fetch_one(conn)
-    .await?;
-    Ok(free)
+    // A plain `&str` has no arguments, so sqlx sends it with the simple protocol: a
+    // statement naming the key is not left in the connection's cache.
+    let row = sqlx::Executor::fetch_one(conn, try_lock_sql(key).as_str()).await?;
+    Ok(sqlx::Row::try_get(&row, "free")?)
 }
 
 fn millis(d: Option<Duration>) -> u128 {

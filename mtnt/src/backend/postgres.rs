@@ -480,9 +480,9 @@ impl Backend for PostgresBackend {
                 sql.push(';');
             }
             sql.push_str(&format!(
-                "UPDATE {registry} SET fingerprint = (SELECT f FROM ({summary}) AS s (o, f)) WHERE name = {name}; COMMIT",
+                "UPDATE {registry} SET fingerprint = {fingerprint} WHERE name = {name}; COMMIT",
                 registry = self.registry(),
-                summary = tracking.summary(),
+                fingerprint = tracking.fingerprint(),
                 name = quote_literal(tenant.name.as_str()),
             ));
             if let Err(e) = exec_postgres(&mut conn, &sql).await {
@@ -1047,9 +1047,9 @@ impl Session for PgSession<'_> {
         if let (Target::Tenant(t), Some(_)) = (self.target, &self.registry_update) {
             // The fingerprint covers the checksums; a failure stays recorded.
             sql.push_str(&format!(
-                "UPDATE {} SET fingerprint = (SELECT f FROM ({}) AS s (o, f)) WHERE name = {};",
+                "UPDATE {} SET fingerprint = {} WHERE name = {};",
                 self.backend.registry(),
-                self.tracking.summary(),
+                self.tracking.fingerprint(),
                 quote_literal(t.name.as_str())
             ));
         }
