@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::{Engine, Scope};
+use crate::{Engine, Scope, TenantName};
 
 /// The result type of mtnt and of migration functions.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -192,6 +192,40 @@ pub enum Error {
     /// An option or argument is not acceptable.
     #[error("{0}")]
     Invalid(String),
+
+    /// A migration function panicked; its tenant failed, the run went on.
+    #[error("the migration panicked: {message}")]
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+
+    /// A tenant was dropped while a command waited for its lock; nothing was changed or
+    /// created for it.
+    #[error("tenant {tenant} was dropped while this run was waiting for it; nothing was changed")]
+    TenantGone {
+        /// The tenant.
+        tenant: TenantName,
+    },
+
+    /// The storage a new tenant needs (schema, database, file) exists already, without a
+    /// registry row.
+    #[error("the storage {storage} of new tenant {tenant} exists already but is not a registered tenant; nothing was changed")]
+    StorageExists {
+        /// The tenant.
+        tenant: TenantName,
+        /// Its storage's name.
+        storage: String,
+    },
+
+    /// A registered tenant's storage (schema, database, file) is missing.
+    #[error("the storage {storage} of tenant {tenant} does not exist")]
+    StorageMissing {
+        /// The tenant.
+        tenant: TenantName,
+        /// Its storage's name.
+        storage: String,
+    },
 }
 
 impl Error {

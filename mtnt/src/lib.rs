@@ -28,7 +28,11 @@
 // Lets the macro's `::mtnt::...` paths resolve inside this crate's own tests.
 extern crate self as mtnt;
 
+// Layers point one way: the core types (migration, tenant, ctx, error) <- backend (the
+// engine primitives and each engine's dialect) <- migrate (the protocol, written once)
+// <- cli.
 mod backend;
+#[cfg(feature = "cli")]
 mod cli;
 mod ctx;
 mod error;
@@ -37,20 +41,32 @@ mod migration;
 mod tenant;
 mod url_redact;
 
+/// The sqlx that mtnt links, for typed queries in migrations: `use mtnt::sqlx;` (a
+/// separately added sqlx of another version would not fit the [`Ctx`] connections).
+pub use sqlx;
+
+#[cfg(feature = "mysql")]
+pub use backend::MySqlBackend;
+#[cfg(feature = "postgres")]
+pub use backend::{PgDatabaseBackend, PostgresBackend};
+#[cfg(feature = "sqlite")]
+pub use backend::SqliteBackend;
 pub use backend::{
-    connect, Backend, ConnectOptions, Direction, Engine, MySqlBackend, PgDatabaseBackend,
-    PostgresBackend, Session, SqliteBackend, Target, Tenancy,
+    connect, Backend, Capabilities, ConnectOptions, Connection, Direction, Engine, ErrorClass,
+    MigrationTimeouts, Record, RegistryRow, Target, TargetState, Tenancy, Timing,
 };
-pub use backend::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts, Transactions};
-pub use ctx::{Ctx, CtxConn};
+pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
+pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
     fingerprint, FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
     MigratorBuilder, Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget,
-    StatusReport, TenantSource, TenantStatus,
+    StatusReport, TenantSource, TenantStatus, Timeouts, Transactions,
 };
 pub use migrate::{parse_duration, SafetySettings, Shard};
-pub use migration::{AppliedMigration, Location, Migration, MigrationSet, MigrationStatus, Scope};
+pub use migration::{
+    AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
+};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
 pub use url_redact::redact_url;
 
@@ -73,7 +89,7 @@ pub use url_redact::redact_url;
 pub use mtnt_macros::migration;
 
 /// Runs the mtnt command line (migrate, rollback, status, tenant, list, repair) and
-/// exits the process with its exit code.
+/// exits the process with its exit code (feature `cli`).
 ///
 /// Name the crates that hold migrations, so that the linker keeps them:
 /// `mtnt::run!(my_migrations)`.
@@ -83,6 +99,7 @@ pub use mtnt_macros::migration;
 ///     mtnt::run!()
 /// }
 /// ```
+#[cfg(feature = "cli")]
 #[macro_export]
 macro_rules! run {
     ($($krate:ident),* $(,)?) => {{
@@ -151,6 +168,8 @@ pub mod __private {
         }
     }
 
+    #[cfg(feature = "cli")]
     pub use crate::cli::run_cli;
+    #[cfg(feature = "cli")]
     pub use crate::cli::scaffold;
 }

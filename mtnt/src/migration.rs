@@ -133,9 +133,6 @@ impl Migration {
     pub fn location(&self) -> Location {
         self.__location
     }
-    pub(crate) fn up(&self) -> MigrationFn {
-        self.__up
-    }
     /// The up or down function; `Irreversible` for a down the migration does not have.
     pub(crate) fn function(
         &self,
@@ -289,7 +286,8 @@ impl MigrationStatus {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Result<Self> {
+    /// The status a tracking row's text names; [`Error::Corrupt`] for any other text.
+    pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "pending" => MigrationStatus::Pending,
             "started" => MigrationStatus::Started,

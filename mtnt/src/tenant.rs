@@ -94,15 +94,16 @@ impl std::str::FromStr for TenantName {
 pub struct Tenant {
     /// The tenant's name.
     pub name: TenantName,
-    /// The schema (PostgreSQL schema per tenant), database, or file stem holding its data.
-    pub schema: String,
+    /// Where its data lives: its schema (PostgreSQL schema per tenant), its database, or
+    /// the stem of its file.
+    pub storage: String,
 }
 
 impl Tenant {
-    /// A tenant whose schema is named like the tenant.
+    /// A tenant whose storage is named like the tenant.
     pub fn new(name: TenantName) -> Self {
         Self {
-            schema: name.as_str().to_owned(),
+            storage: name.as_str().to_owned(),
             name,
         }
     }
@@ -161,7 +162,8 @@ impl TenantState {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Result<Self> {
+    /// The state a registry row's text names; [`Error::Corrupt`] for any other text.
+    pub fn parse(s: &str) -> Result<Self> {
         match s {
             "active" => Ok(TenantState::Active),
             "creating" => Ok(TenantState::Creating),

@@ -12,6 +12,8 @@ pub enum Engine {
     Sqlite,
     /// MySQL or MariaDB.
     MySql,
+    /// An engine implemented outside mtnt, by its name.
+    Custom(&'static str),
 }
 
 impl fmt::Display for Engine {
@@ -20,6 +22,7 @@ impl fmt::Display for Engine {
             Engine::Postgres => "PostgreSQL",
             Engine::Sqlite => "SQLite",
             Engine::MySql => "MySQL",
+            Engine::Custom(name) => name,
         })
     }
 }

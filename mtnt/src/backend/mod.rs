@@ -1,25 +1,31 @@
+//! The engine layer: the primitives every engine provides (`api.rs`), and each engine's
+//! SQL dialect and connection handling, behind its cargo feature.
+
+mod api;
 mod connect;
-mod control;
 mod engine;
-mod invoke;
-mod mysql;
-mod pg_database;
-mod pg_lease;
-mod pg_lock;
-mod pg_shared;
-mod pg_tracking;
-mod postgres;
-mod session;
+mod lease;
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod sql;
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use api::{
+    Backend, Capabilities, Connection, Direction, ErrorClass, MigrationTimeouts, Record,
+    RegistryRow, Target, TargetState, Timing,
+};
 pub use connect::{connect, ConnectOptions};
-pub(crate) use control::{connection_tag, host_name};
-pub use control::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts, Transactions};
 pub use engine::{Engine, Tenancy};
-pub(crate) use invoke::{exec_mysql, exec_postgres, exec_sqlite};
+pub(crate) use lease::{connection_tag, host_name, random_fraction};
+pub use lease::{Heartbeat, LeaseStore, RunIdentity, RunLease};
+#[cfg(feature = "mysql")]
 pub use mysql::MySqlBackend;
-pub use pg_database::PgDatabaseBackend;
-pub use postgres::PostgresBackend;
-pub use session::{Backend, Direction, Session, Target};
+#[cfg(feature = "postgres")]
+pub use postgres::{PgDatabaseBackend, PostgresBackend};
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteBackend;

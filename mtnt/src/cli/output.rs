@@ -106,7 +106,7 @@ pub(crate) fn status_report(report: &StatusReport) -> String {
             };
             vec![
                 t.tenant.to_string(),
-                t.schema.clone(),
+                t.storage.clone(),
                 t.state.as_str().to_owned(),
                 order_or_none(t.applied_order),
                 t.pending.to_string(),
@@ -131,7 +131,7 @@ pub(crate) fn tenant_list(records: &[TenantRecord]) -> String {
         .map(|r| {
             vec![
                 r.tenant.name.to_string(),
-                r.tenant.schema.clone(),
+                r.tenant.storage.clone(),
                 r.state.as_str().to_owned(),
                 order_or_none(r.applied_order),
                 r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),

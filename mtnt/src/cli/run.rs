@@ -72,11 +72,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         tenancy: cli.tenancy.map(Into::into),
         control_schema: cli.control_schema.clone(),
         max_connections: (cli.concurrency + 2) as u32,
-        timeouts: Timeouts {
-            lock: Some(cli.safety.lock_timeout),
-            statement: Some(cli.safety.statement_timeout),
-        },
-        transactions: cli.transactions.into(),
     };
     let safety = SafetySettings::new()
         .deadline(Some(cli.safety.deadline).filter(|d| !d.is_zero()))
@@ -90,6 +85,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .migrations(migrations)
         .concurrency(cli.concurrency)
         .safety(safety)
+        .timeouts(Timeouts {
+            lock: Some(cli.safety.lock_timeout),
+            statement: Some(cli.safety.statement_timeout),
+        })
+        .transactions(cli.transactions.into())
         .build()?;
     let show_progress = !cli.no_progress;
     match cli.command {
@@ -164,7 +164,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let tenant = migrator.create_tenant(&name).await?;
             println!(
                 "created tenant {} (schema {}) with every tenant migration applied",
-                tenant.name, tenant.schema
+                tenant.name, tenant.storage
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -207,13 +207,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     "dropping tenant {name} deletes all its data\n  fix: add --yes to confirm"
                 )));
             }
-            let record = migrator
-                .backend()
-                .tenant_records(std::slice::from_ref(&name))
-                .await?
-                .pop()
-                .ok_or_else(|| Error::UnknownTenant(name.to_string()))?;
-            migrator.backend().drop_tenant(&record.tenant).await?;
+            migrator.drop_tenant(&name).await?;
             println!("dropped tenant {name}");
             Ok(ExitCode::SUCCESS)
         }

@@ -6,14 +6,15 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::executor::migrate_target_claim;
 use super::lease::Lease;
-use super::retry::{backoff, is_transient};
+use super::protocol::{Claim, Protocol};
+use super::retry::backoff;
 use super::safety::{format_duration, SafetySettings, Shard};
-use crate::{Backend, Error, MigrationSet, Result, Session, Target, TenantName, TenantRecord};
+use crate::backend::{Connection, ErrorClass, Target};
+use crate::{Error, Result, TenantName, TenantRecord};
 
 /// The state of one fleet run that the claim logic needs.
-pub(crate) struct Guard<'a> {
+pub(crate) struct FleetClaims<'a> {
     settings: &'a SafetySettings,
     lease: Option<&'a Lease>,
     shard: Option<Shard>,
@@ -21,7 +22,7 @@ pub(crate) struct Guard<'a> {
     deferred: Mutex<Vec<TenantRecord>>,
 }
 
-impl<'a> Guard<'a> {
+impl<'a> FleetClaims<'a> {
     pub(crate) fn new(
         settings: &'a SafetySettings,
         lease: Option<&'a Lease>,
@@ -55,30 +56,25 @@ impl<'a> Guard<'a> {
     }
 
     /// The first pass over a tenant: migrates it unless another runner holds it, in
-    /// which case it is set aside for [`Guard::take_deferred`] and `None` returned.
+    /// which case it is set aside for [`FleetClaims::take_deferred`].
     pub(crate) async fn first_pass(
         &self,
-        backend: &dyn Backend,
+        protocol: &Protocol<'_>,
         record: &TenantRecord,
-        set: &MigrationSet,
         to: Option<i64>,
-    ) -> Option<Result<usize>> {
+    ) -> Result<Claim<usize>> {
         let target = Target::Tenant(&record.tenant);
-        match with_retries(self.settings, target, || {
-            migrate_target_claim(backend, target, set, to)
+        let claim = with_retries(protocol, self.settings, target, || {
+            protocol.migrate_target(target, Some(record), to)
         })
-        .await
-        {
-            Ok(Some(n)) => Some(Ok(n)),
-            Ok(None) => {
-                tracing::debug!(tenant = %record.tenant.name, "held by another run; coming back to it");
-                if let Ok(mut deferred) = self.deferred.lock() {
-                    deferred.push(record.clone());
-                }
-                None
+        .await?;
+        if let Claim::Busy = claim {
+            tracing::debug!(tenant = %record.tenant.name, "held by another run; coming back to it");
+            if let Ok(mut deferred) = self.deferred.lock() {
+                deferred.push(record.clone());
             }
-            Err(e) => Some(Err(e)),
         }
+        Ok(claim)
     }
 
     /// The tenants the first pass set aside.
@@ -94,46 +90,48 @@ impl<'a> Guard<'a> {
     /// is nothing left to do.
     pub(crate) async fn waiting(
         &self,
-        backend: &dyn Backend,
-        target: Target<'_>,
-        set: &MigrationSet,
+        protocol: &Protocol<'_>,
+        record: &TenantRecord,
         to: Option<i64>,
-    ) -> Result<usize> {
-        migrate_waiting(backend, target, set, to, self.settings).await
+    ) -> Result<Claim<usize>> {
+        migrate_waiting(protocol, Target::Tenant(&record.tenant), Some(record), to, self.settings)
+            .await
     }
 }
 
-/// [`Guard::waiting`] without a fleet run (the public migrations).
+/// Migrates a target, waiting (try-lock with backoff) at most the unlock deadline while
+/// another run holds it, with retries of transient failures. Never [`Claim::Busy`].
 pub(crate) async fn migrate_waiting(
-    backend: &dyn Backend,
+    protocol: &Protocol<'_>,
     target: Target<'_>,
-    set: &MigrationSet,
+    record: Option<&TenantRecord>,
     to: Option<i64>,
     settings: &SafetySettings,
-) -> Result<usize> {
+) -> Result<Claim<usize>> {
     let mut wait = Wait::new(settings.unlock_deadline);
     loop {
-        let outcome = with_retries(settings, target, || {
-            migrate_target_claim(backend, target, set, to)
+        let claim = with_retries(protocol, settings, target, || {
+            protocol.migrate_target(target, record, to)
         })
         .await?;
-        if let Some(n) = outcome {
-            return Ok(n);
+        if !matches!(claim, Claim::Busy) {
+            return Ok(claim);
         }
         wait.again(target).await?;
     }
 }
 
-/// Takes `session`'s lock on `target`, waiting (try-lock with backoff) at most the
-/// unlock deadline while another run holds it: for the commands that work on one target
-/// (`rollback`, `repair`), which would otherwise wait without end.
+/// Takes `conn`'s lock on `target`, waiting (try-lock with backoff) at most the unlock
+/// deadline while another run holds it: for the commands that work on one target
+/// (`rollback`, `repair`, `tenant create` and `drop`), which would otherwise wait
+/// without end.
 pub(crate) async fn lock_waiting(
-    session: &mut dyn Session,
+    conn: &mut dyn Connection,
     target: Target<'_>,
     settings: &SafetySettings,
 ) -> Result<()> {
     let mut wait = Wait::new(settings.unlock_deadline);
-    while !session.try_lock().await? {
+    while !conn.try_lock().await? {
         wait.again(target).await?;
     }
     Ok(())
@@ -178,9 +176,23 @@ impl Wait {
     }
 }
 
+/// Whether `error` may well pass on another try (a lock timeout, a deadlock, a dropped
+/// connection). A retry is safe: the failed attempt was rolled back, or, for a chained
+/// migration, left `started`, which the next attempt refuses unless it is idempotent.
+fn is_transient(protocol: &Protocol<'_>, error: &Error) -> bool {
+    match error {
+        Error::Migration { source, .. } => is_transient(protocol, source),
+        other => matches!(
+            protocol.backend.classify(other),
+            ErrorClass::Transient | ErrorClass::ConnectionLost
+        ),
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails for good, or has failed transiently
 /// `settings.retries + 1` times, pausing with backoff and jitter in between.
-async fn with_retries<T, F, Fut>(
+pub(crate) async fn with_retries<T, F, Fut>(
+    protocol: &Protocol<'_>,
     settings: &SafetySettings,
     target: Target<'_>,
     mut attempt: F,
@@ -192,9 +204,14 @@ where
     let mut tries = 0u32;
     loop {
         tries += 1;
-        match attempt().await {
+        let result = attempt().await;
+        let transient = result
+            .as_ref()
+            .err()
+            .is_some_and(|e| is_transient(protocol, e));
+        match result {
             Ok(value) => return Ok(value),
-            Err(error) if is_transient(&error) && tries <= settings.retries => {
+            Err(error) if transient && tries <= settings.retries => {
                 let pause = backoff(settings.retry_backoff, tries);
                 tracing::warn!(
                     "{target}: attempt {tries} of {} failed ({error}); trying again in {}",
@@ -203,7 +220,7 @@ where
                 );
                 tokio::time::sleep(pause).await;
             }
-            Err(error) if is_transient(&error) && tries > 1 => {
+            Err(error) if transient && tries > 1 => {
                 return Err(Error::GaveUp {
                     attempts: tries,
                     source: Box::new(error),

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::safety::{format_duration, SafetySettings};
-use crate::backend::connection_tag;
-use crate::{Backend, Result, RunControl, RunIdentity, RunLease};
+use crate::backend::{connection_tag, Backend, LeaseStore, RunIdentity, RunLease};
+use crate::Result;
 
 /// A held lease; its heartbeat runs until it is released or dropped.
 pub(crate) struct Lease {
-    control: Arc<dyn RunControl>,
+    control: Arc<dyn LeaseStore>,
     me: RunIdentity,
     lost: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -31,7 +31,7 @@ fn describe(lease: &RunLease) -> String {
 }
 
 /// Logs the takeover of stale leases and ends their runners' sessions.
-async fn take_over(control: &dyn RunControl, stale: &[RunLease], settings: &SafetySettings) {
+async fn take_over(control: &dyn LeaseStore, stale: &[RunLease], settings: &SafetySettings) {
     for lease in stale {
         tracing::warn!(
             "took over the lease of {}: no heartbeat for longer than the unlock deadline {}",
@@ -54,7 +54,7 @@ impl Lease {
         settings: &SafetySettings,
         command: &str,
     ) -> Result<Option<Lease>> {
-        let Some(control) = backend.run_control() else {
+        let Some(control) = backend.leases() else {
             return Ok(None);
         };
         let tag = connection_tag();
@@ -62,7 +62,7 @@ impl Lease {
             run_id: format!(
                 "{}-{:08x}",
                 tag.rsplit(' ').next().unwrap_or("run"),
-                (super::retry::random_fraction() * f64::from(u32::MAX)) as u32
+                (crate::backend::random_fraction() * f64::from(u32::MAX)) as u32
             ),
             host: crate::backend::host_name(),
             pid: std::process::id(),
@@ -110,7 +110,7 @@ impl Drop for Lease {
 }
 
 async fn heartbeat(
-    control: Arc<dyn RunControl>,
+    control: Arc<dyn LeaseStore>,
     me: RunIdentity,
     settings: SafetySettings,
     lost: Arc<Mutex<Option<String>>>,

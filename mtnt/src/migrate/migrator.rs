@@ -1,18 +1,21 @@
 use std::time::Instant;
 
-use super::claim::{lock_waiting, migrate_waiting, Guard};
-use super::executor::{migrate_fleet, rollback_target, FleetRun, Tenants};
+use super::claim::{lock_waiting, migrate_waiting, FleetClaims};
+use super::fleet::{migrate_fleet, FleetRun, Tenants};
 use super::lease::Lease;
 use super::progress::Silent;
+use super::protocol::{Claim, Protocol};
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
+use super::tenants::Adopted;
 use super::{
     MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
+    Timeouts, Transactions,
 };
-use crate::backend::{connect, ConnectOptions};
+use crate::backend::{connect, Backend, ConnectOptions, Connection, Target};
 use crate::migration::format_order;
 use crate::{
-    Backend, Direction, Error, Migration, MigrationSet, MigrationStatus, Result, Scope, Target,
-    Tenant, TenantName, TenantRecord,
+    Error, Migration, MigrationSet, MigrationStatus, Result, Scope, Tenant, TenantName,
+    TenantRecord,
 };
 
 /// Runs migrations over a fleet: the library API behind the CLI.
@@ -33,6 +36,8 @@ pub struct Migrator {
     concurrency: usize,
     page_size: usize,
     safety: SafetySettings,
+    timeouts: Timeouts,
+    transactions: Transactions,
 }
 
 /// Builds a [`Migrator`].
@@ -43,6 +48,8 @@ pub struct MigratorBuilder {
     concurrency: usize,
     page_size: usize,
     safety: SafetySettings,
+    timeouts: Timeouts,
+    transactions: Transactions,
 }
 
 impl MigratorBuilder {
@@ -76,6 +83,20 @@ impl MigratorBuilder {
         self
     }
 
+    /// The lock and statement timeouts of migrations whose attribute sets none
+    /// (default: [`Timeouts::default`]).
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// How many of a tenant's pending migrations share a transaction, where the engine's
+    /// DDL is transactional (default: [`Transactions::PerTenant`]).
+    pub fn transactions(mut self, transactions: Transactions) -> Self {
+        self.transactions = transactions;
+        self
+    }
+
     /// Validates the migrations and settings and builds the migrator.
     pub fn build(self) -> Result<Migrator> {
         self.safety.validate()?;
@@ -90,6 +111,8 @@ impl MigratorBuilder {
             concurrency: self.concurrency,
             page_size: self.page_size,
             safety: self.safety,
+            timeouts: self.timeouts,
+            transactions: self.transactions,
         })
     }
 }
@@ -110,7 +133,37 @@ impl Migrator {
             concurrency: 4,
             page_size: 1000,
             safety: SafetySettings::default(),
+            timeouts: Timeouts::default(),
+            transactions: Transactions::default(),
         }
+    }
+
+    /// The protocol over this migrator's backend, migrations and policy.
+    fn protocol(&self) -> Protocol<'_> {
+        Protocol {
+            backend: &*self.backend,
+            caps: self.backend.capabilities(),
+            set: &self.migrations,
+            timeouts: self.timeouts,
+            transactions: self.transactions,
+        }
+    }
+
+    /// Runs `work` on a connection to `target` holding its lock (waiting at most the
+    /// unlock deadline), then releases it.
+    async fn locked<'t, T>(
+        &self,
+        target: Target<'t>,
+        work: impl for<'c> AsyncFnOnce(&'c mut dyn Connection) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.backend.connect(target).await?;
+        let result = async {
+            lock_waiting(&mut *conn, target, &self.safety).await?;
+            work(&mut *conn).await
+        }
+        .await;
+        conn.release().await;
+        result
     }
 
     /// Connects to `url` with default options and uses every registered migration.
@@ -178,17 +231,13 @@ impl Migrator {
         self.refuse_ahead_of_code(&options.tenants).await?;
         let concurrency = self.fleet_concurrency().await?;
         let lease = Lease::acquire(&*self.backend, &self.safety, "migrate").await?;
-        let guard = Guard::new(&self.safety, lease.as_ref(), options.shard);
-        let public_applied = migrate_waiting(
-            &*self.backend,
-            Target::Public,
-            &self.migrations,
-            options.to,
-            &self.safety,
-        )
-        .await;
+        let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
+        let protocol = self.protocol();
+        let public_applied =
+            migrate_waiting(&protocol, Target::Public, None, options.to, &self.safety).await;
         let public_applied = match public_applied {
-            Ok(n) => n,
+            Ok(Claim::Done(n)) => n,
+            Ok(_) => 0,
             Err(e) => {
                 if let Some(lease) = lease {
                     lease.release("failed").await;
@@ -206,8 +255,7 @@ impl Migrator {
         };
         progress.start(total);
         let result = migrate_fleet(
-            &*self.backend,
-            &self.migrations,
+            &protocol,
             tenants,
             FleetRun {
                 to: options.to,
@@ -215,7 +263,7 @@ impl Migrator {
                 page_size: self.page_size,
                 fail_fast: options.fail_fast,
             },
-            &guard,
+            &claims,
             progress,
             &mut report,
         )
@@ -235,7 +283,7 @@ impl Migrator {
 
     /// The configured concurrency, lowered to what the pool and the server allow.
     async fn fleet_concurrency(&self) -> Result<usize> {
-        Ok(match self.backend.session_budget().await? {
+        Ok(match self.backend.connection_budget().await? {
             Some(budget) if budget < self.concurrency => {
                 tracing::warn!(
                     "concurrency {} lowered to {budget}: that many connections are free in the pool and on the server",
@@ -250,7 +298,7 @@ impl Migrator {
     /// Refuses, before anything changes, a run over tenants (`names`, or all) of which
     /// one has a migration applied that this binary does not know.
     async fn refuse_ahead_of_code(&self, names: &[TenantName]) -> Result<()> {
-        let Some(control) = self.backend.run_control() else {
+        let Some(control) = self.backend.leases() else {
             return Ok(());
         };
         let known: Vec<i64> = self
@@ -271,7 +319,7 @@ impl Migrator {
     /// The leases of the runs working on the fleet now (empty where the backend keeps
     /// no leases).
     pub async fn running(&self) -> Result<Vec<crate::RunLease>> {
-        match self.backend.run_control() {
+        match self.backend.leases() {
             Some(control) => control.running().await,
             None => Ok(Vec::new()),
         }
@@ -289,14 +337,15 @@ impl Migrator {
         }
         self.backend.prepare().await?;
         let record = self.records(std::slice::from_ref(tenant)).await?.remove(0);
-        let reverted = rollback_target(
-            &*self.backend,
-            Target::Tenant(&record.tenant),
-            &self.migrations,
-            how_far,
-            &self.safety,
-        )
-        .await?;
+        let target = Target::Tenant(&record.tenant);
+        let protocol = self.protocol();
+        let reverted = self
+            .locked(target, async |conn| {
+                protocol
+                    .rollback_locked(conn, target, Some(&record), how_far)
+                    .await
+            })
+            .await?;
         Ok(RollbackReport {
             tenant: tenant.clone(),
             reverted: reverted.iter().map(|m| (m.order(), m.name())).collect(),
@@ -307,12 +356,12 @@ impl Migrator {
     /// registry in one query per page.
     pub async fn status(&self, names: &[TenantName]) -> Result<StatusReport> {
         self.backend.prepare().await?;
-        let public_rows = self
-            .backend
-            .session(Target::Public)
-            .await?
-            .applied()
-            .await?;
+        let public_rows = {
+            let mut conn = self.backend.connect(Target::Public).await?;
+            let state = conn.read().await;
+            conn.release().await;
+            state?.applied
+        };
         let public_done: Vec<i64> = public_rows
             .iter()
             .filter(|r| r.status == MigrationStatus::Completed)
@@ -364,7 +413,7 @@ impl Migrator {
                     }),
                 applied_order: record.applied_order,
                 state: record.state,
-                schema: record.tenant.schema,
+                storage: record.tenant.storage,
                 tenant: record.tenant.name,
             })
             .collect();
@@ -410,58 +459,26 @@ impl Migrator {
         self.backend.prepare().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
-        let all: Vec<&'static Migration> = self
-            .migrations
-            .scope(Scope::Tenant)
-            .filter(|m| m.is_enabled())
-            .collect();
-        // Everything up to the first non-transactional migration runs in one transaction;
-        // the rest (if any) runs after it, and a failure there drops the tenant again.
-        let split = all
-            .iter()
-            .position(|m| !m.is_transactional())
-            .unwrap_or(all.len());
-        let (atomic, rest) = all.split_at(split);
-        self.backend
-            .create_tenant(&tenant, atomic, rest.is_empty())
+        self.protocol()
+            .create_tenant(&tenant, &self.safety)
             .await?;
-        if !rest.is_empty() {
-            let outcome = async {
-                let mut session = self.backend.session(Target::Tenant(&tenant)).await?;
-                for &migration in rest {
-                    session.apply(migration, Direction::Up).await.map_err(|e| {
-                        Error::Migration {
-                            target: Target::Tenant(&tenant).to_string(),
-                            migration: migration.to_string(),
-                            reverting: false,
-                            source: Box::new(e),
-                        }
-                    })?;
-                }
-                Ok::<_, Error>(())
-            }
-            .await;
-            if let Err(error) = outcome {
-                if let Err(cleanup) = self.backend.drop_tenant(&tenant).await {
-                    tracing::error!(tenant = %tenant.name, "could not remove the half-created tenant: {cleanup}");
-                }
-                return Err(error);
-            }
-            self.backend.activate_tenant(&tenant).await?;
-        }
         Ok(tenant)
     }
 
+    /// Removes a tenant: its storage with all its data, and its registry row, once no
+    /// other run works on it (waiting at most the unlock deadline).
+    pub async fn drop_tenant(&self, name: &TenantName) -> Result<()> {
+        self.backend.prepare().await?;
+        let record = self.records(std::slice::from_ref(name)).await?.remove(0);
+        self.protocol()
+            .drop_tenant(&record.tenant, &self.safety)
+            .await
+    }
+
     async fn migrate_public_first(&self) -> Result<()> {
-        migrate_waiting(
-            &*self.backend,
-            Target::Public,
-            &self.migrations,
-            None,
-            &self.safety,
-        )
-        .await
-        .map(drop)
+        migrate_waiting(&self.protocol(), Target::Public, None, None, &self.safety)
+            .await
+            .map(drop)
     }
 
     /// Registers existing schemas matching the SQL `LIKE` pattern as tenants. With
@@ -493,11 +510,19 @@ impl Migrator {
                 .collect(),
         };
         let result = self
-            .backend
-            .adopt_with_progress(like, &baseline, progress)
+            .protocol()
+            .adopt(like, &baseline, &self.safety, progress)
             .await;
         progress.finish();
-        result
+        let Adopted {
+            tenants,
+            invalid,
+            taken,
+        } = result?;
+        for name in taken {
+            tracing::info!(tenant = %name, "another run adopted it meanwhile");
+        }
+        Ok((tenants, invalid))
     }
 
     /// Records the code's checksum for every applied migration whose code changed, in the
@@ -517,18 +542,11 @@ impl Migrator {
     }
 
     async fn repair_target(&self, target: Target<'_>) -> Result<usize> {
-        let mut session = self.backend.session(target).await?;
-        lock_waiting(&mut *session, target, &self.safety).await?;
-        let mut changed = 0;
-        for row in session.applied().await? {
-            if let Some(m) = self.migrations.get(row.order) {
-                if row.status == MigrationStatus::Completed && row.checksum != m.checksum() {
-                    session.set_checksum(row.order, m.checksum()).await?;
-                    changed += 1;
-                }
-            }
-        }
-        Ok(changed)
+        let protocol = self.protocol();
+        self.locked(target, async |conn| {
+            protocol.repair_checksums_locked(conn, target).await
+        })
+        .await
     }
 
     /// Sets the tracking status of one migration in one tenant (or the public schema when
@@ -543,19 +561,18 @@ impl Migrator {
         self.check_order(Some(order))?;
         let migration = self.migrations.get(order).expect("checked above");
         self.backend.prepare().await?;
-        match tenant {
-            None => {
-                let mut session = self.backend.session(Target::Public).await?;
-                lock_waiting(&mut *session, Target::Public, &self.safety).await?;
-                session.mark(migration, status).await
-            }
-            Some(name) => {
-                let record = self.records(std::slice::from_ref(name)).await?.remove(0);
-                let target = Target::Tenant(&record.tenant);
-                let mut session = self.backend.session(target).await?;
-                lock_waiting(&mut *session, target, &self.safety).await?;
-                session.mark(migration, status).await
-            }
-        }
+        let protocol = self.protocol();
+        let record = match tenant {
+            None => None,
+            Some(name) => Some(self.records(std::slice::from_ref(name)).await?.remove(0)),
+        };
+        let target = match &record {
+            None => Target::Public,
+            Some(record) => Target::Tenant(&record.tenant),
+        };
+        self.locked(target, async |conn| {
+            protocol.mark_locked(conn, target, migration, status).await
+        })
+        .await
     }
 }

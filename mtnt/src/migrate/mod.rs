@@ -1,25 +1,28 @@
+//! The migrate layer: the protocol (once, over the engine primitives of `backend/`), the
+//! tenant life cycle, the fleet scheduler, and the `Migrator` API over them.
+
 mod claim;
-mod executor;
 mod fingerprint;
+mod fleet;
 mod lease;
 mod migrator;
 mod options;
 mod plan;
 mod progress;
+mod protocol;
 mod report;
 mod retry;
 mod safety;
 mod source;
+mod tenants;
 
 pub use fingerprint::fingerprint;
 pub use migrator::{Migrator, MigratorBuilder};
-pub use options::{MigrateOptions, RollbackTarget};
+pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};
 pub use progress::Progress;
-pub(crate) use progress::Silent;
 pub use report::{
     FailedMigration, FailedTenant, MigrateReport, PublicStatus, RollbackReport, StatusReport,
     TenantStatus,
 };
-pub(crate) use retry::random_fraction;
 pub use safety::{parse_duration, SafetySettings, Shard};
 pub use source::{RegistrySource, TenantSource};

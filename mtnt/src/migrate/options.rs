@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::Shard;
 use crate::TenantName;
 
@@ -55,4 +57,46 @@ pub enum RollbackTarget {
     To(i64),
     /// Revert every applied migration.
     All,
+}
+
+/// The lock timeout and statement timeout each migration runs with, unless its
+/// attribute says otherwise (`lock_timeout = "..."`, `statement_timeout = "..."`).
+///
+/// Defaults: lock timeout 5 s, no statement timeout. `Some(Duration::ZERO)` and `None`
+/// both mean no limit. Engines apply what they can (PostgreSQL both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long a statement waits for a table lock before failing (and being retried).
+    pub lock: Option<Duration>,
+    /// How long one statement may run.
+    pub statement: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            lock: Some(Duration::from_secs(5)),
+            statement: None,
+        }
+    }
+}
+
+/// How many of a tenant's pending migrations share a transaction, where the engine's DDL
+/// is transactional (PostgreSQL and SQLite; MySQL commits each DDL statement, so each
+/// migration goes through the started / completed chain).
+///
+/// [`PerTenant`](Self::PerTenant), the default, makes a tenant's whole upgrade atomic:
+/// the tenant is either where it was or at the target, never in between, and a fleet run
+/// costs one commit per tenant. A migration with `transaction = false` runs on its own
+/// and splits the upgrade there. [`PerMigration`](Self::PerMigration) commits each
+/// migration, so a failure keeps the ones before it, and holds each migration's locks
+/// only as long as that migration runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transactions {
+    /// One transaction for a tenant's consecutive transactional migrations.
+    #[default]
+    PerTenant,
+    /// One transaction per migration.
+    PerMigration,
 }

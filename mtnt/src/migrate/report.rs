@@ -31,6 +31,9 @@ pub struct MigrateReport {
     pub tenants_skipped: usize,
     /// Tenants that failed, each with its error.
     pub failures: Vec<FailedTenant>,
+    /// Tenants that were dropped while this run waited for them; nothing was created
+    /// for them.
+    pub tenants_gone: Vec<TenantName>,
     /// Wall time of the run.
     pub elapsed: Duration,
     /// Why the run stopped starting tenants before the end (its lease was lost, or its
@@ -71,8 +74,8 @@ pub struct FailedMigration {
 pub struct TenantStatus {
     /// The tenant.
     pub tenant: TenantName,
-    /// Its schema (database, file).
-    pub schema: String,
+    /// Its storage: schema, database or file stem.
+    pub storage: String,
     /// Its life-cycle state.
     pub state: TenantState,
     /// Its newest applied migration.

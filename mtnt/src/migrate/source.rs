@@ -1,6 +1,7 @@
 use async_trait::async_trait;
 
-use crate::{Backend, Result, TenantName, TenantRecord};
+use crate::backend::Backend;
+use crate::{Result, TenantName, TenantRecord};
 
 /// Where the tenants to migrate come from, page by page, so that memory stays flat.
 ///

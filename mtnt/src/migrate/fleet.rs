@@ -2,88 +2,43 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use super::claim::{lock_waiting, Guard};
+use super::claim::FleetClaims;
 use super::fingerprint::current_fingerprints;
-use super::plan::{plan_down, plan_up};
+use super::protocol::{Claim, Protocol};
 use super::source::TenantSource;
-use super::SafetySettings;
 use super::{FailedTenant, MigrateReport, Progress};
-use crate::{
-    Backend, Direction, Error, MigrationSet, Result, RollbackTarget, Scope, Target, TenantName,
-    TenantRecord, TenantState,
-};
+use crate::backend::Backend;
+use crate::{Error, Result, TenantName, TenantRecord, TenantState};
 
-fn wrap(
-    target: Target<'_>,
-    migration: &crate::Migration,
-    direction: Direction,
-    error: Error,
-) -> Error {
-    Error::Migration {
-        target: target.to_string(),
-        migration: migration.to_string(),
-        reverting: direction == Direction::Down,
-        source: Box::new(error),
-    }
+/// Where one tenant of a fleet run ended.
+#[derive(Debug)]
+pub(crate) enum TenantOutcome {
+    /// Up to date already (by its registry row, or by its tracking rows).
+    Current,
+    /// This many migrations were applied.
+    Migrated(usize),
+    /// It failed; the error names the migration.
+    Failed(Error),
+    /// Another runner held it; it comes back in the second pass.
+    Deferred,
+    /// The run stopped (fail-fast, lost lease, deadline) before it started.
+    NotStarted,
+    /// Not this run's: being created, or in another shard.
+    NotOurs,
+    /// It was dropped while this run waited for it.
+    Gone,
 }
 
-/// Brings one target up to `to`; returns how many migrations ran, or `None` at once,
-/// changing nothing, when another run holds the target's lock (see `claim.rs`).
-pub(crate) async fn migrate_target_claim(
-    backend: &dyn Backend,
-    target: Target<'_>,
-    set: &MigrationSet,
-    to: Option<i64>,
-) -> Result<Option<usize>> {
-    let scope = match target {
-        Target::Public => Scope::Public,
-        Target::Tenant(_) => Scope::Tenant,
-    };
-    let mut session = backend.session(target).await?;
-    if matches!(target, Target::Public)
-        && plan_up(target, &session.applied().await?, set, scope, to).is_ok_and(|s| s.is_empty())
-    {
-        // The public target is read by every run and every `tenant create`, and is
-        // nearly always up to date: that needs no lock, so that sign-ups never queue.
-        return Ok(Some(0));
+impl From<Result<Claim<usize>>> for TenantOutcome {
+    fn from(claim: Result<Claim<usize>>) -> Self {
+        match claim {
+            Ok(Claim::Done(0)) => TenantOutcome::Current,
+            Ok(Claim::Done(n)) => TenantOutcome::Migrated(n),
+            Ok(Claim::Busy) => TenantOutcome::Deferred,
+            Ok(Claim::Gone) => TenantOutcome::Gone,
+            Err(error) => TenantOutcome::Failed(error),
+        }
     }
-    // A fleet run comes here only for a tenant whose registry row does not show it up to
-    // date: lock and read at once.
-    let Some(applied) = session.try_lock_applied().await? else {
-        return Ok(None);
-    };
-    let steps = plan_up(target, &applied, set, scope, to)?;
-    session
-        .apply_up(&steps)
-        .await
-        .map_err(|(i, e)| wrap(target, steps[i], Direction::Up, e))?;
-    Ok(Some(steps.len()))
-}
-
-/// Reverts migrations of one target, newest first; refuses before any change when an
-/// irreversible migration is in the way. Returns the reverted migrations.
-pub(crate) async fn rollback_target(
-    backend: &dyn Backend,
-    target: Target<'_>,
-    set: &MigrationSet,
-    how_far: RollbackTarget,
-    settings: &SafetySettings,
-) -> Result<Vec<&'static crate::Migration>> {
-    let scope = match target {
-        Target::Public => Scope::Public,
-        Target::Tenant(_) => Scope::Tenant,
-    };
-    let mut session = backend.session(target).await?;
-    lock_waiting(&mut *session, target, settings).await?;
-    let applied = session.applied().await?;
-    let steps = plan_down(target, &applied, set, scope, how_far)?;
-    for migration in &steps {
-        session
-            .apply(migration, Direction::Down)
-            .await
-            .map_err(|e| wrap(target, migration, Direction::Down, e))?;
-    }
-    Ok(steps)
 }
 
 /// Where the fleet's tenants come from.
@@ -102,6 +57,7 @@ fn pages<'a>(
     backend: &'a dyn Backend,
     tenants: Tenants<'a>,
     page_size: usize,
+    with_fingerprints: bool,
 ) -> impl futures_util::Stream<Item = Result<(TenantRecord, Option<String>)>> + 'a {
     enum State<'a> {
         Paging {
@@ -159,7 +115,11 @@ fn pages<'a>(
     .and_then(move |page| async move {
         // One query per page: with the registry rows, this is all an up-to-date tenant costs.
         let names: Vec<TenantName> = page.iter().map(|r| r.tenant.name.clone()).collect();
-        let mut fingerprints = backend.fingerprints(&names).await?;
+        let mut fingerprints = if with_fingerprints {
+            backend.fingerprints(&names).await?
+        } else {
+            Vec::new()
+        };
         fingerprints.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(page.into_iter().map(move |record| {
             let fingerprint = fingerprints
@@ -190,11 +150,10 @@ pub(crate) struct FleetRun {
 /// Tenants are handed out one by one from a shared stream, so a slow tenant never idles
 /// the others; a failing tenant is reported and the rest go on (unless `fail_fast`).
 pub(crate) async fn migrate_fleet(
-    backend: &dyn Backend,
-    set: &MigrationSet,
+    protocol: &Protocol<'_>,
     tenants: Tenants<'_>,
     run: FleetRun,
-    guard: &Guard<'_>,
+    claims: &FleetClaims<'_>,
     progress: &dyn Progress,
     report: &mut MigrateReport,
 ) -> Result<()> {
@@ -204,19 +163,20 @@ pub(crate) async fn migrate_fleet(
         page_size,
         fail_fast,
     } = run;
+    let backend = protocol.backend;
     let stop = AtomicBool::new(false);
     let stop = &stop;
-    let current = current_fingerprints(set, to);
+    let current = current_fingerprints(protocol.set, to);
     let current = &current;
-    let outcomes = pages(backend, tenants, page_size)
+    let outcomes = pages(backend, tenants, page_size, protocol.caps.fingerprints)
         .map(|record| async move {
             let (record, fingerprint) = record?;
-            if record.state == TenantState::Creating || !guard.owns(&record.tenant.name) {
+            if record.state == TenantState::Creating || !claims.owns(&record.tenant.name) {
                 // `tenant create` owns it until it is active; another shard owns it.
-                return Ok((record.tenant.name, None));
+                return Ok((record.tenant.name, TenantOutcome::NotOurs));
             }
-            if stop.load(Ordering::Relaxed) || guard.stop_reason().is_some() {
-                return Ok((record.tenant.name, Some(Err(None))));
+            if stop.load(Ordering::Relaxed) || claims.stop_reason().is_some() {
+                return Ok((record.tenant.name, TenantOutcome::NotStarted));
             }
             if record.failed_order.is_none()
                 && fingerprint.is_some_and(|f| {
@@ -226,57 +186,57 @@ pub(crate) async fn migrate_fleet(
                 })
             {
                 // Up to date by its registry row: no session, no round trip.
-                return Ok((record.tenant.name, Some(Ok(0))));
+                return Ok((record.tenant.name, TenantOutcome::Current));
             }
-            // `None`: another runner holds it; it comes back in the second pass below.
-            let Some(outcome) = guard.first_pass(backend, &record, set, to).await else {
-                return Ok((record.tenant.name, None));
-            };
-            if outcome.is_err() && fail_fast {
+            let outcome = TenantOutcome::from(claims.first_pass(protocol, &record, to).await);
+            if matches!(outcome, TenantOutcome::Failed(_)) && fail_fast {
                 stop.store(true, Ordering::Relaxed);
             }
-            Ok::<_, Error>((record.tenant.name, Some(outcome.map_err(Some))))
+            Ok::<_, Error>((record.tenant.name, outcome))
         })
         .buffer_unordered(concurrency.max(1));
-    let mut account = |tenant: TenantName, outcome: std::result::Result<usize, Option<Error>>| {
-        report.tenants_total += 1;
+    let mut account = |tenant: TenantName, outcome: TenantOutcome| {
         match outcome {
-            Ok(n) => {
-                if n == 0 {
-                    report.tenants_current += 1;
-                } else {
-                    report.tenants_migrated += 1;
-                    report.migrations_applied += n;
-                }
+            // Counted when it comes back in the second pass; not ours: not counted.
+            TenantOutcome::Deferred | TenantOutcome::NotOurs => return,
+            TenantOutcome::Current => {
+                report.tenants_current += 1;
+                progress.tenant_done(&tenant, Ok(0));
+            }
+            TenantOutcome::Migrated(n) => {
+                report.tenants_migrated += 1;
+                report.migrations_applied += n;
                 progress.tenant_done(&tenant, Ok(n));
             }
-            Err(None) => report.tenants_skipped += 1,
-            Err(Some(error)) => {
+            TenantOutcome::NotStarted => report.tenants_skipped += 1,
+            TenantOutcome::Gone => {
+                report.tenants_gone.push(tenant);
+            }
+            TenantOutcome::Failed(error) => {
                 progress.tenant_done(&tenant, Err(&error));
                 report.failures.push(FailedTenant { tenant, error });
             }
         }
+        report.tenants_total += 1;
     };
     let mut outcomes = std::pin::pin!(outcomes);
     while let Some(next) = outcomes.next().await {
         let (tenant, outcome) = next?;
-        let Some(outcome) = outcome else { continue };
         account(tenant, outcome);
     }
     // The tenants other runners held: wait for each (at most the unlock deadline) and
     // re-plan; usually the other runner has migrated it and nothing is left to do.
-    let deferred = guard.take_deferred();
+    let deferred = claims.take_deferred();
     let outcomes = stream::iter(deferred)
         .map(|record| async move {
-            if stop.load(Ordering::Relaxed) || guard.stop_reason().is_some() {
-                return (record.tenant.name, Err(None));
+            if stop.load(Ordering::Relaxed) || claims.stop_reason().is_some() {
+                return (record.tenant.name, TenantOutcome::NotStarted);
             }
-            let target = Target::Tenant(&record.tenant);
-            let outcome = guard.waiting(backend, target, set, to).await;
-            if outcome.is_err() && fail_fast {
+            let outcome = TenantOutcome::from(claims.waiting(protocol, &record, to).await);
+            if matches!(outcome, TenantOutcome::Failed(_)) && fail_fast {
                 stop.store(true, Ordering::Relaxed);
             }
-            (record.tenant.name, outcome.map_err(Some))
+            (record.tenant.name, outcome)
         })
         .buffer_unordered(concurrency.max(1));
     let mut outcomes = std::pin::pin!(outcomes);
@@ -284,7 +244,7 @@ pub(crate) async fn migrate_fleet(
         account(tenant, outcome);
     }
     if report.tenants_skipped > 0 && !stop.load(Ordering::Relaxed) {
-        report.stopped = guard.stop_reason();
+        report.stopped = claims.stop_reason();
     }
     report.failures.sort_by(|a, b| a.tenant.cmp(&b.tenant));
     Ok(())

@@ -1,7 +1,8 @@
-//! Run bookkeeping in the control schema: the leases of running runners, and the
-//! checks a run makes before it changes anything.
+//! Run leases in the control schema: who runs (host, pid, start, heartbeat), so that
+//! `status` can say so, a runner that lost the database stops itself, and a runner that
+//! went silent is taken over; and the check a run makes before it changes anything.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -56,13 +57,13 @@ pub struct Heartbeat {
     pub taken_over: Vec<RunLease>,
 }
 
-/// Run leases and preflight checks, for backends that keep them (PostgreSQL).
+/// Run leases and the preflight check, for engines that keep them (PostgreSQL).
 ///
 /// Leases are not exclusive: every runner of a fleet holds one, so that `mtnt status`
 /// can say who is running and a runner that lost the database stops itself. What keeps
 /// two runners off one tenant is the tenant's own lock.
 #[async_trait]
-pub trait RunControl: Send + Sync {
+pub trait LeaseStore: Send + Sync {
     /// Records a new running lease for `me`, first taking over every lease whose
     /// heartbeat is older than `stale_after`; returns those.
     async fn acquire(&self, me: &RunIdentity, stale_after: Duration) -> Result<Vec<RunLease>>;
@@ -106,7 +107,7 @@ pub(crate) fn host_name() -> String {
 pub(crate) fn connection_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
-        let nonce = (crate::migrate::random_fraction() * 1e9) as u64;
+        let nonce = (random_fraction() * 1e9) as u64;
         let tail = format!(" {} {nonce:x}", std::process::id());
         let host: String = host_name()
             .chars()
@@ -117,44 +118,22 @@ pub(crate) fn connection_tag() -> &'static str {
     })
 }
 
-/// The lock timeout and statement timeout each migration runs with, unless its
-/// attribute says otherwise (`lock_timeout = "..."`, `statement_timeout = "..."`).
-///
-/// Defaults: lock timeout 5 s, no statement timeout. `Some(Duration::ZERO)` and `None`
-/// both mean no limit. PostgreSQL only, for now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    /// How long a statement waits for a table lock before failing (and being retried).
-    pub lock: Option<Duration>,
-    /// How long one statement may run.
-    pub statement: Option<Duration>,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            lock: Some(Duration::from_secs(5)),
-            statement: None,
-        }
-    }
-}
-
-/// How many of a tenant's pending migrations share a transaction, where the engine's DDL
-/// is transactional (PostgreSQL and SQLite; MySQL commits each DDL statement, so it runs
-/// each migration on its own).
-///
-/// [`PerTenant`](Self::PerTenant), the default, makes a tenant's whole upgrade atomic:
-/// the tenant is either where it was or at the target, never in between, and a fleet run
-/// costs one commit per tenant. A migration with `transaction = false` runs on its own
-/// and splits the upgrade there. [`PerMigration`](Self::PerMigration) commits each
-/// migration, so a failure keeps the ones before it, and holds each migration's locks
-/// only as long as that migration runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Transactions {
-    /// One transaction for a tenant's consecutive transactional migrations.
-    #[default]
-    PerTenant,
-    /// One transaction per migration.
-    PerMigration,
+/// A number in [0, 1) that differs between calls, processes and hosts; jitter and
+/// nonces need no more than that.
+pub(crate) fn random_fraction() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        ^ nanos
+        ^ (u64::from(std::process::id()) << 32);
+    // splitmix64
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    (x >> 11) as f64 / (1u64 << 53) as f64
 }

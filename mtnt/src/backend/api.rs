@@ -1,0 +1,420 @@
+//! The primitives an engine provides: connections, locks, tracking rows, registry rows
+//! and storage, in its SQL dialect. What a run does with them (claim, plan, apply,
+//! record, fail, retry; create, adopt and drop a tenant) is written once, in
+//! `migrate/protocol.rs` and `migrate/tenants.rs`, and picks its path from the engine's
+//! [`Capabilities`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::lease::LeaseStore;
+use crate::{
+    AppliedMigration, Ctx, Engine, Error, Migration, MigrationStatus, Result, Tenancy, Tenant,
+    TenantName, TenantRecord, TenantState,
+};
+
+/// What a session or a migration works on: the shared control schema, or one tenant.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// The control schema (or control database, or control file) that public migrations
+    /// change.
+    Public,
+    /// One tenant.
+    Tenant(&'a Tenant),
+}
+
+impl<'a> Target<'a> {
+    /// The tenant, unless this is the public target.
+    pub fn tenant(self) -> Option<&'a Tenant> {
+        match self {
+            Target::Public => None,
+            Target::Tenant(t) => Some(t),
+        }
+    }
+}
+
+impl std::fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Public => f.write_str("the public schema"),
+            Target::Tenant(t) => write!(f, "tenant {}", t.name),
+        }
+    }
+}
+
+/// Up or down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Apply.
+    Up,
+    /// Revert.
+    Down,
+}
+
+/// What an engine can do; the protocol picks its path from these, never from the
+/// engine's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// DDL takes part in transactions (PostgreSQL, SQLite): a failed transactional
+    /// migration is rolled back whole, and several can share one transaction. Without it
+    /// (MySQL, which commits each DDL statement), every migration is recorded `started`
+    /// in a commit of its own before it runs and `completed` after it: the started /
+    /// completed chain, which leaves a failure visible as `started`.
+    pub transactional_ddl: bool,
+    /// The registry row can be written in the target's own transaction (registry and
+    /// tracking rows in one database). Without it the registry is a cache: written after
+    /// the target commits ([`Backend::write_registry`]) and healed when a run reads the
+    /// target.
+    pub registry_in_target_transaction: bool,
+    /// Creating and dropping a tenant's storage takes part in a transaction (a
+    /// PostgreSQL schema): a tenant is created, with its first migrations, in one
+    /// transaction. Without it, creating is made atomic by compensation.
+    pub transactional_storage: bool,
+    /// [`Backend::fingerprints`] answers: a fleet run skips, without a session, every
+    /// tenant whose fingerprint says it is current.
+    pub fingerprints: bool,
+}
+
+impl Capabilities {
+    /// An engine with none of the capabilities: every migration chained, the registry a
+    /// cache, creation by compensation, a session for every tenant.
+    pub const NONE: Capabilities = Capabilities {
+        transactional_ddl: false,
+        registry_in_target_transaction: false,
+        transactional_storage: false,
+        fingerprints: false,
+    };
+
+    /// These capabilities with transactional DDL.
+    pub const fn with_transactional_ddl(mut self) -> Self {
+        self.transactional_ddl = true;
+        self
+    }
+
+    /// These capabilities with the registry in the target's transaction.
+    pub const fn with_registry_in_target_transaction(mut self) -> Self {
+        self.registry_in_target_transaction = true;
+        self
+    }
+
+    /// These capabilities with transactional storage.
+    pub const fn with_transactional_storage(mut self) -> Self {
+        self.transactional_storage = true;
+        self
+    }
+
+    /// These capabilities with fingerprints in the registry.
+    pub const fn with_fingerprints(mut self) -> Self {
+        self.fingerprints = true;
+        self
+    }
+}
+
+/// What kind of failure an engine error is, for the protocol's decisions (retry, discard
+/// the connection, report a name clash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// A unique key was violated (a tenant registered twice).
+    UniqueViolation,
+    /// The storage to create exists already (schema, database, file).
+    StorageExists,
+    /// The storage to use does not exist.
+    StorageMissing,
+    /// Worth another try: a lock timeout, a deadlock, a serialization failure, a server
+    /// restarting, too many connections.
+    Transient,
+    /// The connection is gone or in an unknown state: nothing more can be sent on it.
+    ConnectionLost,
+    /// Anything else.
+    Other,
+}
+
+/// The lock and statement timeouts one migration runs with (its attribute's, else the
+/// run's defaults). `None` means no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigrationTimeouts {
+    /// How long a statement waits for a lock.
+    pub lock: Option<Duration>,
+    /// How long one statement may run.
+    pub statement: Option<Duration>,
+}
+
+/// When a migration ran, measured on the client: the engine turns it into timestamps
+/// relative to the moment it writes the record.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// When its function was called.
+    pub started: Instant,
+    /// When its function returned.
+    pub finished: Instant,
+}
+
+impl Timing {
+    /// How long ago the migration started and finished.
+    pub fn ago(&self) -> (Duration, Duration) {
+        let now = Instant::now();
+        (now - self.started, now - self.finished)
+    }
+
+    /// How long the function ran.
+    pub fn duration(&self) -> Duration {
+        self.finished - self.started
+    }
+}
+
+/// One bookkeeping write the protocol asks of a connection ([`Connection::write`],
+/// [`Connection::commit`]); the engine turns a list of them into as few round trips as
+/// it can.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Record<'a> {
+    /// The migration is about to run outside a transaction (or the engine commits DDL):
+    /// up, its row is inserted or reset as `started` with a fresh start; down, the
+    /// completed row becomes `started`.
+    Started {
+        /// The migration.
+        migration: &'static Migration,
+        /// Which function runs.
+        direction: Direction,
+    },
+    /// The migration's function succeeded: up, the row is `completed` (inserted, or the
+    /// `started` row updated); down, the row is `pending`.
+    Finished {
+        /// The migration.
+        migration: &'static Migration,
+        /// Which function ran.
+        direction: Direction,
+        /// When it ran.
+        timing: Timing,
+    },
+    /// The migration failed: its row gets `status` (`failed` after a rollback, `started`
+    /// where what it did is unknown) and the error; an existing row keeps its name,
+    /// checksum and start, and a `completed` row is never overwritten.
+    Failed {
+        /// The migration.
+        migration: &'static Migration,
+        /// `failed` or `started`.
+        status: MigrationStatus,
+        /// The error text, passwords scrubbed.
+        error: &'a str,
+        /// When it ran.
+        timing: Timing,
+    },
+    /// `repair --mark`: the row is set to `status` without running anything.
+    Marked {
+        /// The migration.
+        migration: &'static Migration,
+        /// The new status.
+        status: MigrationStatus,
+    },
+    /// `repair --checksums`: a completed row gets the code's checksum.
+    Checksum {
+        /// The migration's order.
+        order: i64,
+        /// The checksum of its code.
+        checksum: &'a str,
+    },
+    /// The tenant's registry row in line with its tracking rows (newest completed order,
+    /// fingerprint where kept), and, with `clear_failure`, no recorded failure. Only on
+    /// engines with [`Capabilities::registry_in_target_transaction`]; never for the public
+    /// target.
+    Registry {
+        /// Whether a recorded failure is cleared too.
+        clear_failure: bool,
+    },
+    /// The tenant's registry row records a failure at `order`, with its newest completed
+    /// order recomputed. As [`Record::Registry`], only where the registry is in the
+    /// target's transaction.
+    RegistryFailure {
+        /// The failed migration's order.
+        order: i64,
+        /// The error text.
+        error: &'a str,
+    },
+    /// A new registry row for the tenant, in `state` (`tenant create` on engines with
+    /// [`Capabilities::transactional_storage`]); a unique violation when it exists.
+    Register {
+        /// Its state.
+        state: TenantState,
+    },
+    /// The registry row's state.
+    State {
+        /// The new state.
+        state: TenantState,
+    },
+    /// Creates the tenant's storage (engines with transactional storage).
+    CreateStorage,
+    /// Drops the tenant's storage if it exists, and its registry row (engines with
+    /// transactional storage).
+    DropTenant,
+}
+
+/// A row of the registry written from outside the target's transaction, where the
+/// registry is a cache ([`Backend::write_registry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegistryRow<'a> {
+    /// The tenant's newest completed migration.
+    pub applied_order: Option<i64>,
+    /// The recorded failure (order and error), or none.
+    pub failure: Option<(i64, &'a str)>,
+}
+
+/// The state of a target, read under its lock.
+#[derive(Clone, Debug, Default)]
+pub struct TargetState {
+    /// Its tracking rows, by order.
+    pub applied: Vec<AppliedMigration>,
+    /// Whether the tenant's registry row exists (always true for the public target): a
+    /// tenant dropped while a run waited for it is not recreated.
+    pub registered: bool,
+}
+
+/// The engine half of mtnt: its dialect and its connection handling.
+///
+/// Everything a run does with these primitives is written once in mtnt; an engine that
+/// mtnt does not ship can be implemented outside the crate with the public API alone
+/// (`examples/json_engine.rs` does, for a directory of JSON documents) and handed to
+/// [`Migrator::builder`](crate::Migrator::builder).
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The engine.
+    fn engine(&self) -> Engine;
+
+    /// How tenants are isolated.
+    fn tenancy(&self) -> Tenancy;
+
+    /// What the engine can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// What kind of failure `error` is. Called with errors of this engine's connections
+    /// and of migrations run on them.
+    fn classify(&self, error: &Error) -> ErrorClass;
+
+    /// Creates mtnt's control tables (tenant registry, public tracking rows) if missing.
+    async fn prepare(&self) -> Result<()>;
+
+    /// Registered tenants ordered by name, after `after`, at most `limit`.
+    async fn tenant_page(
+        &self,
+        after: Option<&TenantName>,
+        limit: usize,
+    ) -> Result<Vec<TenantRecord>>;
+
+    /// How many tenants are registered.
+    async fn tenant_count(&self) -> Result<u64>;
+
+    /// The registry rows of the named tenants; names that are not registered are left out.
+    async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>>;
+
+    /// The [`fingerprint`](crate::fingerprint)s of the completed migrations of the named
+    /// tenants; tenants without one are left out. Called only with
+    /// [`Capabilities::fingerprints`]: the engine keeps each in line with the tenant's
+    /// tracking rows (written in the same transaction, or computed from them).
+    async fn fingerprints(&self, names: &[TenantName]) -> Result<Vec<(TenantName, String)>>;
+
+    /// How many target connections can be open at once without waiting: the pool's size
+    /// less one (for the registry reads), and no more than the server has free. `None`:
+    /// no such limit is known. A fleet run lowers its concurrency to this.
+    async fn connection_budget(&self) -> Result<Option<usize>>;
+
+    /// A connection working on one target; it holds the target's lock once
+    /// [`Connection::try_lock`] says so, until [`Connection::release`] or drop.
+    async fn connect<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Connection + 'a>>;
+
+    /// A new registry row for `tenant` in `state` with `applied_order`; fails with an
+    /// error of class [`ErrorClass::UniqueViolation`] when it exists.
+    async fn register(
+        &self,
+        tenant: &Tenant,
+        state: TenantState,
+        applied_order: Option<i64>,
+    ) -> Result<()>;
+
+    /// Sets the state of a tenant's registry row.
+    async fn set_state(&self, tenant: &Tenant, state: TenantState) -> Result<()>;
+
+    /// Deletes a tenant's registry row; with `only_creating`, only while it is
+    /// `creating` (the compensation of a failed create).
+    async fn unregister(&self, tenant: &Tenant, only_creating: bool) -> Result<()>;
+
+    /// Writes the registry's cached summary of a tenant, where the registry is a cache
+    /// (no [`Capabilities::registry_in_target_transaction`]).
+    async fn write_registry(&self, tenant: &Tenant, row: RegistryRow<'_>) -> Result<()>;
+
+    /// Creates the storage of a tenant (schema, database, file) with an empty tracking
+    /// table; an error of class [`ErrorClass::StorageExists`] when it exists.
+    async fn create_storage(&self, tenant: &Tenant) -> Result<()>;
+
+    /// Drops the storage of a tenant with all its data, if it exists.
+    async fn drop_storage(&self, tenant: &Tenant) -> Result<()>;
+
+    /// The names of existing storages (schemas, databases, files) that match the SQL
+    /// `LIKE` pattern, are not registered, and are not mtnt's own, by name.
+    async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>>;
+
+    /// The run leases of the control schema, if the engine keeps them; without, runs
+    /// take no lease (see the README section "Safety").
+    fn leases(&self) -> Option<Arc<dyn LeaseStore>>;
+}
+
+/// One connection working on one target: the engine's dialect for locking it, reading
+/// and writing its tracking rows, and running migrations in and outside transactions.
+#[async_trait]
+pub trait Connection: Send {
+    /// Takes the target's lock if no other run holds it, without waiting; whether it is
+    /// held now. Idempotent.
+    async fn try_lock(&mut self) -> Result<bool>;
+
+    /// The target's state, read now (under the lock, when held). A target without
+    /// tracking storage yet reads as no rows; it is created with the first write.
+    async fn read(&mut self) -> Result<TargetState>;
+
+    /// [`Connection::try_lock`], then, if the lock is held, [`Connection::read`] under it;
+    /// `None` when another run holds the target. One round trip where the engine can.
+    async fn try_lock_and_read(&mut self) -> Result<Option<TargetState>>;
+
+    /// Opens a transaction for running migrations with `timeouts`; whatever the target
+    /// lacks (a tenant's schema, its tracking table) is created in it.
+    async fn begin(&mut self, timeouts: MigrationTimeouts) -> Result<()>;
+
+    /// Changes the timeouts inside the open transaction.
+    async fn set_timeouts(&mut self, timeouts: MigrationTimeouts) -> Result<()>;
+
+    /// Prepares the connection to run a migration outside a transaction with
+    /// `timeouts` (the target's missing storage created, the session's settings set).
+    async fn enter_autocommit(&mut self, timeouts: MigrationTimeouts) -> Result<()>;
+
+    /// Undoes the session settings of [`Connection::enter_autocommit`].
+    async fn leave_autocommit(&mut self) -> Result<()>;
+
+    /// Writes `records` in the open transaction.
+    async fn write(&mut self, records: &[Record<'_>]) -> Result<()>;
+
+    /// Writes `records` and commits them: with the open transaction, or in one of their
+    /// own when none is open. With `then`, a new transaction is open afterwards, as
+    /// [`Connection::begin`] opens it; engines send it in the same round trip.
+    async fn commit(
+        &mut self,
+        records: &[Record<'_>],
+        then: Option<MigrationTimeouts>,
+    ) -> Result<()>;
+
+    /// Ends the open transaction without its changes (none open: nothing happens). A
+    /// connection that cannot is discarded.
+    async fn rollback(&mut self);
+
+    /// The connection is lost or in an unknown state: it is closed, never reused, and
+    /// its lock ends with it.
+    fn discard(&mut self);
+
+    /// The context a migration function runs with, on this connection.
+    fn ctx(&mut self) -> Ctx<'_>;
+
+    /// Releases the lock and hands the connection back. Dropping the connection instead
+    /// (a cancelled run) must release the lock too, by closing the connection if need be.
+    async fn release(self: Box<Self>);
+}

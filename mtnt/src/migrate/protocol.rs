@@ -1,0 +1,723 @@
+//! The migration protocol, written once for every engine: claim a target, plan, apply,
+//! record, keep the registry in line, fail, and heal the registry where it is a cache.
+//!
+//! How migrations are applied follows the engine's [`Capabilities`]:
+//! - with transactional DDL, consecutive transactional migrations of a tenant share one
+//!   transaction ([`Transactions::PerTenant`]) or get one each
+//!   ([`Transactions::PerMigration`]), their tracking rows and the registry row written
+//!   with them;
+//! - a migration outside a transaction, and every migration on an engine whose DDL
+//!   commits at once, goes through the started / completed chain: its row is committed
+//!   `started` before it runs and `completed` after it, so what a crash leaves is
+//!   visible. The commit after one migration is the commit before the next (one round
+//!   trip): every committed state is one that two commits could leave too.
+
+use std::collections::BTreeSet;
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+
+use super::plan::{plan_down, plan_up};
+use super::{Timeouts, Transactions};
+use crate::backend::{
+    Backend, Capabilities, Connection, Direction, ErrorClass, MigrationTimeouts, Record,
+    RegistryRow, Target, TargetState, Timing,
+};
+use crate::migration::MigrationFn;
+use crate::{
+    Ctx, Error, Migration, MigrationSet, MigrationStatus, Result, RollbackTarget, Scope,
+    TenantRecord,
+};
+
+/// How a claim on a target ended.
+#[derive(Debug)]
+pub(crate) enum Claim<T> {
+    /// Done, with what it did.
+    Done(T),
+    /// Another run holds the target; nothing was changed.
+    Busy,
+    /// The tenant's registry row is gone (the tenant was dropped while this run waited
+    /// for it): nothing was changed, and nothing was created.
+    Gone,
+}
+
+/// One run's view of the engine: the backend, its capabilities, the migrations, and the
+/// run's policy.
+#[derive(Clone, Copy)]
+pub(crate) struct Protocol<'a> {
+    pub(crate) backend: &'a dyn Backend,
+    pub(crate) caps: Capabilities,
+    pub(crate) set: &'a MigrationSet,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) transactions: Transactions,
+}
+
+/// Runs an up or down function, turning a panic into [`Error::Panicked`] so that one
+/// bad migration fails its tenant instead of the whole run.
+async fn invoke(function: MigrationFn, ctx: &mut Ctx<'_>) -> Result<()> {
+    match AssertUnwindSafe(function(ctx)).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".to_owned());
+            Err(Error::Panicked { message })
+        }
+    }
+}
+
+/// Wraps a migration's failure with the migration and the target.
+pub(crate) fn wrap(
+    target: Target<'_>,
+    migration: &Migration,
+    direction: Direction,
+    error: Error,
+) -> Error {
+    Error::Migration {
+        target: target.to_string(),
+        migration: migration.to_string(),
+        reverting: direction == Direction::Down,
+        source: Box::new(error),
+    }
+}
+
+fn scope_of(target: Target<'_>) -> Scope {
+    match target {
+        Target::Public => Scope::Public,
+        Target::Tenant(_) => Scope::Tenant,
+    }
+}
+
+/// The orders of a target's completed migrations, kept up to date as a run changes them,
+/// for the registry's cached summary.
+pub(crate) struct Completed(pub(crate) BTreeSet<i64>);
+
+impl Completed {
+    pub(crate) fn of(state: &TargetState) -> Self {
+        Self(
+            state
+                .applied
+                .iter()
+                .filter(|r| r.status == MigrationStatus::Completed)
+                .map(|r| r.order)
+                .collect(),
+        )
+    }
+
+    fn newest(&self) -> Option<i64> {
+        self.0.last().copied()
+    }
+
+    fn note(&mut self, migration: &Migration, direction: Direction) {
+        match direction {
+            Direction::Up => self.0.insert(migration.order()),
+            Direction::Down => self.0.remove(&migration.order()),
+        };
+    }
+}
+
+/// What `tenant create` adds to a transaction of migrations.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Parts<'r> {
+    /// Written first, in the transaction.
+    pub(crate) prelude: &'r [Record<'r>],
+    /// Committed with the migrations' records.
+    pub(crate) finish: &'r [Record<'r>],
+    /// Whether a failure is recorded (not when the transaction registered the tenant:
+    /// the rollback took its registry row).
+    pub(crate) record_failure: bool,
+}
+
+impl Parts<'_> {
+    /// A plain transaction of migrations.
+    pub(crate) fn plain() -> Self {
+        Self {
+            record_failure: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// A chained migration whose `completed` record waits to travel with the next commit.
+pub(crate) struct Pending {
+    index: usize,
+    migration: &'static Migration,
+    timing: Timing,
+}
+
+impl<'a> Protocol<'a> {
+    /// The timeouts `migration` runs with: its attribute's, else the run's.
+    pub(crate) fn timeouts_of(&self, migration: &Migration) -> MigrationTimeouts {
+        let none_if_zero = |d: Option<std::time::Duration>| d.filter(|d| !d.is_zero());
+        MigrationTimeouts {
+            lock: none_if_zero(migration.lock_timeout().or(self.timeouts.lock)),
+            statement: none_if_zero(migration.statement_timeout().or(self.timeouts.statement)),
+        }
+    }
+
+    fn registry_in_transaction(&self, target: Target<'_>) -> bool {
+        self.caps.registry_in_target_transaction && target.tenant().is_some()
+    }
+
+    /// Brings one target up to `to`, unless another run holds it. `record` is the
+    /// tenant's registry row as this run read it (`None` for the public target).
+    pub(crate) async fn migrate_target(
+        &self,
+        target: Target<'_>,
+        record: Option<&TenantRecord>,
+        to: Option<i64>,
+    ) -> Result<Claim<usize>> {
+        let scope = scope_of(target);
+        let mut conn = self.backend.connect(target).await?;
+        if matches!(target, Target::Public) {
+            // The public target is read by every run and every `tenant create`, and is
+            // nearly always up to date: that needs no lock, so that sign-ups never queue.
+            let state = conn.read().await?;
+            if plan_up(target, &state.applied, self.set, scope, to).is_ok_and(|s| s.is_empty()) {
+                conn.release().await;
+                return Ok(Claim::Done(0));
+            }
+        }
+        let Some(state) = conn.try_lock_and_read().await? else {
+            conn.release().await;
+            return Ok(Claim::Busy);
+        };
+        let outcome = self
+            .migrate_locked(&mut *conn, target, record, &state, to)
+            .await;
+        conn.release().await;
+        outcome
+    }
+
+    async fn migrate_locked(
+        &self,
+        conn: &mut dyn Connection,
+        target: Target<'_>,
+        record: Option<&TenantRecord>,
+        state: &TargetState,
+        to: Option<i64>,
+    ) -> Result<Claim<usize>> {
+        if !state.registered {
+            return Ok(Claim::Gone);
+        }
+        self.heal_registry(target, record, state).await;
+        let steps = plan_up(target, &state.applied, self.set, scope_of(target), to)?;
+        self.apply(conn, target, Completed::of(state), &steps, Direction::Up)
+            .await
+            .map_err(|(i, e)| wrap(target, steps[i], Direction::Up, e))?;
+        Ok(Claim::Done(steps.len()))
+    }
+
+    /// Reverts migrations of a target whose lock `conn` holds, newest first; refuses
+    /// before any change when an irreversible migration is in the way.
+    pub(crate) async fn rollback_locked(
+        &self,
+        conn: &mut dyn Connection,
+        target: Target<'_>,
+        record: Option<&TenantRecord>,
+        how_far: RollbackTarget,
+    ) -> Result<Vec<&'static Migration>> {
+        let state = self.read_registered(conn, target).await?;
+        self.heal_registry(target, record, &state).await;
+        let steps = plan_down(target, &state.applied, self.set, scope_of(target), how_far)?;
+        self.apply(conn, target, Completed::of(&state), &steps, Direction::Down)
+            .await
+            .map_err(|(i, e)| wrap(target, steps[i], Direction::Down, e))?;
+        Ok(steps)
+    }
+
+    /// Reads a locked target; a tenant dropped meanwhile is an error.
+    async fn read_registered(
+        &self,
+        conn: &mut dyn Connection,
+        target: Target<'_>,
+    ) -> Result<TargetState> {
+        let state = conn.read().await?;
+        match target {
+            Target::Tenant(t) if !state.registered => Err(Error::TenantGone {
+                tenant: t.name.clone(),
+            }),
+            _ => Ok(state),
+        }
+    }
+
+    /// Records the code's checksum for each completed migration whose code changed;
+    /// returns how many.
+    pub(crate) async fn repair_checksums_locked(
+        &self,
+        conn: &mut dyn Connection,
+        target: Target<'_>,
+    ) -> Result<usize> {
+        let state = self.read_registered(conn, target).await?;
+        let mut records = Vec::new();
+        for row in &state.applied {
+            if let Some(m) = self.set.get(row.order) {
+                if row.status == MigrationStatus::Completed && row.checksum != m.checksum() {
+                    records.push(Record::Checksum {
+                        order: row.order,
+                        checksum: m.checksum(),
+                    });
+                }
+            }
+        }
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let changed = records.len();
+        if self.registry_in_transaction(target) {
+            records.push(Record::Registry {
+                clear_failure: false,
+            });
+        }
+        self.commit_or_roll_back(conn, &records).await?;
+        Ok(changed)
+    }
+
+    /// Sets the tracking status of one migration without running it (`repair --mark`).
+    pub(crate) async fn mark_locked(
+        &self,
+        conn: &mut dyn Connection,
+        target: Target<'_>,
+        migration: &'static Migration,
+        status: MigrationStatus,
+    ) -> Result<()> {
+        let state = self.read_registered(conn, target).await?;
+        let mut records = vec![Record::Marked { migration, status }];
+        if self.registry_in_transaction(target) {
+            records.push(Record::Registry {
+                clear_failure: true,
+            });
+        }
+        self.commit_or_roll_back(conn, &records).await?;
+        let mut completed = Completed::of(&state);
+        completed.0.remove(&migration.order());
+        if status == MigrationStatus::Completed {
+            completed.0.insert(migration.order());
+        }
+        self.after_commit(target, &completed).await;
+        Ok(())
+    }
+
+    async fn commit_or_roll_back(
+        &self,
+        conn: &mut dyn Connection,
+        records: &[Record<'_>],
+    ) -> Result<()> {
+        if let Err(error) = conn.commit(records, None).await {
+            self.abandon(conn, &error).await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Ends whatever transaction a failure left: a lost connection is discarded, any
+    /// other rolled back.
+    async fn abandon(&self, conn: &mut dyn Connection, error: &Error) {
+        if self.backend.classify(error) == ErrorClass::ConnectionLost {
+            conn.discard();
+        } else {
+            conn.rollback().await;
+        }
+    }
+
+    /// Runs the `direction` functions of `steps` in order on a locked target and records
+    /// them, stopping at the first failure, whose index it returns with the error.
+    pub(crate) async fn apply(
+        &self,
+        conn: &mut dyn Connection,
+        target: Target<'_>,
+        mut completed: Completed,
+        steps: &[&'static Migration],
+        direction: Direction,
+    ) -> std::result::Result<(), (usize, Error)> {
+        let mut pending: Option<Pending> = None;
+        let mut i = 0;
+        while i < steps.len() {
+            let migration = steps[i];
+            if self.caps.transactional_ddl && migration.is_transactional() {
+                let together = match (direction, self.transactions) {
+                    (Direction::Up, Transactions::PerTenant) => steps[i..]
+                        .iter()
+                        .take_while(|m| m.is_transactional())
+                        .count(),
+                    _ => 1,
+                };
+                let batch = &steps[i..i + together];
+                self.run_transaction(conn, target, i, batch, direction, &mut pending, &mut completed, Parts::plain())
+                    .await?;
+                i += together;
+            } else {
+                self.run_chained(conn, target, i, migration, direction, &mut pending, &mut completed)
+                    .await?;
+                i += 1;
+            }
+        }
+        if let Some(last) = pending.take() {
+            let records = self.finished_records(target, &last, direction);
+            if let Err(error) = conn.commit(&records, None).await {
+                return Err((last.index, self.fail(conn, target, last.migration, direction, error, last.timing, &completed).await));
+            }
+            completed.note(last.migration, direction);
+            self.after_commit(target, &completed).await;
+        }
+        Ok(())
+    }
+
+    /// The records of a chained migration that finished, with the registry row.
+    fn finished_records(
+        &self,
+        target: Target<'_>,
+        done: &Pending,
+        direction: Direction,
+    ) -> Vec<Record<'static>> {
+        let mut records = vec![Record::Finished {
+            migration: done.migration,
+            direction,
+            timing: done.timing,
+        }];
+        if self.registry_in_transaction(target) {
+            records.push(Record::Registry {
+                clear_failure: true,
+            });
+        }
+        records
+    }
+
+    /// Runs `batch` (transactional migrations, on an engine with transactional DDL) in
+    /// one transaction with their records, the registry row, and `finish` (the records
+    /// `tenant create` adds); `prelude` is written first, in the transaction. On a failure
+    /// nothing of the batch stays, and the failed migration is recorded `failed`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn run_transaction(
+        &self,
+        conn: &mut dyn Connection,
+        target: Target<'_>,
+        first_index: usize,
+        batch: &[&'static Migration],
+        direction: Direction,
+        pending: &mut Option<Pending>,
+        completed: &mut Completed,
+        parts: Parts<'_>,
+    ) -> std::result::Result<(), (usize, Error)> {
+        let Parts {
+            prelude,
+            finish,
+            record_failure,
+        } = parts;
+        let functions = batch
+            .iter()
+            .enumerate()
+            .map(|(k, m)| m.function(direction, target).map_err(|e| (first_index + k, e)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut timeouts = self.timeouts_of(batch[0]);
+        // A chained migration's `completed` record commits with the opening of this
+        // transaction: one round trip.
+        let opened = match pending.take() {
+            Some(done) => {
+                let records = self.finished_records(target, &done, direction);
+                match conn.commit(&records, Some(timeouts)).await {
+                    Ok(()) => {
+                        completed.note(done.migration, direction);
+                        self.after_commit(target, completed).await;
+                        Ok(())
+                    }
+                    Err(error) => {
+                        let error = self
+                            .fail(conn, target, done.migration, direction, error, done.timing, completed)
+                            .await;
+                        return Err((done.index, error));
+                    }
+                }
+            }
+            None => conn.begin(timeouts).await,
+        };
+        let opened = match opened {
+            Ok(()) if !prelude.is_empty() => conn.write(prelude).await,
+            other => other,
+        };
+        if let Err(error) = opened {
+            // Nothing ran: nothing to record.
+            self.abandon(conn, &error).await;
+            return Err((first_index, error));
+        }
+        let mut timings = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for (k, (&migration, function)) in batch.iter().zip(functions).enumerate() {
+            let wanted = self.timeouts_of(migration);
+            if wanted != timeouts {
+                if let Err(error) = conn.set_timeouts(wanted).await {
+                    failure = Some((k, error, Instant::now()));
+                    break;
+                }
+                timeouts = wanted;
+            }
+            let started = Instant::now();
+            if let Err(error) = invoke(function, &mut conn.ctx()).await {
+                failure = Some((k, error, started));
+                break;
+            }
+            timings.push(Timing {
+                started,
+                finished: Instant::now(),
+            });
+        }
+        if failure.is_none() {
+            let mut records: Vec<Record<'_>> = batch
+                .iter()
+                .zip(&timings)
+                .map(|(&migration, &timing)| Record::Finished {
+                    migration,
+                    direction,
+                    timing,
+                })
+                .collect();
+            if self.registry_in_transaction(target) {
+                records.push(Record::Registry {
+                    clear_failure: true,
+                });
+            }
+            records.extend_from_slice(finish);
+            if let Err(error) = conn.commit(&records, None).await {
+                // A deferred constraint of one of them, or the connection: the last one
+                // is named, as the commit came after it.
+                let started = timings.last().map_or_else(Instant::now, |t| t.started);
+                failure = Some((batch.len() - 1, error, started));
+            }
+        }
+        let Some((k, error, started)) = failure else {
+            for &migration in batch {
+                completed.note(migration, direction);
+            }
+            self.after_commit(target, completed).await;
+            return Ok(());
+        };
+        if !record_failure {
+            self.abandon(conn, &error).await;
+            return Err((first_index + k, error));
+        }
+        let timing = Timing {
+            started,
+            finished: Instant::now(),
+        };
+        let error = self
+            .fail(conn, target, batch[k], direction, error, timing, completed)
+            .await;
+        Err((first_index + k, error))
+    }
+
+    /// Runs one migration through the started / completed chain: outside a transaction,
+    /// or on an engine whose DDL commits at once. Its `completed` record is left in
+    /// `pending`, to travel with the next commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_chained(
+        &self,
+        conn: &mut dyn Connection,
+        target: Target<'_>,
+        index: usize,
+        migration: &'static Migration,
+        direction: Direction,
+        pending: &mut Option<Pending>,
+        completed: &mut Completed,
+    ) -> std::result::Result<(), (usize, Error)> {
+        let function = migration
+            .function(direction, target)
+            .map_err(|e| (index, e))?;
+        let timeouts = self.timeouts_of(migration);
+        let in_transaction = migration.is_transactional();
+        let previous = pending.take();
+        let mut records = match &previous {
+            Some(done) => self.finished_records(target, done, direction),
+            None => Vec::new(),
+        };
+        records.push(Record::Started {
+            migration,
+            direction,
+        });
+        if direction == Direction::Down && self.registry_in_transaction(target) {
+            // The row leaves `completed`: the registry's newest completed order follows.
+            records.push(Record::Registry {
+                clear_failure: false,
+            });
+        }
+        if let Err(error) = conn
+            .commit(&records, in_transaction.then_some(timeouts))
+            .await
+        {
+            return Err(match previous {
+                // The commit was the previous migration's `completed`.
+                Some(done) => {
+                    let error = self
+                        .fail(conn, target, done.migration, direction, error, done.timing, completed)
+                        .await;
+                    (done.index, error)
+                }
+                // Nothing ran and nothing was recorded: no failure to note.
+                None => {
+                    self.abandon(conn, &error).await;
+                    (index, error)
+                }
+            });
+        }
+        if let Some(done) = &previous {
+            completed.note(done.migration, direction);
+        }
+        if direction == Direction::Down {
+            completed.note(migration, Direction::Down);
+        }
+        if previous.is_some() || direction == Direction::Down {
+            self.after_commit(target, completed).await;
+        }
+        let started = Instant::now();
+        let mut result = Ok(());
+        if !in_transaction {
+            result = conn.enter_autocommit(timeouts).await;
+        }
+        if result.is_ok() {
+            result = invoke(function, &mut conn.ctx()).await;
+        }
+        if !in_transaction {
+            let left = conn.leave_autocommit().await;
+            if result.is_ok() {
+                result = left;
+            }
+        }
+        let timing = Timing {
+            started,
+            finished: Instant::now(),
+        };
+        if let Err(error) = result {
+            let error = self
+                .fail(conn, target, migration, direction, error, timing, completed)
+                .await;
+            return Err((index, error));
+        }
+        *pending = Some(Pending {
+            index,
+            migration,
+            timing,
+        });
+        Ok(())
+    }
+
+    /// The one failure path: ends what the failure left open, records the failure in the
+    /// tracking rows and the registry (best effort: the migration's error matters more
+    /// than a failed bookkeeping write), and hands the error back.
+    ///
+    /// A rolled-back transactional migration is recorded `failed`; a chained one stays
+    /// `started`, with the error, since what it did is unknown. A lost connection can
+    /// record nothing: it is discarded.
+    #[allow(clippy::too_many_arguments)]
+    async fn fail(
+        &self,
+        conn: &mut dyn Connection,
+        target: Target<'_>,
+        migration: &'static Migration,
+        direction: Direction,
+        error: Error,
+        timing: Timing,
+        completed: &Completed,
+    ) -> Error {
+        if self.backend.classify(&error) == ErrorClass::ConnectionLost {
+            conn.discard();
+            return error;
+        }
+        // A transaction the migration left open would swallow the bookkeeping.
+        conn.rollback().await;
+        let rolled_back = self.caps.transactional_ddl && migration.is_transactional();
+        if rolled_back && direction == Direction::Down {
+            // The row is `completed` again, as before the attempt.
+            return error;
+        }
+        let status = if rolled_back {
+            MigrationStatus::Failed
+        } else {
+            MigrationStatus::Started
+        };
+        let message = error.to_string();
+        let mut records = vec![Record::Failed {
+            migration,
+            status,
+            error: &message,
+            timing,
+        }];
+        if self.registry_in_transaction(target) {
+            records.push(Record::RegistryFailure {
+                order: migration.order(),
+                error: &message,
+            });
+        }
+        if let Err(e) = conn.commit(&records, None).await {
+            tracing::warn!("could not record the failure of {migration} in {target}: {e}");
+            self.abandon(conn, &e).await;
+        }
+        if let Target::Tenant(tenant) = target {
+            if !self.caps.registry_in_target_transaction {
+                let row = RegistryRow {
+                    applied_order: completed.newest(),
+                    failure: Some((migration.order(), &message)),
+                };
+                if let Err(e) = self.backend.write_registry(tenant, row).await {
+                    tracing::warn!(tenant = %tenant.name, "could not record the failure of {migration} in the tenant registry: {e}");
+                }
+            }
+        }
+        error
+    }
+
+    /// After a commit that changed a tenant's completed migrations, where the registry is
+    /// a cache: its summary follows (a failed write is logged; the next run heals it).
+    async fn after_commit(&self, target: Target<'_>, completed: &Completed) {
+        let Target::Tenant(tenant) = target else {
+            return;
+        };
+        if self.caps.registry_in_target_transaction {
+            return;
+        }
+        let row = RegistryRow {
+            applied_order: completed.newest(),
+            failure: None,
+        };
+        if let Err(e) = self.backend.write_registry(tenant, row).await {
+            tracing::warn!(tenant = %tenant.name, "could not update the tenant registry after a commit (the next run corrects it): {e}");
+        }
+    }
+
+    /// Where the registry is a cache, brings a tenant's row in line with the tracking
+    /// rows read under the lock, when an earlier run could not write it after its commit.
+    async fn heal_registry(
+        &self,
+        target: Target<'_>,
+        record: Option<&TenantRecord>,
+        state: &TargetState,
+    ) {
+        let (Target::Tenant(tenant), Some(record)) = (target, record) else {
+            return;
+        };
+        if self.caps.registry_in_target_transaction {
+            return;
+        }
+        let completed = Completed::of(state);
+        let truth = completed.newest();
+        // A recorded failure of a migration that has completed since is cleared too.
+        let failure_done = record
+            .failed_order
+            .is_some_and(|f| completed.0.contains(&f));
+        if record.applied_order == truth && !failure_done {
+            return;
+        }
+        let failure = match (failure_done, record.failed_order) {
+            (false, Some(order)) => Some((order, record.last_error.as_deref().unwrap_or(""))),
+            _ => None,
+        };
+        let row = RegistryRow {
+            applied_order: truth,
+            failure,
+        };
+        if let Err(e) = self.backend.write_registry(tenant, row).await {
+            tracing::warn!(tenant = %tenant.name, "could not heal the tenant registry: {e}");
+        }
+    }
+}

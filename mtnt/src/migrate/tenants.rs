@@ -1,0 +1,346 @@
+//! A tenant's life cycle, written once for every engine: create (atomic in one
+//! transaction where the engine's storage is transactional, else by compensation), adopt
+//! existing storage, and drop. Each takes the tenant's lock first, like every other
+//! command, so none of them races a run working on the tenant.
+
+use super::claim::lock_waiting;
+use super::protocol::{wrap, Completed, Parts, Protocol};
+use super::{Progress, SafetySettings};
+use crate::backend::{Direction, ErrorClass, Record, RegistryRow, Target, TargetState};
+use crate::{Error, Migration, MigrationStatus, Result, Scope, Tenant, TenantName, TenantState};
+
+/// What adopting existing storage did.
+#[derive(Debug, Default)]
+pub(crate) struct Adopted {
+    /// The tenants registered.
+    pub(crate) tenants: Vec<Tenant>,
+    /// Storage names that are not valid tenant names.
+    pub(crate) invalid: Vec<String>,
+    /// Storage that another run registered first.
+    pub(crate) taken: Vec<TenantName>,
+}
+
+impl Protocol<'_> {
+    fn enabled_tenant_migrations(&self) -> Vec<&'static Migration> {
+        self.set
+            .scope(Scope::Tenant)
+            .filter(|m| m.is_enabled())
+            .collect()
+    }
+
+    /// An error of the registry or storage step of `tenant create`, in the user's terms.
+    fn creation_error(&self, tenant: &Tenant, error: Error) -> Error {
+        match self.backend.classify(&error) {
+            ErrorClass::UniqueViolation => Error::TenantExists(tenant.name.to_string()),
+            ErrorClass::StorageExists => Error::StorageExists {
+                tenant: tenant.name.clone(),
+                storage: tenant.storage.clone(),
+            },
+            _ => error,
+        }
+    }
+
+    /// Registers a tenant, creates its storage and applies every enabled tenant
+    /// migration, all or nothing: when anything fails, neither storage nor registry row
+    /// is left.
+    pub(crate) async fn create_tenant(
+        &self,
+        tenant: &Tenant,
+        safety: &SafetySettings,
+    ) -> Result<()> {
+        let all = self.enabled_tenant_migrations();
+        if self.caps.transactional_storage {
+            self.create_in_transaction(tenant, &all, safety).await
+        } else {
+            self.create_by_compensation(tenant, &all, safety).await
+        }
+    }
+
+    /// The registry row, the storage and the migrations up to the first one outside a
+    /// transaction commit together; the rest run after, and a failure there drops the
+    /// tenant again.
+    async fn create_in_transaction(
+        &self,
+        tenant: &Tenant,
+        all: &[&'static Migration],
+        safety: &SafetySettings,
+    ) -> Result<()> {
+        let target = Target::Tenant(tenant);
+        let split = all
+            .iter()
+            .position(|m| !(self.caps.transactional_ddl && m.is_transactional()))
+            .unwrap_or(all.len());
+        let (atomic, rest) = all.split_at(split);
+        let mut conn = self.backend.connect(target).await?;
+        lock_waiting(&mut *conn, target, safety).await?;
+        let state = if rest.is_empty() {
+            TenantState::Active
+        } else {
+            TenantState::Creating
+        };
+        let prelude = [
+            Record::Register {
+                state: TenantState::Creating,
+            },
+            Record::CreateStorage,
+        ];
+        let finish = [Record::State { state }];
+        let mut completed = Completed(Default::default());
+        let created = if atomic.is_empty() {
+            let result = async {
+                conn.begin(Default::default()).await?;
+                conn.write(&prelude).await?;
+                let mut records = Vec::new();
+                if self.caps.registry_in_target_transaction {
+                    records.push(Record::Registry {
+                        clear_failure: true,
+                    });
+                }
+                records.extend_from_slice(&finish);
+                conn.commit(&records, None).await
+            }
+            .await;
+            if result.is_err() {
+                conn.rollback().await;
+            }
+            result.map_err(|e| (None, e))
+        } else {
+            let parts = Parts {
+                prelude: &prelude,
+                finish: &finish,
+                record_failure: false,
+            };
+            self.run_transaction(
+                &mut *conn,
+                target,
+                0,
+                atomic,
+                Direction::Up,
+                &mut None,
+                &mut completed,
+                parts,
+            )
+            .await
+            .map_err(|(i, e)| (Some(i), e))
+        };
+        if let Err((i, e)) = created {
+            conn.release().await;
+            // The registry row or the storage could not be made (the prelude fails as the
+            // first migration would).
+            if matches!(i, None | Some(0)) && self.is_creation_clash(&e) {
+                return Err(self.creation_error(tenant, e));
+            }
+            return Err(match i {
+                Some(i) => wrap(target, atomic[i], Direction::Up, e),
+                None => e,
+            });
+        }
+        if rest.is_empty() {
+            conn.release().await;
+            return Ok(());
+        }
+        let outcome = self
+            .apply(&mut *conn, target, completed, rest, Direction::Up)
+            .await
+            .map_err(|(i, e)| wrap(target, rest[i], Direction::Up, e));
+        if let Err(error) = outcome {
+            if let Err(cleanup) = conn.commit(&[Record::DropTenant], None).await {
+                tracing::error!(tenant = %tenant.name, "could not remove the half-created tenant: {cleanup}");
+            }
+            conn.release().await;
+            return Err(error);
+        }
+        conn.release().await;
+        self.backend.set_state(tenant, TenantState::Active).await
+    }
+
+    fn is_creation_clash(&self, error: &Error) -> bool {
+        matches!(
+            self.backend.classify(error),
+            ErrorClass::UniqueViolation | ErrorClass::StorageExists
+        )
+    }
+
+    /// Registers the tenant as `creating`, creates its storage, migrates it like any
+    /// tenant, then marks it `active`; when a step fails, what the earlier ones made is
+    /// removed again.
+    async fn create_by_compensation(
+        &self,
+        tenant: &Tenant,
+        all: &[&'static Migration],
+        safety: &SafetySettings,
+    ) -> Result<()> {
+        let target = Target::Tenant(tenant);
+        self.backend
+            .register(tenant, TenantState::Creating, None)
+            .await
+            .map_err(|e| self.creation_error(tenant, e))?;
+        let outcome = async {
+            self.backend
+                .create_storage(tenant)
+                .await
+                .map_err(|e| (false, self.creation_error(tenant, e)))?;
+            let mut conn = self.backend.connect(target).await.map_err(|e| (true, e))?;
+            let result = async {
+                lock_waiting(&mut *conn, target, safety).await?;
+                let state = conn.read().await?;
+                self.apply(&mut *conn, target, Completed::of(&state), all, Direction::Up)
+                    .await
+                    .map_err(|(i, e)| wrap(target, all[i], Direction::Up, e))
+            }
+            .await;
+            conn.release().await;
+            result.map_err(|e| (true, e))
+        }
+        .await;
+        if let Err((storage_made, error)) = outcome {
+            if storage_made {
+                if let Err(cleanup) = self.backend.drop_storage(tenant).await {
+                    tracing::error!(tenant = %tenant.name, "could not remove the storage of the half-created tenant: {cleanup}");
+                }
+            }
+            if let Err(cleanup) = self.backend.unregister(tenant, true).await {
+                tracing::error!(tenant = %tenant.name, "could not remove the registry row of the half-created tenant: {cleanup}");
+            }
+            return Err(error);
+        }
+        self.backend.set_state(tenant, TenantState::Active).await
+    }
+
+    /// Removes a tenant, its storage with all its data and its registry row, once no
+    /// other run works on it (waiting at most the unlock deadline).
+    pub(crate) async fn drop_tenant(&self, tenant: &Tenant, safety: &SafetySettings) -> Result<()> {
+        let target = Target::Tenant(tenant);
+        let mut conn = self.backend.connect(target).await?;
+        let result = async {
+            lock_waiting(&mut *conn, target, safety).await?;
+            if self.caps.transactional_storage {
+                if let Err(error) = conn.commit(&[Record::DropTenant], None).await {
+                    conn.rollback().await;
+                    return Err(error);
+                }
+                Ok(())
+            } else {
+                self.backend.drop_storage(tenant).await?;
+                self.backend.unregister(tenant, false).await
+            }
+        }
+        .await;
+        conn.release().await;
+        result
+    }
+
+    /// Registers existing storage whose names match the SQL `LIKE` pattern and are not
+    /// registered yet, recording `baseline` as completed in each (the migrations the
+    /// storage already reflects).
+    pub(crate) async fn adopt(
+        &self,
+        like: &str,
+        baseline: &[&'static Migration],
+        safety: &SafetySettings,
+        progress: &dyn Progress,
+    ) -> Result<Adopted> {
+        let names = self.backend.unregistered_storage(like).await?;
+        let mut adopted = Adopted::default();
+        let valid: Vec<(TenantName, String)> = names
+            .into_iter()
+            .filter_map(|storage| match TenantName::new(storage.as_str()) {
+                Ok(name) => Some((name, storage)),
+                Err(_) => {
+                    adopted.invalid.push(storage);
+                    None
+                }
+            })
+            .collect();
+        progress.start(valid.len() as u64);
+        for (name, storage) in valid {
+            let tenant = Tenant { name, storage };
+            match self.adopt_one(&tenant, baseline, safety).await {
+                Ok(()) => {
+                    progress.tenant_done(&tenant.name, Ok(baseline.len()));
+                    adopted.tenants.push(tenant);
+                }
+                Err(e) if self.backend.classify(&e) == ErrorClass::UniqueViolation => {
+                    // Another `tenant adopt` registered it first: it is adopted.
+                    adopted.taken.push(tenant.name);
+                }
+                Err(error) => {
+                    progress.tenant_done(&tenant.name, Err(&error));
+                    return Err(error);
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
+    async fn adopt_one(
+        &self,
+        tenant: &Tenant,
+        baseline: &[&'static Migration],
+        safety: &SafetySettings,
+    ) -> Result<()> {
+        let target = Target::Tenant(tenant);
+        let marks = baseline.iter().map(|&migration| Record::Marked {
+            migration,
+            status: MigrationStatus::Completed,
+        });
+        let registry = self.caps.registry_in_target_transaction.then_some(Record::Registry {
+            clear_failure: true,
+        });
+        let applied_order = baseline.iter().map(|m| m.order()).max();
+        if self.caps.transactional_storage {
+            let mut records = vec![Record::Register {
+                state: TenantState::Active,
+            }];
+            records.extend(marks);
+            records.extend(registry);
+            let mut conn = self.backend.connect(target).await?;
+            let result = async {
+                lock_waiting(&mut *conn, target, safety).await?;
+                if let Err(error) = conn.commit(&records, None).await {
+                    conn.rollback().await;
+                    return Err(error);
+                }
+                Ok(())
+            }
+            .await;
+            conn.release().await;
+            return result;
+        }
+        self.backend
+            .register(tenant, TenantState::Active, applied_order)
+            .await?;
+        let mut records: Vec<Record<'_>> = marks.collect();
+        records.extend(registry);
+        let mut conn = self.backend.connect(target).await?;
+        let result = async {
+            lock_waiting(&mut *conn, target, safety).await?;
+            let _: TargetState = conn.read().await?;
+            if !records.is_empty() {
+                if let Err(error) = conn.commit(&records, None).await {
+                    conn.rollback().await;
+                    return Err(error);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        conn.release().await;
+        if let Err(error) = result {
+            let _ = self.backend.unregister(tenant, false).await;
+            return Err(error);
+        }
+        if !self.caps.registry_in_target_transaction {
+            self.backend
+                .write_registry(
+                    tenant,
+                    RegistryRow {
+                        applied_order,
+                        failure: None,
+                    },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
