@@ -13,14 +13,14 @@
 
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
-
-#[path = "behaviour/migrations.rs"]
-mod migrations;
-
+// A build without any engine has no scenario to run.
 #![cfg_attr(
     not(any(feature = "postgres", feature = "mysql", feature = "sqlite")),
     allow(dead_code, unused_imports)
 )]
+
+#[path = "behaviour/migrations.rs"]
+mod migrations;
 
 use assert_cmd::Command;
 use migrations::{
