@@ -94,8 +94,14 @@ impl<'a> FleetClaims<'a> {
         record: &TenantRecord,
         to: Option<i64>,
     ) -> Result<Claim<usize>> {
-        migrate_waiting(protocol, Target::Tenant(&record.tenant), Some(record), to, self.settings)
-            .await
+        migrate_waiting(
+            protocol,
+            Target::Tenant(&record.tenant),
+            Some(record),
+            to,
+            self.settings,
+        )
+        .await
     }
 }
 

@@ -459,9 +459,7 @@ impl Migrator {
         self.backend.prepare().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
-        self.protocol()
-            .create_tenant(&tenant, &self.safety)
-            .await?;
+        self.protocol().create_tenant(&tenant, &self.safety).await?;
         Ok(tenant)
     }
 

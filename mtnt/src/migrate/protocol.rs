@@ -346,19 +346,48 @@ impl<'a> Protocol<'a> {
                     _ => 1,
                 };
                 let batch = &steps[i..i + together];
-                self.run_transaction(conn, target, i, batch, direction, &mut pending, &mut completed, Parts::plain())
-                    .await?;
+                self.run_transaction(
+                    conn,
+                    target,
+                    i,
+                    batch,
+                    direction,
+                    &mut pending,
+                    &mut completed,
+                    Parts::plain(),
+                )
+                .await?;
                 i += together;
             } else {
-                self.run_chained(conn, target, i, migration, direction, &mut pending, &mut completed)
-                    .await?;
+                self.run_chained(
+                    conn,
+                    target,
+                    i,
+                    migration,
+                    direction,
+                    &mut pending,
+                    &mut completed,
+                )
+                .await?;
                 i += 1;
             }
         }
         if let Some(last) = pending.take() {
             let records = self.finished_records(target, &last, direction);
             if let Err(error) = conn.commit(&records, None).await {
-                return Err((last.index, self.fail(conn, target, last.migration, direction, error, last.timing, &completed).await));
+                return Err((
+                    last.index,
+                    self.fail(
+                        conn,
+                        target,
+                        last.migration,
+                        direction,
+                        error,
+                        last.timing,
+                        &completed,
+                    )
+                    .await,
+                ));
             }
             completed.note(last.migration, direction);
             self.after_commit(target, &completed).await;
@@ -410,7 +439,10 @@ impl<'a> Protocol<'a> {
         let functions = batch
             .iter()
             .enumerate()
-            .map(|(k, m)| m.function(direction, target).map_err(|e| (first_index + k, e)))
+            .map(|(k, m)| {
+                m.function(direction, target)
+                    .map_err(|e| (first_index + k, e))
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut timeouts = self.timeouts_of(batch[0]);
         // A chained migration's `completed` record commits with the opening of this
@@ -426,7 +458,15 @@ impl<'a> Protocol<'a> {
                     }
                     Err(error) => {
                         let error = self
-                            .fail(conn, target, done.migration, direction, error, done.timing, completed)
+                            .fail(
+                                conn,
+                                target,
+                                done.migration,
+                                direction,
+                                error,
+                                done.timing,
+                                completed,
+                            )
                             .await;
                         return Err((done.index, error));
                     }
@@ -550,7 +590,15 @@ impl<'a> Protocol<'a> {
                 // The commit was the previous migration's `completed`.
                 Some(done) => {
                     let error = self
-                        .fail(conn, target, done.migration, direction, error, done.timing, completed)
+                        .fail(
+                            conn,
+                            target,
+                            done.migration,
+                            direction,
+                            error,
+                            done.timing,
+                            completed,
+                        )
                         .await;
                     (done.index, error)
                 }
