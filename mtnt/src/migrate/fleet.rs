@@ -23,8 +23,10 @@ pub(crate) enum TenantOutcome {
     Deferred,
     /// The run stopped (fail-fast, lost lease, deadline) before it started.
     NotStarted,
-    /// Not this run's: being created, or in another shard.
-    NotOurs,
+    /// `tenant create` has not finished it (it is under way, or died half-way).
+    Creating,
+    /// Another shard's.
+    OtherShard,
     /// It was dropped while this run waited for it.
     Gone,
 }
@@ -171,9 +173,12 @@ pub(crate) async fn migrate_fleet(
     let outcomes = pages(backend, tenants, page_size, protocol.caps.fingerprints)
         .map(|record| async move {
             let (record, fingerprint) = record?;
-            if record.state == TenantState::Creating || !claims.owns(&record.tenant.name) {
-                // `tenant create` owns it until it is active; another shard owns it.
-                return Ok((record.tenant.name, TenantOutcome::NotOurs));
+            if !claims.owns(&record.tenant.name) {
+                return Ok((record.tenant.name, TenantOutcome::OtherShard));
+            }
+            if record.state == TenantState::Creating {
+                // `tenant create` owns it until it is active.
+                return Ok((record.tenant.name, TenantOutcome::Creating));
             }
             if stop.load(Ordering::Relaxed) || claims.stop_reason().is_some() {
                 return Ok((record.tenant.name, TenantOutcome::NotStarted));
@@ -198,7 +203,8 @@ pub(crate) async fn migrate_fleet(
     let mut account = |tenant: TenantName, outcome: TenantOutcome| {
         match outcome {
             // Counted when it comes back in the second pass; not ours: not counted.
-            TenantOutcome::Deferred | TenantOutcome::NotOurs => return,
+            TenantOutcome::Deferred | TenantOutcome::OtherShard => return,
+            TenantOutcome::Creating => report.tenants_creating.push(tenant),
             TenantOutcome::Current => {
                 report.tenants_current += 1;
                 progress.tenant_done(&tenant, Ok(0));

@@ -34,6 +34,9 @@ pub struct MigrateReport {
     /// Tenants that were dropped while this run waited for them; nothing was created
     /// for them.
     pub tenants_gone: Vec<TenantName>,
+    /// Tenants left `creating` (a `tenant create` under way, or one that died half-way):
+    /// not migrated. Finish one by dropping it and creating it again.
+    pub tenants_creating: Vec<TenantName>,
     /// Wall time of the run.
     pub elapsed: Duration,
     /// Why the run stopped starting tenants before the end (its lease was lost, or its

@@ -140,7 +140,7 @@ impl Protocol<'_> {
             return Ok(());
         }
         let outcome = self
-            .apply(&mut *conn, target, completed, rest, Direction::Up)
+            .apply(&mut *conn, target, &mut completed, rest, Direction::Up)
             .await
             .map_err(|(i, e)| wrap(target, rest[i], Direction::Up, e));
         if let Err(error) = outcome {
@@ -187,7 +187,7 @@ impl Protocol<'_> {
                 self.apply(
                     &mut *conn,
                     target,
-                    Completed::of(&state),
+                    &mut Completed::of(&state),
                     all,
                     Direction::Up,
                 )
