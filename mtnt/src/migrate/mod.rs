@@ -4,6 +4,7 @@
 mod claim;
 mod fingerprint;
 mod fleet;
+mod inspect;
 mod lease;
 mod migrator;
 mod options;
@@ -17,6 +18,7 @@ mod source;
 mod tenants;
 
 pub use fingerprint::fingerprint;
+pub use inspect::Condition;
 pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};
 pub use progress::Progress;
