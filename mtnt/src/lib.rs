@@ -63,7 +63,7 @@ pub use migrate::{
     MigratorBuilder, Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget,
     StatusReport, TenantSource, TenantStatus, Timeouts, Transactions,
 };
-pub use migrate::{parse_duration, SafetySettings, Shard};
+pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };

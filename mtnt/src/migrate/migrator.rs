@@ -263,6 +263,8 @@ impl Migrator {
                 concurrency,
                 page_size: self.page_size,
                 fail_fast: options.fail_fast,
+                rollout: options.rollout.clone(),
+                total: total as usize,
             },
             &claims,
             progress,

@@ -13,6 +13,7 @@ mod progress;
 mod protocol;
 mod report;
 mod retry;
+mod rollout;
 mod safety;
 mod source;
 mod tenants;
@@ -26,5 +27,6 @@ pub use report::{
     FailedMigration, FailedTenant, MigrateReport, PublicStatus, RollbackReport, StatusReport,
     TenantStatus,
 };
+pub use rollout::{Canary, Rollout, TenantOrder, WaveSize};
 pub use safety::{parse_duration, SafetySettings, Shard};
 pub use source::{RegistrySource, TenantSource};

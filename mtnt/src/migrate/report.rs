@@ -28,8 +28,10 @@ pub struct MigrateReport {
     pub tenants_current: usize,
     /// Tenant migrations applied, over all tenants.
     pub migrations_applied: usize,
-    /// Tenants not started because of `fail_fast`.
+    /// Tenants not started: the run stopped first (see `stopped`).
     pub tenants_skipped: usize,
+    /// Their names.
+    pub not_started: Vec<TenantName>,
     /// Tenants that failed, each with its error.
     pub failures: Vec<FailedTenant>,
     /// Tenants that were dropped while this run waited for them; nothing was created
@@ -40,8 +42,9 @@ pub struct MigrateReport {
     pub tenants_creating: Vec<TenantName>,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Why the run stopped starting tenants before the end (its lease was lost, or its
-    /// deadline passed); the tenants it did not start are counted in `tenants_skipped`.
+    /// Why the run stopped starting tenants before the end (a failure with fail-fast, a
+    /// failed canary, the spent error budget, its lease lost, its deadline passed); the
+    /// tenants it did not start are counted in `tenants_skipped`.
     pub stopped: Option<String>,
 }
 
