@@ -2,7 +2,7 @@ use std::time::Instant;
 
 use super::claim::{lock_waiting, migrate_waiting, FleetClaims};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
-use super::inspect::{standings, Condition};
+use super::inspect::{classify_rows, standings, Condition, PlanReport};
 use super::lease::Lease;
 use super::progress::Silent;
 use super::protocol::{Claim, Protocol};
@@ -391,8 +391,14 @@ impl Migrator {
         } else {
             self.records(names).await?
         };
-        let standings =
-            standings(&*self.backend, &self.migrations, &records, self.concurrency).await?;
+        let standings = standings(
+            &*self.backend,
+            &self.migrations,
+            &records,
+            self.concurrency,
+            None,
+        )
+        .await?;
         let tenants: Vec<TenantStatus> = records
             .into_iter()
             .zip(standings)
@@ -440,6 +446,47 @@ impl Migrator {
             creating: count(Condition::Creating),
             tenants,
         })
+    }
+
+    /// What [`Migrator::migrate`] would do with `options` (the tenants, up to the newest
+    /// migration), grouped by identical pending lists, without changing anything: the
+    /// registry is read in bulk, and only tenants whose registry row cannot prove their
+    /// state have their tracking rows read (no lock, no write).
+    pub async fn plan(&self, options: &MigrateOptions) -> Result<PlanReport> {
+        let public = {
+            let mut conn = self.backend.connect(Target::Public).await?;
+            let state = conn.read().await;
+            conn.release().await;
+            state?
+        };
+        let public = classify_rows(
+            Target::Public,
+            &public.applied,
+            &self.migrations,
+            Scope::Public,
+            None,
+            options.to,
+        );
+        let mut records = if options.tenants.is_empty() {
+            self.all_records().await?
+        } else {
+            self.records(&options.tenants).await?
+        };
+        if options.rollout.only_failed {
+            records.retain(|r| r.failed_order.is_some());
+        }
+        if let Some(shard) = options.shard {
+            records.retain(|r| shard.contains(&r.tenant.name));
+        }
+        let standings = standings(
+            &*self.backend,
+            &self.migrations,
+            &records,
+            self.concurrency,
+            options.to,
+        )
+        .await?;
+        Ok(PlanReport::new(public.pending, records, standings))
     }
 
     async fn all_records(&self) -> Result<Vec<TenantRecord>> {
