@@ -1,11 +1,11 @@
 use std::time::Instant;
 
-use super::claim::{lock_waiting, migrate_waiting, FleetClaims};
+use super::claim::{lock_waiting, run_waiting, FleetClaims};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
 use super::inspect::{classify_rows, standings, Condition, PlanReport};
 use super::lease::Lease;
 use super::progress::Silent;
-use super::protocol::{Claim, Protocol};
+use super::protocol::{Claim, FleetOp, Protocol};
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
 use super::tenants::Adopted;
 use super::{
@@ -218,8 +218,97 @@ impl Migrator {
         options: &MigrateOptions,
         progress: &dyn Progress,
     ) -> Result<MigrateReport> {
-        let started = Instant::now();
         self.check_order(options.to)?;
+        self.fleet_run(
+            FleetOp::Migrate { to: options.to },
+            "migrate",
+            options,
+            progress,
+        )
+        .await
+    }
+
+    /// Reverts migrations in every tenant of `options` (its tenants, or all of them), with
+    /// the same fan-out, locks, canary, waves and error budget as `migrate`. Refuses,
+    /// before any tenant changes, when an irreversible migration is in the way in any of
+    /// them. The report counts reverted migrations as `migrations_applied`.
+    pub async fn rollback_fleet(
+        &self,
+        how_far: RollbackTarget,
+        options: &MigrateOptions,
+        progress: &dyn Progress,
+    ) -> Result<MigrateReport> {
+        if let RollbackTarget::To(order) = how_far {
+            self.check_order(Some(order))?;
+        }
+        self.refuse_irreversible(how_far, options).await?;
+        self.fleet_run(FleetOp::Rollback { how_far }, "rollback", options, progress)
+            .await
+    }
+
+    /// Runs `sql` (one statement or a script) in every tenant of `options`, with the same
+    /// fan-out, locks, canary, waves and error budget as `migrate`, in a transaction or
+    /// (`transaction = false`, for `VACUUM` and the like) not. Nothing is recorded as a
+    /// migration; the report counts the tenants it ran in as `migrations_applied`.
+    pub async fn exec(
+        &self,
+        sql: &str,
+        transaction: bool,
+        options: &MigrateOptions,
+        progress: &dyn Progress,
+    ) -> Result<MigrateReport> {
+        self.fleet_run(
+            FleetOp::Exec { sql, transaction },
+            "exec",
+            options,
+            progress,
+        )
+        .await
+    }
+
+    /// Refuses a fleet rollback that an irreversible migration blocks in any selected
+    /// tenant, reading every one first (no lock, no write).
+    async fn refuse_irreversible(
+        &self,
+        how_far: RollbackTarget,
+        options: &MigrateOptions,
+    ) -> Result<()> {
+        let records = if options.tenants.is_empty() {
+            self.all_records().await?
+        } else {
+            self.records(&options.tenants).await?
+        };
+        for record in records
+            .iter()
+            .filter(|r| options.shard.is_none_or(|s| s.contains(&r.tenant.name)))
+        {
+            let target = Target::Tenant(&record.tenant);
+            let mut conn = self.backend.connect(target).await?;
+            let state = conn.read().await;
+            conn.release().await;
+            let state = state?;
+            super::plan::plan_down(
+                target,
+                &state.applied,
+                &self.migrations,
+                Scope::Tenant,
+                how_far,
+            )
+            .map(drop)?;
+        }
+        Ok(())
+    }
+
+    /// One fleet run of `op`: the public migrations first (for `migrate`), then the
+    /// tenants, under a lease.
+    async fn fleet_run(
+        &self,
+        op: FleetOp<'_>,
+        command: &str,
+        options: &MigrateOptions,
+        progress: &dyn Progress,
+    ) -> Result<MigrateReport> {
+        let started = Instant::now();
         self.backend.prepare().await?;
         let tenants = if options.tenants.is_empty() {
             match &self.source {
@@ -231,11 +320,22 @@ impl Migrator {
         };
         self.refuse_ahead_of_code(&options.tenants).await?;
         let concurrency = self.fleet_concurrency().await?;
-        let lease = Lease::acquire(&*self.backend, &self.safety, "migrate").await?;
+        let lease = Lease::acquire(&*self.backend, &self.safety, command).await?;
         let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
         let protocol = self.protocol();
-        let public_applied =
-            migrate_waiting(&protocol, Target::Public, None, options.to, &self.safety).await;
+        let public_applied = match op {
+            FleetOp::Migrate { to } => {
+                run_waiting(
+                    &protocol,
+                    Target::Public,
+                    None,
+                    FleetOp::Migrate { to },
+                    &self.safety,
+                )
+                .await
+            }
+            _ => Ok(Claim::Done(0)),
+        };
         let public_applied = match public_applied {
             Ok(Claim::Done(n)) => n,
             Ok(_) => 0,
@@ -259,7 +359,7 @@ impl Migrator {
             &protocol,
             tenants,
             FleetRun {
-                to: options.to,
+                op,
                 concurrency,
                 page_size: self.page_size,
                 fail_fast: options.fail_fast,
@@ -534,9 +634,15 @@ impl Migrator {
     }
 
     async fn migrate_public_first(&self) -> Result<()> {
-        migrate_waiting(&self.protocol(), Target::Public, None, None, &self.safety)
-            .await
-            .map(drop)
+        run_waiting(
+            &self.protocol(),
+            Target::Public,
+            None,
+            FleetOp::Migrate { to: None },
+            &self.safety,
+        )
+        .await
+        .map(drop)
     }
 
     /// Registers existing schemas matching the SQL `LIKE` pattern as tenants. With

@@ -43,6 +43,28 @@ pub(crate) enum Claim<T> {
     Gone,
 }
 
+/// What a fleet run does to each tenant.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum FleetOp<'a> {
+    /// Applies pending migrations up to `to`.
+    Migrate {
+        /// The newest order to apply.
+        to: Option<i64>,
+    },
+    /// Reverts migrations.
+    Rollback {
+        /// How far.
+        how_far: RollbackTarget,
+    },
+    /// Runs a statement (or script) that is not a migration.
+    Exec {
+        /// The statements.
+        sql: &'a str,
+        /// Whether they run in a transaction.
+        transaction: bool,
+    },
+}
+
 /// One run's view of the engine: the backend, its capabilities, the migrations, and the
 /// run's policy.
 #[derive(Clone, Copy)]
@@ -194,6 +216,83 @@ impl<'a> Protocol<'a> {
             .await;
         conn.release().await;
         outcome
+    }
+
+    /// Does `op` to one target, unless another run holds it; `committed` counts the
+    /// migrations applied or reverted (the tenants a statement ran in, for `Exec`).
+    pub(crate) async fn run_op(
+        &self,
+        target: Target<'_>,
+        record: Option<&TenantRecord>,
+        op: FleetOp<'_>,
+        committed: &AtomicUsize,
+    ) -> Result<Claim<usize>> {
+        let (how_far, sql, transaction) = match op {
+            FleetOp::Migrate { to } => {
+                return self.migrate_target(target, record, to, committed).await
+            }
+            FleetOp::Rollback { how_far } => (Some(how_far), "", false),
+            FleetOp::Exec { sql, transaction } => (None, sql, transaction),
+        };
+        let mut conn = self.backend.connect(target).await?;
+        let Some(state) = conn.try_lock_and_read().await? else {
+            conn.release().await;
+            return Ok(Claim::Busy);
+        };
+        if !state.registered {
+            conn.release().await;
+            return Ok(Claim::Gone);
+        }
+        let outcome = match how_far {
+            Some(how_far) => self
+                .rollback_locked(&mut *conn, target, record, how_far)
+                .await
+                .map(|reverted| reverted.len()),
+            None => self
+                .exec_locked(&mut *conn, sql, transaction)
+                .await
+                .map(|()| 1),
+        };
+        conn.release().await;
+        let n = outcome?;
+        committed.fetch_add(n, Ordering::Relaxed);
+        Ok(Claim::Done(n))
+    }
+
+    /// Runs `sql` on a locked target, in a transaction or not; nothing is recorded.
+    async fn exec_locked(
+        &self,
+        conn: &mut dyn Connection,
+        sql: &str,
+        transaction: bool,
+    ) -> Result<()> {
+        let timeouts = MigrationTimeouts {
+            lock: self.timeouts.lock.filter(|d| !d.is_zero()),
+            statement: self.timeouts.statement.filter(|d| !d.is_zero()),
+        };
+        let result = if transaction {
+            match conn.begin(timeouts).await {
+                Ok(()) => match conn.ctx().execute(sql).await {
+                    Ok(()) => conn.commit(&[], None).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        } else {
+            match conn.enter_autocommit(timeouts).await {
+                Ok(()) => {
+                    let result = conn.ctx().execute(sql).await;
+                    let left = conn.leave_autocommit().await;
+                    result.and(left)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(error) = result {
+            self.abandon(conn, &error).await;
+            return Err(error);
+        }
+        Ok(())
     }
 
     async fn migrate_locked(
