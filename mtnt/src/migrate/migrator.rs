@@ -140,8 +140,9 @@ impl Migrator {
     }
 
     /// The protocol over this migrator's backend, migrations and policy.
-    fn protocol(&self) -> Protocol<'_> {
+    fn protocol<'p>(&'p self, progress: &'p dyn Progress) -> Protocol<'p> {
         Protocol {
+            progress,
             backend: &*self.backend,
             caps: self.backend.capabilities(),
             set: &self.migrations,
@@ -322,7 +323,7 @@ impl Migrator {
         let concurrency = self.fleet_concurrency().await?;
         let lease = Lease::acquire(&*self.backend, &self.safety, command).await?;
         let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
-        let protocol = self.protocol();
+        let protocol = self.protocol(progress);
         let public_applied = match op {
             FleetOp::Migrate { to } => {
                 run_waiting(
@@ -441,7 +442,7 @@ impl Migrator {
         self.backend.prepare().await?;
         let record = self.records(std::slice::from_ref(tenant)).await?.remove(0);
         let target = Target::Tenant(&record.tenant);
-        let protocol = self.protocol();
+        let protocol = self.protocol(&Silent);
         let reverted = self
             .locked(target, async |conn| {
                 protocol
@@ -619,7 +620,9 @@ impl Migrator {
         self.backend.prepare().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
-        self.protocol().create_tenant(&tenant, &self.safety).await?;
+        self.protocol(&Silent)
+            .create_tenant(&tenant, &self.safety)
+            .await?;
         Ok(tenant)
     }
 
@@ -628,14 +631,14 @@ impl Migrator {
     pub async fn drop_tenant(&self, name: &TenantName) -> Result<()> {
         self.backend.prepare().await?;
         let record = self.records(std::slice::from_ref(name)).await?.remove(0);
-        self.protocol()
+        self.protocol(&Silent)
             .drop_tenant(&record.tenant, &self.safety)
             .await
     }
 
     async fn migrate_public_first(&self) -> Result<()> {
         run_waiting(
-            &self.protocol(),
+            &self.protocol(&Silent),
             Target::Public,
             None,
             FleetOp::Migrate { to: None },
@@ -674,7 +677,7 @@ impl Migrator {
                 .collect(),
         };
         let result = self
-            .protocol()
+            .protocol(progress)
             .adopt(like, &baseline, &self.safety, progress)
             .await;
         progress.finish();
@@ -706,7 +709,7 @@ impl Migrator {
     }
 
     async fn repair_target(&self, target: Target<'_>) -> Result<usize> {
-        let protocol = self.protocol();
+        let protocol = self.protocol(&Silent);
         self.locked(target, async |conn| {
             protocol.repair_checksums_locked(conn, target).await
         })
@@ -725,7 +728,7 @@ impl Migrator {
         self.check_order(Some(order))?;
         let migration = self.migrations.get(order).expect("checked above");
         self.backend.prepare().await?;
-        let protocol = self.protocol();
+        let protocol = self.protocol(&Silent);
         let record = match tenant {
             None => None,
             Some(name) => Some(self.records(std::slice::from_ref(name)).await?.remove(0)),
