@@ -123,9 +123,11 @@ impl Parse for MigrationArgs {
             seen.push(key_str);
         }
 
-        // Only a migration outside a transaction is left `started` by an interrupted run,
-        // and only then does the runner look at `idempotent` to decide whether to re-run it.
-        // (Unless `transaction` itself was rejected: then its value is unknown.)
+        // On PostgreSQL and SQLite only a migration outside a transaction can be left
+        // `started` by an interrupted run, which is when the runner reads `idempotent` (on
+        // MySQL, whose DDL commits at once, any failure leaves it `started`, but the rule
+        // is the same everywhere: `idempotent` goes with `transaction = false`). Not
+        // checked when `transaction` itself was rejected: its value is unknown.
         if let Some(key) = idempotent_key.filter(|_| idempotent && transaction) {
             if !rejected.iter().any(|k| k == "transaction") {
                 errors.push(syn::Error::new_spanned(

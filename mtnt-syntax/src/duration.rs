@@ -93,8 +93,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     Ok(Duration::new(secs, (nanos % NANOS_PER_SEC) as u32))
 }
 
-/// Formats a duration so that [`parse_duration`] reads it back unchanged: `0`, `250ms`,
-/// `1.5s`, `2m`, `1h`, in the largest unit that shows it exactly in few digits.
+/// Formats a duration for people, in the syntax [`parse_duration`] reads: `0`, `250ms`,
+/// `1.5s`, `90s`, `2m`, `1h`, in the largest unit that shows it whole.
+///
+/// It is shown to the millisecond (rounded; a duration below half a millisecond, to the
+/// microsecond), so [`parse_duration`] reads back exactly any duration of whole
+/// milliseconds, and others rounded.
 ///
 /// ```
 /// use std::time::Duration;
@@ -104,6 +108,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
 /// assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
 /// assert_eq!(format_duration(Duration::from_secs(120)), "2m");
 /// assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+/// assert_eq!(format_duration(Duration::from_nanos(1_234_567_890)), "1.235s");
 /// assert_eq!(format_duration(Duration::ZERO), "0");
 /// ```
 pub fn format_duration(d: Duration) -> String {
@@ -111,24 +116,25 @@ pub fn format_duration(d: Duration) -> String {
     if nanos == 0 {
         return "0".to_owned();
     }
-    let (unit, unit_nanos) = if nanos.is_multiple_of(3_600 * NANOS_PER_SEC) {
-        ("h", 3_600 * NANOS_PER_SEC)
-    } else if nanos.is_multiple_of(60 * NANOS_PER_SEC) {
-        ("m", 60 * NANOS_PER_SEC)
-    } else if nanos >= NANOS_PER_SEC {
-        ("s", NANOS_PER_SEC)
-    } else {
-        ("ms", 1_000_000)
-    };
-    let whole = nanos / unit_nanos;
-    let rest = nanos % unit_nanos;
-    if rest == 0 {
-        return format!("{whole}{unit}");
+    let ms = (nanos + 500_000) / 1_000_000;
+    if ms == 0 {
+        // Below half a millisecond: 0.001ms to 0.5ms.
+        let micros = ((nanos + 500) / 1_000).max(1);
+        let fraction = format!("{micros:03}");
+        return format!("0.{}ms", fraction.trim_end_matches('0'));
     }
-    // `s` and `ms` are powers of ten of nanoseconds: the fraction is exact.
-    let width = if unit == "s" { 9 } else { 6 };
-    let fraction = format!("{rest:0width$}");
-    format!("{whole}.{}{unit}", fraction.trim_end_matches('0'))
+    if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(1_000) {
+        format!("{}s", ms / 1_000)
+    } else {
+        let fraction = format!("{:03}", ms % 1_000);
+        format!("{}.{}s", ms / 1_000, fraction.trim_end_matches('0'))
+    }
 }
 
 /// Why a text is not a duration.
@@ -274,38 +280,57 @@ mod tests {
     }
 
     #[test]
-    fn formats_in_the_largest_exact_unit() {
+    fn formats_in_the_largest_whole_unit() {
         let cases = [
             (Duration::ZERO, "0"),
             (Duration::from_millis(250), "250ms"),
             (Duration::from_millis(1_500), "1.5s"),
             (Duration::from_millis(1_234), "1.234s"),
+            (Duration::from_millis(1_230), "1.23s"),
             (Duration::from_secs(5), "5s"),
             (Duration::from_secs(90), "90s"),
             (Duration::from_secs(120), "2m"),
             (Duration::from_secs(5_400), "90m"),
             (Duration::from_secs(7_200), "2h"),
-            (Duration::from_micros(500), "0.5ms"),
-            (Duration::new(1, 1), "1.000000001s"),
-            (Duration::from_nanos(1), "0.000001ms"),
+            (Duration::from_secs(3_600 * 24 * 365), "8760h"),
+            // Rounded to the millisecond.
+            (Duration::from_nanos(1_234_567_890), "1.235s"),
+            (Duration::from_nanos(59_999_999_999), "1m"),
+            (Duration::from_micros(999_700), "1s"),
+            (Duration::from_micros(1_500), "2ms"),
+            (Duration::from_micros(500), "1ms"),
+            // Below half a millisecond, to the microsecond.
+            (Duration::from_micros(499), "0.499ms"),
+            (Duration::from_micros(250), "0.25ms"),
+            (Duration::from_nanos(1), "0.001ms"),
         ];
         for (duration, text) in cases {
-            assert_eq!(format_duration(duration), text);
+            assert_eq!(format_duration(duration), text, "{duration:?}");
         }
     }
 
     #[test]
-    fn format_then_parse_is_the_identity() {
-        let mut samples = vec![Duration::MAX, Duration::from_secs(u64::MAX)];
+    fn parse_reads_back_what_format_shows() {
         let mut n: u64 = 1;
         while let Some(next) = n.checked_mul(7) {
-            samples.push(Duration::from_nanos(n));
-            samples.push(Duration::from_millis(n % 100_000_000));
-            samples.push(Duration::from_secs(n % 10_000_000));
+            // Whole milliseconds come back exactly.
+            for d in [
+                Duration::from_millis(n % 100_000_000_000),
+                Duration::from_secs(n % 10_000_000_000),
+            ] {
+                assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{d:?}");
+            }
+            // Others come back rounded to the millisecond.
+            let d = Duration::from_nanos(n);
+            let back = parse_duration(&format_duration(d)).unwrap();
+            let error = back.abs_diff(d);
+            assert!(
+                error <= Duration::from_micros(500),
+                "{d:?} came back as {back:?}"
+            );
             n = next + 3;
         }
-        for d in samples {
-            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{d:?}");
-        }
+        let max = Duration::from_secs(u64::MAX / 1_000);
+        assert_eq!(parse_duration(&format_duration(max)), Ok(max));
     }
 }
