@@ -3,7 +3,7 @@
 use mtnt_syntax::Order;
 use proc_macro2::Span;
 use syn::ext::IdentExt;
-use syn::parse::{Parse, ParseStream};
+use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Path, Token};
 
@@ -168,6 +168,212 @@ impl Parse for MigrationArgs {
                 statement_timeout_ms,
             }),
             _ => unreachable!("a missing or invalid scope or order was reported above"),
+        }
+    }
+}
+
+/// When a hook runs: the bare word that `#[mtnt::hook(...)]` starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HookKind {
+    BeforeRun,
+    BeforeTenant,
+    AfterTenant,
+    AfterRun,
+}
+
+impl HookKind {
+    /// Every kind, in the order the error messages list them (the order a run meets them).
+    pub(crate) const ALL: [HookKind; 4] = [
+        HookKind::BeforeRun,
+        HookKind::BeforeTenant,
+        HookKind::AfterTenant,
+        HookKind::AfterRun,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            HookKind::BeforeRun => "before_run",
+            HookKind::BeforeTenant => "before_tenant",
+            HookKind::AfterTenant => "after_tenant",
+            HookKind::AfterRun => "after_run",
+        }
+    }
+
+    fn from_word(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == word)
+    }
+
+    /// `before_run, before_tenant, after_tenant, after_run`.
+    pub(crate) fn list() -> String {
+        Self::ALL.map(HookKind::as_str).join(", ")
+    }
+}
+
+/// Every accepted key of `#[mtnt::hook(kind, ...)]`, in the order the error messages
+/// list them.
+const HOOK_KEYS: [&str; 2] = ["name", "enabled"];
+
+/// The parsed and validated arguments of `#[mtnt::hook(...)]`.
+pub(crate) struct HookArgs {
+    pub(crate) kind: HookKind,
+    /// `name = "..."`, already checked to be non-empty and printable.
+    pub(crate) name: Option<LitStr>,
+    pub(crate) enabled: bool,
+}
+
+/// One argument of `#[mtnt::hook(...)]`: a bare word (the kind) or `key = value`.
+struct HookArg {
+    word: Ident,
+    value: Option<Expr>,
+}
+
+impl Parse for HookArg {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let word = input.call(Ident::parse_any)?;
+        let value = if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            Some(input.parse()?)
+        } else {
+            None
+        };
+        Ok(HookArg { word, value })
+    }
+}
+
+impl HookArgs {
+    /// The kind alone, when the arguments name one (for checking the function's
+    /// signature even when another argument is wrong).
+    pub(crate) fn kind_of(args: proc_macro2::TokenStream) -> Option<HookKind> {
+        let args = Punctuated::<HookArg, Token![,]>::parse_terminated
+            .parse2(args)
+            .ok()?;
+        let mut kinds = args
+            .iter()
+            .filter(|a| a.value.is_none())
+            .filter_map(|a| HookKind::from_word(&a.word.unraw().to_string()));
+        match (kinds.next(), kinds.next()) {
+            (Some(kind), None) => Some(kind),
+            _ => None,
+        }
+    }
+}
+
+impl Parse for HookArgs {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let args = Punctuated::<HookArg, Token![,]>::parse_terminated(input)?;
+
+        let mut errors = Errors::default();
+        let mut kind: Option<(HookKind, Ident)> = None;
+        // Whether a kind was written, valid or not (a wrong one has its error already).
+        let mut kind_written = false;
+        let mut seen: Vec<String> = Vec::new();
+        let mut name = None;
+        let mut enabled = true;
+
+        for HookArg { word, value } in args {
+            let text = word.unraw().to_string();
+            let Some(value) = value else {
+                kind_written = true;
+                if let Some(new) = HookKind::from_word(&text) {
+                    match &kind {
+                        Some((first, _)) => errors.push(syn::Error::new_spanned(
+                            &word,
+                            format!(
+                                "a hook has one kind, but `{}` follows `{}`; write one function per kind",
+                                new.as_str(),
+                                first.as_str()
+                            ),
+                        )),
+                        None => kind = Some((new, word)),
+                    }
+                } else if HOOK_KEYS.contains(&text.as_str()) {
+                    let example = if text == "name" {
+                        "name = \"...\""
+                    } else {
+                        "enabled = false"
+                    };
+                    errors.push(syn::Error::new_spanned(
+                        &word,
+                        format!("`{text}` needs a value: {example}"),
+                    ));
+                } else {
+                    errors.push(syn::Error::new_spanned(
+                        &word,
+                        format!(
+                            "unknown hook kind `{word}`, expected one of: {}",
+                            HookKind::list()
+                        ),
+                    ));
+                }
+                continue;
+            };
+            if HookKind::from_word(&text).is_some() || text == "kind" {
+                // `before_tenant = ...` or `kind = "before_tenant"`: show the kind meant.
+                let meant = match strip_groups(&value) {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Str(s), ..
+                    }) if text == "kind" => HookKind::from_word(&s.value()),
+                    _ => HookKind::from_word(&text),
+                };
+                let example = meant.map_or("before_tenant", HookKind::as_str);
+                errors.push(syn::Error::new_spanned(
+                    &word,
+                    format!(
+                        "the hook kind is a bare word, as in #[mtnt::hook({example})], not a `key = value`"
+                    ),
+                ));
+                kind_written = true;
+                continue;
+            }
+            if !HOOK_KEYS.contains(&text.as_str()) {
+                errors.push(syn::Error::new_spanned(
+                    &word,
+                    format!(
+                        "unknown key `{word}`, expected one of: {}",
+                        HOOK_KEYS.join(", ")
+                    ),
+                ));
+                continue;
+            }
+            if seen.contains(&text) {
+                errors.push(syn::Error::new_spanned(
+                    &word,
+                    format!("duplicate key `{text}`"),
+                ));
+                continue;
+            }
+            let value = strip_groups(&value);
+            let result = match text.as_str() {
+                "name" => parse_name(value).map(|n| name = Some(n)),
+                "enabled" => parse_bool(&text, value).map(|b| enabled = b),
+                _ => unreachable!("every key of HOOK_KEYS is handled"),
+            };
+            if let Err(e) = result {
+                errors.push(e);
+            }
+            seen.push(text);
+        }
+
+        if !kind_written {
+            errors.push(syn::Error::new(
+                Span::call_site(),
+                format!(
+                    "missing the hook kind; start with one of {}, as in #[mtnt::hook(before_tenant)]",
+                    HookKind::list()
+                ),
+            ));
+        }
+
+        if let Some(error) = errors.into_inner() {
+            return Err(error);
+        }
+        match kind {
+            Some((kind, _)) => Ok(HookArgs {
+                kind,
+                name,
+                enabled,
+            }),
+            None => unreachable!("a missing or invalid kind was reported above"),
         }
     }
 }
@@ -343,7 +549,84 @@ fn parse_timeout(key: &str, value: &Expr) -> syn::Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MigrationArgs, Scope};
+    use super::{HookArgs, HookKind, MigrationArgs, Scope};
+
+    fn hook(s: &str) -> Result<HookArgs, String> {
+        syn::parse_str::<HookArgs>(s).map_err(|e| {
+            e.into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+    }
+
+    #[test]
+    fn hook_kinds_and_keys() {
+        for kind in HookKind::ALL {
+            let args = hook(kind.as_str()).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(args.kind, kind);
+            assert!(args.enabled);
+            assert!(args.name.is_none());
+        }
+        let args = hook(r#"after_tenant, name = "notify", enabled = false,"#).unwrap();
+        assert_eq!(args.kind, HookKind::AfterTenant);
+        assert_eq!(args.name.map(|n| n.value()).as_deref(), Some("notify"));
+        assert!(!args.enabled);
+        // The kind need not come first.
+        assert_eq!(
+            hook("enabled = true, after_run").unwrap().kind,
+            HookKind::AfterRun
+        );
+        assert_eq!(
+            HookArgs::kind_of(quote::quote!(name = "x", before_run)),
+            Some(HookKind::BeforeRun)
+        );
+        assert_eq!(
+            HookArgs::kind_of(quote::quote!(before_run, after_run)),
+            None
+        );
+    }
+
+    #[test]
+    fn hook_errors() {
+        let err = |s: &str| match hook(s) {
+            Ok(_) => panic!("accepted {s}"),
+            Err(e) => e,
+        };
+        let missing = "missing the hook kind; start with one of before_run, before_tenant, \
+                       after_tenant, after_run, as in #[mtnt::hook(before_tenant)]";
+        assert_eq!(err(""), missing);
+        assert_eq!(err(r#"name = "x""#), missing);
+        assert_eq!(
+            err("before_migrate"),
+            "unknown hook kind `before_migrate`, expected one of: before_run, before_tenant, \
+             after_tenant, after_run"
+        );
+        assert_eq!(
+            err("before_tenant, order = 1"),
+            "unknown key `order`, expected one of: name, enabled"
+        );
+        assert_eq!(
+            err(r#"kind = "after_run""#),
+            "the hook kind is a bare word, as in #[mtnt::hook(after_run)], not a `key = value`"
+        );
+        assert_eq!(
+            err("before_run, after_run"),
+            "a hook has one kind, but `after_run` follows `before_run`; write one function per kind"
+        );
+        assert_eq!(
+            err("after_run, enabled"),
+            "`enabled` needs a value: enabled = false"
+        );
+        assert_eq!(
+            err(r#"after_run, name = "a", name = "b""#),
+            "duplicate key `name`"
+        );
+        assert_eq!(
+            err("after_run, enabled = 1"),
+            "`enabled` must be `true` or `false`"
+        );
+    }
 
     fn parse(s: &str) -> Result<MigrationArgs, String> {
         syn::parse_str::<MigrationArgs>(s).map_err(|e| {

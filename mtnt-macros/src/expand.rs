@@ -6,63 +6,138 @@ use sha2::{Digest, Sha256};
 use syn::ext::IdentExt;
 use syn::{FnArg, ItemFn, ReturnType};
 
-use crate::args::{MigrationArgs, Scope};
+use crate::args::{HookArgs, HookKind, MigrationArgs, Scope};
 use crate::errors::Errors;
 
-const SIGNATURE: &str = "async fn(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()>";
+/// What an annotated function must look like, for the errors that say so.
+pub(crate) struct Shape {
+    /// The attribute, `migration` or `hook`, to find it twice.
+    attribute: &'static str,
+    /// What the errors call the function: "a migration", "an after_tenant hook".
+    noun: String,
+    /// Its parameters as the user writes them; `None` when unknown (a hook whose kind
+    /// is missing or wrong), which skips the count check.
+    params: Option<&'static [&'static str]>,
+}
+
+const CTX: &str = "ctx: &mut mtnt::Ctx<'_>";
+const OUTCOME: &str = "outcome: &mtnt::TenantOutcome<'_>";
+const RUN: &str = "run: &mtnt::RunInfo<'_>";
+
+impl Shape {
+    pub(crate) fn migration() -> Self {
+        Shape {
+            attribute: "migration",
+            noun: "a migration".into(),
+            params: Some(&[CTX]),
+        }
+    }
+
+    pub(crate) fn hook(kind: Option<HookKind>) -> Self {
+        let Some(kind) = kind else {
+            return Shape {
+                attribute: "hook",
+                noun: "a hook".into(),
+                params: None,
+            };
+        };
+        let article = if kind.as_str().starts_with('a') {
+            "an"
+        } else {
+            "a"
+        };
+        Shape {
+            attribute: "hook",
+            noun: format!("{article} {} hook", kind.as_str()),
+            params: Some(hook_params(kind)),
+        }
+    }
+
+    /// `async fn(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()>`, or `async fn(..)` without
+    /// known parameters.
+    fn signature(&self) -> String {
+        let params = self
+            .params
+            .map_or_else(|| "..".to_owned(), |p| p.join(", "));
+        format!("async fn({params}) -> mtnt::Result<()>")
+    }
+}
+
+/// The parameters of a hook of `kind`.
+pub(crate) fn hook_params(kind: HookKind) -> &'static [&'static str] {
+    match kind {
+        HookKind::BeforeTenant => &[CTX],
+        HookKind::AfterTenant => &[CTX, OUTCOME],
+        HookKind::BeforeRun | HookKind::AfterRun => &[RUN],
+    }
+}
+
+/// "one argument, `a`" or "two arguments, `a` and `b`".
+fn arguments(params: &[&str]) -> String {
+    match params {
+        [one] => format!("one argument, `{one}`"),
+        [first, second] => format!("two arguments, `{first}` and `{second}`"),
+        _ => unreachable!("migrations and hooks take one or two arguments"),
+    }
+}
 
 /// Rejects what the generated code cannot call.
 ///
 /// Argument and return types are left to the compiler: the generated call is spanned at
 /// the user's tokens so its errors point there.
-pub(crate) fn check_function(func: &ItemFn) -> syn::Result<()> {
+pub(crate) fn check_function(func: &ItemFn, shape: &Shape) -> syn::Result<()> {
     let sig = &func.sig;
+    let noun = &shape.noun;
+    let signature = shape.signature();
     let mut errors = Errors::default();
     let mut error = |tokens: &dyn ToTokens, message: String| {
         errors.push(syn::Error::new_spanned(tokens, message));
     };
 
-    // A second `#[mtnt::migration]` would register the function twice under one name.
+    // A second attribute would register the function twice under one name.
     for attr in &func.attrs {
         let path = attr.path();
-        let is_migration = path.segments.last().is_some_and(|s| s.ident == "migration")
+        let is_same = path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == shape.attribute)
             && (path.segments.len() == 1 || path.segments[0].ident == "mtnt");
-        if is_migration {
+        if is_same {
             error(
                 attr,
-                "#[mtnt::migration] is given more than once on this function".into(),
+                format!(
+                    "#[mtnt::{}] is given more than once on this function",
+                    shape.attribute
+                ),
             );
         }
     }
 
     if let Some(constness) = &sig.constness {
-        error(constness, "a migration cannot be a `const fn`".into());
+        error(constness, format!("{noun} cannot be a `const fn`"));
     }
     if let Some(unsafety) = &sig.unsafety {
-        error(unsafety, "a migration cannot be an `unsafe fn`".into());
+        error(unsafety, format!("{noun} cannot be an `unsafe fn`"));
     }
     if let Some(abi) = &sig.abi {
-        error(abi, "a migration cannot have an `extern` ABI".into());
+        error(abi, format!("{noun} cannot have an `extern` ABI"));
     }
     if sig.asyncness.is_none() {
         error(
             &sig.fn_token,
-            format!("a migration must be an `async fn`; expected `{SIGNATURE}`"),
+            format!("{noun} must be an `async fn`; expected `{signature}`"),
         );
     }
     if !sig.generics.params.is_empty() {
         error(
             &sig.generics,
-            format!("a migration cannot be generic; expected `{SIGNATURE}`"),
+            format!("{noun} cannot be generic; expected `{signature}`"),
         );
     } else if let Some(where_clause) = &sig.generics.where_clause {
-        error(
-            where_clause,
-            "a migration cannot have a `where` clause".into(),
-        );
+        error(where_clause, format!("{noun} cannot have a `where` clause"));
     }
     if let Some(variadic) = &sig.variadic {
-        error(variadic, "a migration cannot be variadic".into());
+        error(variadic, format!("{noun} cannot be variadic"));
     }
 
     if let Some(receiver) = sig.inputs.iter().find_map(|arg| match arg {
@@ -71,29 +146,30 @@ pub(crate) fn check_function(func: &ItemFn) -> syn::Result<()> {
     }) {
         error(
             receiver,
-            "a migration cannot take `self`; make it a free function".into(),
+            format!("{noun} cannot take `self`; make it a free function"),
         );
-    } else if sig.inputs.is_empty() {
-        errors.push(syn::Error::new(
-            sig.paren_token.span.join(),
-            format!(
-                "a migration takes one argument, `ctx: &mut mtnt::Ctx<'_>`; expected `{SIGNATURE}`"
-            ),
-        ));
-    } else if sig.inputs.len() > 1 {
-        errors.push(syn::Error::new_spanned(
-            &sig.inputs,
-            format!(
-                "a migration takes exactly one argument, `ctx: &mut mtnt::Ctx<'_>`, not {}",
-                sig.inputs.len()
-            ),
-        ));
+    } else if let Some(params) = shape.params {
+        if sig.inputs.is_empty() {
+            errors.push(syn::Error::new(
+                sig.paren_token.span.join(),
+                format!("{noun} takes {}; expected `{signature}`", arguments(params)),
+            ));
+        } else if sig.inputs.len() != params.len() {
+            errors.push(syn::Error::new_spanned(
+                &sig.inputs,
+                format!(
+                    "{noun} takes exactly {}, not {}",
+                    arguments(params),
+                    sig.inputs.len()
+                ),
+            ));
+        }
     }
 
     if let ReturnType::Default = sig.output {
         errors.push(syn::Error::new_spanned(
             sig,
-            "a migration must return `mtnt::Result<()>`; add `-> mtnt::Result<()>`",
+            format!("{noun} must return `mtnt::Result<()>`; add `-> mtnt::Result<()>`"),
         ));
     }
 
@@ -194,6 +270,108 @@ pub(crate) fn expand(args: &MigrationArgs, func: &ItemFn) -> TokenStream {
             __lock_timeout_ms: #lock_timeout,
             __statement_timeout_ms: #statement_timeout,
             __checksum: #checksum,
+            __location: ::mtnt::__private::Location {
+                file: ::core::file!(),
+                line: #line,
+                module_path: ::core::module_path!(),
+            },
+        });
+    }
+}
+
+/// Generates the function, its boxed shim and the registration of a hook.
+///
+/// `check_function` must have accepted `func` with `Shape::hook(Some(args.kind))`.
+pub(crate) fn expand_hook(args: &HookArgs, func: &ItemFn) -> TokenStream {
+    let ident = &func.sig.ident;
+    let name = match &args.name {
+        Some(name) => name.value(),
+        None => ident.unraw().to_string(),
+    };
+    let name = Literal::string(&name);
+    let enabled = args.enabled;
+    let ReturnType::Type(_, return_type) = &func.sig.output else {
+        unreachable!("check_function rejects a missing return type")
+    };
+    let arg_types: Vec<&syn::Type> = func
+        .sig
+        .inputs
+        .iter()
+        .map(|arg| match arg {
+            FnArg::Typed(arg) => &*arg.ty,
+            FnArg::Receiver(_) => unreachable!("check_function rejects `self`"),
+        })
+        .collect();
+    // Each argument spans the user's type for it, so a wrong type is underlined in full:
+    // `&mut *ctx` from its first token to its last, and a lone `outcome` or `run` as
+    // `identity(..)`, whose path and parentheses give the two ends.
+    let spanned = |ty: &syn::Type, tokens: TokenStream| {
+        let (first, last) = token_range(ty);
+        let mut tokens: Vec<TokenTree> = tokens.into_iter().collect();
+        if tokens.len() == 1 {
+            let arg: TokenStream = tokens.into_iter().collect();
+            return spanned_call((first, last), quote!(::core::convert::identity), arg);
+        }
+        let count = tokens.len();
+        for (i, token) in tokens.iter_mut().enumerate() {
+            token.set_span(if i + 1 == count { last } else { first });
+        }
+        tokens.into_iter().collect::<TokenStream>()
+    };
+    let shim_ident = format_ident!("__mtnt_hook_{}", ident);
+    let (params, call_args, variant) = match args.kind {
+        HookKind::BeforeTenant => (
+            quote!(ctx: &'a mut ::mtnt::__private::Ctx<'c>),
+            spanned(arg_types[0], quote!(&mut *ctx)),
+            quote!(BeforeTenant),
+        ),
+        HookKind::AfterTenant => {
+            let ctx = spanned(arg_types[0], quote!(&mut *ctx));
+            let outcome = spanned(arg_types[1], quote!(outcome));
+            (
+                quote!(
+                    ctx: &'a mut ::mtnt::__private::Ctx<'c>,
+                    outcome: &'a ::mtnt::__private::TenantOutcome<'o>
+                ),
+                quote!(#ctx, #outcome),
+                quote!(AfterTenant),
+            )
+        }
+        HookKind::BeforeRun | HookKind::AfterRun => (
+            quote!(run: &'a ::mtnt::__private::RunInfo<'c>),
+            spanned(arg_types[0], quote!(run)),
+            if args.kind == HookKind::BeforeRun {
+                quote!(BeforeRun)
+            } else {
+                quote!(AfterRun)
+            },
+        ),
+    };
+    // Pinned and boxed over the range of the return type: a wrong output type or a
+    // future that is not `Send` is reported there.
+    let body = spanned_call(
+        token_range(return_type),
+        quote!(::std::boxed::Box::pin),
+        quote!(#ident(#call_args)),
+    );
+    let static_ident = format_ident!("__MTNT_HOOK_{}", ident);
+    let line = quote_spanned!(ident.span()=> ::core::line!());
+
+    quote! {
+        #func
+
+        #[doc(hidden)]
+        #[allow(non_snake_case)]
+        fn #shim_ident<'a, 'c, 'o>(
+            #params
+        ) -> ::mtnt::__private::BoxFuture<'a, ::mtnt::__private::Result<()>> {
+            #body
+        }
+
+        ::mtnt::__private::register_hook!(#static_ident = ::mtnt::__private::Hook {
+            __name: #name,
+            __function: ::mtnt::__private::HookFn::#variant(#shim_ident),
+            __enabled: #enabled,
             __location: ::mtnt::__private::Location {
                 file: ::core::file!(),
                 line: #line,

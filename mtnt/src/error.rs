@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::{Engine, Scope, TenantName};
+use crate::{Engine, HookKind, Scope, TenantName};
 
 /// The result type of mtnt and of migration functions.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -48,6 +48,36 @@ pub enum Error {
         /// What failed.
         #[source]
         source: Box<Error>,
+    },
+
+    /// A hook failed where its failure stops what it ran for: a `before_run` hook (the
+    /// run stops before any change), a `before_tenant` hook (the tenant fails before its
+    /// first migration), or any tenant hook of `tenant create` (the tenant is removed
+    /// again). Wraps the hook's own error with its kind, name and tenant.
+    #[error("the {kind} hook {hook} failed{}: {source}{}", .tenant.as_ref().map(|t| format!(" for tenant {t}")).unwrap_or_default(), hook_consequence(*.kind))]
+    Hook {
+        /// Its kind.
+        kind: HookKind,
+        /// Its name.
+        hook: String,
+        /// The tenant it ran for (tenant hooks).
+        tenant: Option<TenantName>,
+        /// What the hook returned (or its panic).
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// Two hooks of one kind share one name.
+    #[error("two {kind} hooks are named {name:?}: at {first} and at {second}\n  fix: rename one of them, or set name = \"...\" in its attribute")]
+    DuplicateHook {
+        /// Their kind.
+        kind: HookKind,
+        /// The shared name.
+        name: String,
+        /// Location of the first.
+        first: String,
+        /// Location of the second.
+        second: String,
     },
 
     /// No migration is registered in this binary.
@@ -226,6 +256,15 @@ pub enum Error {
         /// Its storage's name.
         storage: String,
     },
+}
+
+/// What the failure of a hook of `kind` did, for [`Error::Hook`]'s message.
+fn hook_consequence(kind: HookKind) -> &'static str {
+    match kind {
+        HookKind::BeforeRun => "; the run stopped before any change",
+        HookKind::BeforeTenant => "; none of its pending migrations ran",
+        HookKind::AfterTenant | HookKind::AfterRun => "",
+    }
 }
 
 impl Error {

@@ -64,6 +64,10 @@ pub use migrate::{
     MigratorBuilder, Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget,
     StatusReport, TenantSource, TenantStatus, Timeouts, Transactions,
 };
+pub use migrate::{
+    AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,
+    TenantOutcome,
+};
 pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
@@ -72,13 +76,19 @@ pub use mtnt_syntax::{DurationError, Order, OrderError};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
 pub use url_redact::redact_url;
 
-// Documented once, in mtnt-macros/src/migration.md, which rustdoc shows here as it is.
-pub use mtnt_macros::migration;
+// Documented once each, in mtnt-macros/src/migration.md and hook.md, which rustdoc
+// shows here as they are.
+pub use mtnt_macros::{hook, migration};
 
 /// Runs the examples of the attribute's documentation, which live in the macro crate.
 #[cfg(doctest)]
 #[doc = include_str!("../../mtnt-macros/src/migration.md")]
 struct MigrationAttributeDocs;
+
+/// Runs the examples of the hook attribute's documentation.
+#[cfg(doctest)]
+#[doc = include_str!("../../mtnt-macros/src/hook.md")]
+struct HookAttributeDocs;
 
 /// Runs the mtnt command line (migrate, rollback, status, tenant, list, repair) and
 /// exits the process with its exit code (feature `cli`).
@@ -107,6 +117,7 @@ macro_rules! run {
 pub mod __private {
     pub use crate::ctx::Ctx;
     pub use crate::macro_support::{call_down, DownFn};
+    pub use crate::migrate::{Hook, HookFn, RunInfo, TenantOutcome};
     pub use crate::migration::{BoxFuture, Location, Migration, MigrationFn, Scope};
     pub use crate::Result;
 
@@ -121,8 +132,16 @@ pub mod __private {
     #[linkme::distributed_slice]
     pub static MIGRATIONS: [Migration];
 
+    /// Every hook the macro registered, when collected with linkme.
+    #[cfg(not(feature = "inventory"))]
+    #[linkme::distributed_slice]
+    pub static HOOKS: [Hook];
+
     #[cfg(feature = "inventory")]
     inventory::collect!(Migration);
+
+    #[cfg(feature = "inventory")]
+    inventory::collect!(Hook);
 
     /// Registers one migration; the macro expands to a call of this.
     #[cfg(not(feature = "inventory"))]
@@ -147,7 +166,31 @@ pub mod __private {
         };
     }
 
+    /// Registers one hook; the hook attribute expands to a call of this.
+    #[cfg(not(feature = "inventory"))]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __mtnt_register_hook {
+        ($ident:ident = $value:expr) => {
+            #[$crate::__private::linkme::distributed_slice($crate::__private::HOOKS)]
+            #[linkme(crate = $crate::__private::linkme)]
+            #[doc(hidden)]
+            #[allow(non_upper_case_globals)]
+            static $ident: $crate::__private::Hook = $value;
+        };
+    }
+
+    #[cfg(feature = "inventory")]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __mtnt_register_hook {
+        ($ident:ident = $value:expr) => {
+            $crate::__private::inventory::submit! { $value }
+        };
+    }
+
     pub use crate::__mtnt_register as register;
+    pub use crate::__mtnt_register_hook as register_hook;
 
     /// Every registered migration, in link order.
     pub fn registered() -> Vec<&'static Migration> {
@@ -158,6 +201,18 @@ pub mod __private {
         #[cfg(feature = "inventory")]
         {
             inventory::iter::<Migration>.into_iter().collect()
+        }
+    }
+
+    /// Every registered hook, in link order.
+    pub fn registered_hooks() -> Vec<&'static Hook> {
+        #[cfg(not(feature = "inventory"))]
+        {
+            HOOKS.iter().collect()
+        }
+        #[cfg(feature = "inventory")]
+        {
+            inventory::iter::<Hook>.into_iter().collect()
         }
     }
 

@@ -169,6 +169,13 @@ impl fmt::Display for Migration {
     }
 }
 
+/// Whether `module_path` is the module `prefix` or one of its submodules.
+pub(crate) fn in_module(module_path: &str, prefix: &str) -> bool {
+    module_path
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+}
+
 /// Formats an order as `YYYY_MM_DD_NNNN`, the way users write it.
 pub(crate) use mtnt_syntax::format_order;
 
@@ -189,11 +196,11 @@ impl MigrationSet {
     /// The registered migrations in module `prefix` or its submodules
     /// (for binaries that hold several independent migration sets, and for tests).
     pub fn registered_in(prefix: &str) -> Result<Self> {
-        Self::new(crate::__private::registered().into_iter().filter(|m| {
-            let path = m.location().module_path;
-            path.strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
-        }))
+        Self::new(
+            crate::__private::registered()
+                .into_iter()
+                .filter(|m| in_module(m.location().module_path, prefix)),
+        )
     }
 
     /// Validates and orders the given migrations.

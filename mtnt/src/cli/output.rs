@@ -64,6 +64,9 @@ pub(crate) fn migrate_report(report: &MigrateReport) -> String {
             let _ = writeln!(out, "  {}: {}", failure.tenant, failure.error);
         }
     }
+    for failure in &report.hook_failures {
+        let _ = writeln!(out, "warning: {failure}");
+    }
     out
 }
 

@@ -6,8 +6,8 @@ use super::args::{Cli, Command, MarkArg, RollbackArgs, TenantCommand};
 use super::output;
 use super::progress::FleetProgress;
 use crate::{
-    connect, ConnectOptions, Error, MigrateOptions, MigrationSet, MigrationStatus, Migrator,
-    Result, RollbackTarget, SafetySettings, Timeouts,
+    connect, ConnectOptions, Error, Hooks, MigrateOptions, MigrationSet, MigrationStatus,
+    Migrator, Result, RollbackTarget, SafetySettings, Timeouts,
 };
 
 /// Parses the command line, runs the command and returns the process exit code:
@@ -53,6 +53,8 @@ pub fn run_cli() -> i32 {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let migrations = MigrationSet::registered()?;
+    // The binary's own: every registered hook runs (a library user picks them).
+    let hooks = Hooks::registered()?;
     if let Command::List(args) = &cli.command {
         if args.json {
             println!(
@@ -83,6 +85,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let backend = connect(url, &options).await?;
     let migrator = Migrator::builder_boxed(backend)
         .migrations(migrations)
+        .hooks(hooks)
         .concurrency(cli.concurrency)
         .safety(safety)
         .timeouts(Timeouts {

@@ -3,12 +3,12 @@
 //! retried with backoff, and no tenant is started once the run must stop (its lease
 //! was lost, or its deadline passed).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::lease::Lease;
-use super::protocol::{Claim, FleetOp, Protocol};
+use super::protocol::{Attempts, Claim, FleetOp, Protocol};
 use super::retry::backoff;
 use super::safety::{format_duration, SafetySettings, Shard};
 use crate::backend::{Connection, ErrorClass, Target};
@@ -65,12 +65,12 @@ impl<'a> FleetClaims<'a> {
         op: FleetOp<'_>,
     ) -> Result<Claim<usize>> {
         let target = Target::Tenant(&record.tenant);
-        let committed = AtomicUsize::new(0);
-        let claim = with_retries(protocol, self.settings, target, || {
-            protocol.run_op(target, Some(record), op, &committed)
+        let attempts = Attempts::default();
+        let claim = with_retries(protocol, self.settings, target, |last| {
+            protocol.run_op(target, Some(record), op, &attempts, last)
         })
         .await?;
-        let claim = counted(claim, &committed);
+        let claim = counted(claim, &attempts);
         if let Claim::Busy = claim {
             tracing::debug!(tenant = %record.tenant.name, "held by another run; coming back to it");
             if let Ok(mut deferred) = self.deferred.lock() {
@@ -118,14 +118,14 @@ pub(crate) async fn run_waiting(
     settings: &SafetySettings,
 ) -> Result<Claim<usize>> {
     let mut wait = Wait::new(settings.unlock_deadline);
-    let committed = AtomicUsize::new(0);
+    let attempts = Attempts::default();
     loop {
-        let claim = with_retries(protocol, settings, target, || {
-            protocol.run_op(target, record, op, &committed)
+        let claim = with_retries(protocol, settings, target, |last| {
+            protocol.run_op(target, record, op, &attempts, last)
         })
         .await?;
         if !matches!(claim, Claim::Busy) {
-            return Ok(counted(claim, &committed));
+            return Ok(counted(claim, &attempts));
         }
         wait.again(target).await?;
     }
@@ -134,9 +134,9 @@ pub(crate) async fn run_waiting(
 /// A finished claim counts every migration its attempts committed: an attempt that failed
 /// transiently after committing some (one transaction per migration, or the chain) leaves
 /// fewer for the retry that finishes.
-fn counted(claim: Claim<usize>, committed: &AtomicUsize) -> Claim<usize> {
+fn counted(claim: Claim<usize>, attempts: &Attempts) -> Claim<usize> {
     match claim {
-        Claim::Done(_) => Claim::Done(committed.load(Ordering::Relaxed)),
+        Claim::Done(_) => Claim::Done(attempts.committed.load(Ordering::Relaxed)),
         other => other,
     }
 }
@@ -199,7 +199,7 @@ impl Wait {
 /// Whether `error` may well pass on another try (a lock timeout, a deadlock, a dropped
 /// connection). A retry is safe: the failed attempt was rolled back, or, for a chained
 /// migration, left `started`, which the next attempt refuses unless it is idempotent.
-fn is_transient(protocol: &Protocol<'_>, error: &Error) -> bool {
+pub(crate) fn is_transient(protocol: &Protocol<'_>, error: &Error) -> bool {
     match error {
         Error::Migration { source, .. } => is_transient(protocol, source),
         other => matches!(
@@ -210,7 +210,8 @@ fn is_transient(protocol: &Protocol<'_>, error: &Error) -> bool {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or has failed transiently
-/// `settings.retries + 1` times, pausing with backoff and jitter in between.
+/// `settings.retries + 1` times, pausing with backoff and jitter in between. `attempt`
+/// is told whether it is the last (a failure will not be retried).
 pub(crate) async fn with_retries<T, F, Fut>(
     protocol: &Protocol<'_>,
     settings: &SafetySettings,
@@ -218,13 +219,13 @@ pub(crate) async fn with_retries<T, F, Fut>(
     mut attempt: F,
 ) -> Result<T>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(bool) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
     let mut tries = 0u32;
     loop {
         tries += 1;
-        let result = attempt().await;
+        let result = attempt(tries > settings.retries).await;
         let transient = result
             .as_ref()
             .err()

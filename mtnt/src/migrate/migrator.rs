@@ -2,6 +2,7 @@ use std::time::Instant;
 
 use super::claim::{lock_waiting, run_waiting, FleetClaims};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
+use super::hooks::{self, HookFailures, Hooks, RunCommand, RunInfo};
 use super::inspect::{classify_rows, standings, Condition, PlanReport};
 use super::lease::Lease;
 use super::progress::Silent;
@@ -39,6 +40,7 @@ pub struct Migrator {
     safety: SafetySettings,
     timeouts: Timeouts,
     transactions: Transactions,
+    hooks: Hooks,
 }
 
 /// Builds a [`Migrator`].
@@ -51,6 +53,7 @@ pub struct MigratorBuilder {
     safety: SafetySettings,
     timeouts: Timeouts,
     transactions: Transactions,
+    hooks: Hooks,
 }
 
 impl MigratorBuilder {
@@ -98,6 +101,15 @@ impl MigratorBuilder {
         self
     }
 
+    /// The hooks to run (`#[mtnt::hook(...)]`); default: none. `mtnt::run!()` passes
+    /// every registered one ([`Hooks::registered`]); a library user picks them, for
+    /// example with [`Hooks::registered_in`], so that a migrator runs only the hooks it
+    /// is meant to.
+    pub fn hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
     /// Validates the migrations and settings and builds the migrator.
     pub fn build(self) -> Result<Migrator> {
         self.safety.validate()?;
@@ -114,6 +126,7 @@ impl MigratorBuilder {
             safety: self.safety,
             timeouts: self.timeouts,
             transactions: self.transactions,
+            hooks: self.hooks,
         })
     }
 }
@@ -136,10 +149,11 @@ impl Migrator {
             safety: SafetySettings::default(),
             timeouts: Timeouts::default(),
             transactions: Transactions::default(),
+            hooks: Hooks::none(),
         }
     }
 
-    /// The protocol over this migrator's backend, migrations and policy.
+    /// The protocol over this migrator's backend, migrations, hooks and policy.
     fn protocol<'p>(&'p self, progress: &'p dyn Progress) -> Protocol<'p> {
         Protocol {
             progress,
@@ -148,6 +162,8 @@ impl Migrator {
             set: &self.migrations,
             timeouts: self.timeouts,
             transactions: self.transactions,
+            hooks: &self.hooks,
+            hook_failures: None,
         }
     }
 
@@ -181,6 +197,11 @@ impl Migrator {
     /// The migrations, by order.
     pub fn migrations(&self) -> &MigrationSet {
         &self.migrations
+    }
+
+    /// The hooks it runs.
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
     }
 
     fn check_order(&self, order: Option<i64>) -> Result<()> {
@@ -222,7 +243,7 @@ impl Migrator {
         self.check_order(options.to)?;
         self.fleet_run(
             FleetOp::Migrate { to: options.to },
-            "migrate",
+            RunCommand::Migrate,
             options,
             progress,
         )
@@ -243,8 +264,13 @@ impl Migrator {
             self.check_order(Some(order))?;
         }
         self.refuse_irreversible(how_far, options).await?;
-        self.fleet_run(FleetOp::Rollback { how_far }, "rollback", options, progress)
-            .await
+        self.fleet_run(
+            FleetOp::Rollback { how_far },
+            RunCommand::Rollback,
+            options,
+            progress,
+        )
+        .await
     }
 
     /// Runs `sql` (one statement or a script) in every tenant of `options`, with the same
@@ -260,7 +286,7 @@ impl Migrator {
     ) -> Result<MigrateReport> {
         self.fleet_run(
             FleetOp::Exec { sql, transaction },
-            "exec",
+            RunCommand::Exec,
             options,
             progress,
         )
@@ -300,12 +326,12 @@ impl Migrator {
         Ok(())
     }
 
-    /// One fleet run of `op`: the public migrations first (for `migrate`), then the
-    /// tenants, under a lease.
+    /// One fleet run of `op`: the `before_run` hooks, the public migrations (for
+    /// `migrate`), the tenants, then the `after_run` hooks, under a lease.
     async fn fleet_run(
         &self,
         op: FleetOp<'_>,
-        command: &str,
+        command: RunCommand,
         options: &MigrateOptions,
         progress: &dyn Progress,
     ) -> Result<MigrateReport> {
@@ -321,25 +347,44 @@ impl Migrator {
         };
         self.refuse_ahead_of_code(&options.tenants).await?;
         let concurrency = self.fleet_concurrency().await?;
-        let lease = Lease::acquire(&*self.backend, &self.safety, command).await?;
+        let lease = Lease::acquire(&*self.backend, &self.safety, command.as_str()).await?;
         let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
-        let protocol = self.protocol(progress);
-        let public_applied = match op {
-            FleetOp::Migrate { to } => {
-                run_waiting(
-                    &protocol,
-                    Target::Public,
-                    None,
-                    FleetOp::Migrate { to },
-                    &self.safety,
-                )
-                .await
-            }
-            _ => Ok(Claim::Done(0)),
+        let hook_failures = HookFailures::default();
+        let protocol = Protocol {
+            hook_failures: Some(&hook_failures),
+            ..self.protocol(progress)
         };
-        let public_applied = match public_applied {
-            Ok(Claim::Done(n)) => n,
-            Ok(_) => 0,
+        let run = |tenant_count, report| RunInfo {
+            command,
+            tenants: &options.tenants,
+            tenant_count,
+            report,
+        };
+        // Everything before the tenants: a failure here ends the run with an error.
+        let prelude = async {
+            let total = match &tenants {
+                Tenants::Listed(records) => records.len() as u64,
+                _ => self.backend.tenant_count().await?,
+            };
+            hooks::before_run(&self.hooks, &run(total, None)).await?;
+            let public_applied = match op {
+                FleetOp::Migrate { to } => {
+                    run_waiting(
+                        &protocol,
+                        Target::Public,
+                        None,
+                        FleetOp::Migrate { to },
+                        &self.safety,
+                    )
+                    .await?
+                }
+                _ => Claim::Done(0),
+            };
+            Ok::<_, Error>((total, public_applied))
+        };
+        let (total, public_applied) = match prelude.await {
+            Ok((total, Claim::Done(n))) => (total, n),
+            Ok((total, _)) => (total, 0),
             Err(e) => {
                 if let Some(lease) = lease {
                     lease.release("failed").await;
@@ -350,10 +395,6 @@ impl Migrator {
         let mut report = MigrateReport {
             public_applied,
             ..MigrateReport::default()
-        };
-        let total = match &tenants {
-            Tenants::Listed(records) => records.len() as u64,
-            _ => self.backend.tenant_count().await?,
         };
         progress.start(total);
         let result = migrate_fleet(
@@ -382,6 +423,12 @@ impl Migrator {
         }
         result?;
         report.elapsed = started.elapsed();
+        report.hook_failures = hook_failures.into_inner().unwrap_or_default();
+        report
+            .hook_failures
+            .sort_by(|a, b| (&a.tenant, a.hook).cmp(&(&b.tenant, b.hook)));
+        let after = hooks::after_run(&self.hooks, &run(total, Some(&report))).await;
+        report.hook_failures.extend(after);
         Ok(report)
     }
 

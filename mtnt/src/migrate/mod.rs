@@ -4,6 +4,7 @@
 mod claim;
 mod fingerprint;
 mod fleet;
+mod hooks;
 mod inspect;
 mod lease;
 mod migrator;
@@ -19,6 +20,12 @@ mod source;
 mod tenants;
 
 pub use fingerprint::fingerprint;
+#[doc(hidden)]
+pub use hooks::HookFn;
+pub use hooks::{
+    AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,
+    TenantOutcome,
+};
 pub use inspect::{Condition, PlanGroup, PlanReport, PlannedMigration};
 pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};

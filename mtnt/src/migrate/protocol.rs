@@ -14,11 +14,13 @@
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt;
 
+use super::claim::is_transient;
+use super::hooks::{HookFailures, Hooks, TenantOutcome};
 use super::plan::{plan_down, plan_up};
 use super::{Progress, Timeouts, Transactions};
 use crate::backend::{
@@ -76,6 +78,22 @@ pub(crate) struct Protocol<'a> {
     pub(crate) transactions: Transactions,
     /// Hears about retries.
     pub(crate) progress: &'a dyn Progress,
+    /// The hooks of the run.
+    pub(crate) hooks: &'a Hooks,
+    /// Where a fleet run collects its `after_tenant` failures (elsewhere they are
+    /// logged).
+    pub(crate) hook_failures: Option<&'a HookFailures>,
+}
+
+/// What the attempts of one claim on a target share.
+#[derive(Default)]
+pub(crate) struct Attempts {
+    /// The migrations every attempt committed, also those that failed after some (so that
+    /// retries add up).
+    pub(crate) committed: AtomicUsize,
+    /// The tenant's `before_tenant` hooks succeeded in an earlier attempt: a retry does
+    /// not run them again, and its end runs the `after_tenant` hooks.
+    pub(crate) hooks_began: AtomicBool,
 }
 
 /// Runs an up or down function, turning a panic into [`Error::Panicked`] so that one
@@ -190,20 +208,29 @@ impl<'a> Protocol<'a> {
         }
     }
 
+    /// The run's timeouts, for what is not a migration (`exec`, hooks).
+    pub(crate) fn run_timeouts(&self) -> MigrationTimeouts {
+        MigrationTimeouts {
+            lock: self.timeouts.lock.filter(|d| !d.is_zero()),
+            statement: self.timeouts.statement.filter(|d| !d.is_zero()),
+        }
+    }
+
     fn registry_in_transaction(&self, target: Target<'_>) -> bool {
         self.caps.registry_in_target_transaction && target.tenant().is_some()
     }
 
     /// Brings one target up to `to`, unless another run holds it. `record` is the
     /// tenant's registry row as this run read it (`None` for the public target).
-    /// `committed` counts the migrations this call committed, also when it fails after
-    /// some (so that retries add up).
+    /// `attempts` is shared by the attempts of one claim; `last` says that a failure of
+    /// this one will not be retried.
     pub(crate) async fn migrate_target(
         &self,
         target: Target<'_>,
         record: Option<&TenantRecord>,
         to: Option<i64>,
-        committed: &AtomicUsize,
+        attempts: &Attempts,
+        last: bool,
     ) -> Result<Claim<usize>> {
         let scope = scope_of(target);
         let mut conn = self.backend.connect(target).await?;
@@ -221,24 +248,29 @@ impl<'a> Protocol<'a> {
             return Ok(Claim::Busy);
         };
         let outcome = self
-            .migrate_locked(&mut *conn, target, record, &state, to, committed)
+            .migrate_locked(&mut *conn, target, record, &state, to, attempts, last)
             .await;
         conn.release().await;
         outcome
     }
 
-    /// Does `op` to one target, unless another run holds it; `committed` counts the
-    /// migrations applied or reverted (the tenants a statement ran in, for `Exec`).
+    /// Does `op` to one target, unless another run holds it; `attempts.committed`
+    /// counts the migrations applied or reverted (the tenants a statement ran in, for
+    /// `Exec`). `last`: a failure of this attempt will not be retried.
     pub(crate) async fn run_op(
         &self,
         target: Target<'_>,
         record: Option<&TenantRecord>,
         op: FleetOp<'_>,
-        committed: &AtomicUsize,
+        attempts: &Attempts,
+        last: bool,
     ) -> Result<Claim<usize>> {
+        let committed = &attempts.committed;
         let (how_far, sql, transaction) = match op {
             FleetOp::Migrate { to } => {
-                return self.migrate_target(target, record, to, committed).await
+                return self
+                    .migrate_target(target, record, to, attempts, last)
+                    .await
             }
             FleetOp::Rollback { how_far } => (Some(how_far), "", false),
             FleetOp::Exec { sql, transaction } => (None, sql, transaction),
@@ -275,10 +307,7 @@ impl<'a> Protocol<'a> {
         sql: &str,
         transaction: bool,
     ) -> Result<()> {
-        let timeouts = MigrationTimeouts {
-            lock: self.timeouts.lock.filter(|d| !d.is_zero()),
-            statement: self.timeouts.statement.filter(|d| !d.is_zero()),
-        };
+        let timeouts = self.run_timeouts();
         let result = if transaction {
             match conn.begin(timeouts).await {
                 Ok(()) => match conn.ctx().execute(sql).await {
@@ -304,6 +333,11 @@ impl<'a> Protocol<'a> {
         Ok(())
     }
 
+    /// Brings a locked target up to `to`, with the tenant hooks around its migrations:
+    /// `before_tenant` once per claim, before the first migration (only when there is
+    /// one to apply), and `after_tenant` at the end of the attempt that ends the claim,
+    /// unless its connection was lost.
+    #[allow(clippy::too_many_arguments)]
     async fn migrate_locked(
         &self,
         conn: &mut dyn Connection,
@@ -311,21 +345,73 @@ impl<'a> Protocol<'a> {
         record: Option<&TenantRecord>,
         state: &TargetState,
         to: Option<i64>,
-        committed: &AtomicUsize,
+        attempts: &Attempts,
+        last: bool,
     ) -> Result<Claim<usize>> {
         if !state.registered {
             return Ok(Claim::Gone);
         }
         self.heal_registry(target, record, state).await;
-        let steps = plan_up(target, &state.applied, self.set, scope_of(target), to)?;
+        let hooks = target.tenant().is_some() && self.has_tenant_hooks();
+        let began = hooks && attempts.hooks_began.load(Ordering::Relaxed);
+        let committed = &attempts.committed;
+        let failed = async |conn: &mut dyn Connection, error: &Error| {
+            let outcome = TenantOutcome::Failed {
+                error,
+                applied: committed.load(Ordering::Relaxed),
+                creating: false,
+            };
+            self.after_tenant_reported(conn, target, &outcome).await;
+        };
+        let steps = match plan_up(target, &state.applied, self.set, scope_of(target), to) {
+            Ok(steps) => steps,
+            Err(error) => {
+                if began {
+                    failed(conn, &error).await;
+                }
+                return Err(error);
+            }
+        };
+        if steps.is_empty() && !began {
+            return Ok(Claim::Done(0));
+        }
+        if hooks && !began {
+            if let Err(before) = self.before_tenant(conn, target).await {
+                if !before.lost {
+                    failed(conn, &before.error).await;
+                }
+                return Err(before.error);
+            }
+            attempts.hooks_began.store(true, Ordering::Relaxed);
+        }
         let before = Completed::of(state);
         let mut completed = Completed::of(state);
         let outcome = self
             .apply(conn, target, &mut completed, &steps, Direction::Up)
             .await;
         committed.fetch_add(completed.0.difference(&before.0).count(), Ordering::Relaxed);
-        outcome.map_err(|(i, e)| wrap(target, steps[i], Direction::Up, e))?;
-        Ok(Claim::Done(steps.len()))
+        match outcome {
+            Ok(()) => {
+                if hooks {
+                    let outcome = TenantOutcome::Migrated {
+                        applied: committed.load(Ordering::Relaxed),
+                    };
+                    self.after_tenant_reported(conn, target, &outcome).await;
+                }
+                Ok(Claim::Done(steps.len()))
+            }
+            Err((i, error)) => {
+                // A lost connection was discarded; a failure that is retried gets its
+                // hooks at the end of the attempt that ends the claim.
+                let lost = self.backend.classify(&error) == ErrorClass::ConnectionLost;
+                let retried = !last && is_transient(self, &error);
+                let error = wrap(target, steps[i], Direction::Up, error);
+                if hooks && !lost && !retried {
+                    failed(conn, &error).await;
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Reverts migrations of a target whose lock `conn` holds, newest first; refuses

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::hooks::HookFailure;
 use super::inspect::Condition;
 use crate::{Error, TenantName, TenantState};
 
@@ -46,6 +47,10 @@ pub struct MigrateReport {
     /// failed canary, the spent error budget, its lease lost, its deadline passed); the
     /// tenants it did not start are counted in `tenants_skipped`.
     pub stopped: Option<String>,
+    /// Warnings: the `after_tenant` and `after_run` hooks that failed. They change no
+    /// outcome (a tenant's migrations stay committed, and it counts as migrated), nor
+    /// [`MigrateReport::is_success`].
+    pub hook_failures: Vec<HookFailure>,
 }
 
 impl MigrateReport {

@@ -4,6 +4,7 @@
 //! command, so none of them races a run working on the tenant.
 
 use super::claim::lock_waiting;
+use super::hooks::TenantOutcome;
 use super::protocol::{wrap, Completed, Parts, Protocol};
 use super::{Progress, SafetySettings};
 use crate::backend::{Direction, ErrorClass, Record, RegistryRow, Target, TargetState};
@@ -41,15 +42,19 @@ impl Protocol<'_> {
     }
 
     /// Registers a tenant, creates its storage and applies every enabled tenant
-    /// migration, all or nothing: when anything fails, neither storage nor registry row
-    /// is left.
+    /// migration, with the tenant hooks around them, all or nothing: when anything
+    /// fails, neither storage nor registry row is left.
+    ///
+    /// The hooks run outside a transaction, as in `migrate`, so a create with tenant
+    /// hooks is made atomic by compensation on every engine: the tenant stays `creating`
+    /// (which fleet runs leave alone) until its `after_tenant` hooks succeeded.
     pub(crate) async fn create_tenant(
         &self,
         tenant: &Tenant,
         safety: &SafetySettings,
     ) -> Result<()> {
         let all = self.enabled_tenant_migrations();
-        if self.caps.transactional_storage {
+        if self.caps.transactional_storage && !self.has_tenant_hooks() {
             self.create_in_transaction(tenant, &all, safety).await
         } else {
             self.create_by_compensation(tenant, &all, safety).await
@@ -162,8 +167,8 @@ impl Protocol<'_> {
     }
 
     /// Registers the tenant as `creating`, creates its storage, migrates it like any
-    /// tenant, then marks it `active`; when a step fails, what the earlier ones made is
-    /// removed again.
+    /// tenant (with its hooks), then marks it `active`; when a step fails, what the
+    /// earlier ones made is removed again.
     async fn create_by_compensation(
         &self,
         tenant: &Tenant,
@@ -184,15 +189,44 @@ impl Protocol<'_> {
             let result = async {
                 lock_waiting(&mut *conn, target, safety).await?;
                 let state = conn.read().await?;
-                self.apply(
-                    &mut *conn,
-                    target,
-                    &mut Completed::of(&state),
-                    all,
-                    Direction::Up,
-                )
-                .await
-                .map_err(|(i, e)| wrap(target, all[i], Direction::Up, e))
+                let hooks = self.has_tenant_hooks();
+                let failed = async |conn: &mut dyn crate::Connection, error: &Error, applied| {
+                    let outcome = TenantOutcome::Failed {
+                        error,
+                        applied,
+                        creating: true,
+                    };
+                    // The create fails with `error` whatever the hooks say.
+                    let _ = self.after_tenant(conn, target, &outcome).await;
+                };
+                if hooks {
+                    if let Err(before) = self.before_tenant(&mut *conn, target).await {
+                        if !before.lost {
+                            failed(&mut *conn, &before.error, 0).await;
+                        }
+                        return Err(before.error);
+                    }
+                }
+                let mut completed = Completed::of(&state);
+                let outcome = self
+                    .apply(&mut *conn, target, &mut completed, all, Direction::Up)
+                    .await;
+                match outcome {
+                    Ok(()) if hooks => {
+                        let outcome = TenantOutcome::Created { applied: all.len() };
+                        self.after_tenant_created(&mut *conn, target, &outcome)
+                            .await
+                    }
+                    Ok(()) => Ok(()),
+                    Err((i, error)) => {
+                        let lost = self.backend.classify(&error) == ErrorClass::ConnectionLost;
+                        let error = wrap(target, all[i], Direction::Up, error);
+                        if hooks && !lost {
+                            failed(&mut *conn, &error, completed.0.len()).await;
+                        }
+                        Err(error)
+                    }
+                }
             }
             .await;
             conn.release().await;

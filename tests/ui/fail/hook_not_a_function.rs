@@ -1,0 +1,4 @@
+#[mtnt::hook(before_run)]
+struct Seed;
+
+fn main() {}
