@@ -3,11 +3,13 @@
 //! Tenant names are validated before they get here; quoting is the second line of defence.
 
 /// Quotes an identifier for PostgreSQL and SQLite: `"name"`, doubling inner quotes.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// Quotes an identifier for MySQL: `` `name` ``, doubling inner backticks.
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
 pub(crate) fn quote_ident_mysql(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }
