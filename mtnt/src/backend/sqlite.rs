@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::error::DatabaseError;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
-use sqlx::{Connection as _, Row, SqliteConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{Connection as _, SqliteConnection};
 
 use super::api::{Backend, Capabilities, Connection, ErrorClass, RegistryRow, Target};
 use super::connect::ConnectOptions;
 use super::engine::{Engine, Tenancy};
 use super::lease::LeaseStore;
+use super::sql::tenant_record;
 use crate::ctx::exec_sqlite;
 use crate::{redact_url, Error, Result, Tenant, TenantName, TenantRecord, TenantState};
 
@@ -130,23 +129,6 @@ impl SqliteBackend {
         Ok(self.tenant_file(&stem))
     }
 
-    fn record_from_row(row: &SqliteRow) -> Result<TenantRecord> {
-        let name: String = row.try_get("name")?;
-        let name =
-            TenantName::new(name).map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))?;
-        Ok(TenantRecord {
-            tenant: Tenant {
-                name,
-                storage: row.try_get("schema_name")?,
-            },
-            state: TenantState::parse(row.try_get("state")?)?,
-            created_at: row.try_get("created_at")?,
-            applied_order: row.try_get("applied_order")?,
-            failed_order: row.try_get("failed_order")?,
-            last_error: row.try_get("last_error")?,
-        })
-    }
-
     async fn is_registered(&self, tenant: &Tenant) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM mtnt_tenants WHERE name = ?1")
             .bind(tenant.name.as_str())
@@ -210,7 +192,7 @@ impl Backend for SqliteBackend {
 
     fn classify(&self, error: &Error) -> ErrorClass {
         match error {
-            Error::Migration { source, .. } => self.classify(source),
+            Error::Migration { source, .. } | Error::GaveUp { source, .. } => self.classify(source),
             Error::StorageExists { .. } => ErrorClass::StorageExists,
             Error::StorageMissing { .. } => ErrorClass::StorageMissing,
             Error::Sql(sqlx::Error::Database(db)) if db.is_unique_violation() => {
@@ -287,7 +269,7 @@ impl Backend for SqliteBackend {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.control)
             .await?;
-        rows.iter().map(Self::record_from_row).collect()
+        rows.iter().map(tenant_record).collect()
     }
 
     async fn tenant_count(&self) -> Result<u64> {
@@ -306,7 +288,7 @@ impl Backend for SqliteBackend {
             .bind(names)
             .fetch_all(&self.control)
             .await?;
-        rows.iter().map(Self::record_from_row).collect()
+        rows.iter().map(tenant_record).collect()
     }
 
     async fn fingerprints(&self, _names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {

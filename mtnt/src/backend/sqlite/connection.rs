@@ -253,6 +253,9 @@ impl Connection for FileConnection<'_> {
         // and the next transaction's opening.
         let mut sql = String::new();
         if !self.in_transaction {
+            if records.is_empty() && then.is_none() {
+                return Ok(());
+            }
             self.begin_sql(None, &mut sql);
         }
         render(records, &mut sql)?;
