@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -328,16 +328,21 @@ impl Drop for FileConnection<'_> {
         }
     }
 }
+
+/// An RFC 3339 UTC timestamp with milliseconds, as an SQL literal.
 fn timestamp(t: DateTime<Utc>) -> String {
     quote_literal(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
-/// The start, end and duration (ms) of `timing`, as SQL literals.
-fn times(now: DateTime<Utc>, timing: &Timing) -> [String; 3] {
-    let (started, finished) = timing.ago();
-    let at = |ago: Duration| timestamp(now - chrono::Duration::from_std(ago).unwrap_or_default());
+/// The start, end and duration (ms) of `timing`, as SQL literals; `now` is one clock
+/// reading for all records of a commit, so that their times keep their order.
+fn times(now: (DateTime<Utc>, Instant), timing: &Timing) -> [String; 3] {
+    let at = |t: Instant| {
+        let ago = now.1.saturating_duration_since(t);
+        timestamp(now.0 - chrono::Duration::from_std(ago).unwrap_or_default())
+    };
     let ms = timing.duration().as_millis().to_string();
-    [at(started), at(finished), ms]
+    [at(timing.started), at(timing.finished), ms]
 }
 
 fn applied_from_row(row: &SqliteRow) -> Result<AppliedMigration> {
@@ -377,8 +382,8 @@ fn update(m: &Migration, status: MigrationStatus, times: [String; 3]) -> String 
 /// (started and finished up, marked) go in one multi-row upsert.
 fn render(records: &[Record<'_>], sql: &mut String) -> Result<()> {
     use MigrationStatus::{Completed, Pending, Started};
-    let now = Utc::now();
-    let fresh = || [timestamp(now), "NULL".to_owned(), "NULL".to_owned()];
+    let now = (Utc::now(), Instant::now());
+    let fresh = || [timestamp(now.0), "NULL".to_owned(), "NULL".to_owned()];
     let mut rows = Vec::new();
     for record in records {
         let statement = match *record {
@@ -404,7 +409,7 @@ fn render(records: &[Record<'_>], sql: &mut String) -> Result<()> {
                 Direction::Down => update(migration, Pending, times(now, &timing)),
             },
             Record::Marked { migration, status } => {
-                let marked = [timestamp(now), timestamp(now), "0".to_owned()];
+                let marked = [timestamp(now.0), timestamp(now.0), "0".to_owned()];
                 rows.push(row(migration, status, marked, "NULL"));
                 continue;
             }
