@@ -400,11 +400,19 @@ impl Connection for MySqlTarget<'_> {
         Ok(())
     }
 
+    /// Sent whether or not mtnt opened a transaction: a migration outside one may have
+    /// left one of its own open, and `START TRANSACTION` would commit it. Only failures
+    /// get here.
     async fn rollback(&mut self) {
-        if self.discarded || !self.in_transaction {
+        if self.discarded {
             return;
         }
-        let result = exec_mysql(self.conn(), "ROLLBACK; SET autocommit = 1").await;
+        let sql = if self.in_transaction {
+            "ROLLBACK; SET autocommit = 1"
+        } else {
+            "ROLLBACK"
+        };
+        let result = exec_mysql(self.conn(), sql).await;
         match result {
             Ok(()) => self.in_transaction = false,
             Err(_) => self.discard(),
