@@ -676,3 +676,38 @@ async fn lock_timeouts_apply_while_a_migration_runs() {
     drop(pool);
     control.cleanup().await;
 }
+
+// MySQL: a connection dropped without release (a cancelled run) is closed, so the server
+// ends its `GET_LOCK`; a released one unlocks and goes back to the pool.
+#[tokio::test]
+async fn a_dropped_connection_ends_its_lock() {
+    let control = TestControl::new("droplocked").await;
+    let pool = control.pool(2).await;
+    let acme = control.tenant("acme");
+    let m = migrator(&control, fleet_set(ACCOUNTS)).await;
+    m.create_tenant(&name(&acme)).await.unwrap();
+    let record = m.tenants().await.unwrap().remove(0);
+    let backend = MySqlBackend::new(pool.clone(), control.control()).unwrap();
+    let target = mtnt::Target::Tenant(&record.tenant);
+
+    let mut first = backend.connect(target).await.unwrap();
+    assert!(first.try_lock().await.unwrap());
+    let mut second = backend.connect(target).await.unwrap();
+    assert!(!second.try_lock().await.unwrap(), "held by the first");
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !second.try_lock().await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock outlived its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.release().await;
+    let mut third = backend.connect(target).await.unwrap();
+    assert!(third.try_lock().await.unwrap(), "released");
+    third.release().await;
+
+    drop(pool);
+    control.cleanup().await;
+}
