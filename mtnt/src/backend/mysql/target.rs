@@ -372,6 +372,11 @@ impl Connection for MySqlTarget<'_> {
         records: &[Record<'_>],
         then: Option<MigrationTimeouts>,
     ) -> Result<()> {
+        if records.is_empty() && !self.in_transaction && then.is_none() {
+            // Nothing to write and nothing open: nothing to send (the timeouts, if set,
+            // are restored on release).
+            return Ok(());
+        }
         let mut sql = Vec::new();
         match then {
             Some(_) => self.setup(&mut sql),
