@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 
 use engine::{JsonBackend, JsonError};
 use mtnt::{
-    Backend, Error, ErrorClass, MigrateOptions, MigrationSet, MigrationStatus,
-    Migrator, MigratorBuilder, RollbackTarget, SafetySettings, Scope, Target, Tenant,
-    TenantName,
+    Backend, Error, ErrorClass, MigrateOptions, MigrationSet, MigrationStatus, Migrator,
+    MigratorBuilder, RollbackTarget, SafetySettings, Scope, Target, Tenant, TenantName,
 };
 use serde_json::{json, Value};
 
@@ -136,7 +135,8 @@ mod migrations {
             down = untag_accounts
         )]
         async fn tag_accounts(ctx: &mut Ctx<'_>) -> Result<()> {
-            ctx.execute("ADD FIELD accounts.tagged DEFAULT true").await?;
+            ctx.execute("ADD FIELD accounts.tagged DEFAULT true")
+                .await?;
             if fails(ctx, "-flaky") {
                 ctx.execute(r#"FAIL "flaky lost its nerve""#).await?;
             }
@@ -244,8 +244,13 @@ impl Docs {
 
     /// `(applied_order, failed_order)` of the registry entry.
     fn cached(&self, tenant: &str) -> (Value, Value) {
-        let entry = self.registry(tenant).unwrap_or_else(|| panic!("{tenant} unregistered"));
-        (entry["applied_order"].clone(), entry["failed_order"].clone())
+        let entry = self
+            .registry(tenant)
+            .unwrap_or_else(|| panic!("{tenant} unregistered"));
+        (
+            entry["applied_order"].clone(),
+            entry["failed_order"].clone(),
+        )
     }
 
     /// A collection of a tenant's document (`None`: no such collection).
@@ -281,8 +286,10 @@ impl Docs {
     }
 
     fn assert_completed(&self, tenant: &str, orders: &[i64]) {
-        let completed: Vec<Option<String>> =
-            orders.iter().map(|_| Some("completed".to_owned())).collect();
+        let completed: Vec<Option<String>> = orders
+            .iter()
+            .map(|_| Some("completed".to_owned()))
+            .collect();
         assert_eq!(self.statuses(tenant, orders), completed, "{tenant}");
     }
 
@@ -385,7 +392,10 @@ async fn migrate_fleet() {
         for collection in ["ledger", "accounts", "projects"] {
             assert!(docs.has(n, collection), "{n}: {collection}");
         }
-        assert!(!docs.has(n, "plans"), "the public migration leaked into {n}");
+        assert!(
+            !docs.has(n, "plans"),
+            "the public migration leaked into {n}"
+        );
         let doc = docs.doc(n).unwrap();
         assert_eq!(doc["migrations"].as_array().unwrap().len(), 4, "{doc}");
         Docs::assert_tracked(&doc, full.migrations(), Scope::Tenant);
@@ -402,12 +412,19 @@ async fn migrate_fleet() {
 
     let again = full.migrate(&MigrateOptions::new()).await.unwrap();
     assert_eq!(
-        (again.public_applied, again.tenants_current, again.migrations_applied),
+        (
+            again.public_applied,
+            again.tenants_current,
+            again.migrations_applied
+        ),
         (0, 6, 0)
     );
     let status = full.status(&[]).await.unwrap();
     assert_eq!(status.summary(), "6/6 tenants current, 0 behind, 0 failed");
-    assert_eq!((status.public.applied_order, status.public.pending), (Some(PLANS), 0));
+    assert_eq!(
+        (status.public.applied_order, status.public.pending),
+        (Some(PLANS), 0)
+    );
     assert_eq!(status.latest_tenant_order, Some(SEED));
 
     // The registry is a cache of the tenant documents: a stale entry shows in status, and
@@ -418,13 +435,23 @@ async fn migrate_fleet() {
     control["tenants"]["f02"]["failed_order"] = json!(SEED);
     control["tenants"]["f02"]["last_error"] = json!("stale");
     std::fs::write(&path, serde_json::to_vec_pretty(&control).unwrap()).unwrap();
-    assert_eq!(summary(&full).await, "5/6 tenants current, 0 behind, 1 failed");
+    assert_eq!(
+        summary(&full).await,
+        "5/6 tenants current, 0 behind, 1 failed"
+    );
     let healed = full.migrate(&MigrateOptions::new()).await.unwrap();
     assert_eq!((healed.tenants_current, healed.migrations_applied), (6, 0));
     assert_eq!(docs.cached("f02"), (json!(SEED), Value::Null));
     assert_eq!(docs.registry("f02").unwrap()["last_error"], Value::Null);
-    assert_eq!(summary(&full).await, "6/6 tenants current, 0 behind, 0 failed");
-    assert!(docs.temporary_files().is_empty(), "{:?}", docs.temporary_files());
+    assert_eq!(
+        summary(&full).await,
+        "6/6 tenants current, 0 behind, 0 failed"
+    );
+    assert!(
+        docs.temporary_files().is_empty(),
+        "{:?}",
+        docs.temporary_files()
+    );
 }
 
 /// One tenant fails; the others complete; the failed migration is rolled back whole and
@@ -434,26 +461,44 @@ async fn failing_tenant_does_not_block_the_others() {
     let docs = Docs::new();
     let good = ["alpha", "bravo", "charlie"];
     let bad = "x-bad";
-    create(&docs.migrator(fleet_to(ACCOUNTS)), &["alpha", "bravo", bad, "charlie"]).await;
+    create(
+        &docs.migrator(fleet_to(ACCOUNTS)),
+        &["alpha", "bravo", bad, "charlie"],
+    )
+    .await;
 
     let full = docs.migrator(fleet_to(SEED));
     let report = full.migrate(&MigrateOptions::new()).await.unwrap();
     assert!(!report.is_success());
     assert_eq!(
-        (report.tenants_total, report.tenants_migrated, report.migrations_applied),
+        (
+            report.tenants_total,
+            report.tenants_migrated,
+            report.migrations_applied
+        ),
         (4, 3, 6)
     );
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
     let failure = &report.failures[0];
     assert_eq!(failure.tenant.as_str(), bad);
     assert!(
-        matches!(failure.error, Error::Migration { reverting: false, .. }),
+        matches!(
+            failure.error,
+            Error::Migration {
+                reverting: false,
+                ..
+            }
+        ),
         "{:?}",
         failure.error
     );
     assert_contains(
         &failure.error.to_string(),
-        &["tenant x-bad", "2024_01_01_0004 add_projects", "projects refused"],
+        &[
+            "tenant x-bad",
+            "2024_01_01_0004 add_projects",
+            "projects refused",
+        ],
     );
     for g in good {
         assert!(docs.has(g, "projects"), "{g}");
@@ -464,22 +509,41 @@ async fn failing_tenant_does_not_block_the_others() {
     // The failed migration was rolled back whole: its collection is not in the document,
     // its row says `failed` with the error, and nothing after it ran.
     assert!(docs.has(bad, "accounts"));
-    assert!(!docs.has(bad, "projects"), "the failed migration was not rolled back");
+    assert!(
+        !docs.has(bad, "projects"),
+        "the failed migration was not rolled back"
+    );
     assert_eq!(docs.status(bad, ACCOUNTS).as_deref(), Some("completed"));
     let row = docs.row(bad, PROJECTS).unwrap();
     assert_eq!(row["status"], json!("failed"), "{row}");
-    assert!(row["error"].as_str().unwrap().contains("projects refused"), "{row}");
+    assert!(
+        row["error"].as_str().unwrap().contains("projects refused"),
+        "{row}"
+    );
     assert_eq!(docs.status(bad, SEED), None);
     assert_eq!(docs.cached(bad), (json!(ACCOUNTS), json!(PROJECTS)));
     let last_error = docs.registry(bad).unwrap()["last_error"].clone();
-    assert!(last_error.as_str().unwrap().contains("projects refused"), "{last_error}");
+    assert!(
+        last_error.as_str().unwrap().contains("projects refused"),
+        "{last_error}"
+    );
 
     let status = full.status(&[]).await.unwrap();
     assert_eq!(status.summary(), "3/4 tenants current, 0 behind, 1 failed");
-    let bad_status = status.tenants.iter().find(|t| t.tenant.as_str() == bad).unwrap();
-    assert_eq!((bad_status.applied_order, bad_status.pending), (Some(ACCOUNTS), 2));
+    let bad_status = status
+        .tenants
+        .iter()
+        .find(|t| t.tenant.as_str() == bad)
+        .unwrap();
+    assert_eq!(
+        (bad_status.applied_order, bad_status.pending),
+        (Some(ACCOUNTS), 2)
+    );
     let failed = bad_status.failed.as_ref().unwrap();
-    assert_eq!((failed.order, failed.name), (PROJECTS, Some("add_projects")));
+    assert_eq!(
+        (failed.order, failed.name),
+        (PROJECTS, Some("add_projects"))
+    );
 
     // Still broken: the same tenant fails again, nothing else changes.
     let again = full.migrate(&MigrateOptions::new()).await.unwrap();
@@ -496,7 +560,10 @@ async fn failing_tenant_does_not_block_the_others() {
     docs.assert_completed(bad, &TENANT_ORDERS);
     assert_eq!(docs.row(bad, PROJECTS).unwrap()["error"], Value::Null);
     assert_eq!(docs.cached(bad), (json!(SEED), Value::Null));
-    assert_eq!(summary(&full).await, "4/4 tenants current, 0 behind, 0 failed");
+    assert_eq!(
+        summary(&full).await,
+        "4/4 tenants current, 0 behind, 0 failed"
+    );
 }
 
 /// `create_tenant`: registry entry, document and every migration, or nothing at all.
@@ -506,7 +573,10 @@ async fn create_tenant_is_all_or_nothing() {
     let migrator = docs.migrator(fleet_to(SEED));
     let slow = "acme-slow";
     let tenant = migrator.create_tenant(&name(slow)).await.unwrap();
-    assert_eq!((tenant.name.as_str(), tenant.storage.as_str()), (slow, slow));
+    assert_eq!(
+        (tenant.name.as_str(), tenant.storage.as_str()),
+        (slow, slow)
+    );
     let doc = docs.doc(slow).unwrap();
     Docs::assert_tracked(&doc, migrator.migrations(), Scope::Tenant);
     assert_eq!(docs.admins(slow), 1);
@@ -515,7 +585,12 @@ async fn create_tenant_is_all_or_nothing() {
         let row = Docs::row_in(&doc, order).unwrap();
         chrono::DateTime::parse_from_rfc3339(row[field].as_str().unwrap()).unwrap()
     };
-    assert!(Docs::row_in(&doc, LEDGER).unwrap()["duration_ms"].as_i64().unwrap() >= 50);
+    assert!(
+        Docs::row_in(&doc, LEDGER).unwrap()["duration_ms"]
+            .as_i64()
+            .unwrap()
+            >= 50
+    );
     assert!(time(LEDGER, "finished_at") <= time(ACCOUNTS, "started_at"));
     let entry = docs.registry(slow).unwrap();
     assert_eq!(entry["state"], json!("active"));
@@ -528,13 +603,29 @@ async fn create_tenant_is_all_or_nothing() {
         assert!(matches!(error, Error::Migration { .. }), "{error:?}");
         assert_contains(
             &error.to_string(),
-            &["tenant y-bad", "2024_01_01_0004 add_projects", "projects refused"],
+            &[
+                "tenant y-bad",
+                "2024_01_01_0004 add_projects",
+                "projects refused",
+            ],
         );
-        assert!(docs.doc("y-bad").is_none(), "the failed tenant's document is left");
-        assert!(docs.registry("y-bad").is_none(), "its registry entry is left");
+        assert!(
+            docs.doc("y-bad").is_none(),
+            "the failed tenant's document is left"
+        );
+        assert!(
+            docs.registry("y-bad").is_none(),
+            "its registry entry is left"
+        );
     }
     assert_eq!(docs.control()["tenants"].as_object().unwrap().len(), 1);
-    assert_eq!(docs.control()["collections"]["plans"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        docs.control()["collections"]["plans"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // A name is taken once; the existing tenant is untouched.
     let before = std::fs::read(docs.file(slow)).unwrap();
@@ -556,7 +647,11 @@ async fn create_tenant_is_all_or_nothing() {
     migrator.drop_tenant(&tenant.name).await.unwrap();
     assert!(docs.doc(slow).is_none());
     assert!(docs.registry(slow).is_none());
-    assert!(docs.temporary_files().is_empty(), "{:?}", docs.temporary_files());
+    assert!(
+        docs.temporary_files().is_empty(),
+        "{:?}",
+        docs.temporary_files()
+    );
 }
 
 /// Rollback runs the down functions, by steps and to an order, in one tenant only; one
@@ -568,16 +663,25 @@ async fn rollback_runs_down_functions() {
     let migrator = docs.migrator(fleet_to(SEED));
     create(&migrator, &["acme", "globex", "z-stuck"]).await;
 
-    let one = migrator.rollback(&name("acme"), RollbackTarget::Steps(1)).await.unwrap();
+    let one = migrator
+        .rollback(&name("acme"), RollbackTarget::Steps(1))
+        .await
+        .unwrap();
     assert_eq!(one.reverted, [(SEED, "seed_admin")]);
     assert_eq!(docs.admins("acme"), 0, "the down function did not run");
     let row = docs.row("acme", SEED).unwrap();
     assert_eq!(row["status"], json!("pending"), "{row}");
-    assert!(row["finished_at"].is_string() && row["error"].is_null(), "{row}");
+    assert!(
+        row["finished_at"].is_string() && row["error"].is_null(),
+        "{row}"
+    );
     assert_eq!(docs.cached("acme"), (json!(PROJECTS), Value::Null));
     assert_eq!(docs.admins("globex"), 1, "the other tenant was touched");
 
-    let to = migrator.rollback(&name("acme"), RollbackTarget::To(ACCOUNTS)).await.unwrap();
+    let to = migrator
+        .rollback(&name("acme"), RollbackTarget::To(ACCOUNTS))
+        .await
+        .unwrap();
     assert_eq!(to.reverted, [(PROJECTS, "add_projects")]);
     assert!(!docs.has("acme", "projects") && docs.has("acme", "accounts"));
     assert_eq!(
@@ -585,16 +689,26 @@ async fn rollback_runs_down_functions() {
         ["completed", "completed", "pending", "pending"].map(|s| Some(s.to_owned()))
     );
     assert_eq!(docs.cached("acme"), (json!(ACCOUNTS), Value::Null));
-    assert_eq!(summary(&migrator).await, "2/3 tenants current, 1 behind, 0 failed");
+    assert_eq!(
+        summary(&migrator).await,
+        "2/3 tenants current, 1 behind, 0 failed"
+    );
 
     // Irreversible: refused before any down function runs; the document is as it was.
     let before = std::fs::read(docs.file("globex")).unwrap();
     for how_far in [RollbackTarget::Steps(4), RollbackTarget::All] {
-        let error = migrator.rollback(&name("globex"), how_far).await.unwrap_err();
+        let error = migrator
+            .rollback(&name("globex"), how_far)
+            .await
+            .unwrap_err();
         assert!(matches!(error, Error::Irreversible { .. }), "{error:?}");
         assert_contains(
             &error.to_string(),
-            &["tenant globex", "2024_01_01_0002 create_ledger", "nothing was changed"],
+            &[
+                "tenant globex",
+                "2024_01_01_0002 create_ledger",
+                "nothing was changed",
+            ],
         );
         assert_eq!(std::fs::read(docs.file("globex")).unwrap(), before);
     }
@@ -605,17 +719,40 @@ async fn rollback_runs_down_functions() {
         .rollback(&name("z-stuck"), RollbackTarget::Steps(2))
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::Migration { reverting: true, .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            Error::Migration {
+                reverting: true,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     assert_contains(
         &error.to_string(),
-        &["while reverting", "add_projects", "tenant z-stuck", "gave up halfway"],
+        &[
+            "while reverting",
+            "add_projects",
+            "tenant z-stuck",
+            "gave up halfway",
+        ],
     );
     assert_eq!(docs.status("z-stuck", SEED).as_deref(), Some("pending"));
-    assert!(docs.has("z-stuck", "projects"), "the down function was not rolled back");
-    assert_eq!(docs.status("z-stuck", PROJECTS).as_deref(), Some("completed"));
+    assert!(
+        docs.has("z-stuck", "projects"),
+        "the down function was not rolled back"
+    );
+    assert_eq!(
+        docs.status("z-stuck", PROJECTS).as_deref(),
+        Some("completed")
+    );
     assert_eq!(docs.cached("z-stuck"), (json!(PROJECTS), Value::Null));
     FIXED.lock().unwrap().insert("z-stuck".to_owned());
-    let fixed = migrator.rollback(&name("z-stuck"), RollbackTarget::Steps(1)).await.unwrap();
+    let fixed = migrator
+        .rollback(&name("z-stuck"), RollbackTarget::Steps(1))
+        .await
+        .unwrap();
     assert_eq!(fixed.reverted, [(PROJECTS, "add_projects")]);
     assert!(!docs.has("z-stuck", "projects"));
 
@@ -627,7 +764,10 @@ async fn rollback_runs_down_functions() {
         docs.assert_completed(t, &TENANT_ORDERS);
         assert_eq!(docs.admins(t), 1, "{t}");
     }
-    assert_eq!(summary(&migrator).await, "3/3 tenants current, 0 behind, 0 failed");
+    assert_eq!(
+        summary(&migrator).await,
+        "3/3 tenants current, 0 behind, 0 failed"
+    );
 }
 
 /// Two runs at once, each with its own backend over the same directory: every migration is
@@ -649,19 +789,30 @@ async fn two_runs_at_once_apply_each_migration_once() {
         .map(|f| format!("{}: {}", f.tenant, f.error))
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
-    assert_eq!(ra.public_applied + rb.public_applied, 1, "the public migration ran twice or not at all");
+    assert_eq!(
+        ra.public_applied + rb.public_applied,
+        1,
+        "the public migration ran twice or not at all"
+    );
     assert_eq!(
         ra.migrations_applied + rb.migrations_applied,
         4 * 2,
         "a tenant migration ran twice or not at all"
     );
-    assert_eq!(docs.control()["collections"]["features"], json!([{"name": "sso"}]));
+    assert_eq!(
+        docs.control()["collections"]["features"],
+        json!([{"name": "sso"}])
+    );
     for n in names {
         docs.assert_completed(n, &TENANT_ORDERS);
         assert_eq!(docs.admins(n), 1, "{n}: the typed insert ran twice");
     }
     assert_eq!(summary(&a).await, "4/4 tenants current, 0 behind, 0 failed");
-    assert!(docs.temporary_files().is_empty(), "{:?}", docs.temporary_files());
+    assert!(
+        docs.temporary_files().is_empty(),
+        "{:?}",
+        docs.temporary_files()
+    );
 }
 
 /// `drop_tenant` waits for the tenant's lock: it fails after the unlock deadline while
@@ -696,7 +847,10 @@ async fn tenant_drop_waits_for_the_tenant_lock() {
     let acme_name = name("acme");
     let (dropped, ()) = tokio::join!(migrator.drop_tenant(&acme_name), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(docs.doc("acme").is_some(), "dropped under another run's lock");
+        assert!(
+            docs.doc("acme").is_some(),
+            "dropped under another run's lock"
+        );
         assert!(docs.registry("acme").is_some());
         holder.release().await;
     });
@@ -704,7 +858,10 @@ async fn tenant_drop_waits_for_the_tenant_lock() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(docs.doc("acme").is_none());
     assert!(docs.registry("acme").is_none());
-    assert_eq!(summary(&migrator).await, "0/0 tenants current, 0 behind, 0 failed");
+    assert_eq!(
+        summary(&migrator).await,
+        "0/0 tenants current, 0 behind, 0 failed"
+    );
 }
 
 /// `status` counts current, behind and failed tenants, and pending public migrations, from
@@ -712,7 +869,11 @@ async fn tenant_drop_waits_for_the_tenant_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_counts() {
     let docs = Docs::new();
-    create(&docs.migrator(fleet_to(ACCOUNTS)), &["behind", "current", "w-bad"]).await;
+    create(
+        &docs.migrator(fleet_to(ACCOUNTS)),
+        &["behind", "current", "w-bad"],
+    )
+    .await;
     let full = docs.migrator(fleet_to(SEED));
     let report = full
         .migrate(&MigrateOptions::new().tenants([name("current"), name("w-bad")]))
@@ -722,9 +883,21 @@ async fn status_counts() {
     let with_later = docs.migrator(set(&["fleet", "later"], FEATURES));
     let status = with_later.status(&[]).await.unwrap();
     assert_eq!(status.summary(), "1/3 tenants current, 1 behind, 1 failed");
-    assert_eq!((status.public.applied_order, status.public.pending), (Some(PLANS), 1));
-    let by_name = |n: &str| status.tenants.iter().find(|t| t.tenant.as_str() == n).unwrap();
-    assert_eq!((by_name("behind").applied_order, by_name("behind").pending), (Some(ACCOUNTS), 2));
+    assert_eq!(
+        (status.public.applied_order, status.public.pending),
+        (Some(PLANS), 1)
+    );
+    let by_name = |n: &str| {
+        status
+            .tenants
+            .iter()
+            .find(|t| t.tenant.as_str() == n)
+            .unwrap()
+    };
+    assert_eq!(
+        (by_name("behind").applied_order, by_name("behind").pending),
+        (Some(ACCOUNTS), 2)
+    );
     assert_eq!(by_name("w-bad").failed.as_ref().unwrap().order, PROJECTS);
     assert_eq!(by_name("current").pending, 0);
     // The counts are those of the control document's registry.
@@ -764,7 +937,11 @@ async fn adopt_registers_existing_documents() {
         let entry = docs.registry(tenant).unwrap();
         assert_eq!(entry["state"], json!("active"), "{entry}");
         assert_eq!(docs.cached(tenant), (json!(ACCOUNTS), Value::Null));
-        Docs::assert_tracked(&docs.doc(tenant).unwrap(), &fleet_to(ACCOUNTS), Scope::Tenant);
+        Docs::assert_tracked(
+            &docs.doc(tenant).unwrap(),
+            &fleet_to(ACCOUNTS),
+            Scope::Tenant,
+        );
         assert_eq!(docs.status(tenant, PROJECTS), None);
     }
     assert!(docs.registry("Legacy_c").is_none());
@@ -792,7 +969,10 @@ async fn adopt_registers_existing_documents() {
     let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
     assert_eq!((report.tenants_migrated, report.migrations_applied), (1, 4));
     assert!(docs.has("unrelated", "keep") && docs.has("unrelated", "projects"));
-    assert_eq!(summary(&migrator).await, "3/3 tenants current, 0 behind, 0 failed");
+    assert_eq!(
+        summary(&migrator).await,
+        "3/3 tenants current, 0 behind, 0 failed"
+    );
 }
 
 /// `transaction = false`: the migration writes the document directly, so a failure keeps
@@ -805,20 +985,35 @@ async fn non_transactional_migration_writes_through() {
     let migrator = docs.migrator(with_tag.clone());
     create(&migrator, &["steady"]).await;
     docs.assert_completed("steady", &[LEDGER, ACCOUNTS, PROJECTS, SEED, TAG]);
-    assert_eq!(docs.collection("steady", "accounts").unwrap()[0]["tagged"], json!(true));
+    assert_eq!(
+        docs.collection("steady", "accounts").unwrap()[0]["tagged"],
+        json!(true)
+    );
 
     let error = migrator.create_tenant(&name("v-flaky")).await.unwrap_err();
-    assert!(error.to_string().contains("flaky lost its nerve"), "{error}");
+    assert!(
+        error.to_string().contains("flaky lost its nerve"),
+        "{error}"
+    );
     assert!(docs.doc("v-flaky").is_none() && docs.registry("v-flaky").is_none());
 
     create(&docs.migrator(fleet_to(SEED)), &["x-flaky"]).await;
     let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
     // What ran before the failure is on disk: there was no transaction to roll back.
-    assert_eq!(docs.collection("x-flaky", "accounts").unwrap()[0]["tagged"], json!(true));
+    assert_eq!(
+        docs.collection("x-flaky", "accounts").unwrap()[0]["tagged"],
+        json!(true)
+    );
     let row = docs.row("x-flaky", TAG).unwrap();
     assert_eq!(row["status"], json!("started"), "{row}");
-    assert!(row["error"].as_str().unwrap().contains("flaky lost its nerve"), "{row}");
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("flaky lost its nerve"),
+        "{row}"
+    );
     assert_eq!(docs.cached("x-flaky"), (json!(SEED), json!(TAG)));
 
     let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
@@ -836,7 +1031,10 @@ async fn non_transactional_migration_writes_through() {
     let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
     assert!(report.is_success(), "{:?}", report.failures);
     assert_eq!(docs.cached("x-flaky"), (json!(TAG), Value::Null));
-    assert_eq!(summary(&migrator).await, "2/2 tenants current, 0 behind, 0 failed");
+    assert_eq!(
+        summary(&migrator).await,
+        "2/2 tenants current, 0 behind, 0 failed"
+    );
 }
 
 /// The engine's `classify` says which failures are worth another try, and mtnt retries
@@ -883,9 +1081,17 @@ async fn a_dropped_connection_ends_its_lock_and_transaction() {
     assert!(first.try_lock_and_read().await.unwrap().is_some());
     assert!(second.try_lock_and_read().await.unwrap().is_none());
     first.begin(Default::default()).await.unwrap();
-    first.ctx().execute("CREATE COLLECTION half_done").await.unwrap();
+    first
+        .ctx()
+        .execute("CREATE COLLECTION half_done")
+        .await
+        .unwrap();
     drop(first);
-    let state = second.try_lock_and_read().await.unwrap().expect("the lock was leaked");
+    let state = second
+        .try_lock_and_read()
+        .await
+        .unwrap()
+        .expect("the lock was leaked");
     assert_eq!(state.applied.len(), 2);
     assert_eq!(std::fs::read(docs.file("acme")).unwrap(), before);
     second.release().await;
@@ -900,7 +1106,10 @@ async fn documents_are_replaced_whole() {
     let docs = Docs::new();
     create(&docs.migrator(fleet_to(ACCOUNTS)), &["acme"]).await;
     let (doc, control) = (docs.file("acme"), docs.path().join("mtnt_control.json"));
-    let before = [std::fs::read(&doc).unwrap(), std::fs::read(&control).unwrap()];
+    let before = [
+        std::fs::read(&doc).unwrap(),
+        std::fs::read(&control).unwrap(),
+    ];
     let mut readers = [&doc, &control].map(|p| std::fs::File::open(p).unwrap());
     let report = docs
         .migrator(fleet_to(SEED))
@@ -912,7 +1121,16 @@ async fn documents_are_replaced_whole() {
         let mut seen = Vec::new();
         reader.read_to_end(&mut seen).unwrap();
         assert_eq!(&seen, old, "{} was written in place", path.display());
-        assert_ne!(&std::fs::read(path).unwrap(), old, "{} was not written", path.display());
+        assert_ne!(
+            &std::fs::read(path).unwrap(),
+            old,
+            "{} was not written",
+            path.display()
+        );
     }
-    assert!(docs.temporary_files().is_empty(), "{:?}", docs.temporary_files());
+    assert!(
+        docs.temporary_files().is_empty(),
+        "{:?}",
+        docs.temporary_files()
+    );
 }

@@ -119,9 +119,9 @@ impl TrackingRow {
 
 /// The moment a commit writes its records, on both clocks.
 #[derive(Clone, Copy, Debug)]
-pub struct Now(DateTime<Utc>, Instant);
+pub struct Stamp(DateTime<Utc>, Instant);
 
-impl Now {
+impl Stamp {
     /// Now.
     pub fn now() -> Self {
         Self(Utc::now(), Instant::now())
@@ -135,15 +135,18 @@ impl TargetDoc {
 
     /// Inserts `row`, or replaces the row of its order; rows stay ordered.
     fn put(&mut self, row: TrackingRow) {
-        match self.migrations.binary_search_by_key(&row.order, |r| r.order) {
+        match self
+            .migrations
+            .binary_search_by_key(&row.order, |r| r.order)
+        {
             Ok(i) => self.migrations[i] = row,
             Err(i) => self.migrations.insert(i, row),
         }
     }
 
     /// Applies one bookkeeping record, written at `now`.
-    pub fn apply(&mut self, record: &Record<'_>, now: Now) -> Result<()> {
-        let Now(now, clock) = now;
+    pub fn apply(&mut self, record: &Record<'_>, now: Stamp) -> Result<()> {
+        let Stamp(now, clock) = now;
         // A `Timing` holds instants: each becomes a timestamp as far back from `now` as it
         // lies before `clock`, the same instant, so that the timestamps of the migrations
         // of one commit keep their order.
@@ -336,7 +339,8 @@ pub fn write_json(path: &Path, value: &impl Serialize, create_new: bool) -> Resu
         let file = File::create(&tmp).map_err(io_error("cannot create", &tmp))?;
         let mut out = BufWriter::new(file);
         serde_json::to_writer_pretty(&mut out, value).map_err(Error::other)?;
-        out.write_all(b"\n").map_err(io_error("cannot write", &tmp))?;
+        out.write_all(b"\n")
+            .map_err(io_error("cannot write", &tmp))?;
         let file = out
             .into_inner()
             .map_err(|e| io_error("cannot write", &tmp)(e.into_error()))?;
@@ -384,7 +388,10 @@ pub fn create_control(dir: &Path) -> Result<()> {
 /// Reads, changes and writes the control document under its write lock. The lock is
 /// waited for on this thread: every holder holds it for one read-modify-write of a small
 /// file, never across an `.await`.
-pub fn update_control<T>(dir: &Path, change: impl FnOnce(&mut ControlDoc) -> Result<T>) -> Result<T> {
+pub fn update_control<T>(
+    dir: &Path,
+    change: impl FnOnce(&mut ControlDoc) -> Result<T>,
+) -> Result<T> {
     let lock_path = dir.join(CONTROL_WRITE_LOCK);
     let lock = open_lock_file(&lock_path)?;
     lock.lock().map_err(io_error("cannot lock", &lock_path))?;

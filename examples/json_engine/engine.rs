@@ -56,9 +56,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use mtnt::{
-    Backend, BoxFuture, Capabilities, Connection, Ctx, CtxConn, CustomConnection, Engine,
-    Error, ErrorClass, LeaseStore, MigrationTimeouts, Record, RegistryRow, Result, Target,
-    TargetState, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+    Backend, BoxFuture, Capabilities, Connection, Ctx, CtxConn, CustomConnection, Engine, Error,
+    ErrorClass, LeaseStore, MigrationTimeouts, Record, RegistryRow, Result, Target, TargetState,
+    Tenancy, Tenant, TenantName, TenantRecord, TenantState,
 };
 use serde_json::Value;
 
@@ -67,11 +67,11 @@ mod documents;
 #[path = "statements.rs"]
 mod statements;
 
-pub use documents::{Collections, RegistryEntry, TargetDoc, TrackingRow, CONTROL_FILE};
 use documents::{
-    create_control, io_error, Now, open_lock_file, read_control, update_control,
-    write_json, Place,
+    create_control, io_error, open_lock_file, read_control, update_control, write_json, Place,
+    Stamp,
 };
+pub use documents::{Collections, RegistryEntry, TargetDoc, TrackingRow, CONTROL_FILE};
 pub use statements::JsonError;
 
 /// The engine's name, as [`Ctx::engine`](mtnt::Ctx::engine) reports it.
@@ -113,7 +113,10 @@ impl JsonBackend {
             return Ok(Place::public(&self.dir));
         };
         TenantName::new(tenant.storage.as_str()).map_err(|e| {
-            Error::Corrupt(format!("tenant {} has an invalid storage name: {e}", tenant.name))
+            Error::Corrupt(format!(
+                "tenant {} has an invalid storage name: {e}",
+                tenant.name
+            ))
         })?;
         Ok(Place::tenant(&self.dir, &tenant.storage))
     }
@@ -281,7 +284,12 @@ impl Backend for JsonBackend {
         update_control(&self.dir, |control| {
             let creating = TenantState::Creating.as_str();
             let name = tenant.name.as_str();
-            if !only_creating || control.tenants.get(name).is_some_and(|e| e.state == creating) {
+            if !only_creating
+                || control
+                    .tenants
+                    .get(name)
+                    .is_some_and(|e| e.state == creating)
+            {
                 control.tenants.remove(name);
             }
             Ok(())
@@ -396,7 +404,10 @@ impl Connection for JsonConnection<'_> {
 
     async fn read(&mut self) -> Result<TargetState> {
         if let Target::Tenant(tenant) = self.target {
-            if !read_control(&self.backend.dir)?.tenants.contains_key(tenant.name.as_str()) {
+            if !read_control(&self.backend.dir)?
+                .tenants
+                .contains_key(tenant.name.as_str())
+            {
                 return Ok(TargetState::default());
             }
         }
@@ -451,9 +462,11 @@ impl Connection for JsonConnection<'_> {
 
     async fn write(&mut self, records: &[Record<'_>]) -> Result<()> {
         let Mode::Transaction(doc) = &mut self.session.mode else {
-            return Err(Error::Invalid("records written outside a transaction".to_owned()));
+            return Err(Error::Invalid(
+                "records written outside a transaction".to_owned(),
+            ));
         };
-        let now = Now::now();
+        let now = Stamp::now();
         records.iter().try_for_each(|r| doc.apply(r, now))
     }
 
@@ -467,7 +480,7 @@ impl Connection for JsonConnection<'_> {
             Mode::Transaction(doc) => doc,
             _ => self.load()?,
         };
-        let now = Now::now();
+        let now = Stamp::now();
         records.iter().try_for_each(|r| doc.apply(r, now))?;
         self.session.place.store(&doc)?;
         if then.is_some() {

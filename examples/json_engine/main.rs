@@ -98,7 +98,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let first = migrator(&dir, "json_engine::v1")?;
     for name in ["acme", "globex", "initech"] {
         let tenant = first.create_tenant(&TenantName::new(name)?).await?;
-        println!("created tenant {} (document {}.json)", tenant.name, tenant.storage);
+        println!(
+            "created tenant {} (document {}.json)",
+            tenant.name, tenant.storage
+        );
     }
 
     let both = migrator(&dir, "json_engine")?;

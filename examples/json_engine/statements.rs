@@ -55,13 +55,24 @@ pub enum Statement {
     /// `DROP COLLECTION [IF EXISTS] name`
     DropCollection { name: String, if_exists: bool },
     /// `INSERT INTO name {json object}`
-    Insert { collection: String, document: Map<String, Value> },
+    Insert {
+        collection: String,
+        document: Map<String, Value>,
+    },
     /// `ADD FIELD collection.field DEFAULT json`
-    AddField { collection: String, field: String, default: Value },
+    AddField {
+        collection: String,
+        field: String,
+        default: Value,
+    },
     /// `REMOVE FIELD collection.field`
     RemoveField { collection: String, field: String },
     /// `DELETE FROM collection WHERE field = json`
-    Delete { collection: String, field: String, value: Value },
+    Delete {
+        collection: String,
+        field: String,
+        value: Value,
+    },
     /// `FAIL [TRANSIENT] "reason"`
     Fail { reason: String, transient: bool },
 }
@@ -199,7 +210,9 @@ fn parse_one(s: &str) -> Result<Statement, String> {
         let (collection, tail) = name(rest)?;
         let tail = keywords(tail, &["WHERE"]).ok_or("expected WHERE field = json")?;
         let (field, tail) = name(tail)?;
-        let tail = tail.strip_prefix('=').ok_or("expected WHERE field = json")?;
+        let tail = tail
+            .strip_prefix('=')
+            .ok_or("expected WHERE field = json")?;
         return Ok(Statement::Delete {
             collection,
             field,
@@ -302,7 +315,10 @@ mod tests {
                     -- a comment\n\nADD FIELD accounts.name DEFAULT \"n\"";
         let parsed = parse(text).unwrap();
         assert_eq!(parsed.len(), 3, "{parsed:?}");
-        assert!(matches!(parse("CREATE COLLECTION 1x"), Err(JsonError::Syntax { .. })));
+        assert!(matches!(
+            parse("CREATE COLLECTION 1x"),
+            Err(JsonError::Syntax { .. })
+        ));
         assert!(matches!(parse("SELECT 1"), Err(JsonError::Syntax { .. })));
     }
 }
