@@ -975,6 +975,37 @@ async fn adopt_registers_existing_documents() {
     );
 }
 
+/// `adopt` registers a document only once it holds the tenant's lock: registered without
+/// it, the tenant would be open to a fleet run before its baseline is recorded, and that
+/// run would apply the baseline's migrations to a document that reflects them already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopt_registers_under_the_tenant_lock() {
+    let docs = Docs::new();
+    let legacy = br#"{"collections": {"ledger": [], "accounts": []}}"#;
+    std::fs::write(docs.file("legacy-d"), legacy).unwrap();
+    let migrator = docs.migrator(fleet_to(SEED));
+    migrator.migrate(&MigrateOptions::new()).await.unwrap();
+
+    let other = JsonBackend::open(docs.path()).unwrap();
+    let tenant = Tenant::new(name("legacy-d"));
+    let mut holder = other.connect(Target::Tenant(&tenant)).await.unwrap();
+    assert!(holder.try_lock().await.unwrap());
+    let (adopted, ()) = tokio::join!(migrator.adopt("legacy-d", Some(ACCOUNTS)), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            docs.registry("legacy-d").is_none(),
+            "registered while another run held the tenant, before its baseline was recorded"
+        );
+        holder.release().await;
+    });
+    assert_eq!(adopted.unwrap().0.len(), 1);
+    assert_eq!(docs.cached("legacy-d"), (json!(ACCOUNTS), Value::Null));
+    docs.assert_completed("legacy-d", &[LEDGER, ACCOUNTS]);
+    let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
+    assert!(report.is_success(), "{:?}", report.failures);
+    assert_eq!(report.migrations_applied, 2);
+}
+
 /// `transaction = false`: the migration writes the document directly, so a failure keeps
 /// what it did and leaves its row `started` until it is marked; in `create_tenant` the
 /// compensation still removes everything.
