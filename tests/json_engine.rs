@@ -1128,6 +1128,40 @@ async fn a_dropped_connection_ends_its_lock_and_transaction() {
     second.release().await;
 }
 
+/// The public target shares the control document with the registry: a public commit
+/// keeps what registry writes changed while its transaction was open, and its changes are
+/// invisible until it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_commits_keep_registry_writes() {
+    let docs = Docs::new();
+    let backend = JsonBackend::open(docs.path()).unwrap();
+    backend.prepare().await.unwrap();
+    let mut public = backend.connect(Target::Public).await.unwrap();
+    assert!(public.try_lock().await.unwrap());
+    public.begin(Default::default()).await.unwrap();
+    public
+        .ctx()
+        .execute(r#"CREATE COLLECTION plans; INSERT INTO plans {"name": "free"}"#)
+        .await
+        .unwrap();
+    let acme = Tenant::new(name("acme"));
+    backend
+        .register(&acme, mtnt::TenantState::Active, None)
+        .await
+        .unwrap();
+    assert!(docs.control()["collections"].get("plans").is_none());
+    public.commit(&[], None).await.unwrap();
+    public.release().await;
+    let control = docs.control();
+    assert_eq!(control["collections"]["plans"], json!([{"name": "free"}]));
+    assert_eq!(control["tenants"]["acme"]["state"], json!("active"));
+    let error = backend
+        .register(&acme, mtnt::TenantState::Active, None)
+        .await
+        .unwrap_err();
+    assert_eq!(backend.classify(&error), ErrorClass::UniqueViolation);
+}
+
 /// Each write replaces the document whole (a new file renamed over the old), so that a
 /// reader or a crash never meets half of one: a reader that opened the document before a
 /// run still reads the whole document as it was.

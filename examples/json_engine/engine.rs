@@ -223,12 +223,14 @@ impl Backend for JsonBackend {
 
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
         let control = read_control(&self.dir)?;
-        control
-            .tenants
+        let mut records = names
             .iter()
-            .filter(|(name, _)| names.iter().any(|n| n.as_str() == name.as_str()))
+            .filter_map(|n| control.tenants.get_key_value(n.as_str()))
             .map(|(name, entry)| record_of(name, entry))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        records.sort_by(|a, b| a.tenant.name.cmp(&b.tenant.name));
+        records.dedup_by(|a, b| a.tenant.name == b.tenant.name);
+        Ok(records)
     }
 
     async fn fingerprints(&self, _names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
