@@ -89,6 +89,8 @@ scenarios!(
     adopt_registers_existing_storage,
     cli_status_and_json,
     bad_tenant_names_are_rejected_before_any_sql,
+    every_command_waits_for_the_tenant_lock,
+    per_migration_transactions_are_honoured,
 );
 
 fn name(s: &str) -> TenantName {
@@ -1560,4 +1562,102 @@ async fn bad_tenant_names_are_rejected_before_any_sql(m: &Model) {
         .stdout(predicate::str::contains(
             "1/1 tenants current, 0 behind, 0 failed",
         ));
+}
+
+/// Every command that changes a tenant takes its lock first, on every model (they used
+/// to differ: `tenant drop` took it on PostgreSQL only, and raced a fleet run elsewhere).
+/// While another run holds the tenant, drop, rollback, repair and mark wait at most the
+/// unlock deadline and change nothing; once it is free, they proceed.
+async fn every_command_waits_for_the_tenant_lock(m: &Model) {
+    let (_, [held, free]) = created(m, ["held", "free"]).await;
+    let safety = mtnt::SafetySettings::new().unlock_deadline(std::time::Duration::from_millis(300));
+    let migrator = m
+        .builder(fleet_to(BACKFILL))
+        .await
+        .safety(safety)
+        .build()
+        .unwrap();
+    let record = migrator
+        .backend()
+        .tenant_records(&[name(&held)])
+        .await
+        .unwrap()
+        .pop()
+        .expect("registered");
+    // Another run: a connection of its own holding the tenant's lock.
+    let backend = m.backend().await;
+    let mut other = backend
+        .connect(mtnt::Target::Tenant(&record.tenant))
+        .await
+        .unwrap();
+    assert!(other.try_lock().await.unwrap(), "the lock is free at first");
+
+    let busy = |e: Error| assert!(matches!(e, Error::Busy { .. }), "{e}");
+    busy(migrator.drop_tenant(&name(&held)).await.unwrap_err());
+    busy(
+        migrator
+            .rollback(&name(&held), RollbackTarget::Steps(1))
+            .await
+            .unwrap_err(),
+    );
+    busy(migrator.repair_checksums(&[name(&held)]).await.unwrap_err());
+    busy(
+        migrator
+            .mark(Some(&name(&held)), BACKFILL, MigrationStatus::Pending)
+            .await
+            .unwrap_err(),
+    );
+    // Nothing changed.
+    assert!(m.storage_exists(&held).await);
+    assert!(registry(&migrator, &held).await.is_some());
+    assert_completed(m, &held, &[BACKFILL]).await;
+
+    // The tenant next to it is not held: it is dropped at once.
+    migrator.drop_tenant(&name(&free)).await.unwrap();
+    assert!(!m.storage_exists(&free).await);
+
+    other.release().await;
+    migrator.drop_tenant(&name(&held)).await.unwrap();
+    assert!(!m.storage_exists(&held).await);
+    assert!(registry(&migrator, &held).await.is_none());
+}
+
+/// The run's policy is the migrator's, the same on every model (`connect` used to drop
+/// it for MySQL): with one transaction per migration, a failure keeps the migrations
+/// before it; with one per tenant (the default), it takes them with it where the engine's
+/// DDL is transactional. MySQL commits DDL at once, so it keeps them either way.
+async fn per_migration_transactions_are_honoured(m: &Model) {
+    let per_migration = m.tenant("pm-bad");
+    let per_tenant = m.tenant("pt-bad");
+    let v1 = m.migrator(fleet_to(LEDGER)).await;
+    create_tenants(&v1, &[&per_migration, &per_tenant]).await;
+    let mut kept = Vec::new();
+    for (tenant, transactions) in [
+        (&per_migration, mtnt::Transactions::PerMigration),
+        (&per_tenant, mtnt::Transactions::PerTenant),
+    ] {
+        let migrator = m
+            .builder(fleet_to(BACKFILL))
+            .await
+            .transactions(transactions)
+            .build()
+            .unwrap();
+        let report = migrator
+            .migrate(&MigrateOptions::new().tenants([name(tenant)]))
+            .await
+            .unwrap();
+        assert_eq!(report.failures.len(), 1, "{report:?}");
+        kept.push(m.status(Place::Tenant(tenant), ACCOUNTS).await);
+    }
+    match m.kind().engine() {
+        Engine::MySql => assert_eq!(
+            kept,
+            [Some("completed".to_owned()), Some("completed".to_owned())]
+        ),
+        _ => assert_eq!(
+            kept,
+            [Some("completed".to_owned()), None],
+            "per migration, per tenant"
+        ),
+    }
 }

@@ -6,7 +6,6 @@
 //! MySQL by `tests/behaviour.rs`. Each test has its own control database and
 //! tenant prefix, removed when it ends.
 #![cfg(feature = "mysql")]
-
 // Migration orders are written YYYY_MM_DD_NNNN, like in the attributes.
 #![allow(clippy::inconsistent_digit_grouping)]
 

@@ -6,7 +6,6 @@
 //! database and a tenant prefix unique to the test, whose tenant databases are dropped when
 //! it ends, even when it fails.
 #![cfg(feature = "postgres")]
-
 // Migration orders are written YYYY_MM_DD_NNNN, like in the attributes.
 #![allow(clippy::inconsistent_digit_grouping)]
 

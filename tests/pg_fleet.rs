@@ -4,7 +4,6 @@
 //! change that makes it not up to date is still seen, the fleet never takes more
 //! connections than the pool has, and `adopt` reports each tenant to its progress.
 #![cfg(feature = "postgres")]
-
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

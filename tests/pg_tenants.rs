@@ -2,7 +2,6 @@
 //! duplicate, hostile and squatted names, non-transactional migrations) and `adopt` are
 //! proven on every engine by `tests/behaviour.rs`.
 #![cfg(feature = "postgres")]
-
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

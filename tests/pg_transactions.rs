@@ -4,7 +4,6 @@
 //! transaction. SQLite's grouping is tested in `tests/sqlite.rs`; MySQL's DDL commits
 //! by itself, so it never groups migrations. Every test works in its own database.
 #![cfg(feature = "postgres")]
-
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

@@ -5,7 +5,6 @@
 //! (fleet, failures, rollback, create, checksums, adopt, CLI) is proven on SQLite by
 //! `tests/behaviour.rs`.
 #![cfg(feature = "sqlite")]
-
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

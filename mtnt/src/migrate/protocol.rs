@@ -14,12 +14,13 @@
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt;
 
 use super::plan::{plan_down, plan_up};
-use super::{Timeouts, Transactions};
+use super::{Progress, Timeouts, Transactions};
 use crate::backend::{
     Backend, Capabilities, Connection, Direction, ErrorClass, MigrationTimeouts, Record,
     RegistryRow, Target, TargetState, Timing,
@@ -42,6 +43,28 @@ pub(crate) enum Claim<T> {
     Gone,
 }
 
+/// What a fleet run does to each tenant.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum FleetOp<'a> {
+    /// Applies pending migrations up to `to`.
+    Migrate {
+        /// The newest order to apply.
+        to: Option<i64>,
+    },
+    /// Reverts migrations.
+    Rollback {
+        /// How far.
+        how_far: RollbackTarget,
+    },
+    /// Runs a statement (or script) that is not a migration.
+    Exec {
+        /// The statements.
+        sql: &'a str,
+        /// Whether they run in a transaction.
+        transaction: bool,
+    },
+}
+
 /// One run's view of the engine: the backend, its capabilities, the migrations, and the
 /// run's policy.
 #[derive(Clone, Copy)]
@@ -51,6 +74,8 @@ pub(crate) struct Protocol<'a> {
     pub(crate) set: &'a MigrationSet,
     pub(crate) timeouts: Timeouts,
     pub(crate) transactions: Transactions,
+    /// Hears about retries.
+    pub(crate) progress: &'a dyn Progress,
 }
 
 /// Runs an up or down function, turning a panic into [`Error::Panicked`] so that one
@@ -150,10 +175,17 @@ pub(crate) struct Pending {
 
 impl<'a> Protocol<'a> {
     /// The timeouts `migration` runs with: its attribute's, else the run's.
+    ///
+    /// The run's lock timeout applies to transactional migrations only. A migration
+    /// outside a transaction is typically `CREATE INDEX CONCURRENTLY`, whose waits for
+    /// older snapshots count as lock waits: cut short, it leaves an invalid index behind
+    /// (and a retry's `IF NOT EXISTS` would skip it). It waits as long as it must, unless
+    /// its own attribute sets `lock_timeout`.
     pub(crate) fn timeouts_of(&self, migration: &Migration) -> MigrationTimeouts {
         let none_if_zero = |d: Option<std::time::Duration>| d.filter(|d| !d.is_zero());
+        let run_lock = self.timeouts.lock.filter(|_| migration.is_transactional());
         MigrationTimeouts {
-            lock: none_if_zero(migration.lock_timeout().or(self.timeouts.lock)),
+            lock: none_if_zero(migration.lock_timeout().or(run_lock)),
             statement: none_if_zero(migration.statement_timeout().or(self.timeouts.statement)),
         }
     }
@@ -164,11 +196,14 @@ impl<'a> Protocol<'a> {
 
     /// Brings one target up to `to`, unless another run holds it. `record` is the
     /// tenant's registry row as this run read it (`None` for the public target).
+    /// `committed` counts the migrations this call committed, also when it fails after
+    /// some (so that retries add up).
     pub(crate) async fn migrate_target(
         &self,
         target: Target<'_>,
         record: Option<&TenantRecord>,
         to: Option<i64>,
+        committed: &AtomicUsize,
     ) -> Result<Claim<usize>> {
         let scope = scope_of(target);
         let mut conn = self.backend.connect(target).await?;
@@ -186,10 +221,87 @@ impl<'a> Protocol<'a> {
             return Ok(Claim::Busy);
         };
         let outcome = self
-            .migrate_locked(&mut *conn, target, record, &state, to)
+            .migrate_locked(&mut *conn, target, record, &state, to, committed)
             .await;
         conn.release().await;
         outcome
+    }
+
+    /// Does `op` to one target, unless another run holds it; `committed` counts the
+    /// migrations applied or reverted (the tenants a statement ran in, for `Exec`).
+    pub(crate) async fn run_op(
+        &self,
+        target: Target<'_>,
+        record: Option<&TenantRecord>,
+        op: FleetOp<'_>,
+        committed: &AtomicUsize,
+    ) -> Result<Claim<usize>> {
+        let (how_far, sql, transaction) = match op {
+            FleetOp::Migrate { to } => {
+                return self.migrate_target(target, record, to, committed).await
+            }
+            FleetOp::Rollback { how_far } => (Some(how_far), "", false),
+            FleetOp::Exec { sql, transaction } => (None, sql, transaction),
+        };
+        let mut conn = self.backend.connect(target).await?;
+        let Some(state) = conn.try_lock_and_read().await? else {
+            conn.release().await;
+            return Ok(Claim::Busy);
+        };
+        if !state.registered {
+            conn.release().await;
+            return Ok(Claim::Gone);
+        }
+        let outcome = match how_far {
+            Some(how_far) => self
+                .rollback_locked(&mut *conn, target, record, how_far)
+                .await
+                .map(|reverted| reverted.len()),
+            None => self
+                .exec_locked(&mut *conn, sql, transaction)
+                .await
+                .map(|()| 1),
+        };
+        conn.release().await;
+        let n = outcome?;
+        committed.fetch_add(n, Ordering::Relaxed);
+        Ok(Claim::Done(n))
+    }
+
+    /// Runs `sql` on a locked target, in a transaction or not; nothing is recorded.
+    async fn exec_locked(
+        &self,
+        conn: &mut dyn Connection,
+        sql: &str,
+        transaction: bool,
+    ) -> Result<()> {
+        let timeouts = MigrationTimeouts {
+            lock: self.timeouts.lock.filter(|d| !d.is_zero()),
+            statement: self.timeouts.statement.filter(|d| !d.is_zero()),
+        };
+        let result = if transaction {
+            match conn.begin(timeouts).await {
+                Ok(()) => match conn.ctx().execute(sql).await {
+                    Ok(()) => conn.commit(&[], None).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        } else {
+            match conn.enter_autocommit(timeouts).await {
+                Ok(()) => {
+                    let result = conn.ctx().execute(sql).await;
+                    let left = conn.leave_autocommit().await;
+                    result.and(left)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(error) = result {
+            self.abandon(conn, &error).await;
+            return Err(error);
+        }
+        Ok(())
     }
 
     async fn migrate_locked(
@@ -199,15 +311,20 @@ impl<'a> Protocol<'a> {
         record: Option<&TenantRecord>,
         state: &TargetState,
         to: Option<i64>,
+        committed: &AtomicUsize,
     ) -> Result<Claim<usize>> {
         if !state.registered {
             return Ok(Claim::Gone);
         }
         self.heal_registry(target, record, state).await;
         let steps = plan_up(target, &state.applied, self.set, scope_of(target), to)?;
-        self.apply(conn, target, Completed::of(state), &steps, Direction::Up)
-            .await
-            .map_err(|(i, e)| wrap(target, steps[i], Direction::Up, e))?;
+        let before = Completed::of(state);
+        let mut completed = Completed::of(state);
+        let outcome = self
+            .apply(conn, target, &mut completed, &steps, Direction::Up)
+            .await;
+        committed.fetch_add(completed.0.difference(&before.0).count(), Ordering::Relaxed);
+        outcome.map_err(|(i, e)| wrap(target, steps[i], Direction::Up, e))?;
         Ok(Claim::Done(steps.len()))
     }
 
@@ -223,9 +340,15 @@ impl<'a> Protocol<'a> {
         let state = self.read_registered(conn, target).await?;
         self.heal_registry(target, record, &state).await;
         let steps = plan_down(target, &state.applied, self.set, scope_of(target), how_far)?;
-        self.apply(conn, target, Completed::of(&state), &steps, Direction::Down)
-            .await
-            .map_err(|(i, e)| wrap(target, steps[i], Direction::Down, e))?;
+        self.apply(
+            conn,
+            target,
+            &mut Completed::of(&state),
+            &steps,
+            Direction::Down,
+        )
+        .await
+        .map_err(|(i, e)| wrap(target, steps[i], Direction::Down, e))?;
         Ok(steps)
     }
 
@@ -284,7 +407,19 @@ impl<'a> Protocol<'a> {
         migration: &'static Migration,
         status: MigrationStatus,
     ) -> Result<()> {
+        if migration.scope() != scope_of(target) {
+            return Err(Error::Invalid(format!(
+                "migration {migration} is a {} migration; it cannot be marked in {target}",
+                migration.scope()
+            )));
+        }
         let state = self.read_registered(conn, target).await?;
+        let row = state.applied.iter().find(|r| r.order == migration.order());
+        if status == MigrationStatus::Completed && row.is_none() {
+            return Err(Error::Invalid(format!(
+                "migration {migration} never ran in {target}; marking it completed would skip it for good, so nothing was changed"
+            )));
+        }
         let mut records = vec![Record::Marked { migration, status }];
         if self.registry_in_transaction(target) {
             records.push(Record::Registry {
@@ -329,7 +464,7 @@ impl<'a> Protocol<'a> {
         &self,
         conn: &mut dyn Connection,
         target: Target<'_>,
-        mut completed: Completed,
+        completed: &mut Completed,
         steps: &[&'static Migration],
         direction: Direction,
     ) -> std::result::Result<(), (usize, Error)> {
@@ -346,19 +481,48 @@ impl<'a> Protocol<'a> {
                     _ => 1,
                 };
                 let batch = &steps[i..i + together];
-                self.run_transaction(conn, target, i, batch, direction, &mut pending, &mut completed, Parts::plain())
-                    .await?;
+                self.run_transaction(
+                    conn,
+                    target,
+                    i,
+                    batch,
+                    direction,
+                    &mut pending,
+                    completed,
+                    Parts::plain(),
+                )
+                .await?;
                 i += together;
             } else {
-                self.run_chained(conn, target, i, migration, direction, &mut pending, &mut completed)
-                    .await?;
+                self.run_chained(
+                    conn,
+                    target,
+                    i,
+                    migration,
+                    direction,
+                    &mut pending,
+                    completed,
+                )
+                .await?;
                 i += 1;
             }
         }
         if let Some(last) = pending.take() {
             let records = self.finished_records(target, &last, direction);
             if let Err(error) = conn.commit(&records, None).await {
-                return Err((last.index, self.fail(conn, target, last.migration, direction, error, last.timing, &completed).await));
+                return Err((
+                    last.index,
+                    self.fail(
+                        conn,
+                        target,
+                        last.migration,
+                        direction,
+                        error,
+                        last.timing,
+                        &completed,
+                    )
+                    .await,
+                ));
             }
             completed.note(last.migration, direction);
             self.after_commit(target, &completed).await;
@@ -410,7 +574,10 @@ impl<'a> Protocol<'a> {
         let functions = batch
             .iter()
             .enumerate()
-            .map(|(k, m)| m.function(direction, target).map_err(|e| (first_index + k, e)))
+            .map(|(k, m)| {
+                m.function(direction, target)
+                    .map_err(|e| (first_index + k, e))
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut timeouts = self.timeouts_of(batch[0]);
         // A chained migration's `completed` record commits with the opening of this
@@ -426,7 +593,15 @@ impl<'a> Protocol<'a> {
                     }
                     Err(error) => {
                         let error = self
-                            .fail(conn, target, done.migration, direction, error, done.timing, completed)
+                            .fail(
+                                conn,
+                                target,
+                                done.migration,
+                                direction,
+                                error,
+                                done.timing,
+                                completed,
+                            )
                             .await;
                         return Err((done.index, error));
                     }
@@ -550,7 +725,15 @@ impl<'a> Protocol<'a> {
                 // The commit was the previous migration's `completed`.
                 Some(done) => {
                     let error = self
-                        .fail(conn, target, done.migration, direction, error, done.timing, completed)
+                        .fail(
+                            conn,
+                            target,
+                            done.migration,
+                            direction,
+                            error,
+                            done.timing,
+                            completed,
+                        )
                         .await;
                     (done.index, error)
                 }
