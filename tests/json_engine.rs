@@ -427,8 +427,9 @@ async fn migrate_fleet() {
     );
     assert_eq!(status.latest_tenant_order, Some(SEED));
 
-    // The registry is a cache of the tenant documents: a stale entry shows in status, and
-    // the next run that reads the tenant sets it right.
+    // The registry is a cache of the tenant documents: status, with no fingerprints to
+    // trust it by, reads the document instead of a stale entry, and the next run that
+    // reads the tenant sets the entry right.
     let path = docs.path().join("mtnt_control.json");
     let mut control = docs.control();
     control["tenants"]["f02"]["applied_order"] = Value::Null;
@@ -437,7 +438,7 @@ async fn migrate_fleet() {
     std::fs::write(&path, serde_json::to_vec_pretty(&control).unwrap()).unwrap();
     assert_eq!(
         summary(&full).await,
-        "5/6 tenants current, 0 behind, 1 failed"
+        "6/6 tenants current, 0 behind, 0 failed"
     );
     let healed = full.migrate(&MigrateOptions::new()).await.unwrap();
     assert_eq!((healed.tenants_current, healed.migrations_applied), (6, 0));
@@ -1089,13 +1090,107 @@ async fn transient_failures_are_retried() {
         .safety(SafetySettings::new().retry_backoff(Duration::from_millis(10)))
         .build()
         .unwrap();
-    let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
+    let heard = Heard::default();
+    let report = migrator
+        .migrate_with_progress(&MigrateOptions::new(), &heard)
+        .await
+        .unwrap();
     assert!(report.is_success(), "{:?}", report.failures);
     assert_eq!(report.migrations_applied, 1);
+    let retries = heard.retries.lock().unwrap().clone();
+    assert_eq!(retries.len(), 1, "{retries:?}");
+    assert_contains(&retries[0], &["tenant u-cold", "still cold"]);
     assert_eq!(docs.status("u-cold", WARM).as_deref(), Some("completed"));
     assert_eq!(docs.row("u-cold", WARM).unwrap()["error"], Value::Null);
     assert_eq!(docs.collection("u-cold", "cache"), Some(vec![]));
     assert_eq!(docs.cached("u-cold"), (json!(WARM), Value::Null));
+}
+
+/// What a run reports as it goes: the retries it makes.
+#[derive(Default)]
+struct Heard {
+    retries: std::sync::Mutex<Vec<String>>,
+}
+
+impl mtnt::Progress for Heard {
+    fn retrying(&self, target: &str, _: u32, _: u32, error: &Error, _: Duration) {
+        self.retries
+            .lock()
+            .unwrap()
+            .push(format!("{target}: {error}"));
+    }
+}
+
+/// The fleet commands beyond `migrate` run on the engine too: `exec` runs a statement in
+/// every tenant's transaction without recording it, and `rollback_fleet` reverts in every
+/// tenant, refusing before any change when an irreversible migration is in the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_exec_and_rollback() {
+    let docs = Docs::new();
+    let migrator = docs.migrator(fleet_to(SEED));
+    create(&migrator, &["acme", "globex"]).await;
+    let quiet = Heard::default();
+    let all = MigrateOptions::new();
+
+    let ran = migrator
+        .exec(
+            r#"ADD FIELD accounts.plan DEFAULT "free""#,
+            true,
+            &all,
+            &quiet,
+        )
+        .await
+        .unwrap();
+    assert!(ran.is_success(), "{:?}", ran.failures);
+    assert_eq!(ran.migrations_applied, 2);
+    for t in ["acme", "globex"] {
+        assert_eq!(
+            docs.collection(t, "accounts").unwrap()[0]["plan"],
+            json!("free")
+        );
+        assert_eq!(
+            docs.doc(t).unwrap()["migrations"].as_array().unwrap().len(),
+            4
+        );
+    }
+    // A statement that fails in its transaction changes nothing there.
+    let before = std::fs::read(docs.file("acme")).unwrap();
+    let failed = migrator
+        .exec(
+            "CREATE COLLECTION extra; DROP COLLECTION nothing",
+            true,
+            &all,
+            &quiet,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.failures.len(), 2, "{:?}", failed.failures);
+    assert_eq!(std::fs::read(docs.file("acme")).unwrap(), before);
+
+    let before = [docs.file("acme"), docs.file("globex")].map(|f| std::fs::read(f).unwrap());
+    let error = migrator
+        .rollback_fleet(RollbackTarget::All, &all, &quiet)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Irreversible { .. }), "{error:?}");
+    let after = [docs.file("acme"), docs.file("globex")].map(|f| std::fs::read(f).unwrap());
+    assert_eq!(after, before, "a tenant changed before the refusal");
+
+    let reverted = migrator
+        .rollback_fleet(RollbackTarget::Steps(1), &all, &quiet)
+        .await
+        .unwrap();
+    assert!(reverted.is_success(), "{:?}", reverted.failures);
+    assert_eq!(reverted.migrations_applied, 2);
+    for t in ["acme", "globex"] {
+        assert_eq!(docs.admins(t), 0, "{t}");
+        assert_eq!(docs.status(t, SEED).as_deref(), Some("pending"));
+        assert_eq!(docs.cached(t), (json!(PROJECTS), Value::Null));
+    }
+    assert_eq!(
+        summary(&migrator).await,
+        "0/2 tenants current, 2 behind, 0 failed"
+    );
 }
 
 /// A connection dropped without `release` (a cancelled run) ends its lock and its open
