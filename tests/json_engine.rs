@@ -137,6 +137,10 @@ mod migrations {
         async fn tag_accounts(ctx: &mut Ctx<'_>) -> Result<()> {
             ctx.execute("ADD FIELD accounts.tagged DEFAULT true")
                 .await?;
+            // Typed changes outside a transaction are written when the migration returns.
+            for account in ctx.custom::<JsonSession>()?.collection("accounts")? {
+                account["tagged_by"] = serde_json::json!("typed");
+            }
             if fails(ctx, "-flaky") {
                 ctx.execute(r#"FAIL "flaky lost its nerve""#).await?;
             }
@@ -1020,6 +1024,10 @@ async fn non_transactional_migration_writes_through() {
     assert_eq!(
         docs.collection("steady", "accounts").unwrap()[0]["tagged"],
         json!(true)
+    );
+    assert_eq!(
+        docs.collection("steady", "accounts").unwrap()[0]["tagged_by"],
+        json!("typed")
     );
 
     let error = migrator.create_tenant(&name("v-flaky")).await.unwrap_err();
