@@ -36,6 +36,7 @@ mod backend;
 mod cli;
 mod ctx;
 mod error;
+mod macro_support;
 mod migrate;
 mod migration;
 mod tenant;
@@ -67,26 +68,17 @@ pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, Tenant
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };
+pub use mtnt_syntax::{DurationError, Order, OrderError};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
 pub use url_redact::redact_url;
 
-/// Registers an async function as a migration.
-///
-/// ```no_run
-/// #[mtnt::migration(scope = "tenant", order = 2024_01_01_0002, down = drop_accounts)]
-/// async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-///     ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY)").await
-/// }
-/// async fn drop_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-///     ctx.execute("DROP TABLE accounts").await
-/// }
-/// # fn main() {}
-/// ```
-///
-/// Keys: `scope` (`"public"` or `"tenant"`, required), `order` (a `YYYY_MM_DD_NNNN`
-/// integer, required), `name = "..."`, `down = path`, `transaction = false`,
-/// `idempotent = true`, `enabled = false`.
+// Documented once, in mtnt-macros/src/migration.md, which rustdoc shows here as it is.
 pub use mtnt_macros::migration;
+
+/// Runs the examples of the attribute's documentation, which live in the macro crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../mtnt-macros/src/migration.md")]
+struct MigrationAttributeDocs;
 
 /// Runs the mtnt command line (migrate, rollback, status, tenant, list, repair) and
 /// exits the process with its exit code (feature `cli`).
@@ -114,6 +106,7 @@ macro_rules! run {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::ctx::Ctx;
+    pub use crate::macro_support::{call_down, DownFn};
     pub use crate::migration::{BoxFuture, Location, Migration, MigrationFn, Scope};
     pub use crate::Result;
 

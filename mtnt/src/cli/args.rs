@@ -265,13 +265,7 @@ pub(crate) enum MarkArg {
     Pending,
 }
 
-/// Parses `2024_01_01_0001` or `202401010001`.
-pub(crate) fn parse_order(s: &str) -> Result<i64, String> {
-    let digits: String = s.chars().filter(|c| *c != '_').collect();
-    if digits.len() != 12 || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!(
-            "{s:?} is not an order; write it as YYYY_MM_DD_NNNN, e.g. 2024_01_01_0001"
-        ));
-    }
-    digits.parse().map_err(|e| format!("{s:?}: {e}"))
+/// Parses `2024_01_01_0001` or `202401010001`; the date must exist, as in the attribute.
+pub(crate) fn parse_order(s: &str) -> Result<i64, mtnt_syntax::OrderError> {
+    s.parse::<mtnt_syntax::Order>().map(mtnt_syntax::Order::get)
 }
