@@ -52,7 +52,7 @@ pub use migrate::{
 pub use migrate::{parse_duration, SafetySettings, Shard};
 pub use migration::{AppliedMigration, Location, Migration, MigrationSet, MigrationStatus, Scope};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
-pub use url_redact::redact_url;
+pub use url_redact::{redact_url, Redactor};
 
 /// Registers an async function as a migration.
 ///
