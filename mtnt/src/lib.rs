@@ -42,6 +42,7 @@ pub use backend::{
     PostgresBackend, Session, SqliteBackend, Target, Tenancy,
 };
 pub use backend::{Heartbeat, RunControl, RunIdentity, RunLease, Timeouts, Transactions};
+pub use cli::cli_fix;
 pub use ctx::{Ctx, CtxConn};
 pub use error::{Error, Result};
 pub use migrate::{
@@ -53,6 +54,10 @@ pub use migrate::{parse_duration, SafetySettings, Shard};
 pub use migration::{AppliedMigration, Location, Migration, MigrationSet, MigrationStatus, Scope};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
 pub use url_redact::{redact_url, Redactor};
+
+/// The most tenants one run migrates at once ([`MigratorBuilder::concurrency`],
+/// `--concurrency`): each holds a connection of its own.
+pub const MAX_CONCURRENCY: usize = 1024;
 
 /// Registers an async function as a migration.
 ///
@@ -73,10 +78,15 @@ pub use url_redact::{redact_url, Redactor};
 pub use mtnt_macros::migration;
 
 /// Runs the mtnt command line (migrate, rollback, status, tenant, list, repair) and
-/// exits the process with its exit code.
+/// exits the process with its exit code. `--version` and the help name the calling crate
+/// (its `CARGO_PKG_NAME`, `CARGO_PKG_VERSION` and `CARGO_PKG_DESCRIPTION`), not mtnt.
 ///
 /// Name the crates that hold migrations, so that the linker keeps them:
 /// `mtnt::run!(my_migrations)`.
+///
+/// Errors are printed with a `fix:` line ([`cli_fix`]). An app that drives the library
+/// from its own `fn main() -> mtnt::Result<()>` gets the message and its causes (the
+/// `Debug` form of [`Error`]).
 ///
 /// ```no_run
 /// fn main() {
@@ -90,7 +100,11 @@ macro_rules! run {
             #[allow(unused_imports)]
             use $krate as _;
         )*
-        ::std::process::exit($crate::__private::run_cli())
+        ::std::process::exit($crate::__private::run_cli_as(
+            ::std::env!("CARGO_PKG_NAME"),
+            ::std::env!("CARGO_PKG_VERSION"),
+            ::std::env!("CARGO_PKG_DESCRIPTION"),
+        ))
     }};
 }
 
@@ -151,6 +165,6 @@ pub mod __private {
         }
     }
 
-    pub use crate::cli::run_cli;
+    pub use crate::cli::{run_cli, run_cli_as};
     pub use crate::cli::scaffold;
 }

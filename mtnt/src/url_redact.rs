@@ -232,7 +232,7 @@ fn replace_spans(text: &str, mut spans: Vec<(usize, usize)>) -> String {
 }
 
 /// Decodes `%XX` escapes; anything else (also a malformed escape) is kept as it is.
-fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
