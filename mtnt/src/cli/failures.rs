@@ -132,18 +132,20 @@ fn indent(text: &str) -> String {
 
 /// The failed tenants, grouped by what failed, largest group first.
 pub(crate) fn render(failures: &[FailedTenant]) -> String {
-    let mut groups: Vec<(Failure, Vec<&TenantName>)> = Vec::new();
+    // Each group: the first failure, its tenant, and every tenant that failed that way.
+    let mut groups: Vec<(Failure, &TenantName, Vec<&TenantName>)> = Vec::new();
     for failed in failures {
         let failure = Failure::of(&failed.tenant, &failed.error);
-        match groups.iter_mut().find(|(g, _)| g.key == failure.key) {
-            Some((_, tenants)) => tenants.push(&failed.tenant),
-            None => groups.push((failure, vec![&failed.tenant])),
+        match groups.iter_mut().find(|(g, _, _)| g.key == failure.key) {
+            Some((_, _, tenants)) => tenants.push(&failed.tenant),
+            None => groups.push((failure, &failed.tenant, vec![&failed.tenant])),
         }
     }
     // Stable: groups of one size keep the order their first failure came in.
-    groups.sort_by_key(|(_, tenants)| std::cmp::Reverse(tenants.len()));
+    groups.sort_by_key(|(_, _, tenants)| std::cmp::Reverse(tenants.len()));
     let mut out = String::new();
-    for (failure, tenants) in &groups {
+    for (failure, first, tenants) in &mut groups {
+        tenants.sort();
         if let [tenant] = tenants.as_slice() {
             let _ = writeln!(out, "{}", failure.line(tenant));
             if let Some(fix) = &failure.fix {
@@ -151,7 +153,7 @@ pub(crate) fn render(failures: &[FailedTenant]) -> String {
             }
             continue;
         }
-        let first = tenants[0].as_str();
+        let first = first.as_str();
         let _ = writeln!(
             out,
             "{} tenants failed{}: {}",
@@ -219,6 +221,7 @@ mod tests {
     #[test]
     fn identical_failures_are_one_group() {
         let mut failures: Vec<FailedTenant> = (0..80)
+            .rev()
             .map(|i| {
                 let t = format!("t{i:03}");
                 failed(&t, index_error(&t))
