@@ -1496,7 +1496,11 @@ async fn cli_status_and_json(m: &Model) {
         .success()
         .stdout(predicate::str::contains("\n2 tenants\n"))
         .stdout(predicate::function(move |out: &str| {
-            out.lines().next().unwrap_or("").split_whitespace().collect::<Vec<_>>()
+            out.lines()
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
                 == ["TENANT", column, "STATE", "APPLIED", "CREATED"]
         }));
 }

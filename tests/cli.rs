@@ -100,11 +100,17 @@ fn help_puts_the_commands_own_options_first_and_the_shared_ones_under_headings()
     let text = help(&["migrate"]);
     let deadline = line_at(&text, "--deadline <DURATION>");
     assert!(
-        text.lines().nth(deadline + 1).unwrap().contains("(0: no limit)"),
+        text.lines()
+            .nth(deadline + 1)
+            .unwrap()
+            .contains("(0: no limit)"),
         "{text}"
     );
     let short = String::from_utf8(app().args(["tenant", "-h"]).output().unwrap().stdout).unwrap();
-    assert!(short.starts_with("Create, list, adopt and drop tenants\n"), "{short}");
+    assert!(
+        short.starts_with("Create, list, adopt and drop tenants\n"),
+        "{short}"
+    );
     for command in ["create", "list", "adopt", "drop"] {
         assert!(short.contains(&format!("\n  {command} ")), "{short}");
     }

@@ -46,7 +46,13 @@ async fn unapply_last(db: &TestDb, name: &str, undo: bool) {
     run(
         &db.url,
         &[
-            "repair", "--tenant", name, "--order", "2024_01_03_0001", "--mark", "pending",
+            "repair",
+            "--tenant",
+            name,
+            "--order",
+            "2024_01_03_0001",
+            "--mark",
+            "pending",
         ],
         0,
     );
@@ -80,9 +86,8 @@ async fn identical_failures_are_grouped_and_the_tenant_is_named_once() {
 
     let (stdout, stderr) = run(&db.url, &["--no-progress", "migrate"], 1);
     assert!(
-        stdout.contains(
-            "tenants: 13 total, 1 migrated (1 migration), 0 already current, 12 failed"
-        ),
+        stdout
+            .contains("tenants: 13 total, 1 migrated (1 migration), 0 already current, 12 failed"),
         "{stdout}"
     );
     assert!(
@@ -98,7 +103,10 @@ async fn identical_failures_are_grouped_and_the_tenant_is_named_once() {
     // One paragraph for the twelve, not a line (or three) each.
     assert!(stdout.lines().count() <= 5, "{stdout}");
     // As it happens, the first failure of the kind is shown, saying the tenant once.
-    let live: Vec<&str> = stderr.lines().filter(|l| l.contains(" failed at ")).collect();
+    let live: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" failed at "))
+        .collect();
     assert_eq!(live.len(), 1, "{stderr}");
     let first = live[0].split_whitespace().nth(1).unwrap();
     assert_eq!(live[0].matches(first).count(), 1, "{stderr}");
@@ -129,7 +137,10 @@ async fn no_progress_prints_no_progress_and_quiet_only_errors_and_the_summary() 
     let failing = failing_fleet(&db, 2).await;
     let (stdout, stderr) = run(&db.url, &["--quiet", "migrate"], 1);
     assert_eq!(stderr, "", "--quiet printed failures as they happened");
-    assert!(stdout.contains("2 tenants failed at 2024_01_03_0001"), "{stdout}");
+    assert!(
+        stdout.contains("2 tenants failed at 2024_01_03_0001"),
+        "{stdout}"
+    );
     assert!(stdout.contains(&format!("    {}, {}\n", failing[0], failing[1])));
     let (stdout, _) = run(&db.url, &["-q", "status"], 0);
     assert_eq!(
@@ -144,7 +155,11 @@ async fn no_progress_prints_no_progress_and_quiet_only_errors_and_the_summary() 
     let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(status["tenants"].as_array().unwrap().len(), 5);
     unapply_last(&db, "q1", true).await;
-    let (stdout, _) = run(&db.url, &["-q", "rollback", "--tenant", "q1", "--steps", "2"], 0);
+    let (stdout, _) = run(
+        &db.url,
+        &["-q", "rollback", "--tenant", "q1", "--steps", "2"],
+        0,
+    );
     assert_eq!(stdout, "tenant q1: reverted 2 migrations\n");
     db.drop_db().await;
 }
@@ -179,13 +194,20 @@ async fn words_say_what_there_is_and_how_many() {
     assert!(stdout.starts_with("TENANT  SCHEMA  STATE"), "{stdout}");
     assert!(stdout.ends_with("\n2 tenants\n"), "{stdout}");
     let (stdout, _) = run(&db.url, &["tenant", "drop", "beta", "--yes"], 0);
-    assert_eq!(stdout, "dropped tenant beta: its schema beta and its registry row\n");
+    assert_eq!(
+        stdout,
+        "dropped tenant beta: its schema beta and its registry row\n"
+    );
     let (stdout, _) = run(&db.url, &["tenant", "list"], 0);
     assert!(stdout.ends_with("\n1 tenant\n"), "{stdout}");
 
     // Another control schema is named as such.
     let ops = ["--control-schema", "ops"];
-    let (stdout, _) = run(&db.url, &[&ops[..], &["tenant", "create", "gamma"]].concat(), 0);
+    let (stdout, _) = run(
+        &db.url,
+        &[&ops[..], &["tenant", "create", "gamma"]].concat(),
+        0,
+    );
     assert!(
         stdout.starts_with("public (schema ops): applied 1 pending migration first\n"),
         "{stdout}"

@@ -59,7 +59,9 @@ pub enum Error {
     EmptyRegistry,
 
     /// Two migrations share one order.
-    #[error("two migrations have order {order}: {first} and {second}; give one of them another order")]
+    #[error(
+        "two migrations have order {order}: {first} and {second}; give one of them another order"
+    )]
     DuplicateOrder {
         /// The order, `YYYY_MM_DD_NNNN`.
         order: String,

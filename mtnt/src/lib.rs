@@ -165,6 +165,6 @@ pub mod __private {
         }
     }
 
-    pub use crate::cli::{run_cli, run_cli_as};
     pub use crate::cli::scaffold;
+    pub use crate::cli::{run_cli, run_cli_as};
 }

@@ -311,10 +311,7 @@ mod tests {
                 "postgresql:///db?host=127.0.0.1&password=Secret",
                 "postgresql:///db?host=127.0.0.1&password=***",
             ),
-            (
-                "postgres:Secret@127.0.0.1/db",
-                "postgres:***@127.0.0.1/db",
-            ),
+            ("postgres:Secret@127.0.0.1/db", "postgres:***@127.0.0.1/db"),
             (
                 "postgres:app:Secret@127.0.0.1/db",
                 "postgres:app:***@127.0.0.1/db",
@@ -323,10 +320,7 @@ mod tests {
                 "postgres://app:Se/cr@t@127.0.0.1/db",
                 "postgres://app:***@127.0.0.1/db",
             ),
-            (
-                "postgres://app:Secret@[::1",
-                "postgres://app:***@[::1",
-            ),
+            ("postgres://app:Secret@[::1", "postgres://app:***@[::1"),
             (
                 "mysql://root:Secret@127.0.0.1:3306/control",
                 "mysql://root:***@127.0.0.1:3306/control",
@@ -343,7 +337,10 @@ mod tests {
                 "host=127.0.0.1 password='Sec ret' dbname=db",
                 "host=127.0.0.1 password='***' dbname=db",
             ),
-            ("postgres://app@h/db?passwordless=1", "postgres://app@h/db?passwordless=1"),
+            (
+                "postgres://app@h/db?passwordless=1",
+                "postgres://app@h/db?passwordless=1",
+            ),
         ] {
             assert_eq!(redact_url(url), redacted, "{url}");
         }
@@ -377,6 +374,9 @@ mod tests {
             "***: using password: YES, ***"
         );
         assert!(Redactor::for_url("postgres://app@h/db").is_empty());
-        assert_eq!(Redactor::for_url("postgres://app@h/db").redact("app"), "app");
+        assert_eq!(
+            Redactor::for_url("postgres://app@h/db").redact("app"),
+            "app"
+        );
     }
 }

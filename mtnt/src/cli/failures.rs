@@ -307,6 +307,9 @@ mod tests {
             anonymous("t1 t10 \"t1\".x at1", "t1", "<tenant>"),
             "<tenant> t10 \"<tenant>\".x at1"
         );
-        assert_eq!(the_tenant("to tenant t1: tenant t10", "t1"), "to the tenant: tenant t10");
+        assert_eq!(
+            the_tenant("to tenant t1: tenant t10", "t1"),
+            "to the tenant: tenant t10"
+        );
     }
 }

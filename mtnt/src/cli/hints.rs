@@ -37,9 +37,11 @@ pub fn cli_fix(error: &Error) -> Option<String> {
              half-way: remove it with `tenant drop {name} --yes` and create it again"
         ),
         Error::UnknownOrder(_) => "pick an order from `list`".to_owned(),
-        Error::Irreversible { .. } => "roll back to an order at or after it (`rollback --to ORDER`), \
+        Error::Irreversible { .. } => {
+            "roll back to an order at or after it (`rollback --to ORDER`), \
              or give it a down function (`down = ...` in its attribute)"
-            .to_owned(),
+                .to_owned()
+        }
         Error::ChecksumMismatch { .. } => {
             "revert the edit and write a new migration instead; if the edit is intended \
              (formatting, comments in SQL), record the new checksum with `repair --checksums`"
@@ -207,7 +209,15 @@ mod tests {
         ];
         for error in errors {
             let message = error.to_string();
-            for cli in ["--", "fix:", "`tenant", "`repair", "`list`", "`status`", "cargo mtnt"] {
+            for cli in [
+                "--",
+                "fix:",
+                "`tenant",
+                "`repair",
+                "`list`",
+                "`status`",
+                "cargo mtnt",
+            ] {
                 assert!(!message.contains(cli), "{cli:?} in {message:?}");
             }
         }

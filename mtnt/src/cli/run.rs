@@ -253,7 +253,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .adopt_with_progress(&schema_like, baseline, &progress)
                 .await?;
             for tenant in adopted.iter().filter(|_| !quiet) {
-                outln!("adopted {} ({})", tenant.name, words.storage_of(&tenant.schema));
+                outln!(
+                    "adopted {} ({})",
+                    tenant.name,
+                    words.storage_of(&tenant.schema)
+                );
             }
             for name in &skipped {
                 errln!("skipped {name:?}: not a valid tenant name (lowercase letters, digits, '_' or '-', starting with a letter)");

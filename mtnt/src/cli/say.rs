@@ -15,16 +15,12 @@ pub(crate) fn install(url: Option<&str>) {
     let _ = REDACTOR.set(url.map(Redactor::for_url).unwrap_or_default());
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
-        let mut text = format!(
-            "thread '{}' {info}\n",
-            thread.name().unwrap_or("<unnamed>")
-        );
-        match std::env::var("RUST_BACKTRACE") {
-            Ok(v) if v != "0" => {
-                text.push_str(&format!(
-                    "stack backtrace:\n{}\n",
-                    std::backtrace::Backtrace::force_capture()
-                ));
+        let mut text = format!("thread '{}' {info}\n", thread.name().unwrap_or("<unnamed>"));
+        // Like the standard hook: a backtrace when RUST_BACKTRACE asks for one.
+        let backtrace = std::backtrace::Backtrace::capture();
+        match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => {
+                text.push_str(&format!("stack backtrace:\n{backtrace}\n"));
             }
             _ => text.push_str(
                 "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
