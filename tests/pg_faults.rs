@@ -1119,7 +1119,11 @@ fn two_migrations_at_one_order_are_refused() {
     let error = mtnt::MigrationSet::new([make("one", 1), make("two", 9)]).unwrap_err();
     assert_eq!(
         error.to_string(),
-        "two migrations have order 2024_01_01_0001: one at m.rs:1 and two at m.rs:9\n  fix: give one of them another order (cargo mtnt new picks the next free one)"
+        "two migrations have order 2024_01_01_0001: one at m.rs:1 and two at m.rs:9; give one of them another order"
+    );
+    assert_eq!(
+        mtnt::cli_fix(&error).as_deref(),
+        Some("give one of them another order (`cargo mtnt new` picks the next free one)")
     );
 }
 
