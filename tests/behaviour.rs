@@ -516,8 +516,9 @@ async fn failing_tenant_is_isolated(m: &Model) {
         // MySQL refuses to guess, and says how to go on.
         Engine::MySql => {
             assert!(matches!(error, Error::Interrupted { .. }), "{error:?}");
+            assert_contains(&error.to_string(), &["started and never completed"]);
             assert_contains(
-                &error.to_string(),
+                &mtnt::cli_fix(error).unwrap(),
                 &[
                     &format!("repair --tenant {bad} --order {PROJECTS} --mark completed"),
                     "--mark pending",
@@ -979,6 +980,11 @@ async fn non_transactional_migrations(m: &Model) {
             "2024_02_01_0002 index_items",
             &format!("tenant {flaky}"),
             "not declared idempotent",
+        ],
+    );
+    assert_contains(
+        &mtnt::cli_fix(error).unwrap(),
+        &[
             &format!("repair --tenant {flaky} --order {INDEX} --mark completed"),
             "--mark pending",
         ],
@@ -1135,9 +1141,12 @@ async fn checksum_drift_is_refused_until_repaired(m: &Model) {
         &[
             "2024_01_01_0003 create_accounts",
             &format!("tenant {a}"),
-            "repair --checksums",
             "nothing was run",
         ],
+    );
+    assert_contains(
+        &mtnt::cli_fix(&failure.error).unwrap(),
+        &["repair --checksums"],
     );
     // Nothing ran in a; b went on.
     assert!(!m.table_exists(Place::Tenant(&a), "projects").await);
@@ -1363,6 +1372,25 @@ async fn adopt_registers_existing_storage(m: &Model) {
     assert_summary(&migrator, "3/3 tenants current, 0 behind, 0 failed").await;
 }
 
+/// How the CLI names a tenant's storage on this model.
+fn storage(m: &Model, tenant: &str) -> String {
+    match m.kind() {
+        Kind::Sqlite => format!("file {tenant}.db"),
+        Kind::PgSchema => format!("schema {tenant}"),
+        Kind::PgDatabase | Kind::MySql => format!("database {tenant}"),
+    }
+}
+
+/// How the CLI names where the public migrations run on this model.
+fn public_label(m: &Model) -> String {
+    match m.kind() {
+        Kind::Sqlite => "public (file mtnt_control.db)".to_owned(),
+        Kind::PgSchema => "public (schema public)".to_owned(),
+        Kind::PgDatabase => format!("public (database {}, schema public)", m.control_name()),
+        Kind::MySql => format!("public (database {})", m.control_name()),
+    }
+}
+
 /// The portable CLI app, run on this model.
 fn app(m: &Model) -> Command {
     Command::from_std(m.command(assert_cmd::cargo::cargo_bin("mtnt-portable-app")))
@@ -1379,13 +1407,22 @@ async fn cli_status_and_json(m: &Model) {
     let names = ["acme", "beta", "gamma"].map(|b| m.tenant(b));
     let [acme, beta, gamma] = &names;
     for n in &names {
+        // The first create applies the public migrations first, and says so.
+        let public_first = format!("{}: applied 2 pending migrations first\n", public_label(m));
+        let says_public = predicate::str::contains(public_first);
         app(m)
             .args(["tenant", "create", n])
             .assert()
             .success()
             .stdout(predicate::str::contains(format!(
-                "created tenant {n} (schema {n})"
-            )));
+                "created tenant {n} ({}) with every tenant migration applied",
+                storage(m, n)
+            )))
+            .stdout(if n == acme {
+                says_public.boxed()
+            } else {
+                says_public.not().boxed()
+            });
     }
     // A tenant whose migration fails: nothing of it remains.
     let bad = m.tenant("x-bad");
@@ -1425,9 +1462,10 @@ async fn cli_status_and_json(m: &Model) {
         .arg("status")
         .assert()
         .success()
-        .stdout(predicate::str::contains(
-            "public: at 2024_03_01_0001, 0 pending",
-        ))
+        .stdout(predicate::str::contains(format!(
+            "{}: at 2024_03_01_0001, 0 pending",
+            public_label(m)
+        )))
         .stdout(predicate::str::contains(
             "3/3 tenants current, 0 behind, 0 failed",
         ));
@@ -1489,7 +1527,7 @@ async fn cli_status_and_json(m: &Model) {
         .assert()
         .success()
         .stdout(predicate::str::contains(
-            "tenants: 1 total, 1 migrated (1 migrations)",
+            "tenants: 1 total, 1 migrated (1 migration)",
         ));
     assert!(m.table_exists(Place::Tenant(gamma), "tags").await);
 
@@ -1501,11 +1539,24 @@ async fn cli_status_and_json(m: &Model) {
         .success()
         .stdout(predicate::str::contains(format!("dropped tenant {beta}")));
     assert!(!m.storage_exists(beta).await);
+    let column = match m.kind() {
+        Kind::Sqlite => "FILE",
+        Kind::PgSchema => "SCHEMA",
+        Kind::PgDatabase | Kind::MySql => "DATABASE",
+    };
     app(m)
         .args(["tenant", "list"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("2 tenant(s)"));
+        .stdout(predicate::str::contains("\n2 tenants\n"))
+        .stdout(predicate::function(move |out: &str| {
+            out.lines()
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                == ["TENANT", column, "STATE", "APPLIED", "CREATED"]
+        }));
 }
 
 /// Hostile and invalid tenant names never become a `TenantName`, so no SQL, path or
@@ -1589,7 +1640,7 @@ async fn bad_tenant_names_are_rejected_before_any_sql(m: &Model) {
         .args(["tenant", "list"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("1 tenant(s)"));
+        .stdout(predicate::str::contains("\n1 tenant\n"));
     app(m)
         .arg("status")
         .assert()
