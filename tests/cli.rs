@@ -138,6 +138,7 @@ fn version_and_about_are_the_apps() {
     assert!(!text.contains("written as async Rust functions"), "{text}");
 }
 
+#[cfg(feature = "postgres")]
 #[test]
 fn concurrency_is_bounded_with_a_clear_error() {
     for (flag, env) in [
@@ -175,11 +176,13 @@ fn concurrency_is_bounded_with_a_clear_error() {
 }
 
 /// A migration for the migrator below to have (it never runs).
+#[cfg(feature = "sqlite")]
 #[mtnt::migration(scope = "tenant", order = 2024_01_01_0001)]
 async fn never_run(_ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn the_library_refuses_a_concurrency_above_the_bound() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! command line adds what to run next (`mtnt::cli_fix`), with the flags it needs (`tenant
 //! drop NAME --yes`, `repair --tenant NAME --order ... --mark completed`). On a real
 //! PostgreSQL database per test, with the test app `tests/support/app.rs`.
+#![cfg(feature = "postgres")]
 
 use assert_cmd::Command;
 use mtnt_test_support::postgres::TestDb;

@@ -3,6 +3,7 @@
 //! failures grouped, the tenant named once, plurals, the words of the tenancy model and
 //! of the control schema, and the public migrations that `tenant create` applies first.
 //! The other tenancy models' words are asserted by `tests/behaviour.rs`.
+#![cfg(feature = "postgres")]
 
 use assert_cmd::Command;
 use mtnt_test_support::postgres::TestDb;

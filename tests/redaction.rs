@@ -6,6 +6,7 @@
 //! real servers: a wrong database, an unreachable port, a wrong password (MariaDB), and
 //! runs that succeed (PostgreSQL trusts local connections, whatever the password; on
 //! MariaDB the test makes a user with that password).
+#![cfg(all(feature = "postgres", feature = "mysql"))]
 
 use std::process::Output;
 
