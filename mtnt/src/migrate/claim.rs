@@ -233,6 +233,13 @@ where
             Ok(value) => return Ok(value),
             Err(error) if transient && tries <= settings.retries => {
                 let pause = backoff(settings.retry_backoff, tries);
+                protocol.progress.retrying(
+                    &target.to_string(),
+                    tries,
+                    settings.retries + 1,
+                    &error,
+                    pause,
+                );
                 tracing::warn!(
                     "{target}: attempt {tries} of {} failed ({error}); trying again in {}",
                     settings.retries + 1,

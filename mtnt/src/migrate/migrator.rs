@@ -66,7 +66,9 @@ impl MigratorBuilder {
         self
     }
 
-    /// How many tenants are migrated at once (default 4); keep it below the pool size.
+    /// How many tenants are migrated at once (default 4, at most
+    /// [`MAX_CONCURRENCY`](crate::MAX_CONCURRENCY): more fails at [`build`](Self::build));
+    /// keep it below the pool size.
     pub fn concurrency(mut self, tenants: usize) -> Self {
         self.concurrency = tenants.max(1);
         self
@@ -100,6 +102,13 @@ impl MigratorBuilder {
 
     /// Validates the migrations and settings and builds the migrator.
     pub fn build(self) -> Result<Migrator> {
+        if self.concurrency > crate::MAX_CONCURRENCY {
+            return Err(Error::Invalid(format!(
+                "a concurrency of {} tenants is more than the {} one run migrates at once",
+                self.concurrency,
+                crate::MAX_CONCURRENCY
+            )));
+        }
         self.safety.validate()?;
         let migrations = match self.migrations {
             Some(set) => set,
@@ -140,8 +149,9 @@ impl Migrator {
     }
 
     /// The protocol over this migrator's backend, migrations and policy.
-    fn protocol(&self) -> Protocol<'_> {
+    fn protocol<'p>(&'p self, progress: &'p dyn Progress) -> Protocol<'p> {
         Protocol {
+            progress,
             backend: &*self.backend,
             caps: self.backend.capabilities(),
             set: &self.migrations,
@@ -322,7 +332,7 @@ impl Migrator {
         let concurrency = self.fleet_concurrency().await?;
         let lease = Lease::acquire(&*self.backend, &self.safety, command).await?;
         let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
-        let protocol = self.protocol();
+        let protocol = self.protocol(progress);
         let public_applied = match op {
             FleetOp::Migrate { to } => {
                 run_waiting(
@@ -441,7 +451,7 @@ impl Migrator {
         self.backend.prepare().await?;
         let record = self.records(std::slice::from_ref(tenant)).await?.remove(0);
         let target = Target::Tenant(&record.tenant);
-        let protocol = self.protocol();
+        let protocol = self.protocol(&Silent);
         let reverted = self
             .locked(target, async |conn| {
                 protocol
@@ -619,7 +629,9 @@ impl Migrator {
         self.backend.prepare().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
-        self.protocol().create_tenant(&tenant, &self.safety).await?;
+        self.protocol(&Silent)
+            .create_tenant(&tenant, &self.safety)
+            .await?;
         Ok(tenant)
     }
 
@@ -628,14 +640,32 @@ impl Migrator {
     pub async fn drop_tenant(&self, name: &TenantName) -> Result<()> {
         self.backend.prepare().await?;
         let record = self.records(std::slice::from_ref(name)).await?.remove(0);
-        self.protocol()
+        self.protocol(&Silent)
             .drop_tenant(&record.tenant, &self.safety)
             .await
     }
 
+    /// Applies the pending public migrations alone (what [`Migrator::create_tenant`] and
+    /// [`Migrator::migrate`] do first), and returns how many ran.
+    pub async fn migrate_public(&self) -> Result<usize> {
+        self.backend.prepare().await?;
+        match run_waiting(
+            &self.protocol(&Silent),
+            Target::Public,
+            None,
+            FleetOp::Migrate { to: None },
+            &self.safety,
+        )
+        .await?
+        {
+            Claim::Done(n) => Ok(n),
+            _ => Ok(0),
+        }
+    }
+
     async fn migrate_public_first(&self) -> Result<()> {
         run_waiting(
-            &self.protocol(),
+            &self.protocol(&Silent),
             Target::Public,
             None,
             FleetOp::Migrate { to: None },
@@ -674,7 +704,7 @@ impl Migrator {
                 .collect(),
         };
         let result = self
-            .protocol()
+            .protocol(progress)
             .adopt(like, &baseline, &self.safety, progress)
             .await;
         progress.finish();
@@ -706,7 +736,7 @@ impl Migrator {
     }
 
     async fn repair_target(&self, target: Target<'_>) -> Result<usize> {
-        let protocol = self.protocol();
+        let protocol = self.protocol(&Silent);
         self.locked(target, async |conn| {
             protocol.repair_checksums_locked(conn, target).await
         })
@@ -725,7 +755,7 @@ impl Migrator {
         self.check_order(Some(order))?;
         let migration = self.migrations.get(order).expect("checked above");
         self.backend.prepare().await?;
-        let protocol = self.protocol();
+        let protocol = self.protocol(&Silent);
         let record = match tenant {
             None => None,
             Some(name) => Some(self.records(std::slice::from_ref(name)).await?.remove(0)),

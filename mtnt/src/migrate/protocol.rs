@@ -20,7 +20,7 @@ use std::time::Instant;
 use futures_util::FutureExt;
 
 use super::plan::{plan_down, plan_up};
-use super::{Timeouts, Transactions};
+use super::{Progress, Timeouts, Transactions};
 use crate::backend::{
     Backend, Capabilities, Connection, Direction, ErrorClass, MigrationTimeouts, Record,
     RegistryRow, Target, TargetState, Timing,
@@ -74,6 +74,8 @@ pub(crate) struct Protocol<'a> {
     pub(crate) set: &'a MigrationSet,
     pub(crate) timeouts: Timeouts,
     pub(crate) transactions: Transactions,
+    /// Hears about retries.
+    pub(crate) progress: &'a dyn Progress,
 }
 
 /// Runs an up or down function, turning a panic into [`Error::Panicked`] so that one
@@ -173,10 +175,17 @@ pub(crate) struct Pending {
 
 impl<'a> Protocol<'a> {
     /// The timeouts `migration` runs with: its attribute's, else the run's.
+    ///
+    /// The run's lock timeout applies to transactional migrations only. A migration
+    /// outside a transaction is typically `CREATE INDEX CONCURRENTLY`, whose waits for
+    /// older snapshots count as lock waits: cut short, it leaves an invalid index behind
+    /// (and a retry's `IF NOT EXISTS` would skip it). It waits as long as it must, unless
+    /// its own attribute sets `lock_timeout`.
     pub(crate) fn timeouts_of(&self, migration: &Migration) -> MigrationTimeouts {
         let none_if_zero = |d: Option<std::time::Duration>| d.filter(|d| !d.is_zero());
+        let run_lock = self.timeouts.lock.filter(|_| migration.is_transactional());
         MigrationTimeouts {
-            lock: none_if_zero(migration.lock_timeout().or(self.timeouts.lock)),
+            lock: none_if_zero(migration.lock_timeout().or(run_lock)),
             statement: none_if_zero(migration.statement_timeout().or(self.timeouts.statement)),
         }
     }
