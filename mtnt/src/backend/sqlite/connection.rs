@@ -132,11 +132,11 @@ impl<'a> FileConnection<'a> {
         write!(sql, "BEGIN IMMEDIATE; {TRACKING_DDL};").unwrap_or_default();
     }
 
-    /// The lock timeout is SQLite's busy timeout; SQLite has no statement timeout.
+    /// The lock timeout is SQLite's busy timeout; SQLite has no statement timeout. Without
+    /// one the connection keeps its default, as other engines keep their server's: a
+    /// busy timeout without end would let one writer of the application stall the run.
     fn busy_sql(&mut self, timeouts: MigrationTimeouts, sql: &mut String) {
-        let busy = timeouts
-            .lock
-            .unwrap_or(Duration::from_millis(i32::MAX as u64));
+        let busy = timeouts.lock.unwrap_or(BUSY_TIMEOUT);
         if busy != self.busy {
             let ms = busy.as_millis().min(i32::MAX as u128);
             write!(sql, "PRAGMA busy_timeout = {ms};").unwrap_or_default();
