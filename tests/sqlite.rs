@@ -137,16 +137,17 @@ mod upgrade {
     }
 }
 
-/// A migrator of the migrations under `prefix`, its backend made by `mtnt::connect` (as
-/// the CLI makes it), so that the option's way through `connect` is tested too.
+/// A migrator of the migrations under `prefix` with `transactions`, its backend made by
+/// `mtnt::connect` (as the CLI makes it), so that the option's way from the CLI's
+/// `connect` and builder is tested too.
 async fn connected(dir: &Path, prefix: &str, transactions: Transactions) -> Migrator {
-    let mut options = ConnectOptions::default();
-    options.transactions = transactions;
-    let backend = mtnt::connect(&format!("sqlite://{}", dir.display()), &options)
+    let url = format!("sqlite://{}", dir.display());
+    let backend = mtnt::connect(&url, &ConnectOptions::default())
         .await
         .unwrap();
     Migrator::builder_boxed(backend)
         .migrations(MigrationSet::registered_in(prefix).unwrap())
+        .transactions(transactions)
         .build()
         .unwrap()
 }

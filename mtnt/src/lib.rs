@@ -57,6 +57,8 @@ pub use backend::{
     MigrationTimeouts, Record, RegistryRow, Target, TargetState, Tenancy, Timing,
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
+#[cfg(feature = "cli")]
+pub use cli::cli_fix;
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
@@ -74,7 +76,11 @@ pub use migration::{
 };
 pub use mtnt_syntax::{DurationError, Order, OrderError};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
-pub use url_redact::redact_url;
+pub use url_redact::{redact_url, Redactor};
+
+/// The most tenants one run migrates at once ([`MigratorBuilder::concurrency`],
+/// `--concurrency`): each holds a connection of its own.
+pub const MAX_CONCURRENCY: usize = 1024;
 
 // Documented once each, in mtnt-macros/src/migration.md and hook.md, which rustdoc
 // shows here as they are.
@@ -91,10 +97,16 @@ struct MigrationAttributeDocs;
 struct HookAttributeDocs;
 
 /// Runs the mtnt command line (migrate, rollback, status, tenant, list, repair) and
-/// exits the process with its exit code (feature `cli`).
+/// exits the process with its exit code (feature `cli`). `--version` and the help name
+/// the calling crate (its `CARGO_PKG_NAME`, `CARGO_PKG_VERSION` and
+/// `CARGO_PKG_DESCRIPTION`), not mtnt.
 ///
 /// Name the crates that hold migrations, so that the linker keeps them:
 /// `mtnt::run!(my_migrations)`.
+///
+/// Errors are printed with a `fix:` line ([`cli_fix`]). An app that drives the library
+/// from its own `fn main() -> mtnt::Result<()>` gets the message and its causes (the
+/// `Debug` form of [`Error`]).
 ///
 /// ```no_run
 /// fn main() {
@@ -109,7 +121,11 @@ macro_rules! run {
             #[allow(unused_imports)]
             use $krate as _;
         )*
-        ::std::process::exit($crate::__private::run_cli())
+        ::std::process::exit($crate::__private::run_cli_as(
+            ::std::env!("CARGO_PKG_NAME"),
+            ::std::env!("CARGO_PKG_VERSION"),
+            ::std::env!("CARGO_PKG_DESCRIPTION"),
+        ))
     }};
 }
 
@@ -217,7 +233,7 @@ pub mod __private {
     }
 
     #[cfg(feature = "cli")]
-    pub use crate::cli::run_cli;
-    #[cfg(feature = "cli")]
     pub use crate::cli::scaffold;
+    #[cfg(feature = "cli")]
+    pub use crate::cli::{run_cli, run_cli_as};
 }

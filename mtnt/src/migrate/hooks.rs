@@ -328,8 +328,9 @@ impl<'a> RunInfo<'a> {
 }
 
 /// A hook that failed without failing what it ran for (an `after_tenant` or `after_run`
-/// hook): reported as a warning in [`MigrateReport::hook_failures`].
-#[derive(Debug)]
+/// hook): reported as a warning in [`MigrateReport::hook_failures`]. Serialized with the
+/// error's message.
+#[derive(Debug, Serialize)]
 pub struct HookFailure {
     /// Its kind.
     pub kind: HookKind,
@@ -338,6 +339,7 @@ pub struct HookFailure {
     /// The tenant it ran for (`after_tenant`).
     pub tenant: Option<TenantName>,
     /// What the hook returned (or its panic).
+    #[serde(serialize_with = "super::report::error_message")]
     pub error: Error,
 }
 

@@ -1,0 +1,142 @@
+//! A tenant's storage on SQLite: its file (with the WAL companions) and its lock file,
+//! made and removed outside any transaction (the protocol compensates a failed create).
+
+use std::path::{Path, PathBuf};
+
+use sqlx::sqlite::SqliteJournalMode;
+use sqlx::{Connection as _, SqliteConnection};
+
+use super::{file_options, io_error, SqliteBackend, TRACKING_DDL};
+use crate::ctx::exec_sqlite;
+use crate::{Error, Result, Tenant};
+
+impl SqliteBackend {
+    /// Creates a tenant's file in WAL mode with an empty tracking table; the file is
+    /// claimed with `create_new`, so a stray file of the same name is never touched.
+    pub(super) async fn create_file(&self, tenant: &Tenant) -> Result<()> {
+        let path = self.path_of(tenant)?;
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path);
+        match created {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::StorageExists {
+                    tenant: tenant.name.clone(),
+                    storage: tenant.storage.clone(),
+                })
+            }
+            Err(e) => return Err(io_error("cannot create the tenant file", &path)(e)),
+        }
+        let options = file_options(&path).journal_mode(SqliteJournalMode::Wal);
+        let result = async {
+            let mut conn = SqliteConnection::connect_with(&options).await?;
+            let made = exec_sqlite(&mut conn, TRACKING_DDL).await;
+            // Closed before the file may be deleted, so that no late checkpoint writes it.
+            let _ = conn.close().await;
+            made
+        }
+        .await;
+        if let Err(error) = result {
+            let _ = remove_db_files(&path);
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// Removes a tenant's file, its companions and its lock file, where they exist.
+    pub(super) fn remove_files(&self, tenant: &Tenant) -> Result<()> {
+        let path = self.path_of(tenant)?;
+        remove_db_files(&path)?;
+        // The lock file last: whoever holds its lock now (the caller) keeps it, on the
+        // removed file, until it lets go.
+        remove(path.with_extension("lock"))
+    }
+
+    /// The stems of `<stem>.db` files that match the `LIKE` pattern and are not
+    /// registered, by name; the control file and other `mtnt*` files are mtnt's own.
+    pub(super) async fn unregistered_files(&self, like: &str) -> Result<Vec<String>> {
+        let listing = "cannot list the tenant directory";
+        let entries = std::fs::read_dir(&self.dir).map_err(io_error(listing, &self.dir))?;
+        let mut stems = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(io_error(listing, &self.dir))?.path();
+            if path.extension() != Some("db".as_ref()) || !path.is_file() {
+                continue;
+            }
+            match path.file_stem().and_then(|s| s.to_str()) {
+                Some(stem) if !stem.starts_with("mtnt") => stems.push(stem.to_owned()),
+                _ => {}
+            }
+        }
+        let stems = serde_json::to_string(&stems).map_err(Error::other)?;
+        let names = sqlx::query_scalar(
+            "SELECT value FROM json_each(?1) WHERE value GLOB ?2 \
+             AND value NOT IN (SELECT name FROM mtnt_tenants) \
+             AND value NOT IN (SELECT schema_name FROM mtnt_tenants) ORDER BY value",
+        )
+        .bind(stems)
+        .bind(like_to_glob(like))
+        .fetch_all(&self.control)
+        .await?;
+        Ok(names)
+    }
+}
+
+/// Removes a file if it exists.
+fn remove(path: PathBuf) -> Result<()> {
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io_error("cannot delete", &path)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes a database file with its WAL, shared-memory and rollback-journal companions;
+/// the companions first, so that a stale WAL never meets a new file of the same name.
+fn remove_db_files(path: &Path) -> Result<()> {
+    for suffix in ["-wal", "-shm", "-journal", ""] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        remove(PathBuf::from(file))?;
+    }
+    Ok(())
+}
+
+/// An SQL `LIKE` pattern (`%`, `_`, `\` escapes) as the case-sensitive `GLOB` pattern
+/// that matches the same names.
+fn like_to_glob(like: &str) -> String {
+    let mut glob = String::with_capacity(like.len());
+    let mut chars = like.chars();
+    while let Some(c) = chars.next() {
+        let escaped = c == '\\';
+        match if escaped {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        } {
+            '%' if !escaped => glob.push('*'),
+            '_' if !escaped => glob.push('?'),
+            c @ ('*' | '?' | '[') => glob.push_str(&format!("[{c}]")),
+            c => glob.push(c),
+        }
+    }
+    glob
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_to_glob;
+
+    #[test]
+    fn like_patterns_become_globs() {
+        assert_eq!(like_to_glob("%"), "*");
+        assert_eq!(like_to_glob("a_me%"), "a?me*");
+        assert_eq!(like_to_glob("t\\_%"), "t_*");
+        assert_eq!(like_to_glob("t\\%x"), "t%x");
+        assert_eq!(like_to_glob("a*b?c[d"), "a[*]b[?]c[[]d");
+        assert_eq!(like_to_glob("x\\"), "x\\");
+    }
+}
