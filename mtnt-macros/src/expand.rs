@@ -303,43 +303,41 @@ pub(crate) fn expand_hook(args: &HookArgs, func: &ItemFn) -> TokenStream {
         })
         .collect();
     // Each argument spans the user's type for it, so a wrong type is underlined in full:
-    // `&mut *ctx` from its first token to its last, and a lone `outcome` or `run` as
-    // `identity(..)`, whose path and parentheses give the two ends.
+    // its first tokens at the type's first, its last at the type's last. A reborrow
+    // (`&mut *ctx`, `&*run`) gives every argument two ends.
     let spanned = |ty: &syn::Type, tokens: TokenStream| {
         let (first, last) = token_range(ty);
         let mut tokens: Vec<TokenTree> = tokens.into_iter().collect();
-        if tokens.len() == 1 {
-            let arg: TokenStream = tokens.into_iter().collect();
-            return spanned_call((first, last), quote!(::core::convert::identity), arg);
-        }
         let count = tokens.len();
         for (i, token) in tokens.iter_mut().enumerate() {
             token.set_span(if i + 1 == count { last } else { first });
         }
         tokens.into_iter().collect::<TokenStream>()
     };
+    // The shim's parameters have names of their own: the user's function may be named
+    // `ctx`, `outcome` or `run`.
     let shim_ident = format_ident!("__mtnt_hook_{}", ident);
     let (params, call_args, variant) = match args.kind {
         HookKind::BeforeTenant => (
-            quote!(ctx: &'a mut ::mtnt::__private::Ctx<'c>),
-            spanned(arg_types[0], quote!(&mut *ctx)),
+            quote!(__mtnt_ctx: &'a mut ::mtnt::__private::Ctx<'c>),
+            spanned(arg_types[0], quote!(&mut *__mtnt_ctx)),
             quote!(BeforeTenant),
         ),
         HookKind::AfterTenant => {
-            let ctx = spanned(arg_types[0], quote!(&mut *ctx));
-            let outcome = spanned(arg_types[1], quote!(outcome));
+            let ctx = spanned(arg_types[0], quote!(&mut *__mtnt_ctx));
+            let outcome = spanned(arg_types[1], quote!(&*__mtnt_outcome));
             (
                 quote!(
-                    ctx: &'a mut ::mtnt::__private::Ctx<'c>,
-                    outcome: &'a ::mtnt::__private::TenantOutcome<'o>
+                    __mtnt_ctx: &'a mut ::mtnt::__private::Ctx<'c>,
+                    __mtnt_outcome: &'a ::mtnt::__private::TenantOutcome<'o>
                 ),
                 quote!(#ctx, #outcome),
                 quote!(AfterTenant),
             )
         }
         HookKind::BeforeRun | HookKind::AfterRun => (
-            quote!(run: &'a ::mtnt::__private::RunInfo<'c>),
-            spanned(arg_types[0], quote!(run)),
+            quote!(__mtnt_run: &'a ::mtnt::__private::RunInfo<'c>),
+            spanned(arg_types[0], quote!(&*__mtnt_run)),
             if args.kind == HookKind::BeforeRun {
                 quote!(BeforeRun)
             } else {

@@ -108,7 +108,7 @@ fn main() {
     );
     assert_eq!(
         prepare.location().line,
-        16,
+        21,
         "the line of the fn, not of the attribute"
     );
     assert_eq!(
