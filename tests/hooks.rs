@@ -438,7 +438,7 @@ async fn after_tenant_sees_failures(m: &Model) {
     assert_eq!(
         events(p),
         [
-            format!("before_run migrate [z-bad] of 1"),
+            "before_run migrate [z-bad] of 1".to_owned(),
             "z-bad before".to_owned(),
             format!(
                 "z-bad after failed {applied} creating=false: {}",
