@@ -5,13 +5,8 @@
 //! the tenant hooks and is all or nothing with them (the seed use). The rules are those of
 //! `mtnt-macros/src/hook.md`.
 //!
-//! The hooks below record what they see in [`EVENTS`], each event naming its tenant (or,
-//! for a run hook, the tenants the run was asked for), so that the tests of every model
-//! running at once find their own events by their tenant prefix. They act on the tenant
-//! too, and the tests read that back from the engine itself. Tenants steer the hooks by
-//! the end of their name: `-refuse` (its `before_tenant` fails), `-grumpy` (an
-//! `after_tenant` fails), `-norun` (a run naming it fails `before_run`), `-sulky` (a run
-//! naming it fails `after_run`) and `-bad` (a migration fails).
+//! The migrations and hooks are in `hooks/defs.rs`, which says how tenants steer them by
+//! their names; the CLI binary `mtnt-hooks-app` has them behind `mtnt::run!()`.
 //!
 //! `cargo test --test hooks sqlite` runs the SQLite half alone (no server needed).
 
@@ -23,181 +18,19 @@
     allow(dead_code, unused_imports)
 )]
 
-use std::sync::Mutex;
-
+use assert_cmd::Command;
 use mtnt::{
     Engine, Error, HookKind, Hooks, MigrateOptions, MigrateReport, MigrationSet, Migrator,
     TenantName, TenantState,
 };
 use mtnt_test_support::create_tenants;
 use mtnt_test_support::models::{Model, Place};
+use predicates::prelude::*;
 
-/// What the hooks saw, in order.
-static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+#[path = "hooks/defs.rs"]
+mod defs;
 
-fn record(event: String) {
-    EVENTS.lock().unwrap().push(event);
-}
-
-/// The events that name a tenant starting with `prefix`, in order, with the prefix cut
-/// out of them.
-fn events(prefix: &str) -> Vec<String> {
-    EVENTS
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| e.contains(prefix))
-        .map(|e| e.replace(prefix, ""))
-        .collect()
-}
-
-pub const PLANS: i64 = 2024_01_01_0001;
-pub const ITEMS: i64 = 2024_01_01_0002;
-pub const TAGS: i64 = 2024_01_01_0003;
-pub const NOTES: i64 = 2024_01_01_0004;
-pub const FEATURES: i64 = 2024_02_01_0001;
-
-/// The migrations: v1 is `plans` and `items`; v2 adds `tags`, `notes` (which fails in
-/// `-bad` tenants) and the public `features`.
-mod set {
-    use mtnt::{Ctx, Error, Result};
-
-    #[mtnt::migration(scope = "public", order = 2024_01_01_0001)]
-    async fn create_plans(ctx: &mut Ctx<'_>) -> Result<()> {
-        ctx.execute("CREATE TABLE plans (id INTEGER PRIMARY KEY)")
-            .await
-    }
-
-    #[mtnt::migration(scope = "tenant", order = 2024_01_01_0002)]
-    async fn create_items(ctx: &mut Ctx<'_>) -> Result<()> {
-        ctx.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name VARCHAR(100))")
-            .await
-    }
-
-    #[mtnt::migration(scope = "tenant", order = 2024_01_01_0003)]
-    async fn create_tags(ctx: &mut Ctx<'_>) -> Result<()> {
-        ctx.execute("CREATE TABLE tags (id INTEGER PRIMARY KEY)")
-            .await
-    }
-
-    #[mtnt::migration(scope = "tenant", order = 2024_01_01_0004)]
-    async fn create_notes(ctx: &mut Ctx<'_>) -> Result<()> {
-        if ctx
-            .tenant()
-            .is_some_and(|t| t.name.as_str().ends_with("-bad"))
-        {
-            return Err(Error::other("notes are refused in -bad tenants"));
-        }
-        ctx.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY)")
-            .await
-    }
-
-    #[mtnt::migration(scope = "public", order = 2024_02_01_0001)]
-    async fn create_features(ctx: &mut Ctx<'_>) -> Result<()> {
-        ctx.execute("CREATE TABLE features (id INTEGER PRIMARY KEY)")
-            .await
-    }
-}
-
-/// The hooks, one of each kind and a second `after_tenant`, which runs after the first
-/// (by name).
-mod hook_fns {
-    use mtnt::{Ctx, Error, Result, RunInfo, TenantName, TenantOutcome};
-
-    use super::record;
-
-    fn tenant(ctx: &Ctx<'_>) -> String {
-        ctx.tenant()
-            .expect("a tenant hook has a tenant")
-            .name
-            .to_string()
-    }
-
-    fn named(run: &RunInfo<'_>) -> String {
-        let names: Vec<&str> = run.tenants().iter().map(TenantName::as_str).collect();
-        names.join(",")
-    }
-
-    fn asks_for(run: &RunInfo<'_>, suffix: &str) -> bool {
-        run.tenants().iter().any(|t| t.as_str().ends_with(suffix))
-    }
-
-    #[mtnt::hook(before_run)]
-    async fn run_started(run: &RunInfo<'_>) -> Result<()> {
-        assert!(run.report().is_none());
-        record(format!(
-            "before_run {} [{}] of {}",
-            run.command(),
-            named(run),
-            run.tenant_count()
-        ));
-        if asks_for(run, "-norun") {
-            return Err(Error::other("not now"));
-        }
-        Ok(())
-    }
-
-    #[mtnt::hook(after_run)]
-    async fn run_ended(run: &RunInfo<'_>) -> Result<()> {
-        let report = run.report().expect("after_run has the report");
-        record(format!(
-            "after_run {} [{}] migrated {} failed {}",
-            run.command(),
-            named(run),
-            report.tenants_migrated,
-            report.failures.len()
-        ));
-        if asks_for(run, "-sulky") {
-            return Err(Error::other("sulky run hook"));
-        }
-        Ok(())
-    }
-
-    /// Marks the tenant with a table of its own: proof that it runs in the tenant.
-    #[mtnt::hook(before_tenant)]
-    async fn mark(ctx: &mut Ctx<'_>) -> Result<()> {
-        let tenant = tenant(ctx);
-        if tenant.ends_with("-refuse") {
-            record(format!("{tenant} before refused"));
-            return Err(Error::other("refused by the hook"));
-        }
-        ctx.execute("CREATE TABLE hook_marks (id INTEGER)").await?;
-        record(format!("{tenant} before"));
-        Ok(())
-    }
-
-    /// Seeds a new tenant, and records every outcome.
-    #[mtnt::hook(after_tenant)]
-    async fn outcome(ctx: &mut Ctx<'_>, outcome: &TenantOutcome<'_>) -> Result<()> {
-        let tenant = tenant(ctx);
-        let what = match outcome {
-            TenantOutcome::Migrated { applied } => format!("migrated {applied}"),
-            TenantOutcome::Created { applied } => {
-                ctx.execute("INSERT INTO items (id, name) VALUES (1, 'seeded')")
-                    .await?;
-                format!("created {applied}")
-            }
-            TenantOutcome::Failed {
-                error,
-                applied,
-                creating,
-            } => format!("failed {applied} creating={creating}: {error}"),
-            other => panic!("a new outcome: {other:?}"),
-        };
-        record(format!("{tenant} after {what}"));
-        Ok(())
-    }
-
-    #[mtnt::hook(after_tenant, name = "z_grumpy")]
-    async fn grumpy(ctx: &mut Ctx<'_>, _outcome: &TenantOutcome<'_>) -> Result<()> {
-        let tenant = tenant(ctx);
-        if tenant.ends_with("-grumpy") {
-            record(format!("{tenant} grumpy"));
-            return Err(Error::other("grumpy hook"));
-        }
-        Ok(())
-    }
-}
+use defs::{events, FEATURES, ITEMS, NOTES, TAGS};
 
 /// One test per model for each scenario, in a module named after the scenario.
 macro_rules! scenarios {
@@ -245,6 +78,7 @@ scenarios!(
     failing_after_hooks_are_warnings,
     failing_before_run_stops_the_run,
     tenant_create_runs_the_tenant_hooks,
+    the_cli_runs_every_registered_hook,
 );
 
 fn name(s: &str) -> TenantName {
@@ -253,12 +87,12 @@ fn name(s: &str) -> TenantName {
 
 /// The migrations up to `to`.
 fn set_to(to: i64) -> MigrationSet {
-    let all = MigrationSet::registered_in("hooks::set").unwrap();
+    let all = MigrationSet::registered_in("hooks::defs::set").unwrap();
     MigrationSet::new(all.iter().filter(|m| m.order() <= to)).unwrap()
 }
 
 fn hooks() -> Hooks {
-    Hooks::registered_in("hooks::hook_fns").unwrap()
+    Hooks::registered_in("hooks::defs::hook_fns").unwrap()
 }
 
 /// A migrator with every migration and every hook of this file.
@@ -632,4 +466,47 @@ async fn tenant_create_runs_the_tenant_hooks(m: &Model) {
     // The survivor is a tenant like any other.
     let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
     assert_eq!(report.tenants_current, 1);
+}
+
+/// The CLI app: `mtnt::run!()` runs every registered hook. `tenant create` seeds, or fails
+/// and leaves nothing; a failing `after_tenant` hook is a warning on stdout, with exit
+/// code 0; a failing `before_run` hook is the run's error.
+async fn the_cli_runs_every_registered_hook(m: &Model) {
+    let app = || Command::from_std(m.command(assert_cmd::cargo::cargo_bin("mtnt-hooks-app")));
+    let [w, n] = created_at_v1(m, ["w-grumpy", "n-norun"]).await;
+    let s1 = m.tenant("s1");
+    app().args(["tenant", "create", &s1]).assert().success();
+    let seeded = m
+        .int(
+            Place::Tenant(&s1),
+            "SELECT count(*) FROM items WHERE name = 'seeded'",
+        )
+        .await;
+    assert_eq!(seeded, Some(1));
+    let s2 = m.tenant("s2-refuse");
+    app()
+        .args(["tenant", "create", &s2])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "error: the before_tenant hook mark failed for tenant {s2}: refused by the hook; none of its pending migrations ran"
+        )));
+    assert!(!m.storage_exists(&s2).await);
+
+    app()
+        .args(["migrate", "--tenant", &w])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "warning: the after_tenant hook z_grumpy failed for tenant {w}: grumpy hook\n"
+        )));
+    assert_eq!(status(m, &w, NOTES).await.as_deref(), Some("completed"));
+    app()
+        .args(["migrate", "--tenant", &n])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+        "error: the before_run hook run_started failed: not now; the run stopped before any change",
+    ));
+    assert_eq!(status(m, &n, NOTES).await, None);
 }
