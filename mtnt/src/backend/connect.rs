@@ -70,10 +70,7 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
                     })
                 }
             }
-            let connect_error = |source| Error::Connect {
-                url: redact_url(url),
-                source,
-            };
+            let connect_error = |source| super::tls::connect_error(url, source);
             let connect_options: PgConnectOptions = url.parse().map_err(connect_error)?;
             let per_database = options.tenancy == Some(Tenancy::Database);
             if per_database && connect_options.get_database().is_none_or(str::is_empty) {
@@ -146,10 +143,7 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
                 reason,
             };
             let (server_url, control) = mysql_control(url).map_err(bad_url)?;
-            let connect_error = |source| Error::Connect {
-                url: redact_url(url),
-                source,
-            };
+            let connect_error = |source| super::tls::connect_error(url, source);
             let connect_options: MySqlConnectOptions = server_url.parse().map_err(connect_error)?;
             // One direct connection first, as for PostgreSQL: fail at once when unreachable.
             MySqlConnection::connect_with(&connect_options)

@@ -12,6 +12,7 @@ mod postgres;
 mod session;
 mod sql;
 mod sqlite;
+mod tls;
 
 pub use connect::{connect, ConnectOptions};
 pub(crate) use control::{connection_tag, host_name};
