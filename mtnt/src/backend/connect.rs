@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Connection;
 
 use super::mysql::MySqlBackend;
@@ -79,14 +79,10 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<dyn Back
                     reason: "with --tenancy database, name the control database that holds the tenant registry, as in postgres://postgres@127.0.0.1/control".to_owned(),
                 });
             }
-            // One direct connection first: a pool retries a refused connection until its
-            // acquire timeout, while a user with a wrong URL wants to hear so at once.
-            PgConnection::connect_with(&connect_options)
-                .await
-                .map_err(connect_error)?
-                .close()
-                .await
-                .ok();
+            // Direct connections first: a pool retries a refused connection until its
+            // acquire timeout, while a user with a wrong URL wants to hear so at once. They
+            // also refuse a pooler in transaction mode (see pg_pooler.rs).
+            let connect_options = super::pg_pooler::first_connections(url, connect_options).await?;
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(30))

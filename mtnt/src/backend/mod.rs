@@ -6,6 +6,7 @@ mod mysql;
 mod pg_database;
 mod pg_lease;
 mod pg_lock;
+mod pg_pooler;
 mod pg_shared;
 mod pg_tracking;
 mod postgres;
