@@ -12,7 +12,7 @@ use rustls::CertificateError;
 use crate::{redact_url, Error};
 
 /// The error of a failed first connection to `url`: [`Error::Tls`] when TLS is what
-/// failed, [`Error::Connect`] otherwise.
+/// failed, [`Error::BadUrl`] for a misspelt TLS mode, [`Error::Connect`] otherwise.
 pub(super) fn connect_error(url: &str, source: sqlx::Error) -> Error {
     let settings = Settings::of(url);
     // A misspelt mode is a bad URL, not a failed connection.
