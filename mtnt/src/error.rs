@@ -27,6 +27,21 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    /// The server was reached, but a TLS connection to it could not be set up: its
+    /// certificate is not trusted or names another host, or it offers no TLS.
+    #[error("cannot connect to {url} over TLS: {problem}")]
+    Tls {
+        /// The URL, with its password replaced by `***`.
+        url: String,
+        /// What is wrong, with the TLS library's own words.
+        problem: String,
+        /// What to change.
+        fix: String,
+        /// The failure.
+        #[source]
+        source: sqlx::Error,
+    },
+
     /// The database URL is malformed or names an engine mtnt does not support.
     #[error("unsupported database URL {url}: {reason}")]
     BadUrl {

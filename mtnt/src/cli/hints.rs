@@ -70,6 +70,7 @@ pub fn cli_fix(error: &Error) -> Option<String> {
             "register it with `tenant adopt --schema-like '{}'`, or pick another tenant name",
             escape_like(tenant.as_str())
         ),
+        Error::Tls { fix, .. } => fix.clone(),
         Error::Panicked { .. } => {
             "the migration's code panicked: fix it and run the same command again; the tenant was left as the error says".to_owned()
         }
