@@ -8,6 +8,7 @@ pub(crate) fn quote_ident(ident: &str) -> String {
 }
 
 /// Quotes an identifier for MySQL: `` `name` ``, doubling inner backticks.
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
 pub(crate) fn quote_ident_mysql(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }
