@@ -28,6 +28,7 @@ fn list_needs_no_database() {
         .stdout(predicate::str::contains("tests/support/app.rs:"));
 }
 
+#[cfg(feature = "postgres")]
 #[test]
 fn an_unreachable_database_is_named_without_its_password() {
     app()

@@ -5,7 +5,7 @@
 //! (fleet, failures, rollback, create, concurrent runs, checksums, adopt, CLI) is proven on
 //! MySQL by `tests/behaviour.rs`. Each test has its own control database and
 //! tenant prefix, removed when it ends.
-
+#![cfg(feature = "mysql")]
 // Migration orders are written YYYY_MM_DD_NNNN, like in the attributes.
 #![allow(clippy::inconsistent_digit_grouping)]
 

@@ -7,6 +7,7 @@
 //! migration's DDL done, and the next run stops that tenant with the repair command
 //! unless the migration is idempotent. Nothing else may be half done, and nothing may
 //! run twice.
+#![cfg(feature = "mysql")]
 #![cfg(not(feature = "inventory"))]
 
 use std::collections::{BTreeMap, BTreeSet};

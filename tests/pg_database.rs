@@ -5,7 +5,7 @@
 //! is proven on this model by `tests/behaviour.rs`. Each test works in a [`Model`] of its own: a fresh control
 //! database and a tenant prefix unique to the test, whose tenant databases are dropped when
 //! it ends, even when it fails.
-
+#![cfg(feature = "postgres")]
 // Migration orders are written YYYY_MM_DD_NNNN, like in the attributes.
 #![allow(clippy::inconsistent_digit_grouping)]
 

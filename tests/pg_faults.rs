@@ -10,6 +10,7 @@
 //!
 //! The registry mechanism does not matter here, so the suite runs once (not again under
 //! `--features inventory`), which keeps CI short.
+#![cfg(feature = "postgres")]
 #![cfg(not(feature = "inventory"))]
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,7 +3,7 @@
 //! registered without one, an up-to-date tenant is skipped without a session while every
 //! change that makes it not up to date is still seen, the fleet never takes more
 //! connections than the pool has, and `adopt` reports each tenant to its progress.
-
+#![cfg(feature = "postgres")]
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

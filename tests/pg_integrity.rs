@@ -3,7 +3,7 @@
 //! migration (no transaction or advisory lock left behind). Checksum drift, interrupted and
 //! idempotent non-transactional migrations and unknown applied migrations are proven on
 //! every engine by `tests/behaviour.rs`.
-
+#![cfg(feature = "postgres")]
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

@@ -3,7 +3,7 @@
 //! the migrator's own logic, the same over every backend), the connection an advisory lock
 //! was taken on, and an unreachable `postgres://` server. Fleets, failing tenants,
 //! concurrent runs and typed sqlx calls are proven on every engine by `tests/behaviour.rs`. Every test works in its own database.
-
+#![cfg(feature = "postgres")]
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

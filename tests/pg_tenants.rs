@@ -1,7 +1,7 @@
 //! A PostgreSQL control schema other than `public`. Tenant creation (all or nothing,
 //! duplicate, hostile and squatted names, non-transactional migrations) and `adopt` are
 //! proven on every engine by `tests/behaviour.rs`.
-
+#![cfg(feature = "postgres")]
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

@@ -3,7 +3,7 @@
 //! where it was; per migration on request; split by a migration that runs outside a
 //! transaction. SQLite's grouping is tested in `tests/sqlite.rs`; MySQL's DDL commits
 //! by itself, so it never groups migrations. Every test works in its own database.
-
+#![cfg(feature = "postgres")]
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

@@ -4,7 +4,7 @@
 //! `tests/pg_transactions.rs` proves on PostgreSQL). The behaviour every engine shares
 //! (fleet, failures, rollback, create, checksums, adopt, CLI) is proven on SQLite by
 //! `tests/behaviour.rs`.
-
+#![cfg(feature = "sqlite")]
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

@@ -59,11 +59,11 @@ pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
-    fingerprint, FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
+    fingerprint, Condition, FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
     MigratorBuilder, Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget,
     StatusReport, TenantSource, TenantStatus, Timeouts, Transactions,
 };
-pub use migrate::{parse_duration, SafetySettings, Shard};
+pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };

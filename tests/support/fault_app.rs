@@ -20,7 +20,7 @@ fn sleep_ms() -> u64 {
 }
 
 fn is_mysql(ctx: &mut Ctx<'_>) -> bool {
-    ctx.mysql().is_ok()
+    ctx.engine() == mtnt::Engine::MySql
 }
 
 /// Sleeps, then records that `order` ran in this tenant.

@@ -339,6 +339,7 @@ impl Model {
             Engine::MySql => format!(
                 "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{table}'"
             ),
+            Engine::Custom(name) => unreachable!("no model runs on {name}"),
         };
         self.int(place, &sql).await.unwrap_or(0) > 0
     }
@@ -355,6 +356,7 @@ impl Model {
             Engine::MySql => format!(
                 "SELECT count(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND INDEX_NAME = '{index}'"
             ),
+            Engine::Custom(name) => unreachable!("no model runs on {name}"),
         };
         self.int(place, &sql).await.unwrap_or(0) > 0
     }

@@ -3,6 +3,7 @@
 //! retried with backoff, and no tenant is started once the run must stop (its lease
 //! was lost, or its deadline passed).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -64,10 +65,12 @@ impl<'a> FleetClaims<'a> {
         to: Option<i64>,
     ) -> Result<Claim<usize>> {
         let target = Target::Tenant(&record.tenant);
+        let committed = AtomicUsize::new(0);
         let claim = with_retries(protocol, self.settings, target, || {
-            protocol.migrate_target(target, Some(record), to)
+            protocol.migrate_target(target, Some(record), to, &committed)
         })
         .await?;
+        let claim = counted(claim, &committed);
         if let Claim::Busy = claim {
             tracing::debug!(tenant = %record.tenant.name, "held by another run; coming back to it");
             if let Ok(mut deferred) = self.deferred.lock() {
@@ -94,8 +97,14 @@ impl<'a> FleetClaims<'a> {
         record: &TenantRecord,
         to: Option<i64>,
     ) -> Result<Claim<usize>> {
-        migrate_waiting(protocol, Target::Tenant(&record.tenant), Some(record), to, self.settings)
-            .await
+        migrate_waiting(
+            protocol,
+            Target::Tenant(&record.tenant),
+            Some(record),
+            to,
+            self.settings,
+        )
+        .await
     }
 }
 
@@ -109,15 +118,26 @@ pub(crate) async fn migrate_waiting(
     settings: &SafetySettings,
 ) -> Result<Claim<usize>> {
     let mut wait = Wait::new(settings.unlock_deadline);
+    let committed = AtomicUsize::new(0);
     loop {
         let claim = with_retries(protocol, settings, target, || {
-            protocol.migrate_target(target, record, to)
+            protocol.migrate_target(target, record, to, &committed)
         })
         .await?;
         if !matches!(claim, Claim::Busy) {
-            return Ok(claim);
+            return Ok(counted(claim, &committed));
         }
         wait.again(target).await?;
+    }
+}
+
+/// A finished claim counts every migration its attempts committed: an attempt that failed
+/// transiently after committing some (one transaction per migration, or the chain) leaves
+/// fewer for the retry that finishes.
+fn counted(claim: Claim<usize>, committed: &AtomicUsize) -> Claim<usize> {
+    match claim {
+        Claim::Done(_) => Claim::Done(committed.load(Ordering::Relaxed)),
+        other => other,
     }
 }
 

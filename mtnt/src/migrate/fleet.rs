@@ -1,10 +1,12 @@
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::claim::FleetClaims;
 use super::fingerprint::current_fingerprints;
 use super::protocol::{Claim, Protocol};
+use super::rollout::{Canary, Rollout, TenantOrder};
 use super::source::TenantSource;
 use super::{FailedTenant, MigrateReport, Progress};
 use crate::backend::Backend;
@@ -23,8 +25,10 @@ pub(crate) enum TenantOutcome {
     Deferred,
     /// The run stopped (fail-fast, lost lease, deadline) before it started.
     NotStarted,
-    /// Not this run's: being created, or in another shard.
-    NotOurs,
+    /// `tenant create` has not finished it (it is under way, or died half-way).
+    Creating,
+    /// Another shard's.
+    OtherShard,
     /// It was dropped while this run waited for it.
     Gone,
 }
@@ -143,12 +147,105 @@ pub(crate) struct FleetRun {
     pub(crate) page_size: usize,
     /// Start no tenant after a failure.
     pub(crate) fail_fast: bool,
+    /// Canary, waves, budget, selection and order.
+    pub(crate) rollout: Rollout,
+    /// How many tenants the run looks at (for percentages).
+    pub(crate) total: usize,
 }
 
-/// Migrates many tenants, `concurrency` at a time, each tenant's migrations in order.
+/// When a run stops starting tenants: the first failure with fail-fast, a failed canary,
+/// a spent error budget, a lost lease or a passed deadline.
+struct Stop<'a> {
+    stopped: AtomicBool,
+    why: Mutex<Option<String>>,
+    failures: AtomicUsize,
+    budget: Option<usize>,
+    fail_fast: bool,
+    claims: &'a FleetClaims<'a>,
+}
+
+impl Stop<'_> {
+    fn now(&self, why: String) {
+        if let Ok(mut slot) = self.why.lock() {
+            slot.get_or_insert(why);
+        }
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    fn is_stopped(&self) -> bool {
+        if self.stopped.load(Ordering::Relaxed) {
+            return true;
+        }
+        match self.claims.stop_reason() {
+            Some(why) => {
+                self.now(why);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn failed(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.fail_fast {
+            self.now("a tenant failed and --fail-fast is set".to_owned());
+        }
+        if let Some(budget) = self.budget {
+            if failures >= budget {
+                self.now(format!(
+                    "the error budget of {budget} failed tenant{} is spent",
+                    if budget == 1 { "" } else { "s" }
+                ));
+            }
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.why.lock().ok().and_then(|w| w.clone())
+    }
+}
+
+/// Adds a tenant's outcome to the report and the progress.
+fn account(
+    report: &mut MigrateReport,
+    progress: &dyn Progress,
+    tenant: TenantName,
+    outcome: TenantOutcome,
+) {
+    match outcome {
+        // Counted when it comes back in the second pass; another shard's: not counted.
+        TenantOutcome::Deferred | TenantOutcome::OtherShard => return,
+        TenantOutcome::Creating => report.tenants_creating.push(tenant),
+        TenantOutcome::Current => {
+            report.tenants_current += 1;
+            progress.tenant_done(&tenant, Ok(0));
+        }
+        TenantOutcome::Migrated(n) => {
+            report.tenants_migrated += 1;
+            report.migrations_applied += n;
+            progress.tenant_done(&tenant, Ok(n));
+        }
+        TenantOutcome::NotStarted => {
+            report.tenants_skipped += 1;
+            report.not_started.push(tenant);
+        }
+        TenantOutcome::Gone => report.tenants_gone.push(tenant),
+        TenantOutcome::Failed(error) => {
+            progress.tenant_done(&tenant, Err(&error));
+            report.failures.push(FailedTenant { tenant, error });
+        }
+    }
+    report.tenants_total += 1;
+}
+
+/// Migrates many tenants, `concurrency` at a time, each tenant's migrations in order,
+/// rolled out as `run.rollout` says: canary tenants first and alone, then waves with a
+/// pause between them, until the error budget is spent.
 ///
-/// Tenants are handed out one by one from a shared stream, so a slow tenant never idles
-/// the others; a failing tenant is reported and the rest go on (unless `fail_fast`).
+/// Within a wave, tenants are handed out one by one from a shared stream, so a slow
+/// tenant never idles the others; a failing tenant is reported and the rest go on. Without
+/// waves, canary or another order, the registry is streamed page by page, so memory does
+/// not grow with the fleet.
 pub(crate) async fn migrate_fleet(
     protocol: &Protocol<'_>,
     tenants: Tenants<'_>,
@@ -162,90 +259,169 @@ pub(crate) async fn migrate_fleet(
         concurrency,
         page_size,
         fail_fast,
+        rollout,
+        total,
     } = run;
     let backend = protocol.backend;
-    let stop = AtomicBool::new(false);
-    let stop = &stop;
-    let current = current_fingerprints(protocol.set, to);
-    let current = &current;
-    let outcomes = pages(backend, tenants, page_size, protocol.caps.fingerprints)
-        .map(|record| async move {
-            let (record, fingerprint) = record?;
-            if record.state == TenantState::Creating || !claims.owns(&record.tenant.name) {
-                // `tenant create` owns it until it is active; another shard owns it.
-                return Ok((record.tenant.name, TenantOutcome::NotOurs));
-            }
-            if stop.load(Ordering::Relaxed) || claims.stop_reason().is_some() {
-                return Ok((record.tenant.name, TenantOutcome::NotStarted));
-            }
-            if record.failed_order.is_none()
-                && fingerprint.is_some_and(|f| {
-                    current
-                        .iter()
-                        .any(|(c, applied)| *c == f && *applied == record.applied_order)
-                })
-            {
-                // Up to date by its registry row: no session, no round trip.
-                return Ok((record.tenant.name, TenantOutcome::Current));
-            }
-            let outcome = TenantOutcome::from(claims.first_pass(protocol, &record, to).await);
-            if matches!(outcome, TenantOutcome::Failed(_)) && fail_fast {
-                stop.store(true, Ordering::Relaxed);
-            }
-            Ok::<_, Error>((record.tenant.name, outcome))
-        })
-        .buffer_unordered(concurrency.max(1));
-    let mut account = |tenant: TenantName, outcome: TenantOutcome| {
-        match outcome {
-            // Counted when it comes back in the second pass; not ours: not counted.
-            TenantOutcome::Deferred | TenantOutcome::NotOurs => return,
-            TenantOutcome::Current => {
-                report.tenants_current += 1;
-                progress.tenant_done(&tenant, Ok(0));
-            }
-            TenantOutcome::Migrated(n) => {
-                report.tenants_migrated += 1;
-                report.migrations_applied += n;
-                progress.tenant_done(&tenant, Ok(n));
-            }
-            TenantOutcome::NotStarted => report.tenants_skipped += 1,
-            TenantOutcome::Gone => {
-                report.tenants_gone.push(tenant);
-            }
-            TenantOutcome::Failed(error) => {
-                progress.tenant_done(&tenant, Err(&error));
-                report.failures.push(FailedTenant { tenant, error });
-            }
-        }
-        report.tenants_total += 1;
+    let stop = Stop {
+        stopped: AtomicBool::new(false),
+        why: Mutex::new(None),
+        failures: AtomicUsize::new(0),
+        budget: rollout.budget(total),
+        fail_fast,
+        claims,
     };
-    let mut outcomes = std::pin::pin!(outcomes);
-    while let Some(next) = outcomes.next().await {
-        let (tenant, outcome) = next?;
-        account(tenant, outcome);
+    let only_failed = rollout.only_failed;
+    let records = pages(backend, tenants, page_size, protocol.caps.fingerprints).try_filter(
+        move |(record, _)| std::future::ready(!only_failed || record.failed_order.is_some()),
+    );
+    let wave = Wave {
+        protocol,
+        to,
+        concurrency,
+        stop: &stop,
+        current: current_fingerprints(protocol.set, to),
+    };
+    if !rollout.needs_waves() {
+        wave.run(records, progress, report).await?;
+    } else {
+        let mut all: Vec<(TenantRecord, Option<String>)> = records.try_collect().await?;
+        if rollout.order_by == TenantOrder::Created {
+            all.sort_by(|a, b| {
+                (a.0.created_at, &a.0.tenant.name).cmp(&(b.0.created_at, &b.0.tenant.name))
+            });
+        }
+        let canary: Vec<_> = match &rollout.canary {
+            Canary::None => Vec::new(),
+            Canary::First(n) => all.drain(..(*n).min(all.len())).collect(),
+            Canary::Tenants(names) => {
+                if let Some(missing) = names
+                    .iter()
+                    .find(|n| !all.iter().any(|(r, _)| &r.tenant.name == *n))
+                {
+                    return Err(Error::UnknownTenant(missing.to_string()));
+                }
+                let (canary, rest) = all
+                    .into_iter()
+                    .partition(|(r, _)| names.contains(&r.tenant.name));
+                all = rest;
+                canary
+            }
+        };
+        let size = rollout.wave_size.map_or(all.len(), |w| w.of(total)).max(1);
+        let waves = all.len().div_ceil(size);
+        let mut first = true;
+        if !canary.is_empty() {
+            progress.wave(0, waves, canary.len());
+            let before = report.failures.len();
+            wave.run(stream::iter(canary.into_iter().map(Ok)), progress, report)
+                .await?;
+            let failed = report.failures.len() - before;
+            if failed > 0 {
+                stop.now(format!(
+                    "{failed} canary tenant{} failed",
+                    if failed == 1 { "" } else { "s" }
+                ));
+            }
+            first = false;
+        }
+        let mut rest = all.into_iter();
+        for number in 1..=waves {
+            let tenants: Vec<_> = rest.by_ref().take(size).collect();
+            if !first && !stop.is_stopped() && !rollout.wave_pause.is_zero() {
+                tokio::time::sleep(rollout.wave_pause).await;
+            }
+            first = false;
+            if !stop.is_stopped() {
+                progress.wave(number, waves, tenants.len());
+            }
+            wave.run(stream::iter(tenants.into_iter().map(Ok)), progress, report)
+                .await?;
+        }
     }
     // The tenants other runners held: wait for each (at most the unlock deadline) and
     // re-plan; usually the other runner has migrated it and nothing is left to do.
     let deferred = claims.take_deferred();
+    let stop = &stop;
     let outcomes = stream::iter(deferred)
         .map(|record| async move {
-            if stop.load(Ordering::Relaxed) || claims.stop_reason().is_some() {
+            if stop.is_stopped() {
                 return (record.tenant.name, TenantOutcome::NotStarted);
             }
             let outcome = TenantOutcome::from(claims.waiting(protocol, &record, to).await);
-            if matches!(outcome, TenantOutcome::Failed(_)) && fail_fast {
-                stop.store(true, Ordering::Relaxed);
+            if matches!(outcome, TenantOutcome::Failed(_)) {
+                stop.failed();
             }
             (record.tenant.name, outcome)
         })
         .buffer_unordered(concurrency.max(1));
     let mut outcomes = std::pin::pin!(outcomes);
     while let Some((tenant, outcome)) = outcomes.next().await {
-        account(tenant, outcome);
+        account(report, progress, tenant, outcome);
     }
-    if report.tenants_skipped > 0 && !stop.load(Ordering::Relaxed) {
-        report.stopped = claims.stop_reason();
+    if report.tenants_skipped > 0 {
+        report.stopped = stop.reason();
     }
     report.failures.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    report.not_started.sort();
     Ok(())
+}
+
+/// What every wave of one run shares.
+struct Wave<'a> {
+    protocol: &'a Protocol<'a>,
+    to: Option<i64>,
+    concurrency: usize,
+    stop: &'a Stop<'a>,
+    /// The fingerprints a tenant is up to date with.
+    current: Vec<(String, Option<i64>)>,
+}
+
+impl Wave<'_> {
+    /// Runs the tenants of `records`, `concurrency` at a time.
+    async fn run(
+        &self,
+        records: impl futures_util::Stream<Item = Result<(TenantRecord, Option<String>)>>,
+        progress: &dyn Progress,
+        report: &mut MigrateReport,
+    ) -> Result<()> {
+        let outcomes = records
+            .map(|record| async move {
+                let (record, fingerprint) = record?;
+                let claims = self.stop.claims;
+                if !claims.owns(&record.tenant.name) {
+                    return Ok((record.tenant.name, TenantOutcome::OtherShard));
+                }
+                if record.state == TenantState::Creating {
+                    // `tenant create` owns it until it is active.
+                    return Ok((record.tenant.name, TenantOutcome::Creating));
+                }
+                if self.stop.is_stopped() {
+                    return Ok((record.tenant.name, TenantOutcome::NotStarted));
+                }
+                if record.failed_order.is_none()
+                    && fingerprint.is_some_and(|f| {
+                        self.current
+                            .iter()
+                            .any(|(c, applied)| *c == f && *applied == record.applied_order)
+                    })
+                {
+                    // Up to date by its registry row: no session, no round trip.
+                    return Ok((record.tenant.name, TenantOutcome::Current));
+                }
+                let outcome =
+                    TenantOutcome::from(claims.first_pass(self.protocol, &record, self.to).await);
+                if matches!(outcome, TenantOutcome::Failed(_)) {
+                    self.stop.failed();
+                }
+                Ok::<_, Error>((record.tenant.name, outcome))
+            })
+            .buffer_unordered(self.concurrency.max(1));
+        let mut outcomes = std::pin::pin!(outcomes);
+        while let Some(next) = outcomes.next().await {
+            let (tenant, outcome) = next?;
+            account(report, progress, tenant, outcome);
+        }
+        Ok(())
+    }
 }

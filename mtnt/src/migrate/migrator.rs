@@ -2,6 +2,7 @@ use std::time::Instant;
 
 use super::claim::{lock_waiting, migrate_waiting, FleetClaims};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
+use super::inspect::{standings, Condition};
 use super::lease::Lease;
 use super::progress::Silent;
 use super::protocol::{Claim, Protocol};
@@ -262,6 +263,8 @@ impl Migrator {
                 concurrency,
                 page_size: self.page_size,
                 fail_fast: options.fail_fast,
+                rollout: options.rollout.clone(),
+                total: total as usize,
             },
             &claims,
             progress,
@@ -388,43 +391,53 @@ impl Migrator {
         } else {
             self.records(names).await?
         };
-        let enabled: Vec<i64> = self
-            .migrations
-            .scope(Scope::Tenant)
-            .filter(|m| m.is_enabled())
-            .map(|m| m.order())
-            .collect();
+        let standings =
+            standings(&*self.backend, &self.migrations, &records, self.concurrency).await?;
         let tenants: Vec<TenantStatus> = records
             .into_iter()
-            .map(|record| TenantStatus {
-                pending: enabled
-                    .iter()
-                    .filter(|&&o| record.applied_order.is_none_or(|a| o > a))
-                    .count(),
+            .zip(standings)
+            .map(|(record, standing)| TenantStatus {
+                pending: standing.pending.len(),
                 // A recorded failure of a migration this binary does not run (disabled, or
                 // not in its code: a reverted deploy) is nothing it can retry or report on.
                 failed: record
                     .failed_order
-                    .filter(|order| enabled.contains(order))
+                    .filter(|_| standing.condition == Condition::Failed)
+                    .filter(|order| {
+                        self.migrations
+                            .get(*order)
+                            .is_some_and(Migration::is_enabled)
+                    })
                     .map(|order| FailedMigration {
                         order,
                         name: self.migrations.get(order).map(Migration::name),
                         error: record.last_error.clone(),
                     }),
+                condition: standing.condition,
+                detail: standing.detail,
                 applied_order: record.applied_order,
                 state: record.state,
                 storage: record.tenant.storage,
                 tenant: record.tenant.name,
             })
             .collect();
-        let failed = tenants.iter().filter(|t| t.failed.is_some()).count();
-        let current = tenants.iter().filter(|t| t.is_current()).count();
+        let count = |c: Condition| tenants.iter().filter(|t| t.condition == c).count();
         Ok(StatusReport {
-            latest_tenant_order: enabled.last().copied(),
+            latest_tenant_order: self
+                .migrations
+                .scope(Scope::Tenant)
+                .filter(|m| m.is_enabled())
+                .map(Migration::order)
+                .last(),
             public,
-            current,
-            behind: tenants.len() - current - failed,
-            failed,
+            current: count(Condition::Current),
+            behind: count(Condition::Behind) + count(Condition::OutOfOrder),
+            failed: count(Condition::Failed),
+            out_of_order: count(Condition::OutOfOrder),
+            drifted: count(Condition::Drifted),
+            needs_repair: count(Condition::NeedsRepair),
+            ahead: count(Condition::Ahead),
+            creating: count(Condition::Creating),
             tenants,
         })
     }
@@ -459,9 +472,7 @@ impl Migrator {
         self.backend.prepare().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
-        self.protocol()
-            .create_tenant(&tenant, &self.safety)
-            .await?;
+        self.protocol().create_tenant(&tenant, &self.safety).await?;
         Ok(tenant)
     }
 

@@ -4,6 +4,7 @@
 mod claim;
 mod fingerprint;
 mod fleet;
+mod inspect;
 mod lease;
 mod migrator;
 mod options;
@@ -12,11 +13,13 @@ mod progress;
 mod protocol;
 mod report;
 mod retry;
+mod rollout;
 mod safety;
 mod source;
 mod tenants;
 
 pub use fingerprint::fingerprint;
+pub use inspect::Condition;
 pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};
 pub use progress::Progress;
@@ -24,5 +27,6 @@ pub use report::{
     FailedMigration, FailedTenant, MigrateReport, PublicStatus, RollbackReport, StatusReport,
     TenantStatus,
 };
+pub use rollout::{Canary, Rollout, TenantOrder, WaveSize};
 pub use safety::{parse_duration, SafetySettings, Shard};
 pub use source::{RegistrySource, TenantSource};

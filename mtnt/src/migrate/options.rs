@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use super::rollout::Rollout;
 use super::Shard;
 use crate::TenantName;
 
@@ -15,6 +16,8 @@ pub struct MigrateOptions {
     pub fail_fast: bool,
     /// Only the tenants of this static part of the fleet (`--shard I/N`).
     pub shard: Option<Shard>,
+    /// Canary, waves, error budget, selection and order of the tenants.
+    pub rollout: Rollout,
 }
 
 impl MigrateOptions {
@@ -44,6 +47,12 @@ impl MigrateOptions {
     /// Only the tenants of this shard.
     pub fn shard(mut self, shard: Option<Shard>) -> Self {
         self.shard = shard;
+        self
+    }
+
+    /// How the run rolls out over the fleet.
+    pub fn rollout(mut self, rollout: Rollout) -> Self {
+        self.rollout = rollout;
         self
     }
 }

@@ -6,6 +6,8 @@ pub trait Progress: Send + Sync {
     fn start(&self, _total: u64) {}
     /// A tenant is done: `Ok(n)` with the migrations it applied (or reverted), or its error.
     fn tenant_done(&self, _tenant: &TenantName, _outcome: Result<usize, &Error>) {}
+    /// A wave of `tenants` starts: number 0 is the canary, then 1 to `waves`.
+    fn wave(&self, _number: usize, _waves: usize, _tenants: usize) {}
     /// The run is over.
     fn finish(&self) {}
 }

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt;
@@ -164,11 +165,14 @@ impl<'a> Protocol<'a> {
 
     /// Brings one target up to `to`, unless another run holds it. `record` is the
     /// tenant's registry row as this run read it (`None` for the public target).
+    /// `committed` counts the migrations this call committed, also when it fails after
+    /// some (so that retries add up).
     pub(crate) async fn migrate_target(
         &self,
         target: Target<'_>,
         record: Option<&TenantRecord>,
         to: Option<i64>,
+        committed: &AtomicUsize,
     ) -> Result<Claim<usize>> {
         let scope = scope_of(target);
         let mut conn = self.backend.connect(target).await?;
@@ -186,7 +190,7 @@ impl<'a> Protocol<'a> {
             return Ok(Claim::Busy);
         };
         let outcome = self
-            .migrate_locked(&mut *conn, target, record, &state, to)
+            .migrate_locked(&mut *conn, target, record, &state, to, committed)
             .await;
         conn.release().await;
         outcome
@@ -199,15 +203,20 @@ impl<'a> Protocol<'a> {
         record: Option<&TenantRecord>,
         state: &TargetState,
         to: Option<i64>,
+        committed: &AtomicUsize,
     ) -> Result<Claim<usize>> {
         if !state.registered {
             return Ok(Claim::Gone);
         }
         self.heal_registry(target, record, state).await;
         let steps = plan_up(target, &state.applied, self.set, scope_of(target), to)?;
-        self.apply(conn, target, Completed::of(state), &steps, Direction::Up)
-            .await
-            .map_err(|(i, e)| wrap(target, steps[i], Direction::Up, e))?;
+        let before = Completed::of(state);
+        let mut completed = Completed::of(state);
+        let outcome = self
+            .apply(conn, target, &mut completed, &steps, Direction::Up)
+            .await;
+        committed.fetch_add(completed.0.difference(&before.0).count(), Ordering::Relaxed);
+        outcome.map_err(|(i, e)| wrap(target, steps[i], Direction::Up, e))?;
         Ok(Claim::Done(steps.len()))
     }
 
@@ -223,9 +232,15 @@ impl<'a> Protocol<'a> {
         let state = self.read_registered(conn, target).await?;
         self.heal_registry(target, record, &state).await;
         let steps = plan_down(target, &state.applied, self.set, scope_of(target), how_far)?;
-        self.apply(conn, target, Completed::of(&state), &steps, Direction::Down)
-            .await
-            .map_err(|(i, e)| wrap(target, steps[i], Direction::Down, e))?;
+        self.apply(
+            conn,
+            target,
+            &mut Completed::of(&state),
+            &steps,
+            Direction::Down,
+        )
+        .await
+        .map_err(|(i, e)| wrap(target, steps[i], Direction::Down, e))?;
         Ok(steps)
     }
 
@@ -284,7 +299,19 @@ impl<'a> Protocol<'a> {
         migration: &'static Migration,
         status: MigrationStatus,
     ) -> Result<()> {
+        if migration.scope() != scope_of(target) {
+            return Err(Error::Invalid(format!(
+                "migration {migration} is a {} migration; it cannot be marked in {target}",
+                migration.scope()
+            )));
+        }
         let state = self.read_registered(conn, target).await?;
+        let row = state.applied.iter().find(|r| r.order == migration.order());
+        if status == MigrationStatus::Completed && row.is_none() {
+            return Err(Error::Invalid(format!(
+                "migration {migration} never ran in {target}; marking it completed would skip it for good, so nothing was changed"
+            )));
+        }
         let mut records = vec![Record::Marked { migration, status }];
         if self.registry_in_transaction(target) {
             records.push(Record::Registry {
@@ -329,7 +356,7 @@ impl<'a> Protocol<'a> {
         &self,
         conn: &mut dyn Connection,
         target: Target<'_>,
-        mut completed: Completed,
+        completed: &mut Completed,
         steps: &[&'static Migration],
         direction: Direction,
     ) -> std::result::Result<(), (usize, Error)> {
@@ -346,19 +373,48 @@ impl<'a> Protocol<'a> {
                     _ => 1,
                 };
                 let batch = &steps[i..i + together];
-                self.run_transaction(conn, target, i, batch, direction, &mut pending, &mut completed, Parts::plain())
-                    .await?;
+                self.run_transaction(
+                    conn,
+                    target,
+                    i,
+                    batch,
+                    direction,
+                    &mut pending,
+                    completed,
+                    Parts::plain(),
+                )
+                .await?;
                 i += together;
             } else {
-                self.run_chained(conn, target, i, migration, direction, &mut pending, &mut completed)
-                    .await?;
+                self.run_chained(
+                    conn,
+                    target,
+                    i,
+                    migration,
+                    direction,
+                    &mut pending,
+                    completed,
+                )
+                .await?;
                 i += 1;
             }
         }
         if let Some(last) = pending.take() {
             let records = self.finished_records(target, &last, direction);
             if let Err(error) = conn.commit(&records, None).await {
-                return Err((last.index, self.fail(conn, target, last.migration, direction, error, last.timing, &completed).await));
+                return Err((
+                    last.index,
+                    self.fail(
+                        conn,
+                        target,
+                        last.migration,
+                        direction,
+                        error,
+                        last.timing,
+                        &completed,
+                    )
+                    .await,
+                ));
             }
             completed.note(last.migration, direction);
             self.after_commit(target, &completed).await;
@@ -410,7 +466,10 @@ impl<'a> Protocol<'a> {
         let functions = batch
             .iter()
             .enumerate()
-            .map(|(k, m)| m.function(direction, target).map_err(|e| (first_index + k, e)))
+            .map(|(k, m)| {
+                m.function(direction, target)
+                    .map_err(|e| (first_index + k, e))
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut timeouts = self.timeouts_of(batch[0]);
         // A chained migration's `completed` record commits with the opening of this
@@ -426,7 +485,15 @@ impl<'a> Protocol<'a> {
                     }
                     Err(error) => {
                         let error = self
-                            .fail(conn, target, done.migration, direction, error, done.timing, completed)
+                            .fail(
+                                conn,
+                                target,
+                                done.migration,
+                                direction,
+                                error,
+                                done.timing,
+                                completed,
+                            )
                             .await;
                         return Err((done.index, error));
                     }
@@ -550,7 +617,15 @@ impl<'a> Protocol<'a> {
                 // The commit was the previous migration's `completed`.
                 Some(done) => {
                     let error = self
-                        .fail(conn, target, done.migration, direction, error, done.timing, completed)
+                        .fail(
+                            conn,
+                            target,
+                            done.migration,
+                            direction,
+                            error,
+                            done.timing,
+                            completed,
+                        )
                         .await;
                     (done.index, error)
                 }

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::inspect::Condition;
 use crate::{Error, TenantName, TenantState};
 
 /// A tenant whose migration failed.
@@ -27,17 +28,23 @@ pub struct MigrateReport {
     pub tenants_current: usize,
     /// Tenant migrations applied, over all tenants.
     pub migrations_applied: usize,
-    /// Tenants not started because of `fail_fast`.
+    /// Tenants not started: the run stopped first (see `stopped`).
     pub tenants_skipped: usize,
+    /// Their names.
+    pub not_started: Vec<TenantName>,
     /// Tenants that failed, each with its error.
     pub failures: Vec<FailedTenant>,
     /// Tenants that were dropped while this run waited for them; nothing was created
     /// for them.
     pub tenants_gone: Vec<TenantName>,
+    /// Tenants left `creating` (a `tenant create` under way, or one that died half-way):
+    /// not migrated. Finish one by dropping it and creating it again.
+    pub tenants_creating: Vec<TenantName>,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Why the run stopped starting tenants before the end (its lease was lost, or its
-    /// deadline passed); the tenants it did not start are counted in `tenants_skipped`.
+    /// Why the run stopped starting tenants before the end (a failure with fail-fast, a
+    /// failed canary, the spent error budget, its lease lost, its deadline passed); the
+    /// tenants it did not start are counted in `tenants_skipped`.
     pub stopped: Option<String>,
 }
 
@@ -84,12 +91,16 @@ pub struct TenantStatus {
     pub pending: usize,
     /// The migration it failed at, until a run gets past it.
     pub failed: Option<FailedMigration>,
+    /// Where it stands.
+    pub condition: Condition,
+    /// Why, for a drifted, failed, out-of-order or needs-repair tenant.
+    pub detail: Option<String>,
 }
 
 impl TenantStatus {
-    /// Up to date and not failed.
+    /// Every enabled migration applied, as the code has it.
     pub fn is_current(&self) -> bool {
-        self.pending == 0 && self.failed.is_none()
+        self.condition == Condition::Current
     }
 }
 
@@ -116,21 +127,52 @@ pub struct StatusReport {
     pub tenants: Vec<TenantStatus>,
     /// How many tenants are current.
     pub current: usize,
-    /// How many are behind without a failure.
+    /// How many are behind without a failure (out of order included).
     pub behind: usize,
     /// How many have a failed migration.
     pub failed: usize,
+    /// How many have pending migrations older than their newest applied one.
+    pub out_of_order: usize,
+    /// How many have an applied migration whose code changed.
+    pub drifted: usize,
+    /// How many have a migration that started and never completed.
+    pub needs_repair: usize,
+    /// How many have a migration this binary does not know.
+    pub ahead: usize,
+    /// How many `tenant create` has not finished.
+    pub creating: usize,
 }
 
 impl StatusReport {
-    /// `998/1000 tenants current, 2 behind, 0 failed`.
+    /// `998/1000 tenants current, 2 behind, 0 failed`, then the other conditions that
+    /// any tenant is in (`, 1 drifted, 1 needs repair`).
     pub fn summary(&self) -> String {
-        format!(
+        let mut out = format!(
             "{}/{} tenants current, {} behind, {} failed",
             self.current,
             self.tenants.len(),
             self.behind,
             self.failed
-        )
+        );
+        for (n, what) in [
+            (self.out_of_order, "out of order"),
+            (self.drifted, "drifted"),
+            (self.needs_repair, "need repair"),
+            (self.ahead, "ahead of this binary"),
+            (self.creating, "creating"),
+        ] {
+            if n > 0 {
+                out.push_str(&format!(", {n} {what}"));
+            }
+        }
+        out
+    }
+
+    /// Whether every tenant and the public schema are current: what `status --check`
+    /// gates a deploy on.
+    pub fn is_current(&self) -> bool {
+        self.current == self.tenants.len()
+            && self.public.pending == 0
+            && self.public.failed.is_none()
     }
 }

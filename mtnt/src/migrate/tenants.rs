@@ -140,7 +140,7 @@ impl Protocol<'_> {
             return Ok(());
         }
         let outcome = self
-            .apply(&mut *conn, target, completed, rest, Direction::Up)
+            .apply(&mut *conn, target, &mut completed, rest, Direction::Up)
             .await
             .map_err(|(i, e)| wrap(target, rest[i], Direction::Up, e));
         if let Err(error) = outcome {
@@ -184,9 +184,15 @@ impl Protocol<'_> {
             let result = async {
                 lock_waiting(&mut *conn, target, safety).await?;
                 let state = conn.read().await?;
-                self.apply(&mut *conn, target, Completed::of(&state), all, Direction::Up)
-                    .await
-                    .map_err(|(i, e)| wrap(target, all[i], Direction::Up, e))
+                self.apply(
+                    &mut *conn,
+                    target,
+                    &mut Completed::of(&state),
+                    all,
+                    Direction::Up,
+                )
+                .await
+                .map_err(|(i, e)| wrap(target, all[i], Direction::Up, e))
             }
             .await;
             conn.release().await;
@@ -284,9 +290,12 @@ impl Protocol<'_> {
             migration,
             status: MigrationStatus::Completed,
         });
-        let registry = self.caps.registry_in_target_transaction.then_some(Record::Registry {
-            clear_failure: true,
-        });
+        let registry = self
+            .caps
+            .registry_in_target_transaction
+            .then_some(Record::Registry {
+                clear_failure: true,
+            });
         let applied_order = baseline.iter().map(|m| m.order()).max();
         if self.caps.transactional_storage {
             let mut records = vec![Record::Register {

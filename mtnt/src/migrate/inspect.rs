@@ -1,0 +1,239 @@
+//! Where each tenant stands, for `status` (and `plan`), without changing anything.
+//!
+//! The registry is read in bulk. A tenant's row proves its state only when the engine
+//! keeps fingerprints and the row's fingerprint is exactly that of the code's enabled
+//! migrations up to its applied order (so no migration below it is missing, none has
+//! changed, none is unknown), with no recorded failure. Every other tenant has its tracking
+//! rows read — a connection, no lock, no write — and is classified from them the way a run
+//! would plan it: so `status` never calls a tenant current that `migrate` would change or
+//! refuse.
+
+use std::collections::HashMap;
+
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+
+use super::fingerprint::fingerprint;
+use super::plan::plan_up;
+use crate::backend::{Backend, Target};
+use crate::{
+    AppliedMigration, Error, Migration, MigrationSet, MigrationStatus, Result, Scope, TenantRecord,
+};
+
+/// Where a tenant (or the public schema) stands against this binary's migrations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Condition {
+    /// Every enabled migration is applied, as the code has it.
+    Current,
+    /// Migrations are pending, all newer than the newest applied one.
+    Behind,
+    /// Pending migrations include one older than the newest applied one (merged from
+    /// another branch); `migrate` applies it.
+    OutOfOrder,
+    /// A migration failed last time; the next run tries it again.
+    Failed,
+    /// An applied migration's code changed since: `migrate` refuses the tenant until the
+    /// edit is reverted or its checksum repaired.
+    Drifted,
+    /// A migration started and never completed outside a transaction (or on an engine
+    /// that commits DDL at once): `migrate` refuses the tenant until it is repaired.
+    NeedsRepair,
+    /// The tenant has a migration applied that this binary does not know.
+    Ahead,
+    /// `tenant create` has not finished it.
+    Creating,
+}
+
+impl Condition {
+    /// The word `status` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Current => "current",
+            Condition::Behind => "behind",
+            Condition::OutOfOrder => "out of order",
+            Condition::Failed => "failed",
+            Condition::Drifted => "drifted",
+            Condition::NeedsRepair => "needs repair",
+            Condition::Ahead => "ahead of this binary",
+            Condition::Creating => "creating",
+        }
+    }
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One tenant's standing: its condition, what a run would apply, and why.
+#[derive(Clone, Debug)]
+pub(crate) struct Standing {
+    pub(crate) condition: Condition,
+    /// What `migrate` would apply, in order (empty where it would refuse).
+    pub(crate) pending: Vec<&'static Migration>,
+    /// The reason, for the conditions that have one (the refusal's message).
+    pub(crate) detail: Option<String>,
+}
+
+/// Classifies a target from its tracking rows, as a run would plan it.
+pub(crate) fn classify_rows(
+    target: Target<'_>,
+    rows: &[AppliedMigration],
+    set: &MigrationSet,
+    scope: Scope,
+    recorded_failure: Option<i64>,
+) -> Standing {
+    let standing = |condition, pending, detail: Option<String>| Standing {
+        condition,
+        pending,
+        detail,
+    };
+    match plan_up(target, rows, set, scope, None) {
+        Err(e @ Error::ChecksumMismatch { .. }) => {
+            standing(Condition::Drifted, Vec::new(), Some(e.to_string()))
+        }
+        Err(e @ Error::Interrupted { .. }) => {
+            standing(Condition::NeedsRepair, Vec::new(), Some(e.to_string()))
+        }
+        Err(e @ Error::UnknownApplied { .. }) => {
+            standing(Condition::Ahead, Vec::new(), Some(e.to_string()))
+        }
+        Err(e) => standing(Condition::Failed, Vec::new(), Some(e.to_string())),
+        Ok(steps) => {
+            let newest = rows
+                .iter()
+                .filter(|r| r.status == MigrationStatus::Completed)
+                .map(|r| r.order)
+                .max();
+            let failed_row = rows
+                .iter()
+                .find(|r| r.status == MigrationStatus::Failed && r.error.is_some());
+            let failed = recorded_failure
+                .filter(|order| steps.iter().any(|m| m.order() == *order))
+                .or(failed_row
+                    .filter(|r| steps.iter().any(|m| m.order() == r.order))
+                    .map(|r| r.order));
+            let condition = if failed.is_some() {
+                Condition::Failed
+            } else if steps.is_empty() {
+                Condition::Current
+            } else if newest.is_some_and(|n| steps.iter().any(|m| m.order() < n)) {
+                Condition::OutOfOrder
+            } else {
+                Condition::Behind
+            };
+            let detail = failed_row.and_then(|r| r.error.clone());
+            standing(condition, steps, detail.filter(|_| failed.is_some()))
+        }
+    }
+}
+
+/// The fingerprint of each prefix of the enabled tenant migrations, by the prefix's
+/// newest order (`None`: the empty prefix).
+fn prefix_fingerprints(set: &MigrationSet) -> HashMap<Option<i64>, String> {
+    let enabled: Vec<&Migration> = set
+        .scope(Scope::Tenant)
+        .filter(|m| m.is_enabled())
+        .collect();
+    (0..=enabled.len())
+        .map(|len| {
+            let prefix = &enabled[..len];
+            (
+                prefix.last().map(|m| m.order()),
+                fingerprint(prefix.iter().map(|m| (m.order(), m.checksum()))),
+            )
+        })
+        .collect()
+}
+
+/// The standing of each of `records` (in their order): from the registry row where it
+/// proves it, else from the tenant's tracking rows, read `concurrency` at a time.
+pub(crate) async fn standings(
+    backend: &dyn Backend,
+    set: &MigrationSet,
+    records: &[TenantRecord],
+    concurrency: usize,
+) -> Result<Vec<Standing>> {
+    let prefixes = prefix_fingerprints(set);
+    let enabled: Vec<&'static Migration> = set
+        .scope(Scope::Tenant)
+        .filter(|m| m.is_enabled())
+        .collect();
+    let mut fingerprints: HashMap<String, String> = HashMap::new();
+    if backend.capabilities().fingerprints {
+        let names: Vec<_> = records.iter().map(|r| r.tenant.name.clone()).collect();
+        for page in names.chunks(1000) {
+            for (name, f) in backend.fingerprints(page).await? {
+                fingerprints.insert(name.to_string(), f);
+            }
+        }
+    }
+    let outcomes = stream::iter(records.iter().map(|record| {
+        let proven = record.failed_order.is_none()
+            && fingerprints
+                .get(record.tenant.name.as_str())
+                .is_some_and(|f| prefixes.get(&record.applied_order) == Some(f));
+        let prefixes = &prefixes;
+        let enabled = &enabled;
+        async move {
+            if record.state == crate::TenantState::Creating {
+                return Ok(Standing {
+                    condition: Condition::Creating,
+                    pending: Vec::new(),
+                    detail: None,
+                });
+            }
+            if proven {
+                let _ = prefixes;
+                let pending: Vec<&'static Migration> = enabled
+                    .iter()
+                    .copied()
+                    .filter(|m| record.applied_order.is_none_or(|a| m.order() > a))
+                    .collect();
+                return Ok(Standing {
+                    condition: if pending.is_empty() {
+                        Condition::Current
+                    } else {
+                        Condition::Behind
+                    },
+                    pending,
+                    detail: None,
+                });
+            }
+            let target = Target::Tenant(&record.tenant);
+            let state = match backend.connect(target).await {
+                Ok(mut conn) => {
+                    let state = conn.read().await;
+                    conn.release().await;
+                    state
+                }
+                Err(e) => Err(e),
+            };
+            let state = match state {
+                Ok(state) => state,
+                // One unreadable tenant is that tenant's failure, not the fleet's.
+                Err(e) => {
+                    return Ok(Standing {
+                        condition: Condition::Failed,
+                        pending: Vec::new(),
+                        detail: Some(format!("its tracking rows could not be read: {e}")),
+                    })
+                }
+            };
+            Ok::<_, Error>(classify_rows(
+                target,
+                &state.applied,
+                set,
+                Scope::Tenant,
+                record.failed_order,
+            ))
+        }
+    }))
+    .buffered(concurrency.max(1))
+    .collect::<Vec<_>>()
+    .await;
+    outcomes.into_iter().collect()
+}
