@@ -411,13 +411,13 @@ impl<'a> Protocol<'a> {
                         direction,
                         error,
                         last.timing,
-                        &completed,
+                        completed,
                     )
                     .await,
                 ));
             }
             completed.note(last.migration, direction);
-            self.after_commit(target, &completed).await;
+            self.after_commit(target, completed).await;
         }
         Ok(())
     }
