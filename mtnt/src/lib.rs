@@ -59,7 +59,7 @@ pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
-    fingerprint, Condition, FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
+    fingerprint, Condition, FailedMigration, PlanGroup, PlanReport, PlannedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
     MigratorBuilder, Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget,
     StatusReport, TenantSource, TenantStatus, Timeouts, Transactions,
 };

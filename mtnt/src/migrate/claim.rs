@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::lease::Lease;
-use super::protocol::{Claim, Protocol};
+use super::protocol::{Claim, FleetOp, Protocol};
 use super::retry::backoff;
 use super::safety::{format_duration, SafetySettings, Shard};
 use crate::backend::{Connection, ErrorClass, Target};
@@ -56,18 +56,18 @@ impl<'a> FleetClaims<'a> {
         self.shard.is_none_or(|shard| shard.contains(tenant))
     }
 
-    /// The first pass over a tenant: migrates it unless another runner holds it, in
+    /// The first pass over a tenant: does `op` to it unless another runner holds it, in
     /// which case it is set aside for [`FleetClaims::take_deferred`].
     pub(crate) async fn first_pass(
         &self,
         protocol: &Protocol<'_>,
         record: &TenantRecord,
-        to: Option<i64>,
+        op: FleetOp<'_>,
     ) -> Result<Claim<usize>> {
         let target = Target::Tenant(&record.tenant);
         let committed = AtomicUsize::new(0);
         let claim = with_retries(protocol, self.settings, target, || {
-            protocol.migrate_target(target, Some(record), to, &committed)
+            protocol.run_op(target, Some(record), op, &committed)
         })
         .await?;
         let claim = counted(claim, &committed);
@@ -88,40 +88,40 @@ impl<'a> FleetClaims<'a> {
             .unwrap_or_default()
     }
 
-    /// Migrates a target, waiting (try-lock with backoff) at most the unlock deadline
+    /// Does `op` to a tenant, waiting (try-lock with backoff) at most the unlock deadline
     /// while another run holds it. Usually that run has migrated it meanwhile, and there
     /// is nothing left to do.
     pub(crate) async fn waiting(
         &self,
         protocol: &Protocol<'_>,
         record: &TenantRecord,
-        to: Option<i64>,
+        op: FleetOp<'_>,
     ) -> Result<Claim<usize>> {
-        migrate_waiting(
+        run_waiting(
             protocol,
             Target::Tenant(&record.tenant),
             Some(record),
-            to,
+            op,
             self.settings,
         )
         .await
     }
 }
 
-/// Migrates a target, waiting (try-lock with backoff) at most the unlock deadline while
-/// another run holds it, with retries of transient failures. Never [`Claim::Busy`].
-pub(crate) async fn migrate_waiting(
+/// Does `op` to a target, waiting (try-lock with backoff) at most the unlock deadline
+/// while another run holds it, with retries of transient failures. Never [`Claim::Busy`].
+pub(crate) async fn run_waiting(
     protocol: &Protocol<'_>,
     target: Target<'_>,
     record: Option<&TenantRecord>,
-    to: Option<i64>,
+    op: FleetOp<'_>,
     settings: &SafetySettings,
 ) -> Result<Claim<usize>> {
     let mut wait = Wait::new(settings.unlock_deadline);
     let committed = AtomicUsize::new(0);
     loop {
         let claim = with_retries(protocol, settings, target, || {
-            protocol.migrate_target(target, record, to, &committed)
+            protocol.run_op(target, record, op, &committed)
         })
         .await?;
         if !matches!(claim, Claim::Busy) {
@@ -233,6 +233,13 @@ where
             Ok(value) => return Ok(value),
             Err(error) if transient && tries <= settings.retries => {
                 let pause = backoff(settings.retry_backoff, tries);
+                protocol.progress.retrying(
+                    &target.to_string(),
+                    tries,
+                    settings.retries + 1,
+                    &error,
+                    pause,
+                );
                 tracing::warn!(
                     "{target}: attempt {tries} of {} failed ({error}); trying again in {}",
                     settings.retries + 1,

@@ -5,7 +5,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::claim::FleetClaims;
 use super::fingerprint::current_fingerprints;
-use super::protocol::{Claim, Protocol};
+use super::protocol::{Claim, FleetOp, Protocol};
 use super::rollout::{Canary, Rollout, TenantOrder};
 use super::source::TenantSource;
 use super::{FailedTenant, MigrateReport, Progress};
@@ -138,9 +138,9 @@ fn pages<'a>(
 }
 
 /// How a fleet run goes.
-pub(crate) struct FleetRun {
-    /// The newest order to apply.
-    pub(crate) to: Option<i64>,
+pub(crate) struct FleetRun<'a> {
+    /// What to do to each tenant.
+    pub(crate) op: FleetOp<'a>,
     /// Tenants at once.
     pub(crate) concurrency: usize,
     /// Tenants read per query.
@@ -249,13 +249,13 @@ fn account(
 pub(crate) async fn migrate_fleet(
     protocol: &Protocol<'_>,
     tenants: Tenants<'_>,
-    run: FleetRun,
+    run: FleetRun<'_>,
     claims: &FleetClaims<'_>,
     progress: &dyn Progress,
     report: &mut MigrateReport,
 ) -> Result<()> {
     let FleetRun {
-        to,
+        op,
         concurrency,
         page_size,
         fail_fast,
@@ -277,10 +277,13 @@ pub(crate) async fn migrate_fleet(
     );
     let wave = Wave {
         protocol,
-        to,
+        op,
         concurrency,
         stop: &stop,
-        current: current_fingerprints(protocol.set, to),
+        current: match op {
+            FleetOp::Migrate { to } => current_fingerprints(protocol.set, to),
+            _ => Vec::new(),
+        },
     };
     if !rollout.needs_waves() {
         wave.run(records, progress, report).await?;
@@ -348,7 +351,7 @@ pub(crate) async fn migrate_fleet(
             if stop.is_stopped() {
                 return (record.tenant.name, TenantOutcome::NotStarted);
             }
-            let outcome = TenantOutcome::from(claims.waiting(protocol, &record, to).await);
+            let outcome = TenantOutcome::from(claims.waiting(protocol, &record, op).await);
             if matches!(outcome, TenantOutcome::Failed(_)) {
                 stop.failed();
             }
@@ -370,7 +373,7 @@ pub(crate) async fn migrate_fleet(
 /// What every wave of one run shares.
 struct Wave<'a> {
     protocol: &'a Protocol<'a>,
-    to: Option<i64>,
+    op: FleetOp<'a>,
     concurrency: usize,
     stop: &'a Stop<'a>,
     /// The fingerprints a tenant is up to date with.
@@ -410,7 +413,7 @@ impl Wave<'_> {
                     return Ok((record.tenant.name, TenantOutcome::Current));
                 }
                 let outcome =
-                    TenantOutcome::from(claims.first_pass(self.protocol, &record, self.to).await);
+                    TenantOutcome::from(claims.first_pass(self.protocol, &record, self.op).await);
                 if matches!(outcome, TenantOutcome::Failed(_)) {
                     self.stop.failed();
                 }

@@ -85,13 +85,14 @@ pub(crate) fn classify_rows(
     set: &MigrationSet,
     scope: Scope,
     recorded_failure: Option<i64>,
+    to: Option<i64>,
 ) -> Standing {
     let standing = |condition, pending, detail: Option<String>| Standing {
         condition,
         pending,
         detail,
     };
-    match plan_up(target, rows, set, scope, None) {
+    match plan_up(target, rows, set, scope, to) {
         Err(e @ Error::ChecksumMismatch { .. }) => {
             standing(Condition::Drifted, Vec::new(), Some(e.to_string()))
         }
@@ -156,6 +157,7 @@ pub(crate) async fn standings(
     set: &MigrationSet,
     records: &[TenantRecord],
     concurrency: usize,
+    to: Option<i64>,
 ) -> Result<Vec<Standing>> {
     let prefixes = prefix_fingerprints(set);
     let enabled: Vec<&'static Migration> = set
@@ -192,6 +194,7 @@ pub(crate) async fn standings(
                     .iter()
                     .copied()
                     .filter(|m| record.applied_order.is_none_or(|a| m.order() > a))
+                    .filter(|m| to.is_none_or(|to| m.order() <= to))
                     .collect();
                 return Ok(Standing {
                     condition: if pending.is_empty() {
@@ -229,6 +232,7 @@ pub(crate) async fn standings(
                 set,
                 Scope::Tenant,
                 record.failed_order,
+                to,
             ))
         }
     }))
@@ -236,4 +240,92 @@ pub(crate) async fn standings(
     .collect::<Vec<_>>()
     .await;
     outcomes.into_iter().collect()
+}
+
+/// One migration of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct PlannedMigration {
+    /// Its order.
+    pub order: i64,
+    /// Its name.
+    pub name: &'static str,
+}
+
+/// Tenants in the same place with the same migrations to apply.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct PlanGroup {
+    /// Where they stand.
+    pub condition: Condition,
+    /// Their newest applied migration.
+    pub applied_order: Option<i64>,
+    /// What `migrate` would apply to each, in order.
+    pub apply: Vec<PlannedMigration>,
+    /// Why, for failed, drifted, out-of-order and needs-repair tenants (the first
+    /// tenant's reason).
+    pub detail: Option<String>,
+    /// The tenants, by name.
+    pub tenants: Vec<crate::TenantName>,
+}
+
+/// What `migrate` would do, grouped: the public migrations, then the tenants by their
+/// identical pending lists. Computed without changing anything.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct PlanReport {
+    /// The public migrations that would run.
+    pub public: Vec<PlannedMigration>,
+    /// The groups, the largest first.
+    pub groups: Vec<PlanGroup>,
+    /// Tenant migrations that would run, over all tenants.
+    pub migrations: usize,
+}
+
+impl PlanReport {
+    pub(crate) fn new(
+        public: Vec<&'static Migration>,
+        records: Vec<TenantRecord>,
+        standings: Vec<Standing>,
+    ) -> Self {
+        let planned = |m: &&'static Migration| PlannedMigration {
+            order: m.order(),
+            name: m.name(),
+        };
+        let mut groups: HashMap<(Condition, Option<i64>, Vec<PlannedMigration>), PlanGroup> =
+            HashMap::new();
+        let mut migrations = 0;
+        for (record, standing) in records.into_iter().zip(standings) {
+            let apply: Vec<PlannedMigration> = standing.pending.iter().map(planned).collect();
+            if matches!(
+                standing.condition,
+                Condition::Current | Condition::Behind | Condition::OutOfOrder | Condition::Failed
+            ) {
+                migrations += apply.len();
+            }
+            let key = (standing.condition, record.applied_order, apply.clone());
+            groups
+                .entry(key)
+                .or_insert_with(|| PlanGroup {
+                    condition: standing.condition,
+                    applied_order: record.applied_order,
+                    apply,
+                    detail: standing.detail.clone(),
+                    tenants: Vec::new(),
+                })
+                .tenants
+                .push(record.tenant.name);
+        }
+        let mut groups: Vec<PlanGroup> = groups.into_values().collect();
+        groups.sort_by(|a, b| {
+            b.tenants
+                .len()
+                .cmp(&a.tenants.len())
+                .then(a.applied_order.cmp(&b.applied_order))
+        });
+        PlanReport {
+            public: public.iter().map(planned).collect(),
+            groups,
+            migrations,
+        }
+    }
 }

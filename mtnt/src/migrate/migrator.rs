@@ -1,11 +1,11 @@
 use std::time::Instant;
 
-use super::claim::{lock_waiting, migrate_waiting, FleetClaims};
+use super::claim::{lock_waiting, run_waiting, FleetClaims};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
-use super::inspect::{standings, Condition};
+use super::inspect::{classify_rows, standings, Condition, PlanReport};
 use super::lease::Lease;
 use super::progress::Silent;
-use super::protocol::{Claim, Protocol};
+use super::protocol::{Claim, FleetOp, Protocol};
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
 use super::tenants::Adopted;
 use super::{
@@ -140,8 +140,9 @@ impl Migrator {
     }
 
     /// The protocol over this migrator's backend, migrations and policy.
-    fn protocol(&self) -> Protocol<'_> {
+    fn protocol<'p>(&'p self, progress: &'p dyn Progress) -> Protocol<'p> {
         Protocol {
+            progress,
             backend: &*self.backend,
             caps: self.backend.capabilities(),
             set: &self.migrations,
@@ -218,8 +219,97 @@ impl Migrator {
         options: &MigrateOptions,
         progress: &dyn Progress,
     ) -> Result<MigrateReport> {
-        let started = Instant::now();
         self.check_order(options.to)?;
+        self.fleet_run(
+            FleetOp::Migrate { to: options.to },
+            "migrate",
+            options,
+            progress,
+        )
+        .await
+    }
+
+    /// Reverts migrations in every tenant of `options` (its tenants, or all of them), with
+    /// the same fan-out, locks, canary, waves and error budget as `migrate`. Refuses,
+    /// before any tenant changes, when an irreversible migration is in the way in any of
+    /// them. The report counts reverted migrations as `migrations_applied`.
+    pub async fn rollback_fleet(
+        &self,
+        how_far: RollbackTarget,
+        options: &MigrateOptions,
+        progress: &dyn Progress,
+    ) -> Result<MigrateReport> {
+        if let RollbackTarget::To(order) = how_far {
+            self.check_order(Some(order))?;
+        }
+        self.refuse_irreversible(how_far, options).await?;
+        self.fleet_run(FleetOp::Rollback { how_far }, "rollback", options, progress)
+            .await
+    }
+
+    /// Runs `sql` (one statement or a script) in every tenant of `options`, with the same
+    /// fan-out, locks, canary, waves and error budget as `migrate`, in a transaction or
+    /// (`transaction = false`, for `VACUUM` and the like) not. Nothing is recorded as a
+    /// migration; the report counts the tenants it ran in as `migrations_applied`.
+    pub async fn exec(
+        &self,
+        sql: &str,
+        transaction: bool,
+        options: &MigrateOptions,
+        progress: &dyn Progress,
+    ) -> Result<MigrateReport> {
+        self.fleet_run(
+            FleetOp::Exec { sql, transaction },
+            "exec",
+            options,
+            progress,
+        )
+        .await
+    }
+
+    /// Refuses a fleet rollback that an irreversible migration blocks in any selected
+    /// tenant, reading every one first (no lock, no write).
+    async fn refuse_irreversible(
+        &self,
+        how_far: RollbackTarget,
+        options: &MigrateOptions,
+    ) -> Result<()> {
+        let records = if options.tenants.is_empty() {
+            self.all_records().await?
+        } else {
+            self.records(&options.tenants).await?
+        };
+        for record in records
+            .iter()
+            .filter(|r| options.shard.is_none_or(|s| s.contains(&r.tenant.name)))
+        {
+            let target = Target::Tenant(&record.tenant);
+            let mut conn = self.backend.connect(target).await?;
+            let state = conn.read().await;
+            conn.release().await;
+            let state = state?;
+            super::plan::plan_down(
+                target,
+                &state.applied,
+                &self.migrations,
+                Scope::Tenant,
+                how_far,
+            )
+            .map(drop)?;
+        }
+        Ok(())
+    }
+
+    /// One fleet run of `op`: the public migrations first (for `migrate`), then the
+    /// tenants, under a lease.
+    async fn fleet_run(
+        &self,
+        op: FleetOp<'_>,
+        command: &str,
+        options: &MigrateOptions,
+        progress: &dyn Progress,
+    ) -> Result<MigrateReport> {
+        let started = Instant::now();
         self.backend.prepare().await?;
         let tenants = if options.tenants.is_empty() {
             match &self.source {
@@ -231,11 +321,22 @@ impl Migrator {
         };
         self.refuse_ahead_of_code(&options.tenants).await?;
         let concurrency = self.fleet_concurrency().await?;
-        let lease = Lease::acquire(&*self.backend, &self.safety, "migrate").await?;
+        let lease = Lease::acquire(&*self.backend, &self.safety, command).await?;
         let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
-        let protocol = self.protocol();
-        let public_applied =
-            migrate_waiting(&protocol, Target::Public, None, options.to, &self.safety).await;
+        let protocol = self.protocol(progress);
+        let public_applied = match op {
+            FleetOp::Migrate { to } => {
+                run_waiting(
+                    &protocol,
+                    Target::Public,
+                    None,
+                    FleetOp::Migrate { to },
+                    &self.safety,
+                )
+                .await
+            }
+            _ => Ok(Claim::Done(0)),
+        };
         let public_applied = match public_applied {
             Ok(Claim::Done(n)) => n,
             Ok(_) => 0,
@@ -259,7 +360,7 @@ impl Migrator {
             &protocol,
             tenants,
             FleetRun {
-                to: options.to,
+                op,
                 concurrency,
                 page_size: self.page_size,
                 fail_fast: options.fail_fast,
@@ -341,7 +442,7 @@ impl Migrator {
         self.backend.prepare().await?;
         let record = self.records(std::slice::from_ref(tenant)).await?.remove(0);
         let target = Target::Tenant(&record.tenant);
-        let protocol = self.protocol();
+        let protocol = self.protocol(&Silent);
         let reverted = self
             .locked(target, async |conn| {
                 protocol
@@ -391,8 +492,14 @@ impl Migrator {
         } else {
             self.records(names).await?
         };
-        let standings =
-            standings(&*self.backend, &self.migrations, &records, self.concurrency).await?;
+        let standings = standings(
+            &*self.backend,
+            &self.migrations,
+            &records,
+            self.concurrency,
+            None,
+        )
+        .await?;
         let tenants: Vec<TenantStatus> = records
             .into_iter()
             .zip(standings)
@@ -442,6 +549,47 @@ impl Migrator {
         })
     }
 
+    /// What [`Migrator::migrate`] would do with `options` (the tenants, up to the newest
+    /// migration), grouped by identical pending lists, without changing anything: the
+    /// registry is read in bulk, and only tenants whose registry row cannot prove their
+    /// state have their tracking rows read (no lock, no write).
+    pub async fn plan(&self, options: &MigrateOptions) -> Result<PlanReport> {
+        let public = {
+            let mut conn = self.backend.connect(Target::Public).await?;
+            let state = conn.read().await;
+            conn.release().await;
+            state?
+        };
+        let public = classify_rows(
+            Target::Public,
+            &public.applied,
+            &self.migrations,
+            Scope::Public,
+            None,
+            options.to,
+        );
+        let mut records = if options.tenants.is_empty() {
+            self.all_records().await?
+        } else {
+            self.records(&options.tenants).await?
+        };
+        if options.rollout.only_failed {
+            records.retain(|r| r.failed_order.is_some());
+        }
+        if let Some(shard) = options.shard {
+            records.retain(|r| shard.contains(&r.tenant.name));
+        }
+        let standings = standings(
+            &*self.backend,
+            &self.migrations,
+            &records,
+            self.concurrency,
+            options.to,
+        )
+        .await?;
+        Ok(PlanReport::new(public.pending, records, standings))
+    }
+
     async fn all_records(&self) -> Result<Vec<TenantRecord>> {
         let mut all = Vec::new();
         loop {
@@ -472,7 +620,9 @@ impl Migrator {
         self.backend.prepare().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
-        self.protocol().create_tenant(&tenant, &self.safety).await?;
+        self.protocol(&Silent)
+            .create_tenant(&tenant, &self.safety)
+            .await?;
         Ok(tenant)
     }
 
@@ -481,15 +631,21 @@ impl Migrator {
     pub async fn drop_tenant(&self, name: &TenantName) -> Result<()> {
         self.backend.prepare().await?;
         let record = self.records(std::slice::from_ref(name)).await?.remove(0);
-        self.protocol()
+        self.protocol(&Silent)
             .drop_tenant(&record.tenant, &self.safety)
             .await
     }
 
     async fn migrate_public_first(&self) -> Result<()> {
-        migrate_waiting(&self.protocol(), Target::Public, None, None, &self.safety)
-            .await
-            .map(drop)
+        run_waiting(
+            &self.protocol(&Silent),
+            Target::Public,
+            None,
+            FleetOp::Migrate { to: None },
+            &self.safety,
+        )
+        .await
+        .map(drop)
     }
 
     /// Registers existing schemas matching the SQL `LIKE` pattern as tenants. With
@@ -521,7 +677,7 @@ impl Migrator {
                 .collect(),
         };
         let result = self
-            .protocol()
+            .protocol(progress)
             .adopt(like, &baseline, &self.safety, progress)
             .await;
         progress.finish();
@@ -553,7 +709,7 @@ impl Migrator {
     }
 
     async fn repair_target(&self, target: Target<'_>) -> Result<usize> {
-        let protocol = self.protocol();
+        let protocol = self.protocol(&Silent);
         self.locked(target, async |conn| {
             protocol.repair_checksums_locked(conn, target).await
         })
@@ -572,7 +728,7 @@ impl Migrator {
         self.check_order(Some(order))?;
         let migration = self.migrations.get(order).expect("checked above");
         self.backend.prepare().await?;
-        let protocol = self.protocol();
+        let protocol = self.protocol(&Silent);
         let record = match tenant {
             None => None,
             Some(name) => Some(self.records(std::slice::from_ref(name)).await?.remove(0)),

@@ -19,7 +19,7 @@ mod source;
 mod tenants;
 
 pub use fingerprint::fingerprint;
-pub use inspect::Condition;
+pub use inspect::{Condition, PlanGroup, PlanReport, PlannedMigration};
 pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};
 pub use progress::Progress;

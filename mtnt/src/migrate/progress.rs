@@ -8,6 +8,17 @@ pub trait Progress: Send + Sync {
     fn tenant_done(&self, _tenant: &TenantName, _outcome: Result<usize, &Error>) {}
     /// A wave of `tenants` starts: number 0 is the canary, then 1 to `waves`.
     fn wave(&self, _number: usize, _waves: usize, _tenants: usize) {}
+    /// An attempt on `target` failed transiently (`error`); attempt `attempt + 1` of
+    /// `attempts` follows after `pause`.
+    fn retrying(
+        &self,
+        _target: &str,
+        _attempt: u32,
+        _attempts: u32,
+        _error: &Error,
+        _pause: std::time::Duration,
+    ) {
+    }
     /// The run is over.
     fn finish(&self) {}
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use futures_util::FutureExt;
 
 use super::plan::{plan_down, plan_up};
-use super::{Timeouts, Transactions};
+use super::{Progress, Timeouts, Transactions};
 use crate::backend::{
     Backend, Capabilities, Connection, Direction, ErrorClass, MigrationTimeouts, Record,
     RegistryRow, Target, TargetState, Timing,
@@ -43,6 +43,28 @@ pub(crate) enum Claim<T> {
     Gone,
 }
 
+/// What a fleet run does to each tenant.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum FleetOp<'a> {
+    /// Applies pending migrations up to `to`.
+    Migrate {
+        /// The newest order to apply.
+        to: Option<i64>,
+    },
+    /// Reverts migrations.
+    Rollback {
+        /// How far.
+        how_far: RollbackTarget,
+    },
+    /// Runs a statement (or script) that is not a migration.
+    Exec {
+        /// The statements.
+        sql: &'a str,
+        /// Whether they run in a transaction.
+        transaction: bool,
+    },
+}
+
 /// One run's view of the engine: the backend, its capabilities, the migrations, and the
 /// run's policy.
 #[derive(Clone, Copy)]
@@ -52,6 +74,8 @@ pub(crate) struct Protocol<'a> {
     pub(crate) set: &'a MigrationSet,
     pub(crate) timeouts: Timeouts,
     pub(crate) transactions: Transactions,
+    /// Hears about retries.
+    pub(crate) progress: &'a dyn Progress,
 }
 
 /// Runs an up or down function, turning a panic into [`Error::Panicked`] so that one
@@ -151,10 +175,17 @@ pub(crate) struct Pending {
 
 impl<'a> Protocol<'a> {
     /// The timeouts `migration` runs with: its attribute's, else the run's.
+    ///
+    /// The run's lock timeout applies to transactional migrations only. A migration
+    /// outside a transaction is typically `CREATE INDEX CONCURRENTLY`, whose waits for
+    /// older snapshots count as lock waits: cut short, it leaves an invalid index behind
+    /// (and a retry's `IF NOT EXISTS` would skip it). It waits as long as it must, unless
+    /// its own attribute sets `lock_timeout`.
     pub(crate) fn timeouts_of(&self, migration: &Migration) -> MigrationTimeouts {
         let none_if_zero = |d: Option<std::time::Duration>| d.filter(|d| !d.is_zero());
+        let run_lock = self.timeouts.lock.filter(|_| migration.is_transactional());
         MigrationTimeouts {
-            lock: none_if_zero(migration.lock_timeout().or(self.timeouts.lock)),
+            lock: none_if_zero(migration.lock_timeout().or(run_lock)),
             statement: none_if_zero(migration.statement_timeout().or(self.timeouts.statement)),
         }
     }
@@ -194,6 +225,83 @@ impl<'a> Protocol<'a> {
             .await;
         conn.release().await;
         outcome
+    }
+
+    /// Does `op` to one target, unless another run holds it; `committed` counts the
+    /// migrations applied or reverted (the tenants a statement ran in, for `Exec`).
+    pub(crate) async fn run_op(
+        &self,
+        target: Target<'_>,
+        record: Option<&TenantRecord>,
+        op: FleetOp<'_>,
+        committed: &AtomicUsize,
+    ) -> Result<Claim<usize>> {
+        let (how_far, sql, transaction) = match op {
+            FleetOp::Migrate { to } => {
+                return self.migrate_target(target, record, to, committed).await
+            }
+            FleetOp::Rollback { how_far } => (Some(how_far), "", false),
+            FleetOp::Exec { sql, transaction } => (None, sql, transaction),
+        };
+        let mut conn = self.backend.connect(target).await?;
+        let Some(state) = conn.try_lock_and_read().await? else {
+            conn.release().await;
+            return Ok(Claim::Busy);
+        };
+        if !state.registered {
+            conn.release().await;
+            return Ok(Claim::Gone);
+        }
+        let outcome = match how_far {
+            Some(how_far) => self
+                .rollback_locked(&mut *conn, target, record, how_far)
+                .await
+                .map(|reverted| reverted.len()),
+            None => self
+                .exec_locked(&mut *conn, sql, transaction)
+                .await
+                .map(|()| 1),
+        };
+        conn.release().await;
+        let n = outcome?;
+        committed.fetch_add(n, Ordering::Relaxed);
+        Ok(Claim::Done(n))
+    }
+
+    /// Runs `sql` on a locked target, in a transaction or not; nothing is recorded.
+    async fn exec_locked(
+        &self,
+        conn: &mut dyn Connection,
+        sql: &str,
+        transaction: bool,
+    ) -> Result<()> {
+        let timeouts = MigrationTimeouts {
+            lock: self.timeouts.lock.filter(|d| !d.is_zero()),
+            statement: self.timeouts.statement.filter(|d| !d.is_zero()),
+        };
+        let result = if transaction {
+            match conn.begin(timeouts).await {
+                Ok(()) => match conn.ctx().execute(sql).await {
+                    Ok(()) => conn.commit(&[], None).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        } else {
+            match conn.enter_autocommit(timeouts).await {
+                Ok(()) => {
+                    let result = conn.ctx().execute(sql).await;
+                    let left = conn.leave_autocommit().await;
+                    result.and(left)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(error) = result {
+            self.abandon(conn, &error).await;
+            return Err(error);
+        }
+        Ok(())
     }
 
     async fn migrate_locked(
