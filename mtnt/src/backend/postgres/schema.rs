@@ -263,7 +263,10 @@ impl Backend for PostgresBackend {
     }
 
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
-        let sql = format!("{} WHERE name = ANY($1) ORDER BY name", self.select_records());
+        let sql = format!(
+            "{} WHERE name = ANY($1) ORDER BY name",
+            self.select_records()
+        );
         let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
         let rows = sqlx::query(&sql).bind(&names).fetch_all(&self.pool).await?;
         rows.iter().map(Self::record_from_row).collect()

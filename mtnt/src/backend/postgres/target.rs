@@ -66,7 +66,10 @@ pub(super) struct Probe<'a> {
 fn registered<'f>(probe: Option<&'f Probe<'_>>) -> BoxFuture<'f, Result<bool>> {
     Box::pin(async move {
         match probe {
-            Some(p) => Ok(sqlx::query_scalar(&p.sql).bind(p.name).fetch_one(p.pool).await?),
+            Some(p) => Ok(sqlx::query_scalar(&p.sql)
+                .bind(p.name)
+                .fetch_one(p.pool)
+                .await?),
             None => Ok(true),
         }
     })
@@ -194,8 +197,8 @@ impl<'a> PgTarget<'a> {
             // hand) gets it with its first change, in that transaction.
             let schema_exists = first.map_or(Ok(true), |r| r.try_get("schema_exists"))?;
             registered = first.map_or(Ok(false), |r| r.try_get("registered"))?;
-            self.setup = (!schema_exists)
-                .then(|| format!("CREATE SCHEMA IF NOT EXISTS {}", row.schema_q));
+            self.setup =
+                (!schema_exists).then(|| format!("CREATE SCHEMA IF NOT EXISTS {}", row.schema_q));
         } else {
             self.setup = None;
         }
@@ -257,8 +260,9 @@ impl Connection for PgTarget<'_> {
         }
         // Set first: whatever happens to the statement, release unlocks.
         self.locked = true;
-        let row = sqlx::Executor::fetch_one(&mut *self.conn, try_lock_sql(&self.spec.lock_key).as_str())
-            .await?;
+        let row =
+            sqlx::Executor::fetch_one(&mut *self.conn, try_lock_sql(&self.spec.lock_key).as_str())
+                .await?;
         self.locked = row.try_get("free")?;
         Ok(self.locked)
     }
@@ -348,7 +352,12 @@ impl Connection for PgTarget<'_> {
 
     async fn write(&mut self, records: &[Record<'_>]) -> Result<()> {
         let mut sql = String::new();
-        push_records(&mut sql, &self.spec.tracking, self.spec.row.as_ref(), records)?;
+        push_records(
+            &mut sql,
+            &self.spec.tracking,
+            self.spec.row.as_ref(),
+            records,
+        )?;
         self.send(&sql, false, true).await
     }
 
@@ -368,9 +377,17 @@ impl Connection for PgTarget<'_> {
                 sql.push_str("; ");
                 self.setup_sent = true;
             }
-            push_bookkeeping(&mut sql, self.spec.row.is_some() && own_bookkeeping(records));
+            push_bookkeeping(
+                &mut sql,
+                self.spec.row.is_some() && own_bookkeeping(records),
+            );
         }
-        push_records(&mut sql, &self.spec.tracking, self.spec.row.as_ref(), records)?;
+        push_records(
+            &mut sql,
+            &self.spec.tracking,
+            self.spec.row.as_ref(),
+            records,
+        )?;
         sql.push_str("COMMIT");
         if let Some(timeouts) = then {
             sql.push_str("; ");

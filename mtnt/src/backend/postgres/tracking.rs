@@ -41,7 +41,10 @@ pub(super) struct Tracking {
 
 /// `clock_timestamp()` moved back by `ago`: a moment the client measured.
 fn ago(ago: Duration) -> String {
-    format!("clock_timestamp() - interval '{} microseconds'", ago.as_micros())
+    format!(
+        "clock_timestamp() - interval '{} microseconds'",
+        ago.as_micros()
+    )
 }
 
 impl Tracking {
@@ -122,7 +125,12 @@ impl Tracking {
 
     /// The values of a row of `migration` with `status` and these SQL expressions for the
     /// times, duration and error.
-    fn row(migration: &Migration, status: MigrationStatus, times: [&str; 3], error: &str) -> String {
+    fn row(
+        migration: &Migration,
+        status: MigrationStatus,
+        times: [&str; 3],
+        error: &str,
+    ) -> String {
         let [started_at, finished_at, duration] = times;
         format!(
             "{order}, {name}, {checksum}, '{status}', {started_at}, {finished_at}, {duration}, {error}",
@@ -166,7 +174,13 @@ impl Tracking {
     /// Records a failure; a completed row is left alone, and an existing row keeps its
     /// name, checksum and start: those of the attempt that failed (a `started` row's
     /// start is when it began, not when it failed).
-    fn failure(&self, migration: &Migration, status: MigrationStatus, error: &str, timing: Timing) -> String {
+    fn failure(
+        &self,
+        migration: &Migration,
+        status: MigrationStatus,
+        error: &str,
+        timing: Timing,
+    ) -> String {
         let (started, finished) = timing.ago();
         format!(
             "{} {} DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, \
@@ -388,7 +402,10 @@ fn row_statement(row: &TenantRow, tracking: &Tracking, record: &Record<'_>) -> S
         ),
         Record::RegistryFailure { order, error } => row.summary_update(
             tracking,
-            Some(&format!("failed_order = {order}, last_error = {}", literal(error))),
+            Some(&format!(
+                "failed_order = {order}, last_error = {}",
+                literal(error)
+            )),
         ),
         Record::Register { state } => format!(
             "INSERT INTO {} (name, schema_name, state) VALUES ({}, {}, '{}')",
