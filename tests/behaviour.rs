@@ -444,23 +444,49 @@ async fn failing_tenant_is_isolated(m: &Model) {
     );
     assert!(last_error.unwrap().contains("no_such_table"));
 
-    let bad_status = tenant_status(&full, "3/4 tenants current, 0 behind, 1 failed", &bad).await;
+    // MySQL left the row `started` (its DDL may have taken effect): migrate refuses it
+    // until it is repaired, and status says so.
+    let bad_summary = match m.kind().engine() {
+        Engine::MySql => "3/4 tenants current, 0 behind, 0 failed, 1 need repair",
+        _ => "3/4 tenants current, 0 behind, 1 failed",
+    };
+    let bad_status = tenant_status(&full, bad_summary, &bad).await;
+    // Pending: what migrate would apply, nothing where it refuses.
+    let bad_pending = if m.kind() == Kind::MySql { 0 } else { 2 };
     assert_eq!(
         (bad_status.applied_order, bad_status.pending),
-        (Some(ACCOUNTS), 2)
+        (Some(ACCOUNTS), bad_pending)
     );
-    let failed = bad_status.failed.as_ref().unwrap();
-    assert_eq!(
-        (failed.order, failed.name),
-        (PROJECTS, Some("add_projects"))
-    );
-    assert!(failed.error.as_deref().unwrap().contains("no_such_table"));
+    if m.kind() == Kind::MySql {
+        // Status names the migration and the repair; the error is in the registry row.
+        assert_eq!(bad_status.condition, mtnt::Condition::NeedsRepair);
+        let detail = bad_status.detail.as_deref().unwrap();
+        assert!(detail.contains("2024_01_01_0004 add_projects"), "{detail}");
+        assert!(detail.contains("--mark completed"), "{detail}");
+    } else {
+        let failed = bad_status.failed.as_ref().unwrap();
+        assert_eq!(
+            (failed.order, failed.name),
+            (PROJECTS, Some("add_projects"))
+        );
+        assert!(failed.error.as_deref().unwrap().contains("no_such_table"));
+    }
 
     // A binary without the failed migration (the deploy was reverted) sees nothing failed,
     // and refuses the tenants that are ahead of it, changing nothing; on MySQL that includes
     // the failed tenant, whose `started` row may have taken effect. (A backend may refuse
     // the whole run up front instead of tenant by tenant: the same refusal, earlier.)
-    assert_summary(&v1, "4/4 tenants current, 0 behind, 0 failed").await;
+    if m.kind() == Kind::MySql {
+        // Status classifies as a run plans: each tenant has a migration v1 does not know
+        // (the failed one's `started` row included).
+        assert_summary(
+            &v1,
+            "0/4 tenants current, 0 behind, 0 failed, 4 ahead of this binary",
+        )
+        .await;
+    } else {
+        assert_summary(&v1, "4/4 tenants current, 0 behind, 0 failed").await;
+    }
     match v1.migrate(&MigrateOptions::new()).await {
         Ok(reverted) => {
             let ahead: Vec<&str> = reverted
@@ -480,7 +506,7 @@ async fn failing_tenant_is_isolated(m: &Model) {
         }
         Err(error) => assert!(matches!(error, Error::UnknownApplied { .. }), "{error:?}"),
     }
-    assert_summary(&full, "3/4 tenants current, 0 behind, 1 failed").await;
+    assert_summary(&full, bad_summary).await;
 
     // Still broken: the same tenant fails again, nothing else changes.
     let again = full.migrate(&MigrateOptions::new()).await.unwrap();
@@ -490,8 +516,9 @@ async fn failing_tenant_is_isolated(m: &Model) {
         // MySQL refuses to guess, and says how to go on.
         Engine::MySql => {
             assert!(matches!(error, Error::Interrupted { .. }), "{error:?}");
+            assert_contains(&error.to_string(), &["started and never completed"]);
             assert_contains(
-                &error.to_string(),
+                &mtnt::cli_fix(error).unwrap(),
                 &[
                     &format!("repair --tenant {bad} --order {PROJECTS} --mark completed"),
                     "--mark pending",
@@ -717,7 +744,11 @@ async fn failing_down_function(m: &Model) {
             );
             assert_eq!(m.status(place, PROJECTS).await.as_deref(), Some("started"));
             assert_eq!(registry(&migrator, &stuck).await.unwrap().2, Some(PROJECTS));
-            assert_summary(&migrator, "0/1 tenants current, 0 behind, 1 failed").await;
+            assert_summary(
+                &migrator,
+                "0/1 tenants current, 0 behind, 0 failed, 1 need repair",
+            )
+            .await;
             // Neither a further rollback nor a migrate goes past the half-reverted migration.
             let error = migrator
                 .rollback(&name(&stuck), RollbackTarget::Steps(1))
@@ -932,7 +963,12 @@ async fn non_transactional_migrations(m: &Model) {
     assert!(error.contains("flaky lost its nerve"), "{error}");
     let (_, applied, failed, _) = registry(&migrator, &flaky).await.unwrap();
     assert_eq!((applied, failed), (Some(ITEMS), Some(INDEX)));
-    assert_summary(&migrator, "1/2 tenants current, 0 behind, 1 failed").await;
+    // Left `started`: migrate refuses it until it is repaired, and status says so.
+    assert_summary(
+        &migrator,
+        "1/2 tenants current, 0 behind, 0 failed, 1 need repair",
+    )
+    .await;
 
     // The next run refuses to guess, and nothing after it runs.
     let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
@@ -944,6 +980,11 @@ async fn non_transactional_migrations(m: &Model) {
             "2024_02_01_0002 index_items",
             &format!("tenant {flaky}"),
             "not declared idempotent",
+        ],
+    );
+    assert_contains(
+        &mtnt::cli_fix(error).unwrap(),
+        &[
             &format!("repair --tenant {flaky} --order {INDEX} --mark completed"),
             "--mark pending",
         ],
@@ -1100,9 +1141,12 @@ async fn checksum_drift_is_refused_until_repaired(m: &Model) {
         &[
             "2024_01_01_0003 create_accounts",
             &format!("tenant {a}"),
-            "repair --checksums",
             "nothing was run",
         ],
+    );
+    assert_contains(
+        &mtnt::cli_fix(&failure.error).unwrap(),
+        &["repair --checksums"],
     );
     // Nothing ran in a; b went on.
     assert!(!m.table_exists(Place::Tenant(&a), "projects").await);
@@ -1328,6 +1372,25 @@ async fn adopt_registers_existing_storage(m: &Model) {
     assert_summary(&migrator, "3/3 tenants current, 0 behind, 0 failed").await;
 }
 
+/// How the CLI names a tenant's storage on this model.
+fn storage(m: &Model, tenant: &str) -> String {
+    match m.kind() {
+        Kind::Sqlite => format!("file {tenant}.db"),
+        Kind::PgSchema => format!("schema {tenant}"),
+        Kind::PgDatabase | Kind::MySql => format!("database {tenant}"),
+    }
+}
+
+/// How the CLI names where the public migrations run on this model.
+fn public_label(m: &Model) -> String {
+    match m.kind() {
+        Kind::Sqlite => "public (file mtnt_control.db)".to_owned(),
+        Kind::PgSchema => "public (schema public)".to_owned(),
+        Kind::PgDatabase => format!("public (database {}, schema public)", m.control_name()),
+        Kind::MySql => format!("public (database {})", m.control_name()),
+    }
+}
+
 /// The portable CLI app, run on this model.
 fn app(m: &Model) -> Command {
     Command::from_std(m.command(assert_cmd::cargo::cargo_bin("mtnt-portable-app")))
@@ -1344,13 +1407,22 @@ async fn cli_status_and_json(m: &Model) {
     let names = ["acme", "beta", "gamma"].map(|b| m.tenant(b));
     let [acme, beta, gamma] = &names;
     for n in &names {
+        // The first create applies the public migrations first, and says so.
+        let public_first = format!("{}: applied 2 pending migrations first\n", public_label(m));
+        let says_public = predicate::str::contains(public_first);
         app(m)
             .args(["tenant", "create", n])
             .assert()
             .success()
             .stdout(predicate::str::contains(format!(
-                "created tenant {n} (schema {n})"
-            )));
+                "created tenant {n} ({}) with every tenant migration applied",
+                storage(m, n)
+            )))
+            .stdout(if n == acme {
+                says_public.boxed()
+            } else {
+                says_public.not().boxed()
+            });
     }
     // A tenant whose migration fails: nothing of it remains.
     let bad = m.tenant("x-bad");
@@ -1390,9 +1462,10 @@ async fn cli_status_and_json(m: &Model) {
         .arg("status")
         .assert()
         .success()
-        .stdout(predicate::str::contains(
-            "public: at 2024_03_01_0001, 0 pending",
-        ))
+        .stdout(predicate::str::contains(format!(
+            "{}: at 2024_03_01_0001, 0 pending",
+            public_label(m)
+        )))
         .stdout(predicate::str::contains(
             "3/3 tenants current, 0 behind, 0 failed",
         ));
@@ -1443,7 +1516,7 @@ async fn cli_status_and_json(m: &Model) {
     assert_eq!(status["tenants"].as_array().unwrap().len(), 3);
     let g = &status["tenants"][2];
     assert_eq!(g["tenant"], gamma.as_str());
-    assert_eq!(g["schema"], gamma.as_str());
+    assert_eq!(g["storage"], gamma.as_str());
     assert_eq!(g["state"], "active");
     assert_eq!(g["applied_order"], NOTES);
     assert_eq!(g["pending"], 1);
@@ -1454,7 +1527,7 @@ async fn cli_status_and_json(m: &Model) {
         .assert()
         .success()
         .stdout(predicate::str::contains(
-            "tenants: 1 total, 1 migrated (1 migrations)",
+            "tenants: 1 total, 1 migrated (1 migration)",
         ));
     assert!(m.table_exists(Place::Tenant(gamma), "tags").await);
 
@@ -1466,11 +1539,24 @@ async fn cli_status_and_json(m: &Model) {
         .success()
         .stdout(predicate::str::contains(format!("dropped tenant {beta}")));
     assert!(!m.storage_exists(beta).await);
+    let column = match m.kind() {
+        Kind::Sqlite => "FILE",
+        Kind::PgSchema => "SCHEMA",
+        Kind::PgDatabase | Kind::MySql => "DATABASE",
+    };
     app(m)
         .args(["tenant", "list"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("2 tenant(s)"));
+        .stdout(predicate::str::contains("\n2 tenants\n"))
+        .stdout(predicate::function(move |out: &str| {
+            out.lines()
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                == ["TENANT", column, "STATE", "APPLIED", "CREATED"]
+        }));
 }
 
 /// Hostile and invalid tenant names never become a `TenantName`, so no SQL, path or
@@ -1554,7 +1640,7 @@ async fn bad_tenant_names_are_rejected_before_any_sql(m: &Model) {
         .args(["tenant", "list"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("1 tenant(s)"));
+        .stdout(predicate::str::contains("\n1 tenant\n"));
     app(m)
         .arg("status")
         .assert()
@@ -1570,7 +1656,12 @@ async fn bad_tenant_names_are_rejected_before_any_sql(m: &Model) {
 /// unlock deadline and change nothing; once it is free, they proceed.
 async fn every_command_waits_for_the_tenant_lock(m: &Model) {
     let (_, [held, free]) = created(m, ["held", "free"]).await;
-    let safety = mtnt::SafetySettings::new().unlock_deadline(std::time::Duration::from_millis(300));
+    // A heartbeat short enough for the short deadline (the builder checks that a runner
+    // gives up its lease before others may take it over).
+    let safety = mtnt::SafetySettings::new()
+        .unlock_deadline(std::time::Duration::from_millis(300))
+        .heartbeat_interval(std::time::Duration::from_millis(50))
+        .heartbeat_retries(1);
     let migrator = m
         .builder(fleet_to(BACKFILL))
         .await

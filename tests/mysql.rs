@@ -53,6 +53,20 @@ mod data {
     }
 }
 
+/// A migration that records the session's lock timeouts while it runs.
+mod timeouts {
+    use mtnt::{Ctx, Result};
+
+    #[mtnt::migration(scope = "tenant", order = 2024_04_01_0001)]
+    async fn record_lock_timeouts(ctx: &mut Ctx<'_>) -> Result<()> {
+        ctx.execute(
+            "CREATE TABLE seen AS SELECT @@SESSION.lock_wait_timeout AS lwt, \
+             @@SESSION.innodb_lock_wait_timeout AS ilwt",
+        )
+        .await
+    }
+}
+
 fn name(s: &str) -> TenantName {
     TenantName::new(s).unwrap()
 }
@@ -258,6 +272,16 @@ async fn urls_are_checked_and_an_unreachable_server_fails_fast_without_the_passw
     let message = error.to_string();
     assert!(message.contains("name the control database"), "{message}");
     assert!(!message.contains("s3cret"), "{message}");
+
+    // The control database comes from the URL; a control schema has no meaning here.
+    let mut options = ConnectOptions::default();
+    options.control_schema = "mtnt".to_owned();
+    let error = mtnt::connect("mysql://root@127.0.0.1/control", &options)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::Invalid(_)), "{error}");
+    assert!(error.to_string().contains("control database"), "{error}");
 
     let mut options = ConnectOptions::default();
     options.tenancy = Some(Tenancy::Schema);
@@ -506,6 +530,184 @@ async fn a_new_migration_is_applied_and_the_current_tenant_gets_no_session() {
     assert_eq!(report.tenants_current, 2);
 
     release(held).await;
+    drop(pool);
+    control.cleanup().await;
+}
+
+// MySQL: `tenant drop` used to drop the database without the tenant's lock, under a
+// running migration. A `GET_LOCK` held elsewhere (as an older mtnt's session takes it)
+// keeps it from changing anything, and once it is free the drop goes ahead.
+#[tokio::test]
+async fn tenant_drop_waits_for_a_held_tenant_lock() {
+    let control = TestControl::new("droplock").await;
+    let pool = control.pool(2).await;
+    let acme = control.tenant("acme");
+    let m = impatient_migrator(&control, fleet_set(BACKFILL)).await;
+    m.create_tenant(&name(&acme)).await.unwrap();
+    let held = hold_tenant_locks(&pool, &[&acme]).await;
+    let error = m.drop_tenant(&name(&acme)).await.unwrap_err();
+    assert!(matches!(error, Error::Busy { .. }), "{error}");
+    assert!(mtnt_test_support::mysql::database_exists(&pool, &acme).await);
+    assert!(registry_row(&pool, control.control(), &acme)
+        .await
+        .is_some());
+
+    release(held).await;
+    m.drop_tenant(&name(&acme)).await.unwrap();
+    assert!(!mtnt_test_support::mysql::database_exists(&pool, &acme).await);
+    assert!(registry_row(&pool, control.control(), &acme)
+        .await
+        .is_none());
+
+    drop(pool);
+    control.cleanup().await;
+}
+
+// MySQL: a tenant whose database would be the control database is refused before any
+// SQL, typed, and dropping it cannot drop the registry.
+#[tokio::test]
+async fn a_tenant_named_like_the_control_database_is_refused() {
+    let control = TestControl::new("ctlname").await;
+    let pool = control.pool(2).await;
+    // A control database with a valid tenant name (the test's prefix: cleaned up with it).
+    let ctl = control.tenant("ctl");
+    let backend = MySqlBackend::new(pool.clone(), &ctl).unwrap();
+    let m = Migrator::builder(backend)
+        .migrations(fleet_set(BACKFILL))
+        .build()
+        .unwrap();
+    let other = control.tenant("other");
+    m.create_tenant(&name(&other)).await.unwrap();
+    let error = m.create_tenant(&name(&ctl)).await.unwrap_err();
+    assert!(
+        matches!(&error, Error::InvalidTenantName { name, .. } if *name == ctl),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("control database"), "{error}");
+    assert!(registry_row(&pool, &ctl, &ctl).await.is_none());
+    // Registered by hand, it still cannot be dropped, nor migrated.
+    execute(
+        &pool,
+        &format!(
+            "INSERT INTO `{ctl}`.mtnt_tenants (name, schema_name, state, created_at, updated_at) \
+             VALUES ('{ctl}', '{ctl}', 'active', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
+        ),
+    )
+    .await;
+    let error = m.drop_tenant(&name(&ctl)).await.unwrap_err();
+    assert!(
+        matches!(error, Error::InvalidTenantName { .. }),
+        "{error:?}"
+    );
+    assert!(table_exists(&pool, &ctl, "mtnt_tenants").await);
+    let report = m
+        .migrate(&MigrateOptions::new().tenants([name(&ctl)]))
+        .await
+        .unwrap();
+    assert_eq!(report.failures.len(), 1);
+    assert!(registry_row(&pool, &ctl, &other).await.is_some());
+
+    drop(pool);
+    control.cleanup().await;
+}
+
+// MySQL: reading a tenant writes nothing. A database without a tracking table (adopted,
+// or the table dropped by hand) reads as no rows, and `status` leaves it without one.
+#[tokio::test]
+async fn reading_a_tenant_without_a_tracking_table_creates_none() {
+    let control = TestControl::new("readonly").await;
+    let pool = control.pool(2).await;
+    let bare = control.tenant("bare");
+    let m = migrator(&control, fleet_set(BACKFILL)).await;
+    m.create_tenant(&name(&bare)).await.unwrap();
+    execute(&pool, &format!("DROP TABLE `{bare}`.mtnt_migrations")).await;
+    let status = m.status(&[]).await.unwrap();
+    assert_eq!(status.tenants.len(), 1);
+    assert_eq!(
+        status.tenants[0].applied_order,
+        Some(BACKFILL),
+        "the registry's"
+    );
+    assert!(status.tenants[0].pending > 0, "no rows: everything pending");
+    assert!(!table_exists(&pool, &bare, "mtnt_migrations").await);
+
+    drop(pool);
+    control.cleanup().await;
+}
+
+// MySQL: a migration's lock timeout is the session's `lock_wait_timeout` and
+// `innodb_lock_wait_timeout` (whole seconds, rounded up) while it runs; the connection
+// goes back to the pool with its own values.
+#[tokio::test]
+async fn lock_timeouts_apply_while_a_migration_runs() {
+    let control = TestControl::new("timeouts").await;
+    let pool = control.pool(2).await;
+    let acme = control.tenant("acme");
+    // One connection: the one every session gets.
+    let own = control.pool(1).await;
+    let before: (u64, u64) =
+        sqlx::query_as("SELECT @@SESSION.lock_wait_timeout, @@SESSION.innodb_lock_wait_timeout")
+            .fetch_one(&own)
+            .await
+            .unwrap();
+    let backend = MySqlBackend::new(own.clone(), control.control()).unwrap();
+    let m = Migrator::builder(backend)
+        .migrations(MigrationSet::registered_in("mysql::timeouts").unwrap())
+        .timeouts(mtnt::Timeouts {
+            lock: Some(Duration::from_millis(1500)),
+            statement: None,
+        })
+        .build()
+        .unwrap();
+    m.create_tenant(&name(&acme)).await.unwrap();
+    let seen: (u64, u64) = sqlx::query_as(&format!("SELECT lwt, ilwt FROM `{acme}`.seen"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, (2, 2));
+    let after: (u64, u64) =
+        sqlx::query_as("SELECT @@SESSION.lock_wait_timeout, @@SESSION.innodb_lock_wait_timeout")
+            .fetch_one(&own)
+            .await
+            .unwrap();
+    assert_eq!(after, before, "set back on release");
+
+    own.close().await;
+    drop(pool);
+    control.cleanup().await;
+}
+
+// MySQL: a connection dropped without release (a cancelled run) is closed, so the server
+// ends its `GET_LOCK`; a released one unlocks and goes back to the pool.
+#[tokio::test]
+async fn a_dropped_connection_ends_its_lock() {
+    let control = TestControl::new("droplocked").await;
+    let pool = control.pool(2).await;
+    let acme = control.tenant("acme");
+    let m = migrator(&control, fleet_set(ACCOUNTS)).await;
+    m.create_tenant(&name(&acme)).await.unwrap();
+    let record = m.tenants().await.unwrap().remove(0);
+    let backend = MySqlBackend::new(pool.clone(), control.control()).unwrap();
+    let target = mtnt::Target::Tenant(&record.tenant);
+
+    let mut first = backend.connect(target).await.unwrap();
+    assert!(first.try_lock().await.unwrap());
+    let mut second = backend.connect(target).await.unwrap();
+    assert!(!second.try_lock().await.unwrap(), "held by the first");
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !second.try_lock().await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock outlived its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.release().await;
+    let mut third = backend.connect(target).await.unwrap();
+    assert!(third.try_lock().await.unwrap(), "released");
+    third.release().await;
+
     drop(pool);
     control.cleanup().await;
 }

@@ -642,7 +642,7 @@ async fn a_locked_tenant_times_out_and_fails_alone() {
     assert!(report.contains("19 migrated"), "{report}");
     assert!(report.contains("1 failed"), "{report}");
     assert!(
-        report.contains("t007: while applying 2024_01_02_0002 create_b to tenant t007: error returned from database: canceling statement due to lock timeout (gave up after 3 attempts)"),
+        report.contains("tenant t007 failed at 2024_01_02_0002 create_b: error returned from database: canceling statement due to lock timeout (gave up after 3 attempts)"),
         "{report}"
     );
     assert!(
@@ -893,12 +893,14 @@ async fn interrupted_non_transactional_migrations() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = stdout(&out);
     assert!(report.contains(&format!("{TENANTS} failed")), "{report}");
+    // One group: every tenant failed the same way, each is named once, with the repair.
     assert!(
-        report.contains("2024_01_02_0005 create_d in tenant t001 started and never completed"),
+        report.contains(&format!("{TENANTS} tenants failed: migration 2024_01_02_0005 create_d in the tenant started and never completed")),
         "{report}"
     );
+    assert!(report.contains("\n    t000, t001, t002,"), "{report}");
     assert!(
-        report.contains("`repair --tenant t001 --order 202401020005 --mark completed`"),
+        report.contains("fix, for each NAME above: check the schema, then `repair --tenant NAME --order 202401020005 --mark completed`"),
         "{report}"
     );
     let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
@@ -1118,7 +1120,11 @@ fn two_migrations_at_one_order_are_refused() {
     let error = mtnt::MigrationSet::new([make("one", 1), make("two", 9)]).unwrap_err();
     assert_eq!(
         error.to_string(),
-        "two migrations have order 2024_01_01_0001: one at m.rs:1 and two at m.rs:9\n  fix: give one of them another order (cargo mtnt new picks the next free one)"
+        "two migrations have order 2024_01_01_0001: one at m.rs:1 and two at m.rs:9; give one of them another order"
+    );
+    assert_eq!(
+        mtnt::cli_fix(&error).as_deref(),
+        Some("give one of them another order (`cargo mtnt new` picks the next free one)")
     );
 }
 

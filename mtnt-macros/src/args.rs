@@ -1,13 +1,13 @@
 //! The arguments of `#[mtnt::migration(...)]`.
 
+use mtnt_syntax::Order;
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Path, Token};
 
-use crate::order::parse_order;
-use crate::Errors;
+use crate::errors::Errors;
 
 /// Every accepted key, in the order the error messages list them.
 const KEYS: [&str; 9] = [
@@ -32,8 +32,8 @@ pub(crate) enum Scope {
 /// The parsed and validated arguments.
 pub(crate) struct MigrationArgs {
     pub(crate) scope: Scope,
-    /// The `YYYYMMDDNNNN` value of `order`.
-    pub(crate) order: i64,
+    /// `order = YYYY_MM_DD_NNNN`, with a date that exists.
+    pub(crate) order: Order,
     /// `name = "..."`, already checked to be non-empty and printable.
     pub(crate) name: Option<LitStr>,
     /// `down = path`.
@@ -69,6 +69,9 @@ impl Parse for MigrationArgs {
 
         let mut errors = Errors::default();
         let mut seen: Vec<String> = Vec::new();
+        // Keys given with a value that was rejected (their error is already reported).
+        let mut rejected: Vec<String> = Vec::new();
+        let mut idempotent_key = None;
         let mut scope = None;
         let mut order = None;
         let mut name = None;
@@ -102,20 +105,37 @@ impl Parse for MigrationArgs {
                 "name" => parse_name(value).map(|n| name = Some(n)),
                 "down" => parse_down(value).map(|d| down = Some(d)),
                 "transaction" => parse_bool(&key_str, value).map(|b| transaction = b),
-                "idempotent" => parse_bool(&key_str, value).map(|b| idempotent = b),
+                "idempotent" => parse_bool(&key_str, value).map(|b| {
+                    idempotent = b;
+                    idempotent_key = Some(key.clone());
+                }),
                 "enabled" => parse_bool(&key_str, value).map(|b| enabled = b),
-                "lock_timeout" => {
-                    parse_duration(&key_str, value).map(|d| lock_timeout_ms = Some(d))
-                }
+                "lock_timeout" => parse_timeout(&key_str, value).map(|d| lock_timeout_ms = Some(d)),
                 "statement_timeout" => {
-                    parse_duration(&key_str, value).map(|d| statement_timeout_ms = Some(d))
+                    parse_timeout(&key_str, value).map(|d| statement_timeout_ms = Some(d))
                 }
                 _ => unreachable!("every key of KEYS is handled"),
             };
             if let Err(e) = result {
                 errors.push(e);
+                rejected.push(key_str.clone());
             }
             seen.push(key_str);
+        }
+
+        // On PostgreSQL and SQLite only a migration outside a transaction can be left
+        // `started` by an interrupted run, which is when the runner reads `idempotent` (on
+        // MySQL, whose DDL commits at once, any failure leaves it `started`, but the rule
+        // is the same everywhere: `idempotent` goes with `transaction = false`). Not
+        // checked when `transaction` itself was rejected: its value is unknown.
+        if let Some(key) = idempotent_key.filter(|_| idempotent && transaction) {
+            if !rejected.iter().any(|k| k == "transaction") {
+                errors.push(syn::Error::new_spanned(
+                    key,
+                    "`idempotent` only matters for a migration that runs outside a transaction; \
+                     add `transaction = false`, or remove `idempotent = true`",
+                ));
+            }
         }
 
         // A key that was given with a bad value already has its error; only report absent ones.
@@ -186,7 +206,7 @@ fn parse_scope(value: &Expr) -> syn::Result<Scope> {
     }
 }
 
-fn parse_order_expr(value: &Expr) -> syn::Result<i64> {
+fn parse_order_expr(value: &Expr) -> syn::Result<Order> {
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Int(int), ..
@@ -198,7 +218,7 @@ fn parse_order_expr(value: &Expr) -> syn::Result<i64> {
     }
 }
 
-fn parse_order_lit(int: &LitInt) -> syn::Result<i64> {
+fn parse_order_lit(int: &LitInt) -> syn::Result<Order> {
     let suffix = int.suffix();
     if !suffix.is_empty() {
         return Err(syn::Error::new_spanned(
@@ -208,7 +228,20 @@ fn parse_order_lit(int: &LitInt) -> syn::Result<i64> {
             ),
         ));
     }
-    parse_order(&int.to_string()).map_err(|message| syn::Error::new_spanned(int, message))
+    let text = int.to_string();
+    let lower = text.to_ascii_lowercase();
+    if ["0x", "0o", "0b"]
+        .iter()
+        .any(|prefix| lower.starts_with(prefix))
+    {
+        return Err(syn::Error::new_spanned(
+            int,
+            format!("`order` must be a decimal literal in the form YYYY_MM_DD_NNNN, not {text}"),
+        ));
+    }
+    // The same rules as the CLI's `--to` (mtnt_syntax): 12 digits, a date that exists.
+    text.parse::<Order>()
+        .map_err(|e| syn::Error::new_spanned(int, format!("`order` {e}")))
 }
 
 fn parse_name(value: &Expr) -> syn::Result<LitStr> {
@@ -265,9 +298,10 @@ fn parse_bool(key: &str, value: &Expr) -> syn::Result<bool> {
     }
 }
 
-/// A duration string, `"500ms"`, `"5s"`, `"2m"` (or `"2min"`), `"1h"`, or `"0"` for no
-/// limit, in milliseconds; the same syntax as the CLI's `--lock-timeout`.
-fn parse_duration(key: &str, value: &Expr) -> syn::Result<u64> {
+/// `lock_timeout = "5s"`: a duration in the runtime's syntax (`mtnt_syntax::parse_duration`:
+/// `"500ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"`, `"0"` for no limit), in whole milliseconds
+/// and at most what PostgreSQL accepts; returned in milliseconds.
+fn parse_timeout(key: &str, value: &Expr) -> syn::Result<u64> {
     let Expr::Lit(ExprLit {
         lit: Lit::Str(s), ..
     }) = value
@@ -280,34 +314,31 @@ fn parse_duration(key: &str, value: &Expr) -> syn::Result<u64> {
         ));
     };
     let text = s.value();
-    let text = text.trim();
-    if matches!(text, "0" | "off" | "none") {
-        return Ok(0);
-    }
-    let bad = |why: &str| {
-        syn::Error::new_spanned(
+    let duration = mtnt_syntax::parse_duration(&text)
+        .map_err(|e| syn::Error::new_spanned(s, format!("`{key}`: {e}")))?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err(syn::Error::new_spanned(
             s,
-            format!("`{key}`: {why}; write a duration such as \"5s\", \"500ms\", \"2m\", \"1h\", or \"0\" for no limit"),
-        )
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| bad(&format!("{text:?} has no unit")))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| bad(&format!("{text:?} does not start with a whole number")))?;
-    let factor = match unit.trim() {
-        "ms" => 1,
-        "s" | "sec" => 1_000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        other => return Err(bad(&format!("unknown unit {other:?}"))),
-    };
-    number
-        .checked_mul(factor)
+            format!(
+                "`{key}`: {text:?} is not a whole number of milliseconds, the unit of \
+                 PostgreSQL's timeouts; write for example \"{}ms\"",
+                duration.as_millis() + 1
+            ),
+        ));
+    }
+    u64::try_from(duration.as_millis())
+        .ok()
         .filter(|ms| *ms <= i32::MAX as u64)
-        .ok_or_else(|| bad("it is longer than PostgreSQL accepts (about 24 days)"))
+        .ok_or_else(|| {
+            syn::Error::new_spanned(
+                s,
+                format!(
+                    "`{key}`: {text:?} is longer than PostgreSQL accepts ({}ms, about 24 days); \
+                     write a shorter duration, or \"0\" for no limit",
+                    i32::MAX
+                ),
+            )
+        })
 }
 
 #[cfg(test)]
@@ -338,7 +369,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(args.scope, Scope::Tenant);
-        assert_eq!(args.order, 202401010002);
+        assert_eq!(args.order.get(), 202401010002);
         assert_eq!(args.name.unwrap().value(), "accounts");
         assert!(args.down.is_some());
         assert!(!args.transaction);
@@ -413,5 +444,95 @@ mod tests {
                 .contains("not a string")
         );
         assert!(err(r#"scope = "tenant", order = 2024_02_30_0001"#).contains("2024-02 has 29 days"));
+    }
+
+    #[test]
+    fn idempotent_needs_transaction_false() {
+        let expected =
+            "`idempotent` only matters for a migration that runs outside a transaction; \
+                        add `transaction = false`, or remove `idempotent = true`";
+        assert_eq!(
+            err(r#"scope = "tenant", order = 2024_01_01_0001, idempotent = true"#),
+            expected
+        );
+        assert_eq!(
+            err(
+                r#"idempotent = true, transaction = true, scope = "tenant", order = 2024_01_01_0001"#
+            ),
+            expected
+        );
+        // Either order of the keys, and `idempotent = false` is the harmless default.
+        assert!(parse(
+            r#"idempotent = true, transaction = false, scope = "tenant", order = 2024_01_01_0001"#
+        )
+        .is_ok());
+        assert!(parse(r#"scope = "tenant", order = 2024_01_01_0001, idempotent = false"#).is_ok());
+        // A rejected `transaction` has its own error only.
+        assert_eq!(
+            err(
+                r#"scope = "tenant", order = 2024_01_01_0001, transaction = no, idempotent = true"#
+            ),
+            "`transaction` must be `true` or `false`"
+        );
+    }
+
+    #[test]
+    fn timeouts_share_the_runtime_syntax() {
+        let ok = |timeout: &str| {
+            parse(&format!(
+                r#"scope = "tenant", order = 2024_01_01_0001, lock_timeout = "{timeout}""#
+            ))
+            .map(|args| args.lock_timeout_ms)
+        };
+        assert_eq!(ok("1.5s"), Ok(Some(1_500)));
+        assert_eq!(ok("500ms"), Ok(Some(500)));
+        assert_eq!(ok("2min"), Ok(Some(120_000)));
+        assert_eq!(ok("1h"), Ok(Some(3_600_000)));
+        assert_eq!(ok("off"), Ok(Some(0)));
+        assert_eq!(ok("2147483647ms"), Ok(Some(2_147_483_647)));
+        assert_eq!(
+            ok("5").unwrap_err(),
+            "`lock_timeout`: \"5\" has no unit; write a duration such as 500ms, 5s, 1.5s, 2m or 1h, or 0 for no limit"
+        );
+        assert_eq!(
+            ok("0.5ms").unwrap_err(),
+            "`lock_timeout`: \"0.5ms\" is not a whole number of milliseconds, the unit of \
+             PostgreSQL's timeouts; write for example \"1ms\""
+        );
+        assert_eq!(
+            ok("25d").unwrap_err(),
+            "`lock_timeout`: \"25d\" has the unknown unit \"d\"; write a duration such as 500ms, 5s, 1.5s, 2m or 1h, or 0 for no limit (units: ms, s or sec, m or min, h)"
+        );
+        assert!(ok("600h")
+            .unwrap_err()
+            .contains("longer than PostgreSQL accepts"));
+        assert!(ok("2147483648ms")
+            .unwrap_err()
+            .contains("longer than PostgreSQL accepts"));
+    }
+
+    #[test]
+    fn orders_share_the_runtime_rules() {
+        let order = |order: &str| {
+            parse(&format!(r#"scope = "tenant", order = {order}"#)).map(|args| args.order.get())
+        };
+        assert_eq!(order("2024_01_01_0001"), Ok(202401010001));
+        assert_eq!(order("202401010001"), Ok(202401010001));
+        assert_eq!(
+            order("2024_01_01_001").unwrap_err(),
+            "`order` 2024_01_01_001 has 11 digits, but an order has 12; \
+             write it as YYYY_MM_DD_NNNN, for example 2024_01_01_0001"
+        );
+        assert_eq!(
+            order("2023_02_29_0001").unwrap_err(),
+            "`order` 2023_02_29_0001 does not start with a real date YYYY_MM_DD: \
+             2023-02 has 28 days, not 29"
+        );
+        assert_eq!(
+            order("0x2024_0101_0001").unwrap_err(),
+            "`order` must be a decimal literal in the form YYYY_MM_DD_NNNN, not 0x2024_0101_0001"
+        );
+        assert!(order("0b1").unwrap_err().contains("decimal"));
+        assert!(order("0o17").unwrap_err().contains("decimal"));
     }
 }

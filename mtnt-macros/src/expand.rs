@@ -7,7 +7,7 @@ use syn::ext::IdentExt;
 use syn::{FnArg, ItemFn, ReturnType};
 
 use crate::args::{MigrationArgs, Scope};
-use crate::Errors;
+use crate::errors::Errors;
 
 const SIGNATURE: &str = "async fn(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()>";
 
@@ -113,7 +113,7 @@ pub(crate) fn expand(args: &MigrationArgs, func: &ItemFn) -> TokenStream {
         None => ident.unraw().to_string(),
     };
     let name = Literal::string(&name);
-    let order = Literal::i64_suffixed(args.order);
+    let order = Literal::i64_suffixed(args.order.get());
     let checksum = Literal::string(&checksum(func));
     let scope = match args.scope {
         Scope::Public => quote!(::mtnt::__private::Scope::Public),
@@ -155,11 +155,14 @@ pub(crate) fn expand(args: &MigrationArgs, func: &ItemFn) -> TokenStream {
         Some(down) => {
             let down_shim = format_ident!("__mtnt_down_{}", ident);
             let range = token_range(down);
-            // `path(ctx)` with the parentheses at the path's last token, so that the call
-            // (a constant is not a function) and the boxing (a plain fn is not a future)
-            // are both reported on the path.
-            let args = parens(quote!(ctx), range.1);
-            let call = quote!(#down #args);
+            // `call_down(path, ctx)`, boxed, both spanned over the path: a path that is not
+            // an `async fn(&mut Ctx<'_>) -> Result<()>` gets the message of `call_down`'s
+            // bound there, and a future that is not `Send` is reported there by the boxing.
+            let call = spanned_call(
+                range,
+                quote!(::mtnt::__private::call_down),
+                quote!(#down, ctx),
+            );
             let body = spanned_call(range, quote!(::std::boxed::Box::pin), call);
             (
                 shim(&down_shim, body),

@@ -5,24 +5,16 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod args;
+mod errors;
 mod expand;
-mod order;
 
 use proc_macro::TokenStream;
 
-/// Registers an async function as a migration.
-///
-/// ```ignore
-/// #[mtnt::migration(scope = "tenant", order = 2024_01_01_0002, down = drop_accounts)]
-/// async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-///     ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY)").await
-/// }
-/// ```
-///
-/// Keys: `scope` (`"public"` or `"tenant"`, required), `order` (a `YYYY_MM_DD_NNNN`
-/// integer literal, required), `name = "..."`, `down = path`, `transaction = bool`
-/// (default `true`), `idempotent = bool` (default `false`), `enabled = bool`
-/// (default `true`).
+use crate::errors::Errors;
+
+// The one documentation of the attribute, which `mtnt` re-exports as it is; its examples
+// need `mtnt`, so they run as mtnt's doctests (see `mtnt/src/lib.rs`).
+#[doc = include_str!("migration.md")]
 #[proc_macro_attribute]
 pub fn migration(args: TokenStream, item: TokenStream) -> TokenStream {
     let original = proc_macro2::TokenStream::from(item.clone());
@@ -52,22 +44,5 @@ pub fn migration(args: TokenStream, item: TokenStream) -> TokenStream {
             let error = error.map(|e| e.to_compile_error());
             quote::quote!(#original #error).into()
         }
-    }
-}
-
-/// Collects several errors into one, reported together.
-#[derive(Default)]
-struct Errors(Option<syn::Error>);
-
-impl Errors {
-    fn push(&mut self, error: syn::Error) {
-        match &mut self.0 {
-            Some(first) => first.combine(error),
-            None => self.0 = Some(error),
-        }
-    }
-
-    fn into_inner(self) -> Option<syn::Error> {
-        self.0
     }
 }

@@ -7,14 +7,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in mtnt.
 #[non_exhaustive]
-#[derive(Debug, thiserror::Error)]
+///
+/// Messages say what happened, with its context; the mtnt command line prints a `fix:`
+/// line after them (see [`cli_fix`](crate::cli_fix)). The `Debug` form is the message with
+/// its causes, so that `fn main() -> mtnt::Result<()>` prints something readable.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// A database call failed (inside a migration, or in mtnt's own bookkeeping).
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
 
     /// The database named by the URL could not be reached.
-    #[error("cannot connect to {url}: {source}\n  fix: check that the server is running and that the URL (--database-url or DATABASE_URL) is right")]
+    #[error("cannot connect to {url}: {source}")]
     Connect {
         /// The URL, with its password replaced by `***`.
         url: String,
@@ -51,11 +55,13 @@ pub enum Error {
     },
 
     /// No migration is registered in this binary.
-    #[error("no migrations are registered in this binary\n  fix: annotate async functions with #[mtnt::migration(...)]; if they live in another crate, name that crate in mtnt::run!(that_crate) (or reference any item of it), or the linker drops them")]
+    #[error("no migrations are registered in this binary: annotate async functions with #[mtnt::migration(...)]; if they live in another crate, name that crate in mtnt::run!(that_crate) (or reference any item of it), or the linker drops them")]
     EmptyRegistry,
 
     /// Two migrations share one order.
-    #[error("two migrations have order {order}: {first} and {second}\n  fix: give one of them another order (cargo mtnt new picks the next free one)")]
+    #[error(
+        "two migrations have order {order}: {first} and {second}; give one of them another order"
+    )]
     DuplicateOrder {
         /// The order, `YYYY_MM_DD_NNNN`.
         order: String,
@@ -66,7 +72,7 @@ pub enum Error {
     },
 
     /// Two migrations of one scope share one name.
-    #[error("two {scope} migrations are named {name:?}: at {first} and at {second}\n  fix: rename one of them, or set name = \"...\" in its attribute")]
+    #[error("two {scope} migrations are named {name:?}: at {first} and at {second}; rename one of them, or set name = \"...\" in its attribute")]
     DuplicateName {
         /// The shared name.
         name: String,
@@ -79,7 +85,7 @@ pub enum Error {
     },
 
     /// A tenant name is not acceptable; nothing was sent to the database.
-    #[error("invalid tenant name {name:?}: {reason}\n  fix: use 1 to 50 characters of lowercase letters, digits, '_' or '-', starting with a letter")]
+    #[error("invalid tenant name {name:?}: {reason} (a tenant name has 1 to 50 characters of lowercase letters, digits, '_' or '-', starting with a letter)")]
     InvalidTenantName {
         /// The name as given.
         name: String,
@@ -88,19 +94,19 @@ pub enum Error {
     },
 
     /// A tenant named on the command line or in the API is not registered.
-    #[error("unknown tenant {0:?}\n  fix: check the name with `tenant list`, or create it with `tenant create {0}`")]
+    #[error("unknown tenant {0:?}: no tenant of that name is registered")]
     UnknownTenant(String),
 
     /// `tenant create` named a tenant that exists already.
-    #[error("tenant {0:?} exists already\n  fix: pick another name; if `tenant list` shows it as `creating`, an earlier create died half-way: remove it with `tenant drop {0} --yes` and create it again")]
+    #[error("tenant {0:?} exists already (if its state is `creating`, an earlier create died half-way, and it has to be dropped before it can be created again)")]
     TenantExists(String),
 
     /// `--to` named an order that no registered migration has.
-    #[error("no registered migration has order {0}\n  fix: pick an order from `list`")]
+    #[error("no registered migration has order {0}")]
     UnknownOrder(String),
 
     /// A rollback would have to pass an irreversible migration.
-    #[error("cannot roll back {target}: migration {migration} has no down function, and the rollback would have to revert it; nothing was changed\n  fix: roll back to an order at or after it (--to), or add `down = ...` to its attribute")]
+    #[error("cannot roll back {target}: migration {migration} has no down function, and the rollback would have to revert it; nothing was changed")]
     Irreversible {
         /// `"tenant acme"` or `"the public schema"`.
         target: String,
@@ -109,7 +115,7 @@ pub enum Error {
     },
 
     /// An applied migration's code changed since it was applied.
-    #[error("migration {migration} was changed after it was applied to {target} (recorded checksum {recorded}, code checksum {current}); nothing was run\n  fix: revert the edit and write a new migration instead; if the edit is intended (formatting, comments in SQL), record the new checksum with `repair --checksums`")]
+    #[error("migration {migration} was changed after it was applied to {target} (recorded checksum {recorded}, code checksum {current}); nothing was run")]
     ChecksumMismatch {
         /// `"tenant acme"` or `"the public schema"`.
         target: String,
@@ -122,7 +128,7 @@ pub enum Error {
     },
 
     /// The database has an applied migration this binary does not know (it is ahead of the code).
-    #[error("{target} has migration {order} {name} applied, which this binary does not know; nothing was run\n  fix: deploy the code that has this migration, or roll it back with the binary that has it")]
+    #[error("{target} has migration {order} {name} applied, which this binary does not know; nothing was run")]
     UnknownApplied {
         /// `"tenant acme"` or `"the public schema"`.
         target: String,
@@ -133,20 +139,21 @@ pub enum Error {
     },
 
     /// A migration began and never finished: it ran outside a transaction, or failed on MySQL.
-    #[error("migration {migration} in {target} started and never completed (it ran outside a transaction, or on MySQL, which commits DDL at once, it failed; or the run died while it ran), and it is not declared idempotent; nothing was run\n  fix: check the schema, then `repair {tenant_flag}--order {order} --mark completed` if it took effect, or `--mark pending` to run it again")]
+    #[error("migration {migration} in {target} started and never completed (it ran outside a transaction, or on MySQL, which commits DDL at once, it failed; or the run died while it ran), and it is not declared idempotent; nothing was run")]
     Interrupted {
         /// `"tenant acme"` or `"the public schema"`.
         target: String,
         /// `order name`.
         migration: String,
-        /// `--tenant acme ` or empty for public.
+        /// How the command line names the target: `--tenant acme ` or `--public `; only
+        /// the CLI's fix line uses it.
         tenant_flag: String,
         /// The order as digits.
         order: i64,
     },
 
     /// Another run held the target's lock for longer than the unlock deadline.
-    #[error("{target} is locked by another mtnt run, which kept it longer than the unlock deadline ({waited}); it was not migrated\n  fix: run the same command again once the other run is done (`status` lists the running runs), or raise --unlock-deadline")]
+    #[error("{target} is locked by another mtnt run, which kept it longer than the unlock deadline ({waited}); it was not migrated")]
     Busy {
         /// `"tenant acme"` or `"the public schema"`.
         target: String,
@@ -208,24 +215,41 @@ pub enum Error {
         tenant: TenantName,
     },
 
-    /// The storage a new tenant needs (schema, database, file) exists already, without a
-    /// registry row.
-    #[error("the storage {storage} of new tenant {tenant} exists already but is not a registered tenant; nothing was changed")]
+    /// A schema (database, file) exists where a new tenant's would be made, and no
+    /// registered tenant owns it; it is never taken over.
+    #[error("{storage} exists already but is not a registered tenant; it was left as it is")]
     StorageExists {
-        /// The tenant.
+        /// The tenant that would have used it.
         tenant: TenantName,
-        /// Its storage's name.
+        /// What exists: `schema acme`, `database acme`, `file ./tenants/acme.db`.
         storage: String,
     },
 
-    /// A registered tenant's storage (schema, database, file) is missing.
-    #[error("the storage {storage} of tenant {tenant} does not exist")]
+    /// A registered tenant's schema (database, file) is gone.
+    #[error("{storage} of tenant {tenant} does not exist, but the tenant is registered")]
     StorageMissing {
         /// The tenant.
         tenant: TenantName,
-        /// Its storage's name.
+        /// What is missing: `schema acme`, `database acme`, `file ./tenants/acme.db`.
         storage: String,
     },
+}
+
+impl std::fmt::Debug for Error {
+    /// The message, then each cause it does not quote already, one per line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = self.to_string();
+        f.write_str(&message)?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                write!(f, "\n  caused by: {text}")?;
+            }
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 impl Error {

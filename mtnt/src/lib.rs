@@ -36,6 +36,7 @@ mod backend;
 mod cli;
 mod ctx;
 mod error;
+mod macro_support;
 mod migrate;
 mod migration;
 mod tenant;
@@ -56,6 +57,8 @@ pub use backend::{
     MigrationTimeouts, Record, RegistryRow, Target, TargetState, Tenancy, Timing,
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
+#[cfg(feature = "cli")]
+pub use cli::cli_fix;
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
@@ -67,32 +70,33 @@ pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, Tenant
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };
+pub use mtnt_syntax::{DurationError, Order, OrderError};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
-pub use url_redact::redact_url;
+pub use url_redact::{redact_url, Redactor};
 
-/// Registers an async function as a migration.
-///
-/// ```no_run
-/// #[mtnt::migration(scope = "tenant", order = 2024_01_01_0002, down = drop_accounts)]
-/// async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-///     ctx.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY)").await
-/// }
-/// async fn drop_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-///     ctx.execute("DROP TABLE accounts").await
-/// }
-/// # fn main() {}
-/// ```
-///
-/// Keys: `scope` (`"public"` or `"tenant"`, required), `order` (a `YYYY_MM_DD_NNNN`
-/// integer, required), `name = "..."`, `down = path`, `transaction = false`,
-/// `idempotent = true`, `enabled = false`.
+/// The most tenants one run migrates at once ([`MigratorBuilder::concurrency`],
+/// `--concurrency`): each holds a connection of its own.
+pub const MAX_CONCURRENCY: usize = 1024;
+
+// Documented once, in mtnt-macros/src/migration.md, which rustdoc shows here as it is.
 pub use mtnt_macros::migration;
 
+/// Runs the examples of the attribute's documentation, which live in the macro crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../mtnt-macros/src/migration.md")]
+struct MigrationAttributeDocs;
+
 /// Runs the mtnt command line (migrate, rollback, status, tenant, list, repair) and
-/// exits the process with its exit code (feature `cli`).
+/// exits the process with its exit code (feature `cli`). `--version` and the help name
+/// the calling crate (its `CARGO_PKG_NAME`, `CARGO_PKG_VERSION` and
+/// `CARGO_PKG_DESCRIPTION`), not mtnt.
 ///
 /// Name the crates that hold migrations, so that the linker keeps them:
 /// `mtnt::run!(my_migrations)`.
+///
+/// Errors are printed with a `fix:` line ([`cli_fix`]). An app that drives the library
+/// from its own `fn main() -> mtnt::Result<()>` gets the message and its causes (the
+/// `Debug` form of [`Error`]).
 ///
 /// ```no_run
 /// fn main() {
@@ -107,13 +111,18 @@ macro_rules! run {
             #[allow(unused_imports)]
             use $krate as _;
         )*
-        ::std::process::exit($crate::__private::run_cli())
+        ::std::process::exit($crate::__private::run_cli_as(
+            ::std::env!("CARGO_PKG_NAME"),
+            ::std::env!("CARGO_PKG_VERSION"),
+            ::std::env!("CARGO_PKG_DESCRIPTION"),
+        ))
     }};
 }
 
 #[doc(hidden)]
 pub mod __private {
     pub use crate::ctx::Ctx;
+    pub use crate::macro_support::{call_down, DownFn};
     pub use crate::migration::{BoxFuture, Location, Migration, MigrationFn, Scope};
     pub use crate::Result;
 
@@ -169,7 +178,7 @@ pub mod __private {
     }
 
     #[cfg(feature = "cli")]
-    pub use crate::cli::run_cli;
-    #[cfg(feature = "cli")]
     pub use crate::cli::scaffold;
+    #[cfg(feature = "cli")]
+    pub use crate::cli::{run_cli, run_cli_as};
 }

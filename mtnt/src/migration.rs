@@ -170,14 +170,7 @@ impl fmt::Display for Migration {
 }
 
 /// Formats an order as `YYYY_MM_DD_NNNN`, the way users write it.
-pub(crate) fn format_order(order: i64) -> String {
-    let s = format!("{order:012}");
-    if s.len() == 12 {
-        format!("{}_{}_{}_{}", &s[0..4], &s[4..6], &s[6..8], &s[8..12])
-    } else {
-        s
-    }
-}
+pub(crate) use mtnt_syntax::format_order;
 
 /// The validated, ordered set of migrations a [`Migrator`](crate::Migrator) runs.
 #[derive(Clone, Debug)]

@@ -197,7 +197,8 @@ impl Model {
         }
     }
 
-    fn control_name(&self) -> String {
+    /// The control database's name (PostgreSQL, MySQL; SQLite has a control file).
+    pub fn control_name(&self) -> String {
         match &self.env {
             Some(Env::Postgres(db)) => db.name().to_owned(),
             Some(Env::MySql(control)) => control.control().to_owned(),

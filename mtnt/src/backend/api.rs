@@ -277,7 +277,7 @@ pub struct TargetState {
 ///
 /// Everything a run does with these primitives is written once in mtnt; an engine that
 /// mtnt does not ship can be implemented outside the crate with the public API alone
-/// (`examples/json_engine.rs` does, for a directory of JSON documents) and handed to
+/// (`examples/json_engine/` does, for a directory of JSON documents) and handed to
 /// [`Migrator::builder`](crate::Migrator::builder).
 #[async_trait]
 pub trait Backend: Send + Sync {

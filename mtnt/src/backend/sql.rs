@@ -3,6 +3,7 @@
 //! Tenant names are validated before they get here; quoting is the second line of defence.
 
 /// Quotes an identifier for PostgreSQL and SQLite: `"name"`, doubling inner quotes.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
@@ -16,6 +17,7 @@ pub(crate) fn quote_ident_mysql(ident: &str) -> String {
 /// Quotes a string literal with standard SQL rules (PostgreSQL with
 /// `standard_conforming_strings`, SQLite): `'it''s'`. NUL bytes are dropped because
 /// no engine stores them in text.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\0', "").replace('\'', "''"))
 }

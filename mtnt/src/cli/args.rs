@@ -4,16 +4,30 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{parse_duration, Shard, Tenancy, TenantName, Transactions};
 
+/// The most tenants a run migrates at once: each holds a connection, and no server gives
+/// one client more than this.
+pub(crate) const MAX_CONCURRENCY: usize = crate::MAX_CONCURRENCY;
+
 /// Migrates the shared schema and every tenant of a multi-tenant database.
+///
+/// The options of each command come first in its help, then the ones every command
+/// takes, under Database, Run, Output and Safety.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, propagate_version = true)]
 pub(crate) struct Cli {
     /// The database: postgres://user@host/db, mysql://user@host/control or sqlite://./tenants/
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL",
+        help_heading = "Database"
+    )]
     pub(crate) database_url: Option<String>,
 
     /// How tenants are isolated; the default follows from the URL (schema on PostgreSQL)
-    #[arg(long, value_enum, global = true)]
+    #[arg(long, value_enum, global = true, help_heading = "Database")]
     pub(crate) tenancy: Option<TenancyArg>,
 
     /// The PostgreSQL schema holding the tenant registry and the public migrations
@@ -21,12 +35,22 @@ pub(crate) struct Cli {
         long,
         env = "MTNT_CONTROL_SCHEMA",
         default_value = "public",
-        global = true
+        value_name = "SCHEMA",
+        global = true,
+        help_heading = "Database"
     )]
     pub(crate) control_schema: String,
 
-    /// How many tenants are migrated at once (each uses one connection)
-    #[arg(long, env = "MTNT_CONCURRENCY", default_value_t = 4, global = true)]
+    /// How many tenants are migrated at once, 1 to 1024 (each uses one connection)
+    #[arg(
+        long,
+        env = "MTNT_CONCURRENCY",
+        default_value_t = 4,
+        value_name = "N",
+        value_parser = parse_concurrency,
+        global = true,
+        help_heading = "Run"
+    )]
     pub(crate) concurrency: usize,
 
     /// Transactions of a tenant's upgrade (PostgreSQL, SQLite): per-tenant makes it atomic
@@ -35,19 +59,45 @@ pub(crate) struct Cli {
         env = "MTNT_TRANSACTIONS",
         value_enum,
         default_value = "per-tenant",
-        global = true
+        global = true,
+        help_heading = "Run"
     )]
     pub(crate) transactions: TransactionsArg,
 
-    /// Never draw progress bars, even on a terminal
-    #[arg(long, global = true)]
+    /// Print no progress: neither bars on a terminal nor the "migrate 40/400 tenants" lines
+    /// elsewhere (failures are still reported as they happen)
+    #[arg(long, global = true, help_heading = "Output")]
     pub(crate) no_progress: bool,
+
+    /// Print only errors and the closing summary, with failures grouped: no progress,
+    /// tables or per-tenant lines (--json and `list` print as usual)
+    #[arg(short, long, global = true, help_heading = "Output")]
+    pub(crate) quiet: bool,
 
     #[command(flatten)]
     pub(crate) safety: SafetyArgs,
 
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// Parses `--concurrency`: a whole number from 1 to [`MAX_CONCURRENCY`].
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    let range = format!(
+        "give a number of tenants from 1 to {MAX_CONCURRENCY} (on the command line or in MTNT_CONCURRENCY)"
+    );
+    match s.trim().parse::<i128>() {
+        Ok(n) if (1..=MAX_CONCURRENCY as i128).contains(&n) => Ok(n as usize),
+        Ok(_) => Err(format!("out of range: {range}")),
+        Err(_) if is_integer(s.trim()) => Err(format!("out of range: {range}")),
+        Err(_) => Err(format!("not a number: {range}")),
+    }
+}
+
+/// Whether `s` is written as a whole number, however large.
+fn is_integer(s: &str) -> bool {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
 }
 
 /// The tenancy model.
@@ -98,7 +148,7 @@ pub(crate) enum Command {
     Rollback(RollbackArgs),
     /// Show where the public schema and each tenant stand
     Status(StatusArgs),
-    /// Create, list and adopt tenants
+    /// Create, list, adopt and drop tenants
     #[command(subcommand)]
     Tenant(TenantCommand),
     /// List every registered migration
@@ -108,11 +158,11 @@ pub(crate) enum Command {
 }
 
 /// Deadlines, heartbeat, retries and timeouts (README section "Safety"). Durations are
-/// written 500ms, 5s, 2m or 1h; 0 means no limit.
+/// written 500ms, 5s, 2m or 1h.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Safety")]
 pub(crate) struct SafetyArgs {
-    /// Time budget of the whole run: after it no further tenant starts, and the run fails
+    /// Time budget of the whole run (0: no limit): after it no further tenant starts, and the run fails
     #[arg(long, env = "MTNT_DEADLINE", default_value = "0", value_name = "DURATION", value_parser = parse_duration, global = true)]
     pub(crate) deadline: Duration,
     /// How long a tenant another run holds is waited for, and how old a run lease's heartbeat may get before the lease is taken over
@@ -142,10 +192,10 @@ pub(crate) struct SafetyArgs {
     /// The first pause before a retry; doubled each time (at most 10s), with jitter
     #[arg(long, env = "MTNT_RETRY_BACKOFF", default_value = "200ms", value_name = "DURATION", value_parser = parse_duration, global = true)]
     pub(crate) retry_backoff: Duration,
-    /// lock_timeout of each migration unless its attribute sets one (PostgreSQL)
+    /// lock_timeout of each migration unless its attribute sets one (PostgreSQL; 0: no limit)
     #[arg(long, env = "MTNT_LOCK_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = parse_duration, global = true)]
     pub(crate) lock_timeout: Duration,
-    /// statement_timeout of each migration unless its attribute sets one (PostgreSQL)
+    /// statement_timeout of each migration unless its attribute sets one (PostgreSQL; 0: no limit)
     #[arg(long, env = "MTNT_STATEMENT_TIMEOUT", default_value = "0", value_name = "DURATION", value_parser = parse_duration, global = true)]
     pub(crate) statement_timeout: Duration,
 }
@@ -265,13 +315,7 @@ pub(crate) enum MarkArg {
     Pending,
 }
 
-/// Parses `2024_01_01_0001` or `202401010001`.
-pub(crate) fn parse_order(s: &str) -> Result<i64, String> {
-    let digits: String = s.chars().filter(|c| *c != '_').collect();
-    if digits.len() != 12 || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!(
-            "{s:?} is not an order; write it as YYYY_MM_DD_NNNN, e.g. 2024_01_01_0001"
-        ));
-    }
-    digits.parse().map_err(|e| format!("{s:?}: {e}"))
+/// Parses `2024_01_01_0001` or `202401010001`; the date must exist, as in the attribute.
+pub(crate) fn parse_order(s: &str) -> Result<i64, mtnt_syntax::OrderError> {
+    s.parse::<mtnt_syntax::Order>().map(mtnt_syntax::Order::get)
 }

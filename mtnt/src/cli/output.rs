@@ -1,7 +1,8 @@
 use std::fmt::Write;
 
+use super::failures;
 use crate::migration::format_order;
-use crate::{MigrateReport, MigrationSet, StatusReport, TenantRecord};
+use crate::{MigrateReport, MigrationSet, StatusReport, Tenancy, TenantRecord};
 
 fn order_or_none(order: Option<i64>) -> String {
     order.map_or_else(|| "-".to_owned(), format_order)
@@ -31,24 +32,106 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub(crate) fn migrate_report(report: &MigrateReport) -> String {
+/// `1 migration`, `0 migrations`, `2 tenants`.
+pub(crate) fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// How the output names where things live, by tenancy model.
+pub(crate) struct Words {
+    /// What holds a tenant's data: `schema`, `database` or `file`.
+    pub(crate) storage: &'static str,
+    /// Where the public migrations run, with its real name: `public (schema ops)`.
+    pub(crate) public: String,
+    tenancy: Tenancy,
+}
+
+impl Words {
+    /// The words for a backend of `tenancy` reached at `url`, with `control_schema`.
+    pub(crate) fn new(tenancy: Tenancy, url: &str, control_schema: &str) -> Self {
+        let database = || control_database(url);
+        let (storage, public) = match tenancy {
+            Tenancy::Schema => ("schema", format!("public (schema {control_schema})")),
+            Tenancy::Database if url.starts_with("postgres") => (
+                "database",
+                match database() {
+                    Some(db) => format!("public (database {db}, schema {control_schema})"),
+                    None => format!("public (schema {control_schema})"),
+                },
+            ),
+            Tenancy::Database => (
+                "database",
+                match database() {
+                    Some(db) => format!("public (database {db})"),
+                    None => "public".to_owned(),
+                },
+            ),
+            Tenancy::File => ("file", "public (file mtnt_control.db)".to_owned()),
+        };
+        Self {
+            storage,
+            public,
+            tenancy,
+        }
+    }
+
+    /// `schema acme`, `database acme`, `file acme.db`.
+    pub(crate) fn storage_of(&self, schema: &str) -> String {
+        match self.tenancy {
+            Tenancy::File => format!("file {schema}.db"),
+            _ => format!("{} {schema}", self.storage),
+        }
+    }
+
+    /// The storage column's heading: `SCHEMA`, `DATABASE` or `FILE`.
+    fn column(&self) -> String {
+        self.storage.to_ascii_uppercase()
+    }
+
+    /// A tenant's storage as the table shows it.
+    fn cell(&self, schema: &str) -> String {
+        match self.tenancy {
+            Tenancy::File => format!("{schema}.db"),
+            _ => schema.to_owned(),
+        }
+    }
+}
+
+/// The database a PostgreSQL or MySQL URL names.
+fn control_database(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let path = parsed.path().trim_start_matches('/');
+    (!path.is_empty()).then(|| crate::url_redact::percent_decode(path))
+}
+
+/// What `migrate` prints at the end: the public migrations, the fleet's counts, and each
+/// group of tenants that failed for one reason.
+pub(crate) fn migrate_report(report: &MigrateReport, words: &Words) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "public: {} migration(s) applied",
-        report.public_applied
+        "{}: {} applied",
+        words.public,
+        count(report.public_applied, "migration")
     );
-    let _ =
-        writeln!(
+    let _ = writeln!(
         out,
-        "tenants: {} total, {} migrated ({} migrations), {} already current, {} failed{} in {:.2}s",
+        "tenants: {} total, {} migrated ({}), {} already current, {} failed{} in {:.2}s",
         report.tenants_total,
         report.tenants_migrated,
-        report.migrations_applied,
+        count(report.migrations_applied, "migration"),
         report.tenants_current,
         report.failures.len(),
         if report.tenants_skipped > 0 {
-            let why = if report.stopped.is_some() { "not started" } else { "--fail-fast" };
+            let why = if report.stopped.is_some() {
+                "not started"
+            } else {
+                "--fail-fast"
+            };
             format!(", {} skipped ({why})", report.tenants_skipped)
         } else {
             String::new()
@@ -58,21 +141,17 @@ pub(crate) fn migrate_report(report: &MigrateReport) -> String {
     if let Some(why) = &report.stopped {
         let _ = writeln!(out, "stopped early: {why}");
     }
-    if !report.failures.is_empty() {
-        let _ = writeln!(out, "failed tenants:");
-        for failure in &report.failures {
-            let _ = writeln!(out, "  {}: {}", failure.tenant, failure.error);
-        }
-    }
+    out.push_str(&failures::render(&report.failures));
     out
 }
 
-pub(crate) fn status_report(report: &StatusReport) -> String {
+pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -> String {
     let mut out = String::new();
     let public = &report.public;
     let _ = write!(
         out,
-        "public: at {}, {} pending",
+        "{}: at {}, {} pending",
+        words.public,
         order_or_none(public.applied_order),
         public.pending
     );
@@ -106,7 +185,7 @@ pub(crate) fn status_report(report: &StatusReport) -> String {
             };
             vec![
                 t.tenant.to_string(),
-                t.storage.clone(),
+                words.cell(&t.storage),
                 t.state.as_str().to_owned(),
                 order_or_none(t.applied_order),
                 t.pending.to_string(),
@@ -114,9 +193,10 @@ pub(crate) fn status_report(report: &StatusReport) -> String {
             ]
         })
         .collect();
-    if !rows.is_empty() {
+    if !rows.is_empty() && !quiet {
+        let column = words.column();
         out.push_str(&table(
-            &["TENANT", "SCHEMA", "STATE", "APPLIED", "PENDING", "STATUS"],
+            &["TENANT", &column, "STATE", "APPLIED", "PENDING", "STATUS"],
             &rows,
         ));
     }
@@ -125,21 +205,26 @@ pub(crate) fn status_report(report: &StatusReport) -> String {
     out
 }
 
-pub(crate) fn tenant_list(records: &[TenantRecord]) -> String {
+pub(crate) fn tenant_list(records: &[TenantRecord], words: &Words, quiet: bool) -> String {
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
             vec![
                 r.tenant.name.to_string(),
-                r.tenant.storage.clone(),
+                words.cell(&r.tenant.storage),
                 r.state.as_str().to_owned(),
                 order_or_none(r.applied_order),
                 r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             ]
         })
         .collect();
-    let mut out = table(&["TENANT", "SCHEMA", "STATE", "APPLIED", "CREATED"], &rows);
-    let _ = writeln!(out, "{} tenant(s)", records.len());
+    let column = words.column();
+    let mut out = if quiet {
+        String::new()
+    } else {
+        table(&["TENANT", &column, "STATE", "APPLIED", "CREATED"], &rows)
+    };
+    let _ = writeln!(out, "{}", count(records.len(), "tenant"));
     out
 }
 

@@ -1,22 +1,50 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use super::args::{Cli, Command, MarkArg, RollbackArgs, TenantCommand};
-use super::output;
-use super::progress::FleetProgress;
+use super::hints::cli_fix;
+use super::output::{self, count, Words};
+use super::progress::{FleetProgress, Verbosity};
+use super::say::{self, errln, outln};
 use crate::{
     connect, ConnectOptions, Error, MigrateOptions, MigrationSet, MigrationStatus, Migrator,
     Result, RollbackTarget, SafetySettings, Timeouts,
 };
 
 /// Parses the command line, runs the command and returns the process exit code:
-/// 0 only when everything asked for succeeded.
+/// 0 only when everything asked for succeeded. `--version` and the help show mtnt's own
+/// name; `mtnt::run!()` calls [`run_cli_as`] with the app's.
 pub fn run_cli() -> i32 {
-    let cli = Cli::parse();
+    run_app(None)
+}
+
+/// [`run_cli`] for the app `name` at `version` (its crate's `CARGO_PKG_NAME` and
+/// `CARGO_PKG_VERSION`), described by `description` (`CARGO_PKG_DESCRIPTION`, may be
+/// empty): what `--version` and the help say.
+pub fn run_cli_as(name: &'static str, version: &'static str, description: &'static str) -> i32 {
+    run_app(Some((name, version, description)))
+}
+
+fn run_app(app: Option<(&'static str, &'static str, &'static str)>) -> i32 {
+    let mut command = Cli::command();
+    if let Some((name, version, description)) = app {
+        let about = if description.trim().is_empty() {
+            format!("Database migrations of {name}: the public schema and every tenant")
+        } else {
+            description.to_owned()
+        };
+        command = command.name(name).version(version).about(about);
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // From here on nothing printed shows the URL's password, panics and logs included.
+    say::install(cli.database_url.as_deref());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("MTNT_LOG"))
-        .with_writer(std::io::stderr)
+        .with_writer(say::LogWriter::new)
         .try_init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -24,7 +52,7 @@ pub fn run_cli() -> i32 {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return 1;
         }
     };
@@ -37,17 +65,27 @@ pub fn run_cli() -> i32 {
             }
         }
         Err(error) => {
-            eprintln!("error: {error}");
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                // `Error::Migration` and friends already print their cause inline.
-                if !error.to_string().contains(&cause.to_string()) {
-                    eprintln!("  caused by: {cause}");
-                }
-                source = cause.source();
-            }
+            print_error(&error);
             1
         }
+    }
+}
+
+/// `error: <message>`, each cause the message does not quote, and the fix.
+fn print_error(error: &Error) {
+    let message = error.to_string();
+    errln!("error: {message}");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // `Error::Migration` and friends already print their cause inline.
+        if !message.contains(&text) {
+            errln!("  caused by: {text}");
+        }
+        source = cause.source();
+    }
+    if let Some(fix) = cli_fix(error) {
+        errln!("  fix: {fix}");
     }
 }
 
@@ -55,23 +93,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let migrations = MigrationSet::registered()?;
     if let Command::List(args) = &cli.command {
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&output::migration_list_json(&migrations))
                     .expect("serializable")
             );
         } else {
-            print!("{}", output::migration_list(&migrations));
+            say::out_raw(&output::migration_list(&migrations));
         }
         return Ok(ExitCode::SUCCESS);
     }
     let url = cli.database_url.as_deref().ok_or_else(|| {
-        Error::Invalid("no database given\n  fix: pass --database-url URL or set DATABASE_URL (postgres://user@host/db, sqlite://./tenants/)".to_owned())
+        Error::Invalid("no database given\n  fix: pass --database-url URL or set DATABASE_URL (postgres://user@host/db, mysql://user@host/control, sqlite://./tenants/)".to_owned())
     })?;
     let options = ConnectOptions {
         tenancy: cli.tenancy.map(Into::into),
         control_schema: cli.control_schema.clone(),
-        max_connections: (cli.concurrency + 2) as u32,
+        // At most MAX_CONCURRENCY + 2: the parser bounds --concurrency.
+        max_connections: u32::try_from(cli.concurrency.saturating_add(2)).unwrap_or(u32::MAX),
     };
     let safety = SafetySettings::new()
         .deadline(Some(cli.safety.deadline).filter(|d| !d.is_zero()))
@@ -81,6 +120,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .retries(cli.safety.retries)
         .retry_backoff(cli.safety.retry_backoff);
     let backend = connect(url, &options).await?;
+    let words = Words::new(backend.tenancy(), url, &cli.control_schema);
     let migrator = Migrator::builder_boxed(backend)
         .migrations(migrations)
         .concurrency(cli.concurrency)
@@ -91,7 +131,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         })
         .transactions(cli.transactions.into())
         .build()?;
-    let show_progress = !cli.no_progress;
+    let quiet = cli.quiet;
+    let verbosity = if quiet {
+        Verbosity::Nothing
+    } else if cli.no_progress {
+        Verbosity::Failures
+    } else {
+        Verbosity::Progress
+    };
     match cli.command {
         Command::List(_) => unreachable!("handled above"),
         Command::Migrate(args) => {
@@ -100,9 +147,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .to(args.to)
                 .fail_fast(args.fail_fast)
                 .shard(args.shard);
-            let progress = FleetProgress::new("migrate", show_progress);
+            let progress = FleetProgress::new("migrate", verbosity);
             let report = migrator.migrate_with_progress(&options, &progress).await?;
-            print!("{}", output::migrate_report(&report));
+            say::out_raw(&output::migrate_report(&report, &words));
             Ok(if report.is_success() {
                 ExitCode::SUCCESS
             } else {
@@ -122,13 +169,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let report = migrator.rollback(&tenant, how_far).await?;
             if report.reverted.is_empty() {
-                println!("tenant {tenant}: nothing to roll back");
-            }
-            for (order, name) in &report.reverted {
-                println!(
-                    "tenant {tenant}: reverted {} {name}",
-                    crate::migration::format_order(*order)
+                outln!("tenant {tenant}: nothing to roll back");
+            } else if quiet {
+                outln!(
+                    "tenant {tenant}: reverted {}",
+                    count(report.reverted.len(), "migration")
                 );
+            }
+            if !quiet {
+                for (order, name) in &report.reverted {
+                    outln!(
+                        "tenant {tenant}: reverted {} {name}",
+                        crate::migration::format_order(*order)
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -140,14 +194,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let mut value = serde_json::to_value(&report).expect("serializable");
                 value["summary"] = serde_json::Value::String(report.summary());
                 value["running"] = serde_json::to_value(&running).expect("serializable");
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&value).expect("serializable")
                 );
             } else {
-                print!("{}", output::status_report(&report));
-                for run in &running {
-                    println!(
+                say::out_raw(&output::status_report(&report, &words, quiet));
+                for run in running.iter().filter(|_| !quiet) {
+                    outln!(
                         "running: {} run {} on {} (pid {}) since {}, last heartbeat {}",
                         run.command,
                         run.run_id,
@@ -161,22 +215,32 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenant(TenantCommand::Create { name }) => {
+            // Tenant migrations may rely on the public ones: those run first, and are said.
+            let public = migrator.migrate_public().await?;
+            if public > 0 {
+                outln!(
+                    "{}: applied {} first",
+                    words.public,
+                    count(public, "pending migration")
+                );
+            }
             let tenant = migrator.create_tenant(&name).await?;
-            println!(
-                "created tenant {} (schema {}) with every tenant migration applied",
-                tenant.name, tenant.storage
+            outln!(
+                "created tenant {} ({}) with every tenant migration applied",
+                tenant.name,
+                words.storage_of(&tenant.storage)
             );
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenant(TenantCommand::List { json }) => {
             let records = migrator.tenants().await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&records).expect("serializable")
                 );
             } else {
-                print!("{}", output::tenant_list(&records));
+                say::out_raw(&output::tenant_list(&records, &words, quiet));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -184,17 +248,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             schema_like,
             baseline,
         }) => {
-            let progress = FleetProgress::new("adopt", show_progress);
+            let progress = FleetProgress::new("adopt", verbosity);
             let (adopted, skipped) = migrator
                 .adopt_with_progress(&schema_like, baseline, &progress)
                 .await?;
-            for tenant in &adopted {
-                println!("adopted {}", tenant.name);
+            for tenant in adopted.iter().filter(|_| !quiet) {
+                outln!(
+                    "adopted {} ({})",
+                    tenant.name,
+                    words.storage_of(&tenant.storage)
+                );
             }
             for name in &skipped {
-                eprintln!("skipped {name:?}: not a valid tenant name (lowercase letters, digits, '_' or '-', starting with a letter)");
+                errln!("skipped {name:?}: not a valid tenant name (lowercase letters, digits, '_' or '-', starting with a letter)");
             }
-            println!("{} adopted, {} skipped", adopted.len(), skipped.len());
+            outln!("{} adopted, {} skipped", adopted.len(), skipped.len());
             Ok(if skipped.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -204,17 +272,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tenant(TenantCommand::Drop { name, yes }) => {
             if !yes {
                 return Err(Error::Invalid(format!(
-                    "dropping tenant {name} deletes all its data\n  fix: add --yes to confirm"
+                    "dropping tenant {name} deletes all its data\n  fix: run `tenant drop {name} --yes` to confirm"
                 )));
             }
+            let record = migrator
+                .backend()
+                .tenant_records(std::slice::from_ref(&name))
+                .await?
+                .pop()
+                .ok_or_else(|| Error::UnknownTenant(name.to_string()))?;
             migrator.drop_tenant(&name).await?;
-            println!("dropped tenant {name}");
+            outln!(
+                "dropped tenant {name}: its {} and its registry row",
+                words.storage_of(&record.tenant.storage)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Repair(args) => {
             if args.checksums {
                 let changed = migrator.repair_checksums(&args.tenants).await?;
-                println!("recorded new checksums for {changed} applied migration(s)");
+                outln!(
+                    "recorded new checksums for {}",
+                    count(changed, "applied migration")
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let order = args.order.expect("clap requires --order with --mark");
@@ -235,11 +315,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             migrator.mark(tenant, order, status).await?;
-            println!(
+            outln!(
                 "marked {} as {} in {}",
                 crate::migration::format_order(order),
                 status.as_str(),
-                tenant.map_or_else(|| "the public schema".to_owned(), |t| format!("tenant {t}"))
+                tenant.map_or_else(|| words.public.clone(), |t| format!("tenant {t}"))
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -66,7 +66,9 @@ impl MigratorBuilder {
         self
     }
 
-    /// How many tenants are migrated at once (default 4); keep it below the pool size.
+    /// How many tenants are migrated at once (default 4, at most
+    /// [`MAX_CONCURRENCY`](crate::MAX_CONCURRENCY): more fails at [`build`](Self::build));
+    /// keep it below the pool size.
     pub fn concurrency(mut self, tenants: usize) -> Self {
         self.concurrency = tenants.max(1);
         self
@@ -100,6 +102,13 @@ impl MigratorBuilder {
 
     /// Validates the migrations and settings and builds the migrator.
     pub fn build(self) -> Result<Migrator> {
+        if self.concurrency > crate::MAX_CONCURRENCY {
+            return Err(Error::Invalid(format!(
+                "a concurrency of {} tenants is more than the {} one run migrates at once",
+                self.concurrency,
+                crate::MAX_CONCURRENCY
+            )));
+        }
         self.safety.validate()?;
         let migrations = match self.migrations {
             Some(set) => set,
@@ -634,6 +643,24 @@ impl Migrator {
         self.protocol(&Silent)
             .drop_tenant(&record.tenant, &self.safety)
             .await
+    }
+
+    /// Applies the pending public migrations alone (what [`Migrator::create_tenant`] and
+    /// [`Migrator::migrate`] do first), and returns how many ran.
+    pub async fn migrate_public(&self) -> Result<usize> {
+        self.backend.prepare().await?;
+        match run_waiting(
+            &self.protocol(&Silent),
+            Target::Public,
+            None,
+            FleetOp::Migrate { to: None },
+            &self.safety,
+        )
+        .await?
+        {
+            Claim::Done(n) => Ok(n),
+            _ => Ok(0),
+        }
     }
 
     async fn migrate_public_first(&self) -> Result<()> {

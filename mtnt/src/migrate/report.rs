@@ -5,17 +5,27 @@ use serde::Serialize;
 use super::inspect::Condition;
 use crate::{Error, TenantName, TenantState};
 
-/// A tenant whose migration failed.
-#[derive(Debug)]
+/// A tenant whose migration failed. Serialized with the error's message.
+#[derive(Debug, Serialize)]
 pub struct FailedTenant {
     /// The tenant.
     pub tenant: TenantName,
     /// What failed; names the migration and carries the database error.
+    #[serde(serialize_with = "error_message")]
     pub error: Error,
 }
 
-/// What [`Migrator::migrate`](crate::Migrator::migrate) did.
-#[derive(Debug, Default)]
+fn error_message<S: serde::Serializer>(error: &Error, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(error)
+}
+
+fn seconds<S: serde::Serializer>(elapsed: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(elapsed.as_secs_f64())
+}
+
+/// What [`Migrator::migrate`](crate::Migrator::migrate) did. Serialized with each
+/// failure's error message and `elapsed` in seconds.
+#[derive(Debug, Default, Serialize)]
 #[non_exhaustive]
 pub struct MigrateReport {
     /// Public migrations applied.
@@ -41,6 +51,7 @@ pub struct MigrateReport {
     /// not migrated. Finish one by dropping it and creating it again.
     pub tenants_creating: Vec<TenantName>,
     /// Wall time of the run.
+    #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
     /// Why the run stopped starting tenants before the end (a failure with fail-fast, a
     /// failed canary, the spent error budget, its lease lost, its deadline passed); the
@@ -174,5 +185,31 @@ impl StatusReport {
         self.current == self.tenants.len()
             && self.public.pending == 0
             && self.public.failed.is_none()
+    }
+}
+
+#[cfg(test)]
+mod serialize_tests {
+    use super::*;
+
+    #[test]
+    fn a_migrate_report_serializes_with_its_errors() {
+        let report = MigrateReport {
+            tenants_total: 1,
+            failures: vec![FailedTenant {
+                tenant: TenantName::new("acme").unwrap(),
+                error: Error::UnknownTenant("acme".to_owned()),
+            }],
+            elapsed: Duration::from_millis(1500),
+            ..MigrateReport::default()
+        };
+        let value = serde_json::to_value(&report).unwrap();
+        assert_eq!(value["tenants_total"], 1);
+        assert_eq!(value["elapsed"], 1.5);
+        assert_eq!(value["failures"][0]["tenant"], "acme");
+        assert_eq!(
+            value["failures"][0]["error"],
+            "unknown tenant \"acme\": no tenant of that name is registered"
+        );
     }
 }

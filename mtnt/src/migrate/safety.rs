@@ -183,61 +183,10 @@ impl fmt::Display for Shard {
     }
 }
 
-/// Parses `250ms`, `5s`, `2m` (or `2min`), `1h`; `0`, `off` and `none` are zero.
-///
-/// ```
-/// use std::time::Duration;
-/// assert_eq!(mtnt::parse_duration("250ms"), Ok(Duration::from_millis(250)));
-/// assert_eq!(mtnt::parse_duration("2min"), Ok(Duration::from_secs(120)));
-/// assert!(mtnt::parse_duration("5").is_err());
-/// ```
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let text = s.trim();
-    if matches!(text, "0" | "off" | "none") {
-        return Ok(Duration::ZERO);
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| {
-            format!("{s:?} has no unit: write a duration such as 500ms, 5s, 2m or 1h (0 for none)")
-        })?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 5s, 2m or 1h"))?;
-    let millis = match unit.trim() {
-        "ms" => 1.0,
-        "s" | "sec" => 1_000.0,
-        "m" | "min" => 60_000.0,
-        "h" => 3_600_000.0,
-        other => {
-            return Err(format!(
-                "{s:?}: unknown unit {other:?}; use ms, s, m (min) or h"
-            ))
-        }
-    };
-    Ok(Duration::from_micros(
-        (value * millis * 1_000.0).round() as u64
-    ))
-}
+// One syntax for the CLI's duration flags and the attribute's timeouts; documented there.
+pub use mtnt_syntax::parse_duration;
 
-/// `1.5s`, `250ms`, `2m`.
-pub(crate) fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        "0".to_owned()
-    } else if ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1_000) {
-        format!("{}s", ms / 1_000)
-    } else if ms < 1_000 {
-        format!("{ms}ms")
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
+pub(crate) use mtnt_syntax::format_duration;
 
 #[cfg(test)]
 mod tests {
@@ -249,8 +198,14 @@ mod tests {
         assert_eq!(parse_duration("off"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("5")
+            .unwrap_err()
+            .to_string()
+            .contains("no unit"));
+        assert!(parse_duration("5d")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
         assert!(parse_duration("s").is_err());
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");

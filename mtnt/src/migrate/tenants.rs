@@ -326,40 +326,47 @@ impl Protocol<'_> {
             conn.release().await;
             return result;
         }
-        self.backend
-            .register(tenant, TenantState::Active, applied_order)
-            .await?;
         let mut records: Vec<Record<'_>> = marks.collect();
         records.extend(registry);
+        // The lock before the registry row, as in every other command: registered first,
+        // the tenant would be open to a fleet run before its baseline is recorded, and
+        // that run would apply the baseline's migrations to storage that reflects them.
         let mut conn = self.backend.connect(target).await?;
         let result = async {
             lock_waiting(&mut *conn, target, safety).await?;
-            let _: TargetState = conn.read().await?;
-            if !records.is_empty() {
-                if let Err(error) = conn.commit(&records, None).await {
-                    conn.rollback().await;
-                    return Err(error);
+            self.backend
+                .register(tenant, TenantState::Active, applied_order)
+                .await?;
+            let recorded = async {
+                let _: TargetState = conn.read().await?;
+                if !records.is_empty() {
+                    if let Err(error) = conn.commit(&records, None).await {
+                        conn.rollback().await;
+                        return Err(error);
+                    }
                 }
+                Ok(())
+            }
+            .await;
+            if let Err(error) = recorded {
+                let _ = self.backend.unregister(tenant, false).await;
+                return Err(error);
+            }
+            if !self.caps.registry_in_target_transaction {
+                self.backend
+                    .write_registry(
+                        tenant,
+                        RegistryRow {
+                            applied_order,
+                            failure: None,
+                        },
+                    )
+                    .await?;
             }
             Ok(())
         }
         .await;
         conn.release().await;
-        if let Err(error) = result {
-            let _ = self.backend.unregister(tenant, false).await;
-            return Err(error);
-        }
-        if !self.caps.registry_in_target_transaction {
-            self.backend
-                .write_registry(
-                    tenant,
-                    RegistryRow {
-                        applied_order,
-                        failure: None,
-                    },
-                )
-                .await?;
-        }
-        Ok(())
+        result
     }
 }

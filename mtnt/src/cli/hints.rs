@@ -1,0 +1,231 @@
+//! The `fix:` lines the command line prints after an error: what to run or change next,
+//! in terms of its own commands and flags. The library's messages say what happened and
+//! name no flag; this is the only place that maps an [`Error`] to a command line.
+
+use crate::Error;
+
+/// The fix the mtnt command line suggests for `error`, if it knows one: the commands and
+/// flags to use next (`repair --tenant acme --order ... --mark completed`, `tenant drop acme
+/// --yes`, `--unlock-deadline`...). Wrapped errors (a failed migration, retries that gave
+/// up) get the fix of their cause.
+///
+/// ```
+/// let error = mtnt::Error::UnknownTenant("acme".to_owned());
+/// assert_eq!(
+///     mtnt::cli_fix(&error).as_deref(),
+///     Some("check the name with `tenant list`, or create the tenant with `tenant create acme`")
+/// );
+/// ```
+pub fn cli_fix(error: &Error) -> Option<String> {
+    Some(match error {
+        Error::Migration { source, .. } | Error::GaveUp { source, .. } => return cli_fix(source),
+        Error::Connect { source, .. } => connect_fix(source),
+        Error::BadUrl { .. } => {
+            "give a URL like postgres://user@host/db, mysql://user@host/control or \
+             sqlite://./tenants/ with --database-url or DATABASE_URL"
+                .to_owned()
+        }
+        Error::EmptyRegistry => return None,
+        Error::DuplicateOrder { .. } => {
+            "give one of them another order (`cargo mtnt new` picks the next free one)".to_owned()
+        }
+        Error::UnknownTenant(name) => format!(
+            "check the name with `tenant list`, or create the tenant with `tenant create {name}`"
+        ),
+        Error::TenantExists(name) => format!(
+            "pick another name; if `tenant list` shows it as `creating`, an earlier create died \
+             half-way: remove it with `tenant drop {name} --yes` and create it again"
+        ),
+        Error::UnknownOrder(_) => "pick an order from `list`".to_owned(),
+        Error::Irreversible { .. } => {
+            "roll back to an order at or after it (`rollback --to ORDER`), \
+             or give it a down function (`down = ...` in its attribute)"
+                .to_owned()
+        }
+        Error::ChecksumMismatch { .. } => {
+            "revert the edit and write a new migration instead; if the edit is intended \
+             (formatting, comments in SQL), record the new checksum with `repair --checksums`"
+                .to_owned()
+        }
+        Error::UnknownApplied { .. } => {
+            "deploy the code that has this migration, or roll it back with the binary that has it"
+                .to_owned()
+        }
+        Error::Interrupted {
+            tenant_flag, order, ..
+        } => format!(
+            "check the schema, then `repair {tenant_flag}--order {order} --mark completed` if it \
+             took effect, or `repair {tenant_flag}--order {order} --mark pending` to run it again"
+        ),
+        Error::Busy { .. } => {
+            "run the same command again once the other run is done (`status` lists the running \
+             runs), or raise --unlock-deadline"
+                .to_owned()
+        }
+        Error::StorageMissing { tenant, .. } => format!(
+            "restore it, or remove the tenant with `tenant drop {tenant} --yes` (which deletes \
+             its registry row and tracking rows)"
+        ),
+        Error::StorageExists { tenant, .. } => format!(
+            "register it with `tenant adopt --schema-like '{}'`, or pick another tenant name",
+            escape_like(tenant.as_str())
+        ),
+        Error::Panicked { .. } => {
+            "the migration's code panicked: fix it and run the same command again; the tenant was left as the error says".to_owned()
+        }
+        Error::TenantGone { .. } => {
+            "nothing to do: the tenant no longer exists (`tenant list` shows the registry)".to_owned()
+        }
+        Error::InvalidTenantName { .. }
+        | Error::DuplicateName { .. }
+        | Error::Sql(_)
+        | Error::Other(_)
+        | Error::WrongEngine { .. }
+        | Error::Corrupt(_)
+        | Error::Io { .. }
+        | Error::Invalid(_) => return None,
+    })
+}
+
+/// What to check when the database cannot be reached, from what the driver says.
+fn connect_fix(source: &sqlx::Error) -> String {
+    const URL: &str = "the URL (--database-url or DATABASE_URL)";
+    match source {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // PostgreSQL invalid_catalog_name, MySQL ER_BAD_DB_ERROR.
+            Some("3D000") | Some("1049") => {
+                format!(
+                    "create the database first (createdb NAME, or CREATE DATABASE), or correct \
+                     its name in {URL}"
+                )
+            }
+            // PostgreSQL invalid_password / invalid_authorization_specification, MySQL
+            // ER_ACCESS_DENIED_ERROR.
+            Some("28P01") | Some("28000") | Some("1045") => {
+                format!("check the user name and password of {URL}")
+            }
+            // too_many_connections, MySQL ER_CON_COUNT_ERROR.
+            Some("53300") | Some("1040") => "the server has no free connection: wait for other \
+                 clients to finish, or lower --concurrency"
+                .to_owned(),
+            _ => format!("check {URL} and the server's log"),
+        },
+        sqlx::Error::Tls(_) => format!("check the TLS settings (sslmode) of {URL}"),
+        sqlx::Error::Configuration(_) => format!("correct {URL}"),
+        _ => format!("check that the server is running and that {URL} is right"),
+    }
+}
+
+/// `text` as a SQL `LIKE` pattern that matches only itself.
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('_', "\\_")
+        .replace('%', "\\%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cli_fix;
+    use crate::{Error, TenantName};
+
+    #[test]
+    fn wrapped_errors_get_the_fix_of_their_cause() {
+        let interrupted = Error::Interrupted {
+            target: "tenant acme".to_owned(),
+            migration: "2024_01_01_0003 add_index".to_owned(),
+            tenant_flag: "--tenant acme ".to_owned(),
+            order: 202401010003,
+        };
+        let wrapped = Error::GaveUp {
+            attempts: 3,
+            source: Box::new(Error::Migration {
+                target: "tenant acme".to_owned(),
+                migration: "2024_01_01_0003 add_index".to_owned(),
+                reverting: false,
+                source: Box::new(interrupted),
+            }),
+        };
+        let fix = cli_fix(&wrapped).unwrap();
+        assert!(
+            fix.contains("`repair --tenant acme --order 202401010003 --mark completed`"),
+            "{fix}"
+        );
+        assert!(
+            fix.contains("`repair --tenant acme --order 202401010003 --mark pending`"),
+            "{fix}"
+        );
+    }
+
+    #[test]
+    fn dropping_a_tenant_is_confirmed_in_every_fix() {
+        for error in [
+            Error::TenantExists("acme".to_owned()),
+            Error::StorageMissing {
+                tenant: TenantName::new("acme").unwrap(),
+                storage: "database acme".to_owned(),
+            },
+        ] {
+            let fix = cli_fix(&error).unwrap();
+            assert!(fix.contains("`tenant drop acme --yes`"), "{fix}");
+        }
+        let fix = cli_fix(&Error::StorageExists {
+            tenant: TenantName::new("big_co").unwrap(),
+            storage: "schema big_co".to_owned(),
+        })
+        .unwrap();
+        assert!(fix.contains(r"--schema-like 'big\_co'"), "{fix}");
+    }
+
+    /// The library's messages name no flag or command of the CLI: those are in the fixes.
+    #[test]
+    fn library_messages_name_no_cli_flag() {
+        let errors = [
+            Error::UnknownTenant("acme".to_owned()),
+            Error::TenantExists("acme".to_owned()),
+            Error::UnknownOrder("2024_01_01_0001".to_owned()),
+            Error::Irreversible {
+                target: "tenant acme".to_owned(),
+                migration: "x".to_owned(),
+            },
+            Error::ChecksumMismatch {
+                target: "tenant acme".to_owned(),
+                migration: "x".to_owned(),
+                recorded: "a".to_owned(),
+                current: "b".to_owned(),
+            },
+            Error::Interrupted {
+                target: "tenant acme".to_owned(),
+                migration: "x".to_owned(),
+                tenant_flag: "--tenant acme ".to_owned(),
+                order: 1,
+            },
+            Error::Busy {
+                target: "tenant acme".to_owned(),
+                waited: "1s".to_owned(),
+            },
+            Error::StorageMissing {
+                tenant: TenantName::new("acme").unwrap(),
+                storage: "schema acme".to_owned(),
+            },
+            Error::StorageExists {
+                tenant: TenantName::new("acme").unwrap(),
+                storage: "schema acme".to_owned(),
+            },
+            Error::EmptyRegistry,
+        ];
+        for error in errors {
+            let message = error.to_string();
+            for cli in [
+                "--",
+                "fix:",
+                "`tenant",
+                "`repair",
+                "`list`",
+                "`status`",
+                "cargo mtnt",
+            ] {
+                assert!(!message.contains(cli), "{cli:?} in {message:?}");
+            }
+        }
+    }
+}
