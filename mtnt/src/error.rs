@@ -215,6 +215,17 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// The URL leads to a connection pooler in transaction or statement mode, through
+    /// which session advisory locks, session settings and prepared statements would leak
+    /// between connections; nothing was changed.
+    #[error("{url} leads to a connection pooler in transaction or statement mode (such as PgBouncer with pool_mode = transaction): {evidence}; mtnt needs a session per connection (session advisory locks, session SET, prepared statements), so nothing was changed")]
+    TransactionPooler {
+        /// The URL, with its password replaced by `***`.
+        url: String,
+        /// What showed it.
+        evidence: String,
+    },
+
     /// A migration function panicked; its tenant failed, the run went on.
     #[error("the migration panicked: {message}")]
     Panicked {

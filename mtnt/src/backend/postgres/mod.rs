@@ -12,6 +12,7 @@
 
 mod database;
 mod lease;
+mod pooler;
 mod schema;
 mod target;
 mod tracking;
@@ -19,7 +20,6 @@ mod tracking;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::Connection as _;
 
 pub use database::PgDatabaseBackend;
 pub use schema::PostgresBackend;
@@ -156,24 +156,17 @@ pub(super) async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<d
             )))
         }
     };
-    let connect_error = |source| Error::Connect {
-        url: redact_url(url),
-        source,
-    };
+    let connect_error = |source| super::tls::connect_error(url, source);
     let connect_options: PgConnectOptions = url.parse().map_err(connect_error)?;
     if per_database && connect_options.get_database().is_none_or(str::is_empty) {
         return Err(bad_url(
             "with --tenancy database, name the control database that holds the tenant registry, as in postgres://postgres@127.0.0.1/control".to_owned(),
         ));
     }
-    // One direct connection first: a pool retries a refused connection until its
-    // acquire timeout, while a user with a wrong URL wants to hear so at once.
-    sqlx::PgConnection::connect_with(&connect_options)
-        .await
-        .map_err(connect_error)?
-        .close()
-        .await
-        .ok();
+    // Direct connections first: a pool retries a refused connection until its acquire
+    // timeout, while a user with a wrong URL wants to hear so at once. They also refuse a
+    // pooler in transaction mode (see pooler.rs).
+    let connect_options = pooler::first_connections(url, connect_options).await?;
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(Duration::from_secs(30))

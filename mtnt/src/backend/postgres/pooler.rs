@@ -35,7 +35,7 @@ pub(super) async fn first_connections(
     url: &str,
     options: PgConnectOptions,
 ) -> Result<PgConnectOptions> {
-    let connect_error = |source| super::tls::connect_error(url, source);
+    let connect_error = |source| super::super::tls::connect_error(url, source);
     let (mut first, options) = match PgConnection::connect_with(&options).await {
         Ok(conn) => (conn, options),
         // PgBouncer refuses startup parameters it does not know unless its
@@ -62,13 +62,9 @@ pub(super) async fn first_connections(
     second.close().await.ok();
     match shared? {
         None => Ok(options),
-        Some(evidence) => Err(Error::BadUrl {
+        Some(evidence) => Err(Error::TransactionPooler {
             url: redact_url(url),
-            reason: format!(
-                "it leads to a connection pooler in transaction or statement mode (such as PgBouncer with pool_mode = transaction): {evidence}. \
-                 mtnt needs a session per connection (session advisory locks, session SET, prepared statements), and through this pooler they would leak between connections; nothing was changed\n  \
-                 fix: point --database-url (DATABASE_URL) at PostgreSQL itself, or at a session-pooled pool (PgBouncer: pool_mode = session, for example a second [databases] entry with pool_mode=session)"
-            ),
+            evidence,
         }),
     }
 }
