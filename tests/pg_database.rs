@@ -112,3 +112,47 @@ async fn a_pool_without_a_database_is_refused() {
         "{err}"
     );
 }
+
+// This model only: a tenant database can vanish under its registry row (a create that
+// died before `CREATE DATABASE`, or a database dropped by hand). A run reports the tenant
+// as failed, naming it and its database, and `tenant drop` still removes the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_database_is_gone_fails_alone_and_can_be_dropped() {
+    let model = model("pgdb_gone").await;
+    let names: Vec<String> = ["kept", "gone"].iter().map(|b| model.tenant(b)).collect();
+    let migrator = model.migrator(fleet_to(ACCOUNTS)).await;
+    create_tenants(&migrator, &names).await;
+    model
+        .execute(
+            Place::Control,
+            &format!("DROP DATABASE \"{}\" WITH (FORCE)", names[1]),
+        )
+        .await;
+
+    let report = model
+        .migrator(fleet_to(BACKFILL))
+        .await
+        .migrate(&MigrateOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert_eq!(report.failures[0].tenant.as_str(), names[1]);
+    let error = &report.failures[0].error;
+    assert!(
+        matches!(error, mtnt::Error::StorageMissing { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(&names[1]), "{error}");
+
+    let gone = mtnt::TenantName::new(names[1].as_str()).unwrap();
+    migrator.drop_tenant(&gone).await.unwrap();
+    let left: Vec<String> = migrator
+        .tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.tenant.name.to_string())
+        .collect();
+    assert_eq!(left, [names[0].clone()]);
+    model.finish().await;
+}

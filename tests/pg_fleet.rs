@@ -216,7 +216,7 @@ async fn the_fleet_takes_no_more_connections_than_the_pool_has() {
         .build()
         .unwrap();
     // One connection stays free for reading the registry while sessions run.
-    assert_eq!(v1.backend().session_budget().await.unwrap(), Some(2));
+    assert_eq!(v1.backend().connection_budget().await.unwrap(), Some(2));
     v1.backend().prepare().await.unwrap();
     sqlx::query(
         "INSERT INTO public.mtnt_tenants (name, schema_name) SELECT 't' || i, 't' || i FROM generate_series(1, 12) i",

@@ -60,7 +60,8 @@ mod upgrade {
 }
 
 fn migrator(pool: &PgPool, prefix: &str, transactions: Transactions) -> Migrator {
-    Migrator::builder(PostgresBackend::new(pool.clone()).with_transactions(transactions))
+    Migrator::builder(PostgresBackend::new(pool.clone()))
+        .transactions(transactions)
         .migrations(MigrationSet::registered_in(prefix).unwrap())
         .build()
         .unwrap()

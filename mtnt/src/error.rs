@@ -27,6 +27,21 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    /// The server was reached, but a TLS connection to it could not be set up: its
+    /// certificate is not trusted or names another host, or it offers no TLS.
+    #[error("cannot connect to {url} over TLS: {problem}")]
+    Tls {
+        /// The URL, with its password replaced by `***`.
+        url: String,
+        /// What is wrong, with the TLS library's own words.
+        problem: String,
+        /// What to change.
+        fix: String,
+        /// The failure.
+        #[source]
+        source: sqlx::Error,
+    },
+
     /// The database URL is malformed or names an engine mtnt does not support.
     #[error("unsupported database URL {url}: {reason}")]
     BadUrl {
@@ -229,6 +244,17 @@ pub enum Error {
     /// An option or argument is not acceptable.
     #[error("{0}")]
     Invalid(String),
+
+    /// The URL leads to a connection pooler in transaction or statement mode, through
+    /// which session advisory locks, session settings and prepared statements would leak
+    /// between connections; nothing was changed.
+    #[error("{url} leads to a connection pooler in transaction or statement mode (such as PgBouncer with pool_mode = transaction): {evidence}; mtnt needs a session per connection (session advisory locks, session SET, prepared statements), so nothing was changed")]
+    TransactionPooler {
+        /// The URL, with its password replaced by `***`.
+        url: String,
+        /// What showed it.
+        evidence: String,
+    },
 
     /// A migration function panicked; its tenant failed, the run went on.
     #[error("the migration panicked: {message}")]

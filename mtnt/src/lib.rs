@@ -48,8 +48,6 @@ pub use sqlx;
 
 #[cfg(feature = "mysql")]
 pub use backend::MySqlBackend;
-#[cfg(feature = "postgres")]
-pub use backend::{PgDatabaseBackend, PostgresBackend};
 #[cfg(feature = "sqlite")]
 pub use backend::SqliteBackend;
 pub use backend::{
@@ -57,14 +55,17 @@ pub use backend::{
     MigrationTimeouts, Record, RegistryRow, Target, TargetState, Tenancy, Timing,
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
+#[cfg(feature = "postgres")]
+pub use backend::{PgDatabaseBackend, PostgresBackend};
 #[cfg(feature = "cli")]
 pub use cli::cli_fix;
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
-    fingerprint, Condition, FailedMigration, PlanGroup, PlanReport, PlannedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
-    MigratorBuilder, Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget,
-    StatusReport, TenantSource, TenantStatus, Timeouts, Transactions,
+    fingerprint, Condition, FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
+    MigratorBuilder, PlanGroup, PlanReport, PlannedMigration, Progress, PublicStatus,
+    RegistrySource, RollbackReport, RollbackTarget, StatusReport, TenantSource, TenantStatus,
+    Timeouts, Transactions,
 };
 pub use migrate::{
     AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,

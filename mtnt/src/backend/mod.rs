@@ -14,6 +14,8 @@ mod mysql;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod tls;
 
 pub use api::{
     Backend, Capabilities, Connection, Direction, ErrorClass, MigrationTimeouts, Record,

@@ -70,6 +70,8 @@ pub fn cli_fix(error: &Error) -> Option<String> {
             "register it with `tenant adopt --schema-like '{}'`, or pick another tenant name",
             escape_like(tenant.as_str())
         ),
+        Error::Tls { fix, .. } => fix.clone(),
+        Error::TransactionPooler { .. } => "point --database-url (DATABASE_URL) at PostgreSQL itself, or at a session-pooled pool (PgBouncer: pool_mode = session, for example a second [databases] entry with pool_mode=session)".to_owned(),
         Error::Panicked { .. } => {
             "the migration's code panicked: fix it and run the same command again; the tenant was left as the error says".to_owned()
         }

@@ -251,7 +251,17 @@ impl Protocol<'_> {
     /// other run works on it (waiting at most the unlock deadline).
     pub(crate) async fn drop_tenant(&self, tenant: &Tenant, safety: &SafetySettings) -> Result<()> {
         let target = Target::Tenant(tenant);
-        let mut conn = self.backend.connect(target).await?;
+        let mut conn = match self.backend.connect(target).await {
+            // Storage that is gone (a create that died before making it, or removed by
+            // hand) has no lock to take and nothing to drop: only the row is left.
+            Err(e)
+                if !self.caps.transactional_storage
+                    && self.backend.classify(&e) == ErrorClass::StorageMissing =>
+            {
+                return self.backend.unregister(tenant, false).await;
+            }
+            other => other?,
+        };
         let result = async {
             lock_waiting(&mut *conn, target, safety).await?;
             if self.caps.transactional_storage {

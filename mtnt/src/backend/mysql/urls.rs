@@ -36,10 +36,7 @@ pub(in crate::backend) async fn connect(
         )));
     }
     let (server_url, control) = control_database(url).map_err(bad_url)?;
-    let connect_error = |source| Error::Connect {
-        url: redact_url(url),
-        source,
-    };
+    let connect_error = |source| super::super::tls::connect_error(url, source);
     let connect_options: MySqlConnectOptions = server_url.parse().map_err(connect_error)?;
     // One direct connection first: a pool retries a refused connection until its
     // acquire timeout, while a user with a wrong URL wants to hear so at once.

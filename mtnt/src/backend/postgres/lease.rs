@@ -1,4 +1,4 @@
-//! The PostgreSQL run leases: `mtnt_runs` in the control schema.
+//! The PostgreSQL run leases, of both models: `mtnt_runs` in the control schema.
 
 use std::time::Duration;
 
@@ -6,13 +6,13 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 
-use super::control::{Heartbeat, RunControl, RunIdentity, RunLease};
-use super::invoke::exec_postgres;
-use super::pg_tracking::shared_table;
+use super::tracking::shared_table;
+use crate::backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
+use crate::ctx::exec_postgres;
 use crate::{Error, Result, TenantName};
 
-/// [`RunControl`] on a PostgreSQL control schema.
-pub(crate) struct PgControl {
+/// [`LeaseStore`] on a PostgreSQL control schema.
+pub(super) struct PgLeases {
     pool: PgPool,
     runs: String,
     registry: String,
@@ -20,9 +20,9 @@ pub(crate) struct PgControl {
     tracking: String,
 }
 
-impl PgControl {
+impl PgLeases {
     /// Leases in `control_q.mtnt_runs`, tenants in `registry`.
-    pub(crate) fn new(pool: PgPool, control_q: &str, registry: String) -> Self {
+    pub(super) fn new(pool: PgPool, control_q: &str, registry: String) -> Self {
         Self {
             pool,
             runs: format!("{control_q}.mtnt_runs"),
@@ -67,7 +67,7 @@ fn tags(rows: &[PgRow]) -> Vec<String> {
 }
 
 #[async_trait]
-impl RunControl for PgControl {
+impl LeaseStore for PgLeases {
     async fn acquire(&self, me: &RunIdentity, stale_after: Duration) -> Result<Vec<RunLease>> {
         let ddl = format!(
             "BEGIN;
@@ -90,7 +90,9 @@ impl RunControl for PgControl {
         );
         let mut conn = self.pool.acquire().await?;
         if let Err(e) = exec_postgres(&mut conn, &ddl).await {
-            let _ = exec_postgres(&mut conn, "ROLLBACK").await;
+            if exec_postgres(&mut conn, "ROLLBACK").await.is_err() {
+                conn.close_on_drop();
+            }
             return Err(e.into());
         }
         let stale = sqlx::query(&self.take_over_sql())

@@ -1,0 +1,269 @@
+//! PostgreSQL with one database per tenant, all on one server.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::{Connection as _, PgConnection};
+
+use super::super::sql::quote_ident;
+use super::schema::PostgresBackend;
+use super::target::{PgConn, PgTarget, Probe, Spec};
+use super::tracking::Tracking;
+use super::{classify, is_code, tenant_key};
+use crate::backend::{
+    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, Target,
+};
+use crate::ctx::exec_postgres;
+use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
+
+/// The schema of a tenant database that holds its tables and its tracking table.
+const TENANT_SCHEMA: &str = "public";
+
+/// PostgreSQL with one database per tenant, all on one server (`--tenancy database`).
+///
+/// The database the pool connects to (`postgres://user@host/control`) is the control
+/// database. Its control schema (default `public`) holds what it holds in
+/// [`PostgresBackend`]: the tenant registry `mtnt_tenants` (the same columns), the tracking
+/// table of public migrations, and whatever public migrations create. Each tenant is a
+/// database of the same server named like the tenant (`acme`, `big-co`), whose `public`
+/// schema holds the tenant's tables and its own `mtnt_migrations`. Tenant migrations cannot
+/// see the control database's tables: they are in another database.
+///
+/// # Connections
+///
+/// The control database has the pool. A tenant connection is one of its own to the
+/// tenant's database, closed when released, so a run holds at most `concurrency` tenant
+/// connections plus the pool, never one per tenant of the fleet.
+/// [`PgDatabaseBackend::tenant_connect_options`] gives the options it connects with.
+///
+/// # Consistency
+///
+/// Migrations and their tracking rows commit in one transaction in the tenant database
+/// (PostgreSQL DDL is transactional). Concurrent runs on one tenant take turns on an
+/// advisory lock in the tenant's database. The tenant's tracking table is the truth about
+/// its migrations; the registry row's `applied_order`, `failed_order` and `last_error`
+/// are a cache (two databases cannot commit atomically), written after the tenant
+/// database commits and brought back in line when a run reads the tenant.
+///
+/// # Creating and dropping tenants
+///
+/// `CREATE DATABASE` cannot run in a transaction, so creating a tenant is atomic by
+/// compensation: registered as `creating`, its database created and migrated, then
+/// `active`; when a step fails, the database is dropped and the row deleted. Dropping
+/// uses `DROP DATABASE ... WITH (FORCE)` (PostgreSQL 13 or newer), which ends the
+/// sessions still connected to it.
+#[derive(Clone, Debug)]
+pub struct PgDatabaseBackend {
+    control: PostgresBackend,
+    options: PgConnectOptions,
+    control_db: String,
+}
+
+impl PgDatabaseBackend {
+    /// A backend on `pool`, a pool of the control database, whose control schema is
+    /// `public`. Tenant connections use the pool's connect options with another database.
+    pub fn new(pool: PgPool) -> Result<Self> {
+        let options = PgConnectOptions::clone(&pool.connect_options());
+        let control_db = options
+            .get_database()
+            .filter(|db| !db.is_empty())
+            .ok_or_else(|| {
+                Error::Invalid(
+                    "name the control database that holds the tenant registry, as in postgres://postgres@127.0.0.1/control"
+                        .to_owned(),
+                )
+            })?
+            .to_owned();
+        Ok(Self {
+            control: PostgresBackend::new(pool),
+            options,
+            control_db,
+        })
+    }
+
+    /// Puts the registry and the public migrations in another schema of the control
+    /// database.
+    pub fn with_control_schema(mut self, schema: &str) -> Result<Self> {
+        self.control = self.control.with_control_schema(schema)?;
+        Ok(self)
+    }
+
+    /// The pool of the control database.
+    pub fn pool(&self) -> &PgPool {
+        self.control.pool()
+    }
+
+    /// The control database: tenant registry, public tracking table, public tables.
+    pub fn control_database(&self) -> &str {
+        &self.control_db
+    }
+
+    /// The options of the control database's connections.
+    pub fn connect_options(&self) -> &PgConnectOptions {
+        &self.options
+    }
+
+    /// The options a tenant connection connects to the database of `tenant` with.
+    pub fn tenant_connect_options(&self, tenant: &Tenant) -> PgConnectOptions {
+        self.options.clone().database(&tenant.storage)
+    }
+
+    /// Refuses a tenant whose database would be the control database.
+    fn check_not_control(&self, tenant: &Tenant) -> Result<()> {
+        if tenant.storage == self.control_db {
+            return Err(Error::Invalid(format!(
+                "tenant {} would use the control database {} as its database",
+                tenant.name, self.control_db
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs one statement on a pooled connection of the control database.
+    async fn exec_control(&self, sql: &str) -> Result<()> {
+        let mut conn = self.pool().acquire().await?;
+        exec_postgres(&mut conn, sql).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for PgDatabaseBackend {
+    fn engine(&self) -> Engine {
+        Engine::Postgres
+    }
+
+    fn tenancy(&self) -> Tenancy {
+        Tenancy::Database
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE.with_transactional_ddl()
+    }
+
+    fn classify(&self, error: &Error) -> ErrorClass {
+        classify(error)
+    }
+
+    async fn prepare(&self) -> Result<()> {
+        self.control.prepare().await
+    }
+
+    async fn tenant_page(
+        &self,
+        after: Option<&TenantName>,
+        limit: usize,
+    ) -> Result<Vec<TenantRecord>> {
+        self.control.tenant_page(after, limit).await
+    }
+
+    async fn tenant_count(&self) -> Result<u64> {
+        self.control.tenant_count().await
+    }
+
+    async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
+        self.control.tenant_records(names).await
+    }
+
+    async fn fingerprints(&self, _names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
+        // The registry cannot join the tenant's transactions: no fingerprint would vouch
+        // for the tracking rows.
+        Ok(Vec::new())
+    }
+
+    async fn connection_budget(&self) -> Result<Option<usize>> {
+        // Tenant connections are not the pool's.
+        Ok(None)
+    }
+
+    async fn connect<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Connection + 'a>> {
+        let Target::Tenant(tenant) = target else {
+            return self.control.connect(Target::Public).await;
+        };
+        self.check_not_control(tenant)?;
+        let conn = match PgConnection::connect_with(&self.tenant_connect_options(tenant)).await {
+            Ok(conn) => conn,
+            Err(e) if is_code(&e, "3D000") => {
+                return Err(Error::StorageMissing {
+                    tenant: tenant.name.clone(),
+                    storage: tenant.storage.clone(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let schema_q = quote_ident(TENANT_SCHEMA);
+        let spec = Spec {
+            tenant: Some(tenant),
+            lock_key: tenant_key(&tenant.storage),
+            search_path: schema_q.clone(),
+            tracking: Tracking::own(&schema_q),
+            row: None,
+            probe: Some(Probe {
+                pool: self.pool(),
+                sql: format!(
+                    "SELECT EXISTS (SELECT FROM {} WHERE name = $1)",
+                    self.control.registry()
+                ),
+                name: tenant.name.as_str(),
+            }),
+        };
+        Ok(Box::new(PgTarget::new(PgConn::Owned(Some(conn)), spec)))
+    }
+
+    async fn register(
+        &self,
+        tenant: &Tenant,
+        state: TenantState,
+        applied_order: Option<i64>,
+    ) -> Result<()> {
+        self.check_not_control(tenant)?;
+        self.control.register(tenant, state, applied_order).await
+    }
+
+    async fn set_state(&self, tenant: &Tenant, state: TenantState) -> Result<()> {
+        self.control.set_state(tenant, state).await
+    }
+
+    async fn unregister(&self, tenant: &Tenant, only_creating: bool) -> Result<()> {
+        self.control.unregister(tenant, only_creating).await
+    }
+
+    async fn write_registry(&self, tenant: &Tenant, row: RegistryRow<'_>) -> Result<()> {
+        self.control.write_registry(tenant, row).await
+    }
+
+    async fn create_storage(&self, tenant: &Tenant) -> Result<()> {
+        self.check_not_control(tenant)?;
+        // The tracking table comes with the tenant's first transaction.
+        self.exec_control(&format!("CREATE DATABASE {}", quote_ident(&tenant.storage)))
+            .await
+    }
+
+    async fn drop_storage(&self, tenant: &Tenant) -> Result<()> {
+        self.check_not_control(tenant)?;
+        self.exec_control(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&tenant.storage)
+        ))
+        .await
+    }
+
+    async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE $1 AND NOT datistemplate \
+             AND datallowconn AND datname NOT IN ('postgres', $2) \
+             AND datname NOT IN (SELECT schema_name FROM {}) ORDER BY datname",
+            self.control.registry()
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(like)
+            .bind(&self.control_db)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
+        self.control.leases()
+    }
+}

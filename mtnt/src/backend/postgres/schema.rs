@@ -1,0 +1,416 @@
+//! PostgreSQL with one schema per tenant, all in one database.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::Row;
+
+use super::super::sql::quote_ident;
+use super::lease::PgLeases;
+use super::target::{PgConn, PgTarget, Spec};
+use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking};
+use super::{classify, literal, public_key, tenant_key};
+use crate::backend::{
+    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, Target,
+};
+use crate::ctx::exec_postgres;
+use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
+
+/// PostgreSQL with one schema per tenant, all in one database.
+///
+/// The control schema (default `public`) holds the tenant registry `mtnt_tenants`, the
+/// tracking table of public migrations `mtnt_migrations`, and the tracking rows of every
+/// tenant, `mtnt_tenant_migrations` (shared: see `tracking.rs` for why). A tenant's
+/// migrations, its tracking rows and its registry row (with the fingerprint of its
+/// completed migrations) commit in one transaction, and a tenant is created, with its
+/// first migrations, in one transaction too.
+#[derive(Clone, Debug)]
+pub struct PostgresBackend {
+    pool: PgPool,
+    control: String,
+    control_q: String,
+}
+
+/// Makes any change of the shared tracking table clear the changed tenants' fingerprints
+/// in the registry: a change made by hand (a row deleted to run a migration again, an
+/// edited checksum) leaves none, so a fleet run opens a session for the tenant and checks
+/// its tracking rows in full. Transactions that write the new fingerprint themselves set
+/// `OWN_BOOKKEEPING` and skip the trigger. As its owner: whoever may edit the tracking
+/// table may clear the fingerprint, without a grant on the registry.
+fn tracking_trigger_sql(control_q: &str, registry: &str) -> String {
+    let table = shared_table(control_q);
+    let control_l = literal(control_q);
+    format!(
+        "IF NOT EXISTS (SELECT FROM pg_proc WHERE proname = 'mtnt_tenant_tracking_changed'
+                        AND pronamespace = {control_l}::regnamespace) THEN
+            CREATE FUNCTION {control_q}.mtnt_tenant_tracking_changed() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+            BEGIN
+                IF TG_LEVEL = 'STATEMENT' THEN
+                    UPDATE {registry} SET fingerprint = NULL WHERE fingerprint IS NOT NULL;
+                    RETURN NULL;
+                END IF;
+                IF TG_OP <> 'INSERT' THEN
+                    UPDATE {registry} SET fingerprint = NULL WHERE name = OLD.tenant AND fingerprint IS NOT NULL;
+                END IF;
+                IF TG_OP <> 'DELETE' THEN
+                    UPDATE {registry} SET fingerprint = NULL WHERE name = NEW.tenant AND fingerprint IS NOT NULL;
+                END IF;
+                RETURN NULL;
+            END $fn$;
+         END IF;
+         IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = {table_l}::regclass AND tgname = 'mtnt_changed') THEN
+            CREATE TRIGGER mtnt_changed AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW
+            WHEN (pg_catalog.current_setting('mtnt.bookkeeping', true) IS DISTINCT FROM 'on')
+            EXECUTE FUNCTION {control_q}.mtnt_tenant_tracking_changed();
+            CREATE TRIGGER mtnt_truncated AFTER TRUNCATE ON {table} FOR EACH STATEMENT
+            EXECUTE FUNCTION {control_q}.mtnt_tenant_tracking_changed();
+         END IF;",
+        table_l = literal(&table),
+    )
+}
+
+impl PostgresBackend {
+    /// A backend on `pool` whose control schema is `public`.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            control: "public".to_owned(),
+            control_q: quote_ident("public"),
+        }
+    }
+
+    /// Puts the registry and the public migrations in another schema.
+    pub fn with_control_schema(mut self, schema: &str) -> Result<Self> {
+        if schema.is_empty()
+            || schema.len() > 63
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(Error::Invalid(format!(
+                "invalid control schema {schema:?}: use 1 to 63 letters, digits and '_'"
+            )));
+        }
+        self.control = schema.to_owned();
+        self.control_q = quote_ident(schema);
+        Ok(self)
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The qualified registry table.
+    pub(super) fn registry(&self) -> String {
+        format!("{}.mtnt_tenants", self.control_q)
+    }
+
+    fn record_from_row(row: &PgRow) -> Result<TenantRecord> {
+        let name: String = row.try_get("name")?;
+        let name =
+            TenantName::new(name).map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))?;
+        Ok(TenantRecord {
+            tenant: Tenant {
+                name,
+                storage: row.try_get("schema_name")?,
+            },
+            state: TenantState::parse(row.try_get("state")?)?,
+            created_at: row.try_get("created_at")?,
+            applied_order: row.try_get("applied_order")?,
+            failed_order: row.try_get("failed_order")?,
+            last_error: row.try_get("last_error")?,
+        })
+    }
+
+    fn select_records(&self) -> String {
+        format!(
+            "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error FROM {}",
+            self.registry()
+        )
+    }
+
+    /// The search path of tenant migrations: the tenant's schema, then the control schema
+    /// (so tenant tables can reference shared ones unqualified), then `public`.
+    fn tenant_search_path(&self, schema_q: &str) -> String {
+        if self.control == "public" {
+            format!("{schema_q}, public")
+        } else {
+            format!("{schema_q}, {}, public", self.control_q)
+        }
+    }
+
+    /// The public target: the control schema, with a tracking table of its own.
+    fn public_spec(&self) -> Spec<'static> {
+        Spec {
+            tenant: None,
+            lock_key: public_key(&self.control),
+            search_path: self.control_q.clone(),
+            tracking: Tracking::own(&self.control_q),
+            row: None,
+            probe: None,
+        }
+    }
+
+    /// Runs `sql` (several statements) on a pooled connection.
+    async fn exec(&self, sql: &str) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        exec_postgres(&mut conn, sql).await?;
+        Ok(())
+    }
+
+    /// Runs one statement with the tenant's name as `$1`.
+    async fn on_row(&self, sql: &str, tenant: &Tenant) -> Result<()> {
+        sqlx::query(sql)
+            .bind(tenant.name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    fn engine(&self) -> Engine {
+        Engine::Postgres
+    }
+
+    fn tenancy(&self) -> Tenancy {
+        Tenancy::Schema
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+            .with_transactional_ddl()
+            .with_registry_in_target_transaction()
+            .with_transactional_storage()
+            .with_fingerprints()
+    }
+
+    fn classify(&self, error: &Error) -> ErrorClass {
+        classify(error)
+    }
+
+    async fn prepare(&self) -> Result<()> {
+        // The advisory lock serialises concurrent first runs, whose CREATE ... IF NOT EXISTS
+        // would otherwise race on the catalog.
+        let sql = format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(hashtext('mtnt.prepare'));
+             CREATE SCHEMA IF NOT EXISTS {control};
+             CREATE TABLE IF NOT EXISTS {registry} (
+                name text PRIMARY KEY,
+                schema_name text NOT NULL UNIQUE,
+                state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'creating')),
+                created_at timestamptz NOT NULL DEFAULT now(),
+                applied_order bigint,
+                failed_order bigint,
+                last_error text,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                fingerprint text
+             );
+             {tracking};
+             {shared};
+             DO $mtnt$ BEGIN
+                IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
+                               AND attname = 'fingerprint' AND NOT attisdropped) THEN
+                    ALTER TABLE {registry} ADD COLUMN fingerprint text;
+                END IF;
+                {trigger}
+             END $mtnt$;
+             COMMIT",
+            control = self.control_q,
+            registry = self.registry(),
+            registry_l = literal(&self.registry()),
+            tracking = Tracking::own(&self.control_q).own_ddl(),
+            shared = shared_ddl(&self.control_q, &self.registry()),
+            trigger = tracking_trigger_sql(&self.control_q, &self.registry()),
+        );
+        let mut conn = self.pool.acquire().await?;
+        if let Err(e) = exec_postgres(&mut conn, &sql).await {
+            if exec_postgres(&mut conn, "ROLLBACK").await.is_err() {
+                conn.close_on_drop();
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn tenant_page(
+        &self,
+        after: Option<&TenantName>,
+        limit: usize,
+    ) -> Result<Vec<TenantRecord>> {
+        let sql = format!(
+            "{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
+            self.select_records()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after.map(TenantName::as_str))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::record_from_row).collect()
+    }
+
+    async fn tenant_count(&self) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", self.registry()))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count as u64)
+    }
+
+    async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
+        let sql = format!(
+            "{} WHERE name = ANY($1) ORDER BY name",
+            self.select_records()
+        );
+        let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
+        let rows = sqlx::query(&sql).bind(&names).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::record_from_row).collect()
+    }
+
+    async fn fingerprints(&self, names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
+        let sql = format!(
+            "SELECT name, fingerprint FROM {} WHERE name = ANY($1) AND fingerprint IS NOT NULL",
+            self.registry()
+        );
+        let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
+        let rows: Vec<(String, String)> = sqlx::query_as(&sql)
+            .bind(&names)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(name, fingerprint)| {
+                TenantName::new(name)
+                    .map(|name| (name, fingerprint))
+                    .map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))
+            })
+            .collect()
+    }
+
+    async fn connection_budget(&self) -> Result<Option<usize>> {
+        // Connections this pool holds already count among the server's used ones.
+        let (max, reserved, used): (i32, i32, i64) = sqlx::query_as(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, \
+             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let server_free = i64::from(max - reserved) - used + i64::from(self.pool.size());
+        let pool = self.pool.options().get_max_connections().saturating_sub(1);
+        Ok(Some(
+            usize::try_from(server_free.min(i64::from(pool)).max(1)).unwrap_or(1),
+        ))
+    }
+
+    async fn connect<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Connection + 'a>> {
+        let spec = match target {
+            Target::Public => self.public_spec(),
+            Target::Tenant(tenant) => {
+                let row = TenantRow::new(self.registry(), tenant);
+                Spec {
+                    tenant: Some(tenant),
+                    lock_key: tenant_key(&tenant.storage),
+                    search_path: self.tenant_search_path(&row.schema_q),
+                    tracking: Tracking::shared(&self.control_q, tenant.name.as_str()),
+                    row: Some(row),
+                    probe: None,
+                }
+            }
+        };
+        let conn = PgConn::Pooled(self.pool.acquire().await?);
+        Ok(Box::new(PgTarget::new(conn, spec)))
+    }
+
+    async fn register(
+        &self,
+        tenant: &Tenant,
+        state: TenantState,
+        applied_order: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO {} (name, schema_name, state, applied_order) VALUES ($1, $2, $3, $4)",
+            self.registry()
+        ))
+        .bind(tenant.name.as_str())
+        .bind(&tenant.storage)
+        .bind(state.as_str())
+        .bind(applied_order)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_state(&self, tenant: &Tenant, state: TenantState) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET state = '{}', updated_at = now() WHERE name = $1",
+            self.registry(),
+            state.as_str()
+        );
+        self.on_row(&sql, tenant).await
+    }
+
+    async fn unregister(&self, tenant: &Tenant, only_creating: bool) -> Result<()> {
+        let mut sql = format!("DELETE FROM {} WHERE name = $1", self.registry());
+        if only_creating {
+            sql.push_str(" AND state = 'creating'");
+        }
+        self.on_row(&sql, tenant).await
+    }
+
+    async fn write_registry(&self, tenant: &Tenant, row: RegistryRow<'_>) -> Result<()> {
+        // Written from outside the tracking rows' transaction: no fingerprint vouches
+        // for them.
+        sqlx::query(&format!(
+            "UPDATE {} SET applied_order = $2, failed_order = $3, last_error = $4, fingerprint = NULL, \
+             updated_at = now() WHERE name = $1",
+            self.registry()
+        ))
+        .bind(tenant.name.as_str())
+        .bind(row.applied_order)
+        .bind(row.failure.map(|(order, _)| order))
+        .bind(row.failure.map(|(_, error)| error))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_storage(&self, tenant: &Tenant) -> Result<()> {
+        // The tracking rows are in the shared table already.
+        self.exec(&format!("CREATE SCHEMA {}", quote_ident(&tenant.storage)))
+            .await
+    }
+
+    async fn drop_storage(&self, tenant: &Tenant) -> Result<()> {
+        self.exec(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quote_ident(&tenant.storage)
+        ))
+        .await
+    }
+
+    async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1 AND nspname NOT LIKE 'pg\\_%' \
+             AND nspname NOT IN ('information_schema', $2) \
+             AND nspname NOT IN (SELECT schema_name FROM {}) ORDER BY nspname",
+            self.registry()
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(like)
+            .bind(&self.control)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
+        Some(Arc::new(PgLeases::new(
+            self.pool.clone(),
+            &self.control_q,
+            self.registry(),
+        )))
+    }
+}
