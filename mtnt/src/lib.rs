@@ -67,11 +67,11 @@ pub use migrate::{
     RegistrySource, RollbackReport, RollbackTarget, StatusReport, TenantSource, TenantStatus,
     Timeouts, Transactions,
 };
+pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
 pub use migrate::{
     AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,
     TenantOutcome,
 };
-pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };

@@ -8,8 +8,8 @@ use super::output::{self, count, Words};
 use super::progress::{FleetProgress, Verbosity};
 use super::say::{self, errln, outln};
 use crate::{
-    connect, ConnectOptions, Error, Hooks, MigrateOptions, MigrationSet, MigrationStatus,
-    Migrator, Result, RollbackTarget, SafetySettings, Timeouts,
+    connect, ConnectOptions, Error, Hooks, MigrateOptions, MigrationSet, MigrationStatus, Migrator,
+    Result, RollbackTarget, SafetySettings, Timeouts,
 };
 
 /// Parses the command line, runs the command and returns the process exit code:
