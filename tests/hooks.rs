@@ -21,7 +21,7 @@
 use assert_cmd::Command;
 use mtnt::{
     Engine, Error, HookKind, Hooks, MigrateOptions, MigrateReport, MigrationSet, Migrator,
-    TenantName, TenantState,
+    SafetySettings, TenantName, TenantState,
 };
 use mtnt_test_support::create_tenants;
 use mtnt_test_support::models::{Model, Place};
@@ -202,6 +202,20 @@ async fn each_kind_runs_only_where_there_is_work(m: &Model) {
     let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
     assert_eq!(report.tenants_current, 3);
     assert_eq!(events(p).len(), 8);
+
+    // The other fleet commands run the run hooks, not the tenant hooks.
+    struct Quiet;
+    impl mtnt::Progress for Quiet {}
+    let options = MigrateOptions::new().tenants([name(&a)]);
+    let report = migrator
+        .exec("SELECT 1", true, &options, &Quiet)
+        .await
+        .unwrap();
+    assert_eq!(report.migrations_applied, 1, "the tenants it ran in");
+    assert_eq!(
+        events(p).split_off(8),
+        ["before_run exec [a] of 1", "after_run exec [a] migrated 1 failed 0"]
+    );
 }
 
 /// A failing `before_tenant` hook fails its tenant, with an error naming the hook and the
@@ -466,6 +480,41 @@ async fn tenant_create_runs_the_tenant_hooks(m: &Model) {
     // The survivor is a tenant like any other.
     let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
     assert_eq!(report.tenants_current, 1);
+}
+
+/// A tenant whose migration fails transiently is tried again; its hooks run once: the
+/// `before_tenant` hook (which would fail a second time: its table exists) before the
+/// first attempt, the `after_tenant` hook after the attempt that ends it, with the
+/// migrations of every attempt. PostgreSQL only: the transient failure is its SQLSTATE.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_tenant_gets_its_hooks_once() {
+    let m = Model::new(mtnt_test_support::models::Kind::PgSchema, "hooks_retry").await;
+    let [r] = created_at_v1(&m, ["r-flaky"]).await;
+    let p = m.prefix();
+    let flaky = MigrationSet::registered_in("hooks::defs::flaky").unwrap();
+    let set = MigrationSet::new(set_to(FEATURES).iter().chain(flaky.iter())).unwrap();
+    let migrator = m
+        .builder(set)
+        .await
+        .hooks(hooks())
+        .safety(SafetySettings::new().retry_backoff(std::time::Duration::from_millis(10)))
+        .build()
+        .unwrap();
+    let report = migrate(&migrator, std::slice::from_ref(&r)).await.unwrap();
+    assert!(report.is_success(), "{:?}", report.failures);
+    assert!(report.hook_failures.is_empty(), "{:?}", report.hook_failures);
+    assert_eq!((report.tenants_migrated, report.migrations_applied), (1, 3));
+    assert_eq!(
+        events(p),
+        [
+            "before_run migrate [r-flaky] of 1",
+            "r-flaky before",
+            "r-flaky after migrated 3",
+            "after_run migrate [r-flaky] migrated 1 failed 0",
+        ]
+    );
+    m.finish().await;
 }
 
 /// The CLI app: `mtnt::run!()` runs every registered hook. `tenant create` seeds, or fails

@@ -179,3 +179,30 @@ mod hook_fns {
         Ok(())
     }
 }
+
+/// A migration that fails transiently, once, in `-flaky` tenants (on PostgreSQL, with a
+/// serialization failure), so that the run tries the tenant again.
+pub mod flaky {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    use mtnt::{Ctx, Result};
+
+    /// The tenants whose first attempt failed already.
+    static FAILED_ONCE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+    #[mtnt::migration(scope = "tenant", order = 2024_01_01_0005)]
+    async fn create_flags(ctx: &mut Ctx<'_>) -> Result<()> {
+        let tenant = ctx.tenant().map(|t| t.name.to_string()).unwrap_or_default();
+        if tenant.ends_with("-flaky") && FAILED_ONCE.lock().unwrap().insert(tenant) {
+            return ctx
+                .execute(
+                    "DO $$ BEGIN RAISE EXCEPTION 'a transient failure' \
+                     USING ERRCODE = 'serialization_failure'; END $$",
+                )
+                .await;
+        }
+        ctx.execute("CREATE TABLE flags (id INTEGER PRIMARY KEY)")
+            .await
+    }
+}
