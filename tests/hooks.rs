@@ -214,7 +214,10 @@ async fn each_kind_runs_only_where_there_is_work(m: &Model) {
     assert_eq!(report.migrations_applied, 1, "the tenants it ran in");
     assert_eq!(
         events(p).split_off(8),
-        ["before_run exec [a] of 1", "after_run exec [a] migrated 1 failed 0"]
+        [
+            "before_run exec [a] of 1",
+            "after_run exec [a] migrated 1 failed 0"
+        ]
     );
 }
 
@@ -222,7 +225,7 @@ async fn each_kind_runs_only_where_there_is_work(m: &Model) {
 /// tenant, before any of its migrations; the `after_tenant` hooks hear of it; the other
 /// tenants are migrated.
 async fn failing_before_tenant_fails_only_that_tenant(m: &Model) {
-    let [x, y] = created_at_v1(m, ["x-refuse", "y"]).await;
+    let [x, y, z] = created_at_v1(m, ["x-refuse", "y", "z-panic"]).await;
     let p = m.prefix();
     let migrator = with_hooks(m).await;
     let report = migrate(&migrator, &[x.clone(), y.clone()]).await.unwrap();
@@ -270,6 +273,15 @@ async fn failing_before_tenant_fails_only_that_tenant(m: &Model) {
     );
     assert!(events(p).contains(&"y after migrated 2".to_owned()));
     assert!(events(p).contains(&"after_run migrate [x-refuse,y] migrated 1 failed 1".to_owned()));
+
+    // A hook that panics fails like one that returns an error.
+    let report = migrate(&migrator, std::slice::from_ref(&z)).await.unwrap();
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(
+        report.failures[0].error.to_string(),
+        format!("the before_tenant hook mark failed for tenant {z}: it panicked: a bug in a hook; none of its pending migrations ran")
+    );
+    assert_eq!(status(m, &z, TAGS).await, None);
 }
 
 /// `after_tenant` runs after a failed migration too, with the error and what committed
@@ -503,7 +515,11 @@ async fn a_retried_tenant_gets_its_hooks_once() {
         .unwrap();
     let report = migrate(&migrator, std::slice::from_ref(&r)).await.unwrap();
     assert!(report.is_success(), "{:?}", report.failures);
-    assert!(report.hook_failures.is_empty(), "{:?}", report.hook_failures);
+    assert!(
+        report.hook_failures.is_empty(),
+        "{:?}",
+        report.hook_failures
+    );
     assert_eq!((report.tenants_migrated, report.migrations_applied), (1, 3));
     assert_eq!(
         events(p),

@@ -5,9 +5,10 @@
 //! run hook, the tenants the run was asked for), so that the tests of every model running
 //! at once find their own events by their tenant prefix. They act on the tenant too,
 //! which the tests read back from the engine itself. Tenants steer them by the end of
-//! their name: `-refuse` (its `before_tenant` fails), `-grumpy` (an `after_tenant` fails),
-//! `-norun` (a run naming it fails `before_run`), `-sulky` (a run naming it fails
-//! `after_run`) and `-bad` (a migration fails).
+//! their name: `-refuse` (its `before_tenant` fails), `-panic` (its `before_tenant`
+//! panics), `-grumpy` (an `after_tenant` fails), `-norun` (a run naming it fails
+//! `before_run`), `-sulky` (a run naming it fails `after_run`) and `-bad` (a migration
+//! fails).
 
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
@@ -138,6 +139,9 @@ mod hook_fns {
     #[mtnt::hook(before_tenant)]
     async fn mark(ctx: &mut Ctx<'_>) -> Result<()> {
         let tenant = tenant(ctx);
+        if tenant.ends_with("-panic") {
+            panic!("a bug in a hook");
+        }
         if tenant.ends_with("-refuse") {
             record(format!("{tenant} before refused"));
             return Err(Error::other("refused by the hook"));

@@ -202,6 +202,9 @@ impl Wait {
 pub(crate) fn is_transient(protocol: &Protocol<'_>, error: &Error) -> bool {
     match error {
         Error::Migration { source, .. } => is_transient(protocol, source),
+        // A hook's failure is final, whatever caused it: what a hook does is its own, and
+        // running it again is not mtnt's to decide.
+        Error::Hook { .. } => false,
         other => matches!(
             protocol.backend.classify(other),
             ErrorClass::Transient | ErrorClass::ConnectionLost
