@@ -91,6 +91,7 @@ scenarios!(
     bad_tenant_names_are_rejected_before_any_sql,
     every_command_waits_for_the_tenant_lock,
     per_migration_transactions_are_honoured,
+    hooks_run_around_each_tenant_with_work,
 );
 
 fn name(s: &str) -> TenantName {
@@ -1760,5 +1761,103 @@ async fn per_migration_transactions_are_honoured(m: &Model) {
             [Some("completed".to_owned()), None],
             "per migration, per tenant"
         ),
+    }
+}
+
+/// The hooks of `hooks_run_around_each_tenant_with_work` (here, not in `migrations.rs`:
+/// the portable CLI app would run them in every scenario). They record each tenant's
+/// events under its name.
+mod scenario_hooks {
+    use std::sync::Mutex;
+
+    use mtnt::{Ctx, Result, TenantOutcome};
+
+    pub static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    fn tenant(ctx: &Ctx<'_>) -> String {
+        ctx.tenant()
+            .expect("a tenant hook has a tenant")
+            .name
+            .to_string()
+    }
+
+    #[mtnt::hook(before_tenant)]
+    async fn before(ctx: &mut Ctx<'_>) -> Result<()> {
+        let tenant = tenant(ctx);
+        // In the tenant, on its connection: its tables are there.
+        ctx.execute("SELECT count(*) FROM accounts").await?;
+        EVENTS.lock().unwrap().push(format!("{tenant} before"));
+        Ok(())
+    }
+
+    #[mtnt::hook(after_tenant)]
+    async fn after(ctx: &mut Ctx<'_>, outcome: &TenantOutcome<'_>) -> Result<()> {
+        let tenant = tenant(ctx);
+        let what = match outcome.error() {
+            None => format!("applied {}", outcome.applied()),
+            Some(error) => format!("failed: {error}"),
+        };
+        EVENTS.lock().unwrap().push(format!("{tenant} {what}"));
+        Ok(())
+    }
+}
+
+/// Hooks around a fleet run: `before_tenant` and `after_tenant` run once for each
+/// tenant with migrations to apply, on its connection, and hear of its failure; tenants
+/// with nothing to apply get none, so a second run runs only the failing tenant's.
+async fn hooks_run_around_each_tenant_with_work(m: &Model) {
+    let [good, bad] = ["good", "y-bad"].map(|b| m.tenant(b));
+    let v1 = m.migrator(fleet_to(ACCOUNTS)).await;
+    create_tenants(&v1, &[good.clone(), bad.clone()]).await;
+    let hooks = mtnt::Hooks::registered_in("behaviour::scenario_hooks").unwrap();
+    let full = m
+        .builder(fleet_to(BACKFILL))
+        .await
+        .hooks(hooks)
+        .build()
+        .unwrap();
+    let events = || -> Vec<String> {
+        scenario_hooks::EVENTS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.starts_with(m.prefix()))
+            .cloned()
+            .collect()
+    };
+    let report = full.migrate(&MigrateOptions::new()).await.unwrap();
+    assert_eq!((report.tenants_migrated, report.failures.len()), (1, 1));
+    let error = report.failures[0].error.to_string();
+    let of = |tenant: &str| -> Vec<String> {
+        events()
+            .into_iter()
+            .filter(|e| e.starts_with(&format!("{tenant} ")))
+            .collect()
+    };
+    assert_eq!(
+        of(&good),
+        [format!("{good} before"), format!("{good} applied 2")]
+    );
+    assert_eq!(
+        of(&bad),
+        [format!("{bad} before"), format!("{bad} failed: {error}")]
+    );
+    assert_completed(m, &good, &TENANT_ORDERS).await;
+
+    let report = full.migrate(&MigrateOptions::new()).await.unwrap();
+    assert_eq!((report.tenants_current, report.failures.len()), (1, 1));
+    assert_eq!(of(&good).len(), 2, "no hooks for a current tenant");
+    match m.kind().engine() {
+        // The failure left its migration `started` (MySQL commits DDL at once): the run
+        // refuses the tenant when it plans, before any hook.
+        Engine::MySql => {
+            assert!(
+                matches!(report.failures[0].error, Error::Interrupted { .. }),
+                "{:?}",
+                report.failures[0].error
+            );
+            assert_eq!(of(&bad).len(), 2);
+        }
+        _ => assert_eq!(of(&bad).len(), 4, "its hooks ran again with its migrations"),
     }
 }
