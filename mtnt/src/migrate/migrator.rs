@@ -596,7 +596,7 @@ impl Migrator {
             options.to,
         )
         .await?;
-        Ok(PlanReport::new(public.pending, records, standings))
+        Ok(PlanReport::new(public, records, standings))
     }
 
     async fn all_records(&self) -> Result<Vec<TenantRecord>> {
