@@ -2,7 +2,7 @@ use std::time::Instant;
 
 use super::claim::{lock_waiting, run_waiting, FleetClaims};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
-use super::inspect::{classify_rows, standings, Condition, PlanReport};
+use super::inspect::{classify_rows, standings, Condition, PlanReport, PlannedMigration};
 use super::lease::Lease;
 use super::progress::Silent;
 use super::protocol::{Claim, FleetOp, Protocol};
@@ -514,6 +514,10 @@ impl Migrator {
             .zip(standings)
             .map(|(record, standing)| TenantStatus {
                 pending: standing.pending.len(),
+                oldest_pending: standing.pending.first().map(|m| PlannedMigration {
+                    order: m.order(),
+                    name: m.name(),
+                }),
                 // A recorded failure of a migration this binary does not run (disabled, or
                 // not in its code: a reverted deploy) is nothing it can retry or report on.
                 failed: record
