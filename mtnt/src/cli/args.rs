@@ -66,7 +66,7 @@ pub(crate) struct Cli {
     pub(crate) transactions: TransactionsArg,
 
     /// Print no progress: neither bars on a terminal nor the "migrate 40/400 tenants" lines
-    /// elsewhere (failures are still reported as they happen)
+    /// elsewhere (waves, retries and failures are still reported as they happen)
     #[arg(long, global = true, help_heading = "Output")]
     pub(crate) no_progress: bool,
 
