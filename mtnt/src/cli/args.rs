@@ -75,8 +75,8 @@ pub(crate) struct Cli {
     #[arg(short, long, global = true, help_heading = "Output")]
     pub(crate) quiet: bool,
 
-    /// Name every tenant in plans and summaries (by default a group shows its first 20
-    /// names, then how many more)
+    /// Name every tenant in plans and in the lists of tenants not started (by default a
+    /// list shows its first 20 names, then how many more; failed tenants are always named)
     #[arg(short, long, global = true, help_heading = "Output")]
     pub(crate) verbose: bool,
 

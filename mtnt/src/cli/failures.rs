@@ -187,7 +187,7 @@ pub(crate) fn name_list(tenants: &[&TenantName], all: bool) -> String {
     out.pop();
     out.push_str(&format!(
         " and {} more (--verbose names them all)\n",
-        tenants.len() - NAMES_SHOWN
+        super::output::thousands(tenants.len() - NAMES_SHOWN)
     ));
     out
 }
