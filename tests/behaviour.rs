@@ -1921,6 +1921,10 @@ async fn drift_repair_and_order(m: &Model, drift: &str, repair: &str, order: &st
         .success();
 }
 
+/// A plan's group as the test compares it: condition, applied order, tenants, and the
+/// orders it would apply.
+type Group = (String, Option<i64>, Vec<String>, Vec<i64>);
+
 /// `plan` (and `migrate --dry-run`, the same output) on a mixed fleet: tenants grouped by
 /// what migrate would do, exactly, with the reason of each refusal, and nothing changed.
 async fn plan_groups_a_mixed_fleet_and_changes_nothing(m: &Model) {
@@ -1945,7 +1949,7 @@ async fn plan_groups_a_mixed_fleet_and_changes_nothing(m: &Model) {
     let plan = json(app(m).args(["plan", "--json"]));
     assert_eq!(plan["public"], serde_json::json!([]));
     assert_eq!(plan["public_condition"], "current");
-    let groups: Vec<(String, Option<i64>, Vec<String>, Vec<i64>)> = plan["groups"]
+    let groups: Vec<Group> = plan["groups"]
         .as_array()
         .unwrap()
         .iter()
@@ -2010,11 +2014,9 @@ async fn plan_groups_a_mixed_fleet_and_changes_nothing(m: &Model) {
             &format!("{}: nothing to apply\n", public_label(m)),
             &format!("2 tenants at 2024_01_01_0003: apply {AFTER_ACCOUNTS}\n    {b1}, {b2}\n"),
             "2 current\n",
-            &format!(
-                "1 tenant drifted: not migrated until repaired\n    migration 2024_01_01_0003 \
-                 create_accounts was changed after it was applied to the tenant (recorded \
-                 checksum tampered,"
-            ),
+            "1 tenant drifted: not migrated until repaired\n    migration 2024_01_01_0003 \
+             create_accounts was changed after it was applied to the tenant (recorded \
+             checksum tampered,",
             &format!("\n    {drift}\n  fix: revert the edit"),
             &format!(
                 "1 tenant out of order at 2024_02_01_0004: apply 2024_01_01_0004 add_projects\n    \
