@@ -9,8 +9,8 @@ use super::protocol::{Claim, FleetOp, Protocol};
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
 use super::tenants::Adopted;
 use super::{
-    MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
-    Timeouts, Transactions,
+    Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings,
+    TenantSource, Timeouts, Transactions,
 };
 use crate::backend::{connect, Backend, ConnectOptions, Connection, Target};
 use crate::migration::format_order;
@@ -329,6 +329,10 @@ impl Migrator {
             Tenants::Listed(self.records(&options.tenants).await?)
         };
         self.refuse_ahead_of_code(&options.tenants).await?;
+        if let Canary::Tenants(names) = &options.rollout.canary {
+            // A misspelt canary is refused before the public migrations run.
+            self.records(names).await?;
+        }
         let concurrency = self.fleet_concurrency().await?;
         let lease = Lease::acquire(&*self.backend, &self.safety, command).await?;
         let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
