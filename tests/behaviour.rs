@@ -2095,6 +2095,15 @@ async fn a_failing_canary_stops_the_run(m: &Model) {
     let rest = [&c, &d, &e];
     let untouched = snapshot(m, &rest).await[2..].to_vec();
 
+    // A misspelt canary is refused before anything runs, the public migrations included.
+    let nobody = m.tenant("nobody");
+    app(m)
+        .args(["migrate", "--canary-tenant", &nobody])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!("unknown tenant \"{nobody}\"")));
+    assert_eq!(m.status(Place::Control, FEATURES).await, None);
+
     let (code, stdout, stderr) = output(app(m).args(["migrate", "--canary", "2"]));
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(stderr.starts_with("canary: 2 tenants\n"), "{stderr}");
