@@ -2101,7 +2101,9 @@ async fn a_failing_canary_stops_the_run(m: &Model) {
         .args(["migrate", "--canary-tenant", &nobody])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains(format!("unknown tenant \"{nobody}\"")));
+        .stderr(predicate::str::contains(format!(
+            "unknown tenant \"{nobody}\""
+        )));
     assert_eq!(m.status(Place::Control, FEATURES).await, None);
 
     let (code, stdout, stderr) = output(app(m).args(["migrate", "--canary", "2"]));
@@ -2496,13 +2498,7 @@ async fn status_shows_drifted_needs_repair_and_out_of_order(m: &Model) {
 
     let (code, stdout, stderr) = output(app(m).arg("status"));
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let row = |t: &str| {
-        stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("{t} ")))
-            .unwrap_or_else(|| panic!("no row of {t}:\n{stdout}"))
-            .to_owned()
-    };
+    let row = |t: &str| row_of(&stdout, t);
     assert!(row(&current).ends_with("  current"), "{stdout}");
     assert!(
         row(&drift).contains("  drifted: migration 2024_01_01_0003 create_accounts was changed after it was applied to the tenant (recorded checksum tampered, code checksum "),
@@ -2549,4 +2545,38 @@ async fn status_shows_drifted_needs_repair_and_out_of_order(m: &Model) {
     assert_eq!(of(&order)["oldest_pending"]["order"], PROJECTS);
     assert_eq!(of(&current)["condition"], "current");
     app(m).args(["status", "--check"]).assert().code(1);
+
+    // A tenant that `tenant create` has not finished: status says so, and migrate leaves
+    // it alone, naming it with the fix.
+    let new = m.tenant("new");
+    cli_create(m, &[&new]);
+    m.execute(
+        Place::Control,
+        &format!("UPDATE mtnt_tenants SET state = 'creating' WHERE name = '{new}'"),
+    )
+    .await;
+    let (_, stdout, _) = output(app(m).arg("status"));
+    assert!(row_of(&stdout, &new).ends_with("  creating"), "{stdout}");
+    assert_contains(
+        &stdout,
+        &[
+            "\n1/5 tenants current, 1 behind, 0 failed, 1 out of order, 1 drifted, 1 need repair, 1 creating\n",
+            &format!("\n  fix (creating): a `tenant create` under way finishes it; one that died half-way is finished by dropping it (`tenant drop {new} --yes`) and creating it again (`tenant create {new}`)\n"),
+        ],
+    );
+    let (_, stdout, _) = output(app(m).arg("migrate"));
+    assert_contains(
+        &stdout,
+        &[&format!(
+            "\n1 tenant left alone: `tenant create` has not finished it\n    {new}\n  fix: a `tenant create` under way finishes it;"
+        )],
+    );
+}
+
+/// The row of `tenant` in a table printed by the command line.
+fn row_of(text: &str, tenant: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{tenant} ")))
+        .unwrap_or_else(|| panic!("no row of {tenant}:\n{text}"))
+        .to_owned()
 }

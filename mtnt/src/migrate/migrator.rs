@@ -9,8 +9,8 @@ use super::protocol::{Claim, FleetOp, Protocol};
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
 use super::tenants::Adopted;
 use super::{
-    Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings,
-    TenantSource, Timeouts, Transactions,
+    Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
+    Timeouts, Transactions,
 };
 use crate::backend::{connect, Backend, ConnectOptions, Connection, Target};
 use crate::migration::format_order;
