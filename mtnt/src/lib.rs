@@ -51,8 +51,8 @@ pub use backend::MySqlBackend;
 #[cfg(feature = "sqlite")]
 pub use backend::SqliteBackend;
 pub use backend::{
-    connect, Backend, Capabilities, ConnectOptions, Connection, Direction, Engine, ErrorClass,
-    MigrationTimeouts, Record, RegistryRow, Target, TargetState, Tenancy, Timing,
+    classify_common, connect, Backend, Capabilities, ConnectOptions, Connection, Direction, Engine,
+    ErrorClass, MigrationTimeouts, Record, RegistryRow, Target, TargetState, Tenancy, Timing,
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "postgres")]

@@ -133,6 +133,28 @@ pub enum ErrorClass {
     Other,
 }
 
+/// The part of [`Backend::classify`] that is the same on every engine: wrappers looked
+/// through, mtnt's own typed errors, and the sqlx errors that mean the connection is gone.
+/// `Err` hands back a database error, whose class only the engine's own codes tell.
+pub fn classify_common(error: &Error) -> std::result::Result<ErrorClass, &sqlx::Error> {
+    match error {
+        Error::Migration { source, .. } | Error::GaveUp { source, .. } => classify_common(source),
+        Error::StorageExists { .. } => Ok(ErrorClass::StorageExists),
+        Error::StorageMissing { .. } => Ok(ErrorClass::StorageMissing),
+        Error::TenantExists(_) => Ok(ErrorClass::UniqueViolation),
+        Error::Sql(sql) | Error::Connect { source: sql, .. } => match sql {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => Ok(ErrorClass::ConnectionLost),
+            sqlx::Error::Database(_) => Err(sql),
+            _ => Ok(ErrorClass::Other),
+        },
+        _ => Ok(ErrorClass::Other),
+    }
+}
+
 /// The lock and statement timeouts one migration runs with (its attribute's, else the
 /// run's defaults). `None` means no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -191,26 +191,17 @@ impl Backend for SqliteBackend {
     }
 
     fn classify(&self, error: &Error) -> ErrorClass {
-        match error {
-            Error::Migration { source, .. } | Error::GaveUp { source, .. } => self.classify(source),
-            Error::StorageExists { .. } => ErrorClass::StorageExists,
-            Error::StorageMissing { .. } => ErrorClass::StorageMissing,
-            Error::Sql(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+        match super::classify_common(error) {
+            Ok(class) => class,
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 ErrorClass::UniqueViolation
             }
             // SQLITE_BUSY and SQLITE_LOCKED: another connection held the file past the
             // busy timeout.
-            Error::Sql(sqlx::Error::Database(db)) if matches!(primary_code(&**db), Some(5 | 6)) => {
+            Err(sqlx::Error::Database(db)) if matches!(primary_code(&**db), Some(5 | 6)) => {
                 ErrorClass::Transient
             }
-            Error::Sql(
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::WorkerCrashed,
-            ) => ErrorClass::ConnectionLost,
-            _ => ErrorClass::Other,
+            Err(_) => ErrorClass::Other,
         }
     }
 

@@ -46,26 +46,16 @@ pub(super) fn error_number(error: &sqlx::Error) -> Option<u16> {
 
 /// What kind of failure `error` is, by its sqlx kind or the server's error number.
 pub(super) fn classify(error: &Error) -> ErrorClass {
-    let sql = match error {
-        Error::Migration { source, .. } | Error::GaveUp { source, .. } => return classify(source),
-        Error::StorageExists { .. } => return ErrorClass::StorageExists,
-        Error::StorageMissing { .. } => return ErrorClass::StorageMissing,
-        Error::Sql(sql) => sql,
-        _ => return ErrorClass::Other,
+    let sql = match super::super::classify_common(error) {
+        Ok(class) => return class,
+        Err(sql) => sql,
     };
-    match sql {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => ErrorClass::ConnectionLost,
-        _ => match error_number(sql) {
-            Some(ER_DUP_ENTRY) => ErrorClass::UniqueViolation,
-            Some(ER_DB_CREATE_EXISTS) => ErrorClass::StorageExists,
-            Some(ER_BAD_DB_ERROR) => ErrorClass::StorageMissing,
-            Some(n) if TRANSIENT.contains(&n) => ErrorClass::Transient,
-            _ => ErrorClass::Other,
-        },
+    match error_number(sql) {
+        Some(ER_DUP_ENTRY) => ErrorClass::UniqueViolation,
+        Some(ER_DB_CREATE_EXISTS) => ErrorClass::StorageExists,
+        Some(ER_BAD_DB_ERROR) => ErrorClass::StorageMissing,
+        Some(n) if TRANSIENT.contains(&n) => ErrorClass::Transient,
+        _ => ErrorClass::Other,
     }
 }
 

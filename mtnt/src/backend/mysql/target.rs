@@ -442,7 +442,9 @@ impl Connection for MySqlTarget<'_> {
             return;
         };
         if self.discarded || self.in_transaction || !self.clean {
-            conn.close_on_drop();
+            // Closed before this returns, so that the server has let go of the lock when
+            // the caller goes on (a pool's close on drop would end it a moment later).
+            let _ = conn.close().await;
             return;
         }
         let mut sql = Vec::new();

@@ -109,19 +109,11 @@ const TRANSIENT: [&str; 7] = [
 
 /// What kind of failure a PostgreSQL error is.
 fn classify(error: &Error) -> ErrorClass {
-    let sql = match error {
-        Error::Migration { source, .. } | Error::GaveUp { source, .. } => return classify(source),
-        Error::StorageExists { .. } => return ErrorClass::StorageExists,
-        Error::StorageMissing { .. } => return ErrorClass::StorageMissing,
-        Error::Sql(sql) | Error::Connect { source: sql, .. } => sql,
-        _ => return ErrorClass::Other,
+    let sql = match super::classify_common(error) {
+        Ok(class) => return class,
+        Err(sql) => sql,
     };
     match sql {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => ErrorClass::ConnectionLost,
         sqlx::Error::Database(db) => match db.code().as_deref() {
             Some("23505") => ErrorClass::UniqueViolation,
             Some("42P06" | "42P04") => ErrorClass::StorageExists,
