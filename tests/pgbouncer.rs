@@ -9,7 +9,6 @@
 //! configuration is PgBouncer's defaults otherwise: no `ignore_startup_parameters`, so
 //! sqlx's `extra_float_digits` is refused at first, as in a stock deployment.
 #![cfg(feature = "postgres")]
-
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 
