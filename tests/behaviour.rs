@@ -91,6 +91,15 @@ scenarios!(
     bad_tenant_names_are_rejected_before_any_sql,
     every_command_waits_for_the_tenant_lock,
     per_migration_transactions_are_honoured,
+    plan_groups_a_mixed_fleet_and_changes_nothing,
+    a_failing_canary_stops_the_run,
+    waves_pause_between_them,
+    an_error_budget_stops_the_run_early,
+    only_failed_retries_the_failed_tenants_alone,
+    fleet_rollback_is_refused_for_all_when_one_tenant_is_irreversible,
+    exec_runs_in_every_tenant_and_reports_failures,
+    status_check_gates_a_deploy,
+    status_shows_drifted_needs_repair_and_out_of_order,
     hooks_run_around_each_tenant_with_work,
 );
 
@@ -1762,6 +1771,813 @@ async fn per_migration_transactions_are_honoured(m: &Model) {
             "per migration, per tenant"
         ),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rollout control (issue 13): plan, canary, waves, error budget, --only-failed, fleet
+// rollback, exec, and a status that says each condition and gates a deploy.
+
+const TRACKING_COLUMNS: [&str; 8] = [
+    "migration_order",
+    "name",
+    "checksum",
+    "status",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "error",
+];
+
+const REGISTRY_COLUMNS: [&str; 8] = [
+    "name",
+    "schema_name",
+    "state",
+    "created_at",
+    "applied_order",
+    "failed_order",
+    "last_error",
+    "updated_at",
+];
+
+/// Every row of `table` in `place`, each as one text (every column; on PostgreSQL the whole
+/// row), sorted.
+async fn rows(m: &Model, place: Place<'_>, table: &str, columns: &[&str]) -> Vec<String> {
+    let quoted = |f: &str| {
+        columns
+            .iter()
+            .map(|c| format!("{f}({c})"))
+            .collect::<Vec<_>>()
+    };
+    let sql = match m.kind().engine() {
+        Engine::Postgres => format!("SELECT t::text FROM {table} t ORDER BY 1"),
+        Engine::MySql => format!(
+            "SELECT CONCAT_WS('|', {}) FROM {table} ORDER BY 1",
+            quoted("QUOTE").join(", ")
+        ),
+        Engine::Sqlite => format!(
+            "SELECT {} FROM {table} ORDER BY 1",
+            quoted("quote").join(" || '|' || ")
+        ),
+        Engine::Custom(name) => unreachable!("no model runs on {name}"),
+    };
+    m.texts(place, &sql).await
+}
+
+/// The registry, the public tracking rows and every tracking row of `tenants`: what
+/// "nothing changed" compares.
+async fn snapshot(m: &Model, tenants: &[&String]) -> Vec<Vec<String>> {
+    let mut all = vec![
+        rows(m, Place::Control, "mtnt_tenants", &REGISTRY_COLUMNS).await,
+        rows(m, Place::Control, "mtnt_migrations", &TRACKING_COLUMNS).await,
+    ];
+    for tenant in tenants {
+        all.push(
+            rows(
+                m,
+                Place::Tenant(tenant),
+                "mtnt_migrations",
+                &TRACKING_COLUMNS,
+            )
+            .await,
+        );
+    }
+    all
+}
+
+/// The app's migrations (`mtnt-portable-app`: every set here): the public ones, and the
+/// tenant migrations up to `to`.
+fn app_to(to: i64) -> MigrationSet {
+    let all = MigrationSet::registered_in("behaviour::migrations").unwrap();
+    MigrationSet::new(
+        all.iter()
+            .filter(|m| m.scope() == Scope::Public || m.order() <= to),
+    )
+    .unwrap()
+}
+
+/// Runs `cmd`: its exit code, stdout and stderr.
+fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Creates each of `tenants` with the command line: every migration of the app applied.
+fn cli_create(m: &Model, tenants: &[&String]) {
+    for tenant in tenants {
+        app(m).args(["tenant", "create", tenant]).assert().success();
+    }
+}
+
+/// Where `tenant` was at between the first start and the last finish of its migrations
+/// newer than `after`, in milliseconds of the engine's clock.
+async fn run_window(m: &Model, tenant: &str, after: i64) -> (i64, i64) {
+    let millis = |agg: &str| match m.kind().engine() {
+        Engine::Postgres => format!("(extract(epoch FROM {agg}) * 1000)::bigint"),
+        Engine::MySql => format!("CAST(UNIX_TIMESTAMP({agg}) * 1000 AS SIGNED)"),
+        Engine::Sqlite => format!("CAST((julianday({agg}) - 2440587.5) * 86400000 AS INTEGER)"),
+        Engine::Custom(name) => unreachable!("no model runs on {name}"),
+    };
+    let place = Place::Tenant(tenant);
+    let of =
+        |agg: String| format!("SELECT {agg} FROM mtnt_migrations WHERE migration_order > {after}");
+    let start = m.int(place, &of(millis("min(started_at)"))).await;
+    let end = m.int(place, &of(millis("max(finished_at)"))).await;
+    (
+        start.unwrap_or_else(|| panic!("{tenant}: no migration started")),
+        end.unwrap_or_else(|| panic!("{tenant}: no migration finished")),
+    )
+}
+
+/// The tenant migrations of the app after `create_accounts`, as the plan lists them.
+const AFTER_ACCOUNTS: &str = "2024_01_01_0004 add_projects, 2024_01_01_0005 backfill_admin, \
+    2024_02_01_0001 create_items, 2024_02_01_0002 index_items, 2024_02_01_0003 create_notes, \
+    2024_02_01_0004 create_tags";
+
+/// Puts `drift` (an edited migration), `repair` (a migration outside a transaction left
+/// started) and `order` (a migration older than the newest applied one pending) in the
+/// conditions migrate refuses or applies out of order.
+async fn drift_repair_and_order(m: &Model, drift: &str, repair: &str, order: &str) {
+    m.execute(
+        Place::Tenant(drift),
+        &format!(
+            "UPDATE mtnt_migrations SET checksum = 'tampered' WHERE migration_order = {ACCOUNTS}"
+        ),
+    )
+    .await;
+    m.execute(
+        Place::Tenant(repair),
+        &format!("UPDATE mtnt_migrations SET status = 'started' WHERE migration_order = {INDEX}"),
+    )
+    .await;
+    app(m)
+        .args(["repair", "--tenant", order, "--order", "2024_01_01_0004"])
+        .args(["--mark", "pending"])
+        .assert()
+        .success();
+}
+
+/// A plan's group as the test compares it: condition, applied order, tenants, and the
+/// orders it would apply.
+type Group = (String, Option<i64>, Vec<String>, Vec<i64>);
+
+/// `plan` (and `migrate --dry-run`, the same output) on a mixed fleet: tenants grouped by
+/// what migrate would do, exactly, with the reason of each refusal, and nothing changed.
+async fn plan_groups_a_mixed_fleet_and_changes_nothing(m: &Model) {
+    let v1 = m.migrator(fleet_to(ACCOUNTS)).await;
+    let [b1, b2, bad] = ["b1", "b2", "x-bad"].map(|b| m.tenant(b));
+    create_tenants(&v1, &[&b1, &b2, &bad]).await;
+    // x-bad's last attempt failed.
+    let failed = m
+        .migrator(fleet_to(BACKFILL))
+        .await
+        .migrate(&MigrateOptions::new().tenants([name(&bad)]))
+        .await
+        .unwrap();
+    assert_eq!(failed.failures.len(), 1, "{failed:?}");
+    let [c1, c2, drift, order, repair] =
+        ["c1", "c2", "drift", "order", "repair"].map(|b| m.tenant(b));
+    cli_create(m, &[&c1, &c2, &drift, &order, &repair]);
+    drift_repair_and_order(m, &drift, &repair, &order).await;
+    let everyone = [&b1, &b2, &bad, &c1, &c2, &drift, &order, &repair];
+    let before = snapshot(m, &everyone).await;
+
+    let plan = json(app(m).args(["plan", "--json"]));
+    assert_eq!(plan["public"], serde_json::json!([]));
+    assert_eq!(plan["public_condition"], "current");
+    let groups: Vec<Group> = plan["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["condition"].as_str().unwrap().to_owned(),
+                g["applied_order"].as_i64(),
+                g["tenants"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_owned())
+                    .collect(),
+                g["apply"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["order"].as_i64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect();
+    let after_accounts = vec![PROJECTS, BACKFILL, ITEMS, INDEX, NOTES, TAGS];
+    let group = |condition: &str, applied, tenants: &[&String], apply: Vec<i64>| {
+        (
+            condition.to_owned(),
+            Some(applied),
+            tenants.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            apply,
+        )
+    };
+    // MySQL commits DDL at once: the failed migration is left started, and needs repair.
+    let bad_group = match m.kind().engine() {
+        Engine::MySql => group("needs-repair", ACCOUNTS, &[&bad], vec![]),
+        _ => group("failed", ACCOUNTS, &[&bad], after_accounts.clone()),
+    };
+    // The largest group first, then by applied order, then by the first tenant.
+    assert_eq!(
+        groups,
+        [
+            group("behind", ACCOUNTS, &[&b1, &b2], after_accounts.clone()),
+            group("current", TAGS, &[&c1, &c2], vec![]),
+            bad_group,
+            group("drifted", TAGS, &[&drift], vec![]),
+            group("out-of-order", TAGS, &[&order], vec![PROJECTS]),
+            group("needs-repair", TAGS, &[&repair], vec![]),
+        ]
+    );
+    let mysql = m.kind() == Kind::MySql;
+    assert_eq!(plan["migrations"], if mysql { 13 } else { 19 });
+    if !mysql {
+        assert_eq!(plan["groups"][2]["failed_order"], PROJECTS);
+        let error = plan["groups"][2]["detail"].as_str().unwrap();
+        assert!(error.contains("no_such_table"), "{error}");
+    }
+
+    let (code, text, stderr) = output(app(m).arg("plan"));
+    assert_eq!(code, 0, "{text}{stderr}");
+    assert_contains(
+        &text,
+        &[
+            &format!("{}: nothing to apply\n", public_label(m)),
+            &format!("2 tenants at 2024_01_01_0003: apply {AFTER_ACCOUNTS}\n    {b1}, {b2}\n"),
+            "2 current\n",
+            "1 tenant drifted: not migrated until repaired\n    migration 2024_01_01_0003 \
+             create_accounts was changed after it was applied to the tenant (recorded \
+             checksum tampered,",
+            &format!("\n    {drift}\n  fix: revert the edit"),
+            &format!(
+                "1 tenant out of order at 2024_02_01_0004: apply 2024_01_01_0004 add_projects\n    \
+                 2024_01_01_0004 add_projects is pending, older than 2024_02_01_0004, the newest \
+                 applied migration\n    {order}\n"
+            ),
+            "1 tenant needs repair: not migrated until repaired\n    migration 2024_02_01_0002 \
+             index_items in the tenant started and never completed",
+            &format!("`repair --tenant {repair} --order 202402010002 --mark completed`"),
+            if mysql {
+                "8 tenants: 3 to migrate (13 migrations), 2 current, 3 refused; nothing was changed\n"
+            } else {
+                "8 tenants: 4 to migrate (19 migrations), 2 current, 2 refused; nothing was changed\n"
+            },
+        ],
+    );
+    if !mysql {
+        assert_contains(
+            &text,
+            &[&format!(
+                "1 tenant failed at 2024_01_01_0004 add_projects: retry {AFTER_ACCOUNTS}\n    error: "
+            )],
+        );
+    }
+    // The names of current tenants only when asked for.
+    assert!(!text.contains(&format!("    {c1}, {c2}\n")), "{text}");
+    let verbose = output(app(m).args(["plan", "--verbose"])).1;
+    assert!(
+        verbose.contains(&format!("2 current\n    {c1}, {c2}\n")),
+        "{verbose}"
+    );
+    // migrate --dry-run prints the same, and says the rollout it would take.
+    assert_eq!(
+        output(app(m).args(["migrate", "--dry-run"])),
+        (0, text, String::new())
+    );
+    let dry = json(app(m).args(["migrate", "--dry-run", "--json"]));
+    assert_eq!(dry, plan);
+    let (_, staged, _) = output(
+        app(m)
+            .args(["migrate", "--dry-run", "--canary", "2"])
+            .args([
+                "--wave-size",
+                "10%",
+                "--wave-pause",
+                "1m",
+                "--max-failure-rate",
+                "1%",
+            ]),
+    );
+    assert_contains(
+        &staged,
+        &[
+            "\nrollout: a canary of the first 2 tenants alone; the rest in waves of 10% of the \
+           tenants; a pause of 1m between them; no tenant started once 1% of the tenants have \
+           failed\n",
+        ],
+    );
+    // A selection, and the failed tenants alone.
+    let some = json(app(m).args(["plan", "--json", "--tenant", &b1, "--tenant", &c1]));
+    assert_eq!(some["groups"].as_array().unwrap().len(), 2, "{some}");
+    let failed = json(app(m).args(["plan", "--json", "--only-failed"]));
+    assert_eq!(failed["groups"].as_array().unwrap().len(), 1, "{failed}");
+    assert_eq!(failed["groups"][0]["tenants"], serde_json::json!([bad]));
+
+    // Nothing changed: not a registry row, not a tracking row, anywhere.
+    assert_eq!(snapshot(m, &everyone).await, before);
+}
+
+/// `--canary N` and `--canary-tenant NAME`: those tenants first and alone; one failing
+/// stops the run before any other tenant starts, and the summary names those not started.
+async fn a_failing_canary_stops_the_run(m: &Model) {
+    let v1 = m.migrator(fleet_to(ACCOUNTS)).await;
+    let [bad, b, c, d, e] = ["a-bad", "b", "c", "d", "e"].map(|x| m.tenant(x));
+    create_tenants(&v1, &[&bad, &b, &c, &d, &e]).await;
+    let rest = [&c, &d, &e];
+    let untouched = snapshot(m, &rest).await[2..].to_vec();
+
+    // A misspelt canary is refused before anything runs, the public migrations included.
+    let nobody = m.tenant("nobody");
+    app(m)
+        .args(["migrate", "--canary-tenant", &nobody])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "unknown tenant \"{nobody}\""
+        )));
+    assert_eq!(m.status(Place::Control, FEATURES).await, None);
+
+    let (code, stdout, stderr) = output(app(m).args(["migrate", "--canary", "2"]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.starts_with("canary: 2 tenants\n"), "{stderr}");
+    assert!(!stderr.contains("wave"), "{stderr}");
+    assert_contains(
+        &stdout,
+        &[
+            "tenants: 5 total, 1 migrated (6 migrations), 0 already current, 1 failed, 3 skipped (not started)",
+            "\nstopped early: 1 canary tenant failed\n",
+            &format!("\n3 tenants not started:\n    {c}, {d}, {e}\n"),
+            &format!("tenant {bad} failed at 2024_01_01_0004 add_projects: "),
+        ],
+    );
+    // The canary beside it went through; the rest is as it was.
+    assert_completed(m, &b, &[PROJECTS, BACKFILL, TAGS]).await;
+    assert_eq!(snapshot(m, &rest).await[2..], untouched[..]);
+    for t in rest {
+        assert_eq!(registry(&v1, t).await.unwrap().1, Some(ACCOUNTS), "{t}");
+    }
+
+    // A named canary: the same stop.
+    let (code, stdout, stderr) = output(app(m).args(["migrate", "--canary-tenant", &bad]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.starts_with("canary: 1 tenant\n"), "{stderr}");
+    assert_contains(
+        &stdout,
+        &[
+            "1 failed, 4 skipped (not started)",
+            "stopped early: 1 canary tenant failed",
+            &format!("4 tenants not started:\n    {b}, {c}, {d}, {e}\n"),
+        ],
+    );
+    assert_eq!(snapshot(m, &rest).await[2..], untouched[..]);
+
+    // A canary that passes lets the rest go, in one wave after it.
+    let (code, stdout, stderr) = output(app(m).args(["migrate", "--canary-tenant", &c]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.starts_with("canary: 1 tenant\nwave 1/1: 4 tenants\n"),
+        "{stderr}"
+    );
+    assert_contains(
+        &stdout,
+        &["tenants: 5 total, 3 migrated (18 migrations), 1 already current, 1 failed in"],
+    );
+    for t in rest {
+        assert_completed(m, t, &[PROJECTS, BACKFILL, TAGS]).await;
+    }
+}
+
+/// `--wave-size` and `--wave-pause`, oldest tenant first: the second wave starts at least
+/// the pause after the first one finished, as the tracking rows' timestamps show.
+async fn waves_pause_between_them(m: &Model) {
+    let v1 = m.migrator(fleet_to(ACCOUNTS)).await;
+    // Created in this order: oldest first, d and c are the first wave (by name, a and b).
+    let [d, c, b, a] = ["d", "c", "b", "a"].map(|x| m.tenant(x));
+    create_tenants(&v1, &[&d, &c, &b, &a]).await;
+    let (code, stdout, stderr) = output(app(m).args(["migrate", "--concurrency", "2"]).args([
+        "--wave-size",
+        "50%",
+        "--wave-pause",
+        "1s",
+        "--order-by",
+        "created",
+    ]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        stderr,
+        "wave 1/2: 2 tenants, then a pause of 1s\nwave 2/2: 2 tenants\n"
+    );
+    assert_contains(&stdout, &["tenants: 4 total, 4 migrated (24 migrations)"]);
+    let mut first_end = i64::MIN;
+    for t in [&d, &c] {
+        first_end = first_end.max(run_window(m, t, ACCOUNTS).await.1);
+    }
+    let mut second_start = i64::MAX;
+    for t in [&b, &a] {
+        second_start = second_start.min(run_window(m, t, ACCOUNTS).await.0);
+    }
+    // A few milliseconds for the engines' clock readings; the pause is 1000.
+    assert!(
+        second_start - first_end >= 950,
+        "the second wave started {} ms after the first finished",
+        second_start - first_end
+    );
+}
+
+/// `--max-failures 2` over 10 broken tenants: once two have failed no tenant starts (those
+/// running finish), the others are not started, listed, and untouched; exit 1.
+/// `--max-failure-rate` is the same budget as a share of the tenants.
+async fn an_error_budget_stops_the_run_early(m: &Model) {
+    let v1 = m.migrator(fleet_to(ACCOUNTS)).await;
+    let bad: Vec<String> = (0..10).map(|i| m.tenant(&format!("t{i}-bad"))).collect();
+    create_tenants(&v1, &bad).await;
+    let (code, stdout, stderr) =
+        output(app(m).args(["migrate", "--max-failures", "2", "--concurrency", "2"]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let (mut tried, mut untouched) = (Vec::new(), Vec::new());
+    for t in &bad {
+        match m.status(Place::Tenant(t), PROJECTS).await {
+            Some(_) => tried.push(t.as_str()),
+            None => untouched.push(t.as_str()),
+        }
+    }
+    // At most the budget plus the tenants already running when it was spent.
+    assert!((2..=4).contains(&tried.len()), "{tried:?}\n{stdout}");
+    assert_contains(
+        &stdout,
+        &[
+            &format!(
+                "tenants: 10 total, 0 migrated (0 migrations), 0 already current, {} failed, {} skipped (not started)",
+                tried.len(),
+                untouched.len()
+            ),
+            "\nstopped early: the error budget of 2 failed tenants is spent\n",
+            &format!("\n{} tenants not started:\n", untouched.len()),
+        ],
+    );
+    let listed = stdout.split("not started:\n").nth(1).unwrap();
+    for t in &untouched {
+        assert!(
+            listed.contains(t),
+            "{t} is not listed as not started:\n{stdout}"
+        );
+        assert_eq!(registry(&v1, t).await.unwrap().2, None, "{t} was started");
+    }
+
+    // 20 % of 10 tenants is 2 failures; one at a time, exactly 2 fail.
+    let (code, stdout, _) = output(
+        app(m)
+            .args(["migrate", "--concurrency", "1"])
+            .args(["--max-failure-rate", "20%"]),
+    );
+    assert_eq!(code, 1, "{stdout}");
+    assert_contains(
+        &stdout,
+        &[
+            "tenants: 10 total, 0 migrated (0 migrations), 0 already current, 2 failed, 8 skipped (not started)",
+            "stopped early: the error budget of 2 failed tenants is spent",
+        ],
+    );
+}
+
+/// `--only-failed`: only the tenants whose last attempt failed are looked at, in plan and
+/// in migrate; a tenant merely behind is left for the next full run.
+async fn only_failed_retries_the_failed_tenants_alone(m: &Model) {
+    let v1 = m.migrator(fleet_to(ACCOUNTS)).await;
+    let [good, bad1, bad2] = ["good", "x1-bad", "x2-bad"].map(|x| m.tenant(x));
+    create_tenants(&v1, &[&good, &bad1, &bad2]).await;
+    app(m).arg("migrate").assert().code(1);
+    let late = m.tenant("late");
+    create_tenants(&m.migrator(app_to(ACCOUNTS)).await, &[&late]).await;
+
+    let plan = json(app(m).args(["plan", "--only-failed", "--json"]));
+    let planned: Vec<&str> = plan["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["tenants"].as_array().unwrap())
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(planned, [bad1.as_str(), bad2.as_str()]);
+
+    let (code, stdout, stderr) = output(app(m).args(["migrate", "--only-failed"]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_contains(
+        &stdout,
+        &["tenants: 2 total, 0 migrated (0 migrations), 0 already current, 2 failed in"],
+    );
+    assert_eq!(m.status(Place::Tenant(&late), PROJECTS).await, None);
+    assert_eq!(registry(&v1, &late).await.unwrap().1, Some(ACCOUNTS));
+
+    // The next full run takes the tenant that was behind.
+    let (_, stdout, _) = output(app(m).arg("migrate"));
+    assert_contains(
+        &stdout,
+        &["tenants: 4 total, 1 migrated (6 migrations), 1 already current, 2 failed"],
+    );
+}
+
+/// A fleet rollback that an irreversible migration blocks in one selected tenant is
+/// refused for all of them, before anything changes; without it, the selected tenants roll
+/// back, in waves; every tenant needs --all-tenants.
+async fn fleet_rollback_is_refused_for_all_when_one_tenant_is_irreversible(m: &Model) {
+    let [a, b] = ["a", "b"].map(|x| m.tenant(x));
+    cli_create(m, &[&a, &b]);
+    // c has create_ledger alone, which has no down function.
+    let c = m.tenant("c");
+    create_tenants(&m.migrator(app_to(LEDGER)).await, &[&c]).await;
+    let everyone = [&a, &b, &c];
+    let before = snapshot(m, &everyone).await;
+
+    for args in [vec!["--all-tenants"], vec!["--tenant", &a, "--tenant", &c]] {
+        app(m)
+            .arg("rollback")
+            .args(&args)
+            .args(["--steps", "1", "--canary", "1"])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(format!(
+                "error: cannot roll back tenant {c}: migration 2024_01_01_0002 create_ledger has no down function"
+            )))
+            .stderr(predicate::str::contains("nothing was changed"));
+        assert_eq!(snapshot(m, &everyone).await, before, "{args:?}");
+    }
+    // Every tenant is never the default.
+    app(m)
+        .args(["rollback", "--steps", "1"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--all-tenants"));
+
+    let (code, stdout, stderr) = output(app(m).args([
+        "rollback",
+        "--tenant",
+        &a,
+        "--tenant",
+        &b,
+        "--steps",
+        "2",
+        "--wave-size",
+        "1",
+    ]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stderr, "wave 1/2: 1 tenant\nwave 2/2: 1 tenant\n");
+    assert_contains(
+        &stdout,
+        &["tenants: 2 total, 2 rolled back (4 migrations reverted), 0 with nothing to revert, 0 failed in"],
+    );
+    for t in [&a, &b] {
+        assert!(!m.table_exists(Place::Tenant(t), "tags").await, "{t}");
+        assert!(!m.table_exists(Place::Tenant(t), "notes").await, "{t}");
+        assert!(m.table_exists(Place::Tenant(t), "items").await, "{t}");
+    }
+    // Down to create_ledger, which every tenant can reach: c has nothing to revert.
+    let (code, stdout, _) =
+        output(app(m).args(["rollback", "--all-tenants", "--to", "2024_01_01_0002"]));
+    assert_eq!(code, 0, "{stdout}");
+    assert_contains(
+        &stdout,
+        &["tenants: 3 total, 2 rolled back (10 migrations reverted), 1 with nothing to revert, 0 failed"],
+    );
+    for t in everyone {
+        assert!(!m.table_exists(Place::Tenant(t), "accounts").await, "{t}");
+        assert!(m.table_exists(Place::Tenant(t), "ledger").await, "{t}");
+    }
+}
+
+/// `exec` runs a statement or a script in every tenant (or the named ones) with the fleet's
+/// fan-out and report, records nothing as a migration, and reports a failing tenant
+/// like migrate; `--no-transaction` is for statements that cannot run in one.
+async fn exec_runs_in_every_tenant_and_reports_failures(m: &Model) {
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|x| m.tenant(x));
+    let everyone = [&a, &b, &c, &d];
+    cli_create(m, &everyone);
+    m.execute(Place::Tenant(&c), "DROP TABLE tags").await;
+    let tracking = snapshot(m, &everyone).await;
+    let tags = |t: &String| {
+        let t = t.clone();
+        async move { m.int(Place::Tenant(&t), "SELECT count(*) FROM tags").await }
+    };
+
+    let (code, stdout, stderr) =
+        output(app(m).args(["exec", "--sql", "INSERT INTO tags (id) VALUES (7)"]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_contains(
+        &stdout,
+        &[
+            "tenants: 4 total, ran in 3, 1 failed in",
+            &format!("tenant {c} failed: "),
+        ],
+    );
+    assert!(stdout.contains("tags"), "{stdout}");
+    for t in [&a, &b, &d] {
+        assert_eq!(tags(t).await, Some(1), "{t}");
+    }
+    // Not recorded: the tracking rows and the registry are as they were.
+    assert_eq!(snapshot(m, &everyone).await, tracking);
+
+    // A script from a file, outside a transaction, in the named tenants only.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fix.sql");
+    std::fs::write(
+        &file,
+        "DELETE FROM tags;\nINSERT INTO tags (id) VALUES (8);\nINSERT INTO tags (id) VALUES (9);\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = output(
+        app(m)
+            .args([
+                "exec",
+                "--no-transaction",
+                "--tenant",
+                &a,
+                "--tenant",
+                &b,
+                "--file",
+            ])
+            .arg(&file),
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_contains(&stdout, &["tenants: 2 total, ran in 2, 0 failed in"]);
+    assert_eq!(
+        (tags(&a).await, tags(&b).await, tags(&d).await),
+        (Some(2), Some(2), Some(1))
+    );
+
+    // The rollout applies as in migrate: a failing canary stops the rest.
+    let (code, stdout, _) =
+        output(app(m).args(["exec", "--sql", "DELETE FROM tags", "--canary-tenant", &c]));
+    assert_eq!(code, 1, "{stdout}");
+    assert_contains(
+        &stdout,
+        &[
+            "1 failed, 3 skipped (not started)",
+            "stopped early: 1 canary tenant failed",
+        ],
+    );
+    assert_eq!(tags(&a).await, Some(2));
+
+    // VACUUM cannot run in a transaction: --no-transaction runs it.
+    let vacuum = match m.kind().engine() {
+        Engine::Postgres => Some("VACUUM tags"),
+        Engine::Sqlite => Some("VACUUM"),
+        _ => None,
+    };
+    if let Some(vacuum) = vacuum {
+        app(m)
+            .args(["exec", "--tenant", &a, "--sql", vacuum])
+            .assert()
+            .code(1)
+            .stdout(predicate::str::contains("transaction"));
+        app(m)
+            .args(["exec", "--tenant", &a, "--no-transaction", "--sql", vacuum])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("ran in 1, 0 failed"));
+    }
+    app(m).args(["exec", "--tenant", &a]).assert().code(2);
+}
+
+/// `status --check` exits 0 only when the public schema and every tenant are current, with
+/// the summary on stderr otherwise: a deploy gate.
+async fn status_check_gates_a_deploy(m: &Model) {
+    let [a, b] = ["a", "b"].map(|x| m.tenant(x));
+    cli_create(m, &[&a, &b]);
+    app(m)
+        .args(["status", "--check"])
+        .assert()
+        .success()
+        .stderr("");
+    app(m)
+        .args(["rollback", "--tenant", &b, "--steps", "1"])
+        .assert()
+        .success();
+    let (code, stdout, stderr) = output(app(m).args(["status", "--check"]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(
+        stderr,
+        "not current: 1/2 tenants current, 1 behind, 0 failed\n"
+    );
+    assert!(
+        stdout.contains("1/2 tenants current, 1 behind, 0 failed\n"),
+        "{stdout}"
+    );
+    let out = app(m)
+        .args(["status", "--check", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["tenants"][0]["condition"], "current");
+    assert_eq!(status["tenants"][1]["condition"], "behind");
+    app(m).arg("migrate").assert().success();
+    app(m)
+        .args(["status", "--check"])
+        .assert()
+        .success()
+        .stderr("");
+}
+
+/// `status` says each tenant's condition in its STATUS column — drifted and needs repair
+/// with their reason, out of order with its oldest pending migration — counts each in the
+/// summary, says the fix of those migrate refuses, and has them in its JSON.
+async fn status_shows_drifted_needs_repair_and_out_of_order(m: &Model) {
+    let [current, drift, order, repair] =
+        ["current", "drift", "order", "repair"].map(|x| m.tenant(x));
+    cli_create(m, &[&current, &drift, &order, &repair]);
+    drift_repair_and_order(m, &drift, &repair, &order).await;
+
+    let (code, stdout, stderr) = output(app(m).arg("status"));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let row = |t: &str| row_of(&stdout, t);
+    assert!(row(&current).ends_with("  current"), "{stdout}");
+    assert!(
+        row(&drift).contains("  drifted: migration 2024_01_01_0003 create_accounts was changed after it was applied to the tenant (recorded checksum tampered, code checksum "),
+        "{stdout}"
+    );
+    assert!(
+        row(&order)
+            .ends_with("  out of order (1 pending, the oldest 2024_01_01_0004 add_projects)"),
+        "{stdout}"
+    );
+    assert!(
+        row(&repair).contains("  needs repair: migration 2024_02_01_0002 index_items in the tenant started and never completed"),
+        "{stdout}"
+    );
+    assert_contains(
+        &stdout,
+        &[
+            "\n1/4 tenants current, 1 behind, 0 failed, 1 out of order, 1 drifted, 1 need repair\n",
+            "\n  fix (drifted): revert the edit and write a new migration instead; if the edit is intended (formatting, comments in SQL), record the new checksum with `repair --checksums`\n",
+            &format!("\n  fix (needs repair): check the schema, then `repair --tenant {repair} --order 202402010002 --mark completed` if it took effect"),
+        ],
+    );
+    let status = json(app(m).args(["status", "--json"]));
+    let of = |t: &str| {
+        status["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["tenant"] == t)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of(&drift)["condition"], "drifted");
+    assert!(of(&drift)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("recorded checksum tampered"));
+    assert_eq!(of(&repair)["condition"], "needs-repair");
+    assert!(of(&repair)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("2024_02_01_0002 index_items"));
+    assert_eq!(of(&order)["condition"], "out-of-order");
+    assert_eq!(of(&order)["oldest_pending"]["order"], PROJECTS);
+    assert_eq!(of(&current)["condition"], "current");
+    app(m).args(["status", "--check"]).assert().code(1);
+
+    // A tenant that `tenant create` has not finished: status says so, and migrate leaves
+    // it alone, naming it with the fix.
+    let new = m.tenant("new");
+    cli_create(m, &[&new]);
+    m.execute(
+        Place::Control,
+        &format!("UPDATE mtnt_tenants SET state = 'creating' WHERE name = '{new}'"),
+    )
+    .await;
+    let (_, stdout, _) = output(app(m).arg("status"));
+    assert!(row_of(&stdout, &new).ends_with("  creating"), "{stdout}");
+    assert_contains(
+        &stdout,
+        &[
+            "\n1/5 tenants current, 1 behind, 0 failed, 1 out of order, 1 drifted, 1 need repair, 1 creating\n",
+            &format!("\n  fix (creating): a `tenant create` under way finishes it; one that died half-way is finished by dropping it (`tenant drop {new} --yes`) and creating it again (`tenant create {new}`)\n"),
+        ],
+    );
+    let (_, stdout, _) = output(app(m).arg("migrate"));
+    assert_contains(
+        &stdout,
+        &[&format!(
+            "\n1 tenant left alone: `tenant create` has not finished it\n    {new}\n  fix: a `tenant create` under way finishes it;"
+        )],
+    );
+}
+
+/// The row of `tenant` in a table printed by the command line.
+fn row_of(text: &str, tenant: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{tenant} ")))
+        .unwrap_or_else(|| panic!("no row of {tenant}:\n{text}"))
+        .to_owned()
 }
 
 /// The hooks of `hooks_run_around_each_tenant_with_work` (here, not in `migrations.rs`:

@@ -77,6 +77,8 @@ fn help_puts_the_commands_own_options_first_and_the_shared_ones_under_headings()
         (vec!["status"], "--json"),
         (vec!["rollback"], "--steps <N>"),
         (vec!["tenant", "drop"], "--yes"),
+        (vec!["plan"], "--only-failed"),
+        (vec!["exec"], "--sql <TEXT>"),
     ] {
         let text = help(&args);
         let options = line_at(&text, "Options:");
@@ -97,6 +99,29 @@ fn help_puts_the_commands_own_options_first_and_the_shared_ones_under_headings()
             database < run && run < output && output < safety,
             "{args:?}:\n{text}"
         );
+    }
+    // The rollout flags under a heading of their own, after the command's and before the
+    // shared ones.
+    for args in [["migrate"], ["rollback"], ["exec"]] {
+        let text = help(&args);
+        let rollout = line_at(&text, "Rollout:");
+        assert!(line_at(&text, "Options:") < rollout, "{args:?}:\n{text}");
+        for flag in [
+            "--canary <N>",
+            "--canary-tenant <NAME>",
+            "--wave-size <N|P%>",
+            "--wave-pause <DURATION>",
+            "--max-failures <N>",
+            "--max-failure-rate <P%>",
+            "--only-failed",
+            "--order-by <ORDER>",
+        ] {
+            let at = line_at(&text, flag);
+            assert!(
+                rollout < at && at < line_at(&text, "Database:"),
+                "{flag}:\n{text}"
+            );
+        }
     }
     let text = help(&["migrate"]);
     let deadline = line_at(&text, "--deadline <DURATION>");

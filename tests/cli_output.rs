@@ -220,3 +220,51 @@ async fn words_say_what_there_is_and_how_many() {
     );
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_retry_is_one_line_in_the_normal_output() {
+    let db = TestDb::create("cli_retries").await;
+    create(&db.url, &["acme".to_owned()]);
+    unapply_last(&db, "acme", true).await;
+    // Another session holds the table add_account_names alters: each attempt times out.
+    let pool = db.pool(1).await;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::raw_sql("LOCK TABLE acme.accounts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (stdout, stderr) = run(
+        &db.url,
+        &[
+            "--no-progress",
+            "--lock-timeout",
+            "100ms",
+            "--retries",
+            "2",
+            "--retry-backoff",
+            "50ms",
+            "migrate",
+        ],
+        1,
+    );
+    holder.rollback().await.unwrap();
+    let retries: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tenant acme: attempt "))
+        .collect();
+    assert_eq!(retries.len(), 2, "{stderr}");
+    for (i, line) in retries.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("tenant acme: attempt {} of 3 failed (", i + 1)),
+            "{stderr}"
+        );
+        assert!(line.contains("lock timeout); trying again in "), "{stderr}");
+        assert!(line.ends_with("ms"), "{stderr}");
+    }
+    assert!(stdout.contains("(gave up after 3 attempts)"), "{stdout}");
+    // The lock is gone: the same run goes through, without a retry.
+    let (_, stderr) = run(&db.url, &["--no-progress", "migrate"], 0);
+    assert_eq!(stderr, "");
+    pool.close().await;
+    db.drop_db().await;
+}

@@ -8,7 +8,7 @@
 //! server (`MTNT_TEST_PG_URL`) with `auth_type = any`, and stops them when it ends. Their
 //! configuration is PgBouncer's defaults otherwise: no `ignore_startup_parameters`, so
 //! sqlx's `extra_float_digits` is refused at first, as in a stock deployment.
-
+#![cfg(feature = "postgres")]
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

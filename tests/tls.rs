@@ -11,7 +11,7 @@
 //!
 //! Every test works in its own database. Each migration records whether its own connection
 //! is encrypted (`pg_stat_ssl`), so a test sees the mode in effect, not only that it connected.
-
+#![cfg(all(feature = "postgres", feature = "mysql"))]
 // Orders are written YYYY_MM_DD_NNNN, as in the attribute.
 #![allow(clippy::inconsistent_digit_grouping)]
 

@@ -283,6 +283,14 @@ impl Model {
         value
     }
 
+    /// The first column of every row of `sql` inside `place`, as text.
+    pub async fn texts(&self, place: Place<'_>, sql: &str) -> Vec<String> {
+        let mut conn = self.open(place).await;
+        let values = conn.texts(sql).await;
+        conn.close().await;
+        values
+    }
+
     /// The status of migration `order` in `place`'s tracking table, if it has a row.
     pub async fn status(&self, place: Place<'_>, order: i64) -> Option<String> {
         self.text(
@@ -492,6 +500,26 @@ impl Conn {
                 .map(|v| v.map(|b| b.map(|b| String::from_utf8(b).expect("UTF-8 text")))),
         };
         result.unwrap_or_else(|e| panic!("{sql}: {e}")).flatten()
+    }
+
+    async fn texts(&mut self, sql: &str) -> Vec<String> {
+        let result: Result<Vec<Option<String>>, sqlx::Error> = match self {
+            Conn::Pg(c) => sqlx::query_scalar(sql).fetch_all(c).await,
+            Conn::Sqlite(c) => sqlx::query_scalar(sql).fetch_all(c).await,
+            Conn::MySql(c) => sqlx::query_scalar::<_, Option<Vec<u8>>>(sql)
+                .fetch_all(c)
+                .await
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|v| v.map(|b| String::from_utf8(b).expect("UTF-8 text")))
+                        .collect()
+                }),
+        };
+        result
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| "NULL".to_owned()))
+            .collect()
     }
 
     async fn close(self) {

@@ -1,8 +1,9 @@
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{parse_duration, Shard, Tenancy, TenantName, Transactions};
+use crate::{parse_duration, Shard, Tenancy, TenantName, TenantOrder, Transactions, WaveSize};
 
 /// The most tenants a run migrates at once: each holds a connection, and no server gives
 /// one client more than this.
@@ -65,7 +66,7 @@ pub(crate) struct Cli {
     pub(crate) transactions: TransactionsArg,
 
     /// Print no progress: neither bars on a terminal nor the "migrate 40/400 tenants" lines
-    /// elsewhere (failures are still reported as they happen)
+    /// elsewhere (waves, retries and failures are still reported as they happen)
     #[arg(long, global = true, help_heading = "Output")]
     pub(crate) no_progress: bool,
 
@@ -73,6 +74,11 @@ pub(crate) struct Cli {
     /// tables or per-tenant lines (--json and `list` print as usual)
     #[arg(short, long, global = true, help_heading = "Output")]
     pub(crate) quiet: bool,
+
+    /// Name every tenant in plans and in the lists of tenants not started (by default a
+    /// list shows its first 20 names, then how many more; failed tenants are always named)
+    #[arg(short, long, global = true, help_heading = "Output")]
+    pub(crate) verbose: bool,
 
     #[command(flatten)]
     pub(crate) safety: SafetyArgs,
@@ -144,8 +150,12 @@ impl From<TenancyArg> for Tenancy {
 pub(crate) enum Command {
     /// Apply pending migrations: public ones first, then every tenant (or the named ones)
     Migrate(MigrateArgs),
-    /// Revert migrations of one tenant, newest first
+    /// Show what migrate would do, tenants grouped by what they would get; changes nothing
+    Plan(PlanArgs),
+    /// Revert migrations of the named tenants (or all of them), newest first
     Rollback(RollbackArgs),
+    /// Run one SQL statement or script in every tenant (or the named ones); not recorded
+    Exec(ExecArgs),
     /// Show where the public schema and each tenant stand
     Status(StatusArgs),
     /// Create, list, adopt and drop tenants
@@ -214,6 +224,98 @@ pub(crate) struct MigrateArgs {
     /// Only the tenants of static part I of N (1-based), e.g. 2/4; concurrent runners split the fleet without it too
     #[arg(long, env = "MTNT_SHARD", value_name = "I/N", value_parser = parse_shard)]
     pub(crate) shard: Option<Shard>,
+    /// Print what it would do (as `plan` does) and change nothing
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// With --dry-run: print the plan as JSON
+    #[arg(long, requires = "dry_run")]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) rollout: RolloutArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    /// Only this tenant (repeatable); default: every tenant
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub(crate) tenants: Vec<TenantName>,
+    /// Stop at this order (YYYY_MM_DD_NNNN), inclusive
+    #[arg(long, value_name = "ORDER", value_parser = parse_order)]
+    pub(crate) to: Option<i64>,
+    /// Only the tenants of static part I of N (1-based), e.g. 2/4
+    #[arg(long, env = "MTNT_SHARD", value_name = "I/N", value_parser = parse_shard)]
+    pub(crate) shard: Option<Shard>,
+    /// Only the tenants whose last attempt failed
+    #[arg(long)]
+    pub(crate) only_failed: bool,
+    /// Print one JSON document instead of the groups
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Canary, waves, error budget, selection and order of a fleet run (README section
+/// "Rolling out to a big fleet").
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Rollout")]
+#[command(group(
+    clap::ArgGroup::new("staged")
+        .multiple(true)
+        .args(["canary", "canary_tenants", "wave_size"])
+))]
+pub(crate) struct RolloutArgs {
+    /// The first N tenants go first and alone: any failure among them stops the run before the rest start
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "canary_tenants")]
+    pub(crate) canary: Option<u64>,
+    /// This tenant goes first, with the other canaries and alone (repeatable)
+    #[arg(long = "canary-tenant", value_name = "NAME")]
+    pub(crate) canary_tenants: Vec<TenantName>,
+    /// The rest in waves of N tenants, or P% of the tenants
+    #[arg(long, value_name = "N|P%", value_parser = WaveSize::parse)]
+    pub(crate) wave_size: Option<WaveSize>,
+    /// The soak pause after the canary and between two waves (500ms, 30s, 1m, 1h)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "staged")]
+    pub(crate) wave_pause: Option<Duration>,
+    /// Error budget: start no further tenant once N have failed (those running finish)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_failures: Option<u64>,
+    /// Error budget: start no further tenant once failures reach P% of the tenants (at least one)
+    #[arg(long, value_name = "P%", value_parser = parse_percent)]
+    pub(crate) max_failure_rate: Option<f64>,
+    /// Only the tenants whose last attempt failed
+    #[arg(long)]
+    pub(crate) only_failed: bool,
+    /// The order tenants are taken in (and canaries picked from)
+    #[arg(long, value_enum, value_name = "ORDER", default_value = "name")]
+    pub(crate) order_by: OrderArg,
+}
+
+/// The order of a fleet run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OrderArg {
+    /// By tenant name
+    Name,
+    /// Oldest tenant first
+    Created,
+}
+
+impl From<OrderArg> for TenantOrder {
+    fn from(arg: OrderArg) -> Self {
+        match arg {
+            OrderArg::Name => TenantOrder::Name,
+            OrderArg::Created => TenantOrder::Created,
+        }
+    }
+}
+
+/// Parses `1%` or `1`: a percentage above 0, at most 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let number = s.trim().strip_suffix('%').unwrap_or(s.trim());
+    match number.trim().parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!(
+            "invalid percentage {s:?}: give a number above 0 and at most 100, e.g. 1% or 0.5%"
+        )),
+    }
 }
 
 fn parse_shard(s: &str) -> Result<Shard, String> {
@@ -222,10 +324,14 @@ fn parse_shard(s: &str) -> Result<Shard, String> {
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("how_far").required(true).args(["steps", "to", "all"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["tenants", "all_tenants"])))]
 pub(crate) struct RollbackArgs {
-    /// The tenant to roll back
-    #[arg(long, value_name = "NAME")]
-    pub(crate) tenant: TenantName,
+    /// A tenant to roll back (repeatable)
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub(crate) tenants: Vec<TenantName>,
+    /// Roll back every tenant (never the default)
+    #[arg(long)]
+    pub(crate) all_tenants: bool,
     /// Revert the newest N applied migrations
     #[arg(long, value_name = "N")]
     pub(crate) steps: Option<usize>,
@@ -235,6 +341,27 @@ pub(crate) struct RollbackArgs {
     /// Revert every applied migration
     #[arg(long)]
     pub(crate) all: bool,
+    #[command(flatten)]
+    pub(crate) rollout: RolloutArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("script").required(true).args(["sql", "file"])))]
+pub(crate) struct ExecArgs {
+    /// The SQL to run in each tenant: one statement or a script
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) sql: Option<String>,
+    /// Read the SQL from this file
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+    /// Run it outside a transaction (VACUUM, CREATE INDEX CONCURRENTLY and the like)
+    #[arg(long)]
+    pub(crate) no_transaction: bool,
+    /// Only this tenant (repeatable); default: every tenant
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub(crate) tenants: Vec<TenantName>,
+    #[command(flatten)]
+    pub(crate) rollout: RolloutArgs,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +372,9 @@ pub(crate) struct StatusArgs {
     /// Print one JSON document instead of a table
     #[arg(long)]
     pub(crate) json: bool,
+    /// Exit 1, with the summary on stderr, unless the public schema and every tenant are current (a deploy gate)
+    #[arg(long)]
+    pub(crate) check: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -96,7 +96,7 @@ fn occurrences(text: &str, word: &str) -> Vec<usize> {
 
 /// `text` with `tenant <name>` (after a space or at the start) said as "the tenant": the
 /// line names the tenant already.
-fn the_tenant(text: &str, name: &str) -> String {
+pub(crate) fn the_tenant(text: &str, name: &str) -> String {
     let phrase = format!("tenant {name}");
     let mut out = String::new();
     let mut rest = 0;
@@ -113,7 +113,7 @@ fn the_tenant(text: &str, name: &str) -> String {
 }
 
 /// `text` with the tenant's name replaced by `placeholder` wherever it stands alone.
-fn anonymous(text: &str, name: &str, placeholder: &str) -> String {
+pub(crate) fn anonymous(text: &str, name: &str, placeholder: &str) -> String {
     let mut out = String::new();
     let mut rest = 0;
     for start in occurrences(text, name) {
@@ -171,6 +171,24 @@ pub(crate) fn render(failures: &[FailedTenant]) -> String {
             }
         }
     }
+    out
+}
+
+/// How many names a list shows unless told to show them all.
+pub(crate) const NAMES_SHOWN: usize = 20;
+
+/// The names as [`wrap_names`] lays them out; unless `all`, only the first
+/// [`NAMES_SHOWN`], then how many more there are.
+pub(crate) fn name_list(tenants: &[&TenantName], all: bool) -> String {
+    if all || tenants.len() <= NAMES_SHOWN {
+        return wrap_names(tenants);
+    }
+    let mut out = wrap_names(&tenants[..NAMES_SHOWN]);
+    out.pop();
+    out.push_str(&format!(
+        " and {} more (--verbose names them all)\n",
+        super::output::thousands(tenants.len() - NAMES_SHOWN)
+    ));
     out
 }
 
@@ -299,6 +317,23 @@ mod tests {
             text.contains("  fix, for each NAME above: check the schema, then `repair --tenant NAME --order 202401020005 --mark completed`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn long_name_lists_are_cut_unless_all_are_asked_for() {
+        let names: Vec<TenantName> = (0..25)
+            .map(|i| TenantName::new(format!("t{i:02}")).unwrap())
+            .collect();
+        let names: Vec<&TenantName> = names.iter().collect();
+        let cut = name_list(&names, false);
+        assert!(
+            cut.contains(" t19 and 5 more (--verbose names them all)\n"),
+            "{cut}"
+        );
+        assert!(!cut.contains("t20"), "{cut}");
+        let all = name_list(&names, true);
+        assert!(all.ends_with(" t24\n"), "{all}");
+        assert_eq!(name_list(&names[..3], false), "    t00, t01, t02\n");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! in terms of its own commands and flags. The library's messages say what happened and
 //! name no flag; this is the only place that maps an [`Error`] to a command line.
 
-use crate::Error;
+use crate::{Condition, Error};
 
 /// The fix the mtnt command line suggests for `error`, if it knows one: the commands and
 /// flags to use next (`repair --tenant acme --order ... --mark completed`, `tenant drop acme
@@ -42,21 +42,11 @@ pub fn cli_fix(error: &Error) -> Option<String> {
              or give it a down function (`down = ...` in its attribute)"
                 .to_owned()
         }
-        Error::ChecksumMismatch { .. } => {
-            "revert the edit and write a new migration instead; if the edit is intended \
-             (formatting, comments in SQL), record the new checksum with `repair --checksums`"
-                .to_owned()
-        }
-        Error::UnknownApplied { .. } => {
-            "deploy the code that has this migration, or roll it back with the binary that has it"
-                .to_owned()
-        }
+        Error::ChecksumMismatch { .. } => CHECKSUM_FIX.to_owned(),
+        Error::UnknownApplied { .. } => UNKNOWN_APPLIED_FIX.to_owned(),
         Error::Interrupted {
             tenant_flag, order, ..
-        } => format!(
-            "check the schema, then `repair {tenant_flag}--order {order} --mark completed` if it \
-             took effect, or `repair {tenant_flag}--order {order} --mark pending` to run it again"
-        ),
+        } => interrupted_fix(tenant_flag, &order.to_string()),
         Error::Busy { .. } => {
             "run the same command again once the other run is done (`status` lists the running \
              runs), or raise --unlock-deadline"
@@ -89,6 +79,68 @@ pub fn cli_fix(error: &Error) -> Option<String> {
         | Error::Corrupt(_)
         | Error::Io { .. }
         | Error::Invalid(_) => return None,
+    })
+}
+
+const CHECKSUM_FIX: &str = "revert the edit and write a new migration instead; if the edit is \
+     intended (formatting, comments in SQL), record the new checksum with `repair --checksums`";
+
+const UNKNOWN_APPLIED_FIX: &str =
+    "deploy the code that has this migration, or roll it back with the binary that has it";
+
+/// How to settle a migration that started and never completed, in the target that
+/// `tenant_flag` names (`--tenant acme `, `--public `).
+fn interrupted_fix(tenant_flag: &str, order: &str) -> String {
+    format!(
+        "check the schema, then `repair {tenant_flag}--order {order} --mark completed` if it \
+         took effect, or `repair {tenant_flag}--order {order} --mark pending` to run it again"
+    )
+}
+
+/// The fix for tenants that `status` or `plan` finds in `condition`, where it takes a
+/// hand: `tenant` is the one tenant (else the fix says NAME), `detail` the reason, which
+/// names the migration. Behind, out-of-order and failed tenants need only `migrate`.
+pub(crate) fn condition_fix(
+    condition: Condition,
+    tenant: Option<&str>,
+    detail: Option<&str>,
+) -> Option<String> {
+    Some(match condition {
+        Condition::Drifted => CHECKSUM_FIX.to_owned(),
+        Condition::NeedsRepair => {
+            let flag = format!("--tenant {} ", tenant.unwrap_or("NAME"));
+            let order = detail
+                .and_then(order_in)
+                .map_or_else(|| "ORDER".to_owned(), |o| o.to_string());
+            interrupted_fix(&flag, &order)
+        }
+        Condition::Ahead => UNKNOWN_APPLIED_FIX.to_owned(),
+        Condition::Creating => creating_fix(tenant.unwrap_or("NAME")),
+        _ => return None,
+    })
+}
+
+/// The fix for a tenant left `creating`, which no run migrates.
+pub(crate) fn creating_fix(tenant: &str) -> String {
+    format!(
+        "a `tenant create` under way finishes it; one that died half-way is finished by \
+         dropping it (`tenant drop {tenant} --yes`) and creating it again (`tenant create {tenant}`)"
+    )
+}
+
+/// The first migration order (`2024_01_01_0003`) written in `text`.
+fn order_in(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(14)).find_map(|i| {
+        let word = text.get(i..i + 15)?;
+        let shaped = word.bytes().enumerate().all(|(j, b)| match j {
+            4 | 7 | 10 => b == b'_',
+            _ => b.is_ascii_digit(),
+        });
+        let alone = |at: Option<&u8>| at.is_none_or(|b| !b.is_ascii_alphanumeric());
+        (shaped && alone(i.checked_sub(1).and_then(|j| bytes.get(j))) && alone(bytes.get(i + 15)))
+            .then(|| super::args::parse_order(word).ok())
+            .flatten()
     })
 }
 
@@ -132,6 +184,33 @@ fn escape_like(text: &str) -> String {
 mod tests {
     use super::cli_fix;
     use crate::{Error, TenantName};
+
+    #[test]
+    fn a_tenant_that_needs_repair_gets_the_repair_of_its_migration() {
+        let detail =
+            "migration 2024_02_01_0002 index_items in tenant acme started and never completed";
+        let fix = super::condition_fix(crate::Condition::NeedsRepair, Some("acme"), Some(detail))
+            .unwrap();
+        assert!(
+            fix.contains("`repair --tenant acme --order 202402010002 --mark completed`"),
+            "{fix}"
+        );
+        let fix = super::condition_fix(crate::Condition::NeedsRepair, None, None).unwrap();
+        assert!(
+            fix.contains("`repair --tenant NAME --order ORDER --mark pending`"),
+            "{fix}"
+        );
+        assert_eq!(
+            super::order_in("at 2024_01_01_0004 add"),
+            Some(202401010004)
+        );
+        assert_eq!(super::order_in("x2024_01_01_0004"), None);
+        assert_eq!(super::order_in("2024_13_01_0004"), None);
+        assert!(super::condition_fix(crate::Condition::Behind, None, None).is_none());
+        let fix = super::creating_fix("acme");
+        assert!(fix.contains("`tenant drop acme --yes`"), "{fix}");
+        assert!(fix.contains("`tenant create acme`"), "{fix}");
+    }
 
     #[test]
     fn wrapped_errors_get_the_fix_of_their_cause() {

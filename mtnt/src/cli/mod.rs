@@ -1,8 +1,11 @@
 mod args;
 mod failures;
+mod fleet;
 mod hints;
 mod output;
+mod plan;
 mod progress;
+mod rollout;
 mod run;
 #[macro_use]
 mod say;

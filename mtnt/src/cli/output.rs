@@ -1,8 +1,12 @@
 use std::fmt::Write;
 
 use super::failures;
+use super::hints::{condition_fix, creating_fix};
 use crate::migration::format_order;
-use crate::{MigrateReport, MigrationSet, StatusReport, Tenancy, TenantRecord};
+use crate::{
+    Condition, MigrateReport, MigrationSet, StatusReport, Tenancy, TenantName, TenantRecord,
+    TenantStatus,
+};
 
 fn order_or_none(order: Option<i64>) -> String {
     order.map_or_else(|| "-".to_owned(), format_order)
@@ -108,31 +112,80 @@ fn control_database(url: &str) -> Option<String> {
     (!path.is_empty()).then(|| crate::url_redact::percent_decode(path))
 }
 
-/// What `migrate` prints at the end: the public migrations, the fleet's counts, and each
-/// group of tenants that failed for one reason.
-pub(crate) fn migrate_report(report: &MigrateReport, words: &Words) -> String {
+/// The fleet command a report is of, which words its summary uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verb {
+    /// `migrate`: the public migrations, then the tenants.
+    Migrate,
+    /// `rollback` over several tenants.
+    Rollback,
+    /// `exec`: a statement in each tenant.
+    Exec,
+}
+
+/// `9812`, `9,812`: counts of tenants, with thousands apart.
+pub(crate) fn thousands(n: usize) -> String {
+    let digits = n.to_string();
     let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `1 tenant`, `9,812 tenants`.
+pub(crate) fn tenants(n: usize) -> String {
+    if n == 1 {
+        "1 tenant".to_owned()
+    } else {
+        format!("{} tenants", thousands(n))
+    }
+}
+
+/// What `migrate`, `rollback` and `exec` print at the end: the public migrations (for
+/// `migrate`), the fleet's counts, why the run stopped early and whom it did not start,
+/// the tenants it left alone (creating, dropped meanwhile), and each group of tenants
+/// that failed for one reason. `all_names`: no list of names is cut short.
+pub(crate) fn fleet_report(
+    report: &MigrateReport,
+    words: &Words,
+    verb: Verb,
+    all_names: bool,
+) -> String {
+    let mut out = String::new();
+    if verb == Verb::Migrate {
+        let _ = writeln!(
+            out,
+            "{}: {} applied",
+            words.public,
+            count(report.public_applied, "migration")
+        );
+    }
+    let done = match verb {
+        Verb::Migrate => format!(
+            "{} migrated ({}), {} already current",
+            report.tenants_migrated,
+            count(report.migrations_applied, "migration"),
+            report.tenants_current
+        ),
+        Verb::Rollback => format!(
+            "{} rolled back ({} reverted), {} with nothing to revert",
+            report.tenants_migrated,
+            count(report.migrations_applied, "migration"),
+            report.tenants_current
+        ),
+        Verb::Exec => format!("ran in {}", report.tenants_migrated),
+    };
     let _ = writeln!(
         out,
-        "{}: {} applied",
-        words.public,
-        count(report.public_applied, "migration")
-    );
-    let _ = writeln!(
-        out,
-        "tenants: {} total, {} migrated ({}), {} already current, {} failed{} in {:.2}s",
+        "tenants: {} total, {done}, {} failed{} in {:.2}s",
         report.tenants_total,
-        report.tenants_migrated,
-        count(report.migrations_applied, "migration"),
-        report.tenants_current,
         report.failures.len(),
         if report.tenants_skipped > 0 {
-            let why = if report.stopped.is_some() {
-                "not started"
-            } else {
-                "--fail-fast"
-            };
-            format!(", {} skipped ({why})", report.tenants_skipped)
+            format!(", {} skipped (not started)", report.tenants_skipped)
         } else {
             String::new()
         },
@@ -140,6 +193,47 @@ pub(crate) fn migrate_report(report: &MigrateReport, words: &Words) -> String {
     );
     if let Some(why) = &report.stopped {
         let _ = writeln!(out, "stopped early: {why}");
+    }
+    let names = |list: &[TenantName]| {
+        let refs: Vec<&TenantName> = list.iter().collect();
+        failures::name_list(&refs, all_names)
+    };
+    if !report.not_started.is_empty() {
+        let _ = writeln!(out, "{} not started:", tenants(report.not_started.len()));
+        out.push_str(&names(&report.not_started));
+    }
+    if !report.tenants_creating.is_empty() {
+        let n = report.tenants_creating.len();
+        let _ = writeln!(
+            out,
+            "{} left alone: `tenant create` has not finished {}",
+            tenants(n),
+            if n == 1 { "it" } else { "them" }
+        );
+        out.push_str(&names(&report.tenants_creating));
+        let fix = match report.tenants_creating.as_slice() {
+            [one] => creating_fix(one.as_str()),
+            _ => format!("for each NAME above: {}", creating_fix("NAME")),
+        };
+        let _ = writeln!(out, "  fix: {fix}");
+    }
+    if !report.tenants_gone.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} dropped while the run waited for {} (nothing was done to {}):",
+            tenants(report.tenants_gone.len()),
+            if report.tenants_gone.len() == 1 {
+                "it"
+            } else {
+                "them"
+            },
+            if report.tenants_gone.len() == 1 {
+                "it"
+            } else {
+                "them"
+            },
+        );
+        out.push_str(&names(&report.tenants_gone));
     }
     out.push_str(&failures::render(&report.failures));
     for failure in &report.hook_failures {
@@ -171,28 +265,13 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
         .tenants
         .iter()
         .map(|t| {
-            let state = match (&t.failed, t.pending) {
-                (Some(f), _) => format!(
-                    "failed at {} {}: {}",
-                    format_order(f.order),
-                    f.name.unwrap_or("(unknown)"),
-                    f.error
-                        .as_deref()
-                        .unwrap_or("")
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                ),
-                (None, 0) => "current".to_owned(),
-                (None, n) => format!("{n} behind"),
-            };
             vec![
                 t.tenant.to_string(),
                 words.cell(&t.storage),
                 t.state.as_str().to_owned(),
                 order_or_none(t.applied_order),
                 t.pending.to_string(),
-                state,
+                condition_cell(t),
             ]
         })
         .collect();
@@ -205,7 +284,66 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
     }
     out.push_str(&report.summary());
     out.push('\n');
+    // The tenants that migrate refuses until someone repairs them: what to do.
+    for condition in [
+        Condition::Drifted,
+        Condition::NeedsRepair,
+        Condition::Ahead,
+        Condition::Creating,
+    ] {
+        let those: Vec<&TenantStatus> = report
+            .tenants
+            .iter()
+            .filter(|t| t.condition == condition)
+            .collect();
+        let fix = match those.as_slice() {
+            [] => None,
+            [one] => condition_fix(condition, Some(one.tenant.as_str()), one.detail.as_deref()),
+            many => condition_fix(condition, None, None)
+                .map(|fix| format!("for each of the {} tenants: {fix}", many.len())),
+        };
+        if let Some(fix) = fix {
+            let _ = writeln!(out, "  fix ({condition}): {fix}");
+        }
+    }
     out
+}
+
+/// The STATUS column: the tenant's condition, with its reason on one line.
+fn condition_cell(t: &TenantStatus) -> String {
+    let detail = || {
+        let text = t.detail.as_deref().unwrap_or("");
+        failures::the_tenant(text.lines().next().unwrap_or(""), t.tenant.as_str())
+    };
+    match t.condition {
+        Condition::Current => "current".to_owned(),
+        Condition::Behind => format!("{} behind", t.pending),
+        Condition::OutOfOrder => match &t.oldest_pending {
+            Some(m) => format!(
+                "out of order ({} pending, the oldest {} {})",
+                t.pending,
+                format_order(m.order),
+                m.name
+            ),
+            None => format!("out of order ({} pending)", t.pending),
+        },
+        Condition::Failed => match &t.failed {
+            Some(f) => format!(
+                "failed at {} {}: {}",
+                format_order(f.order),
+                f.name.unwrap_or("(unknown)"),
+                f.error
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ),
+            None => format!("failed: {}", detail()),
+        },
+        Condition::Creating => "creating".to_owned(),
+        other => format!("{other}: {}", detail()),
+    }
 }
 
 pub(crate) fn tenant_list(records: &[TenantRecord], words: &Words, quiet: bool) -> String {

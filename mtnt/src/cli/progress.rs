@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::failures::Failure;
+use super::output::count;
 use super::say::{clean, errln};
 use crate::{Error, Progress, TenantName};
 
@@ -33,6 +34,8 @@ pub(crate) struct FleetProgress {
     started: Instant,
     /// The kinds of failure shown so far.
     shown: Mutex<HashSet<String>>,
+    /// The soak pause between waves, which the wave lines announce.
+    pause: Duration,
 }
 
 impl FleetProgress {
@@ -60,8 +63,58 @@ impl FleetProgress {
             failed: AtomicU64::new(0),
             started: Instant::now(),
             shown: Mutex::new(HashSet::new()),
+            pause: Duration::ZERO,
         }
     }
+
+    /// Announces `pause` between waves in the wave lines.
+    pub(crate) fn pause(mut self, pause: Duration) -> Self {
+        self.pause = pause;
+        self
+    }
+
+    /// Prints an event of the run (a wave, a retry, a failure) unless `--quiet`: above
+    /// the bar, or as a line of its own.
+    fn event(&self, line: &str) {
+        if self.verbosity == Verbosity::Nothing {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(clean(line)),
+            None => errln!("{line}"),
+        }
+    }
+}
+
+/// `canary: 10 tenants`, `wave 2/10: 1000 tenants`, saying the soak pause that follows
+/// when more waves come.
+fn wave_line(number: usize, waves: usize, tenants: usize, pause: Duration) -> String {
+    let mut line = if number == 0 {
+        format!("canary: {}", count(tenants, "tenant"))
+    } else {
+        format!("wave {number}/{waves}: {}", count(tenants, "tenant"))
+    };
+    if number < waves && !pause.is_zero() {
+        line.push_str(&format!(
+            ", then a pause of {}",
+            mtnt_syntax::format_duration(pause)
+        ));
+    }
+    line
+}
+
+/// `tenant acme: attempt 1 of 4 failed (<cause>); trying again in 250ms`.
+fn retry_line(target: &str, attempt: u32, attempts: u32, error: &Error, pause: Duration) -> String {
+    let mut cause = error;
+    while let Error::Migration { source, .. } | Error::GaveUp { source, .. } = cause {
+        cause = source;
+    }
+    let cause = cause.to_string();
+    format!(
+        "{target}: attempt {attempt} of {attempts} failed ({}); trying again in {}",
+        cause.lines().next().unwrap_or("").trim(),
+        mtnt_syntax::format_duration(pause)
+    )
 }
 
 impl Progress for FleetProgress {
@@ -82,13 +135,9 @@ impl Progress for FleetProgress {
                     .shown
                     .lock()
                     .map_or(true, |mut shown| shown.insert(failure.key.clone()));
-                if new_kind && self.verbosity != Verbosity::Nothing {
+                if new_kind {
                     // Later tenants failing the same way are counted, and listed at the end.
-                    let line = failure.line(tenant);
-                    match &self.bar {
-                        Some(bar) => bar.println(clean(&line)),
-                        None => errln!("{line}"),
-                    }
+                    self.event(&failure.line(tenant));
                 }
                 failed
             }
@@ -117,9 +166,49 @@ impl Progress for FleetProgress {
         }
     }
 
+    fn wave(&self, number: usize, waves: usize, tenants: usize) {
+        self.event(&wave_line(number, waves, tenants, self.pause));
+    }
+
+    fn retrying(&self, target: &str, attempt: u32, attempts: u32, error: &Error, pause: Duration) {
+        self.event(&retry_line(target, attempt, attempts, error, pause));
+    }
+
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waves_and_retries_are_one_line_each() {
+        let pause = Duration::from_secs(60);
+        assert_eq!(
+            wave_line(0, 10, 10, pause),
+            "canary: 10 tenants, then a pause of 1m"
+        );
+        assert_eq!(
+            wave_line(2, 10, 1000, pause),
+            "wave 2/10: 1000 tenants, then a pause of 1m"
+        );
+        assert_eq!(wave_line(10, 10, 1, pause), "wave 10/10: 1 tenant");
+        assert_eq!(wave_line(1, 2, 5, Duration::ZERO), "wave 1/2: 5 tenants");
+        let error = Error::Migration {
+            target: "tenant acme".to_owned(),
+            migration: "2024_01_01_0003 add_index".to_owned(),
+            reverting: false,
+            source: Box::new(Error::Invalid(
+                "canceling statement due to lock timeout\nCONTEXT: x".to_owned(),
+            )),
+        };
+        assert_eq!(
+            retry_line("tenant acme", 1, 4, &error, Duration::from_millis(250)),
+            "tenant acme: attempt 1 of 4 failed (canceling statement due to lock timeout); trying again in 250ms"
+        );
     }
 }

@@ -2,14 +2,15 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 
-use super::args::{Cli, Command, MarkArg, RollbackArgs, TenantCommand};
+use super::args::{Cli, Command, MarkArg, TenantCommand};
+use super::fleet::{self, Printing};
 use super::hints::cli_fix;
 use super::output::{self, count, Words};
 use super::progress::{FleetProgress, Verbosity};
 use super::say::{self, errln, outln};
 use crate::{
-    connect, ConnectOptions, Error, Hooks, MigrateOptions, MigrationSet, MigrationStatus, Migrator,
-    Result, RollbackTarget, SafetySettings, Timeouts,
+    connect, ConnectOptions, Error, Hooks, MigrationSet, MigrationStatus, Migrator, Result,
+    SafetySettings, Timeouts,
 };
 
 /// Parses the command line, runs the command and returns the process exit code:
@@ -142,53 +143,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     } else {
         Verbosity::Progress
     };
+    let printing = Printing {
+        words: &words,
+        verbosity,
+        quiet,
+        verbose: cli.verbose,
+    };
     match cli.command {
         Command::List(_) => unreachable!("handled above"),
-        Command::Migrate(args) => {
-            let options = MigrateOptions::new()
-                .tenants(args.tenants)
-                .to(args.to)
-                .fail_fast(args.fail_fast)
-                .shard(args.shard);
-            let progress = FleetProgress::new("migrate", verbosity);
-            let report = migrator.migrate_with_progress(&options, &progress).await?;
-            say::out_raw(&output::migrate_report(&report, &words));
-            Ok(if report.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        Command::Rollback(RollbackArgs {
-            tenant,
-            steps,
-            to,
-            all,
-        }) => {
-            let how_far = match (steps, to, all) {
-                (Some(n), _, _) => RollbackTarget::Steps(n),
-                (_, Some(order), _) => RollbackTarget::To(order),
-                _ => RollbackTarget::All,
-            };
-            let report = migrator.rollback(&tenant, how_far).await?;
-            if report.reverted.is_empty() {
-                outln!("tenant {tenant}: nothing to roll back");
-            } else if quiet {
-                outln!(
-                    "tenant {tenant}: reverted {}",
-                    count(report.reverted.len(), "migration")
-                );
-            }
-            if !quiet {
-                for (order, name) in &report.reverted {
-                    outln!(
-                        "tenant {tenant}: reverted {} {name}",
-                        crate::migration::format_order(*order)
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Migrate(args) => fleet::migrate(&migrator, args, &printing).await,
+        Command::Plan(args) => fleet::plan(&migrator, args, &printing).await,
+        Command::Rollback(args) => fleet::rollback(&migrator, args, &printing).await,
+        Command::Exec(args) => fleet::exec(&migrator, args, &printing).await,
         Command::Status(args) => {
             let report = migrator.status(&args.tenants).await?;
             // Who is migrating the fleet right now (the run leases).
@@ -214,6 +180,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         run.heartbeat_at.format("%H:%M:%S UTC"),
                     );
                 }
+            }
+            if args.check && !report.is_current() {
+                // A deploy gate: the reason goes where a pipeline's log shows it.
+                let mut why = Vec::new();
+                if report.public.pending > 0 || report.public.failed.is_some() {
+                    why.push(format!(
+                        "{} has {}{}",
+                        words.public,
+                        count(report.public.pending, "pending migration"),
+                        if report.public.failed.is_some() {
+                            ", one failed"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                if report.current < report.tenants.len() {
+                    why.push(report.summary());
+                }
+                errln!("not current: {}", why.join("; "));
+                return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -188,7 +188,9 @@ impl Stop<'_> {
     fn failed(&self) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if self.fail_fast {
-            self.now("a tenant failed and --fail-fast is set".to_owned());
+            self.now(
+                "a tenant failed, and the run stops at the first failure (fail fast)".to_owned(),
+            );
         }
         if let Some(budget) = self.budget {
             if failures >= budget {

@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::fingerprint::fingerprint;
 use super::plan::plan_up;
 use crate::backend::{Backend, Target};
+use crate::migration::format_order;
 use crate::{
     AppliedMigration, Error, Migration, MigrationSet, MigrationStatus, Result, Scope, TenantRecord,
 };
@@ -76,6 +77,8 @@ pub(crate) struct Standing {
     pub(crate) pending: Vec<&'static Migration>,
     /// The reason, for the conditions that have one (the refusal's message).
     pub(crate) detail: Option<String>,
+    /// The migration a failed tenant failed at.
+    pub(crate) failed_order: Option<i64>,
 }
 
 /// Classifies a target from its tracking rows, as a run would plan it.
@@ -91,6 +94,7 @@ pub(crate) fn classify_rows(
         condition,
         pending,
         detail,
+        failed_order: None,
     };
     match plan_up(target, rows, set, scope, to) {
         Err(e @ Error::ChecksumMismatch { .. }) => {
@@ -117,17 +121,31 @@ pub(crate) fn classify_rows(
                 .or(failed_row
                     .filter(|r| steps.iter().any(|m| m.order() == r.order))
                     .map(|r| r.order));
-            let condition = if failed.is_some() {
-                Condition::Failed
+            let older = newest.and_then(|n| {
+                steps
+                    .iter()
+                    .find(|m| m.order() < n)
+                    .map(|m| (*m, format_order(n)))
+            });
+            let (condition, detail) = if failed.is_some() {
+                (Condition::Failed, failed_row.and_then(|r| r.error.clone()))
             } else if steps.is_empty() {
-                Condition::Current
-            } else if newest.is_some_and(|n| steps.iter().any(|m| m.order() < n)) {
-                Condition::OutOfOrder
+                (Condition::Current, None)
+            } else if let Some((oldest, newest)) = older {
+                // Merged from another branch: say which one, since it runs out of order.
+                let detail = format!(
+                    "{} {} is pending, older than {newest}, the newest applied migration",
+                    format_order(oldest.order()),
+                    oldest.name()
+                );
+                (Condition::OutOfOrder, Some(detail))
             } else {
-                Condition::Behind
+                (Condition::Behind, None)
             };
-            let detail = failed_row.and_then(|r| r.error.clone());
-            standing(condition, steps, detail.filter(|_| failed.is_some()))
+            Standing {
+                failed_order: failed,
+                ..standing(condition, steps, detail)
+            }
         }
     }
 }
@@ -186,6 +204,7 @@ pub(crate) async fn standings(
                     condition: Condition::Creating,
                     pending: Vec::new(),
                     detail: None,
+                    failed_order: None,
                 });
             }
             if proven {
@@ -204,6 +223,7 @@ pub(crate) async fn standings(
                     },
                     pending,
                     detail: None,
+                    failed_order: None,
                 });
             }
             let target = Target::Tenant(&record.tenant);
@@ -223,6 +243,7 @@ pub(crate) async fn standings(
                         condition: Condition::Failed,
                         pending: Vec::new(),
                         detail: Some(format!("its tracking rows could not be read: {e}")),
+                        failed_order: None,
                     })
                 }
             };
@@ -259,6 +280,8 @@ pub struct PlanGroup {
     pub condition: Condition,
     /// Their newest applied migration.
     pub applied_order: Option<i64>,
+    /// The migration failed tenants failed at (the first tenant's).
+    pub failed_order: Option<i64>,
     /// What `migrate` would apply to each, in order.
     pub apply: Vec<PlannedMigration>,
     /// Why, for failed, drifted, out-of-order and needs-repair tenants (the first
@@ -275,6 +298,11 @@ pub struct PlanGroup {
 pub struct PlanReport {
     /// The public migrations that would run.
     pub public: Vec<PlannedMigration>,
+    /// Where the public schema stands: anything but current or behind stops `migrate`
+    /// before any tenant.
+    pub public_condition: Condition,
+    /// Why, where the public schema is not current or behind.
+    pub public_detail: Option<String>,
     /// The groups, the largest first.
     pub groups: Vec<PlanGroup>,
     /// Tenant migrations that would run, over all tenants.
@@ -283,7 +311,7 @@ pub struct PlanReport {
 
 impl PlanReport {
     pub(crate) fn new(
-        public: Vec<&'static Migration>,
+        public: Standing,
         records: Vec<TenantRecord>,
         standings: Vec<Standing>,
     ) -> Self {
@@ -308,6 +336,7 @@ impl PlanReport {
                 .or_insert_with(|| PlanGroup {
                     condition: standing.condition,
                     applied_order: record.applied_order,
+                    failed_order: standing.failed_order,
                     apply,
                     detail: standing.detail.clone(),
                     tenants: Vec::new(),
@@ -321,9 +350,13 @@ impl PlanReport {
                 .len()
                 .cmp(&a.tenants.len())
                 .then(a.applied_order.cmp(&b.applied_order))
+                // Stable from run to run: no two groups share a tenant.
+                .then_with(|| a.tenants.first().cmp(&b.tenants.first()))
         });
         PlanReport {
-            public: public.iter().map(planned).collect(),
+            public: public.pending.iter().map(planned).collect(),
+            public_condition: public.condition,
+            public_detail: public.detail,
             groups,
             migrations,
         }

@@ -3,14 +3,14 @@ use std::time::Instant;
 use super::claim::{lock_waiting, run_waiting, FleetClaims};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
 use super::hooks::{self, HookFailures, Hooks, RunCommand, RunInfo};
-use super::inspect::{classify_rows, standings, Condition, PlanReport};
+use super::inspect::{classify_rows, standings, Condition, PlanReport, PlannedMigration};
 use super::lease::Lease;
 use super::progress::Silent;
 use super::protocol::{Claim, FleetOp, Protocol};
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
 use super::tenants::Adopted;
 use super::{
-    MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
+    Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
     Timeouts, Transactions,
 };
 use crate::backend::{connect, Backend, ConnectOptions, Connection, Target};
@@ -355,6 +355,10 @@ impl Migrator {
             Tenants::Listed(self.records(&options.tenants).await?)
         };
         self.refuse_ahead_of_code(&options.tenants).await?;
+        if let Canary::Tenants(names) = &options.rollout.canary {
+            // A misspelt canary is refused before the public migrations run.
+            self.records(names).await?;
+        }
         let concurrency = self.fleet_concurrency().await?;
         let lease = Lease::acquire(&*self.backend, &self.safety, command.as_str()).await?;
         let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
@@ -561,6 +565,10 @@ impl Migrator {
             .zip(standings)
             .map(|(record, standing)| TenantStatus {
                 pending: standing.pending.len(),
+                oldest_pending: standing.pending.first().map(|m| PlannedMigration {
+                    order: m.order(),
+                    name: m.name(),
+                }),
                 // A recorded failure of a migration this binary does not run (disabled, or
                 // not in its code: a reverted deploy) is nothing it can retry or report on.
                 failed: record
@@ -643,7 +651,7 @@ impl Migrator {
             options.to,
         )
         .await?;
-        Ok(PlanReport::new(public.pending, records, standings))
+        Ok(PlanReport::new(public, records, standings))
     }
 
     async fn all_records(&self) -> Result<Vec<TenantRecord>> {

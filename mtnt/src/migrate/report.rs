@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::hooks::HookFailure;
-use super::inspect::Condition;
+use super::inspect::{Condition, PlannedMigration};
 use crate::{Error, TenantName, TenantState};
 
 /// A tenant whose migration failed. Serialized with the error's message.
@@ -103,8 +103,10 @@ pub struct TenantStatus {
     pub state: TenantState,
     /// Its newest applied migration.
     pub applied_order: Option<i64>,
-    /// How many enabled tenant migrations are newer than that.
+    /// How many migrations `migrate` would apply (none where it would refuse the tenant).
     pub pending: usize,
+    /// The first of them.
+    pub oldest_pending: Option<PlannedMigration>,
     /// The migration it failed at, until a run gets past it.
     pub failed: Option<FailedMigration>,
     /// Where it stands.

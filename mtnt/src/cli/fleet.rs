@@ -1,0 +1,183 @@
+//! The commands that run over the fleet: `migrate` (and its dry run), `plan`, `rollback`
+//! and `exec`, with the rollout flags they share.
+
+use std::process::ExitCode;
+
+use super::args::{ExecArgs, MigrateArgs, PlanArgs, RollbackArgs};
+use super::output::{self, count, Verb, Words};
+use super::plan;
+use super::progress::{FleetProgress, Verbosity};
+use super::say::{self, outln};
+use crate::migration::format_order;
+use crate::{Error, MigrateOptions, MigrateReport, Migrator, Result, RollbackTarget, Rollout};
+
+/// How the command line prints: the words of the tenancy model and the output flags.
+pub(crate) struct Printing<'a> {
+    pub(crate) words: &'a Words,
+    pub(crate) verbosity: Verbosity,
+    /// `--quiet`: errors and the summary only.
+    pub(crate) quiet: bool,
+    /// `--verbose`: no list of names cut short.
+    pub(crate) verbose: bool,
+}
+
+/// 0 only when every tenant asked for is done: a failure, a spent error budget or a
+/// stop before the end is 1.
+fn exit(report: &MigrateReport) -> ExitCode {
+    if report.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+pub(crate) async fn migrate(
+    migrator: &Migrator,
+    args: MigrateArgs,
+    p: &Printing<'_>,
+) -> Result<ExitCode> {
+    let options = MigrateOptions::new()
+        .tenants(args.tenants)
+        .to(args.to)
+        .fail_fast(args.fail_fast)
+        .shard(args.shard)
+        .rollout(args.rollout.rollout());
+    if args.dry_run {
+        let rollout = args.rollout.describe();
+        return show_plan(migrator, &options, args.json, rollout.as_deref(), p).await;
+    }
+    let progress = FleetProgress::new("migrate", p.verbosity).pause(args.rollout.pause());
+    let report = migrator.migrate_with_progress(&options, &progress).await?;
+    say::out_raw(&output::fleet_report(
+        &report,
+        p.words,
+        Verb::Migrate,
+        p.verbose,
+    ));
+    Ok(exit(&report))
+}
+
+pub(crate) async fn plan(
+    migrator: &Migrator,
+    args: PlanArgs,
+    p: &Printing<'_>,
+) -> Result<ExitCode> {
+    let options = MigrateOptions::new()
+        .tenants(args.tenants)
+        .to(args.to)
+        .shard(args.shard)
+        .rollout(Rollout {
+            only_failed: args.only_failed,
+            ..Rollout::default()
+        });
+    show_plan(migrator, &options, args.json, None, p).await
+}
+
+/// Prints what `migrate` would do with `options`, changing nothing.
+async fn show_plan(
+    migrator: &Migrator,
+    options: &MigrateOptions,
+    json: bool,
+    rollout: Option<&str>,
+    p: &Printing<'_>,
+) -> Result<ExitCode> {
+    if let Some(order) = options.to {
+        if migrator.migrations().get(order).is_none() {
+            return Err(Error::UnknownOrder(format_order(order)));
+        }
+    }
+    let plan = migrator.plan(options).await?;
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&plan).expect("serializable")
+        );
+    } else {
+        say::out_raw(&plan::render(&plan, p.words, rollout, p.verbose, p.quiet));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn rollback(
+    migrator: &Migrator,
+    args: RollbackArgs,
+    p: &Printing<'_>,
+) -> Result<ExitCode> {
+    let how_far = match (args.steps, args.to, args.all) {
+        (Some(n), _, _) => RollbackTarget::Steps(n),
+        (_, Some(order), _) => RollbackTarget::To(order),
+        _ => RollbackTarget::All,
+    };
+    if let ([tenant], false, false) = (
+        args.tenants.as_slice(),
+        args.all_tenants,
+        args.rollout.is_set(),
+    ) {
+        let report = migrator.rollback(tenant, how_far).await?;
+        if report.reverted.is_empty() {
+            outln!("tenant {tenant}: nothing to roll back");
+        } else if p.quiet {
+            outln!(
+                "tenant {tenant}: reverted {}",
+                count(report.reverted.len(), "migration")
+            );
+        }
+        if !p.quiet {
+            for (order, name) in &report.reverted {
+                outln!("tenant {tenant}: reverted {} {name}", format_order(*order));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Several tenants, or all of them (clap requires --all-tenants for that).
+    let options = MigrateOptions::new()
+        .tenants(args.tenants)
+        .rollout(args.rollout.rollout());
+    let progress = FleetProgress::new("rollback", p.verbosity).pause(args.rollout.pause());
+    let report = migrator
+        .rollback_fleet(how_far, &options, &progress)
+        .await?;
+    say::out_raw(&output::fleet_report(
+        &report,
+        p.words,
+        Verb::Rollback,
+        p.verbose,
+    ));
+    Ok(exit(&report))
+}
+
+pub(crate) async fn exec(
+    migrator: &Migrator,
+    args: ExecArgs,
+    p: &Printing<'_>,
+) -> Result<ExitCode> {
+    let sql = match (args.sql, args.file) {
+        (Some(sql), _) => sql,
+        (None, Some(path)) => std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            action: "cannot read the SQL file",
+            path,
+            source,
+        })?,
+        (None, None) => unreachable!("clap requires --sql or --file"),
+    };
+    if sql.trim().is_empty() {
+        return Err(Error::Invalid(
+            "the SQL to run is empty: give a statement with --sql TEXT or a file with --file PATH"
+                .to_owned(),
+        ));
+    }
+    let options = MigrateOptions::new()
+        .tenants(args.tenants)
+        .rollout(args.rollout.rollout());
+    let progress = FleetProgress::new("exec", p.verbosity).pause(args.rollout.pause());
+    let report = migrator
+        .exec(&sql, !args.no_transaction, &options, &progress)
+        .await?;
+    say::out_raw(&output::fleet_report(
+        &report,
+        p.words,
+        Verb::Exec,
+        p.verbose,
+    ));
+    Ok(exit(&report))
+}
