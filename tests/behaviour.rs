@@ -31,49 +31,8 @@ use mtnt::{
     RollbackTarget, Scope, TenantName, TenantState, TenantStatus,
 };
 use mtnt_test_support::models::{Kind, Model, Place};
-use mtnt_test_support::{create_tenants, escape_like};
+use mtnt_test_support::{create_tenants, escape_like, scenarios};
 use predicates::prelude::*;
-
-/// One test per model for each scenario, in a module named after the scenario; a scenario
-/// that SQLite does not pass because of a documented limit says why, and is ignored there.
-macro_rules! scenarios {
-    ($($scenario:ident $(: sqlite ignored = $why:literal)?),* $(,)?) => {$(
-        mod $scenario {
-            use mtnt_test_support::models::{Kind, Model};
-
-            async fn run(kind: Kind) {
-                let model = Model::new(kind, stringify!($scenario)).await;
-                super::$scenario(&model).await;
-                model.finish().await;
-            }
-
-            #[cfg(feature = "sqlite")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            $(#[ignore = $why])?
-            async fn sqlite() {
-                run(Kind::Sqlite).await
-            }
-
-            #[cfg(feature = "postgres")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg_schema() {
-                run(Kind::PgSchema).await
-            }
-
-            #[cfg(feature = "postgres")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg_database() {
-                run(Kind::PgDatabase).await
-            }
-
-            #[cfg(feature = "mysql")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                run(Kind::MySql).await
-            }
-        }
-    )*};
-}
 
 scenarios!(
     migrate_fleet,

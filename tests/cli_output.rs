@@ -6,31 +6,16 @@
 #![cfg(feature = "postgres")]
 
 use assert_cmd::Command;
+use mtnt_test_support::cli::{run_expecting, test_app};
 use mtnt_test_support::postgres::TestDb;
 
 fn app(url: &str) -> Command {
-    let mut cmd =
-        Command::cargo_bin("mtnt-test-app").expect("the test app is built with the tests");
-    cmd.env("DATABASE_URL", url)
-        .env_remove("MTNT_LOG")
-        .env_remove("MTNT_CONCURRENCY")
-        .env_remove("MTNT_CONTROL_SCHEMA");
-    cmd
+    test_app(url)
 }
 
 /// Runs `args`, expecting `code`, and returns (stdout, stderr).
 fn run(url: &str, args: &[&str], code: i32) -> (String, String) {
-    let out = app(url).args(args).output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    (stdout, stderr)
+    run_expecting(app(url), args, code)
 }
 
 /// Creates `names` as tenants.

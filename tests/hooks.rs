@@ -23,53 +23,14 @@ use mtnt::{
     Engine, Error, HookKind, Hooks, MigrateOptions, MigrateReport, MigrationSet, Migrator,
     SafetySettings, TenantName, TenantState,
 };
-use mtnt_test_support::create_tenants;
 use mtnt_test_support::models::{Model, Place};
+use mtnt_test_support::{create_tenants, scenarios};
 use predicates::prelude::*;
 
 #[path = "hooks/defs.rs"]
 mod defs;
 
 use defs::{events, FEATURES, ITEMS, NOTES, TAGS};
-
-/// One test per model for each scenario, in a module named after the scenario.
-macro_rules! scenarios {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use mtnt_test_support::models::{Kind, Model};
-
-            async fn run(kind: Kind) {
-                let model = Model::new(kind, stringify!($scenario)).await;
-                super::$scenario(&model).await;
-                model.finish().await;
-            }
-
-            #[cfg(feature = "sqlite")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                run(Kind::Sqlite).await
-            }
-
-            #[cfg(feature = "postgres")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg_schema() {
-                run(Kind::PgSchema).await
-            }
-
-            #[cfg(feature = "postgres")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg_database() {
-                run(Kind::PgDatabase).await
-            }
-
-            #[cfg(feature = "mysql")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                run(Kind::MySql).await
-            }
-        }
-    )*};
-}
 
 scenarios!(
     each_kind_runs_only_where_there_is_work,

@@ -1,11 +1,57 @@
 //! Test support
 
+pub mod cli;
 pub mod models;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
+
+/// One test per tenancy model for each scenario `async fn scenario(&Model)` of the
+/// calling file, in a module named after the scenario (`scenario::sqlite`,
+/// `scenario::pg_schema`, `scenario::pg_database`, `scenario::mysql`), each behind its
+/// engine's feature; a scenario
+/// that SQLite does not pass because of a documented limit says why, and is ignored there.
+#[macro_export]
+macro_rules! scenarios {
+    ($($scenario:ident $(: sqlite ignored = $why:literal)?),* $(,)?) => {$(
+        mod $scenario {
+            use $crate::models::{Kind, Model};
+
+            async fn run(kind: Kind) {
+                let model = Model::new(kind, stringify!($scenario)).await;
+                super::$scenario(&model).await;
+                model.finish().await;
+            }
+
+            #[cfg(feature = "sqlite")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[ignore = $why])?
+            async fn sqlite() {
+                run(Kind::Sqlite).await
+            }
+
+            #[cfg(feature = "postgres")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg_schema() {
+                run(Kind::PgSchema).await
+            }
+
+            #[cfg(feature = "postgres")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg_database() {
+                run(Kind::PgDatabase).await
+            }
+
+            #[cfg(feature = "mysql")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                run(Kind::MySql).await
+            }
+        }
+    )*};
+}
 
 /// Runs the future `cleanup` makes to completion from a `Drop`, which cannot await and may
 /// run inside a runtime: on a thread of its own, with a runtime of its own. `what` names it
