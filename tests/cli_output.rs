@@ -323,17 +323,13 @@ async fn a_rollback_of_several_tenants_reports_each() {
     let (stdout, _) = run(
         &db.url,
         &[
-            "-q",
-            "rollback",
-            "--tenant",
-            "ra",
-            "--tenant",
-            "rb",
-            "--steps",
-            "1",
+            "-q", "rollback", "--tenant", "ra", "--tenant", "rb", "--steps", "1",
         ],
         0,
     );
-    assert!(stdout.starts_with("tenants: 2 total, 2 rolled back"), "{stdout}");
+    assert!(
+        stdout.starts_with("tenants: 2 total, 2 rolled back"),
+        "{stdout}"
+    );
     db.drop_db().await;
 }

@@ -13,11 +13,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use assert_cmd::Command;
-use predicates::prelude::PredicateBooleanExt;
 use mtnt::{MigrateOptions, MigrationSet, PgDatabaseBackend};
 use mtnt_test_support::create_tenants;
 use mtnt_test_support::like_prefix;
 use mtnt_test_support::models::{Kind, Model, Place};
+use predicates::prelude::PredicateBooleanExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 // The behaviour suite's migrations; this file uses the main set.
@@ -177,9 +177,12 @@ async fn a_tenant_named_like_the_control_database_is_refused() {
         .database(&ctl)
         .to_url_lossy()
         .to_string();
-    let backend = mtnt::connect(&url, &mtnt::ConnectOptions::new().tenancy(mtnt::Tenancy::Database))
-        .await
-        .unwrap();
+    let backend = mtnt::connect(
+        &url,
+        &mtnt::ConnectOptions::new().tenancy(mtnt::Tenancy::Database),
+    )
+    .await
+    .unwrap();
     let m = mtnt::Migrator::builder_boxed(backend)
         .migrations(fleet_to(ACCOUNTS))
         .build()
@@ -199,10 +202,19 @@ async fn a_tenant_named_like_the_control_database_is_refused() {
     Command::cargo_bin("mtnt-portable-app")
         .unwrap()
         .env("DATABASE_URL", &url)
-        .args(["--no-progress", "--tenancy", "database", "tenant", "create", &ctl])
+        .args([
+            "--no-progress",
+            "--tenancy",
+            "database",
+            "tenant",
+            "create",
+            &ctl,
+        ])
         .assert()
         .code(1)
-        .stderr(predicates::str::contains("it is the name of the control database"))
+        .stderr(predicates::str::contains(
+            "it is the name of the control database",
+        ))
         .stderr(predicates::str::contains("fix:").not());
 
     model.finish().await;

@@ -145,6 +145,7 @@ mod tests {
 
     /// Names and other values shown in tables line up with `{:<N}` like strings do.
     #[test]
+    #[allow(clippy::inconsistent_digit_grouping)] // orders are written `YYYY_MM_DD_NNNN`
     fn names_honour_width_and_alignment() {
         let acme = TenantName::new("acme").unwrap();
         assert_eq!(format!("{acme:<8}|"), "acme    |");
@@ -156,7 +157,10 @@ mod tests {
         assert_eq!(format!("{:<8}|", crate::Scope::Tenant), "tenant  |");
         assert_eq!(format!("{:<12}|", crate::Engine::Sqlite), "SQLite      |");
         assert_eq!(format!("{:<9}|", crate::Condition::Current), "current  |");
-        assert_eq!(format!("{:>5}|", crate::Shard::new(1, 4).unwrap()), "  1/4|");
+        assert_eq!(
+            format!("{:>5}|", crate::Shard::new(1, 4).unwrap()),
+            "  1/4|"
+        );
         assert_eq!(
             format!("{:<14}|", crate::HookKind::BeforeRun),
             "before_run    |"
