@@ -253,3 +253,68 @@ async fn each_retry_is_one_line_in_the_normal_output() {
     pool.close().await;
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_of_several_tenants_reports_each() {
+    let db = TestDb::create("cli_rollback_each").await;
+    let names: Vec<String> = ["ra", "rb"].map(str::to_owned).to_vec();
+    create(&db.url, &names);
+    // Their last migration (irreversible) unapplied: the two before it can be reverted.
+    for name in &names {
+        unapply_last(&db, name, true).await;
+    }
+    let (stdout, _) = run(
+        &db.url,
+        &[
+            "--no-progress",
+            "rollback",
+            "--tenant",
+            "ra",
+            "--tenant",
+            "rb",
+            "--steps",
+            "1",
+        ],
+        0,
+    );
+    assert!(
+        stdout.starts_with("tenant ra: reverted 1 migration\ntenant rb: reverted 1 migration\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("tenants: 2 total, 2 rolled back (2 migrations reverted), 0 with nothing to revert, 0 failed"),
+        "{stdout}"
+    );
+    // Named in the order given, and a tenant with nothing to revert says so.
+    let (stdout, _) = run(
+        &db.url,
+        &[
+            "--no-progress",
+            "rollback",
+            "--tenant",
+            "rb",
+            "--tenant",
+            "ra",
+            "--to",
+            "2024_01_02_0001",
+        ],
+        0,
+    );
+    assert!(
+        stdout.starts_with("tenant rb: nothing to roll back\ntenant ra: nothing to roll back\n"),
+        "{stdout}"
+    );
+    // --quiet keeps to the summary.
+    let (stdout, _) = run(
+        &db.url,
+        &[
+            "-q", "rollback", "--tenant", "ra", "--tenant", "rb", "--steps", "1",
+        ],
+        0,
+    );
+    assert!(
+        stdout.starts_with("tenants: 2 total, 2 rolled back"),
+        "{stdout}"
+    );
+    db.drop_db().await;
+}

@@ -584,6 +584,8 @@ async fn a_tenant_named_like_the_control_database_is_refused() {
         "{error:?}"
     );
     assert!(error.to_string().contains("control database"), "{error}");
+    // No fix: `tenant adopt` would take the control database for a tenant.
+    assert_eq!(mtnt::cli_fix(&error), None, "{error}");
     assert!(registry_row(&pool, &ctl, &ctl).await.is_none());
     // Registered by hand, it still cannot be dropped, nor migrated.
     execute(

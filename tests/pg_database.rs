@@ -9,6 +9,7 @@
 // Migration orders are written YYYY_MM_DD_NNNN, like in the attributes.
 #![allow(clippy::inconsistent_digit_grouping)]
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use assert_cmd::Command;
@@ -16,6 +17,7 @@ use mtnt::{MigrateOptions, MigrationSet, PgDatabaseBackend};
 use mtnt_test_support::create_tenants;
 use mtnt_test_support::like_prefix;
 use mtnt_test_support::models::{Kind, Model, Place};
+use predicates::prelude::PredicateBooleanExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 // The behaviour suite's migrations; this file uses the main set.
@@ -154,5 +156,66 @@ async fn a_tenant_whose_database_is_gone_fails_alone_and_can_be_dropped() {
         .map(|r| r.tenant.name.to_string())
         .collect();
     assert_eq!(left, [names[0].clone()]);
+    model.finish().await;
+}
+
+// This model (and MySQL, tests/mysql.rs): a tenant named like the control database is
+// refused before any SQL, as an invalid tenant name with no fix to follow (`tenant adopt`
+// would take the control database for a tenant); its registry row and the control
+// database stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_named_like_the_control_database_is_refused() {
+    let model = model("pgdb_ctlname").await;
+    // A control database with a valid tenant name (the test's prefix: dropped with it).
+    let ctl = model.tenant("ctl");
+    model
+        .execute(Place::Control, &format!("CREATE DATABASE \"{ctl}\""))
+        .await;
+    use sqlx::ConnectOptions as _;
+    let url = sqlx::postgres::PgConnectOptions::from_str(&mtnt_test_support::postgres::admin_url())
+        .unwrap()
+        .database(&ctl)
+        .to_url_lossy()
+        .to_string();
+    let backend = mtnt::connect(
+        &url,
+        &mtnt::ConnectOptions::new().tenancy(mtnt::Tenancy::Database),
+    )
+    .await
+    .unwrap();
+    let m = mtnt::Migrator::builder_boxed(backend)
+        .migrations(fleet_to(ACCOUNTS))
+        .build()
+        .unwrap();
+    let error = m
+        .create_tenant(&mtnt::TenantName::new(ctl.clone()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, mtnt::Error::InvalidTenantName { name, .. } if *name == ctl),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("control database"), "{error}");
+    assert_eq!(mtnt::cli_fix(&error), None, "{error}");
+    assert!(m.tenants().await.unwrap().is_empty());
+    // The CLI says the same, with no fix.
+    Command::cargo_bin("mtnt-portable-app")
+        .unwrap()
+        .env("DATABASE_URL", &url)
+        .args([
+            "--no-progress",
+            "--tenancy",
+            "database",
+            "tenant",
+            "create",
+            &ctl,
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains(
+            "it is the name of the control database",
+        ))
+        .stderr(predicates::str::contains("fix:").not());
+
     model.finish().await;
 }

@@ -145,7 +145,7 @@ async fn up_to_date_tenants_are_skipped_and_every_change_is_seen() {
     // Past `--to` is current too.
     let report = tokio::time::timeout(
         Duration::from_secs(20),
-        v1.migrate(&MigrateOptions::new().to(Some(2024_09_01_0001))),
+        v1.migrate(&MigrateOptions::new().to(2024_09_01_0001)),
     )
     .await
     .expect("a tenant past --to was given a session")

@@ -14,8 +14,9 @@ use proc_macro::TokenStream;
 use crate::errors::Errors;
 
 // The one documentation of the attribute, which `mtnt` re-exports as it is; its examples
-// need `mtnt`, so they run as mtnt's doctests (see `mtnt/src/lib.rs`).
-#[doc = include_str!("migration.md")]
+// need `mtnt`, so they run as mtnt's doctests (see `mtnt/src/lib.rs`), not as this
+// crate's, which cannot name `mtnt`.
+#[cfg_attr(not(doctest), doc = include_str!("migration.md"))]
 #[proc_macro_attribute]
 pub fn migration(args: TokenStream, item: TokenStream) -> TokenStream {
     attribute::<args::MigrationArgs>(
@@ -28,7 +29,7 @@ pub fn migration(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 // Documented like `migration`, in hook.md.
-#[doc = include_str!("hook.md")]
+#[cfg_attr(not(doctest), doc = include_str!("hook.md"))]
 #[proc_macro_attribute]
 pub fn hook(args: TokenStream, item: TokenStream) -> TokenStream {
     attribute::<args::HookArgs>(

@@ -112,10 +112,10 @@ impl FromStr for Order {
     }
 }
 
-/// `2024_01_01_0001`.
+/// `2024_01_01_0001`; honours width, fill and alignment (`{:<20}`).
 impl fmt::Display for Order {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_order(self.0, f)
+        f.pad(&format_order(self.0))
     }
 }
 
@@ -266,6 +266,14 @@ impl std::error::Error for OrderError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_honours_width_and_alignment() {
+        let order = Order::new(2024_01_01_0001).unwrap();
+        assert_eq!(format!("{order}"), "2024_01_01_0001");
+        assert_eq!(format!("{order:<17}|"), "2024_01_01_0001  |");
+        assert_eq!(format!("{order:>17}|"), "  2024_01_01_0001|");
+    }
 
     fn parse(s: &str) -> Result<i64, String> {
         s.parse::<Order>()

@@ -10,7 +10,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Messages say what happened, with its context; the mtnt command line prints a `fix:`
 /// line after them (see [`cli_fix`](crate::cli_fix)). The `Debug` form is the message with
-/// its causes, so that `fn main() -> mtnt::Result<()>` prints something readable.
+/// its causes, so that `fn main() -> mtnt::Result<()>` prints something readable; the
+/// fixes name the command line's commands and flags, so only
+/// [`Report`](crate::Report) (feature `cli`: `fn main() -> Result<(), mtnt::Report>`)
+/// adds them.
 #[derive(thiserror::Error)]
 pub enum Error {
     /// A database call failed (inside a migration, or in mtnt's own bookkeeping).
@@ -244,6 +247,23 @@ pub enum Error {
     /// An option or argument is not acceptable.
     #[error("{0}")]
     Invalid(String),
+
+    /// The run lease's settings would let another runner take over a live run: a runner
+    /// may go `silent` without refreshing its lease (`attempts` heartbeats of
+    /// `heartbeat_interval` failing in a row) before it gives up, which is not less than
+    /// the unlock deadline after which others take its lease over
+    /// ([`SafetySettings::validate`](crate::SafetySettings::validate)).
+    #[error("a runner may go {silent} without refreshing its lease (heartbeat interval {heartbeat_interval} x {attempts} attempts), which is not less than the unlock deadline {unlock_deadline}: another runner would take over a live run")]
+    LeaseOutlivesDeadline {
+        /// How long a runner may go without refreshing its lease.
+        silent: String,
+        /// The heartbeat interval.
+        heartbeat_interval: String,
+        /// The heartbeats that may fail before the runner gives up (retries + 1).
+        attempts: u32,
+        /// The unlock deadline.
+        unlock_deadline: String,
+    },
 
     /// The URL leads to a connection pooler in transaction or statement mode, through
     /// which session advisory locks, session settings and prepared statements would leak

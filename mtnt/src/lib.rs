@@ -58,7 +58,7 @@ pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "postgres")]
 pub use backend::{PgDatabaseBackend, PostgresBackend};
 #[cfg(feature = "cli")]
-pub use cli::cli_fix;
+pub use cli::{cli_fix, Report};
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
@@ -92,6 +92,12 @@ pub use mtnt_macros::{hook, migration};
 #[doc = include_str!("../../mtnt-macros/src/migration.md")]
 struct MigrationAttributeDocs;
 
+/// Compiles the README's examples (the quickstart, hooks and the library), so that
+/// they stay true to the API as a crate outside mtnt sees it.
+#[cfg(all(doctest, feature = "postgres", feature = "cli"))]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
+
 /// Runs the examples of the hook attribute's documentation.
 #[cfg(doctest)]
 #[doc = include_str!("../../mtnt-macros/src/hook.md")]
@@ -107,7 +113,8 @@ struct HookAttributeDocs;
 ///
 /// Errors are printed with a `fix:` line ([`cli_fix`]). An app that drives the library
 /// from its own `fn main() -> mtnt::Result<()>` gets the message and its causes (the
-/// `Debug` form of [`Error`]).
+/// `Debug` form of [`Error`]); with `fn main() -> Result<(), mtnt::Report>` the fix line
+/// too ([`Report`]).
 ///
 /// ```no_run
 /// fn main() {

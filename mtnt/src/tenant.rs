@@ -76,9 +76,10 @@ impl TenantName {
     }
 }
 
+/// The name; honours width, fill and alignment (`{:<16}`), like `str`.
 impl fmt::Display for TenantName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -140,6 +141,31 @@ mod tests {
             let err = TenantName::new(bad).unwrap_err().to_string();
             assert!(err.starts_with("invalid tenant name"), "{bad}: {err}");
         }
+    }
+
+    /// Names and other values shown in tables line up with `{:<N}` like strings do.
+    #[test]
+    #[allow(clippy::inconsistent_digit_grouping)] // orders are written `YYYY_MM_DD_NNNN`
+    fn names_honour_width_and_alignment() {
+        let acme = TenantName::new("acme").unwrap();
+        assert_eq!(format!("{acme:<8}|"), "acme    |");
+        assert_eq!(format!("{acme:>8}|"), "    acme|");
+        assert_eq!(format!("{acme:.^8}|"), "..acme..|");
+        assert_eq!(format!("{acme}|"), "acme|");
+        let order = crate::Order::new(2024_01_01_0001).unwrap();
+        assert_eq!(format!("{order:<18}|"), "2024_01_01_0001   |");
+        assert_eq!(format!("{:<8}|", crate::Scope::Tenant), "tenant  |");
+        assert_eq!(format!("{:<12}|", crate::Engine::Sqlite), "SQLite      |");
+        assert_eq!(format!("{:<9}|", crate::Condition::Current), "current  |");
+        assert_eq!(
+            format!("{:>5}|", crate::Shard::new(1, 4).unwrap()),
+            "  1/4|"
+        );
+        assert_eq!(
+            format!("{:<14}|", crate::HookKind::BeforeRun),
+            "before_run    |"
+        );
+        assert_eq!(format!("{:<9}|", crate::RunCommand::Migrate), "migrate  |");
     }
 }
 

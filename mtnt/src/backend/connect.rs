@@ -6,6 +6,21 @@ use super::engine::Tenancy;
 use crate::{redact_url, Error, Result};
 
 /// How [`connect`] builds a backend from a URL.
+///
+/// The struct is `#[non_exhaustive]`: outside mtnt, start from [`ConnectOptions::new`]
+/// (the defaults) and set what differs.
+///
+/// ```no_run
+/// # async fn demo() -> mtnt::Result<()> {
+/// use mtnt::{ConnectOptions, Migrator, Tenancy};
+///
+/// let options = ConnectOptions::new()
+///     .tenancy(Tenancy::Database)
+///     .max_connections(16);
+/// let backend = mtnt::connect("postgres://postgres@127.0.0.1/control", &options).await?;
+/// let migrator = Migrator::builder_boxed(backend).concurrency(8).build()?;
+/// # let _ = migrator; Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ConnectOptions {
@@ -25,6 +40,33 @@ impl Default for ConnectOptions {
             control_schema: "public".to_owned(),
             max_connections: 8,
         }
+    }
+}
+
+impl ConnectOptions {
+    /// The defaults: the engine's default tenancy, control schema `public`, at most 8
+    /// connections.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`tenancy`](Self::tenancy): the tenancy model, where the URL allows two
+    /// (PostgreSQL: [`Tenancy::Schema`] by default, or [`Tenancy::Database`]).
+    pub fn tenancy(mut self, tenancy: Tenancy) -> Self {
+        self.tenancy = Some(tenancy);
+        self
+    }
+
+    /// Sets [`control_schema`](Self::control_schema).
+    pub fn control_schema(mut self, schema: impl Into<String>) -> Self {
+        self.control_schema = schema.into();
+        self
+    }
+
+    /// Sets [`max_connections`](Self::max_connections).
+    pub fn max_connections(mut self, connections: u32) -> Self {
+        self.max_connections = connections;
+        self
     }
 }
 

@@ -18,7 +18,7 @@ pub enum Engine {
 
 impl fmt::Display for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Engine::Postgres => "PostgreSQL",
             Engine::Sqlite => "SQLite",
             Engine::MySql => "MySQL",

@@ -1,7 +1,9 @@
 //! The commands that run over the fleet: `migrate` (and its dry run), `plan`, `rollback`
 //! and `exec`, with the rollout flags they share.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use super::args::{ExecArgs, MigrateArgs, PlanArgs, RollbackArgs};
 use super::output::{self, count, Verb, Words};
@@ -9,7 +11,10 @@ use super::plan;
 use super::progress::{FleetProgress, Verbosity};
 use super::say::{self, outln};
 use crate::migration::format_order;
-use crate::{Error, MigrateOptions, MigrateReport, Migrator, Result, RollbackTarget, Rollout};
+use crate::{
+    Error, MigrateOptions, MigrateReport, Migrator, Progress, Result, RollbackTarget, Rollout,
+    TenantName,
+};
 
 /// How the command line prints: the words of the tenancy model and the output flags.
 pub(crate) struct Printing<'a> {
@@ -36,12 +41,12 @@ pub(crate) async fn migrate(
     args: MigrateArgs,
     p: &Printing<'_>,
 ) -> Result<ExitCode> {
-    let options = MigrateOptions::new()
+    let mut options = MigrateOptions::new()
         .tenants(args.tenants)
-        .to(args.to)
         .fail_fast(args.fail_fast)
         .shard(args.shard)
         .rollout(args.rollout.rollout());
+    options.to = args.to;
     if args.dry_run {
         let rollout = args.rollout.describe();
         return show_plan(migrator, &options, args.json, rollout.as_deref(), p).await;
@@ -62,14 +67,14 @@ pub(crate) async fn plan(
     args: PlanArgs,
     p: &Printing<'_>,
 ) -> Result<ExitCode> {
-    let options = MigrateOptions::new()
+    let mut options = MigrateOptions::new()
         .tenants(args.tenants)
-        .to(args.to)
         .shard(args.shard)
         .rollout(Rollout {
             only_failed: args.only_failed,
             ..Rollout::default()
         });
+    options.to = args.to;
     show_plan(migrator, &options, args.json, None, p).await
 }
 
@@ -130,13 +135,29 @@ pub(crate) async fn rollback(
         return Ok(ExitCode::SUCCESS);
     }
     // Several tenants, or all of them (clap requires --all-tenants for that).
+    let named = args.tenants.clone();
     let options = MigrateOptions::new()
         .tenants(args.tenants)
         .rollout(args.rollout.rollout());
-    let progress = FleetProgress::new("rollback", p.verbosity).pause(args.rollout.pause());
+    let progress = Outcomes {
+        inner: FleetProgress::new("rollback", p.verbosity).pause(args.rollout.pause()),
+        reverted: Mutex::new(HashMap::new()),
+    };
     let report = migrator
         .rollback_fleet(how_far, &options, &progress)
         .await?;
+    // Each tenant named on the command line gets its line, as one alone does; a failed
+    // one is in the failures below, one not started in the list of those.
+    if !p.quiet {
+        let reverted = progress.reverted.into_inner().unwrap_or_default();
+        for tenant in &named {
+            match reverted.get(tenant) {
+                Some(0) => outln!("tenant {tenant}: nothing to roll back"),
+                Some(&n) => outln!("tenant {tenant}: reverted {}", count(n, "migration")),
+                None => {}
+            }
+        }
+    }
     say::out_raw(&output::fleet_report(
         &report,
         p.words,
@@ -144,6 +165,45 @@ pub(crate) async fn rollback(
         p.verbose,
     ));
     Ok(exit(&report))
+}
+
+/// The progress of a fleet run, which also keeps how many migrations each tenant that
+/// succeeded reverted.
+struct Outcomes {
+    inner: FleetProgress,
+    reverted: Mutex<HashMap<TenantName, usize>>,
+}
+
+impl Progress for Outcomes {
+    fn start(&self, total: u64) {
+        self.inner.start(total);
+    }
+
+    fn tenant_done(&self, tenant: &TenantName, outcome: std::result::Result<usize, &Error>) {
+        if let (Ok(n), Ok(mut reverted)) = (&outcome, self.reverted.lock()) {
+            reverted.insert(tenant.clone(), *n);
+        }
+        self.inner.tenant_done(tenant, outcome);
+    }
+
+    fn wave(&self, number: usize, waves: usize, tenants: usize) {
+        self.inner.wave(number, waves, tenants);
+    }
+
+    fn retrying(
+        &self,
+        target: &str,
+        attempt: u32,
+        attempts: u32,
+        error: &Error,
+        pause: std::time::Duration,
+    ) {
+        self.inner.retrying(target, attempt, attempts, error, pause);
+    }
+
+    fn finish(&self) {
+        self.inner.finish();
+    }
 }
 
 pub(crate) async fn exec(

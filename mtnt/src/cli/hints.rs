@@ -60,6 +60,10 @@ pub fn cli_fix(error: &Error) -> Option<String> {
             "register it with `tenant adopt --schema-like '{}'`, or pick another tenant name",
             escape_like(tenant.as_str())
         ),
+        Error::LeaseOutlivesDeadline { .. } => {
+            "raise --unlock-deadline, or lower --heartbeat-interval or --heartbeat-retries"
+                .to_owned()
+        }
         Error::Tls { fix, .. } => fix.clone(),
         Error::TransactionPooler { .. } => "point --database-url (DATABASE_URL) at PostgreSQL itself, or at a session-pooled pool (PgBouncer: pool_mode = session, for example a second [databases] entry with pool_mode=session)".to_owned(),
         Error::Panicked { .. } => {
@@ -80,6 +84,64 @@ pub fn cli_fix(error: &Error) -> Option<String> {
         | Error::Io { .. }
         | Error::Invalid(_) => return None,
     })
+}
+
+/// An [`Error`] that shows, in its `Debug` form, the message, its causes and the `fix:`
+/// line the mtnt command line prints ([`cli_fix`]): for `fn main() -> Result<(),
+/// mtnt::Report>` in a binary that drives the library and whose users know mtnt's
+/// commands and flags (`?` converts an [`Error`]).
+///
+/// ```
+/// let report = mtnt::Report::from(mtnt::Error::UnknownTenant("acme".to_owned()));
+/// assert_eq!(
+///     format!("{report:?}"),
+///     "unknown tenant \"acme\": no tenant of that name is registered\n  \
+///      fix: check the name with `tenant list`, or create the tenant with `tenant create acme`"
+/// );
+/// ```
+///
+/// ```no_run
+/// #[tokio::main]
+/// async fn main() -> Result<(), mtnt::Report> {
+///     let migrator = mtnt::Migrator::connect("sqlite://./tenants/").await?;
+///     migrator.migrate(&mtnt::MigrateOptions::new()).await?;
+///     Ok(())
+/// }
+/// ```
+///
+/// `Error`'s own `Debug` form (`fn main() -> mtnt::Result<()>`) is the message with its
+/// causes and no fix, since the fixes name the command line's flags.
+pub struct Report(pub Error);
+
+impl Report {
+    /// The error.
+    pub fn into_inner(self) -> Error {
+        self.0
+    }
+}
+
+impl From<Error> for Report {
+    fn from(error: Error) -> Self {
+        Report(error)
+    }
+}
+
+/// The message, each cause it does not quote, and the fix.
+impl std::fmt::Debug for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)?;
+        if let Some(fix) = cli_fix(&self.0) {
+            write!(f, "\n  fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The error's message.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
 }
 
 const CHECKSUM_FIX: &str = "revert the edit and write a new migration instead; if the edit is \
@@ -260,6 +322,20 @@ mod tests {
         assert!(fix.contains(r"--schema-like 'big\_co'"), "{fix}");
     }
 
+    /// Lease settings that let a live run be taken over are refused by the library in its
+    /// own terms; the flags to change are the command line's fix.
+    #[test]
+    fn lease_settings_get_the_flags_to_change() {
+        let error = crate::SafetySettings::new()
+            .unlock_deadline(std::time::Duration::from_secs(10))
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            cli_fix(&error).as_deref(),
+            Some("raise --unlock-deadline, or lower --heartbeat-interval or --heartbeat-retries")
+        );
+    }
+
     /// The library's messages name no flag or command of the CLI: those are in the fixes.
     #[test]
     fn library_messages_name_no_cli_flag() {
@@ -296,6 +372,10 @@ mod tests {
                 storage: "schema acme".to_owned(),
             },
             Error::EmptyRegistry,
+            crate::SafetySettings::new()
+                .unlock_deadline(std::time::Duration::from_secs(10))
+                .validate()
+                .unwrap_err(),
         ];
         for error in errors {
             let message = error.to_string();

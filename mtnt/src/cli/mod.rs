@@ -11,5 +11,5 @@ mod run;
 mod say;
 pub mod scaffold;
 
-pub use hints::cli_fix;
+pub use hints::{cli_fix, Report};
 pub use run::{run_cli, run_cli_as};

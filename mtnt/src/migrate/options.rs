@@ -32,9 +32,20 @@ impl MigrateOptions {
         self
     }
 
-    /// Stop at this order.
-    pub fn to(mut self, order: Option<i64>) -> Self {
-        self.to = order;
+    /// Stop at this order (inclusive), written as in the attribute; an
+    /// [`Order`](crate::Order) parsed from text gives its digits with `get()`.
+    ///
+    /// ```
+    /// use mtnt::{MigrateOptions, Order};
+    ///
+    /// let options = MigrateOptions::new().to(2024_01_01_0002);
+    /// assert_eq!(options.to, Some(2024_01_01_0002));
+    /// let order: Order = "2024_01_01_0002".parse()?;
+    /// assert_eq!(MigrateOptions::new().to(order.get()).to, Some(2024_01_01_0002));
+    /// # Ok::<(), mtnt::OrderError>(())
+    /// ```
+    pub fn to(mut self, order: i64) -> Self {
+        self.to = Some(order);
         self
     }
 

@@ -105,15 +105,12 @@ impl SafetySettings {
         }
         let silent = self.heartbeat_interval * (self.heartbeat_retries + 1);
         if silent >= self.unlock_deadline {
-            return Err(Error::Invalid(format!(
-                "a runner may go {} without refreshing its lease (heartbeat interval {} x {} attempts), \
-                 which is not less than the unlock deadline {}: another runner would take over a live run\n  \
-                 fix: raise --unlock-deadline, or lower --heartbeat-interval or --heartbeat-retries",
-                format_duration(silent),
-                format_duration(self.heartbeat_interval),
-                self.heartbeat_retries + 1,
-                format_duration(self.unlock_deadline),
-            )));
+            return Err(Error::LeaseOutlivesDeadline {
+                silent: format_duration(silent),
+                heartbeat_interval: format_duration(self.heartbeat_interval),
+                attempts: self.heartbeat_retries + 1,
+                unlock_deadline: format_duration(self.unlock_deadline),
+            });
         }
         Ok(())
     }
@@ -134,7 +131,7 @@ impl Shard {
     pub fn new(index: u32, count: u32) -> Result<Self> {
         if count == 0 || index == 0 || index > count {
             return Err(Error::Invalid(format!(
-                "invalid shard {index}/{count}: write I/N with 1 <= I <= N, e.g. --shard 1/4"
+                "invalid shard {index}/{count}: write I/N with 1 <= I <= N, e.g. 1/4"
             )));
         }
         Ok(Self { index, count })
@@ -167,7 +164,7 @@ impl FromStr for Shard {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::Invalid(format!(
-                "{s:?} is not a shard: write I/N with 1 <= I <= N, e.g. --shard 1/4"
+                "{s:?} is not a shard: write I/N with 1 <= I <= N, e.g. 1/4"
             ))
         };
         let (index, count) = s.split_once('/').ok_or_else(bad)?;
@@ -179,7 +176,7 @@ impl FromStr for Shard {
 
 impl fmt::Display for Shard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
+        f.pad(&format!("{}/{}", self.index, self.count))
     }
 }
 
@@ -232,6 +229,15 @@ mod tests {
     fn the_lease_outlives_the_heartbeat() {
         assert!(SafetySettings::new().validate().is_ok());
         let bad = SafetySettings::new().unlock_deadline(Duration::from_secs(10));
-        assert!(bad.validate().unwrap_err().to_string().contains("20s"));
+        let error = bad.validate().unwrap_err();
+        assert!(
+            matches!(error, Error::LeaseOutlivesDeadline { attempts: 4, .. }),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("20s"), "{message}");
+        // The library names no CLI flag: the fix is the command line's (cli_fix).
+        assert!(!message.contains("--"), "{message}");
+        assert!(!message.contains("fix:"), "{message}");
     }
 }

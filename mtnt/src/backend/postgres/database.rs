@@ -109,13 +109,14 @@ impl PgDatabaseBackend {
         self.options.clone().database(&tenant.storage)
     }
 
-    /// Refuses a tenant whose database would be the control database.
+    /// Refuses a tenant whose database would be the control database, before any SQL,
+    /// as MySQL does.
     fn check_not_control(&self, tenant: &Tenant) -> Result<()> {
         if tenant.storage == self.control_db {
-            return Err(Error::Invalid(format!(
-                "tenant {} would use the control database {} as its database",
-                tenant.name, self.control_db
-            )));
+            return Err(Error::InvalidTenantName {
+                name: tenant.name.to_string(),
+                reason: "it is the name of the control database",
+            });
         }
         Ok(())
     }
