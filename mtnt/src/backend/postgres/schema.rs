@@ -7,15 +7,19 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 
 use super::super::sql::quote_ident;
+use super::catalog;
 use super::lease::PgLeases;
 use super::target::{PgConn, PgTarget, Spec};
 use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking};
 use super::{classify, literal, public_key, tenant_key};
 use crate::backend::{
-    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, Target,
+    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, SchemaObject, Target,
 };
 use crate::ctx::exec_postgres;
 use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
+
+/// Tenants whose schemas one catalog query of `drift` describes.
+const DESCRIBE_PAGE: usize = 500;
 
 /// PostgreSQL with one schema per tenant, all in one database.
 ///
@@ -404,6 +408,23 @@ impl Backend for PostgresBackend {
             .bind(&self.control)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut described = Vec::with_capacity(tenants.len());
+        // A page per query keeps the answer (some rows per object) a bounded size.
+        for page in tenants.chunks(DESCRIBE_PAGE) {
+            let schemas: Vec<&str> = page.iter().map(|t| t.storage.as_str()).collect();
+            let objects = catalog::describe(&mut conn, &schemas).await?;
+            described.extend(page.iter().zip(objects).map(|(tenant, objects)| {
+                objects.ok_or_else(|| Error::StorageMissing {
+                    tenant: tenant.name.clone(),
+                    storage: tenant.storage.clone(),
+                })
+            }));
+        }
+        Ok(described)
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
