@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 
@@ -19,7 +20,10 @@ use crate::ctx::exec_postgres;
 use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
 
 /// Tenants whose schemas one catalog query of `drift` describes.
-const DESCRIBE_PAGE: usize = 500;
+const DESCRIBE_PAGE: usize = 250;
+
+/// Catalog queries of `drift` at once.
+const DESCRIBE_CONNECTIONS: usize = 2;
 
 /// PostgreSQL with one schema per tenant, all in one database.
 ///
@@ -76,6 +80,23 @@ fn tracking_trigger_sql(control_q: &str, registry: &str) -> String {
 }
 
 impl PostgresBackend {
+    /// The schemas of one page of tenants, in one catalog query.
+    async fn describe_page(&self, page: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        let mut conn = self.pool.acquire().await?;
+        let schemas: Vec<&str> = page.iter().map(|t| t.storage.as_str()).collect();
+        let objects = catalog::describe(&mut conn, &schemas).await?;
+        Ok(page
+            .iter()
+            .zip(objects)
+            .map(|(tenant, objects)| {
+                objects.ok_or_else(|| Error::StorageMissing {
+                    tenant: tenant.name.clone(),
+                    storage: tenant.storage.clone(),
+                })
+            })
+            .collect())
+    }
+
     /// A backend on `pool` whose control schema is `public`.
     pub fn new(pool: PgPool) -> Self {
         Self {
@@ -411,20 +432,17 @@ impl Backend for PostgresBackend {
     }
 
     async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
-        let mut conn = self.pool.acquire().await?;
-        let mut described = Vec::with_capacity(tenants.len());
-        // A page per query keeps the answer (some rows per object) a bounded size.
-        for page in tenants.chunks(DESCRIBE_PAGE) {
-            let schemas: Vec<&str> = page.iter().map(|t| t.storage.as_str()).collect();
-            let objects = catalog::describe(&mut conn, &schemas).await?;
-            described.extend(page.iter().zip(objects).map(|(tenant, objects)| {
-                objects.ok_or_else(|| Error::StorageMissing {
-                    tenant: tenant.name.clone(),
-                    storage: tenant.storage.clone(),
-                })
-            }));
-        }
-        Ok(described)
+        // A page per query keeps each answer (some rows per object) a bounded size; the
+        // catalog's deparsers cost the server CPU, so pages go on a few connections at once.
+        let pages: Vec<_> = tenants
+            .chunks(DESCRIBE_PAGE)
+            .map(|page| self.describe_page(page))
+            .collect();
+        let pages: Vec<Vec<_>> = futures_util::stream::iter(pages)
+            .buffered(DESCRIBE_CONNECTIONS)
+            .try_collect()
+            .await?;
+        Ok(pages.into_iter().flatten().collect())
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
