@@ -57,8 +57,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use mtnt::{
     Backend, BoxFuture, Capabilities, Connection, Ctx, CtxConn, CustomConnection, Engine, Error,
-    ErrorClass, LeaseStore, MigrationTimeouts, Record, RegistryRow, Result, Target, TargetState,
-    Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+    ErrorClass, LeaseStore, MigrationTimeouts, ObjectKind, Record, RegistryRow, Result,
+    SchemaObject, Target, TargetState, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
 };
 use serde_json::Value;
 
@@ -346,6 +346,25 @@ impl Backend for JsonBackend {
         }
         found.sort();
         Ok(found)
+    }
+
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        // A document store's schema is its collections; their documents are data.
+        Ok(tenants
+            .iter()
+            .map(|tenant| {
+                let doc = Place::tenant(&self.dir, &tenant.storage).load()?;
+                let doc = doc.ok_or_else(|| Error::StorageMissing {
+                    tenant: tenant.name.clone(),
+                    storage: tenant.storage.clone(),
+                })?;
+                Ok(doc
+                    .collections
+                    .keys()
+                    .map(|name| SchemaObject::new(ObjectKind::Table, name.as_str(), ""))
+                    .collect())
+            })
+            .collect())
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

@@ -51,8 +51,9 @@ pub use backend::MySqlBackend;
 #[cfg(feature = "sqlite")]
 pub use backend::SqliteBackend;
 pub use backend::{
-    classify_common, connect, Backend, Capabilities, ConnectOptions, Connection, Direction, Engine,
-    ErrorClass, MigrationTimeouts, Record, RegistryRow, Target, TargetState, Tenancy, Timing,
+    classify_common, connect, strip_qualifier, Backend, Capabilities, ConnectOptions, Connection,
+    Direction, Engine, ErrorClass, MigrationTimeouts, ObjectKind, Record, RegistryRow,
+    SchemaObject, Target, TargetState, Tenancy, Timing,
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "postgres")]
@@ -72,6 +73,7 @@ pub use migrate::{
     AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,
     TenantOutcome,
 };
+pub use migrate::{Difference, DriftReport, DriftedTenant, OrderDrift, UnreadableTenant};
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };

@@ -295,6 +295,101 @@ pub struct TargetState {
     pub registered: bool,
 }
 
+/// What kind of schema object a [`SchemaObject`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ObjectKind {
+    /// A table.
+    Table,
+    /// A column of a table or view, named `table.column`.
+    Column,
+    /// An index.
+    Index,
+    /// A constraint (primary key, unique, foreign key, check), named `table.constraint`.
+    Constraint,
+    /// A view or materialized view.
+    View,
+    /// A function or procedure, named with its argument types.
+    Function,
+    /// A trigger, named `table.trigger`.
+    Trigger,
+    /// A sequence.
+    Sequence,
+}
+
+impl ObjectKind {
+    /// The word for it in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Table => "table",
+            ObjectKind::Column => "column",
+            ObjectKind::Index => "index",
+            ObjectKind::Constraint => "constraint",
+            ObjectKind::View => "view",
+            ObjectKind::Function => "function",
+            ObjectKind::Trigger => "trigger",
+            ObjectKind::Sequence => "sequence",
+        }
+    }
+}
+
+/// One object of a tenant's schema as the engine's catalog describes it: what `drift`
+/// compares between tenants.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct SchemaObject {
+    /// What it is.
+    pub kind: ObjectKind,
+    /// Its name within the tenant (no schema or database in it).
+    pub name: String,
+    /// Its definition in the engine's words (a column's type, nullability and default; an
+    /// index's definition ...), with the tenant's own schema or database name taken out,
+    /// so that the same object of two tenants reads the same.
+    pub definition: String,
+}
+
+impl SchemaObject {
+    /// An object of `kind` named `name` defined as `definition`.
+    pub fn new(kind: ObjectKind, name: impl Into<String>, definition: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            definition: definition.into(),
+        }
+    }
+}
+
+/// `text` without the qualifier `storage.` (bare, `"quoted"` or `` `quoted` ``) wherever it
+/// starts a qualified name: a definition as the catalog prints it for one tenant
+/// (`ON acme.accounts`, `nextval('acme.accounts_id_seq')`), made the same for every tenant.
+pub fn strip_qualifier(text: &str, storage: &str) -> String {
+    let forms = [
+        format!("{storage}."),
+        format!("\"{}\".", storage.replace('"', "\"\"")),
+        format!("`{}`.", storage.replace('`', "``")),
+    ];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while !rest.is_empty() {
+        let starts_name = out
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '$'));
+        if starts_name {
+            for form in &forms {
+                if let Some(after) = rest.strip_prefix(form.as_str()) {
+                    rest = after;
+                    continue 'scan;
+                }
+            }
+        }
+        let c = rest.chars().next().expect("rest is not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 /// The engine half of mtnt: its dialect and its connection handling.
 ///
 /// Everything a run does with these primitives is written once in mtnt; an engine that
@@ -377,6 +472,14 @@ pub trait Backend: Send + Sync {
     /// The names of existing storages (schemas, databases, files) that match the SQL
     /// `LIKE` pattern, are not registered, and are not mtnt's own, by name.
     async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>>;
+
+    /// The schema objects of each of `tenants`, in their order, as the engine's catalog
+    /// describes them ([`SchemaObject`]): mtnt's own tables left out, each sorted; an
+    /// error for a tenant that cannot be read (its storage missing, say), which leaves the
+    /// others described. Only reads, and takes no lock: `drift` compares what it returns.
+    /// In bulk where the engine can (one catalog query for many tenants); the outer error
+    /// is for a failure that leaves no tenant described.
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>>;
 
     /// The run leases of the control schema, if the engine keeps them; without, runs
     /// take no lease (see the README section "Safety").

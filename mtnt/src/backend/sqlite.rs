@@ -10,7 +10,9 @@ use sqlx::error::DatabaseError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Connection as _, SqliteConnection};
 
-use super::api::{Backend, Capabilities, Connection, ErrorClass, RegistryRow, Target};
+use super::api::{
+    Backend, Capabilities, Connection, ErrorClass, RegistryRow, SchemaObject, Target,
+};
 use super::connect::ConnectOptions;
 use super::engine::{Engine, Tenancy};
 use super::lease::LeaseStore;
@@ -18,6 +20,7 @@ use super::sql::tenant_record;
 use crate::ctx::exec_sqlite;
 use crate::{redact_url, Error, Result, Tenant, TenantName, TenantRecord, TenantState};
 
+mod catalog;
 mod connection;
 mod storage;
 
@@ -362,6 +365,14 @@ impl Backend for SqliteBackend {
 
     async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>> {
         self.unregistered_files(like).await
+    }
+
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        let mut described = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            described.push(self.describe_file(tenant).await);
+        }
+        Ok(described)
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

@@ -158,6 +158,8 @@ pub(crate) enum Command {
     Exec(ExecArgs),
     /// Show where the public schema and each tenant stand
     Status(StatusArgs),
+    /// Compare each tenant's actual schema with the other tenants at its order; changes nothing
+    Drift(DriftArgs),
     /// Create, list, adopt and drop tenants
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -375,6 +377,16 @@ pub(crate) struct StatusArgs {
     /// Exit 1, with the summary on stderr, unless the public schema and every tenant are current (a deploy gate)
     #[arg(long)]
     pub(crate) check: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DriftArgs {
+    /// Only this tenant (repeatable); it is compared with the others at its order among those named
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub(crate) tenants: Vec<TenantName>,
+    /// Print one JSON document instead of text
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

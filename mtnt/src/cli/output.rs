@@ -4,8 +4,8 @@ use super::failures;
 use super::hints::{condition_fix, creating_fix};
 use crate::migration::format_order;
 use crate::{
-    Condition, MigrateReport, MigrationSet, StatusReport, Tenancy, TenantName, TenantRecord,
-    TenantStatus,
+    Condition, DriftReport, MigrateReport, MigrationSet, StatusReport, Tenancy, TenantName,
+    TenantRecord, TenantStatus,
 };
 
 fn order_or_none(order: Option<i64>) -> String {
@@ -239,6 +239,53 @@ pub(crate) fn fleet_report(
     for failure in &report.hook_failures {
         let _ = writeln!(out, "warning: {failure}");
     }
+    out
+}
+
+/// `drift`'s text: per applied order, how many tenants share the reference schema, then
+/// each way of drifting with its tenants and differences; the unreadable tenants; a
+/// summary line.
+pub(crate) fn drift_report(report: &DriftReport, quiet: bool) -> String {
+    let mut out = String::new();
+    for order in report.orders.iter().filter(|_| !quiet) {
+        let _ = write!(
+            out,
+            "at {}: {}, {} alike",
+            order_or_none(order.applied_order),
+            count(order.tenants, "tenant"),
+            order.reference_tenants
+        );
+        if !order.drifted.is_empty() {
+            let _ = write!(out, ", {} drifted", order.drifted.len());
+        }
+        out.push('\n');
+        // Tenants that drifted the same way share a fingerprint: said once, with their names.
+        let mut ways: Vec<(&str, Vec<&TenantName>, &[crate::Difference])> = Vec::new();
+        for d in &order.drifted {
+            match ways.iter_mut().find(|(f, ..)| *f == d.fingerprint) {
+                Some((_, names, _)) => names.push(&d.tenant),
+                None => ways.push((&d.fingerprint, vec![&d.tenant], &d.differences)),
+            }
+        }
+        for (_, names, differences) in ways {
+            let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+            let what: Vec<String> = differences.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "  {}: {}", names.join(", "), what.join("; "));
+        }
+    }
+    for u in &report.unreadable {
+        let _ = writeln!(out, "tenant {}: schema not read: {}", u.tenant, u.error);
+    }
+    let _ = write!(
+        out,
+        "{} of {} drifted from the others at their order",
+        report.drifted(),
+        count(report.tenants, "tenant")
+    );
+    if !report.unreadable.is_empty() {
+        let _ = write!(out, ", {} not read", report.unreadable.len());
+    }
+    out.push('\n');
     out
 }
 

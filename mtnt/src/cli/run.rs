@@ -204,6 +204,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Drift(args) => {
+            let report = migrator.drift(&args.tenants).await?;
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serializable")
+                );
+            } else {
+                say::out_raw(&output::drift_report(&report, quiet));
+            }
+            // Like diff(1): 1 when something differs, so a pipeline can gate on it.
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Tenant(TenantCommand::Create { name }) => {
             // Tenant migrations may rely on the public ones: those run first, and are said.
             let public = migrator.migrate_public().await?;

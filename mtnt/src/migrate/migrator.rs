@@ -1,6 +1,7 @@
 use std::time::Instant;
 
 use super::claim::{lock_waiting, run_waiting, FleetClaims};
+use super::drift::{self, DriftReport};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
 use super::hooks::{self, HookFailures, Hooks, RunCommand, RunInfo};
 use super::inspect::{classify_rows, standings, Condition, PlanReport, PlannedMigration};
@@ -670,6 +671,18 @@ impl Migrator {
                 return Ok(all);
             }
         }
+    }
+
+    /// Schema drift: each tenant's actual schema (or the named tenants'), read from its
+    /// engine's catalog, compared with the other tenants at the same applied order. Reads
+    /// only and takes no lock; see [`DriftReport`] for what it finds.
+    pub async fn drift(&self, names: &[TenantName]) -> Result<DriftReport> {
+        let records = if names.is_empty() {
+            self.all_records().await?
+        } else {
+            self.records(names).await?
+        };
+        drift::check(&*self.backend, records).await
     }
 
     /// Every registered tenant, by name.

@@ -1,6 +1,7 @@
 //! MySQL and MariaDB, a database per tenant: the registry, storage and fingerprints
 //! here, one target's connection in `target.rs`, the bookkeeping SQL in `dialect.rs`.
 
+mod catalog;
 mod dialect;
 mod fleet;
 mod target;
@@ -17,7 +18,9 @@ use sqlx::{Connection as _, Row};
 
 use self::dialect::{opt_text, text, tracking_ddl, NOW};
 use self::target::MySqlTarget;
-use super::api::{Backend, Capabilities, Connection, ErrorClass, RegistryRow, Target};
+use super::api::{
+    Backend, Capabilities, Connection, ErrorClass, RegistryRow, SchemaObject, Target,
+};
 use super::engine::{Engine, Tenancy};
 use super::lease::LeaseStore;
 use super::sql::quote_ident_mysql as quote;
@@ -386,6 +389,10 @@ impl Backend for MySqlBackend {
         });
         databases.sort();
         Ok(databases)
+    }
+
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        self.describe_databases(tenants).await
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

@@ -10,6 +10,7 @@
 //!
 //! [`Connection`]: crate::Connection
 
+mod catalog;
 mod database;
 mod lease;
 mod pooler;

@@ -3,19 +3,27 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 
 use super::super::sql::quote_ident;
+use super::catalog;
 use super::lease::PgLeases;
 use super::target::{PgConn, PgTarget, Spec};
 use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking};
 use super::{classify, literal, public_key, tenant_key};
 use crate::backend::{
-    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, Target,
+    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, SchemaObject, Target,
 };
 use crate::ctx::exec_postgres;
 use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
+
+/// Tenants whose schemas one catalog query of `drift` describes.
+const DESCRIBE_PAGE: usize = 250;
+
+/// Catalog queries of `drift` at once.
+const DESCRIBE_CONNECTIONS: usize = 2;
 
 /// PostgreSQL with one schema per tenant, all in one database.
 ///
@@ -72,6 +80,23 @@ fn tracking_trigger_sql(control_q: &str, registry: &str) -> String {
 }
 
 impl PostgresBackend {
+    /// The schemas of one page of tenants, in one catalog query.
+    async fn describe_page(&self, page: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        let mut conn = self.pool.acquire().await?;
+        let schemas: Vec<&str> = page.iter().map(|t| t.storage.as_str()).collect();
+        let objects = catalog::describe(&mut conn, &schemas).await?;
+        Ok(page
+            .iter()
+            .zip(objects)
+            .map(|(tenant, objects)| {
+                objects.ok_or_else(|| Error::StorageMissing {
+                    tenant: tenant.name.clone(),
+                    storage: tenant.storage.clone(),
+                })
+            })
+            .collect())
+    }
+
     /// A backend on `pool` whose control schema is `public`.
     pub fn new(pool: PgPool) -> Self {
         Self {
@@ -404,6 +429,20 @@ impl Backend for PostgresBackend {
             .bind(&self.control)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        // A page per query keeps each answer (some rows per object) a bounded size; the
+        // catalog's deparsers cost the server CPU, so pages go on a few connections at once.
+        let pages: Vec<_> = tenants
+            .chunks(DESCRIBE_PAGE)
+            .map(|page| self.describe_page(page))
+            .collect();
+        let pages: Vec<Vec<_>> = futures_util::stream::iter(pages)
+            .buffered(DESCRIBE_CONNECTIONS)
+            .try_collect()
+            .await?;
+        Ok(pages.into_iter().flatten().collect())
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
