@@ -19,7 +19,7 @@ mod tls;
 
 pub use api::{
     classify_common, Backend, Capabilities, Connection, Direction, ErrorClass, MigrationTimeouts,
-    Record, RegistryRow, Target, TargetState, Timing,
+    Record, RegistryRow, RegistryState, Target, TargetState, Timing,
 };
 pub use connect::{connect, ConnectOptions};
 pub use engine::{Engine, Tenancy};

@@ -19,7 +19,16 @@ use crate::{Condition, Error};
 pub fn cli_fix(error: &Error) -> Option<String> {
     Some(match error {
         Error::Migration { source, .. } | Error::GaveUp { source, .. } => return cli_fix(source),
-        Error::Connect { source, .. } => connect_fix(source),
+        Error::Connect { url, source } => connect_fix(url, source),
+        Error::TenancyMismatch { recorded, .. } => format!(
+            "leave out --tenancy (and MTNT_TENANCY): the recorded tenancy {} is used; the \
+             tenancy model of a registry never changes",
+            recorded.as_str()
+        ),
+        Error::NoRegistry { .. } => {
+            "check the URL (--database-url or DATABASE_URL), or run `migrate` to set it up"
+                .to_owned()
+        }
         Error::BadUrl { .. } => {
             "give a URL like postgres://user@host/db, mysql://user@host/control or \
              sqlite://./tenants/ with --database-url or DATABASE_URL"
@@ -144,13 +153,24 @@ fn order_in(text: &str) -> Option<i64> {
     })
 }
 
-/// What to check when the database cannot be reached, from what the driver says.
-fn connect_fix(source: &sqlx::Error) -> String {
+/// What to check when the database at `url` (its password redacted) cannot be reached,
+/// from what the driver says.
+fn connect_fix(url: &str, source: &sqlx::Error) -> String {
     const URL: &str = "the URL (--database-url or DATABASE_URL)";
     match source {
         sqlx::Error::Database(db) => match db.code().as_deref() {
-            // PostgreSQL invalid_catalog_name, MySQL ER_BAD_DB_ERROR.
-            Some("3D000") | Some("1049") => {
+            // PostgreSQL invalid_catalog_name: the database the URL names is not there.
+            Some("3D000") => match createdb(url) {
+                Some(command) => format!(
+                    "create it with `{command}` (mtnt creates the tables in it), or correct \
+                     its name in {URL}"
+                ),
+                None => format!(
+                    "create the database first (createdb NAME), or correct its name in {URL}"
+                ),
+            },
+            // MySQL ER_BAD_DB_ERROR.
+            Some("1049") => {
                 format!(
                     "create the database first (createdb NAME, or CREATE DATABASE), or correct \
                      its name in {URL}"
@@ -171,6 +191,27 @@ fn connect_fix(source: &sqlx::Error) -> String {
         sqlx::Error::Configuration(_) => format!("correct {URL}"),
         _ => format!("check that the server is running and that {URL} is right"),
     }
+}
+
+/// The `createdb` command that creates the database a `postgres://` URL names, with its
+/// host, port and user (never a password).
+fn createdb(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let name = parsed.path().trim_start_matches('/');
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let mut command = format!(
+        "createdb -h {} -p {}",
+        parsed.host_str().unwrap_or("localhost"),
+        parsed.port().unwrap_or(5432)
+    );
+    if !parsed.username().is_empty() {
+        command.push_str(&format!(" -U {}", parsed.username()));
+    }
+    command.push(' ');
+    command.push_str(name);
+    Some(command)
 }
 
 /// `text` as a SQL `LIKE` pattern that matches only itself.
