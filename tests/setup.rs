@@ -220,7 +220,7 @@ async fn reads_create_nothing_where_mtnt_never_ran(m: &Model) {
         "tenants"
     );
     match migrator.plan(&MigrateOptions::new()).await {
-        Err(Error::NoRegistry { place }) => {
+        Err(Error::NoRegistry { place, .. }) => {
             let expected = match m.kind() {
                 Kind::Sqlite => "directory ".to_owned(),
                 Kind::MySql => format!("control database {} on ", m.control_name()),
@@ -435,6 +435,49 @@ mod postgres {
             }
         }
         assert_eq!(mtnt_objects(&admin).await, before);
+    }
+
+    /// A registry in another control schema of the database: a read without
+    /// `--control-schema` says where it is, and creates nothing.
+    #[tokio::test]
+    async fn a_read_names_the_control_schema_that_holds_the_registry() {
+        let db = TestDb::create("setup_control").await;
+        let app = || {
+            let mut cmd = Command::cargo_bin("mtnt-portable-app").unwrap();
+            cmd.env("DATABASE_URL", &db.url)
+                .env_remove("MTNT_TENANCY")
+                .env_remove("MTNT_CONTROL_SCHEMA")
+                .arg("--no-progress");
+            cmd
+        };
+        app()
+            .args(["--control-schema", "mtnt", "migrate"])
+            .assert()
+            .success();
+        let before = mtnt_objects(&db.url).await;
+        app()
+            .arg("status")
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(format!(
+                "error: database {} on 127.0.0.1:5432, schema public {NO_REGISTRY} (schema mtnt of that database holds one)\n  fix: pass --control-schema mtnt (or MTNT_CONTROL_SCHEMA) to use that registry",
+                db.name()
+            )));
+        assert_eq!(mtnt_objects(&db.url).await, before);
+        let pool = db.pool(2).await;
+        let recorded: String = sqlx::query_scalar(
+            "SELECT value FROM mtnt.mtnt_settings WHERE name = 'control_schema'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(recorded, "mtnt");
+        pool.close().await;
+        app()
+            .args(["--control-schema", "mtnt", "status"])
+            .assert()
+            .success();
+        db.drop_db().await;
     }
 
     /// The model given in code (a backend of another model, or `ConnectOptions`) that

@@ -210,6 +210,7 @@ impl Backend for JsonBackend {
         } else {
             RegistryState::Missing {
                 place: format!("directory {}", self.dir.display()),
+                other_schemas: Vec::new(),
             }
         })
     }

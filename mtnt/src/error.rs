@@ -297,11 +297,13 @@ pub enum Error {
 
     /// A command that only reads (status, the tenant list, a plan) found no mtnt registry
     /// where the URL leads; nothing was created.
-    #[error("{place} has no mtnt registry: nothing has been migrated here")]
+    #[error("{place} has no mtnt registry: nothing has been migrated here{}", elsewhere(.other_schemas))]
     NoRegistry {
         /// Where the engine looked (`database postgres on 127.0.0.1:5432, schema public`,
         /// `directory ./tenants`), without password.
         place: String,
+        /// Other schemas of that database that hold an mtnt registry (PostgreSQL).
+        other_schemas: Vec<String>,
     },
 
     /// A registered tenant's schema (database, file) is gone.
@@ -317,6 +319,15 @@ pub enum Error {
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
         Error::Sql(error)
+    }
+}
+
+/// For [`Error::NoRegistry`]: the other schemas that hold a registry, if any.
+fn elsewhere(schemas: &[String]) -> String {
+    match schemas {
+        [] => String::new(),
+        [one] => format!(" (schema {one} of that database holds one)"),
+        more => format!(" (schemas {} of that database hold one)", more.join(", ")),
     }
 }
 

@@ -295,6 +295,9 @@ pub enum RegistryState {
         /// Where the engine looked, as the messages name it (`database app on
         /// 127.0.0.1:5432, schema public`, `directory ./tenants`); no password.
         place: String,
+        /// Other control schemas of the same database that hold a registry (PostgreSQL),
+        /// by name: the URL may be right and the control schema not.
+        other_schemas: Vec<String>,
     },
     /// A registry set up before mtnt recorded the tenancy model; the next
     /// [`Backend::prepare`] records it.

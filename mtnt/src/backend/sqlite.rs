@@ -258,6 +258,7 @@ impl Backend for SqliteBackend {
             // Not even opened: a mistyped directory stays uncreated.
             return Ok(RegistryState::Missing {
                 place: format!("directory {}", self.dir.display()),
+                other_schemas: Vec::new(),
             });
         }
         let tables: Vec<String> = sqlx::query_scalar(
@@ -270,6 +271,7 @@ impl Backend for SqliteBackend {
         if !tables.iter().any(|t| t == "mtnt_tenants") {
             return Ok(RegistryState::Missing {
                 place: format!("file {}", path.display()),
+                other_schemas: Vec::new(),
             });
         }
         if !tables.iter().any(|t| t == "mtnt_settings") {

@@ -25,10 +25,14 @@ pub fn cli_fix(error: &Error) -> Option<String> {
              tenancy model of a registry never changes",
             recorded.as_str()
         ),
-        Error::NoRegistry { .. } => {
-            "check the URL (--database-url or DATABASE_URL), or run `migrate` to set it up"
-                .to_owned()
-        }
+        Error::NoRegistry { other_schemas, .. } => match other_schemas.as_slice() {
+            [] => "check the URL (--database-url or DATABASE_URL), or run `migrate` to set it up"
+                .to_owned(),
+            [one, ..] => format!(
+                "pass --control-schema {one} (or MTNT_CONTROL_SCHEMA) to use that registry, \
+                 or run `migrate` to set up a new one here"
+            ),
+        },
         Error::BadUrl { .. } => {
             "give a URL like postgres://user@host/db, mysql://user@host/control or \
              sqlite://./tenants/ with --database-url or DATABASE_URL"

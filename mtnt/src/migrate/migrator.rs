@@ -239,7 +239,13 @@ impl Migrator {
     /// created where it does not.
     async fn ready_to_read(&self) -> Result<()> {
         match self.check_recorded().await? {
-            RegistryState::Missing { place } => Err(Error::NoRegistry { place }),
+            RegistryState::Missing {
+                place,
+                other_schemas,
+            } => Err(Error::NoRegistry {
+                place,
+                other_schemas,
+            }),
             _ => Ok(()),
         }
     }

@@ -240,6 +240,7 @@ impl Backend for MySqlBackend {
                     options.get_host(),
                     options.get_port()
                 ),
+                other_schemas: Vec::new(),
             });
         }
         if !tables.iter().any(|t| t == "mtnt_settings") {

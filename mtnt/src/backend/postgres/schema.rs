@@ -275,8 +275,15 @@ impl PostgresBackend {
         .fetch_one(&self.pool)
         .await?;
         if !registry {
+            let other_schemas = sqlx::query_scalar(
+                "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = 'mtnt_tenants' AND c.relkind IN ('r', 'p') ORDER BY 1",
+            )
+            .fetch_all(&self.pool)
+            .await?;
             return Ok(RegistryState::Missing {
                 place: self.place(),
+                other_schemas,
             });
         }
         if !settings {
