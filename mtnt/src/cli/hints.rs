@@ -305,6 +305,45 @@ mod tests {
         assert!(fix.contains(r"--schema-like 'big\_co'"), "{fix}");
     }
 
+    #[test]
+    fn a_missing_database_gets_the_createdb_of_its_url() {
+        assert_eq!(
+            super::createdb("postgres://app:***@db.internal:6432/control?sslmode=require")
+                .as_deref(),
+            Some("createdb -h db.internal -p 6432 -U app control")
+        );
+        assert_eq!(
+            super::createdb("postgres://localhost/control").as_deref(),
+            Some("createdb -h localhost -p 5432 control")
+        );
+        assert_eq!(super::createdb("postgres://app@localhost"), None);
+    }
+
+    #[test]
+    fn a_recorded_tenancy_and_a_missing_registry_get_their_fixes() {
+        let fix = cli_fix(&Error::TenancyMismatch {
+            recorded: crate::Tenancy::Database,
+            given: crate::Tenancy::Schema,
+        })
+        .unwrap();
+        assert!(
+            fix.starts_with("leave out --tenancy (and MTNT_TENANCY): the recorded tenancy database is used"),
+            "{fix}"
+        );
+        let missing = |other_schemas: Vec<String>| {
+            cli_fix(&Error::NoRegistry {
+                place: "directory ./tenants".to_owned(),
+                other_schemas,
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            missing(Vec::new()),
+            "check the URL (--database-url or DATABASE_URL), or run `migrate` to set it up"
+        );
+        assert!(missing(vec!["mtnt".to_owned()]).starts_with("pass --control-schema mtnt"));
+    }
+
     /// The library's messages name no flag or command of the CLI: those are in the fixes.
     #[test]
     fn library_messages_name_no_cli_flag() {
@@ -341,6 +380,14 @@ mod tests {
                 storage: "schema acme".to_owned(),
             },
             Error::EmptyRegistry,
+            Error::TenancyMismatch {
+                recorded: crate::Tenancy::Database,
+                given: crate::Tenancy::Schema,
+            },
+            Error::NoRegistry {
+                place: "database postgres on 127.0.0.1:5432, schema public".to_owned(),
+                other_schemas: vec!["mtnt".to_owned()],
+            },
         ];
         for error in errors {
             let message = error.to_string();
