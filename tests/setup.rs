@@ -347,8 +347,8 @@ async fn the_tenancy_model_is_recorded_and_a_contradiction_refused(m: &Model) {
 }
 
 /// A registry set up before the model was recorded (no `mtnt_settings`): reads work and
-/// record nothing; the next writing command records the model, which on PostgreSQL
-/// without `--tenancy` is told by where the tenants are.
+/// record nothing; the next writing command records the model, which on PostgreSQL is
+/// told by where the tenants are (without `--tenancy`, and against a contradicting one).
 async fn a_registry_from_before_the_record_keeps_working(m: &Model) {
     let acme = m.tenant("acme");
     app(m)
@@ -362,6 +362,17 @@ async fn a_registry_from_before_the_record_keeps_working(m: &Model) {
         .success()
         .stdout(predicate::str::contains("1/1 tenants current"));
     bare(m).args(["tenant", "list"]).assert().success();
+    if m.kind().engine() == mtnt::Engine::Postgres {
+        // Where the tenants are says the model: a contradicting flag is refused.
+        bare(m)
+            .args(["--tenancy", contradicting(m.kind()).as_str(), "migrate"])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(format!(
+                "was set up with tenancy {}",
+                m.kind().tenancy()
+            )));
+    }
     assert!(!m.table_exists(Place::Control, "mtnt_settings").await);
     let migrator = m.migrator(plain_set()).await;
     migrator.tenants().await.unwrap();

@@ -162,11 +162,9 @@ pub(super) async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<d
     // model asked for: read before the backend is chosen, changing nothing.
     let recorded = match control.registry_state_of().await? {
         super::RegistryState::Recorded(recorded) => Some(recorded),
-        // Set up before the model was recorded: where its tenants are tells, when no
-        // model is asked for (the next writing command records it).
-        super::RegistryState::Unrecorded if options.tenancy.is_none() => {
-            control.legacy_tenancy().await?
-        }
+        // Set up before the model was recorded: where its tenants are tells (the next
+        // writing command records the model).
+        super::RegistryState::Unrecorded => control.legacy_tenancy().await?,
         _ => None,
     };
     let tenancy = match (options.tenancy, recorded) {
