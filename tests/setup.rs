@@ -264,10 +264,7 @@ async fn the_tenancy_model_is_recorded_and_a_contradiction_refused(m: &Model) {
     // No flag: the recorded model. On database per tenant, `--tenant acme` is a database,
     // never a schema in the control database.
     let acme = m.tenant("acme");
-    bare(m)
-        .args(["tenant", "create", &acme])
-        .assert()
-        .success();
+    bare(m).args(["tenant", "create", &acme]).assert().success();
     bare(m)
         .args(["migrate", "--tenant", &acme])
         .assert()
@@ -322,7 +319,12 @@ async fn the_tenancy_model_is_recorded_and_a_contradiction_refused(m: &Model) {
         }
     }
     assert!(!m.storage_exists(&beta).await);
-    assert_eq!(snapshot(m).await, before, "a refused run changed {:?}", m.kind());
+    assert_eq!(
+        snapshot(m).await,
+        before,
+        "a refused run changed {:?}",
+        m.kind()
+    );
 
     // The model given in code is refused the same way.
     let mut options = ConnectOptions::default();
@@ -351,10 +353,7 @@ async fn the_tenancy_model_is_recorded_and_a_contradiction_refused(m: &Model) {
 /// told by where the tenants are (without `--tenancy`, and against a contradicting one).
 async fn a_registry_from_before_the_record_keeps_working(m: &Model) {
     let acme = m.tenant("acme");
-    app(m)
-        .args(["tenant", "create", &acme])
-        .assert()
-        .success();
+    app(m).args(["tenant", "create", &acme]).assert().success();
     m.execute(Place::Control, "DROP TABLE mtnt_settings").await;
     bare(m)
         .arg("status")
@@ -385,10 +384,7 @@ async fn a_registry_from_before_the_record_keeps_working(m: &Model) {
     );
     // The recorded model holds from now on.
     let beta = m.tenant("beta");
-    bare(m)
-        .args(["tenant", "create", &beta])
-        .assert()
-        .success();
+    bare(m).args(["tenant", "create", &beta]).assert().success();
     bare(m)
         .arg("status")
         .assert()
@@ -627,9 +623,15 @@ mod postgres {
                 .arg("--no-progress");
             cmd
         };
-        app().args(["tenant", "create", "ada-co"]).assert().success();
+        app()
+            .args(["tenant", "create", "ada-co"])
+            .assert()
+            .success();
         for (sql, shown) in [
-            ("SELECT no_such_function(1)", "HINT: No function matches the given name and argument types."),
+            (
+                "SELECT no_such_function(1)",
+                "HINT: No function matches the given name and argument types.",
+            ),
             (
                 "CREATE TABLE handles (display_name text); \
                  INSERT INTO handles VALUES ('Ada'), ('Ada'); \
@@ -662,7 +664,12 @@ mod postgres {
 async fn a_read_of_a_mistyped_sqlite_directory_creates_nothing() {
     let dir = mtnt_test_support::sqlite::sqlite_dir();
     let typo = dir.path().join("tenantz");
-    for args in [&["status"][..], &["tenant", "list"], &["plan"], &["migrate", "--dry-run"]] {
+    for args in [
+        &["status"][..],
+        &["tenant", "list"],
+        &["plan"],
+        &["migrate", "--dry-run"],
+    ] {
         Command::cargo_bin("mtnt-portable-app")
             .unwrap()
             .env("DATABASE_URL", format!("sqlite://{}", typo.display()))

@@ -58,8 +58,7 @@ use chrono::Utc;
 use mtnt::{
     Backend, BoxFuture, Capabilities, Connection, Ctx, CtxConn, CustomConnection, Engine, Error,
     ErrorClass, LeaseStore, MigrationTimeouts, Record, RegistryRow, RegistryState, Result, Target,
-    TargetState,
-    Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+    TargetState, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
 };
 use serde_json::Value;
 

@@ -52,8 +52,8 @@ pub use backend::MySqlBackend;
 pub use backend::SqliteBackend;
 pub use backend::{
     classify_common, connect, Backend, Capabilities, ConnectOptions, Connection, Direction, Engine,
-    ErrorClass, MigrationTimeouts, Record, RegistryRow, RegistryState, Target, TargetState, Tenancy,
-    Timing,
+    ErrorClass, MigrationTimeouts, Record, RegistryRow, RegistryState, Target, TargetState,
+    Tenancy, Timing,
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "postgres")]

@@ -327,7 +327,9 @@ mod tests {
         })
         .unwrap();
         assert!(
-            fix.starts_with("leave out --tenancy (and MTNT_TENANCY): the recorded tenancy database is used"),
+            fix.starts_with(
+                "leave out --tenancy (and MTNT_TENANCY): the recorded tenancy database is used"
+            ),
             "{fix}"
         );
         let missing = |other_schemas: Vec<String>| {

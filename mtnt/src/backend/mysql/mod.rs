@@ -258,7 +258,9 @@ impl Backend for MySqlBackend {
             None => Ok(RegistryState::Unrecorded),
             Some(name) => Tenancy::parse(&name)
                 .map(RegistryState::Recorded)
-                .ok_or_else(|| Error::Corrupt(format!("{} records tenancy {name:?}", self.settings()))),
+                .ok_or_else(|| {
+                    Error::Corrupt(format!("{} records tenancy {name:?}", self.settings()))
+                }),
         }
     }
 

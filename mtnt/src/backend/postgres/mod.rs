@@ -157,7 +157,8 @@ pub(super) async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<d
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(Duration::from_secs(30))
         .connect_lazy_with(connect_options.clone());
-    let control = PostgresBackend::new(pool.clone()).with_control_schema(&options.control_schema)?;
+    let control =
+        PostgresBackend::new(pool.clone()).with_control_schema(&options.control_schema)?;
     // The model the registry records wins over the URL's default, and contradicts a
     // model asked for: read before the backend is chosen, changing nothing.
     let recorded = match control.registry_state_of().await? {

@@ -245,7 +245,6 @@ impl PostgresBackend {
         Ok(())
     }
 
-
     /// The model of a registry set up before mtnt recorded it, from where its tenants
     /// are: database per tenant when some are databases of the server and none a schema
     /// of this database; `None` when nothing tells.
@@ -267,13 +266,12 @@ impl PostgresBackend {
     /// [`Backend::registry_state`] of this control schema: catalog reads, and the recorded
     /// model where there is one.
     pub(super) async fn registry_state_of(&self) -> Result<RegistryState> {
-        let (registry, settings): (bool, bool) = sqlx::query_as(
-            "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
-        )
-        .bind(self.registry())
-        .bind(self.settings())
-        .fetch_one(&self.pool)
-        .await?;
+        let (registry, settings): (bool, bool) =
+            sqlx::query_as("SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL")
+                .bind(self.registry())
+                .bind(self.settings())
+                .fetch_one(&self.pool)
+                .await?;
         if !registry {
             let other_schemas = sqlx::query_scalar(
                 "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
