@@ -535,6 +535,45 @@ mod postgres {
         db.drop_db().await;
     }
 
+    /// Two first runs of different models at once: one records its model, the other is
+    /// refused; never both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_runs_of_two_models_record_one() {
+        for attempt in 0..3 {
+            let db = TestDb::create(&format!("setup_race_{attempt}")).await;
+            let run = |tenancy| {
+                let url = db.url.clone();
+                async move {
+                    let mut options = ConnectOptions::default();
+                    options.tenancy = Some(tenancy);
+                    let migrator = Migrator::builder_boxed(mtnt::connect(&url, &options).await?)
+                        .migrations(plain_set())
+                        .build()?;
+                    migrator.migrate(&MigrateOptions::new()).await.map(drop)
+                }
+            };
+            let (schema, database) = tokio::join!(run(Tenancy::Schema), run(Tenancy::Database));
+            let pool = db.pool(2).await;
+            let recorded: String =
+                sqlx::query_scalar("SELECT value FROM mtnt_settings WHERE name = 'tenancy'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            pool.close().await;
+            let (won, lost) = match recorded.as_str() {
+                "schema" => (schema, database),
+                "database" => (database, schema),
+                other => panic!("recorded {other}"),
+            };
+            won.unwrap();
+            assert!(
+                matches!(lost, Err(Error::TenancyMismatch { .. })),
+                "{lost:?}"
+            );
+            db.drop_db().await;
+        }
+    }
+
     /// A control database that does not exist: the fix says how to create it, with the
     /// URL's host, port and user, and never its password; nothing is created.
     #[tokio::test]
