@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::{Engine, HookKind, Scope, TenantName};
+use crate::{Engine, HookKind, Scope, Tenancy, TenantName};
 
 /// The result type of mtnt and of migration functions.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -16,9 +16,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// adds them.
 #[derive(thiserror::Error)]
 pub enum Error {
-    /// A database call failed (inside a migration, or in mtnt's own bookkeeping).
-    #[error(transparent)]
-    Sql(#[from] sqlx::Error),
+    /// A database call failed (inside a migration, or in mtnt's own bookkeeping). The
+    /// message is the driver's, with PostgreSQL's DETAIL and HINT where the server sent
+    /// them (`Key (email)=(a@b.c) is duplicated.`), as SQLite and MySQL put theirs in the
+    /// message itself.
+    #[error("{}", sql_message(.0))]
+    Sql(#[source] sqlx::Error),
 
     /// The database named by the URL could not be reached.
     #[error("cannot connect to {url}: {source}")]
@@ -301,6 +304,28 @@ pub enum Error {
         storage: String,
     },
 
+    /// The registry records another tenancy model than the one this run was given (by
+    /// [`ConnectOptions::tenancy`](crate::ConnectOptions::tenancy), or a backend of
+    /// another model); nothing was changed. The model of a registry never changes.
+    #[error("the mtnt registry was set up with tenancy {recorded}, but this run was given tenancy {given}; nothing was changed")]
+    TenancyMismatch {
+        /// The model the registry records.
+        recorded: Tenancy,
+        /// The model this run was given.
+        given: Tenancy,
+    },
+
+    /// A command that only reads (status, the tenant list, a plan) found no mtnt registry
+    /// where the URL leads; nothing was created.
+    #[error("{place} has no mtnt registry: nothing has been migrated here{}", elsewhere(.other_schemas))]
+    NoRegistry {
+        /// Where the engine looked (`database postgres on 127.0.0.1:5432, schema public`,
+        /// `directory ./tenants`), without password.
+        place: String,
+        /// Other schemas of that database that hold an mtnt registry (PostgreSQL).
+        other_schemas: Vec<String>,
+    },
+
     /// A registered tenant's schema (database, file) is gone.
     #[error("{storage} of tenant {tenant} does not exist, but the tenant is registered")]
     StorageMissing {
@@ -309,6 +334,43 @@ pub enum Error {
         /// What is missing: `schema acme`, `database acme`, `file ./tenants/acme.db`.
         storage: String,
     },
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        Error::Sql(error)
+    }
+}
+
+/// For [`Error::NoRegistry`]: the other schemas that hold a registry, if any.
+fn elsewhere(schemas: &[String]) -> String {
+    match schemas {
+        [] => String::new(),
+        [one] => format!(" (schema {one} of that database holds one)"),
+        more => format!(" (schemas {} of that database hold one)", more.join(", ")),
+    }
+}
+
+/// The driver's message of `error`, with the DETAIL and HINT of a PostgreSQL error.
+fn sql_message(error: &sqlx::Error) -> String {
+    let message = error.to_string();
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = error
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+    {
+        let mut message = message;
+        if let Some(detail) = pg.detail() {
+            message.push_str("; DETAIL: ");
+            message.push_str(detail);
+        }
+        if let Some(hint) = pg.hint() {
+            message.push_str("; HINT: ");
+            message.push_str(hint);
+        }
+        return message;
+    }
+    message
 }
 
 /// What the failure of a hook of `kind` did, for [`Error::Hook`]'s message.

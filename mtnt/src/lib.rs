@@ -53,7 +53,7 @@ pub use backend::SqliteBackend;
 pub use backend::{
     classify_common, connect, strip_qualifier, Backend, Capabilities, ConnectOptions, Connection,
     Direction, Engine, ErrorClass, MigrationTimeouts, ObjectKind, Record, RegistryRow,
-    SchemaObject, Target, TargetState, Tenancy, Timing,
+    RegistryState, SchemaObject, Target, TargetState, Tenancy, Timing,
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "postgres")]

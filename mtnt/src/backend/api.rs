@@ -285,6 +285,27 @@ pub struct RegistryRow<'a> {
     pub failure: Option<(i64, &'a str)>,
 }
 
+/// What [`Backend::registry_state`] finds where the engine keeps mtnt's registry, read
+/// without creating or changing anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryState {
+    /// No registry: mtnt has never set this place up (or the URL names another place).
+    Missing {
+        /// Where the engine looked, as the messages name it (`database app on
+        /// 127.0.0.1:5432, schema public`, `directory ./tenants`); no password.
+        place: String,
+        /// Other control schemas of the same database that hold a registry (PostgreSQL),
+        /// by name: the URL may be right and the control schema not.
+        other_schemas: Vec<String>,
+    },
+    /// A registry set up before mtnt recorded the tenancy model; the next
+    /// [`Backend::prepare`] records it.
+    Unrecorded,
+    /// A registry with the tenancy model it was set up with.
+    Recorded(Tenancy),
+}
+
 /// The state of a target, read under its lock.
 #[derive(Clone, Debug, Default)]
 pub struct TargetState {
@@ -411,8 +432,16 @@ pub trait Backend: Send + Sync {
     /// and of migrations run on them.
     fn classify(&self, error: &Error) -> ErrorClass;
 
-    /// Creates mtnt's control tables (tenant registry, public tracking rows) if missing.
+    /// Creates mtnt's control tables (tenant registry, public tracking rows) if missing,
+    /// and records [`Backend::tenancy`] in them unless a model is recorded already (the
+    /// first one recorded stays).
     async fn prepare(&self) -> Result<()>;
+
+    /// Whether mtnt's registry exists and which tenancy model it records, read without
+    /// creating anything: the read-only commands call this instead of
+    /// [`Backend::prepare`], and every command refuses a backend whose tenancy
+    /// contradicts the recorded one.
+    async fn registry_state(&self) -> Result<RegistryState>;
 
     /// Registered tenants ordered by name, after `after`, at most `limit`.
     async fn tenant_page(

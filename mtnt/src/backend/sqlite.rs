@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Connection as _, SqliteConnection};
 
 use super::api::{
-    Backend, Capabilities, Connection, ErrorClass, RegistryRow, SchemaObject, Target,
+    Backend, Capabilities, Connection, ErrorClass, RegistryRow, RegistryState, SchemaObject, Target,
 };
 use super::connect::ConnectOptions;
 use super::engine::{Engine, Tenancy};
@@ -213,12 +213,12 @@ impl Backend for SqliteBackend {
         if path.is_file() {
             let tables: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
-                 AND name IN ('mtnt_tenants', 'mtnt_migrations')",
+                 AND name IN ('mtnt_tenants', 'mtnt_migrations', 'mtnt_settings')",
             )
             .fetch_one(&self.control)
             .await
             .map_err(|e| in_file(&path, e.into()))?;
-            if tables == 2 {
+            if tables == 3 {
                 return Ok(());
             }
         }
@@ -243,12 +243,54 @@ impl Backend for SqliteBackend {
                 updated_at TEXT NOT NULL DEFAULT ({NOW_SQL})
              );
              {TRACKING_DDL};
+             CREATE TABLE IF NOT EXISTS mtnt_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT OR IGNORE INTO mtnt_settings (name, value) VALUES ('tenancy', 'file');
              COMMIT"
         );
         // Closing ends a transaction a failure left open.
         let result = exec_sqlite(&mut conn, &sql).await;
         let _ = conn.close().await;
         result.map_err(|e| in_file(&path, e.into()))
+    }
+
+    async fn registry_state(&self) -> Result<RegistryState> {
+        let path = self.control_file();
+        if !path.is_file() {
+            // Not even opened: a mistyped directory stays uncreated.
+            return Ok(RegistryState::Missing {
+                place: format!("directory {}", self.dir.display()),
+                other_schemas: Vec::new(),
+            });
+        }
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name IN ('mtnt_tenants', 'mtnt_settings')",
+        )
+        .fetch_all(&self.control)
+        .await
+        .map_err(|e| in_file(&path, e.into()))?;
+        if !tables.iter().any(|t| t == "mtnt_tenants") {
+            return Ok(RegistryState::Missing {
+                place: format!("file {}", path.display()),
+                other_schemas: Vec::new(),
+            });
+        }
+        if !tables.iter().any(|t| t == "mtnt_settings") {
+            return Ok(RegistryState::Unrecorded);
+        }
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT value FROM mtnt_settings WHERE name = 'tenancy'")
+                .fetch_optional(&self.control)
+                .await?;
+        match recorded.as_deref().map(Tenancy::parse) {
+            None => Ok(RegistryState::Unrecorded),
+            Some(Some(tenancy)) => Ok(RegistryState::Recorded(tenancy)),
+            Some(None) => Err(Error::Corrupt(format!(
+                "{} records tenancy {:?}",
+                path.display(),
+                recorded.unwrap_or_default()
+            ))),
+        }
     }
 
     async fn tenant_page(

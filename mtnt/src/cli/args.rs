@@ -27,8 +27,15 @@ pub(crate) struct Cli {
     )]
     pub(crate) database_url: Option<String>,
 
-    /// How tenants are isolated; the default follows from the URL (schema on PostgreSQL)
-    #[arg(long, value_enum, global = true, help_heading = "Database")]
+    /// How tenants are isolated; given on the first run, then recorded in the registry (default: the
+    /// recorded one, else from the URL: schema on PostgreSQL)
+    #[arg(
+        long,
+        env = "MTNT_TENANCY",
+        value_enum,
+        global = true,
+        help_heading = "Database"
+    )]
     pub(crate) tenancy: Option<TenancyArg>,
 
     /// The PostgreSQL schema holding the tenant registry and the public migrations

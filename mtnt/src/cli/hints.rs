@@ -19,7 +19,20 @@ use crate::{Condition, Error};
 pub fn cli_fix(error: &Error) -> Option<String> {
     Some(match error {
         Error::Migration { source, .. } | Error::GaveUp { source, .. } => return cli_fix(source),
-        Error::Connect { source, .. } => connect_fix(source),
+        Error::Connect { url, source } => connect_fix(url, source),
+        Error::TenancyMismatch { recorded, .. } => format!(
+            "leave out --tenancy (and MTNT_TENANCY): the recorded tenancy {} is used; the \
+             tenancy model of a registry never changes",
+            recorded.as_str()
+        ),
+        Error::NoRegistry { other_schemas, .. } => match other_schemas.as_slice() {
+            [] => "check the URL (--database-url or DATABASE_URL), or run `migrate` to set it up"
+                .to_owned(),
+            [one, ..] => format!(
+                "pass --control-schema {one} (or MTNT_CONTROL_SCHEMA) to use that registry, \
+                 or run `migrate` to set up a new one here"
+            ),
+        },
         Error::BadUrl { .. } => {
             "give a URL like postgres://user@host/db, mysql://user@host/control or \
              sqlite://./tenants/ with --database-url or DATABASE_URL"
@@ -206,13 +219,24 @@ fn order_in(text: &str) -> Option<i64> {
     })
 }
 
-/// What to check when the database cannot be reached, from what the driver says.
-fn connect_fix(source: &sqlx::Error) -> String {
+/// What to check when the database at `url` (its password redacted) cannot be reached,
+/// from what the driver says.
+fn connect_fix(url: &str, source: &sqlx::Error) -> String {
     const URL: &str = "the URL (--database-url or DATABASE_URL)";
     match source {
         sqlx::Error::Database(db) => match db.code().as_deref() {
-            // PostgreSQL invalid_catalog_name, MySQL ER_BAD_DB_ERROR.
-            Some("3D000") | Some("1049") => {
+            // PostgreSQL invalid_catalog_name: the database the URL names is not there.
+            Some("3D000") => match createdb(url) {
+                Some(command) => format!(
+                    "create it with `{command}` (mtnt creates the tables in it), or correct \
+                     its name in {URL}"
+                ),
+                None => format!(
+                    "create the database first (createdb NAME), or correct its name in {URL}"
+                ),
+            },
+            // MySQL ER_BAD_DB_ERROR.
+            Some("1049") => {
                 format!(
                     "create the database first (createdb NAME, or CREATE DATABASE), or correct \
                      its name in {URL}"
@@ -233,6 +257,27 @@ fn connect_fix(source: &sqlx::Error) -> String {
         sqlx::Error::Configuration(_) => format!("correct {URL}"),
         _ => format!("check that the server is running and that {URL} is right"),
     }
+}
+
+/// The `createdb` command that creates the database a `postgres://` URL names, with its
+/// host, port and user (never a password).
+fn createdb(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let name = parsed.path().trim_start_matches('/');
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let mut command = format!(
+        "createdb -h {} -p {}",
+        parsed.host_str().unwrap_or("localhost"),
+        parsed.port().unwrap_or(5432)
+    );
+    if !parsed.username().is_empty() {
+        command.push_str(&format!(" -U {}", parsed.username()));
+    }
+    command.push(' ');
+    command.push_str(name);
+    Some(command)
 }
 
 /// `text` as a SQL `LIKE` pattern that matches only itself.
@@ -336,6 +381,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_missing_database_gets_the_createdb_of_its_url() {
+        assert_eq!(
+            super::createdb("postgres://app:***@db.internal:6432/control?sslmode=require")
+                .as_deref(),
+            Some("createdb -h db.internal -p 6432 -U app control")
+        );
+        assert_eq!(
+            super::createdb("postgres://localhost/control").as_deref(),
+            Some("createdb -h localhost -p 5432 control")
+        );
+        assert_eq!(super::createdb("postgres://app@localhost"), None);
+    }
+
+    #[test]
+    fn a_recorded_tenancy_and_a_missing_registry_get_their_fixes() {
+        let fix = cli_fix(&Error::TenancyMismatch {
+            recorded: crate::Tenancy::Database,
+            given: crate::Tenancy::Schema,
+        })
+        .unwrap();
+        assert!(
+            fix.starts_with(
+                "leave out --tenancy (and MTNT_TENANCY): the recorded tenancy database is used"
+            ),
+            "{fix}"
+        );
+        let missing = |other_schemas: Vec<String>| {
+            cli_fix(&Error::NoRegistry {
+                place: "directory ./tenants".to_owned(),
+                other_schemas,
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            missing(Vec::new()),
+            "check the URL (--database-url or DATABASE_URL), or run `migrate` to set it up"
+        );
+        assert!(missing(vec!["mtnt".to_owned()]).starts_with("pass --control-schema mtnt"));
+    }
+
     /// The library's messages name no flag or command of the CLI: those are in the fixes.
     #[test]
     fn library_messages_name_no_cli_flag() {
@@ -376,6 +462,14 @@ mod tests {
                 .unlock_deadline(std::time::Duration::from_secs(10))
                 .validate()
                 .unwrap_err(),
+            Error::TenancyMismatch {
+                recorded: crate::Tenancy::Database,
+                given: crate::Tenancy::Schema,
+            },
+            Error::NoRegistry {
+                place: "database postgres on 127.0.0.1:5432, schema public".to_owned(),
+                other_schemas: vec!["mtnt".to_owned()],
+            },
         ];
         for error in errors {
             let message = error.to_string();

@@ -14,7 +14,7 @@ use super::{
     Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
     Timeouts, Transactions,
 };
-use crate::backend::{connect, Backend, ConnectOptions, Connection, Target};
+use crate::backend::{connect, Backend, ConnectOptions, Connection, RegistryState, Target};
 use crate::migration::format_order;
 use crate::{
     Error, Migration, MigrationSet, MigrationStatus, Result, Scope, Tenant, TenantName,
@@ -223,6 +223,46 @@ impl Migrator {
         }
     }
 
+    /// What the registry records, read without writing; a backend of another tenancy
+    /// model than the recorded one is refused.
+    async fn check_recorded(&self) -> Result<RegistryState> {
+        let state = self.backend.registry_state().await?;
+        if let RegistryState::Recorded(recorded) = state {
+            let given = self.backend.tenancy();
+            if recorded != given {
+                return Err(Error::TenancyMismatch { recorded, given });
+            }
+        }
+        Ok(state)
+    }
+
+    /// Before a command that only reads: the registry has to exist, and nothing is
+    /// created where it does not.
+    async fn ready_to_read(&self) -> Result<()> {
+        match self.check_recorded().await? {
+            RegistryState::Missing {
+                place,
+                other_schemas,
+            } => Err(Error::NoRegistry {
+                place,
+                other_schemas,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Before a command that writes: the recorded tenancy model checked before anything
+    /// changes, then the control tables created and the model recorded where missing.
+    async fn ready_to_write(&self) -> Result<()> {
+        let before = self.check_recorded().await?;
+        self.backend.prepare().await?;
+        if !matches!(before, RegistryState::Recorded(_)) {
+            // A first run of another model may have recorded its model meanwhile.
+            self.check_recorded().await?;
+        }
+        Ok(())
+    }
+
     /// The registry rows of `names`, failing on the first unknown one before anything runs.
     async fn records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
         let records = self.backend.tenant_records(names).await?;
@@ -273,6 +313,7 @@ impl Migrator {
         if let RollbackTarget::To(order) = how_far {
             self.check_order(Some(order))?;
         }
+        self.ready_to_write().await?;
         self.refuse_irreversible(how_far, options).await?;
         self.fleet_run(
             FleetOp::Rollback { how_far },
@@ -346,7 +387,7 @@ impl Migrator {
         progress: &dyn Progress,
     ) -> Result<MigrateReport> {
         let started = Instant::now();
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let tenants = if options.tenants.is_empty() {
             match &self.source {
                 Some(source) => Tenants::Source(&**source),
@@ -500,7 +541,7 @@ impl Migrator {
         if let RollbackTarget::To(order) = how_far {
             self.check_order(Some(order))?;
         }
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let record = self.records(std::slice::from_ref(tenant)).await?.remove(0);
         let target = Target::Tenant(&record.tenant);
         let protocol = self.protocol(&Silent);
@@ -520,7 +561,7 @@ impl Migrator {
     /// Where the public schema and each tenant (or the named ones) stand, from the
     /// registry in one query per page.
     pub async fn status(&self, names: &[TenantName]) -> Result<StatusReport> {
-        self.backend.prepare().await?;
+        self.ready_to_read().await?;
         let public_rows = {
             let mut conn = self.backend.connect(Target::Public).await?;
             let state = conn.read().await;
@@ -619,6 +660,7 @@ impl Migrator {
     /// registry is read in bulk, and only tenants whose registry row cannot prove their
     /// state have their tracking rows read (no lock, no write).
     pub async fn plan(&self, options: &MigrateOptions) -> Result<PlanReport> {
+        self.ready_to_read().await?;
         let public = {
             let mut conn = self.backend.connect(Target::Public).await?;
             let state = conn.read().await;
@@ -677,6 +719,7 @@ impl Migrator {
     /// engine's catalog, compared with the other tenants at the same applied order. Reads
     /// only and takes no lock; see [`DriftReport`] for what it finds.
     pub async fn drift(&self, names: &[TenantName]) -> Result<DriftReport> {
+        self.ready_to_read().await?;
         let records = if names.is_empty() {
             self.all_records().await?
         } else {
@@ -687,14 +730,14 @@ impl Migrator {
 
     /// Every registered tenant, by name.
     pub async fn tenants(&self) -> Result<Vec<TenantRecord>> {
-        self.backend.prepare().await?;
+        self.ready_to_read().await?;
         self.all_records().await
     }
 
     /// Registers a tenant, creates its schema and applies every enabled tenant migration,
     /// all or nothing: when a migration fails, the schema and the registry row are gone again.
     pub async fn create_tenant(&self, name: &TenantName) -> Result<Tenant> {
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
         self.protocol(&Silent)
@@ -706,7 +749,7 @@ impl Migrator {
     /// Removes a tenant: its storage with all its data, and its registry row, once no
     /// other run works on it (waiting at most the unlock deadline).
     pub async fn drop_tenant(&self, name: &TenantName) -> Result<()> {
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let record = self.records(std::slice::from_ref(name)).await?.remove(0);
         self.protocol(&Silent)
             .drop_tenant(&record.tenant, &self.safety)
@@ -716,7 +759,7 @@ impl Migrator {
     /// Applies the pending public migrations alone (what [`Migrator::create_tenant`] and
     /// [`Migrator::migrate`] do first), and returns how many ran.
     pub async fn migrate_public(&self) -> Result<usize> {
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         match run_waiting(
             &self.protocol(&Silent),
             Target::Public,
@@ -762,7 +805,7 @@ impl Migrator {
         progress: &dyn Progress,
     ) -> Result<(Vec<Tenant>, Vec<String>)> {
         self.check_order(baseline)?;
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let baseline: Vec<&'static Migration> = match baseline {
             None => Vec::new(),
             Some(order) => self
@@ -790,7 +833,7 @@ impl Migrator {
     /// Records the code's checksum for every applied migration whose code changed, in the
     /// public schema and every tenant (or the named ones). Returns how many rows changed.
     pub async fn repair_checksums(&self, names: &[TenantName]) -> Result<usize> {
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let mut changed = self.repair_target(Target::Public).await?;
         let records = if names.is_empty() {
             self.all_records().await?
@@ -822,7 +865,7 @@ impl Migrator {
     ) -> Result<()> {
         self.check_order(Some(order))?;
         let migration = self.migrations.get(order).expect("checked above");
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let protocol = self.protocol(&Silent);
         let record = match tenant {
             None => None,

@@ -19,7 +19,7 @@ use sqlx::{Connection as _, Row};
 use self::dialect::{opt_text, text, tracking_ddl, NOW};
 use self::target::MySqlTarget;
 use super::api::{
-    Backend, Capabilities, Connection, ErrorClass, RegistryRow, SchemaObject, Target,
+    Backend, Capabilities, Connection, ErrorClass, RegistryRow, RegistryState, SchemaObject, Target,
 };
 use super::engine::{Engine, Tenancy};
 use super::lease::LeaseStore;
@@ -124,6 +124,11 @@ impl MySqlBackend {
         format!("{}.mtnt_tenants", self.control_q)
     }
 
+    /// The table of recorded settings (the tenancy model).
+    fn settings(&self) -> String {
+        format!("{}.mtnt_settings", self.control_q)
+    }
+
     fn select_records(&self) -> String {
         format!(
             "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error FROM {}",
@@ -202,12 +207,62 @@ impl Backend for MySqlBackend {
                 last_error MEDIUMTEXT NULL,
                 updated_at DATETIME(6) NOT NULL
              ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
-             {tracking}",
+             {tracking};
+             CREATE TABLE IF NOT EXISTS {settings} (
+                name VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+                value VARCHAR(255) NOT NULL
+             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
+             INSERT IGNORE INTO {settings} (name, value) VALUES ('tenancy', 'database')",
             control = self.control_q,
             registry = self.registry(),
             tracking = tracking_ddl(&self.control_q),
+            settings = self.settings(),
         ))
         .await
+    }
+
+    async fn registry_state(&self) -> Result<RegistryState> {
+        let tables = sqlx::query(
+            "SELECT TABLE_NAME AS t FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? \
+             AND TABLE_NAME IN ('mtnt_tenants', 'mtnt_settings')",
+        )
+        .bind(&self.control)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| text(r, "t"))
+        .collect::<Result<Vec<_>>>()?;
+        if !tables.iter().any(|t| t == "mtnt_tenants") {
+            let options = self.pool.connect_options();
+            return Ok(RegistryState::Missing {
+                place: format!(
+                    "control database {} on {}:{}",
+                    self.control,
+                    options.get_host(),
+                    options.get_port()
+                ),
+                other_schemas: Vec::new(),
+            });
+        }
+        if !tables.iter().any(|t| t == "mtnt_settings") {
+            return Ok(RegistryState::Unrecorded);
+        }
+        let recorded = sqlx::query(&format!(
+            "SELECT value FROM {} WHERE name = 'tenancy'",
+            self.settings()
+        ))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| text(&r, "value"))
+        .transpose()?;
+        match recorded {
+            None => Ok(RegistryState::Unrecorded),
+            Some(name) => Tenancy::parse(&name)
+                .map(RegistryState::Recorded)
+                .ok_or_else(|| {
+                    Error::Corrupt(format!("{} records tenancy {name:?}", self.settings()))
+                }),
+        }
     }
 
     async fn tenant_page(

@@ -14,7 +14,8 @@ use super::target::{PgConn, PgTarget, Probe, Spec};
 use super::tracking::Tracking;
 use super::{classify, is_code, tenant_key};
 use crate::backend::{
-    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, SchemaObject, Target,
+    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, RegistryState,
+    SchemaObject, Target,
 };
 use crate::ctx::exec_postgres;
 use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
@@ -153,7 +154,11 @@ impl Backend for PgDatabaseBackend {
     }
 
     async fn prepare(&self) -> Result<()> {
-        self.control.prepare().await
+        self.control.prepare_for(Tenancy::Database).await
+    }
+
+    async fn registry_state(&self) -> Result<RegistryState> {
+        self.control.registry_state_of().await
     }
 
     async fn tenant_page(

@@ -14,7 +14,8 @@ use super::target::{PgConn, PgTarget, Spec};
 use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking};
 use super::{classify, literal, public_key, tenant_key};
 use crate::backend::{
-    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, SchemaObject, Target,
+    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, RegistryState,
+    SchemaObject, Target,
 };
 use crate::ctx::exec_postgres;
 use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
@@ -194,6 +195,140 @@ impl PostgresBackend {
             .await?;
         Ok(())
     }
+
+    /// The qualified table of recorded settings: the tenancy model and the control schema
+    /// the registry was set up with.
+    pub(super) fn settings(&self) -> String {
+        format!("{}.mtnt_settings", self.control_q)
+    }
+
+    /// Where the registry is, for messages: `database app on 127.0.0.1:5432, schema
+    /// public`.
+    pub(super) fn place(&self) -> String {
+        let options = self.pool.connect_options();
+        let database = options
+            .get_database()
+            .filter(|d| !d.is_empty())
+            .unwrap_or(options.get_username());
+        format!(
+            "database {database} on {}:{}, schema {}",
+            options.get_host(),
+            options.get_port(),
+            self.control
+        )
+    }
+
+    /// [`Backend::prepare`] for a backend of `tenancy` on this control schema (schema
+    /// per tenant, or the control database of database per tenant).
+    pub(super) async fn prepare_for(&self, tenancy: Tenancy) -> Result<()> {
+        // The advisory lock serialises concurrent first runs, whose CREATE ... IF NOT EXISTS
+        // would otherwise race on the catalog.
+        let sql = format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(hashtext('mtnt.prepare'));
+             CREATE SCHEMA IF NOT EXISTS {control};
+             CREATE TABLE IF NOT EXISTS {registry} (
+                name text PRIMARY KEY,
+                schema_name text NOT NULL UNIQUE,
+                state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'creating')),
+                created_at timestamptz NOT NULL DEFAULT now(),
+                applied_order bigint,
+                failed_order bigint,
+                last_error text,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                fingerprint text
+             );
+             {tracking};
+             {shared};
+             CREATE TABLE IF NOT EXISTS {settings} (name text PRIMARY KEY, value text NOT NULL);
+             INSERT INTO {settings} (name, value) VALUES ('tenancy', {tenancy}), ('control_schema', {control_l})
+                ON CONFLICT (name) DO NOTHING;
+             DO $mtnt$ BEGIN
+                IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
+                               AND attname = 'fingerprint' AND NOT attisdropped) THEN
+                    ALTER TABLE {registry} ADD COLUMN fingerprint text;
+                END IF;
+                {trigger}
+             END $mtnt$;
+             COMMIT",
+            control = self.control_q,
+            registry = self.registry(),
+            registry_l = literal(&self.registry()),
+            settings = self.settings(),
+            tenancy = literal(tenancy.as_str()),
+            control_l = literal(&self.control),
+            tracking = Tracking::own(&self.control_q).own_ddl(),
+            shared = shared_ddl(&self.control_q, &self.registry()),
+            trigger = tracking_trigger_sql(&self.control_q, &self.registry()),
+        );
+        let mut conn = self.pool.acquire().await?;
+        if let Err(e) = exec_postgres(&mut conn, &sql).await {
+            if exec_postgres(&mut conn, "ROLLBACK").await.is_err() {
+                conn.close_on_drop();
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The model of a registry set up before mtnt recorded it, from where its tenants
+    /// are: database per tenant when some are databases of the server and none a schema
+    /// of this database; `None` when nothing tells.
+    pub(super) async fn legacy_tenancy(&self) -> Result<Option<Tenancy>> {
+        let (schemas, databases): (bool, bool) = sqlx::query_as(&format!(
+            "SELECT EXISTS (SELECT FROM {registry} r JOIN pg_namespace n ON n.nspname = r.schema_name), \
+             EXISTS (SELECT FROM {registry} r JOIN pg_database d ON d.datname = r.schema_name)",
+            registry = self.registry()
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match (schemas, databases) {
+            (false, true) => Some(Tenancy::Database),
+            (true, false) => Some(Tenancy::Schema),
+            _ => None,
+        })
+    }
+
+    /// [`Backend::registry_state`] of this control schema: catalog reads, and the recorded
+    /// model where there is one.
+    pub(super) async fn registry_state_of(&self) -> Result<RegistryState> {
+        let (registry, settings): (bool, bool) =
+            sqlx::query_as("SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL")
+                .bind(self.registry())
+                .bind(self.settings())
+                .fetch_one(&self.pool)
+                .await?;
+        if !registry {
+            let other_schemas = sqlx::query_scalar(
+                "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = 'mtnt_tenants' AND c.relkind IN ('r', 'p') ORDER BY 1",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            return Ok(RegistryState::Missing {
+                place: self.place(),
+                other_schemas,
+            });
+        }
+        if !settings {
+            return Ok(RegistryState::Unrecorded);
+        }
+        let recorded: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT value FROM {} WHERE name = 'tenancy'",
+            self.settings()
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        match recorded {
+            None => Ok(RegistryState::Unrecorded),
+            Some(name) => Tenancy::parse(&name)
+                .filter(|t| *t != Tenancy::File)
+                .map(RegistryState::Recorded)
+                .ok_or_else(|| {
+                    Error::Corrupt(format!("{} records tenancy {name:?}", self.settings()))
+                }),
+        }
+    }
 }
 
 #[async_trait]
@@ -219,48 +354,11 @@ impl Backend for PostgresBackend {
     }
 
     async fn prepare(&self) -> Result<()> {
-        // The advisory lock serialises concurrent first runs, whose CREATE ... IF NOT EXISTS
-        // would otherwise race on the catalog.
-        let sql = format!(
-            "BEGIN;
-             SELECT pg_advisory_xact_lock(hashtext('mtnt.prepare'));
-             CREATE SCHEMA IF NOT EXISTS {control};
-             CREATE TABLE IF NOT EXISTS {registry} (
-                name text PRIMARY KEY,
-                schema_name text NOT NULL UNIQUE,
-                state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'creating')),
-                created_at timestamptz NOT NULL DEFAULT now(),
-                applied_order bigint,
-                failed_order bigint,
-                last_error text,
-                updated_at timestamptz NOT NULL DEFAULT now(),
-                fingerprint text
-             );
-             {tracking};
-             {shared};
-             DO $mtnt$ BEGIN
-                IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
-                               AND attname = 'fingerprint' AND NOT attisdropped) THEN
-                    ALTER TABLE {registry} ADD COLUMN fingerprint text;
-                END IF;
-                {trigger}
-             END $mtnt$;
-             COMMIT",
-            control = self.control_q,
-            registry = self.registry(),
-            registry_l = literal(&self.registry()),
-            tracking = Tracking::own(&self.control_q).own_ddl(),
-            shared = shared_ddl(&self.control_q, &self.registry()),
-            trigger = tracking_trigger_sql(&self.control_q, &self.registry()),
-        );
-        let mut conn = self.pool.acquire().await?;
-        if let Err(e) = exec_postgres(&mut conn, &sql).await {
-            if exec_postgres(&mut conn, "ROLLBACK").await.is_err() {
-                conn.close_on_drop();
-            }
-            return Err(e.into());
-        }
-        Ok(())
+        self.prepare_for(Tenancy::Schema).await
+    }
+
+    async fn registry_state(&self) -> Result<RegistryState> {
+        self.registry_state_of().await
     }
 
     async fn tenant_page(
