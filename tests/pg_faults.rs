@@ -1294,3 +1294,66 @@ async fn rollback_and_repair_wait_for_a_held_tenant_at_most_the_deadline() {
     pool.close().await;
     db.drop_db().await;
 }
+
+/// A runner killed with SIGKILL leaves its lease `running`; once its heartbeat is older
+/// than the unlock deadline, `status` shows it stale, with when it was last seen, and its
+/// JSON lists it apart from the running runs (before: `running: ...`, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_killed_run_stale() {
+    let (db, pool) = fleet_db("faults_stale_status").await;
+    reset_fleet(&pool, 10).await;
+    let deadline_flags = ["--heartbeat-interval", "200ms", "--unlock-deadline", "1s"];
+    let mut a = app(&db)
+        .env("MTNT_TEST_SLEEP_MS", "200")
+        .args(["migrate", "--to", UP_TO_C, "--concurrency", "1"])
+        .args(deadline_flags)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let a_run: String = loop {
+        let row: Option<String> =
+            sqlx::query_scalar("SELECT run_id FROM public.mtnt_runs WHERE state = 'running'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap_or(None);
+        if let Some(id) = row {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "the runner took no lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+
+    let status = run(app(&db).arg("status").args(deadline_flags)).await;
+    let out = stdout(&status);
+    assert!(
+        out.contains(&format!("stale: migrate run {a_run} on ")),
+        "{}",
+        text(&status)
+    );
+    assert!(out.contains(", last seen "), "{out}");
+    assert!(out.contains(" ago): not running"), "{out}");
+    assert!(!out.contains("running: migrate run"), "{out}");
+
+    let json = run(app(&db).args(["status", "--json"]).args(deadline_flags)).await;
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(value["running"].as_array().map(Vec::len), Some(0), "{value}");
+    let stale = value["stale_runs"].as_array().expect("stale_runs");
+    assert_eq!(stale.len(), 1, "{value}");
+    assert_eq!(stale[0]["run_id"], a_run.as_str());
+    assert_eq!(stale[0]["stale"], true);
+    assert!(stale[0]["silent_secs"].as_f64().unwrap() >= 1.0, "{value}");
+
+    // With a deadline it has not passed yet, the same lease is still a running one.
+    let status = run(app(&db).args(["status", "--unlock-deadline", "1h"])).await;
+    assert!(
+        stdout(&status).contains(&format!("running: migrate run {a_run} on ")),
+        "{}",
+        text(&status)
+    );
+    pool.close().await;
+    db.drop_db().await;
+}

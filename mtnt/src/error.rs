@@ -281,6 +281,20 @@ pub enum Error {
         storage: String,
     },
 
+    /// A migration that ran outside a transaction left invalid indexes in its target
+    /// (PostgreSQL `pg_index.indisvalid` or `indisready` false): a `CREATE INDEX
+    /// CONCURRENTLY` that failed or was cancelled (a duplicate key, a timeout, a killed
+    /// session) leaves its index behind, unused by queries but kept up by every write,
+    /// and the `IF NOT EXISTS` of a retry skips it. The migration is recorded `failed`.
+    #[error("{target} has {} after the migration: a CREATE INDEX CONCURRENTLY that failed or was cancelled leaves its index invalid (unused by queries, still updated by every write), and IF NOT EXISTS then skips it; the migration was recorded failed, not completed", invalid_indexes(.indexes))]
+    InvalidIndex {
+        /// `"tenant acme"` or `"the public schema"`.
+        target: String,
+        /// The invalid indexes, schema-qualified and quoted as SQL wants them
+        /// (`"acme"."items_sku"`).
+        indexes: Vec<String>,
+    },
+
     /// A registered tenant's schema (database, file) is gone.
     #[error("{storage} of tenant {tenant} does not exist, but the tenant is registered")]
     StorageMissing {
@@ -289,6 +303,14 @@ pub enum Error {
         /// What is missing: `schema acme`, `database acme`, `file ./tenants/acme.db`.
         storage: String,
     },
+}
+
+/// `the invalid index "acme"."a"`, `the invalid indexes "acme"."a", "acme"."b"`.
+fn invalid_indexes(indexes: &[String]) -> String {
+    match indexes {
+        [one] => format!("the invalid index {one}"),
+        many => format!("the invalid indexes {}", many.join(", ")),
+    }
 }
 
 /// What the failure of a hook of `kind` did, for [`Error::Hook`]'s message.

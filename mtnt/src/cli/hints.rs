@@ -68,6 +68,12 @@ pub fn cli_fix(error: &Error) -> Option<String> {
         Error::TenantGone { .. } => {
             "nothing to do: the tenant no longer exists (`tenant list` shows the registry)".to_owned()
         }
+        Error::InvalidIndex { indexes, .. } => invalid_index_fix(indexes),
+        Error::Sql(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| TOO_MANY_CONNECTIONS.contains(&&*c)) =>
+        {
+            TOO_MANY_CONNECTIONS_FIX.to_owned()
+        }
         Error::InvalidTenantName { .. }
         | Error::DuplicateName { .. }
         | Error::DuplicateHook { .. }
@@ -81,6 +87,12 @@ pub fn cli_fix(error: &Error) -> Option<String> {
         | Error::Invalid(_) => return None,
     })
 }
+
+/// PostgreSQL too_many_connections, MySQL ER_CON_COUNT_ERROR.
+const TOO_MANY_CONNECTIONS: [&str; 2] = ["53300", "1040"];
+
+const TOO_MANY_CONNECTIONS_FIX: &str = "the server has no free connection (max_connections): \
+     lower --concurrency, wait for other clients to finish, or raise max_connections on the server";
 
 const CHECKSUM_FIX: &str = "revert the edit and write a new migration instead; if the edit is \
      intended (formatting, comments in SQL), record the new checksum with `repair --checksums`";
@@ -144,6 +156,24 @@ fn order_in(text: &str) -> Option<i64> {
     })
 }
 
+/// Drop the invalid indexes and migrate again (the retry builds them anew), or rebuild
+/// them in place.
+fn invalid_index_fix(indexes: &[String]) -> String {
+    let each = |sql: &str| {
+        indexes
+            .iter()
+            .map(|i| format!("{sql} {i};"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "drop {it} (`{}`) and run `migrate` again, which builds {it} anew; or rebuild {it} in          place (`{}`) and run `migrate` again",
+        each("DROP INDEX CONCURRENTLY"),
+        each("REINDEX INDEX CONCURRENTLY"),
+        it = if indexes.len() == 1 { "it" } else { "them" },
+    )
+}
+
 /// What to check when the database cannot be reached, from what the driver says.
 fn connect_fix(source: &sqlx::Error) -> String {
     const URL: &str = "the URL (--database-url or DATABASE_URL)";
@@ -161,10 +191,7 @@ fn connect_fix(source: &sqlx::Error) -> String {
             Some("28P01") | Some("28000") | Some("1045") => {
                 format!("check the user name and password of {URL}")
             }
-            // too_many_connections, MySQL ER_CON_COUNT_ERROR.
-            Some("53300") | Some("1040") => "the server has no free connection: wait for other \
-                 clients to finish, or lower --concurrency"
-                .to_owned(),
+            Some(code) if TOO_MANY_CONNECTIONS.contains(&code) => TOO_MANY_CONNECTIONS_FIX.to_owned(),
             _ => format!("check {URL} and the server's log"),
         },
         sqlx::Error::Tls(_) => format!("check the TLS settings (sslmode) of {URL}"),

@@ -417,3 +417,32 @@ pub(crate) fn migration_list_json(set: &MigrationSet) -> serde_json::Value {
             .collect(),
     )
 }
+
+/// A run lease in `status`: `running: migrate run ... on host (pid 12) since ..., last
+/// heartbeat ...`, or, for a lease whose heartbeat is older than the unlock deadline, a
+/// `stale:` line saying when the dead run was last seen.
+pub(crate) fn run_line(run: &crate::RunLease) -> String {
+    let who = format!(
+        "{} run {} on {} (pid {}) since {}",
+        run.command,
+        run.run_id,
+        run.host,
+        run.pid,
+        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+    );
+    if run.stale {
+        let ago = std::time::Duration::from_secs(run.silent_secs.max(0.0) as u64);
+        format!(
+            "stale: {who}, last seen {} ({} ago): not running (no heartbeat within the unlock \
+             deadline: killed, or its machine or its connection is gone); the next run takes \
+             its lease over",
+            run.heartbeat_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            mtnt_syntax::format_duration(ago),
+        )
+    } else {
+        format!(
+            "running: {who}, last heartbeat {}",
+            run.heartbeat_at.format("%H:%M:%S UTC")
+        )
+    }
+}

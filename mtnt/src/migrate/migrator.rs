@@ -13,7 +13,7 @@ use super::{
     Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
     Timeouts, Transactions,
 };
-use crate::backend::{connect, Backend, ConnectOptions, Connection, Target};
+use crate::backend::{connect, Backend, ConnectOptions, Connection, ErrorClass, Target};
 use crate::migration::format_order;
 use crate::{
     Error, Migration, MigrationSet, MigrationStatus, Result, Scope, Tenant, TenantName,
@@ -183,7 +183,27 @@ impl Migrator {
         target: Target<'t>,
         work: impl for<'c> AsyncFnOnce(&'c mut dyn Connection) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.backend.connect(target).await?;
+        let mut conn = match self.backend.connect(target).await {
+            Ok(conn) => conn,
+            // Its storage went with the tenant, dropped since its registry row was read.
+            Err(e) => {
+                return Err(match target {
+                    Target::Tenant(tenant)
+                        if self.backend.classify(&e) == ErrorClass::StorageMissing
+                            && self
+                                .backend
+                                .tenant_records(std::slice::from_ref(&tenant.name))
+                                .await?
+                                .is_empty() =>
+                    {
+                        Error::TenantGone {
+                            tenant: tenant.name.clone(),
+                        }
+                    }
+                    _ => e,
+                })
+            }
+        };
         let result = async {
             lock_waiting(&mut *conn, target, &self.safety).await?;
             work(&mut *conn).await
@@ -359,9 +379,9 @@ impl Migrator {
             // A misspelt canary is refused before the public migrations run.
             self.records(names).await?;
         }
-        let concurrency = self.fleet_concurrency().await?;
+        let concurrency = self.fleet_concurrency(progress).await?;
         let lease = Lease::acquire(&*self.backend, &self.safety, command.as_str()).await?;
-        let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
+        let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard, concurrency);
         let hook_failures = HookFailures::default();
         let protocol = Protocol {
             hook_failures: Some(&hook_failures),
@@ -446,13 +466,17 @@ impl Migrator {
     }
 
     /// The configured concurrency, lowered to what the pool and the server allow.
-    async fn fleet_concurrency(&self) -> Result<usize> {
+    async fn fleet_concurrency(&self, progress: &dyn Progress) -> Result<usize> {
         Ok(match self.backend.connection_budget().await? {
             Some(budget) if budget < self.concurrency => {
-                tracing::warn!(
-                    "concurrency {} lowered to {budget}: that many connections are free in the pool and on the server",
+                // Fewer workers rather than workers waiting for connections the server
+                // cannot give (a pool's acquire times out only after 30 s).
+                let message = format!(
+                    "concurrency {} lowered to {budget}: the pool and the server (max_connections, less the sessions connected now) have connections for that many tenants at once",
                     self.concurrency
                 );
+                tracing::warn!("{message}");
+                progress.warning(&message);
                 budget.max(1)
             }
             _ => self.concurrency,
@@ -481,12 +505,19 @@ impl Migrator {
     }
 
     /// The leases of the runs working on the fleet now (empty where the backend keeps
-    /// no leases).
+    /// no leases). A lease whose heartbeat is older than the unlock deadline is
+    /// [`stale`](crate::RunLease::stale): its runner is dead, and the next run takes it
+    /// over.
     pub async fn running(&self) -> Result<Vec<crate::RunLease>> {
-        match self.backend.leases() {
-            Some(control) => control.running().await,
-            None => Ok(Vec::new()),
+        let mut leases = match self.backend.leases() {
+            Some(control) => control.running().await?,
+            None => Vec::new(),
+        };
+        let deadline = self.safety.unlock_deadline.as_secs_f64();
+        for lease in &mut leases {
+            lease.stale = lease.silent_secs > deadline;
         }
+        Ok(leases)
     }
 
     /// Reverts tenant migrations of one tenant, newest first. Refuses, before changing

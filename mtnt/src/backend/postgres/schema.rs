@@ -134,6 +134,19 @@ impl PostgresBackend {
 
     /// The search path of tenant migrations: the tenant's schema, then the control schema
     /// (so tenant tables can reference shared ones unqualified), then `public`.
+    /// How many more connections the server would accept now, counting those this pool
+    /// holds (they are its own to use): `max_connections` less the superuser reserve and
+    /// the client sessions connected.
+    pub(super) async fn server_free(&self) -> Result<i64> {
+        let (max, reserved, used): (i32, i32, i64) = sqlx::query_as(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, \
+             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(i64::from(max - reserved) - used + i64::from(self.pool.size()))
+    }
+
     fn tenant_search_path(&self, schema_q: &str) -> String {
         if self.control == "public" {
             format!("{schema_q}, public")
@@ -292,14 +305,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn connection_budget(&self) -> Result<Option<usize>> {
-        // Connections this pool holds already count among the server's used ones.
-        let (max, reserved, used): (i32, i32, i64) = sqlx::query_as(
-            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, \
-             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let server_free = i64::from(max - reserved) - used + i64::from(self.pool.size());
+        let server_free = self.server_free().await?;
         let pool = self.pool.options().get_max_connections().saturating_sub(1);
         Ok(Some(
             usize::try_from(server_free.min(i64::from(pool)).max(1)).unwrap_or(1),
