@@ -244,6 +244,9 @@ async fn exhaustion(cluster: &Cluster, control: &str, database_model: bool) {
     // The server fills up during the run: the refused connections take workers off, and
     // the tenants are retried until the others let go.
     let mut run = exec("0.4");
+    let log = cluster.dir.path().join(format!("{control}.stderr"));
+    run.stderr(std::fs::File::create(&log).unwrap());
+    let started = Instant::now();
     let child = run.spawn().unwrap();
     // Once tenants run (their statements seen on the server), every free slot is taken.
     let mut watcher = cluster.connect("postgres").await.unwrap();
@@ -261,10 +264,30 @@ async fn exhaustion(cluster: &Cluster, control: &str, database_model: bool) {
         assert!(Instant::now() < deadline, "no tenant ran");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Every slot the run frees is grabbed too, for a second and a half.
     let mut held = cluster.fill().await;
     held.push(watcher);
-    let filled = held.len();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let until = Instant::now() + Duration::from_millis(1500);
+    let grabbers: Vec<_> = (0..3)
+        .map(|_| {
+            let url = cluster.url("postgres");
+            tokio::spawn(async move {
+                let options: PgConnectOptions = url.parse().unwrap();
+                let mut mine = Vec::new();
+                while Instant::now() < until {
+                    match options.connect().await {
+                        Ok(conn) => mine.push(conn),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                    }
+                }
+                mine.len()
+            })
+        })
+        .collect();
+    let mut filled = held.len();
+    for grabber in grabbers {
+        filled += grabber.await.unwrap();
+    }
     drop(held);
     let mut child = child;
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -273,7 +296,8 @@ async fn exhaustion(cluster: &Cluster, control: &str, database_model: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("mid-run fill: the run took {:?}", started.elapsed());
+    let stderr = std::fs::read_to_string(&log).unwrap();
     let refused = stderr.matches("the server refused a connection").count();
     eprintln!("filled mid-run with {filled} connections; refused-connection warnings: {refused}");
     assert!(out.status.success(), "{}", text(&out));
@@ -286,7 +310,9 @@ async fn exhaustion(cluster: &Cluster, control: &str, database_model: bool) {
 
     // No connection free at all: the fix says what to change.
     let held = cluster.fill().await;
+    let started = Instant::now();
     let out = wait_output(&mut exec("0")).await;
+    eprintln!("no connection free: refused in {:?}", started.elapsed());
     drop(held);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);

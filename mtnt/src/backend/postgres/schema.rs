@@ -134,6 +134,10 @@ impl PostgresBackend {
 
     /// The search path of tenant migrations: the tenant's schema, then the control schema
     /// (so tenant tables can reference shared ones unqualified), then `public`.
+    /// The connections a fleet run needs beside its tenants' (registry reads, the
+    /// lease's heartbeat), which [`Backend::connection_budget`] leaves free.
+    pub(super) const CONTROL_CONNECTIONS: i64 = 2;
+
     /// How many more connections the server would accept now, counting those this pool
     /// holds (they are its own to use): `max_connections` less the superuser reserve and
     /// the client sessions connected.
@@ -305,7 +309,9 @@ impl Backend for PostgresBackend {
     }
 
     async fn connection_budget(&self) -> Result<Option<usize>> {
-        let server_free = self.server_free().await?;
+        // Two connections beside the tenants' (registry reads, the lease's heartbeat):
+        // a pool that needs one more than the server gives waits its whole acquire timeout.
+        let server_free = self.server_free().await? - Self::CONTROL_CONNECTIONS;
         let pool = self.pool.options().get_max_connections().saturating_sub(1);
         Ok(Some(
             usize::try_from(server_free.min(i64::from(pool)).max(1)).unwrap_or(1),
