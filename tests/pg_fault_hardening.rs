@@ -213,3 +213,66 @@ async fn run_lock_timeout_spares_cic_snapshot_waits_schema_per_tenant() {
 async fn run_lock_timeout_spares_cic_snapshot_waits_database_per_tenant() {
     run_lock_timeout_spares_cic_snapshot_waits(Kind::PgDatabase).await;
 }
+
+mod gone {
+    /// Slow for tenants whose name ends in `a_slow`, so that another tenant can be dropped
+    /// while the run works on this one.
+    #[mtnt::migration(scope = "tenant", order = 2024_09_02_0001)]
+    async fn slow(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+        if ctx.tenant().unwrap().name.as_str().ends_with("a_slow") {
+            ctx.execute("SELECT pg_sleep(1.5)").await?;
+        }
+        ctx.execute("CREATE TABLE slow (id bigint)").await
+    }
+}
+
+/// A tenant dropped (`tenant drop`) after the run read its registry row and before the
+/// run reached it is reported gone, in the user's terms, and nothing is created for it.
+/// Before, database per tenant failed it with "database ... does not exist, but the
+/// tenant is registered" (the connection to its database came before the lock).
+async fn a_tenant_dropped_during_the_run_is_gone(kind: Kind) {
+    let model = Model::new(kind, "dropped_mid_run").await;
+    let slow = model.tenant("a_slow");
+    let dropped = model.tenant("b_gone");
+    create_tenants(&model.migrator(set_to(USERS)).await, &[&slow, &dropped]).await;
+    let set = MigrationSet::new(
+        set_to(USERS)
+            .iter()
+            .chain(MigrationSet::registered_in("pg_fault_hardening::gone").unwrap().iter()),
+    )
+    .unwrap();
+    let run = model.builder(set).await.concurrency(1).build().unwrap();
+    let running = tokio::spawn(async move { run.migrate(&MigrateOptions::new()).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!running.is_finished());
+    model
+        .migrator(set_to(USERS))
+        .await
+        .drop_tenant(&mtnt::TenantName::new(dropped.as_str()).unwrap())
+        .await
+        .unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(
+        report
+            .tenants_gone
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>(),
+        [dropped.as_str()],
+        "{report:?}"
+    );
+    assert_eq!(report.tenants_migrated, 1, "{report:?}");
+    assert!(!model.storage_exists(&dropped).await, "the dropped tenant was recreated");
+    model.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_dropped_during_the_run_is_gone_schema_per_tenant() {
+    a_tenant_dropped_during_the_run_is_gone(Kind::PgSchema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_dropped_during_the_run_is_gone_database_per_tenant() {
+    a_tenant_dropped_during_the_run_is_gone(Kind::PgDatabase).await;
+}

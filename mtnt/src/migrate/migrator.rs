@@ -190,11 +190,8 @@ impl Migrator {
                 return Err(match target {
                     Target::Tenant(tenant)
                         if self.backend.classify(&e) == ErrorClass::StorageMissing
-                            && self
-                                .backend
-                                .tenant_records(std::slice::from_ref(&tenant.name))
-                                .await?
-                                .is_empty() =>
+                            && super::protocol::dropped_meanwhile(&*self.backend, tenant)
+                                .await? =>
                     {
                         Error::TenantGone {
                             tenant: tenant.name.clone(),

@@ -112,6 +112,26 @@ async fn invoke(function: MigrationFn, ctx: &mut Ctx<'_>) -> Result<()> {
     }
 }
 
+/// Whether a tenant whose storage is missing was dropped: its registry row is gone, now or
+/// within a few seconds. Where storage is not transactional, `tenant drop` removes the
+/// storage and then the row, so a run can find the one gone and the other still there;
+/// a row that stays means the storage is missing for real.
+pub(crate) async fn dropped_meanwhile(backend: &dyn Backend, tenant: &crate::Tenant) -> Result<bool> {
+    for attempt in 0..20 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        if backend
+            .tenant_records(std::slice::from_ref(&tenant.name))
+            .await?
+            .is_empty()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Wraps a migration's failure with the migration and the target.
 pub(crate) fn wrap(
     target: Target<'_>,
@@ -319,11 +339,7 @@ impl<'a> Protocol<'a> {
             Err(error) => match target {
                 Target::Tenant(tenant)
                     if self.backend.classify(&error) == ErrorClass::StorageMissing
-                        && self
-                            .backend
-                            .tenant_records(std::slice::from_ref(&tenant.name))
-                            .await?
-                            .is_empty() =>
+                        && dropped_meanwhile(self.backend, tenant).await? =>
                 {
                     Ok(None)
                 }
