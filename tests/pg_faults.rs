@@ -1370,3 +1370,60 @@ async fn status_shows_a_killed_run_stale() {
     pool.close().await;
     db.drop_db().await;
 }
+
+/// A registry row inserted by hand with a name mtnt refuses fails alone: `migrate` runs the
+/// rest of the fleet and exits non-zero naming the row, its table and how to fix it;
+/// `status` and `tenant list` show the fleet and the row apart. Before, all three failed for
+/// the whole fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_registry_name_fails_only_its_row() {
+    const TENANTS: usize = 5;
+    let (db, pool) = fleet_db("faults_bad_row").await;
+    reset_fleet(&pool, TENANTS).await;
+    sqlx::raw_sql(
+        "INSERT INTO public.mtnt_tenants (name, schema_name, state) VALUES ('Bad Name', 'bad_schema', 'active')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = run(app(&db).args(["migrate", "--to", UP_TO_C])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(
+        report.contains(
+            "registry row \"Bad Name\" failed: the tenant registry \"public\".mtnt_tenants has a row named \"Bad Name\", which is not a valid tenant name (it must start with a lowercase letter)"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        report.contains("`DELETE FROM \"public\".mtnt_tenants WHERE name = 'Bad Name'`"),
+        "{report}"
+    );
+    assert!(report.contains("1 failed"), "{report}");
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.complete, TENANTS, "the rest of the fleet migrates");
+
+    let status = run(app(&db).arg("status")).await;
+    let shown = stdout(&status);
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(shown.contains("0/5 tenants current, 5 behind, 0 failed"), "{shown}");
+    assert!(shown.contains("registry row \"Bad Name\" failed"), "{shown}");
+    let check_gate = run(app(&db).args(["status", "--check"])).await;
+    assert_eq!(check_gate.status.code(), Some(1), "{}", text(&check_gate));
+    let json = run(app(&db).args(["status", "--json"])).await;
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(value["invalid_registry_rows"][0]["name"], "Bad Name", "{value}");
+
+    let list = run(app(&db).args(["tenant", "list"])).await;
+    assert_eq!(list.status.code(), Some(1), "{}", text(&list));
+    assert!(stdout(&list).contains("t004"), "{}", text(&list));
+    assert!(
+        String::from_utf8_lossy(&list.stderr).contains("registry row \"Bad Name\" failed"),
+        "{}",
+        text(&list)
+    );
+    pool.close().await;
+    db.drop_db().await;
+}

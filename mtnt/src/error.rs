@@ -138,6 +138,19 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A row of the tenant registry has a name that is no valid tenant name (it was
+    /// inserted by hand); no SQL is built with it, and only that row fails: the rest of
+    /// the fleet runs.
+    #[error("the tenant registry {table} has a row named {name:?}, which is not a valid tenant name ({reason}); nothing was done for that row")]
+    InvalidRegistryName {
+        /// The registry table (or file), qualified.
+        table: String,
+        /// The name in the row, as stored.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// A tenant named on the command line or in the API is not registered.
     #[error("unknown tenant {0:?}: no tenant of that name is registered")]
     UnknownTenant(String),

@@ -62,7 +62,8 @@ pub use cli::cli_fix;
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
-    fingerprint, Condition, FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
+    fingerprint, Condition, FailedMigration, FailedTenant, InvalidRegistryRow, MigrateOptions,
+    MigrateReport, Migrator,
     MigratorBuilder, PlanGroup, PlanReport, PlannedMigration, Progress, PublicStatus,
     RegistrySource, RollbackReport, RollbackTarget, StatusReport, TenantSource, TenantStatus,
     Timeouts, Transactions,

@@ -333,6 +333,14 @@ pub trait Backend: Send + Sync {
     /// How many tenants are registered.
     async fn tenant_count(&self) -> Result<u64>;
 
+    /// The rows of the registry whose name is no valid tenant name (inserted by hand), each
+    /// as an [`Error::InvalidRegistryName`] naming the table and the row. The other
+    /// registry reads ([`Backend::tenant_page`], [`Backend::tenant_records`]) leave them
+    /// out, so that one bad row fails only itself. By default there are none.
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        Ok(Vec::new())
+    }
+
     /// The registry rows of the named tenants; names that are not registered are left out.
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>>;
 

@@ -69,6 +69,12 @@ pub fn cli_fix(error: &Error) -> Option<String> {
             "nothing to do: the tenant no longer exists (`tenant list` shows the registry)".to_owned()
         }
         Error::InvalidIndex { indexes, .. } => invalid_index_fix(indexes),
+        Error::InvalidRegistryName { table, name, .. } => {
+            let name = name.replace('\'', "''");
+            format!(
+                "rename the row to a valid tenant name (`UPDATE {table} SET name = 'new_name' WHERE name = '{name}'`, if its storage is that tenant's) or delete it (`DELETE FROM {table} WHERE name = '{name}'`)"
+            )
+        }
         Error::Sql(sqlx::Error::Database(db))
             if db.code().is_some_and(|c| TOO_MANY_CONNECTIONS.contains(&&*c)) =>
         {

@@ -183,7 +183,7 @@ pub(crate) fn fleet_report(
         out,
         "tenants: {} total, {done}, {} failed{} in {:.2}s",
         report.tenants_total,
-        report.failures.len(),
+        report.failures.len() + report.invalid_registry_rows.len(),
         if report.tenants_skipped > 0 {
             format!(", {} skipped (not started)", report.tenants_skipped)
         } else {
@@ -236,6 +236,7 @@ pub(crate) fn fleet_report(
         out.push_str(&names(&report.tenants_gone));
     }
     out.push_str(&failures::render(&report.failures));
+    out.push_str(&invalid_registry_rows(&report.invalid_registry_rows));
     for failure in &report.hook_failures {
         let _ = writeln!(out, "warning: {failure}");
     }
@@ -284,6 +285,7 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
     }
     out.push_str(&report.summary());
     out.push('\n');
+    out.push_str(&invalid_registry_rows(&report.invalid_registry_rows));
     // The tenants that migrate refuses until someone repairs them: what to do.
     for condition in [
         Condition::Drifted,
@@ -445,4 +447,18 @@ pub(crate) fn run_line(run: &crate::RunLease) -> String {
             run.heartbeat_at.format("%H:%M:%S UTC")
         )
     }
+}
+
+/// Each registry row whose name is no valid tenant name, failed alone: what is wrong, then
+/// how to rename or delete it.
+pub(crate) fn invalid_registry_rows(rows: &[crate::InvalidRegistryRow]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let error = row.error();
+        let _ = writeln!(out, "registry row {:?} failed: {error}", row.name);
+        if let Some(fix) = super::hints::cli_fix(&error) {
+            let _ = writeln!(out, "  fix: {fix}");
+        }
+    }
+    out
 }

@@ -227,7 +227,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 say::out_raw(&output::tenant_list(&records, &words, quiet));
             }
-            Ok(ExitCode::SUCCESS)
+            // Rows no tenant name can be made of: listed apart, and not a success.
+            let invalid = migrator.invalid_registry_rows().await?;
+            if invalid.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                errln!("{}", output::invalid_registry_rows(&invalid).trim_end());
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Tenant(TenantCommand::Adopt {
             schema_like,

@@ -444,6 +444,13 @@ impl Migrator {
         )
         .await;
         progress.finish();
+        if options.tenants.is_empty() && self.source.is_none() && result.is_ok() {
+            // One hand-inserted row with an invalid name fails only itself.
+            match self.invalid_registry_rows().await {
+                Ok(rows) => report.invalid_registry_rows = rows,
+                Err(e) => tracing::warn!("could not look for invalid registry rows: {e}"),
+            }
+        }
         if let Some(lease) = lease {
             if let Some(why) = lease.lost() {
                 report.stopped = Some(why);
@@ -637,6 +644,11 @@ impl Migrator {
             needs_repair: count(Condition::NeedsRepair),
             ahead: count(Condition::Ahead),
             creating: count(Condition::Creating),
+            invalid_registry_rows: if names.is_empty() {
+                self.invalid_registry_rows().await?
+            } else {
+                Vec::new()
+            },
             tenants,
         })
     }
@@ -698,6 +710,18 @@ impl Migrator {
                 return Ok(all);
             }
         }
+    }
+
+    /// The rows of the tenant registry whose name is no valid tenant name (inserted by
+    /// hand), which every other registry read leaves out.
+    pub async fn invalid_registry_rows(&self) -> Result<Vec<crate::InvalidRegistryRow>> {
+        Ok(self
+            .backend
+            .invalid_registry_rows()
+            .await?
+            .into_iter()
+            .filter_map(crate::InvalidRegistryRow::of)
+            .collect())
     }
 
     /// Every registered tenant, by name.

@@ -166,6 +166,10 @@ impl Backend for PgDatabaseBackend {
         self.control.tenant_records(names).await
     }
 
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        self.control.invalid_registry_rows().await
+    }
+
     async fn fingerprints(&self, _names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
         // The registry cannot join the tenant's transactions: no fingerprint would vouch
         // for the tracking rows.

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 
-use super::super::sql::quote_ident;
+use super::super::sql::{invalid_names, quote_ident, valid_page};
 use super::lease::PgLeases;
 use super::target::{PgConn, PgTarget, Spec};
 use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking};
@@ -108,11 +108,13 @@ impl PostgresBackend {
         format!("{}.mtnt_tenants", self.control_q)
     }
 
-    fn record_from_row(row: &PgRow) -> Result<TenantRecord> {
+    /// `None` for a row whose name is no valid tenant name.
+    fn record_from_row(row: &PgRow) -> Result<Option<TenantRecord>> {
         let name: String = row.try_get("name")?;
-        let name =
-            TenantName::new(name).map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))?;
-        Ok(TenantRecord {
+        let Ok(name) = TenantName::new(name) else {
+            return Ok(None);
+        };
+        Ok(Some(TenantRecord {
             tenant: Tenant {
                 name,
                 storage: row.try_get("schema_name")?,
@@ -122,7 +124,7 @@ impl PostgresBackend {
             applied_order: row.try_get("applied_order")?,
             failed_order: row.try_get("failed_order")?,
             last_error: row.try_get("last_error")?,
-        })
+        }))
     }
 
     fn select_records(&self) -> String {
@@ -264,12 +266,24 @@ impl Backend for PostgresBackend {
             "{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
             self.select_records()
         );
-        let rows = sqlx::query(&sql)
-            .bind(after.map(TenantName::as_str))
-            .bind(limit as i64)
+        valid_page(after, limit, async |after, limit| {
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get::<String, _>("name")?, Self::record_from_row(row)?)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        let names: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM {}", self.registry()))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(Self::record_from_row).collect()
+        Ok(invalid_names(&self.registry(), names))
     }
 
     async fn tenant_count(&self) -> Result<u64> {
@@ -286,7 +300,9 @@ impl Backend for PostgresBackend {
         );
         let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
         let rows = sqlx::query(&sql).bind(&names).fetch_all(&self.pool).await?;
-        rows.iter().map(Self::record_from_row).collect()
+        rows.iter()
+            .filter_map(|row| Self::record_from_row(row).transpose())
+            .collect()
     }
 
     async fn fingerprints(&self, names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
