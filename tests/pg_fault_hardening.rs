@@ -276,3 +276,41 @@ async fn a_tenant_dropped_during_the_run_is_gone_schema_per_tenant() {
 async fn a_tenant_dropped_during_the_run_is_gone_database_per_tenant() {
     a_tenant_dropped_during_the_run_is_gone(Kind::PgDatabase).await;
 }
+
+/// Registry rows with invalid names between valid ones, with pages of two: each page is
+/// filled past them, so that no tenant after them is missed (a page cut short by them
+/// would read as the last), and each row is named once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_registry_rows_do_not_cut_the_pages_short() {
+    let model = Model::new(Kind::PgSchema, "bad_rows_pages").await;
+    let first = model.tenant("a1");
+    let second = model.tenant("a2");
+    create_tenants(&model.migrator(set_to(USERS)).await, &[&first, &second]).await;
+    for bad in [" x", " y", " z"] {
+        model
+            .execute(
+                Place::Control,
+                &format!(
+                    "INSERT INTO mtnt_tenants (name, schema_name, state) VALUES ('{first}{bad}', 'nowhere{bad}', 'active')"
+                ),
+            )
+            .await;
+    }
+    let v2 = model
+        .builder(set_to(UNIQUE_EMAIL))
+        .await
+        .page_size(2)
+        .build()
+        .unwrap();
+    let report = v2.migrate(&MigrateOptions::new()).await.unwrap();
+    assert_eq!(report.tenants_migrated, 2, "{report:?}");
+    assert_eq!(report.invalid_registry_rows.len(), 3, "{report:?}");
+    assert!(!report.is_success());
+    let listed = v2.tenants().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let status = v2.status(&[]).await.unwrap();
+    assert_eq!(status.tenants.len(), 2);
+    assert_eq!(status.invalid_registry_rows.len(), 3);
+    assert!(!status.is_current());
+    model.finish().await;
+}
