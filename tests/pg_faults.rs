@@ -1427,3 +1427,45 @@ async fn an_invalid_registry_name_fails_only_its_row() {
     pool.close().await;
     db.drop_db().await;
 }
+
+/// Two `tenant adopt` runs over the same 30 unregistered schemas at once: each schema is
+/// registered once, both runs succeed, and a run that finds a schema adopted by the other
+/// says so in those words, never with the raw duplicate-key error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adopts_split_the_schemas() {
+    const SCHEMAS: usize = 30;
+    let (db, pool) = fleet_db("faults_adopt_race").await;
+    reset_fleet(&pool, 0).await;
+    let mut sql = String::new();
+    for i in 0..SCHEMAS {
+        sql.push_str(&format!("CREATE SCHEMA race{i:02}; CREATE TABLE race{i:02}.a (id bigint PRIMARY KEY);"));
+    }
+    sqlx::raw_sql(&sql).execute(&pool).await.unwrap();
+    let adopt = || {
+        app(&db)
+            .args(["tenant", "adopt", "--schema-like", "race%"])
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (adopt(), adopt());
+    let (a, b) = (finish(a).await, finish(b).await);
+    let mut adopted = 0;
+    let mut taken = 0;
+    for out in [&a, &b] {
+        assert!(out.status.success(), "{}", text(out));
+        let all = text(out);
+        assert!(!all.contains("duplicate key"), "{all}");
+        adopted += stdout(out).lines().filter(|l| l.starts_with("adopted race")).count();
+        taken += all.matches("already adopted by another run").count();
+    }
+    eprintln!("adopt race: {adopted} adopted, {taken} found adopted by the other run");
+    assert_eq!(adopted, SCHEMAS);
+    let registered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM public.mtnt_tenants WHERE name LIKE 'race%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(registered as usize, SCHEMAS);
+    pool.close().await;
+    db.drop_db().await;
+}

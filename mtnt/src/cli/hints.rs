@@ -173,7 +173,7 @@ fn invalid_index_fix(indexes: &[String]) -> String {
             .join(" ")
     };
     format!(
-        "drop {it} (`{}`) and run `migrate` again, which builds {it} anew; or rebuild {it} in          place (`{}`) and run `migrate` again",
+        "drop {it} (`{}`) and run `migrate` again, which builds {it} anew; or rebuild {it} in place (`{}`) and run `migrate` again",
         each("DROP INDEX CONCURRENTLY"),
         each("REINDEX INDEX CONCURRENTLY"),
         it = if indexes.len() == 1 { "it" } else { "them" },
@@ -274,6 +274,32 @@ mod tests {
     }
 
     #[test]
+    fn fixes_of_invalid_indexes_rows_and_full_servers() {
+        let fix = cli_fix(&Error::InvalidIndex {
+            target: "tenant acme".to_owned(),
+            indexes: vec!["acme.a".to_owned(), "acme.b".to_owned()],
+        })
+        .unwrap();
+        assert_eq!(
+            fix,
+            "drop them (`DROP INDEX CONCURRENTLY acme.a; DROP INDEX CONCURRENTLY acme.b;`) and run \
+             `migrate` again, which builds them anew; or rebuild them in place (`REINDEX INDEX \
+             CONCURRENTLY acme.a; REINDEX INDEX CONCURRENTLY acme.b;`) and run `migrate` again"
+        );
+        let fix = cli_fix(&Error::InvalidRegistryName {
+            table: "public.mtnt_tenants".to_owned(),
+            name: "O'Hara".to_owned(),
+            reason: "it has an uppercase letter",
+        })
+        .unwrap();
+        assert!(
+            fix.contains("`DELETE FROM public.mtnt_tenants WHERE name = 'O''Hara'`"),
+            "{fix}"
+        );
+        assert!(fix.contains("rename the row"), "{fix}");
+    }
+
+    #[test]
     fn dropping_a_tenant_is_confirmed_in_every_fix() {
         for error in [
             Error::TenantExists("acme".to_owned()),
@@ -329,6 +355,15 @@ mod tests {
                 storage: "schema acme".to_owned(),
             },
             Error::EmptyRegistry,
+            Error::InvalidIndex {
+                target: "tenant acme".to_owned(),
+                indexes: vec!["acme.items_sku".to_owned()],
+            },
+            Error::InvalidRegistryName {
+                table: "public.mtnt_tenants".to_owned(),
+                name: "Bad".to_owned(),
+                reason: "it must start with a lowercase letter",
+            },
         ];
         for error in errors {
             let message = error.to_string();
