@@ -186,14 +186,12 @@ async fn fleet(cluster: &Cluster, control: &str, database_model: bool) {
                 .await;
         }
     }
-    let out = wait_output(
-        app(&cluster.url(control), database_model).args([
-            "tenant",
-            "adopt",
-            "--schema-like",
-            &format!("{control}\\_t%"),
-        ]),
-    )
+    let out = wait_output(app(&cluster.url(control), database_model).args([
+        "tenant",
+        "adopt",
+        "--schema-like",
+        &format!("{control}\\_t%"),
+    ]))
     .await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -305,7 +303,12 @@ async fn exhaustion(cluster: &Cluster, control: &str, database_model: bool) {
         // A tenant session opens a connection of its own: refused, it takes a worker off.
         // (Schema per tenant keeps its pooled connections, and waits for a new one.)
         assert!(refused > 0, "{}", text(&out));
-        assert!(stderr.contains("tenants at once from now on") || stderr.contains("tenant at once from now on"), "{}", text(&out));
+        assert!(
+            stderr.contains("tenants at once from now on")
+                || stderr.contains("tenant at once from now on"),
+            "{}",
+            text(&out)
+        );
     }
 
     // No connection free at all: the fix says what to change.
@@ -318,12 +321,18 @@ async fn exhaustion(cluster: &Cluster, control: &str, database_model: bool) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("too many clients"), "{}", text(&out));
     assert!(
-        stderr.contains("fix: the server has no free connection (max_connections): lower --concurrency"),
+        stderr.contains(
+            "fix: the server has no free connection (max_connections): lower --concurrency"
+        ),
         "{}",
         text(&out)
     );
     assert!(stderr.contains("raise max_connections"), "{}", text(&out));
-    assert!(!stderr.contains("check that the server is running"), "{}", text(&out));
+    assert!(
+        !stderr.contains("check that the server is running"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,7 +96,10 @@ async fn invalid_index_is_never_recorded_completed(kind: Kind) {
     // must not say completed, and the error names the index and its fix.
     let second = v2.migrate(&MigrateOptions::new()).await.unwrap();
     assert_eq!(
-        model.status(Place::Tenant(&dup), UNIQUE_EMAIL).await.as_deref(),
+        model
+            .status(Place::Tenant(&dup), UNIQUE_EMAIL)
+            .await
+            .as_deref(),
         Some("failed"),
         "{second:?}"
     );
@@ -109,10 +112,18 @@ async fn invalid_index_is_never_recorded_completed(kind: Kind) {
         .await
         .unwrap();
     // The names of this test need no quotes: format('%I.%I') leaves them bare.
-    assert!(schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+    assert!(schema
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
     let index = format!("{schema}.users_email");
-    assert!(message.contains(&format!("the invalid index {index}")), "{message}");
-    assert!(message.contains("recorded failed, not completed"), "{message}");
+    assert!(
+        message.contains(&format!("the invalid index {index}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("recorded failed, not completed"),
+        "{message}"
+    );
     let fix = mtnt::cli_fix(&failure.error).unwrap();
     assert!(
         fix.contains(&format!("DROP INDEX CONCURRENTLY {index};")),
@@ -123,7 +134,10 @@ async fn invalid_index_is_never_recorded_completed(kind: Kind) {
         "{fix}"
     );
     assert_eq!(
-        model.status(Place::Tenant(&ok), UNIQUE_EMAIL).await.as_deref(),
+        model
+            .status(Place::Tenant(&ok), UNIQUE_EMAIL)
+            .await
+            .as_deref(),
         Some("completed")
     );
 
@@ -140,7 +154,10 @@ async fn invalid_index_is_never_recorded_completed(kind: Kind) {
     let third = v2.migrate(&MigrateOptions::new()).await.unwrap();
     assert!(third.failures.is_empty(), "{third:?}");
     assert_eq!(
-        model.status(Place::Tenant(&dup), UNIQUE_EMAIL).await.as_deref(),
+        model
+            .status(Place::Tenant(&dup), UNIQUE_EMAIL)
+            .await
+            .as_deref(),
         Some("completed")
     );
     assert_eq!(
@@ -190,14 +207,20 @@ async fn run_lock_timeout_spares_cic_snapshot_waits(kind: Kind) {
     let started = Instant::now();
     let run = tokio::spawn(async move { v2.migrate(&MigrateOptions::new()).await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!run.is_finished(), "the CIC did not wait for the old snapshot");
+    assert!(
+        !run.is_finished(),
+        "the CIC did not wait for the old snapshot"
+    );
     sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
     holder.close().await.unwrap();
     let report = run.await.unwrap().unwrap();
     assert!(report.failures.is_empty(), "{report:?}");
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(
-        model.status(Place::Tenant(&t), UNIQUE_EMAIL).await.as_deref(),
+        model
+            .status(Place::Tenant(&t), UNIQUE_EMAIL)
+            .await
+            .as_deref(),
         Some("completed")
     );
     assert_eq!(index_state(&model, &t).await.as_deref(), Some("true true"));
@@ -236,9 +259,11 @@ async fn a_tenant_dropped_during_the_run_is_gone(kind: Kind) {
     let dropped = model.tenant("b_gone");
     create_tenants(&model.migrator(set_to(USERS)).await, &[&slow, &dropped]).await;
     let set = MigrationSet::new(
-        set_to(USERS)
-            .iter()
-            .chain(MigrationSet::registered_in("pg_fault_hardening::gone").unwrap().iter()),
+        set_to(USERS).iter().chain(
+            MigrationSet::registered_in("pg_fault_hardening::gone")
+                .unwrap()
+                .iter(),
+        ),
     )
     .unwrap();
     let run = model.builder(set).await.concurrency(1).build().unwrap();
@@ -263,7 +288,10 @@ async fn a_tenant_dropped_during_the_run_is_gone(kind: Kind) {
         "{report:?}"
     );
     assert_eq!(report.tenants_migrated, 1, "{report:?}");
-    assert!(!model.storage_exists(&dropped).await, "the dropped tenant was recreated");
+    assert!(
+        !model.storage_exists(&dropped).await,
+        "the dropped tenant was recreated"
+    );
     model.finish().await;
 }
 

@@ -1353,7 +1353,11 @@ async fn status_shows_a_killed_run_stale() {
 
     let json = run(app(&db).args(["status", "--json"]).args(deadline_flags)).await;
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
-    assert_eq!(value["running"].as_array().map(Vec::len), Some(0), "{value}");
+    assert_eq!(
+        value["running"].as_array().map(Vec::len),
+        Some(0),
+        "{value}"
+    );
     let stale = value["stale_runs"].as_array().expect("stale_runs");
     assert_eq!(stale.len(), 1, "{value}");
     assert_eq!(stale[0]["run_id"], a_run.as_str());
@@ -1408,13 +1412,22 @@ async fn an_invalid_registry_name_fails_only_its_row() {
     let status = run(app(&db).arg("status")).await;
     let shown = stdout(&status);
     assert!(status.status.success(), "{}", text(&status));
-    assert!(shown.contains("0/5 tenants current, 5 behind, 0 failed"), "{shown}");
-    assert!(shown.contains("registry row \"Bad Name\" failed"), "{shown}");
+    assert!(
+        shown.contains("0/5 tenants current, 5 behind, 0 failed"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("registry row \"Bad Name\" failed"),
+        "{shown}"
+    );
     let check_gate = run(app(&db).args(["status", "--check"])).await;
     assert_eq!(check_gate.status.code(), Some(1), "{}", text(&check_gate));
     let json = run(app(&db).args(["status", "--json"])).await;
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
-    assert_eq!(value["invalid_registry_rows"][0]["name"], "Bad Name", "{value}");
+    assert_eq!(
+        value["invalid_registry_rows"][0]["name"], "Bad Name",
+        "{value}"
+    );
 
     let list = run(app(&db).args(["tenant", "list"])).await;
     assert_eq!(list.status.code(), Some(1), "{}", text(&list));
@@ -1438,7 +1451,9 @@ async fn concurrent_adopts_split_the_schemas() {
     reset_fleet(&pool, 0).await;
     let mut sql = String::new();
     for i in 0..SCHEMAS {
-        sql.push_str(&format!("CREATE SCHEMA race{i:02}; CREATE TABLE race{i:02}.a (id bigint PRIMARY KEY);"));
+        sql.push_str(&format!(
+            "CREATE SCHEMA race{i:02}; CREATE TABLE race{i:02}.a (id bigint PRIMARY KEY);"
+        ));
     }
     sqlx::raw_sql(&sql).execute(&pool).await.unwrap();
     let adopt = || {
@@ -1455,7 +1470,10 @@ async fn concurrent_adopts_split_the_schemas() {
         assert!(out.status.success(), "{}", text(out));
         let all = text(out);
         assert!(!all.contains("duplicate key"), "{all}");
-        adopted += stdout(out).lines().filter(|l| l.starts_with("adopted race")).count();
+        adopted += stdout(out)
+            .lines()
+            .filter(|l| l.starts_with("adopted race"))
+            .count();
         taken += all.matches("already adopted by another run").count();
     }
     eprintln!("adopt race: {adopted} adopted, {taken} found adopted by the other run");

@@ -65,7 +65,10 @@ where
 /// raw name and its record (`None` for a name that is no valid tenant name). Rows with
 /// invalid names are passed over and the page filled from the rows after them, so that a
 /// page shorter than `limit` still means the last.
-#[cfg_attr(not(any(feature = "postgres", feature = "sqlite", feature = "mysql")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite", feature = "mysql")),
+    allow(dead_code)
+)]
 pub(crate) async fn valid_page<F, Fut>(
     after: Option<&TenantName>,
     limit: usize,
@@ -91,7 +94,10 @@ where
 
 /// The registry rows of `names` (every name of the registry `table`) that are no valid
 /// tenant name, as [`Error::InvalidRegistryName`].
-#[cfg_attr(not(any(feature = "postgres", feature = "sqlite", feature = "mysql")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite", feature = "mysql")),
+    allow(dead_code)
+)]
 pub(crate) fn invalid_names(table: &str, names: Vec<String>) -> Vec<Error> {
     names
         .into_iter()

@@ -262,7 +262,12 @@ impl Backend for SqliteBackend {
                 .fetch_all(&self.control)
                 .await?;
             rows.iter()
-                .map(|row| Ok((sqlx::Row::try_get::<String, _>(row, "name")?, tenant_record(row)?)))
+                .map(|row| {
+                    Ok((
+                        sqlx::Row::try_get::<String, _>(row, "name")?,
+                        tenant_record(row)?,
+                    ))
+                })
                 .collect()
         })
         .await
@@ -273,7 +278,10 @@ impl Backend for SqliteBackend {
             .fetch_all(&self.control)
             .await?;
         Ok(invalid_names(
-            &format!("mtnt_tenants (in {})", self.dir.join("mtnt_control.db").display()),
+            &format!(
+                "mtnt_tenants (in {})",
+                self.dir.join("mtnt_control.db").display()
+            ),
             names,
         ))
     }

@@ -197,7 +197,9 @@ fn connect_fix(source: &sqlx::Error) -> String {
             Some("28P01") | Some("28000") | Some("1045") => {
                 format!("check the user name and password of {URL}")
             }
-            Some(code) if TOO_MANY_CONNECTIONS.contains(&code) => TOO_MANY_CONNECTIONS_FIX.to_owned(),
+            Some(code) if TOO_MANY_CONNECTIONS.contains(&code) => {
+                TOO_MANY_CONNECTIONS_FIX.to_owned()
+            }
             _ => format!("check {URL} and the server's log"),
         },
         sqlx::Error::Tls(_) => format!("check the TLS settings (sslmode) of {URL}"),

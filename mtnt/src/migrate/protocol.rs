@@ -116,7 +116,10 @@ async fn invoke(function: MigrationFn, ctx: &mut Ctx<'_>) -> Result<()> {
 /// within a few seconds. Where storage is not transactional, `tenant drop` removes the
 /// storage and then the row, so a run can find the one gone and the other still there;
 /// a row that stays means the storage is missing for real.
-pub(crate) async fn dropped_meanwhile(backend: &dyn Backend, tenant: &crate::Tenant) -> Result<bool> {
+pub(crate) async fn dropped_meanwhile(
+    backend: &dyn Backend,
+    tenant: &crate::Tenant,
+) -> Result<bool> {
     for attempt in 0..20 {
         if attempt > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;

@@ -180,9 +180,12 @@ impl Backend for PgDatabaseBackend {
         // A tenant session is a connection of its own to the tenant's database, and reads
         // whether the tenant is registered on the control pool meanwhile: two connections
         // per tenant at once, at most.
-        let server_free =
-            self.control.server_free().await? - PostgresBackend::CONTROL_CONNECTIONS;
-        let pool = self.pool().options().get_max_connections().saturating_sub(1);
+        let server_free = self.control.server_free().await? - PostgresBackend::CONTROL_CONNECTIONS;
+        let pool = self
+            .pool()
+            .options()
+            .get_max_connections()
+            .saturating_sub(1);
         let budget = (server_free / 2).min(i64::from(pool)).max(1);
         Ok(Some(usize::try_from(budget).unwrap_or(1)))
     }

@@ -43,7 +43,8 @@ impl PgLeases {
     }
 }
 
-const COLUMNS: &str = "run_id, host, pid, command, started_at, heartbeat_at, state, taken_over_by, app_name, \
+const COLUMNS: &str =
+    "run_id, host, pid, command, started_at, heartbeat_at, state, taken_over_by, app_name, \
      extract(epoch FROM now() - heartbeat_at)::float8 AS silent_secs";
 
 fn lease_from_row(row: &PgRow) -> Result<RunLease> {

@@ -273,16 +273,22 @@ impl Backend for PostgresBackend {
                 .fetch_all(&self.pool)
                 .await?;
             rows.iter()
-                .map(|row| Ok((row.try_get::<String, _>("name")?, Self::record_from_row(row)?)))
+                .map(|row| {
+                    Ok((
+                        row.try_get::<String, _>("name")?,
+                        Self::record_from_row(row)?,
+                    ))
+                })
                 .collect()
         })
         .await
     }
 
     async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
-        let names: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM {}", self.registry()))
-            .fetch_all(&self.pool)
-            .await?;
+        let names: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT name FROM {}", self.registry()))
+                .fetch_all(&self.pool)
+                .await?;
         Ok(invalid_names(&self.registry(), names))
     }
 
