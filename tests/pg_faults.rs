@@ -1462,8 +1462,10 @@ async fn concurrent_adopts_split_the_schemas() {
             .spawn()
             .unwrap()
     };
+    let started = Instant::now();
     let (a, b) = (adopt(), adopt());
     let (a, b) = (finish(a).await, finish(b).await);
+    eprintln!("adopt race: both runs done in {:?}", started.elapsed());
     let mut adopted = 0;
     let mut taken = 0;
     for out in [&a, &b] {
