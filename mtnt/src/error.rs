@@ -144,6 +144,19 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A row of the tenant registry has a name that is no valid tenant name (it was
+    /// inserted by hand); no SQL is built with it, and only that row fails: the rest of
+    /// the fleet runs.
+    #[error("the tenant registry {table} has a row named {name:?}, which is not a valid tenant name ({reason}); nothing was done for that row")]
+    InvalidRegistryName {
+        /// The registry table (or file), qualified.
+        table: String,
+        /// The name in the row, as stored.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// A tenant named on the command line or in the API is not registered.
     #[error("unknown tenant {0:?}: no tenant of that name is registered")]
     UnknownTenant(String),
@@ -326,6 +339,20 @@ pub enum Error {
         other_schemas: Vec<String>,
     },
 
+    /// A migration that ran outside a transaction left invalid indexes in its target
+    /// (PostgreSQL `pg_index.indisvalid` or `indisready` false): a `CREATE INDEX
+    /// CONCURRENTLY` that failed or was cancelled (a duplicate key, a timeout, a killed
+    /// session) leaves its index behind, unused by queries but kept up by every write,
+    /// and the `IF NOT EXISTS` of a retry skips it. The migration is recorded `failed`.
+    #[error("{target} has {} after the migration: a CREATE INDEX CONCURRENTLY that failed or was cancelled leaves its index invalid (unused by queries, still updated by every write), and IF NOT EXISTS then skips it; the migration was recorded failed, not completed", invalid_indexes(.indexes))]
+    InvalidIndex {
+        /// `"tenant acme"` or `"the public schema"`.
+        target: String,
+        /// The invalid indexes, schema-qualified and quoted as SQL wants them
+        /// (`"acme"."items_sku"`).
+        indexes: Vec<String>,
+    },
+
     /// A registered tenant's schema (database, file) is gone.
     #[error("{storage} of tenant {tenant} does not exist, but the tenant is registered")]
     StorageMissing {
@@ -371,6 +398,14 @@ fn sql_message(error: &sqlx::Error) -> String {
         return message;
     }
     message
+}
+
+/// `the invalid index "acme"."a"`, `the invalid indexes "acme"."a", "acme"."b"`.
+fn invalid_indexes(indexes: &[String]) -> String {
+    match indexes {
+        [one] => format!("the invalid index {one}"),
+        many => format!("the invalid indexes {}", many.join(", ")),
+    }
 }
 
 /// What the failure of a hook of `kind` did, for [`Error::Hook`]'s message.

@@ -63,10 +63,10 @@ pub use cli::{cli_fix, Report};
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
-    fingerprint, Condition, FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
-    MigratorBuilder, PlanGroup, PlanReport, PlannedMigration, Progress, PublicStatus,
-    RegistrySource, RollbackReport, RollbackTarget, StatusReport, TenantSource, TenantStatus,
-    Timeouts, Transactions,
+    fingerprint, Condition, FailedMigration, FailedTenant, InvalidRegistryRow, MigrateOptions,
+    MigrateReport, Migrator, MigratorBuilder, PlanGroup, PlanReport, PlannedMigration, Progress,
+    PublicStatus, RegistrySource, RollbackReport, RollbackTarget, StatusReport, TenantSource,
+    TenantStatus, Timeouts, Transactions,
 };
 pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
 pub use migrate::{

@@ -129,6 +129,10 @@ pub enum ErrorClass {
     Transient,
     /// The connection is gone or in an unknown state: nothing more can be sent on it.
     ConnectionLost,
+    /// The server refused a connection: it has as many as it takes (PostgreSQL
+    /// `too_many_connections`, MySQL `ER_CON_COUNT_ERROR`). Worth another try, with fewer
+    /// tenants at once: a fleet run lowers its concurrency by one each time.
+    TooManyConnections,
     /// Anything else.
     Other,
 }
@@ -453,6 +457,14 @@ pub trait Backend: Send + Sync {
     /// How many tenants are registered.
     async fn tenant_count(&self) -> Result<u64>;
 
+    /// The rows of the registry whose name is no valid tenant name (inserted by hand), each
+    /// as an [`Error::InvalidRegistryName`] naming the table and the row. The other
+    /// registry reads ([`Backend::tenant_page`], [`Backend::tenant_records`]) leave them
+    /// out, so that one bad row fails only itself. By default there are none.
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        Ok(Vec::new())
+    }
+
     /// The registry rows of the named tenants; names that are not registered are left out.
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>>;
 
@@ -544,6 +556,16 @@ pub trait Connection: Send {
 
     /// Undoes the session settings of [`Connection::enter_autocommit`].
     async fn leave_autocommit(&mut self) -> Result<()>;
+
+    /// Checks what a migration that ran outside a transaction left behind, before
+    /// [`Connection::leave_autocommit`]: an error fails the migration (its row is recorded
+    /// `failed`, never `completed`). PostgreSQL refuses an index left invalid in the
+    /// target's schema ([`Error::InvalidIndex`]): a `CREATE INDEX CONCURRENTLY` that
+    /// failed or was cancelled leaves one, and the `IF NOT EXISTS` of an idempotent retry
+    /// skips it. By default nothing is checked.
+    async fn verify_after_autocommit(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// Writes `records` in the open transaction.
     async fn write(&mut self, records: &[Record<'_>]) -> Result<()>;

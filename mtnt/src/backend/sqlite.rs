@@ -16,7 +16,7 @@ use super::api::{
 use super::connect::ConnectOptions;
 use super::engine::{Engine, Tenancy};
 use super::lease::LeaseStore;
-use super::sql::tenant_record;
+use super::sql::{invalid_names, tenant_record, valid_page};
 use crate::ctx::exec_sqlite;
 use crate::{redact_url, Error, Result, Tenant, TenantName, TenantRecord, TenantState};
 
@@ -300,12 +300,35 @@ impl Backend for SqliteBackend {
     ) -> Result<Vec<TenantRecord>> {
         let sql =
             format!("{SELECT_RECORDS} WHERE (?1 IS NULL OR name > ?1) ORDER BY name LIMIT ?2");
-        let rows = sqlx::query(&sql)
-            .bind(after.map(TenantName::as_str))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        valid_page(after, limit, async |after, limit| {
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.control)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        sqlx::Row::try_get::<String, _>(row, "name")?,
+                        tenant_record(row)?,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM mtnt_tenants")
             .fetch_all(&self.control)
             .await?;
-        rows.iter().map(tenant_record).collect()
+        Ok(invalid_names(
+            &format!(
+                "mtnt_tenants (in {})",
+                self.dir.join("mtnt_control.db").display()
+            ),
+            names,
+        ))
     }
 
     async fn tenant_count(&self) -> Result<u64> {
@@ -324,7 +347,9 @@ impl Backend for SqliteBackend {
             .bind(names)
             .fetch_all(&self.control)
             .await?;
-        rows.iter().map(tenant_record).collect()
+        rows.iter()
+            .filter_map(|row| tenant_record(row).transpose())
+            .collect()
     }
 
     async fn fingerprints(&self, _names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {

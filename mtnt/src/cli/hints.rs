@@ -85,6 +85,18 @@ pub fn cli_fix(error: &Error) -> Option<String> {
         Error::TenantGone { .. } => {
             "nothing to do: the tenant no longer exists (`tenant list` shows the registry)".to_owned()
         }
+        Error::InvalidIndex { indexes, .. } => invalid_index_fix(indexes),
+        Error::InvalidRegistryName { table, name, .. } => {
+            let name = name.replace('\'', "''");
+            format!(
+                "rename the row to a valid tenant name (`UPDATE {table} SET name = 'new_name' WHERE name = '{name}'`, if its storage is that tenant's) or delete it (`DELETE FROM {table} WHERE name = '{name}'`)"
+            )
+        }
+        Error::Sql(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| TOO_MANY_CONNECTIONS.contains(&&*c)) =>
+        {
+            TOO_MANY_CONNECTIONS_FIX.to_owned()
+        }
         Error::InvalidTenantName { .. }
         | Error::DuplicateName { .. }
         | Error::DuplicateHook { .. }
@@ -157,6 +169,12 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// PostgreSQL too_many_connections, MySQL ER_CON_COUNT_ERROR.
+const TOO_MANY_CONNECTIONS: [&str; 2] = ["53300", "1040"];
+
+const TOO_MANY_CONNECTIONS_FIX: &str = "the server has no free connection (max_connections): \
+     lower --concurrency, wait for other clients to finish, or raise max_connections on the server";
+
 const CHECKSUM_FIX: &str = "revert the edit and write a new migration instead; if the edit is \
      intended (formatting, comments in SQL), record the new checksum with `repair --checksums`";
 
@@ -219,6 +237,24 @@ fn order_in(text: &str) -> Option<i64> {
     })
 }
 
+/// Drop the invalid indexes and migrate again (the retry builds them anew), or rebuild
+/// them in place.
+fn invalid_index_fix(indexes: &[String]) -> String {
+    let each = |sql: &str| {
+        indexes
+            .iter()
+            .map(|i| format!("{sql} {i};"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "drop {it} (`{}`) and run `migrate` again, which builds {it} anew; or rebuild {it} in place (`{}`) and run `migrate` again",
+        each("DROP INDEX CONCURRENTLY"),
+        each("REINDEX INDEX CONCURRENTLY"),
+        it = if indexes.len() == 1 { "it" } else { "them" },
+    )
+}
+
 /// What to check when the database at `url` (its password redacted) cannot be reached,
 /// from what the driver says.
 fn connect_fix(url: &str, source: &sqlx::Error) -> String {
@@ -247,10 +283,9 @@ fn connect_fix(url: &str, source: &sqlx::Error) -> String {
             Some("28P01") | Some("28000") | Some("1045") => {
                 format!("check the user name and password of {URL}")
             }
-            // too_many_connections, MySQL ER_CON_COUNT_ERROR.
-            Some("53300") | Some("1040") => "the server has no free connection: wait for other \
-                 clients to finish, or lower --concurrency"
-                .to_owned(),
+            Some(code) if TOO_MANY_CONNECTIONS.contains(&code) => {
+                TOO_MANY_CONNECTIONS_FIX.to_owned()
+            }
             _ => format!("check {URL} and the server's log"),
         },
         sqlx::Error::Tls(_) => format!("check the TLS settings (sslmode) of {URL}"),
@@ -345,6 +380,32 @@ mod tests {
             fix.contains("`repair --tenant acme --order 202401010003 --mark pending`"),
             "{fix}"
         );
+    }
+
+    #[test]
+    fn fixes_of_invalid_indexes_rows_and_full_servers() {
+        let fix = cli_fix(&Error::InvalidIndex {
+            target: "tenant acme".to_owned(),
+            indexes: vec!["acme.a".to_owned(), "acme.b".to_owned()],
+        })
+        .unwrap();
+        assert_eq!(
+            fix,
+            "drop them (`DROP INDEX CONCURRENTLY acme.a; DROP INDEX CONCURRENTLY acme.b;`) and run \
+             `migrate` again, which builds them anew; or rebuild them in place (`REINDEX INDEX \
+             CONCURRENTLY acme.a; REINDEX INDEX CONCURRENTLY acme.b;`) and run `migrate` again"
+        );
+        let fix = cli_fix(&Error::InvalidRegistryName {
+            table: "public.mtnt_tenants".to_owned(),
+            name: "O'Hara".to_owned(),
+            reason: "it has an uppercase letter",
+        })
+        .unwrap();
+        assert!(
+            fix.contains("`DELETE FROM public.mtnt_tenants WHERE name = 'O''Hara'`"),
+            "{fix}"
+        );
+        assert!(fix.contains("rename the row"), "{fix}");
     }
 
     #[test]
@@ -469,6 +530,15 @@ mod tests {
             Error::NoRegistry {
                 place: "database postgres on 127.0.0.1:5432, schema public".to_owned(),
                 other_schemas: vec!["mtnt".to_owned()],
+            },
+            Error::InvalidIndex {
+                target: "tenant acme".to_owned(),
+                indexes: vec!["acme.items_sku".to_owned()],
+            },
+            Error::InvalidRegistryName {
+                table: "public.mtnt_tenants".to_owned(),
+                name: "Bad".to_owned(),
+                reason: "it must start with a lowercase letter",
             },
         ];
         for error in errors {

@@ -183,7 +183,7 @@ pub(crate) fn fleet_report(
         out,
         "tenants: {} total, {done}, {} failed{} in {:.2}s",
         report.tenants_total,
-        report.failures.len(),
+        report.failures.len() + report.invalid_registry_rows.len(),
         if report.tenants_skipped > 0 {
             format!(", {} skipped (not started)", report.tenants_skipped)
         } else {
@@ -236,6 +236,7 @@ pub(crate) fn fleet_report(
         out.push_str(&names(&report.tenants_gone));
     }
     out.push_str(&failures::render(&report.failures));
+    out.push_str(&invalid_registry_rows(&report.invalid_registry_rows));
     for failure in &report.hook_failures {
         let _ = writeln!(out, "warning: {failure}");
     }
@@ -331,6 +332,7 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
     }
     out.push_str(&report.summary());
     out.push('\n');
+    out.push_str(&invalid_registry_rows(&report.invalid_registry_rows));
     // The tenants that migrate refuses until someone repairs them: what to do.
     for condition in [
         Condition::Drifted,
@@ -463,4 +465,47 @@ pub(crate) fn migration_list_json(set: &MigrationSet) -> serde_json::Value {
             })
             .collect(),
     )
+}
+
+/// A run lease in `status`: `running: migrate run ... on host (pid 12) since ..., last
+/// heartbeat ...`, or, for a lease whose heartbeat is older than the unlock deadline, a
+/// `stale:` line saying when the dead run was last seen.
+pub(crate) fn run_line(run: &crate::RunLease) -> String {
+    let who = format!(
+        "{} run {} on {} (pid {}) since {}",
+        run.command,
+        run.run_id,
+        run.host,
+        run.pid,
+        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+    );
+    if run.stale {
+        let ago = std::time::Duration::from_secs(run.silent_secs.max(0.0) as u64);
+        format!(
+            "stale: {who}, last seen {} ({} ago): not running (no heartbeat within the unlock \
+             deadline: killed, or its machine or its connection is gone); the next run takes \
+             its lease over",
+            run.heartbeat_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            mtnt_syntax::format_duration(ago),
+        )
+    } else {
+        format!(
+            "running: {who}, last heartbeat {}",
+            run.heartbeat_at.format("%H:%M:%S UTC")
+        )
+    }
+}
+
+/// Each registry row whose name is no valid tenant name, failed alone: what is wrong, then
+/// how to rename or delete it.
+pub(crate) fn invalid_registry_rows(rows: &[crate::InvalidRegistryRow]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let error = row.error();
+        let _ = writeln!(out, "registry row {:?} failed: {error}", row.name);
+        if let Some(fix) = super::hints::cli_fix(&error) {
+            let _ = writeln!(out, "  fix: {fix}");
+        }
+    }
+    out
 }

@@ -162,7 +162,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if args.json {
                 let mut value = serde_json::to_value(&report).expect("serializable");
                 value["summary"] = serde_json::Value::String(report.summary());
-                value["running"] = serde_json::to_value(&running).expect("serializable");
+                // A stale lease is a dead run's: listed apart, never as running.
+                let (stale, live): (Vec<_>, Vec<_>) = running.iter().partition(|r| r.stale);
+                value["running"] = serde_json::to_value(&live).expect("serializable");
+                value["stale_runs"] = serde_json::to_value(&stale).expect("serializable");
                 outln!(
                     "{}",
                     serde_json::to_string_pretty(&value).expect("serializable")
@@ -170,15 +173,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 say::out_raw(&output::status_report(&report, &words, quiet));
                 for run in running.iter().filter(|_| !quiet) {
-                    outln!(
-                        "running: {} run {} on {} (pid {}) since {}, last heartbeat {}",
-                        run.command,
-                        run.run_id,
-                        run.host,
-                        run.pid,
-                        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                        run.heartbeat_at.format("%H:%M:%S UTC"),
-                    );
+                    outln!("{}", output::run_line(run));
                 }
             }
             if args.check && !report.is_current() {
@@ -249,7 +244,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 say::out_raw(&output::tenant_list(&records, &words, quiet));
             }
-            Ok(ExitCode::SUCCESS)
+            // Rows no tenant name can be made of: listed apart, and not a success.
+            let invalid = migrator.invalid_registry_rows().await?;
+            if invalid.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                errln!("{}", output::invalid_registry_rows(&invalid).trim_end());
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Tenant(TenantCommand::Adopt {
             schema_like,

@@ -14,7 +14,9 @@ use super::{
     Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
     Timeouts, Transactions,
 };
-use crate::backend::{connect, Backend, ConnectOptions, Connection, RegistryState, Target};
+use crate::backend::{
+    connect, Backend, ConnectOptions, Connection, ErrorClass, RegistryState, Target,
+};
 use crate::migration::format_order;
 use crate::{
     Error, Migration, MigrationSet, MigrationStatus, Result, Scope, Tenant, TenantName,
@@ -184,7 +186,24 @@ impl Migrator {
         target: Target<'t>,
         work: impl for<'c> AsyncFnOnce(&'c mut dyn Connection) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.backend.connect(target).await?;
+        let mut conn = match self.backend.connect(target).await {
+            Ok(conn) => conn,
+            // Its storage went with the tenant, dropped since its registry row was read.
+            Err(e) => {
+                return Err(match target {
+                    Target::Tenant(tenant)
+                        if self.backend.classify(&e) == ErrorClass::StorageMissing
+                            && super::protocol::dropped_meanwhile(&*self.backend, tenant)
+                                .await? =>
+                    {
+                        Error::TenantGone {
+                            tenant: tenant.name.clone(),
+                        }
+                    }
+                    _ => e,
+                })
+            }
+        };
         let result = async {
             lock_waiting(&mut *conn, target, &self.safety).await?;
             work(&mut *conn).await
@@ -401,9 +420,9 @@ impl Migrator {
             // A misspelt canary is refused before the public migrations run.
             self.records(names).await?;
         }
-        let concurrency = self.fleet_concurrency().await?;
+        let concurrency = self.fleet_concurrency(progress).await?;
         let lease = Lease::acquire(&*self.backend, &self.safety, command.as_str()).await?;
-        let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
+        let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard, concurrency);
         let hook_failures = HookFailures::default();
         let protocol = Protocol {
             hook_failures: Some(&hook_failures),
@@ -469,6 +488,13 @@ impl Migrator {
         )
         .await;
         progress.finish();
+        if options.tenants.is_empty() && self.source.is_none() && result.is_ok() {
+            // One hand-inserted row with an invalid name fails only itself.
+            match self.invalid_registry_rows().await {
+                Ok(rows) => report.invalid_registry_rows = rows,
+                Err(e) => tracing::warn!("could not look for invalid registry rows: {e}"),
+            }
+        }
         if let Some(lease) = lease {
             if let Some(why) = lease.lost() {
                 report.stopped = Some(why);
@@ -488,13 +514,17 @@ impl Migrator {
     }
 
     /// The configured concurrency, lowered to what the pool and the server allow.
-    async fn fleet_concurrency(&self) -> Result<usize> {
+    async fn fleet_concurrency(&self, progress: &dyn Progress) -> Result<usize> {
         Ok(match self.backend.connection_budget().await? {
             Some(budget) if budget < self.concurrency => {
-                tracing::warn!(
-                    "concurrency {} lowered to {budget}: that many connections are free in the pool and on the server",
+                // Fewer workers rather than workers waiting for connections the server
+                // cannot give (a pool's acquire times out only after 30 s).
+                let message = format!(
+                    "concurrency {} lowered to {budget}: the pool and the server (max_connections, less the sessions connected now) have connections for that many tenants at once",
                     self.concurrency
                 );
+                tracing::warn!("{message}");
+                progress.warning(&message);
                 budget.max(1)
             }
             _ => self.concurrency,
@@ -523,12 +553,19 @@ impl Migrator {
     }
 
     /// The leases of the runs working on the fleet now (empty where the backend keeps
-    /// no leases).
+    /// no leases). A lease whose heartbeat is older than the unlock deadline is
+    /// [`stale`](crate::RunLease::stale): its runner is dead, and the next run takes it
+    /// over.
     pub async fn running(&self) -> Result<Vec<crate::RunLease>> {
-        match self.backend.leases() {
-            Some(control) => control.running().await,
-            None => Ok(Vec::new()),
+        let mut leases = match self.backend.leases() {
+            Some(control) => control.running().await?,
+            None => Vec::new(),
+        };
+        let deadline = self.safety.unlock_deadline.as_secs_f64();
+        for lease in &mut leases {
+            lease.stale = lease.silent_secs > deadline;
         }
+        Ok(leases)
     }
 
     /// Reverts tenant migrations of one tenant, newest first. Refuses, before changing
@@ -651,6 +688,11 @@ impl Migrator {
             needs_repair: count(Condition::NeedsRepair),
             ahead: count(Condition::Ahead),
             creating: count(Condition::Creating),
+            invalid_registry_rows: if names.is_empty() {
+                self.invalid_registry_rows().await?
+            } else {
+                Vec::new()
+            },
             tenants,
         })
     }
@@ -726,6 +768,18 @@ impl Migrator {
             self.records(names).await?
         };
         drift::check(&*self.backend, records).await
+    }
+
+    /// The rows of the tenant registry whose name is no valid tenant name (inserted by
+    /// hand), which every other registry read leaves out.
+    pub async fn invalid_registry_rows(&self) -> Result<Vec<crate::InvalidRegistryRow>> {
+        Ok(self
+            .backend
+            .invalid_registry_rows()
+            .await?
+            .into_iter()
+            .filter_map(crate::InvalidRegistryRow::of)
+            .collect())
     }
 
     /// Every registered tenant, by name.

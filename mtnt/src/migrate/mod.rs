@@ -33,8 +33,8 @@ pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};
 pub use progress::Progress;
 pub use report::{
-    FailedMigration, FailedTenant, MigrateReport, PublicStatus, RollbackReport, StatusReport,
-    TenantStatus,
+    FailedMigration, FailedTenant, InvalidRegistryRow, MigrateReport, PublicStatus, RollbackReport,
+    StatusReport, TenantStatus,
 };
 pub use rollout::{Canary, Rollout, TenantOrder, WaveSize};
 pub use safety::{parse_duration, SafetySettings, Shard};

@@ -19,6 +19,9 @@ pub trait Progress: Send + Sync {
         _pause: std::time::Duration,
     ) {
     }
+    /// Something the run changed on its own that the user should hear of (its
+    /// concurrency lowered to the connections the server has free).
+    fn warning(&self, _message: &str) {}
     /// The run is over.
     fn finish(&self) {}
 }

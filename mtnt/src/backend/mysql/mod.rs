@@ -24,6 +24,7 @@ use super::api::{
 use super::engine::{Engine, Tenancy};
 use super::lease::LeaseStore;
 use super::sql::quote_ident_mysql as quote;
+use super::sql::{invalid_names, valid_page};
 use crate::ctx::exec_mysql;
 use crate::{Error, Result, Tenant, TenantName, TenantRecord, TenantState};
 
@@ -136,10 +137,14 @@ impl MySqlBackend {
         )
     }
 
-    fn record_from_row(row: &MySqlRow) -> Result<TenantRecord> {
-        Ok(TenantRecord {
+    /// `None` for a row whose name is no valid tenant name.
+    fn record_from_row(row: &MySqlRow) -> Result<Option<TenantRecord>> {
+        let Ok(name) = TenantName::new(text(row, "name")?) else {
+            return Ok(None);
+        };
+        Ok(Some(TenantRecord {
             tenant: Tenant {
-                name: tenant_name(text(row, "name")?)?,
+                name,
                 storage: text(row, "schema_name")?,
             },
             state: TenantState::parse(&text(row, "state")?)?,
@@ -147,7 +152,7 @@ impl MySqlBackend {
             applied_order: row.try_get("applied_order")?,
             failed_order: row.try_get("failed_order")?,
             last_error: opt_text(row, "last_error")?,
-        })
+        }))
     }
 
     /// Refuses a tenant whose database would be the control database, before any SQL.
@@ -274,14 +279,29 @@ impl Backend for MySqlBackend {
             "{} WHERE (? IS NULL OR name > ?) ORDER BY name LIMIT ?",
             self.select_records()
         );
-        let after = after.map(TenantName::as_str);
-        let rows = sqlx::query(&sql)
-            .bind(after)
-            .bind(after)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        valid_page(after, limit, async |after, limit| {
+            let rows = sqlx::query(&sql)
+                .bind(after.as_deref())
+                .bind(after.as_deref())
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|row| Ok((text(row, "name")?, Self::record_from_row(row)?)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        let rows = sqlx::query(&format!("SELECT name FROM {}", self.registry()))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(Self::record_from_row).collect()
+        let names = rows
+            .iter()
+            .map(|row| text(row, "name"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(invalid_names(&self.registry(), names))
     }
 
     async fn tenant_count(&self) -> Result<u64> {
@@ -302,7 +322,7 @@ impl Backend for MySqlBackend {
                 query = query.bind(name.as_str());
             }
             for row in &query.fetch_all(&self.pool).await? {
-                records.push(Self::record_from_row(row)?);
+                records.extend(Self::record_from_row(row)?);
             }
         }
         records.sort_by(|a, b| a.tenant.name.cmp(&b.tenant.name));

@@ -177,6 +177,10 @@ impl Backend for PgDatabaseBackend {
         self.control.tenant_records(names).await
     }
 
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        self.control.invalid_registry_rows().await
+    }
+
     async fn fingerprints(&self, _names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
         // The registry cannot join the tenant's transactions: no fingerprint would vouch
         // for the tracking rows.
@@ -184,8 +188,17 @@ impl Backend for PgDatabaseBackend {
     }
 
     async fn connection_budget(&self) -> Result<Option<usize>> {
-        // Tenant connections are not the pool's.
-        Ok(None)
+        // A tenant session is a connection of its own to the tenant's database, and reads
+        // whether the tenant is registered on the control pool meanwhile: two connections
+        // per tenant at once, at most.
+        let server_free = self.control.server_free().await? - PostgresBackend::CONTROL_CONNECTIONS;
+        let pool = self
+            .pool()
+            .options()
+            .get_max_connections()
+            .saturating_sub(1);
+        let budget = (server_free / 2).min(i64::from(pool)).max(1);
+        Ok(Some(usize::try_from(budget).unwrap_or(1)))
     }
 
     async fn connect<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Connection + 'a>> {

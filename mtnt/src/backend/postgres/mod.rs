@@ -98,14 +98,13 @@ fn timeouts_sql(timeouts: MigrationTimeouts, local: bool) -> String {
 const RESET_SESSION: &str = "RESET search_path; RESET lock_timeout; RESET statement_timeout";
 
 /// SQLSTATEs worth another try.
-const TRANSIENT: [&str; 7] = [
+const TRANSIENT: [&str; 6] = [
     "55P03", // lock_not_available: lock_timeout, NOWAIT
     "40001", // serialization_failure
     "40P01", // deadlock_detected
     "57P01", // admin_shutdown: pg_terminate_backend
     "57P02", // crash_shutdown
     "57P03", // cannot_connect_now
-    "53300", // too_many_connections
 ];
 
 /// What kind of failure a PostgreSQL error is.
@@ -119,6 +118,7 @@ fn classify(error: &Error) -> ErrorClass {
             Some("23505") => ErrorClass::UniqueViolation,
             Some("42P06" | "42P04") => ErrorClass::StorageExists,
             Some("3D000" | "3F000") => ErrorClass::StorageMissing,
+            Some("53300") => ErrorClass::TooManyConnections,
             Some(code) if code.starts_with("08") || TRANSIENT.contains(&code) => {
                 ErrorClass::Transient
             }

@@ -7,7 +7,7 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 
-use super::super::sql::quote_ident;
+use super::super::sql::{invalid_names, quote_ident, valid_page};
 use super::catalog;
 use super::lease::PgLeases;
 use super::target::{PgConn, PgTarget, Spec};
@@ -134,11 +134,13 @@ impl PostgresBackend {
         format!("{}.mtnt_tenants", self.control_q)
     }
 
-    fn record_from_row(row: &PgRow) -> Result<TenantRecord> {
+    /// `None` for a row whose name is no valid tenant name.
+    fn record_from_row(row: &PgRow) -> Result<Option<TenantRecord>> {
         let name: String = row.try_get("name")?;
-        let name =
-            TenantName::new(name).map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))?;
-        Ok(TenantRecord {
+        let Ok(name) = TenantName::new(name) else {
+            return Ok(None);
+        };
+        Ok(Some(TenantRecord {
             tenant: Tenant {
                 name,
                 storage: row.try_get("schema_name")?,
@@ -148,7 +150,7 @@ impl PostgresBackend {
             applied_order: row.try_get("applied_order")?,
             failed_order: row.try_get("failed_order")?,
             last_error: row.try_get("last_error")?,
-        })
+        }))
     }
 
     fn select_records(&self) -> String {
@@ -160,6 +162,23 @@ impl PostgresBackend {
 
     /// The search path of tenant migrations: the tenant's schema, then the control schema
     /// (so tenant tables can reference shared ones unqualified), then `public`.
+    /// The connections a fleet run needs beside its tenants' (registry reads, the
+    /// lease's heartbeat), which [`Backend::connection_budget`] leaves free.
+    pub(super) const CONTROL_CONNECTIONS: i64 = 2;
+
+    /// How many more connections the server would accept now, counting those this pool
+    /// holds (they are its own to use): `max_connections` less the superuser reserve and
+    /// the client sessions connected.
+    pub(super) async fn server_free(&self) -> Result<i64> {
+        let (max, reserved, used): (i32, i32, i64) = sqlx::query_as(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, \
+             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(i64::from(max - reserved) - used + i64::from(self.pool.size()))
+    }
+
     fn tenant_search_path(&self, schema_q: &str) -> String {
         if self.control == "public" {
             format!("{schema_q}, public")
@@ -370,12 +389,30 @@ impl Backend for PostgresBackend {
             "{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
             self.select_records()
         );
-        let rows = sqlx::query(&sql)
-            .bind(after.map(TenantName::as_str))
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(Self::record_from_row).collect()
+        valid_page(after, limit, async |after, limit| {
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get::<String, _>("name")?,
+                        Self::record_from_row(row)?,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        let names: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT name FROM {}", self.registry()))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(invalid_names(&self.registry(), names))
     }
 
     async fn tenant_count(&self) -> Result<u64> {
@@ -392,7 +429,9 @@ impl Backend for PostgresBackend {
         );
         let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
         let rows = sqlx::query(&sql).bind(&names).fetch_all(&self.pool).await?;
-        rows.iter().map(Self::record_from_row).collect()
+        rows.iter()
+            .filter_map(|row| Self::record_from_row(row).transpose())
+            .collect()
     }
 
     async fn fingerprints(&self, names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
@@ -415,14 +454,9 @@ impl Backend for PostgresBackend {
     }
 
     async fn connection_budget(&self) -> Result<Option<usize>> {
-        // Connections this pool holds already count among the server's used ones.
-        let (max, reserved, used): (i32, i32, i64) = sqlx::query_as(
-            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, \
-             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let server_free = i64::from(max - reserved) - used + i64::from(self.pool.size());
+        // Two connections beside the tenants' (registry reads, the lease's heartbeat):
+        // a pool that needs one more than the server gives waits its whole acquire timeout.
+        let server_free = self.server_free().await? - Self::CONTROL_CONNECTIONS;
         let pool = self.pool.options().get_max_connections().saturating_sub(1);
         Ok(Some(
             usize::try_from(server_free.min(i64::from(pool)).max(1)).unwrap_or(1),
