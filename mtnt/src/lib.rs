@@ -68,6 +68,7 @@ pub use migrate::{
     Timeouts, Transactions,
 };
 pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
+pub use migrate::{RunReport, RunTenant};
 pub use migrate::{
     AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,
     TenantOutcome,

@@ -83,6 +83,8 @@ pub(crate) struct Protocol<'a> {
     /// Where a fleet run collects its `after_tenant` failures (elsewhere they are
     /// logged).
     pub(crate) hook_failures: Option<&'a HookFailures>,
+    /// The fleet run's id, which every tracking row it writes carries.
+    pub(crate) run_id: Option<&'a str>,
 }
 
 /// What the attempts of one claim on a target share.
@@ -216,6 +218,15 @@ impl<'a> Protocol<'a> {
         }
     }
 
+    /// A connection to `target` that writes the run's id on the tracking rows.
+    async fn connect<'t>(&'t self, target: Target<'t>) -> Result<Box<dyn Connection + 't>> {
+        let mut conn = self.backend.connect(target).await?;
+        if let Some(run_id) = self.run_id {
+            conn.set_run(run_id);
+        }
+        Ok(conn)
+    }
+
     fn registry_in_transaction(&self, target: Target<'_>) -> bool {
         self.caps.registry_in_target_transaction && target.tenant().is_some()
     }
@@ -233,7 +244,7 @@ impl<'a> Protocol<'a> {
         last: bool,
     ) -> Result<Claim<usize>> {
         let scope = scope_of(target);
-        let mut conn = self.backend.connect(target).await?;
+        let mut conn = self.connect(target).await?;
         if matches!(target, Target::Public) {
             // The public target is read by every run and every `tenant create`, and is
             // nearly always up to date: that needs no lock, so that sign-ups never queue.
@@ -275,7 +286,7 @@ impl<'a> Protocol<'a> {
             FleetOp::Rollback { how_far } => (Some(how_far), "", false),
             FleetOp::Exec { sql, transaction } => (None, sql, transaction),
         };
-        let mut conn = self.backend.connect(target).await?;
+        let mut conn = self.connect(target).await?;
         let Some(state) = conn.try_lock_and_read().await? else {
             conn.release().await;
             return Ok(Claim::Busy);
