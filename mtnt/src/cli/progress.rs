@@ -166,9 +166,11 @@ impl Progress for FleetProgress {
         }
     }
 
+    /// With the progress (not with `--no-progress` or `--quiet`, whose output stays
+    /// the events alone; the summary always names the run).
     fn run_id(&self, run_id: &str) {
-        if self.verbosity != Verbosity::Nothing {
-            errln!("{} run {run_id}", self.verb);
+        if self.verbosity == Verbosity::Progress {
+            self.event(&format!("{} run {run_id}", self.verb));
         }
     }
 
