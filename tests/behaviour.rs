@@ -2728,7 +2728,10 @@ impl mtnt::Progress for Recorder {
             .push(format!("wave {number}/{waves}: {tenants}"));
     }
     fn pause_skipped(&self, after: usize) {
-        self.0.lock().unwrap().push(format!("no pause after {after}"));
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("no pause after {after}"));
     }
 }
 
@@ -2810,7 +2813,11 @@ async fn run_ids_record_what_each_run_did(m: &Model) {
     let only_a = v2.run_status(&r1, &[name(&a)]).await.unwrap();
     assert_eq!(only_a.tenants.len(), 1);
     assert_eq!(
-        v2.run_status("no-such-run", &[]).await.unwrap().tenants.len(),
+        v2.run_status("no-such-run", &[])
+            .await
+            .unwrap()
+            .tenants
+            .len(),
         0
     );
 
@@ -2849,7 +2856,9 @@ async fn run_ids_record_what_each_run_did(m: &Model) {
         .to_owned();
     assert_contains(
         &stdout,
-        &[&format!("\nrun {r3} (status --run {r3} shows what it did)\n")],
+        &[&format!(
+            "\nrun {r3} (status --run {r3} shows what it did)\n"
+        )],
     );
     let (_, stdout, _) = output(app(m).args(["status", "--run", &r3]));
     assert!(
@@ -2862,6 +2871,32 @@ async fn run_ids_record_what_each_run_did(m: &Model) {
     assert_eq!(
         run_shows(&v2, &r2).await,
         [(b.clone(), vec![PROJECTS, BACKFILL], vec![])]
+    );
+
+    // A fleet rollback's id is on the rows it reverted, which the earlier run gives up.
+    let reverted = v2
+        .rollback_fleet(
+            RollbackTarget::Steps(1),
+            &MigrateOptions::new().tenants([name(&a)]),
+            &Recorder::default(),
+        )
+        .await
+        .unwrap();
+    assert!(reverted.is_success(), "{:?}", reverted.failures);
+    let r4 = reverted.run_id.clone().unwrap();
+    let report = v2.run_status(&r4, &[]).await.unwrap();
+    assert_eq!(
+        report.summary(),
+        format!("run {r4}: 1 tenant, 0 migrations applied, 1 reverted, 0 failed")
+    );
+    assert_eq!(report.tenants[0].tenant.as_str(), a);
+    assert_eq!(report.tenants[0].reverted[0].order, BACKFILL);
+    assert_eq!(
+        run_shows(&v2, &r1).await,
+        [
+            (a.clone(), vec![PROJECTS], vec![]),
+            (c.clone(), vec![], vec![PROJECTS]),
+        ]
     );
 }
 
@@ -2955,7 +2990,10 @@ async fn a_stopped_rollout_resumes_where_it_stopped(m: &Model) {
     let options = MigrateOptions::new().rollout(rollout);
 
     let recorder = Recorder::default();
-    let first = full.migrate_with_progress(&options, &recorder).await.unwrap();
+    let first = full
+        .migrate_with_progress(&options, &recorder)
+        .await
+        .unwrap();
     let r1 = first.run_id.clone().unwrap();
     assert_eq!(
         (
@@ -2996,7 +3034,10 @@ async fn a_stopped_rollout_resumes_where_it_stopped(m: &Model) {
             .unwrap();
     }
     let recorder = Recorder::default();
-    let second = full.migrate_with_progress(&options, &recorder).await.unwrap();
+    let second = full
+        .migrate_with_progress(&options, &recorder)
+        .await
+        .unwrap();
     assert!(second.is_success(), "{:?}", second.failures);
     let r2 = second.run_id.clone().unwrap();
     assert_eq!((second.tenants_migrated, second.tenants_current), (4, 2));

@@ -68,11 +68,11 @@ pub use migrate::{
     Timeouts, Transactions,
 };
 pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
-pub use migrate::{RunReport, RunTenant};
 pub use migrate::{
     AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,
     TenantOutcome,
 };
+pub use migrate::{RunReport, RunTenant};
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };

@@ -192,7 +192,10 @@ pub(crate) fn fleet_report(
         report.elapsed.as_secs_f64()
     );
     if let Some(run_id) = &report.run_id {
-        let _ = writeln!(out, "run {run_id} (status --run {run_id} shows what it did)");
+        let _ = writeln!(
+            out,
+            "run {run_id} (status --run {run_id} shows what it did)"
+        );
     }
     if let Some(why) = &report.stopped {
         let _ = writeln!(out, "stopped early: {why}");
@@ -436,10 +439,20 @@ pub(crate) fn run_report(report: &crate::RunReport, quiet: bool) -> String {
     };
     for tenant in &report.tenants {
         if !tenant.applied.is_empty() {
-            let _ = writeln!(out, "tenant {}: applied {}", tenant.tenant, list(&tenant.applied));
+            let _ = writeln!(
+                out,
+                "tenant {}: applied {}",
+                tenant.tenant,
+                list(&tenant.applied)
+            );
         }
         if !tenant.reverted.is_empty() {
-            let _ = writeln!(out, "tenant {}: reverted {}", tenant.tenant, list(&tenant.reverted));
+            let _ = writeln!(
+                out,
+                "tenant {}: reverted {}",
+                tenant.tenant,
+                list(&tenant.reverted)
+            );
         }
         for failed in &tenant.failed {
             let error = failed.error.as_deref().unwrap_or("interrupted");

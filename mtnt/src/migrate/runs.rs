@@ -61,9 +61,8 @@ impl RunReport {
     /// `run ID: 3 tenants, 12 migrations applied, 1 failed` (and reverted, where any).
     pub fn summary(&self) -> String {
         let sum = |f: fn(&RunTenant) -> usize| self.tenants.iter().map(f).sum::<usize>();
-        let plural = |n: usize, one: &str, many: &str| {
-            format!("{n} {}", if n == 1 { one } else { many })
-        };
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let mut out = format!(
             "run {}: {}, {} applied",
             self.run_id,
@@ -76,5 +75,68 @@ impl RunReport {
         }
         out.push_str(&format!(", {} failed", sum(|t| t.failed.len())));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(order: i64, status: MigrationStatus) -> AppliedMigration {
+        AppliedMigration {
+            order,
+            name: format!("m{order}"),
+            checksum: String::new(),
+            status,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn rows_are_grouped_per_tenant_by_what_the_run_did() {
+        let t = |n: &str| TenantName::new(n).unwrap();
+        let report = RunReport::new(
+            "r1",
+            vec![
+                (t("beta"), row(2, MigrationStatus::Failed)),
+                (t("acme"), row(2, MigrationStatus::Completed)),
+                (t("acme"), row(1, MigrationStatus::Completed)),
+                (t("beta"), row(1, MigrationStatus::Completed)),
+                (t("gamma"), row(3, MigrationStatus::Pending)),
+                (t("gamma"), row(4, MigrationStatus::Started)),
+            ],
+        );
+        let orders = |rows: &[AppliedMigration]| rows.iter().map(|r| r.order).collect::<Vec<_>>();
+        let shown: Vec<_> = report
+            .tenants
+            .iter()
+            .map(|t| {
+                (
+                    t.tenant.to_string(),
+                    orders(&t.applied),
+                    orders(&t.reverted),
+                    orders(&t.failed),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("acme".to_owned(), vec![1, 2], vec![], vec![]),
+                ("beta".to_owned(), vec![1], vec![], vec![2]),
+                ("gamma".to_owned(), vec![], vec![3], vec![4]),
+            ]
+        );
+        assert_eq!(
+            report.summary(),
+            "run r1: 3 tenants, 3 migrations applied, 1 reverted, 2 failed"
+        );
+        assert_eq!(
+            RunReport::new("r2", Vec::new()).summary(),
+            "run r2: 0 tenants, 0 migrations applied, 0 failed"
+        );
     }
 }

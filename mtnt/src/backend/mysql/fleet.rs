@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use sqlx::{MySqlConnection, Row};
 
-use super::dialect::{applied_from_row, error_number, opt_text, text, text_literal, ER_NO_SUCH_TABLE};
+use super::dialect::{
+    applied_from_row, error_number, opt_text, text, text_literal, ER_NO_SUCH_TABLE,
+};
 use super::{quote, target, tenant_name, MySqlBackend};
 use crate::{AppliedMigration, Error, Result, Tenant, TenantName};
 

@@ -19,8 +19,7 @@ use crate::backend::{
 use crate::ctx::exec_postgres;
 use crate::migration::BoxFuture;
 use crate::{
-    AppliedMigration, Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord,
-    TenantState,
+    AppliedMigration, Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
 };
 
 /// The schema of a tenant database that holds its tables and its tracking table.

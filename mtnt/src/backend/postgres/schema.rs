@@ -8,8 +8,8 @@ use sqlx::Row;
 
 use super::super::sql::quote_ident;
 use super::lease::PgLeases;
-use super::target::{PgConn, PgTarget, Spec};
 use super::target::applied_from_row;
+use super::target::{PgConn, PgTarget, Spec};
 use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
 use super::{classify, literal, public_key, tenant_key};
 use crate::backend::{
@@ -17,8 +17,7 @@ use crate::backend::{
 };
 use crate::ctx::exec_postgres;
 use crate::{
-    AppliedMigration, Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord,
-    TenantState,
+    AppliedMigration, Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
 };
 
 /// PostgreSQL with one schema per tenant, all in one database.
@@ -76,7 +75,10 @@ fn tracking_trigger_sql(control_q: &str, registry: &str) -> String {
 }
 
 /// The sizes of `rows` (storage, bytes) by the tenant of each storage.
-pub(super) fn sizes_by_storage(tenants: &[Tenant], rows: Vec<(String, i64)>) -> Vec<(TenantName, u64)> {
+pub(super) fn sizes_by_storage(
+    tenants: &[Tenant],
+    rows: Vec<(String, i64)>,
+) -> Vec<(TenantName, u64)> {
     let by_storage: std::collections::HashMap<String, i64> = rows.into_iter().collect();
     tenants
         .iter()
