@@ -3,12 +3,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection as _, PgConnection};
 
 use super::super::sql::quote_ident;
-use futures_util::stream::{self, StreamExt, TryStreamExt};
-
 use super::schema::{sizes_by_storage, PostgresBackend};
 use super::target::{applied_from_row, PgConn, PgTarget, Probe, Spec};
 use super::tracking::{Tracking, COLUMNS};

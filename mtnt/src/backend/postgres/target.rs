@@ -109,9 +109,10 @@ pub(super) struct PgTarget<'a> {
     setup_sent: bool,
     discarded: bool,
     released: bool,
-    /// A fleet run's id is set, and the tracking table of its own lacks the `run_id`
-    /// column: the next locked read adds it.
+    /// The last read found a tracking table of its own (made before run ids) without
+    /// the `run_id` column; with a run set, the locked read adds it.
     run_column_missing: bool,
+    /// A fleet run's id is set ([`Connection::set_run`]).
     run_set: bool,
 }
 
