@@ -166,8 +166,26 @@ impl Progress for FleetProgress {
         }
     }
 
+    /// With the progress (not with `--no-progress` or `--quiet`, whose output stays
+    /// the events alone; the summary always names the run).
+    fn run_id(&self, run_id: &str) {
+        if self.verbosity == Verbosity::Progress {
+            self.event(&format!("{} run {run_id}", self.verb));
+        }
+    }
+
     fn wave(&self, number: usize, waves: usize, tenants: usize) {
         self.event(&wave_line(number, waves, tenants, self.pause));
+    }
+
+    fn pause_skipped(&self, after: usize) {
+        let wave = match after {
+            0 => "the canary".to_owned(),
+            n => format!("wave {n}"),
+        };
+        self.event(&format!(
+            "no pause: {wave} changed nothing (every tenant current already)"
+        ));
     }
 
     fn retrying(&self, target: &str, attempt: u32, attempts: u32, error: &Error, pause: Duration) {
