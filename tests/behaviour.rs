@@ -3168,3 +3168,69 @@ async fn a_stopped_rollout_resumes_where_it_stopped(m: &Model) {
         ]
     );
 }
+
+scenarios!(the_journal_keeps_the_runs_and_the_last_drift_check);
+
+/// The control journal: each finished fleet run is kept, the newest `run_history` of
+/// them, with what it did; `status` shows the newest run and, once `drift` ran, the last
+/// drift check; reads before any of it find an empty journal.
+async fn the_journal_keeps_the_runs_and_the_last_drift_check(m: &Model) {
+    let [a, b] = ["a", "b"].map(|x| m.tenant(x));
+    let first = m.migrator(fleet_to(ACCOUNTS)).await;
+    create_tenants(&first, &[&a, &b]).await;
+    assert!(first.runs(10).await.unwrap().is_empty(), "no run yet");
+    let status = first.status(&[]).await.unwrap();
+    assert!(status.last_run.is_none() && status.last_drift.is_none());
+
+    let migrator = m
+        .builder(fleet_to(BACKFILL))
+        .await
+        .run_history(2)
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
+        ids.push(report.run_id.clone().unwrap());
+    }
+    let runs = migrator.runs(10).await.unwrap();
+    let kept: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(
+        kept,
+        [ids[2].as_str(), ids[1].as_str()],
+        "the newest two, newest first"
+    );
+    assert_eq!(
+        (runs[0].tenants, runs[0].changed, runs[0].current),
+        (2, 0, 2)
+    );
+    assert_eq!(runs[0].command, "migrate");
+    assert!(runs[0].finished_at >= runs[0].started_at);
+    assert!(
+        runs[0].options.starts_with("concurrency "),
+        "{}",
+        runs[0].options
+    );
+
+    let report = migrator.drift(&[]).await.unwrap();
+    assert!(report.is_clean(), "{report:#?}");
+    let status = migrator.status(&[]).await.unwrap();
+    assert_eq!(
+        status.last_run.as_ref().map(|r| r.run_id.as_str()),
+        Some(ids[2].as_str())
+    );
+    let check = status.last_drift.expect("the drift check is kept");
+    assert_eq!((check.tenants, check.drifted.len()), (2, 0));
+
+    let (code, stdout, stderr) = output(app(m).arg("status"));
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("schema drift at the last check (")
+            && stdout.contains("none among 2 tenants"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("last run: migrate run {} on ", ids[2])),
+        "{stdout}"
+    );
+}

@@ -47,6 +47,9 @@ pub struct ControlDoc {
     /// The public target.
     #[serde(flatten)]
     pub public: TargetDoc,
+    /// mtnt's journal: `[kind, key, at, body]`, oldest first.
+    #[serde(default)]
+    pub journal: Vec<[String; 4]>,
 }
 
 /// One tenant of the registry. `applied_order`, `failed_order` and `last_error` are a cache

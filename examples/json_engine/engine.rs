@@ -57,9 +57,9 @@ use async_trait::async_trait;
 use chrono::Utc;
 use mtnt::{
     Backend, BoxFuture, Capabilities, Connection, Ctx, CtxConn, CustomConnection, Engine, Error,
-    ErrorClass, LeaseStore, MigrationTimeouts, ObjectKind, Record, RegistryRow, RegistryState,
-    Result, SchemaObject, Target, TargetState, Tenancy, Tenant, TenantName, TenantRecord,
-    TenantState,
+    ErrorClass, JournalEntry, LeaseStore, MigrationTimeouts, ObjectKind, Record, RegistryRow,
+    RegistryState, Result, SchemaObject, Target, TargetState, Tenancy, Tenant, TenantName,
+    TenantRecord, TenantState,
 };
 use serde_json::Value;
 
@@ -376,6 +376,44 @@ impl Backend for JsonBackend {
                     .keys()
                     .map(|name| SchemaObject::new(ObjectKind::Table, name.as_str(), ""))
                     .collect())
+            })
+            .collect())
+    }
+
+    async fn journal_write(&self, entry: &JournalEntry, keep: usize) -> Result<()> {
+        update_control(&self.dir, |control| {
+            let journal = &mut control.journal;
+            journal.retain(|[kind, key, ..]| !(kind == &entry.kind && key == &entry.key));
+            journal.push([
+                entry.kind.clone(),
+                entry.key.clone(),
+                entry.at.clone(),
+                entry.body.clone(),
+            ]);
+            let of_kind = journal.iter().filter(|e| e[0] == entry.kind).count();
+            let mut extra = of_kind.saturating_sub(keep);
+            journal.retain(|e| {
+                let drop = extra > 0 && e[0] == entry.kind;
+                extra -= usize::from(drop);
+                !drop
+            });
+            Ok(())
+        })
+    }
+
+    async fn journal_read(&self, kind: &str, limit: usize) -> Result<Vec<JournalEntry>> {
+        let control = read_control(&self.dir)?;
+        Ok(control
+            .journal
+            .into_iter()
+            .rev()
+            .filter(|e| e[0] == kind)
+            .take(limit)
+            .map(|[kind, key, at, body]| JournalEntry {
+                kind,
+                key,
+                at,
+                body,
             })
             .collect())
     }

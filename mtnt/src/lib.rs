@@ -52,8 +52,8 @@ pub use backend::MySqlBackend;
 pub use backend::SqliteBackend;
 pub use backend::{
     classify_common, connect, strip_qualifier, Backend, Capabilities, ConnectOptions, Connection,
-    Direction, Engine, ErrorClass, MigrationTimeouts, ObjectKind, Record, RegistryRow,
-    RegistryState, SchemaObject, Target, TargetState, Tenancy, Timing,
+    Direction, Engine, ErrorClass, JournalEntry, MigrationTimeouts, ObjectKind, Record,
+    RegistryRow, RegistryState, SchemaObject, Target, TargetState, Tenancy, Timing,
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "postgres")]
@@ -74,6 +74,7 @@ pub use migrate::{
     TenantOutcome,
 };
 pub use migrate::{Difference, DriftReport, DriftedTenant, OrderDrift, UnreadableTenant};
+pub use migrate::{DriftCheck, RunRecord, DEFAULT_RUN_HISTORY};
 pub use migrate::{RunReport, RunTenant};
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,

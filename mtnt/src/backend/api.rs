@@ -415,6 +415,21 @@ pub fn strip_qualifier(text: &str, storage: &str) -> String {
     out
 }
 
+/// One entry of the control journal: what mtnt keeps of its own work in the control
+/// schema (each finished fleet run, the last drift check), so that `status` and the fleet
+/// report can show it after the runner is gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// What it is about: `run`, `drift`.
+    pub kind: String,
+    /// Its key within the kind (a run's id); an entry of the same kind and key is replaced.
+    pub key: String,
+    /// When it was written, RFC 3339 in UTC with microseconds: text that sorts by time.
+    pub at: String,
+    /// What it says, as JSON.
+    pub body: String,
+}
+
 /// The engine half of mtnt: its dialect and its connection handling.
 ///
 /// Everything a run does with these primitives is written once in mtnt; an engine that
@@ -521,6 +536,15 @@ pub trait Backend: Send + Sync {
     /// In bulk where the engine can (one catalog query for many tenants); the outer error
     /// is for a failure that leaves no tenant described.
     async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>>;
+
+    /// Writes `entry` to the control journal, made when missing (the journal is mtnt's
+    /// own bookkeeping, written by the commands that keep it, `drift` among them), then
+    /// deletes all but the newest `keep` entries of its kind.
+    async fn journal_write(&self, entry: &JournalEntry, keep: usize) -> Result<()>;
+
+    /// The newest `limit` entries of `kind`, newest first; none where no journal is kept
+    /// yet (reading makes nothing).
+    async fn journal_read(&self, kind: &str, limit: usize) -> Result<Vec<JournalEntry>>;
 
     /// The run leases of the control schema, if the engine keeps them; without, runs
     /// take no lease (see the README section "Safety").

@@ -19,8 +19,8 @@ mod tls;
 
 pub use api::{
     classify_common, strip_qualifier, Backend, Capabilities, Connection, Direction, ErrorClass,
-    MigrationTimeouts, ObjectKind, Record, RegistryRow, RegistryState, SchemaObject, Target,
-    TargetState, Timing,
+    JournalEntry, MigrationTimeouts, ObjectKind, Record, RegistryRow, RegistryState, SchemaObject,
+    Target, TargetState, Timing,
 };
 pub use connect::{connect, ConnectOptions};
 pub use engine::{Engine, Tenancy};

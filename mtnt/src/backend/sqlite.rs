@@ -11,7 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Connection as _, SqliteConnection};
 
 use super::api::{
-    Backend, Capabilities, Connection, ErrorClass, RegistryRow, RegistryState, SchemaObject, Target,
+    Backend, Capabilities, Connection, ErrorClass, JournalEntry, RegistryRow, RegistryState,
+    SchemaObject, Target,
 };
 use super::connect::ConnectOptions;
 use super::engine::{Engine, Tenancy};
@@ -446,6 +447,54 @@ impl Backend for SqliteBackend {
             described.push(self.describe_file(tenant).await);
         }
         Ok(described)
+    }
+
+    async fn journal_write(&self, entry: &JournalEntry, keep: usize) -> Result<()> {
+        let sql = "CREATE TABLE IF NOT EXISTS mtnt_journal (kind TEXT NOT NULL, \
+             entry_key TEXT NOT NULL, at TEXT NOT NULL, body TEXT NOT NULL, \
+             PRIMARY KEY (kind, entry_key));
+             INSERT INTO mtnt_journal (kind, entry_key, at, body) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (kind, entry_key) DO UPDATE SET at = excluded.at, body = excluded.body;
+             DELETE FROM mtnt_journal WHERE kind = ?1 AND at < (SELECT at FROM mtnt_journal
+             WHERE kind = ?1 ORDER BY at DESC LIMIT 1 OFFSET ?5)";
+        sqlx::query(sql)
+            .bind(&entry.kind)
+            .bind(&entry.key)
+            .bind(&entry.at)
+            .bind(&entry.body)
+            .bind(keep.saturating_sub(1) as i64)
+            .execute(&self.control)
+            .await
+            .map_err(|e| in_file(&self.control_file(), e.into()))?;
+        Ok(())
+    }
+
+    async fn journal_read(&self, kind: &str, limit: usize) -> Result<Vec<JournalEntry>> {
+        let kept: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'mtnt_journal'",
+        )
+        .fetch_optional(&self.control)
+        .await?;
+        if kept.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT kind, entry_key, at, body FROM mtnt_journal WHERE kind = ?1 \
+             ORDER BY at DESC LIMIT ?2",
+        )
+        .bind(kind)
+        .bind(limit as i64)
+        .fetch_all(&self.control)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(kind, key, at, body)| JournalEntry {
+                kind,
+                key,
+                at,
+                body,
+            })
+            .collect())
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

@@ -49,6 +49,17 @@ pub(crate) struct Cli {
     )]
     pub(crate) control_schema: String,
 
+    /// How many finished runs the control journal keeps, for status and the report (0: none)
+    #[arg(
+        long,
+        env = "MTNT_RUN_HISTORY",
+        default_value_t = crate::DEFAULT_RUN_HISTORY,
+        value_name = "N",
+        global = true,
+        help_heading = "Run"
+    )]
+    pub(crate) run_history: usize,
+
     /// How many tenants are migrated at once, 1 to 1024 (each uses one connection)
     #[arg(
         long,

@@ -338,6 +338,9 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
     }
     out.push_str(&report.summary());
     out.push('\n');
+    if !quiet {
+        out.push_str(&journal_lines(report));
+    }
     out.push_str(&invalid_registry_rows(&report.invalid_registry_rows));
     // The tenants that migrate refuses until someone repairs them: what to do.
     for condition in [
@@ -557,6 +560,51 @@ pub(crate) fn run_report(report: &crate::RunReport, quiet: bool) -> String {
                 error.lines().next().unwrap_or("").trim()
             );
         }
+    }
+    out
+}
+
+/// What the control journal says in `status`: the last drift check, the last run.
+fn journal_lines(report: &StatusReport) -> String {
+    let mut out = String::new();
+    if let Some(check) = &report.last_drift {
+        let when = check.checked_at.format("%Y-%m-%d %H:%M UTC");
+        let drifted = check.drifted.len();
+        let _ = write!(out, "schema drift at the last check ({when}): ");
+        if drifted == 0 && check.unreadable == 0 {
+            let _ = write!(out, "none among {}", count(check.tenants, "tenant"));
+        } else {
+            let _ = write!(
+                out,
+                "{drifted} of {} drifted from the others at their order",
+                count(check.tenants, "tenant")
+            );
+            if check.unreadable > 0 {
+                let _ = write!(out, ", {} not read", check.unreadable);
+            }
+            out.push_str("; `drift` names the differences");
+        }
+        out.push('\n');
+    }
+    if let Some(run) = &report.last_run {
+        let _ = writeln!(
+            out,
+            "last run: {} run {} on {}, finished {}: {} in {} ({:.0}/s), {} changed, {} failed{}",
+            run.command,
+            run.run_id,
+            run.host,
+            run.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            count(run.tenants, "tenant"),
+            mtnt_syntax::format_duration(run.duration()),
+            run.tenants_per_second(),
+            run.changed,
+            run.failed,
+            if run.not_started > 0 {
+                format!(", {} not started", run.not_started)
+            } else {
+                String::new()
+            }
+        );
     }
     out
 }

@@ -128,6 +128,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .migrations(migrations)
         .hooks(hooks)
         .concurrency(cli.concurrency)
+        .run_history(cli.run_history)
         .safety(safety)
         .timeouts(Timeouts {
             lock: Some(cli.safety.lock_timeout),

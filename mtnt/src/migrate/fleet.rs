@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
@@ -208,13 +209,27 @@ impl Stop<'_> {
     }
 }
 
-/// Adds a tenant's outcome to the report and the progress.
+/// How many of the slowest tenants a report keeps.
+const SLOWEST: usize = 10;
+
+/// Adds a tenant's outcome, which took `took`, to the report and the progress.
 fn account(
     report: &mut MigrateReport,
     progress: &dyn Progress,
     tenant: TenantName,
     outcome: TenantOutcome,
+    took: Duration,
 ) {
+    if matches!(
+        outcome,
+        TenantOutcome::Migrated(_) | TenantOutcome::Failed(_)
+    ) {
+        let at = report.slowest.partition_point(|(_, d)| *d >= took);
+        if at < SLOWEST {
+            report.slowest.insert(at, (tenant.clone(), took));
+            report.slowest.truncate(SLOWEST);
+        }
+    }
     match outcome {
         // Counted when it comes back in the second pass; another shard's: not counted.
         TenantOutcome::Deferred | TenantOutcome::OtherShard => return,
@@ -375,18 +390,23 @@ pub(crate) async fn migrate_fleet(
     let outcomes = stream::iter(deferred)
         .map(|record| async move {
             if stop.is_stopped() {
-                return (record.tenant.name, TenantOutcome::NotStarted);
+                return (
+                    record.tenant.name,
+                    TenantOutcome::NotStarted,
+                    Duration::ZERO,
+                );
             }
+            let started = Instant::now();
             let outcome = TenantOutcome::from(claims.waiting(protocol, &record, op).await);
             if matches!(outcome, TenantOutcome::Failed(_)) {
                 stop.failed();
             }
-            (record.tenant.name, outcome)
+            (record.tenant.name, outcome, started.elapsed())
         })
         .buffer_unordered(concurrency.max(1));
     let mut outcomes = std::pin::pin!(outcomes);
-    while let Some((tenant, outcome)) = outcomes.next().await {
-        account(report, progress, tenant, outcome);
+    while let Some((tenant, outcome, took)) = outcomes.next().await {
+        account(report, progress, tenant, outcome, took);
     }
     if report.tenants_skipped > 0 {
         report.stopped = stop.reason();
@@ -419,14 +439,22 @@ impl Wave<'_> {
                 let (record, fingerprint) = record?;
                 let claims = self.stop.claims;
                 if !claims.owns(&record.tenant.name) {
-                    return Ok((record.tenant.name, TenantOutcome::OtherShard));
+                    return Ok((
+                        record.tenant.name,
+                        TenantOutcome::OtherShard,
+                        Duration::ZERO,
+                    ));
                 }
                 if record.state == TenantState::Creating {
                     // `tenant create` owns it until it is active.
-                    return Ok((record.tenant.name, TenantOutcome::Creating));
+                    return Ok((record.tenant.name, TenantOutcome::Creating, Duration::ZERO));
                 }
                 if self.stop.is_stopped() {
-                    return Ok((record.tenant.name, TenantOutcome::NotStarted));
+                    return Ok((
+                        record.tenant.name,
+                        TenantOutcome::NotStarted,
+                        Duration::ZERO,
+                    ));
                 }
                 if record.failed_order.is_none()
                     && fingerprint.is_some_and(|f| {
@@ -436,20 +464,21 @@ impl Wave<'_> {
                     })
                 {
                     // Up to date by its registry row: no session, no round trip.
-                    return Ok((record.tenant.name, TenantOutcome::Current));
+                    return Ok((record.tenant.name, TenantOutcome::Current, Duration::ZERO));
                 }
+                let started = Instant::now();
                 let outcome =
                     TenantOutcome::from(claims.first_pass(self.protocol, &record, self.op).await);
                 if matches!(outcome, TenantOutcome::Failed(_)) {
                     self.stop.failed();
                 }
-                Ok::<_, Error>((record.tenant.name, outcome))
+                Ok::<_, Error>((record.tenant.name, outcome, started.elapsed()))
             })
             .buffer_unordered(self.concurrency.max(1));
         let mut outcomes = std::pin::pin!(outcomes);
         while let Some(next) = outcomes.next().await {
-            let (tenant, outcome) = next?;
-            account(report, progress, tenant, outcome);
+            let (tenant, outcome, took) = next?;
+            account(report, progress, tenant, outcome, took);
         }
         Ok(())
     }

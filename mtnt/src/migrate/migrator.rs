@@ -5,6 +5,7 @@ use super::drift::{self, DriftReport};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
 use super::hooks::{self, HookFailures, Hooks, RunCommand, RunInfo};
 use super::inspect::{classify_rows, standings, Condition, PlanReport, PlannedMigration};
+use super::journal::{self, RunRecord};
 use super::lease::{new_identity, Lease};
 use super::progress::Silent;
 use super::protocol::{Claim, FleetOp, Protocol};
@@ -45,6 +46,7 @@ pub struct Migrator {
     timeouts: Timeouts,
     transactions: Transactions,
     hooks: Hooks,
+    run_history: usize,
 }
 
 /// Builds a [`Migrator`].
@@ -58,6 +60,7 @@ pub struct MigratorBuilder {
     timeouts: Timeouts,
     transactions: Transactions,
     hooks: Hooks,
+    run_history: usize,
 }
 
 impl MigratorBuilder {
@@ -78,6 +81,13 @@ impl MigratorBuilder {
     /// keep it below the pool size.
     pub fn concurrency(mut self, tenants: usize) -> Self {
         self.concurrency = tenants.max(1);
+        self
+    }
+
+    /// How many finished fleet runs the control journal keeps (default 100; 0 keeps
+    /// none): `status`, `runs` and the fleet report show them.
+    pub fn run_history(mut self, runs: usize) -> Self {
+        self.run_history = runs;
         self
     }
 
@@ -140,6 +150,7 @@ impl MigratorBuilder {
             timeouts: self.timeouts,
             transactions: self.transactions,
             hooks: self.hooks,
+            run_history: self.run_history,
         })
     }
 }
@@ -163,6 +174,7 @@ impl Migrator {
             timeouts: Timeouts::default(),
             transactions: Transactions::default(),
             hooks: Hooks::none(),
+            run_history: journal::DEFAULT_RUN_HISTORY,
         }
     }
 
@@ -408,6 +420,7 @@ impl Migrator {
         progress: &dyn Progress,
     ) -> Result<MigrateReport> {
         let started = Instant::now();
+        let started_at = chrono::Utc::now();
         self.ready_to_write().await?;
         let tenants = if options.tenants.is_empty() {
             match &self.source {
@@ -516,6 +529,20 @@ impl Migrator {
             .sort_by(|a, b| (&a.tenant, a.hook).cmp(&(&b.tenant, b.hook)));
         let after = hooks::after_run(&self.hooks, &run(total, Some(&report))).await;
         report.hook_failures.extend(after);
+        let shaped_by = run_options(concurrency, options);
+        if let Err(e) = journal::record_run(
+            &*self.backend,
+            &me,
+            started_at,
+            shaped_by,
+            &report,
+            self.run_history,
+        )
+        .await
+        {
+            // The run's work is committed; only its history entry is missing.
+            tracing::warn!("could not keep the run in the control journal: {e}");
+        }
         Ok(report)
     }
 
@@ -694,6 +721,8 @@ impl Migrator {
             needs_repair: count(Condition::NeedsRepair),
             ahead: count(Condition::Ahead),
             creating: count(Condition::Creating),
+            last_drift: journal::last_drift(&*self.backend).await?,
+            last_run: journal::runs(&*self.backend, 1).await?.pop(),
             invalid_registry_rows: if names.is_empty() {
                 self.invalid_registry_rows().await?
             } else {
@@ -773,7 +802,18 @@ impl Migrator {
         } else {
             self.records(names).await?
         };
-        drift::check(&*self.backend, records).await
+        let report = drift::check(&*self.backend, records).await?;
+        if let Err(e) = journal::record_drift(&*self.backend, &report).await {
+            tracing::warn!("could not keep the drift check in the control journal: {e}");
+        }
+        Ok(report)
+    }
+
+    /// The newest `limit` finished fleet runs the control journal keeps, newest first
+    /// (see [`MigratorBuilder::run_history`]).
+    pub async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        self.ready_to_read().await?;
+        journal::runs(&*self.backend, limit).await
     }
 
     /// The rows of the tenant registry whose name is no valid tenant name (inserted by
@@ -960,4 +1000,23 @@ impl Migrator {
             .await?;
         Ok(RunReport::new(run_id, rows))
     }
+}
+
+/// What shaped a run, for its history entry: never a URL or anything that may hold a
+/// password.
+fn run_options(concurrency: usize, options: &MigrateOptions) -> String {
+    let mut out = format!("concurrency {concurrency}");
+    if !options.tenants.is_empty() {
+        out.push_str(&format!(", {} tenants named", options.tenants.len()));
+    }
+    if let Some(to) = options.to {
+        out.push_str(&format!(", to {}", format_order(to)));
+    }
+    if let Some(shard) = options.shard {
+        out.push_str(&format!(", shard {shard}"));
+    }
+    if options.fail_fast {
+        out.push_str(", fail fast");
+    }
+    out
 }

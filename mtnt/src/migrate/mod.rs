@@ -7,6 +7,7 @@ mod fingerprint;
 mod fleet;
 mod hooks;
 mod inspect;
+mod journal;
 mod lease;
 mod migrator;
 mod options;
@@ -30,6 +31,7 @@ pub use hooks::{
     TenantOutcome,
 };
 pub use inspect::{Condition, PlanGroup, PlanReport, PlannedMigration};
+pub use journal::{DriftCheck, RunRecord, DEFAULT_RUN_HISTORY};
 pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};
 pub use progress::Progress;

@@ -1,3 +1,4 @@
+use super::journal::{DriftCheck, RunRecord};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -95,6 +96,9 @@ pub struct MigrateReport {
     /// Tenants left `creating` (a `tenant create` under way, or one that died half-way):
     /// not migrated. Finish one by dropping it and creating it again.
     pub tenants_creating: Vec<TenantName>,
+    /// The tenants that took longest (migrated or failed), with their time, slowest
+    /// first: at most ten.
+    pub slowest: Vec<(TenantName, Duration)>,
     /// Wall time of the run.
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
@@ -209,6 +213,10 @@ pub struct StatusReport {
     pub ahead: usize,
     /// How many `tenant create` has not finished.
     pub creating: usize,
+    /// The last schema drift check (`drift`), if one ran.
+    pub last_drift: Option<DriftCheck>,
+    /// The newest finished fleet run the control journal keeps.
+    pub last_run: Option<RunRecord>,
     /// Registry rows whose name is no valid tenant name: not among `tenants`, and the
     /// fleet is not current while one is there.
     pub invalid_registry_rows: Vec<InvalidRegistryRow>,

@@ -19,7 +19,8 @@ use sqlx::{Connection as _, Row};
 use self::dialect::{opt_text, text, tracking_ddl, NOW};
 use self::target::MySqlTarget;
 use super::api::{
-    Backend, Capabilities, Connection, ErrorClass, RegistryRow, RegistryState, SchemaObject, Target,
+    Backend, Capabilities, Connection, ErrorClass, JournalEntry, RegistryRow, RegistryState,
+    SchemaObject, Target,
 };
 use super::engine::{Engine, Tenancy};
 use super::lease::LeaseStore;
@@ -126,6 +127,10 @@ impl MySqlBackend {
     }
 
     /// The table of recorded settings (the tenancy model).
+    fn journal(&self) -> String {
+        format!("{}.mtnt_journal", self.control_q)
+    }
+
     fn settings(&self) -> String {
         format!("{}.mtnt_settings", self.control_q)
     }
@@ -468,6 +473,74 @@ impl Backend for MySqlBackend {
 
     async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
         self.describe_databases(tenants).await
+    }
+
+    async fn journal_write(&self, entry: &JournalEntry, keep: usize) -> Result<()> {
+        let table = self.journal();
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (kind VARCHAR(32) NOT NULL, \
+             entry_key VARCHAR(191) NOT NULL, at VARCHAR(40) NOT NULL, body LONGTEXT NOT NULL, \
+             PRIMARY KEY (kind, entry_key)) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        ))
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {table} (kind, entry_key, at, body) VALUES (?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE at = VALUES(at), body = VALUES(body)"
+        ))
+        .bind(&entry.kind)
+        .bind(&entry.key)
+        .bind(&entry.at)
+        .bind(&entry.body)
+        .execute(&self.pool)
+        .await?;
+        // MariaDB takes no LIMIT in an IN subquery: the oldest entry kept, then the rest.
+        let oldest_kept = sqlx::query(&format!(
+            "SELECT at FROM {table} WHERE kind = ? ORDER BY at DESC LIMIT 1 OFFSET ?"
+        ))
+        .bind(&entry.kind)
+        .bind(keep.saturating_sub(1) as u64)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = oldest_kept {
+            sqlx::query(&format!("DELETE FROM {table} WHERE kind = ? AND at < ?"))
+                .bind(&entry.kind)
+                .bind(text(&row, "at")?)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn journal_read(&self, kind: &str, limit: usize) -> Result<Vec<JournalEntry>> {
+        let kept: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? \
+             AND TABLE_NAME = 'mtnt_journal'",
+        )
+        .bind(&self.control)
+        .fetch_optional(&self.pool)
+        .await?;
+        if kept.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT kind, entry_key, at, body FROM {} WHERE kind = ? ORDER BY at DESC LIMIT ?",
+            self.journal()
+        ))
+        .bind(kind)
+        .bind(limit as u64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(JournalEntry {
+                    kind: text(row, "kind")?,
+                    key: text(row, "entry_key")?,
+                    at: text(row, "at")?,
+                    body: text(row, "body")?,
+                })
+            })
+            .collect()
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

@@ -14,8 +14,8 @@ use super::target::{applied_from_row, PgConn, PgTarget, Probe, Spec};
 use super::tracking::{Tracking, COLUMNS};
 use super::{classify, is_code, tenant_key};
 use crate::backend::{
-    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, RegistryState,
-    SchemaObject, Target,
+    Backend, Capabilities, Connection, ErrorClass, JournalEntry, LeaseStore, RegistryRow,
+    RegistryState, SchemaObject, Target,
 };
 use crate::ctx::exec_postgres;
 use crate::migration::BoxFuture;
@@ -340,6 +340,14 @@ impl Backend for PgDatabaseBackend {
             .buffered(DESCRIBE_CONNECTIONS)
             .collect()
             .await)
+    }
+
+    async fn journal_write(&self, entry: &JournalEntry, keep: usize) -> Result<()> {
+        self.control.journal_write(entry, keep).await
+    }
+
+    async fn journal_read(&self, kind: &str, limit: usize) -> Result<Vec<JournalEntry>> {
+        self.control.journal_read(kind, limit).await
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

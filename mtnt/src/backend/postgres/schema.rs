@@ -13,10 +13,10 @@ use super::lease::PgLeases;
 use super::target::applied_from_row;
 use super::target::{PgConn, PgTarget, Spec};
 use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
-use super::{classify, literal, public_key, tenant_key};
+use super::{classify, is_code, literal, public_key, tenant_key};
 use crate::backend::{
-    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, RegistryState,
-    SchemaObject, Target,
+    Backend, Capabilities, Connection, ErrorClass, JournalEntry, LeaseStore, RegistryRow,
+    RegistryState, SchemaObject, Target,
 };
 use crate::ctx::exec_postgres;
 use crate::{
@@ -236,6 +236,10 @@ impl PostgresBackend {
 
     /// The qualified table of recorded settings: the tenancy model and the control schema
     /// the registry was set up with.
+    fn journal(&self) -> String {
+        format!("{}.mtnt_journal", self.control_q)
+    }
+
     pub(super) fn settings(&self) -> String {
         format!("{}.mtnt_settings", self.control_q)
     }
@@ -640,6 +644,66 @@ impl Backend for PostgresBackend {
             .fetch_all(&self.pool)
             .await?;
         Ok(sizes_by_storage(tenants, rows))
+    }
+
+    async fn journal_write(&self, entry: &JournalEntry, keep: usize) -> Result<()> {
+        let table = self.journal();
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (kind text NOT NULL, entry_key text NOT NULL, \
+             at text NOT NULL, body text NOT NULL, PRIMARY KEY (kind, entry_key))"
+        );
+        if let Err(e) = sqlx::query(&create).execute(&self.pool).await {
+            // Two first writers at once: the loser's CREATE meets the winner's table.
+            if !is_code(&e, "23505") && !is_code(&e, "42P07") {
+                return Err(e.into());
+            }
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {table} (kind, entry_key, at, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (kind, entry_key) DO UPDATE SET at = EXCLUDED.at, body = EXCLUDED.body"
+        ))
+        .bind(&entry.kind)
+        .bind(&entry.key)
+        .bind(&entry.at)
+        .bind(&entry.body)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE kind = $1 AND at < (SELECT at FROM {table} WHERE kind = $1 \
+             ORDER BY at DESC OFFSET $2 LIMIT 1)"
+        ))
+        .bind(&entry.kind)
+        .bind(keep.saturating_sub(1) as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn journal_read(&self, kind: &str, limit: usize) -> Result<Vec<JournalEntry>> {
+        let table = self.journal();
+        let kept: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(&table)
+            .fetch_one(&self.pool)
+            .await?;
+        if kept.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(&format!(
+            "SELECT kind, entry_key, at, body FROM {table} WHERE kind = $1 ORDER BY at DESC LIMIT $2"
+        ))
+        .bind(kind)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(kind, key, at, body)| JournalEntry {
+                kind,
+                key,
+                at,
+                body,
+            })
+            .collect())
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
