@@ -18,6 +18,7 @@
 use assert_cmd::Command;
 use mtnt::{ConnectOptions, Error, MigrateOptions, MigrationSet, Tenancy, TenantName};
 use mtnt_test_support::models::{Kind, Model, Place};
+use mtnt_test_support::scenarios;
 use predicates::prelude::*;
 
 /// Migrations of the library tests: a public table and a tenant one, on any engine.
@@ -53,46 +54,7 @@ mod duplicate {
     }
 }
 
-/// One test per model for each scenario, in a module named after the scenario.
-macro_rules! models {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use mtnt_test_support::models::{Kind, Model};
-
-            async fn run(kind: Kind) {
-                let model = Model::new(kind, stringify!($scenario)).await;
-                super::$scenario(&model).await;
-                model.finish().await;
-            }
-
-            #[cfg(feature = "sqlite")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                run(Kind::Sqlite).await
-            }
-
-            #[cfg(feature = "postgres")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg_schema() {
-                run(Kind::PgSchema).await
-            }
-
-            #[cfg(feature = "postgres")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pg_database() {
-                run(Kind::PgDatabase).await
-            }
-
-            #[cfg(feature = "mysql")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                run(Kind::MySql).await
-            }
-        }
-    )*};
-}
-
-models!(
+scenarios!(
     reads_create_nothing_where_mtnt_never_ran,
     the_tenancy_model_is_recorded_and_a_contradiction_refused,
     a_registry_from_before_the_record_keeps_working,

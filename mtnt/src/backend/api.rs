@@ -430,6 +430,18 @@ pub struct JournalEntry {
     pub body: String,
 }
 
+impl From<(String, String, String, String)> for JournalEntry {
+    /// A journal row as engines select it: `(kind, key, at, body)`.
+    fn from((kind, key, at, body): (String, String, String, String)) -> Self {
+        JournalEntry {
+            kind,
+            key,
+            at,
+            body,
+        }
+    }
+}
+
 /// The engine half of mtnt: its dialect and its connection handling.
 ///
 /// Everything a run does with these primitives is written once in mtnt; an engine that

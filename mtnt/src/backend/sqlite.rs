@@ -486,15 +486,7 @@ impl Backend for SqliteBackend {
         .bind(limit as i64)
         .fetch_all(&self.control)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(kind, key, at, body)| JournalEntry {
-                kind,
-                key,
-                at,
-                body,
-            })
-            .collect())
+        Ok(rows.into_iter().map(JournalEntry::from).collect())
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

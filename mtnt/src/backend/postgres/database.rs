@@ -132,6 +132,20 @@ impl PgDatabaseBackend {
 
     /// The rows of `sql` (a run's tracking rows, the run id as `$1`) in the database of
     /// `tenant`: none where it has no database, no tracking table, or no `run_id` column.
+    /// A connection of its own to the database of `tenant`; [`Error::StorageMissing`]
+    /// when there is none.
+    async fn connect_tenant(&self, tenant: &Tenant) -> Result<PgConnection> {
+        self.check_not_control(tenant)?;
+        match PgConnection::connect_with(&self.tenant_connect_options(tenant)).await {
+            Ok(conn) => Ok(conn),
+            Err(e) if is_code(&e, "3D000") => Err(Error::StorageMissing {
+                tenant: tenant.name.clone(),
+                storage: tenant.storage.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn tenant_run_rows(
         &self,
         tenant: &Tenant,
@@ -234,17 +248,7 @@ impl Backend for PgDatabaseBackend {
         let Target::Tenant(tenant) = target else {
             return self.control.connect(Target::Public).await;
         };
-        self.check_not_control(tenant)?;
-        let conn = match PgConnection::connect_with(&self.tenant_connect_options(tenant)).await {
-            Ok(conn) => conn,
-            Err(e) if is_code(&e, "3D000") => {
-                return Err(Error::StorageMissing {
-                    tenant: tenant.name.clone(),
-                    storage: tenant.storage.clone(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let conn = self.connect_tenant(tenant).await?;
         let schema_q = quote_ident(TENANT_SCHEMA);
         let spec = Spec {
             tenant: Some(tenant),
@@ -318,18 +322,7 @@ impl Backend for PgDatabaseBackend {
 
     async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
         let describe_one = async |tenant: &Tenant| -> Result<Vec<SchemaObject>> {
-            self.check_not_control(tenant)?;
-            let mut conn =
-                match PgConnection::connect_with(&self.tenant_connect_options(tenant)).await {
-                    Ok(conn) => conn,
-                    Err(e) if is_code(&e, "3D000") => {
-                        return Err(Error::StorageMissing {
-                            tenant: tenant.name.clone(),
-                            storage: tenant.storage.clone(),
-                        })
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+            let mut conn = self.connect_tenant(tenant).await?;
             let described = catalog::describe(&mut conn, &[TENANT_SCHEMA]).await;
             let _ = conn.close().await;
             Ok(described?.remove(0).unwrap_or_default())

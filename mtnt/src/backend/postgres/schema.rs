@@ -695,15 +695,7 @@ impl Backend for PostgresBackend {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(kind, key, at, body)| JournalEntry {
-                kind,
-                key,
-                at,
-                body,
-            })
-            .collect())
+        Ok(rows.into_iter().map(JournalEntry::from).collect())
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
