@@ -118,6 +118,13 @@ fn retry_line(target: &str, attempt: u32, attempts: u32, error: &Error, pause: D
 }
 
 impl Progress for FleetProgress {
+    fn run_started(&self, run_id: Option<&str>) {
+        // The CLI's `run` span has the field; elsewhere this records nothing.
+        if let Some(id) = run_id {
+            tracing::Span::current().record("run_id", id);
+        }
+    }
+
     fn start(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
         if let Some(bar) = &self.bar {

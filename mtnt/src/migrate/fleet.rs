@@ -2,6 +2,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
+use tracing::Instrument;
 
 use super::claim::FleetClaims;
 use super::fingerprint::current_fingerprints;
@@ -353,7 +354,12 @@ pub(crate) async fn migrate_fleet(
             if stop.is_stopped() {
                 return (record.tenant.name, TenantOutcome::NotStarted);
             }
-            let outcome = TenantOutcome::from(claims.waiting(protocol, &record, op).await);
+            let outcome = TenantOutcome::from(
+                claims
+                    .waiting(protocol, &record, op)
+                    .instrument(protocol.tenant_span(&record.tenant.name))
+                    .await,
+            );
             if matches!(outcome, TenantOutcome::Failed(_)) {
                 stop.failed();
             }
@@ -414,8 +420,13 @@ impl Wave<'_> {
                     // Up to date by its registry row: no session, no round trip.
                     return Ok((record.tenant.name, TenantOutcome::Current));
                 }
-                let outcome =
-                    TenantOutcome::from(claims.first_pass(self.protocol, &record, self.op).await);
+                self.protocol.progress.tenant_started(&record.tenant.name);
+                let outcome = TenantOutcome::from(
+                    claims
+                        .first_pass(self.protocol, &record, self.op)
+                        .instrument(self.protocol.tenant_span(&record.tenant.name))
+                        .await,
+                );
                 if matches!(outcome, TenantOutcome::Failed(_)) {
                     self.stop.failed();
                 }

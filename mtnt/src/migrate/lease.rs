@@ -87,6 +87,11 @@ impl Lease {
         }))
     }
 
+    /// The run's id, as its lease records it.
+    pub(crate) fn run_id(&self) -> &str {
+        &self.me.run_id
+    }
+
     /// Why the runner must stop, once its heartbeat has failed too often or its lease
     /// was taken over.
     pub(crate) fn lost(&self) -> Option<String> {

@@ -1,5 +1,7 @@
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use super::claim::{lock_waiting, run_waiting, FleetClaims};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
 use super::hooks::{self, HookFailures, Hooks, RunCommand, RunInfo};
@@ -41,6 +43,8 @@ pub struct Migrator {
     timeouts: Timeouts,
     transactions: Transactions,
     hooks: Hooks,
+    /// The server the `tenant` tracing spans name (host and port, no password).
+    server: Option<String>,
 }
 
 /// Builds a [`Migrator`].
@@ -54,6 +58,8 @@ pub struct MigratorBuilder {
     timeouts: Timeouts,
     transactions: Transactions,
     hooks: Hooks,
+    /// The server the `tenant` tracing spans name (host and port, no password).
+    server: Option<String>,
 }
 
 impl MigratorBuilder {
@@ -112,6 +118,13 @@ impl MigratorBuilder {
         self
     }
 
+    /// The server (`host:port`, never a password) that the `tenant` tracing spans name;
+    /// the command line sets it from the database URL.
+    pub fn server(mut self, host: impl Into<String>) -> Self {
+        self.server = Some(host.into());
+        self
+    }
+
     /// Validates the migrations and settings and builds the migrator.
     pub fn build(self) -> Result<Migrator> {
         if self.concurrency > crate::MAX_CONCURRENCY {
@@ -136,6 +149,7 @@ impl MigratorBuilder {
             timeouts: self.timeouts,
             transactions: self.transactions,
             hooks: self.hooks,
+            server: self.server,
         })
     }
 }
@@ -159,6 +173,7 @@ impl Migrator {
             timeouts: Timeouts::default(),
             transactions: Transactions::default(),
             hooks: Hooks::none(),
+            server: None,
         }
     }
 
@@ -173,6 +188,7 @@ impl Migrator {
             transactions: self.transactions,
             hooks: &self.hooks,
             hook_failures: None,
+            server: self.server.as_deref(),
         }
     }
 
@@ -361,6 +377,7 @@ impl Migrator {
         }
         let concurrency = self.fleet_concurrency().await?;
         let lease = Lease::acquire(&*self.backend, &self.safety, command.as_str()).await?;
+        progress.run_started(lease.as_ref().map(Lease::run_id));
         let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
         let hook_failures = HookFailures::default();
         let protocol = Protocol {
@@ -681,11 +698,23 @@ impl Migrator {
     /// Registers a tenant, creates its schema and applies every enabled tenant migration,
     /// all or nothing: when a migration fails, the schema and the registry row are gone again.
     pub async fn create_tenant(&self, name: &TenantName) -> Result<Tenant> {
+        self.create_tenant_with_progress(name, &Silent).await
+    }
+
+    /// [`Migrator::create_tenant`], reporting each migration to `progress` as it is
+    /// committed.
+    pub async fn create_tenant_with_progress(
+        &self,
+        name: &TenantName,
+        progress: &dyn Progress,
+    ) -> Result<Tenant> {
         self.backend.prepare().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
-        self.protocol(&Silent)
+        let protocol = self.protocol(progress);
+        protocol
             .create_tenant(&tenant, &self.safety)
+            .instrument(protocol.tenant_span(name))
             .await?;
         Ok(tenant)
     }
