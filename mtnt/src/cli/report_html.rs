@@ -142,6 +142,7 @@ pub(crate) fn render(page: &FleetPage<'_>) -> String {
         let _ = writeln!(out, "</table>");
     }
     runs(&mut out, page.runs);
+    every_tenant(&mut out, status);
     let _ = writeln!(out, "</body>\n</html>");
     out
 }
@@ -281,6 +282,29 @@ fn problems(out: &mut String, status: &StatusReport) {
         );
     }
     let _ = writeln!(out, "</table>");
+}
+
+/// Every tenant, folded (an HTML `details`, no script).
+fn every_tenant(out: &mut String, status: &StatusReport) {
+    let _ = writeln!(
+        out,
+        "<h2>All tenants</h2>\n<details><summary>{} tenants</summary>\n<table id=\"tenants\">\n<tr><th>Tenant</th><th>Storage</th><th>State</th><th>Applied</th><th>Pending</th><th>Condition</th></tr>",
+        status.tenants.len()
+    );
+    for t in &status.tenants {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style=\"color: {}\">{}</td></tr>",
+            escape(t.tenant.as_str()),
+            escape(&t.storage),
+            escape(t.state.as_str()),
+            t.applied_order.map_or_else(|| "-".to_owned(), format_order),
+            t.pending,
+            colour(t.condition),
+            escape(t.condition.as_str())
+        );
+    }
+    let _ = writeln!(out, "</table>\n</details>");
 }
 
 /// The runs holding a lease now.

@@ -164,7 +164,8 @@ fn migration_span(migration: &Migration, direction: Direction) -> tracing::Span 
     tracing::debug_span!(
         "migration",
         order = migration.order(),
-        name = migration.name(),
+        // Not `name`: the JSON log gives the span's own name that key.
+        migration = migration.name(),
         reverting = direction == Direction::Down,
     )
 }
