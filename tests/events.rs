@@ -351,7 +351,11 @@ async fn an_html_report_renders_in_a_browser(m: &Model) {
     assert!(html.contains("1/2 tenants current"), "the summary line");
     assert!(html.contains("<svg"), "the chart");
     assert!(html.contains(&good) && html.contains(&bad), "the tenants");
-    assert!(html.contains("no_such_table"), "the failure's error");
+    match m.kind().engine() {
+        // Its DDL committed at once: the failed migration is left `started`.
+        Engine::MySql => assert!(html.contains("needs repair"), "the tenant's condition"),
+        _ => assert!(html.contains("no_such_table"), "the failure's error"),
+    }
     for external in ["<script", "<link", "src=\"http", "href=\"http", "url("] {
         assert!(!html.contains(external), "no {external} in a self-contained page");
     }

@@ -44,20 +44,13 @@ fn millis(d: Duration) -> u64 {
 /// The SQLSTATE of the database error inside `error`, where there is one (PostgreSQL and
 /// MySQL report one; SQLite's numeric result codes are not SQLSTATEs).
 pub(crate) fn sqlstate(error: &Error) -> Option<String> {
-    let mut cause: &(dyn std::error::Error + 'static) = error;
-    loop {
-        if let Some(sqlx::Error::Database(db)) = cause.downcast_ref::<sqlx::Error>() {
-            return db
-                .code()
-                .map(|c| c.into_owned())
-                .filter(|c| c.len() == 5 && c.chars().all(|c| c.is_ascii_alphanumeric()));
-        }
-        cause = match cause.downcast_ref::<Error>() {
-            Some(Error::Migration { source, .. }) | Some(Error::GaveUp { source, .. }) => {
-                &**source
-            }
-            _ => cause.source()?,
-        };
+    match error {
+        Error::Sql(sqlx::Error::Database(db)) => db
+            .code()
+            .map(|c| c.into_owned())
+            .filter(|c| c.len() == 5 && c.chars().all(|c| c.is_ascii_alphanumeric())),
+        Error::Migration { source, .. } | Error::GaveUp { source, .. } => sqlstate(source),
+        _ => None,
     }
 }
 
