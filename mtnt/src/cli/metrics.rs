@@ -67,6 +67,20 @@ pub(crate) fn prometheus(report: &StatusReport, running: &[RunLease], model: &st
 
     header(
         &mut out,
+        "mtnt_tenants_by_state",
+        "Tenants by registry state (creating: `tenant create` has not finished them).",
+    );
+    for state in [crate::TenantState::Active, crate::TenantState::Creating] {
+        let n = report.tenants.iter().filter(|t| t.state == state).count();
+        let _ = writeln!(
+            out,
+            "mtnt_tenants_by_state{{model=\"{model}\",state=\"{}\"}} {n}",
+            state.as_str()
+        );
+    }
+
+    header(
+        &mut out,
         "mtnt_tenants_at_order",
         "Tenants by their newest applied migration (order \"none\": nothing applied).",
     );
