@@ -72,7 +72,9 @@ fn events(stdout: &str) -> Vec<Value> {
                 .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\n{stdout}"));
             assert_eq!(event["v"], 1, "{line}");
             assert!(event["event"].is_string(), "{line}");
-            let at = event["at"].as_str().unwrap_or_else(|| panic!("no at: {line}"));
+            let at = event["at"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no at: {line}"));
             chrono::DateTime::parse_from_rfc3339(at)
                 .unwrap_or_else(|e| panic!("at is not RFC 3339 ({e}): {line}"));
             event
@@ -184,13 +186,21 @@ async fn json_events_of_a_real_run(m: &Model) {
     assert_eq!(all.last().unwrap()["ok"], true);
     let created = named(&all, "migration_applied");
     assert!(created.len() >= 4, "{stdout}");
-    assert!(created.iter().all(|e| e["tenant"] == new.as_str()), "{stdout}");
-    assert_eq!(named(&all, "tenant_finished")[0]["migrations"], created.len());
+    assert!(
+        created.iter().all(|e| e["tenant"] == new.as_str()),
+        "{stdout}"
+    );
+    assert_eq!(
+        named(&all, "tenant_finished")[0]["migrations"],
+        created.len()
+    );
 
     // `rollback`: the reverted migration.
     let (code, stdout, stderr) = run(
         app(m),
-        &["--format", "json", "rollback", "--tenant", &new, "--steps", "1"],
+        &[
+            "--format", "json", "rollback", "--tenant", &new, "--steps", "1",
+        ],
     );
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let all = events(&stdout);
@@ -233,7 +243,10 @@ async fn a_debug_log_in_json_has_the_spans(m: &Model) {
     assert!(tenant["span"]["model"].as_str().unwrap().contains('-'));
     let host = tenant["span"]["host"].as_str().unwrap();
     assert!(!host.is_empty(), "{tenant}");
-    assert!(!host.contains('@'), "no user or password in the host: {host}");
+    assert!(
+        !host.contains('@'),
+        "no user or password in the host: {host}"
+    );
     assert!(tenant["fields"]["time.busy"].is_string(), "{tenant}");
     // The run encloses it.
     assert_eq!(tenant["spans"][0]["name"], "run", "{tenant}");
@@ -357,7 +370,10 @@ async fn an_html_report_renders_in_a_browser(m: &Model) {
         _ => assert!(html.contains("no_such_table"), "the failure's error"),
     }
     for external in ["<script", "<link", "src=\"http", "href=\"http", "url("] {
-        assert!(!html.contains(external), "no {external} in a self-contained page");
+        assert!(
+            !html.contains(external),
+            "no {external} in a self-contained page"
+        );
     }
     // The server's error quotes the table; the page escapes what it quotes.
     if m.kind().engine() != Engine::Sqlite {
@@ -406,4 +422,40 @@ async fn an_html_report_renders_in_a_browser(m: &Model) {
         not_white * 50 > total,
         "a blank screenshot: {not_white} of {total} pixels not white"
     );
+}
+
+/// No event, span or log line shows the password of the database URL: not the host the
+/// spans name, not an error the server quotes.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_logs_never_show_the_password() {
+    let db = mtnt_test_support::postgres::TestDb::create("events_password").await;
+    let secret = "s3cr3t-Pw";
+    let url = db
+        .url
+        .replacen("postgres@", &format!("postgres:{secret}@"), 1);
+    assert!(url.contains(secret), "{url}");
+    let app = || {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("mtnt-portable-app"));
+        cmd.env("DATABASE_URL", &url)
+            .env("RUST_LOG", "mtnt=debug")
+            .env_remove("MTNT_LOG")
+            .args(["--no-progress", "--log-format", "json", "--format", "json"]);
+        cmd
+    };
+    let (code, stdout, stderr) = run(app(), &["tenant", "create", "acme"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let (code, stdout2, stderr2) = run(app(), &["exec", "--sql", "SELECT * FROM no_such_table"]);
+    assert_eq!(code, 1, "{stdout2}\n{stderr2}");
+    let everything = [stdout, stderr, stdout2.clone(), stderr2].concat();
+    assert!(!everything.contains(secret), "{everything}");
+    let all = events(&stdout2);
+    let failed = named(&all, "tenant_failed");
+    assert_eq!(failed.len(), 1, "{stdout2}");
+    assert_eq!(failed[0]["sqlstate"], "42P01");
+    assert!(
+        everything.contains("\"host\":\"127.0.0.1:5432\""),
+        "{everything}"
+    );
+    db.drop_db().await;
 }

@@ -306,7 +306,10 @@ mod tests {
                 source: Box::new(plain),
             }),
         };
-        assert_eq!(failed_migration(&wrapped), Some("2024_01_01_0003 add_index"));
+        assert_eq!(
+            failed_migration(&wrapped),
+            Some("2024_01_01_0003 add_index")
+        );
         assert_eq!(sqlstate(&wrapped), None);
     }
 }

@@ -129,7 +129,10 @@ pub(crate) fn render(page: &FleetPage<'_>) -> String {
     out.push_str(&order_chart(status));
     problems(&mut out, status);
     if !page.drift_groups.is_empty() {
-        let _ = writeln!(out, "<h2>Drift</h2>\n<table>\n<tr><th>Difference</th><th>Tenants</th></tr>");
+        let _ = writeln!(
+            out,
+            "<h2>Drift</h2>\n<table>\n<tr><th>Difference</th><th>Tenants</th></tr>"
+        );
         for group in page.drift_groups {
             let names: Vec<String> = group.tenants.iter().map(|t| escape(t.as_str())).collect();
             let _ = writeln!(
@@ -265,8 +268,15 @@ fn problems(out: &mut String, status: &StatusReport) {
     for t in troubled {
         let (migration, error) = match &t.failed {
             Some(f) => (
-                format!("{} {}", format_order(f.order), f.name.unwrap_or("(unknown)")),
-                f.error.clone().or_else(|| t.detail.clone()).unwrap_or_default(),
+                format!(
+                    "{} {}",
+                    format_order(f.order),
+                    f.name.unwrap_or("(unknown)")
+                ),
+                f.error
+                    .clone()
+                    .or_else(|| t.detail.clone())
+                    .unwrap_or_default(),
             ),
             None => (String::new(), t.detail.clone().unwrap_or_default()),
         };

@@ -105,9 +105,10 @@ fn init_log(format: FormatArg) {
 /// password), or the directory of a SQLite URL.
 pub(crate) fn server_of(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(parsed) if parsed.scheme() == "sqlite" => {
-            url.trim_start_matches("sqlite:").trim_start_matches("//").to_owned()
-        }
+        Ok(parsed) if parsed.scheme() == "sqlite" => url
+            .trim_start_matches("sqlite:")
+            .trim_start_matches("//")
+            .to_owned(),
         Ok(parsed) => match (parsed.host_str(), parsed.port()) {
             (Some(host), Some(port)) => format!("{host}:{port}"),
             (Some(host), None) => host.to_owned(),
@@ -134,7 +135,11 @@ fn run_span(cli: &Cli) -> tracing::Span {
         Command::List(_) => "list",
         Command::Repair(_) => "repair",
     };
-    let host = cli.database_url.as_deref().map(server_of).unwrap_or_default();
+    let host = cli
+        .database_url
+        .as_deref()
+        .map(server_of)
+        .unwrap_or_default();
     tracing::debug_span!(
         "run",
         command,
@@ -298,11 +303,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     source,
                 }
             })?;
-            outln!(
-                "wrote {}: {}",
-                args.html.display(),
-                report.summary()
-            );
+            outln!("wrote {}: {}", args.html.display(), report.summary());
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenant(TenantCommand::Create { name }) if printing.events.is_some() => {
