@@ -182,6 +182,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_gauge_has_help_and_type_and_the_fleet_counts() {
+        let report = crate::cli::report_html::tests::fleet("boom");
+        let text = prometheus(&report, &[], "postgres-schema");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(text.contains(&format!("# TYPE {name} gauge")), "{name}");
+        }
+        assert!(text.contains("mtnt_tenants{model=\"postgres-schema\",condition=\"current\"} 1\n"));
+        assert!(text.contains("mtnt_tenants{model=\"postgres-schema\",condition=\"failed\"} 1\n"));
+        assert!(text.contains("mtnt_tenants{model=\"postgres-schema\",condition=\"drifted\"} 0\n"));
+        assert!(text.contains(
+            "mtnt_tenants_at_order{model=\"postgres-schema\",order=\"2024_01_01_0002\"} 1\n"
+        ));
+        assert!(text.contains("mtnt_runs_running{model=\"postgres-schema\"} 0\n"));
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!(condition_label(Condition::NeedsRepair), "needs-repair");

@@ -348,8 +348,80 @@ fn runs(out: &mut String, runs: &[RunLease]) {
 }
 
 #[cfg(test)]
-mod tests {
+#[allow(clippy::inconsistent_digit_grouping)]
+pub(crate) mod tests {
     use super::*;
+    use crate::{FailedMigration, PublicStatus, TenantState};
+
+    /// A fleet of two: `acme` current at `2024_01_01_0002`, `globex` failed at
+    /// `2024_01_01_0003` with `error`.
+    pub(crate) fn fleet(error: &str) -> StatusReport {
+        let tenant = |name: &str, condition, applied, failed| TenantStatus {
+            tenant: TenantName::new(name).unwrap(),
+            storage: name.to_owned(),
+            state: TenantState::Active,
+            applied_order: Some(applied),
+            pending: 0,
+            oldest_pending: None,
+            failed,
+            condition,
+            detail: None,
+        };
+        StatusReport {
+            latest_tenant_order: Some(2024_01_01_0003),
+            public: PublicStatus {
+                applied_order: Some(2024_01_01_0001),
+                pending: 0,
+                failed: None,
+            },
+            tenants: vec![
+                tenant("acme", Condition::Current, 2024_01_01_0003, None),
+                tenant(
+                    "globex",
+                    Condition::Failed,
+                    2024_01_01_0002,
+                    Some(FailedMigration {
+                        order: 2024_01_01_0003,
+                        name: Some("add_index"),
+                        error: Some(error.to_owned()),
+                    }),
+                ),
+            ],
+            current: 1,
+            behind: 0,
+            failed: 1,
+            out_of_order: 0,
+            drifted: 0,
+            needs_repair: 0,
+            ahead: 0,
+            creating: 0,
+        }
+    }
+
+    #[test]
+    fn the_page_names_the_tenants_and_escapes_their_errors() {
+        let status = fleet("column \"<script>alert(1)</script>\" & more");
+        let drift = [DriftGroup {
+            summary: "index <i> missing".to_owned(),
+            tenants: vec![TenantName::new("globex").unwrap()],
+        }];
+        let page = render(&FleetPage {
+            title: "public (schema public)",
+            model: "postgres-schema",
+            status: &status,
+            runs: &[],
+            drift_groups: &drift,
+            generated_at: Utc::now(),
+        });
+        assert!(page.contains("1/2 tenants current, 0 behind, 1 failed"));
+        assert!(page.contains("<td>acme</td>") && page.contains("<td>globex</td>"));
+        assert!(page.contains("&quot;&lt;script&gt;alert(1)&lt;/script&gt;&quot; &amp; more"));
+        assert!(!page.contains("<script>") && !page.contains("<i>"));
+        assert!(page.contains("index &lt;i&gt; missing"));
+        // Two bars: one tenant at each order, the newest in green.
+        assert_eq!(page.matches("<rect x=").count() - 1, 2);
+        assert!(page.contains("#2da44e"));
+    }
 
     #[test]
     fn user_data_is_escaped() {
