@@ -24,7 +24,7 @@ use std::process::Command;
 use migrations::{ACCOUNTS, BACKFILL, PROJECTS};
 use mtnt::{Engine, MigrationSet};
 use mtnt_test_support::models::Model;
-use mtnt_test_support::{create_tenants, scenarios};
+use mtnt_test_support::{create_tenants, escape_like, scenarios};
 use serde_json::Value;
 
 scenarios!(
@@ -209,6 +209,41 @@ async fn json_events_of_a_real_run(m: &Model) {
     assert_eq!(reverted[0]["tenant"], new.as_str());
     assert_eq!(all[0]["command"], "rollback");
     assert_eq!(all.last().unwrap()["ok"], true);
+
+    // `tenant adopt`: each registered storage, with the migrations recorded as applied.
+    let old = m.tenant("old");
+    m.make_storage(&old, "CREATE TABLE legacy (id INTEGER)")
+        .await;
+    let pattern = format!("{}%", escape_like(&old));
+    let (code, stdout, stderr) = run(
+        app(m),
+        &[
+            "--format",
+            "json",
+            "tenant",
+            "adopt",
+            "--schema-like",
+            &pattern,
+            "--baseline",
+            "2024_01_01_0003",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let all = events(&stdout);
+    assert_eq!(all[0]["command"], "tenant adopt", "{stdout}");
+    let finished = named(&all, "tenant_finished");
+    assert_eq!(finished.len(), 1, "{stdout}");
+    assert_eq!(finished[0]["tenant"], old.as_str());
+    assert_eq!(
+        finished[0]["migrations"], 2,
+        "the baseline's two tenant migrations"
+    );
+    let last = all.last().unwrap();
+    assert_eq!(
+        (last["event"].as_str(), last["ok"].as_bool()),
+        (Some("run_finished"), Some(true))
+    );
+    assert_eq!(last["adopted"], 1);
 }
 
 /// `RUST_LOG=mtnt=debug --log-format json`: the log on stderr has a JSON line for the
