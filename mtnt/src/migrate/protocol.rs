@@ -159,10 +159,16 @@ pub(crate) fn model_label(backend: &dyn Backend) -> String {
     format!("{engine}-{tenancy}")
 }
 
-/// The `migration` span of one up or down function (the log shows its duration).
-fn migration_span(migration: &Migration, direction: Direction) -> tracing::Span {
+/// The `migration` span of one up or down function (the log shows its duration); it
+/// names its tenant too, so that a log query needs no span list.
+fn migration_span(
+    target: Target<'_>,
+    migration: &Migration,
+    direction: Direction,
+) -> tracing::Span {
     tracing::debug_span!(
         "migration",
+        tenant = target.tenant().map(|t| t.name.as_str()),
         order = migration.order(),
         // Not `name`: the JSON log gives the span's own name that key.
         migration = migration.name(),
@@ -778,7 +784,7 @@ impl<'a> Protocol<'a> {
             }
             let started = Instant::now();
             if let Err(error) = invoke(function, &mut conn.ctx())
-                .instrument(migration_span(migration, direction))
+                .instrument(migration_span(target, migration, direction))
                 .await
             {
                 failure = Some((k, error, started));
@@ -912,7 +918,7 @@ impl<'a> Protocol<'a> {
         }
         if result.is_ok() {
             result = invoke(function, &mut conn.ctx())
-                .instrument(migration_span(migration, direction))
+                .instrument(migration_span(target, migration, direction))
                 .await;
         }
         if !in_transaction {
