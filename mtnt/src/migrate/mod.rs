@@ -30,6 +30,7 @@ pub use inspect::{Condition, PlanGroup, PlanReport, PlannedMigration};
 pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};
 pub use progress::Progress;
+#[cfg(feature = "cli")]
 pub(crate) use protocol::model_label;
 pub use report::{
     FailedMigration, FailedTenant, MigrateReport, PublicStatus, RollbackReport, StatusReport,
