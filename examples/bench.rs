@@ -1034,6 +1034,31 @@ async fn run(args: Args) -> Res<()> {
         target: format!("< 1 s: {}", verdict(status < Duration::from_secs(1))),
     });
 
+    // Drift reads every tenant's schema from the catalog: the fleet is alike, so it must
+    // say so (exit 0) after comparing all of them.
+    progress(&format!("mtnt drift: {fleet} tenants"));
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let run = mtnt_cli(&db, args.concurrency, &["drift"]).await?;
+        expect(
+            &run,
+            &format!("0 of {fleet} tenants drifted from the others at their order"),
+        )?;
+        samples.push(run.elapsed);
+    }
+    let drift = median(samples);
+    done(drift);
+    rows.push(Row {
+        what: format!("drift, {fleet} tenants"),
+        figure: format!("{} ({})", secs(drift), rate(fleet, drift)),
+        baseline: format!("{}, SELECT of the registry", secs(scan)),
+        ratio: format!("{:.1}x", drift.as_secs_f64() / scan.as_secs_f64()),
+        target: format!(
+            "seconds at 10,000: {}",
+            verdict(drift.as_secs_f64() <= 10.0 * fleet as f64 / 10_000.0)
+        ),
+    });
+
     progress(&format!("tenant create x{}", args.creates));
     let backend = mtnt::connect(&db.url()?, &ConnectOptions::default()).await?;
     let migrator = Migrator::builder_boxed(backend).build()?;

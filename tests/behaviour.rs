@@ -2636,3 +2636,115 @@ async fn hooks_run_around_each_tenant_with_work(m: &Model) {
         _ => assert_eq!(of(&bad).len(), 4, "its hooks ran again with its migrations"),
     }
 }
+
+scenarios!(drift_names_each_tenant_that_differs_from_the_others);
+
+/// `drift` on a fleet where three tenants were changed by hand, each another way: a column
+/// added, an index dropped, a column's type changed. The two untouched tenants are the
+/// reference and are not reported; each changed tenant is named with what differs; the
+/// check changes nothing, and exits 1 (0 over the untouched tenants alone).
+async fn drift_names_each_tenant_that_differs_from_the_others(m: &Model) {
+    let migrator = m.migrator(nontx_to(INDEX)).await;
+    let [same1, same2, extra, noidx, retyped] =
+        ["same1", "same2", "extra", "noidx", "retyped"].map(|b| m.tenant(b));
+    create_tenants(&migrator, &[&same1, &same2, &extra, &noidx, &retyped]).await;
+    let report = migrator.drift(&[]).await.unwrap();
+    assert!(report.is_clean(), "{report:#?}");
+
+    let engine = m.kind().engine();
+    m.execute(
+        Place::Tenant(&extra),
+        "ALTER TABLE items ADD COLUMN note TEXT",
+    )
+    .await;
+    m.execute(
+        Place::Tenant(&noidx),
+        match engine {
+            Engine::MySql => "DROP INDEX items_sku ON items",
+            _ => "DROP INDEX items_sku",
+        },
+    )
+    .await;
+    let retype = match engine {
+        Engine::Postgres => "ALTER TABLE items ALTER COLUMN sku TYPE VARCHAR(100)".to_owned(),
+        Engine::MySql => "ALTER TABLE items MODIFY sku VARCHAR(100)".to_owned(),
+        // SQLite cannot change a column's type: the table is made again.
+        _ => format!(
+            "CREATE TABLE items_new ({}, sku VARCHAR(100)); DROP TABLE items; \
+             ALTER TABLE items_new RENAME TO items; CREATE INDEX items_sku ON items (sku)",
+            migrations::id_column(engine)
+        ),
+    };
+    m.execute(Place::Tenant(&retyped), &retype).await;
+    let everyone = [&same1, &same2, &extra, &noidx, &retyped];
+    let before = snapshot(m, &everyone).await;
+
+    let report = migrator.drift(&[]).await.unwrap();
+    assert_eq!((report.tenants, report.drifted()), (5, 3), "{report:#?}");
+    assert_eq!(report.orders.len(), 1, "{report:#?}");
+    let order = &report.orders[0];
+    assert_eq!(order.applied_order, Some(INDEX));
+    assert_eq!(
+        order.reference_tenants, 2,
+        "the untouched tenants are the reference"
+    );
+    let said = |tenant: &str| -> String {
+        let d = order.drifted.iter().find(|d| d.tenant.as_str() == tenant);
+        let d = d.unwrap_or_else(|| panic!("{tenant} not reported: {report:#?}"));
+        let what: Vec<String> = d.differences.iter().map(ToString::to_string).collect();
+        what.join("; ")
+    };
+    let (added, dropped, changed) = (said(&extra), said(&noidx), said(&retyped));
+    assert!(added.starts_with("column items.note extra ("), "{added}");
+    assert!(added.to_lowercase().contains("text"), "{added}");
+    assert!(dropped.contains("items_sku missing"), "{dropped}");
+    assert!(!dropped.contains("column"), "{dropped}");
+    assert!(changed.contains("column items.sku changed: "), "{changed}");
+    assert!(
+        changed.contains("64") && changed.contains("100"),
+        "{changed}"
+    );
+    assert!(
+        !changed.contains("items_sku"),
+        "the index is the same: {changed}"
+    );
+
+    // The command line: the same findings, exit 1; JSON; the untouched tenants alone, 0.
+    let (code, stdout, stderr) = output(app(m).arg("drift"));
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("at 2024_02_01_0002: 5 tenants, 2 alike, 3 drifted"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("  {extra}: column items.note extra")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 of 5 tenants drifted"), "{stdout}");
+    assert!(
+        !stdout.contains(&same1) && !stdout.contains(&same2),
+        "{stdout}"
+    );
+    let (code, stdout, _) = output(app(m).args(["drift", "--json"]));
+    assert_eq!(code, 1);
+    let value: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let names: Vec<&str> = value["orders"][0]["drifted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["tenant"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![extra.as_str(), noidx.as_str(), retyped.as_str()];
+    expected.sort();
+    assert_eq!(names, expected);
+    app(m)
+        .args(["drift", "--tenant", &same1, "--tenant", &same2])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0 of 2 tenants drifted"));
+    assert_eq!(
+        snapshot(m, &everyone).await,
+        before,
+        "drift changed something"
+    );
+}

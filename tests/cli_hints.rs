@@ -118,7 +118,10 @@ async fn each_error_gets_its_fix_with_the_flags_it_needs() {
     error_then_fix(
         &stderr,
         "error: cannot connect to ",
-        "create the database first (createdb NAME, or CREATE DATABASE), or correct its name in the URL (--database-url or DATABASE_URL)",
+        &format!(
+            "create it with `createdb -h 127.0.0.1 -p 5432 -U postgres {}_missing` (mtnt creates the tables in it), or correct its name in the URL (--database-url or DATABASE_URL)",
+            db.name()
+        ),
     );
     db.drop_db().await;
 }

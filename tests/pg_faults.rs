@@ -71,6 +71,15 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// How many rounds a kill -9 loop runs: `MTNT_FAULT_ITERATIONS`, else `default` (the size
+/// CI runs).
+fn iterations(default: usize) -> usize {
+    std::env::var("MTNT_FAULT_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A small deterministic generator; the seed is printed so a failure can be replayed.
 struct Rng(u64);
 
@@ -367,13 +376,16 @@ fn migrated(output: &Output) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_never_half_migrates() {
     const TENANTS: usize = 200;
-    const ITERATIONS: usize = 20;
+    // Sized for CI (about 40 s on 2 cores, with the MySQL loop under a minute); raise it
+    // with MTNT_FAULT_ITERATIONS for a longer hunt.
+    let iterations = iterations(8);
+    let started = Instant::now();
     let (db, pool) = fleet_db("faults_kill").await;
     let mut rng = Rng::from_env_or_time();
 
     let (mut checked, mut killed_mid_run, mut left_started, mut reruns) = (0, 0, 0, 0);
     let mut violations = Vec::new();
-    for iteration in 0..ITERATIONS {
+    for iteration in 0..iterations {
         reset_fleet(&pool, TENANTS).await;
         // Kill once a random number of tenants has made progress, plus a random few
         // milliseconds, so that kills land anywhere: before the first tenant, inside a
@@ -440,14 +452,15 @@ async fn kill_9_at_random_moments_never_half_migrates() {
         );
     }
     eprintln!(
-        "kill -9: {ITERATIONS} iterations on {TENANTS} tenants, \
+        "kill -9 loop: {iterations} runs on {TENANTS} tenants, \
          {killed_mid_run} killed mid-run, {checked} tenant checks, {left_started} tenants left visibly `started`, \
-         {reruns} idempotent re-runs, {} violations",
-        violations.len()
+         {reruns} idempotent re-runs, {} half-migrated, in {:.1}s",
+        violations.len(),
+        started.elapsed().as_secs_f64()
     );
     assert!(violations.is_empty(), "{violations:#?}");
     assert!(
-        killed_mid_run >= ITERATIONS / 2,
+        killed_mid_run >= iterations / 2,
         "most kills must land mid-run"
     );
     pool.close().await;
@@ -1291,6 +1304,188 @@ async fn rollback_and_repair_wait_for_a_held_tenant_at_most_the_deadline() {
         .await
         .unwrap();
     assert_eq!(report.reverted.len(), 1);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// A runner killed with SIGKILL leaves its lease `running`; once its heartbeat is older
+/// than the unlock deadline, `status` shows it stale, with when it was last seen, and its
+/// JSON lists it apart from the running runs (before: `running: ...`, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_killed_run_stale() {
+    let (db, pool) = fleet_db("faults_stale_status").await;
+    reset_fleet(&pool, 10).await;
+    let deadline_flags = ["--heartbeat-interval", "200ms", "--unlock-deadline", "1s"];
+    let mut a = app(&db)
+        .env("MTNT_TEST_SLEEP_MS", "200")
+        .args(["migrate", "--to", UP_TO_C, "--concurrency", "1"])
+        .args(deadline_flags)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let a_run: String = loop {
+        let row: Option<String> =
+            sqlx::query_scalar("SELECT run_id FROM public.mtnt_runs WHERE state = 'running'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap_or(None);
+        if let Some(id) = row {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "the runner took no lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+
+    let status = run(app(&db).arg("status").args(deadline_flags)).await;
+    let out = stdout(&status);
+    assert!(
+        out.contains(&format!("stale: migrate run {a_run} on ")),
+        "{}",
+        text(&status)
+    );
+    assert!(out.contains(", last seen "), "{out}");
+    assert!(out.contains(" ago): not running"), "{out}");
+    assert!(!out.contains("running: migrate run"), "{out}");
+
+    let json = run(app(&db).args(["status", "--json"]).args(deadline_flags)).await;
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(
+        value["running"].as_array().map(Vec::len),
+        Some(0),
+        "{value}"
+    );
+    let stale = value["stale_runs"].as_array().expect("stale_runs");
+    assert_eq!(stale.len(), 1, "{value}");
+    assert_eq!(stale[0]["run_id"], a_run.as_str());
+    assert_eq!(stale[0]["stale"], true);
+    assert!(stale[0]["silent_secs"].as_f64().unwrap() >= 1.0, "{value}");
+
+    // With a deadline it has not passed yet, the same lease is still a running one.
+    let status = run(app(&db).args(["status", "--unlock-deadline", "1h"])).await;
+    assert!(
+        stdout(&status).contains(&format!("running: migrate run {a_run} on ")),
+        "{}",
+        text(&status)
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// A registry row inserted by hand with a name mtnt refuses fails alone: `migrate` runs the
+/// rest of the fleet and exits non-zero naming the row, its table and how to fix it;
+/// `status` and `tenant list` show the fleet and the row apart. Before, all three failed for
+/// the whole fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_registry_name_fails_only_its_row() {
+    const TENANTS: usize = 5;
+    let (db, pool) = fleet_db("faults_bad_row").await;
+    reset_fleet(&pool, TENANTS).await;
+    sqlx::raw_sql(
+        "INSERT INTO public.mtnt_tenants (name, schema_name, state) VALUES ('Bad Name', 'bad_schema', 'active')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = run(app(&db).args(["migrate", "--to", UP_TO_C])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(
+        report.contains(
+            "registry row \"Bad Name\" failed: the tenant registry \"public\".mtnt_tenants has a row named \"Bad Name\", which is not a valid tenant name (it must start with a lowercase letter)"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        report.contains("`DELETE FROM \"public\".mtnt_tenants WHERE name = 'Bad Name'`"),
+        "{report}"
+    );
+    assert!(report.contains("1 failed"), "{report}");
+    let check = check_fleet(&pool, &[A, B, INDEX, C]).await;
+    assert!(check.violations.is_empty(), "{:#?}", check.violations);
+    assert_eq!(check.complete, TENANTS, "the rest of the fleet migrates");
+
+    let status = run(app(&db).arg("status")).await;
+    let shown = stdout(&status);
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(
+        shown.contains("0/5 tenants current, 5 behind, 0 failed"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("registry row \"Bad Name\" failed"),
+        "{shown}"
+    );
+    let check_gate = run(app(&db).args(["status", "--check"])).await;
+    assert_eq!(check_gate.status.code(), Some(1), "{}", text(&check_gate));
+    let json = run(app(&db).args(["status", "--json"])).await;
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(
+        value["invalid_registry_rows"][0]["name"], "Bad Name",
+        "{value}"
+    );
+
+    let list = run(app(&db).args(["tenant", "list"])).await;
+    assert_eq!(list.status.code(), Some(1), "{}", text(&list));
+    assert!(stdout(&list).contains("t004"), "{}", text(&list));
+    assert!(
+        String::from_utf8_lossy(&list.stderr).contains("registry row \"Bad Name\" failed"),
+        "{}",
+        text(&list)
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// Two `tenant adopt` runs over the same 30 unregistered schemas at once: each schema is
+/// registered once, both runs succeed, and a run that finds a schema adopted by the other
+/// says so in those words, never with the raw duplicate-key error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adopts_split_the_schemas() {
+    const SCHEMAS: usize = 30;
+    let (db, pool) = fleet_db("faults_adopt_race").await;
+    reset_fleet(&pool, 0).await;
+    let mut sql = String::new();
+    for i in 0..SCHEMAS {
+        sql.push_str(&format!(
+            "CREATE SCHEMA race{i:02}; CREATE TABLE race{i:02}.a (id bigint PRIMARY KEY);"
+        ));
+    }
+    sqlx::raw_sql(&sql).execute(&pool).await.unwrap();
+    let adopt = || {
+        app(&db)
+            .args(["tenant", "adopt", "--schema-like", "race%"])
+            .spawn()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let (a, b) = (adopt(), adopt());
+    let (a, b) = (finish(a).await, finish(b).await);
+    eprintln!("adopt race: both runs done in {:?}", started.elapsed());
+    let mut adopted = 0;
+    let mut taken = 0;
+    for out in [&a, &b] {
+        assert!(out.status.success(), "{}", text(out));
+        let all = text(out);
+        assert!(!all.contains("duplicate key"), "{all}");
+        adopted += stdout(out)
+            .lines()
+            .filter(|l| l.starts_with("adopted race"))
+            .count();
+        taken += all.matches("already adopted by another run").count();
+    }
+    eprintln!("adopt race: {adopted} adopted, {taken} found adopted by the other run");
+    assert_eq!(adopted, SCHEMAS);
+    let registered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM public.mtnt_tenants WHERE name LIKE 'race%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(registered as usize, SCHEMAS);
     pool.close().await;
     db.drop_db().await;
 }

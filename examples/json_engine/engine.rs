@@ -57,8 +57,9 @@ use async_trait::async_trait;
 use chrono::Utc;
 use mtnt::{
     Backend, BoxFuture, Capabilities, Connection, Ctx, CtxConn, CustomConnection, Engine, Error,
-    ErrorClass, LeaseStore, MigrationTimeouts, Record, RegistryRow, Result, Target, TargetState,
-    Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+    ErrorClass, LeaseStore, MigrationTimeouts, ObjectKind, Record, RegistryRow, RegistryState,
+    Result, SchemaObject, Target, TargetState, Tenancy, Tenant, TenantName, TenantRecord,
+    TenantState,
 };
 use serde_json::Value;
 
@@ -200,6 +201,18 @@ impl Backend for JsonBackend {
 
     async fn prepare(&self) -> Result<()> {
         create_control(&self.dir)
+    }
+
+    async fn registry_state(&self) -> Result<RegistryState> {
+        // This engine has one tenancy model, so its control document is its record.
+        Ok(if self.dir.join(documents::CONTROL_FILE).is_file() {
+            RegistryState::Recorded(Tenancy::File)
+        } else {
+            RegistryState::Missing {
+                place: format!("directory {}", self.dir.display()),
+                other_schemas: Vec::new(),
+            }
+        })
     }
 
     async fn tenant_page(
@@ -346,6 +359,25 @@ impl Backend for JsonBackend {
         }
         found.sort();
         Ok(found)
+    }
+
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        // A document store's schema is its collections; their documents are data.
+        Ok(tenants
+            .iter()
+            .map(|tenant| {
+                let doc = Place::tenant(&self.dir, &tenant.storage).load()?;
+                let doc = doc.ok_or_else(|| Error::StorageMissing {
+                    tenant: tenant.name.clone(),
+                    storage: tenant.storage.clone(),
+                })?;
+                Ok(doc
+                    .collections
+                    .keys()
+                    .map(|name| SchemaObject::new(ObjectKind::Table, name.as_str(), ""))
+                    .collect())
+            })
+            .collect())
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::{Engine, HookKind, Scope, TenantName};
+use crate::{Engine, HookKind, Scope, Tenancy, TenantName};
 
 /// The result type of mtnt and of migration functions.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -16,9 +16,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// adds them.
 #[derive(thiserror::Error)]
 pub enum Error {
-    /// A database call failed (inside a migration, or in mtnt's own bookkeeping).
-    #[error(transparent)]
-    Sql(#[from] sqlx::Error),
+    /// A database call failed (inside a migration, or in mtnt's own bookkeeping). The
+    /// message is the driver's, with PostgreSQL's DETAIL and HINT where the server sent
+    /// them (`Key (email)=(a@b.c) is duplicated.`), as SQLite and MySQL put theirs in the
+    /// message itself.
+    #[error("{}", sql_message(.0))]
+    Sql(#[source] sqlx::Error),
 
     /// The database named by the URL could not be reached.
     #[error("cannot connect to {url}: {source}")]
@@ -136,6 +139,19 @@ pub enum Error {
     #[error("invalid tenant name {name:?}: {reason} (a tenant name has 1 to 50 characters of lowercase letters, digits, '_' or '-', starting with a letter)")]
     InvalidTenantName {
         /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A row of the tenant registry has a name that is no valid tenant name (it was
+    /// inserted by hand); no SQL is built with it, and only that row fails: the rest of
+    /// the fleet runs.
+    #[error("the tenant registry {table} has a row named {name:?}, which is not a valid tenant name ({reason}); nothing was done for that row")]
+    InvalidRegistryName {
+        /// The registry table (or file), qualified.
+        table: String,
+        /// The name in the row, as stored.
         name: String,
         /// What is wrong with it.
         reason: &'static str,
@@ -301,6 +317,42 @@ pub enum Error {
         storage: String,
     },
 
+    /// The registry records another tenancy model than the one this run was given (by
+    /// [`ConnectOptions::tenancy`](crate::ConnectOptions::tenancy), or a backend of
+    /// another model); nothing was changed. The model of a registry never changes.
+    #[error("the mtnt registry was set up with tenancy {recorded}, but this run was given tenancy {given}; nothing was changed")]
+    TenancyMismatch {
+        /// The model the registry records.
+        recorded: Tenancy,
+        /// The model this run was given.
+        given: Tenancy,
+    },
+
+    /// A command that only reads (status, the tenant list, a plan) found no mtnt registry
+    /// where the URL leads; nothing was created.
+    #[error("{place} has no mtnt registry: nothing has been migrated here{}", elsewhere(.other_schemas))]
+    NoRegistry {
+        /// Where the engine looked (`database postgres on 127.0.0.1:5432, schema public`,
+        /// `directory ./tenants`), without password.
+        place: String,
+        /// Other schemas of that database that hold an mtnt registry (PostgreSQL).
+        other_schemas: Vec<String>,
+    },
+
+    /// A migration that ran outside a transaction left invalid indexes in its target
+    /// (PostgreSQL `pg_index.indisvalid` or `indisready` false): a `CREATE INDEX
+    /// CONCURRENTLY` that failed or was cancelled (a duplicate key, a timeout, a killed
+    /// session) leaves its index behind, unused by queries but kept up by every write,
+    /// and the `IF NOT EXISTS` of a retry skips it. The migration is recorded `failed`.
+    #[error("{target} has {} after the migration: a CREATE INDEX CONCURRENTLY that failed or was cancelled leaves its index invalid (unused by queries, still updated by every write), and IF NOT EXISTS then skips it; the migration was recorded failed, not completed", invalid_indexes(.indexes))]
+    InvalidIndex {
+        /// `"tenant acme"` or `"the public schema"`.
+        target: String,
+        /// The invalid indexes, schema-qualified and quoted as SQL wants them
+        /// (`"acme"."items_sku"`).
+        indexes: Vec<String>,
+    },
+
     /// A registered tenant's schema (database, file) is gone.
     #[error("{storage} of tenant {tenant} does not exist, but the tenant is registered")]
     StorageMissing {
@@ -309,6 +361,51 @@ pub enum Error {
         /// What is missing: `schema acme`, `database acme`, `file ./tenants/acme.db`.
         storage: String,
     },
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        Error::Sql(error)
+    }
+}
+
+/// For [`Error::NoRegistry`]: the other schemas that hold a registry, if any.
+fn elsewhere(schemas: &[String]) -> String {
+    match schemas {
+        [] => String::new(),
+        [one] => format!(" (schema {one} of that database holds one)"),
+        more => format!(" (schemas {} of that database hold one)", more.join(", ")),
+    }
+}
+
+/// The driver's message of `error`, with the DETAIL and HINT of a PostgreSQL error.
+fn sql_message(error: &sqlx::Error) -> String {
+    let message = error.to_string();
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = error
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+    {
+        let mut message = message;
+        if let Some(detail) = pg.detail() {
+            message.push_str("; DETAIL: ");
+            message.push_str(detail);
+        }
+        if let Some(hint) = pg.hint() {
+            message.push_str("; HINT: ");
+            message.push_str(hint);
+        }
+        return message;
+    }
+    message
+}
+
+/// `the invalid index "acme"."a"`, `the invalid indexes "acme"."a", "acme"."b"`.
+fn invalid_indexes(indexes: &[String]) -> String {
+    match indexes {
+        [one] => format!("the invalid index {one}"),
+        many => format!("the invalid indexes {}", many.join(", ")),
+    }
 }
 
 /// What the failure of a hook of `kind` did, for [`Error::Hook`]'s message.

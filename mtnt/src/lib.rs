@@ -51,8 +51,9 @@ pub use backend::MySqlBackend;
 #[cfg(feature = "sqlite")]
 pub use backend::SqliteBackend;
 pub use backend::{
-    classify_common, connect, Backend, Capabilities, ConnectOptions, Connection, Direction, Engine,
-    ErrorClass, MigrationTimeouts, Record, RegistryRow, Target, TargetState, Tenancy, Timing,
+    classify_common, connect, strip_qualifier, Backend, Capabilities, ConnectOptions, Connection,
+    Direction, Engine, ErrorClass, MigrationTimeouts, ObjectKind, Record, RegistryRow,
+    RegistryState, SchemaObject, Target, TargetState, Tenancy, Timing,
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "postgres")]
@@ -62,16 +63,17 @@ pub use cli::{cli_fix, Report};
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
-    fingerprint, Condition, FailedMigration, FailedTenant, MigrateOptions, MigrateReport, Migrator,
-    MigratorBuilder, PlanGroup, PlanReport, PlannedMigration, Progress, PublicStatus,
-    RegistrySource, RollbackReport, RollbackTarget, StatusReport, TenantSource, TenantStatus,
-    Timeouts, Transactions,
+    fingerprint, Condition, FailedMigration, FailedTenant, InvalidRegistryRow, MigrateOptions,
+    MigrateReport, Migrator, MigratorBuilder, PlanGroup, PlanReport, PlannedMigration, Progress,
+    PublicStatus, RegistrySource, RollbackReport, RollbackTarget, StatusReport, TenantSource,
+    TenantStatus, Timeouts, Transactions,
 };
 pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
 pub use migrate::{
     AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,
     TenantOutcome,
 };
+pub use migrate::{Difference, DriftReport, DriftedTenant, OrderDrift, UnreadableTenant};
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };

@@ -133,6 +133,11 @@ impl Model {
         self.kind
     }
 
+    /// The URL given to mtnt (its `DATABASE_URL`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The options for `mtnt::connect`: the URL's default tenancy, except for PostgreSQL
     /// database-per-tenant, which has to be asked for.
     fn connect_options(&self) -> ConnectOptions {

@@ -129,6 +129,10 @@ pub enum ErrorClass {
     Transient,
     /// The connection is gone or in an unknown state: nothing more can be sent on it.
     ConnectionLost,
+    /// The server refused a connection: it has as many as it takes (PostgreSQL
+    /// `too_many_connections`, MySQL `ER_CON_COUNT_ERROR`). Worth another try, with fewer
+    /// tenants at once: a fleet run lowers its concurrency by one each time.
+    TooManyConnections,
     /// Anything else.
     Other,
 }
@@ -285,6 +289,27 @@ pub struct RegistryRow<'a> {
     pub failure: Option<(i64, &'a str)>,
 }
 
+/// What [`Backend::registry_state`] finds where the engine keeps mtnt's registry, read
+/// without creating or changing anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryState {
+    /// No registry: mtnt has never set this place up (or the URL names another place).
+    Missing {
+        /// Where the engine looked, as the messages name it (`database app on
+        /// 127.0.0.1:5432, schema public`, `directory ./tenants`); no password.
+        place: String,
+        /// Other control schemas of the same database that hold a registry (PostgreSQL),
+        /// by name: the URL may be right and the control schema not.
+        other_schemas: Vec<String>,
+    },
+    /// A registry set up before mtnt recorded the tenancy model; the next
+    /// [`Backend::prepare`] records it.
+    Unrecorded,
+    /// A registry with the tenancy model it was set up with.
+    Recorded(Tenancy),
+}
+
 /// The state of a target, read under its lock.
 #[derive(Clone, Debug, Default)]
 pub struct TargetState {
@@ -293,6 +318,101 @@ pub struct TargetState {
     /// Whether the tenant's registry row exists (always true for the public target): a
     /// tenant dropped while a run waited for it is not recreated.
     pub registered: bool,
+}
+
+/// What kind of schema object a [`SchemaObject`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ObjectKind {
+    /// A table.
+    Table,
+    /// A column of a table or view, named `table.column`.
+    Column,
+    /// An index.
+    Index,
+    /// A constraint (primary key, unique, foreign key, check), named `table.constraint`.
+    Constraint,
+    /// A view or materialized view.
+    View,
+    /// A function or procedure, named with its argument types.
+    Function,
+    /// A trigger, named `table.trigger`.
+    Trigger,
+    /// A sequence.
+    Sequence,
+}
+
+impl ObjectKind {
+    /// The word for it in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Table => "table",
+            ObjectKind::Column => "column",
+            ObjectKind::Index => "index",
+            ObjectKind::Constraint => "constraint",
+            ObjectKind::View => "view",
+            ObjectKind::Function => "function",
+            ObjectKind::Trigger => "trigger",
+            ObjectKind::Sequence => "sequence",
+        }
+    }
+}
+
+/// One object of a tenant's schema as the engine's catalog describes it: what `drift`
+/// compares between tenants.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct SchemaObject {
+    /// What it is.
+    pub kind: ObjectKind,
+    /// Its name within the tenant (no schema or database in it).
+    pub name: String,
+    /// Its definition in the engine's words (a column's type, nullability and default; an
+    /// index's definition ...), with the tenant's own schema or database name taken out,
+    /// so that the same object of two tenants reads the same.
+    pub definition: String,
+}
+
+impl SchemaObject {
+    /// An object of `kind` named `name` defined as `definition`.
+    pub fn new(kind: ObjectKind, name: impl Into<String>, definition: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            definition: definition.into(),
+        }
+    }
+}
+
+/// `text` without the qualifier `storage.` (bare, `"quoted"` or `` `quoted` ``) wherever it
+/// starts a qualified name: a definition as the catalog prints it for one tenant
+/// (`ON acme.accounts`, `nextval('acme.accounts_id_seq')`), made the same for every tenant.
+pub fn strip_qualifier(text: &str, storage: &str) -> String {
+    let forms = [
+        format!("{storage}."),
+        format!("\"{}\".", storage.replace('"', "\"\"")),
+        format!("`{}`.", storage.replace('`', "``")),
+    ];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while !rest.is_empty() {
+        let starts_name = out
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '$'));
+        if starts_name {
+            for form in &forms {
+                if let Some(after) = rest.strip_prefix(form.as_str()) {
+                    rest = after;
+                    continue 'scan;
+                }
+            }
+        }
+        let c = rest.chars().next().expect("rest is not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// The engine half of mtnt: its dialect and its connection handling.
@@ -316,8 +436,16 @@ pub trait Backend: Send + Sync {
     /// and of migrations run on them.
     fn classify(&self, error: &Error) -> ErrorClass;
 
-    /// Creates mtnt's control tables (tenant registry, public tracking rows) if missing.
+    /// Creates mtnt's control tables (tenant registry, public tracking rows) if missing,
+    /// and records [`Backend::tenancy`] in them unless a model is recorded already (the
+    /// first one recorded stays).
     async fn prepare(&self) -> Result<()>;
+
+    /// Whether mtnt's registry exists and which tenancy model it records, read without
+    /// creating anything: the read-only commands call this instead of
+    /// [`Backend::prepare`], and every command refuses a backend whose tenancy
+    /// contradicts the recorded one.
+    async fn registry_state(&self) -> Result<RegistryState>;
 
     /// Registered tenants ordered by name, after `after`, at most `limit`.
     async fn tenant_page(
@@ -328,6 +456,14 @@ pub trait Backend: Send + Sync {
 
     /// How many tenants are registered.
     async fn tenant_count(&self) -> Result<u64>;
+
+    /// The rows of the registry whose name is no valid tenant name (inserted by hand), each
+    /// as an [`Error::InvalidRegistryName`] naming the table and the row. The other
+    /// registry reads ([`Backend::tenant_page`], [`Backend::tenant_records`]) leave them
+    /// out, so that one bad row fails only itself. By default there are none.
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        Ok(Vec::new())
+    }
 
     /// The registry rows of the named tenants; names that are not registered are left out.
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>>;
@@ -378,6 +514,14 @@ pub trait Backend: Send + Sync {
     /// `LIKE` pattern, are not registered, and are not mtnt's own, by name.
     async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>>;
 
+    /// The schema objects of each of `tenants`, in their order, as the engine's catalog
+    /// describes them ([`SchemaObject`]): mtnt's own tables left out, each sorted; an
+    /// error for a tenant that cannot be read (its storage missing, say), which leaves the
+    /// others described. Only reads, and takes no lock: `drift` compares what it returns.
+    /// In bulk where the engine can (one catalog query for many tenants); the outer error
+    /// is for a failure that leaves no tenant described.
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>>;
+
     /// The run leases of the control schema, if the engine keeps them; without, runs
     /// take no lease (see the README section "Safety").
     fn leases(&self) -> Option<Arc<dyn LeaseStore>>;
@@ -412,6 +556,16 @@ pub trait Connection: Send {
 
     /// Undoes the session settings of [`Connection::enter_autocommit`].
     async fn leave_autocommit(&mut self) -> Result<()>;
+
+    /// Checks what a migration that ran outside a transaction left behind, before
+    /// [`Connection::leave_autocommit`]: an error fails the migration (its row is recorded
+    /// `failed`, never `completed`). PostgreSQL refuses an index left invalid in the
+    /// target's schema ([`Error::InvalidIndex`]): a `CREATE INDEX CONCURRENTLY` that
+    /// failed or was cancelled leaves one, and the `IF NOT EXISTS` of an idempotent retry
+    /// skips it. By default nothing is checked.
+    async fn verify_after_autocommit(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// Writes `records` in the open transaction.
     async fn write(&mut self, records: &[Record<'_>]) -> Result<()>;

@@ -24,8 +24,10 @@ use crate::{redact_url, Error, Result};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ConnectOptions {
-    /// The tenancy model; `None` picks the engine's default (schema on PostgreSQL,
-    /// database on MySQL, file on SQLite).
+    /// The tenancy model; `None` picks the one the registry records, else the engine's
+    /// default (schema on PostgreSQL, database on MySQL, file on SQLite). A model that
+    /// contradicts the recorded one is refused ([`Error::TenancyMismatch`]), before
+    /// anything changes.
     pub tenancy: Option<Tenancy>,
     /// The PostgreSQL control schema holding the registry and public migrations.
     pub control_schema: String,
@@ -80,7 +82,8 @@ impl ConnectOptions {
 /// | `sqlite://./tenants/`, `sqlite:tenants` | a file per tenant in the relative directory `tenants` |
 /// | `sqlite:///var/lib/app/tenants` | a file per tenant in the absolute directory `/var/lib/app/tenants` |
 ///
-/// A SQLite URL names a directory, not a file: it is created if missing and holds
+/// A SQLite URL names a directory, not a file: the first command that writes creates it if
+/// missing (a read never does), and it holds
 /// `mtnt_control.db` (registry and public migrations) and one `<tenant>.db` per tenant
 /// (see [`SqliteBackend`]).
 ///

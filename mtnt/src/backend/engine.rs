@@ -38,3 +38,29 @@ pub enum Tenancy {
     /// One file per tenant in a directory (SQLite).
     File,
 }
+
+impl Tenancy {
+    /// Its name, as recorded in the registry and given to `--tenancy`: `schema`,
+    /// `database` or `file`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tenancy::Schema => "schema",
+            Tenancy::Database => "database",
+            Tenancy::File => "file",
+        }
+    }
+
+    /// The model named `name` ([`Tenancy::as_str`]).
+    pub fn parse(name: &str) -> Option<Tenancy> {
+        [Tenancy::Schema, Tenancy::Database, Tenancy::File]
+            .into_iter()
+            .find(|t| t.as_str() == name)
+    }
+}
+
+impl fmt::Display for Tenancy {
+    /// `database (a database per tenant)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (a {} per tenant)", self.as_str(), self.as_str())
+    }
+}

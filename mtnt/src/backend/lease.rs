@@ -46,6 +46,13 @@ pub struct RunLease {
     pub state: String,
     /// The run that took its lease over, if one did.
     pub taken_over_by: Option<String>,
+    /// Seconds since its last heartbeat, by the database server's clock.
+    pub silent_secs: f64,
+    /// A `running` lease whose heartbeat is older than the unlock deadline: its runner
+    /// died without ending it (`kill -9`, a lost machine) or lost the database. It runs
+    /// nothing; the next run takes the lease over. Set by
+    /// [`Migrator::running`](crate::Migrator::running).
+    pub stale: bool,
 }
 
 /// The heartbeat's answer.

@@ -18,8 +18,9 @@ mod sqlite;
 mod tls;
 
 pub use api::{
-    classify_common, Backend, Capabilities, Connection, Direction, ErrorClass, MigrationTimeouts,
-    Record, RegistryRow, Target, TargetState, Timing,
+    classify_common, strip_qualifier, Backend, Capabilities, Connection, Direction, ErrorClass,
+    MigrationTimeouts, ObjectKind, Record, RegistryRow, RegistryState, SchemaObject, Target,
+    TargetState, Timing,
 };
 pub use connect::{connect, ConnectOptions};
 pub use engine::{Engine, Tenancy};

@@ -10,14 +10,17 @@ use sqlx::error::DatabaseError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Connection as _, SqliteConnection};
 
-use super::api::{Backend, Capabilities, Connection, ErrorClass, RegistryRow, Target};
+use super::api::{
+    Backend, Capabilities, Connection, ErrorClass, RegistryRow, RegistryState, SchemaObject, Target,
+};
 use super::connect::ConnectOptions;
 use super::engine::{Engine, Tenancy};
 use super::lease::LeaseStore;
-use super::sql::tenant_record;
+use super::sql::{invalid_names, tenant_record, valid_page};
 use crate::ctx::exec_sqlite;
 use crate::{redact_url, Error, Result, Tenant, TenantName, TenantRecord, TenantState};
 
+mod catalog;
 mod connection;
 mod storage;
 
@@ -210,12 +213,12 @@ impl Backend for SqliteBackend {
         if path.is_file() {
             let tables: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
-                 AND name IN ('mtnt_tenants', 'mtnt_migrations')",
+                 AND name IN ('mtnt_tenants', 'mtnt_migrations', 'mtnt_settings')",
             )
             .fetch_one(&self.control)
             .await
             .map_err(|e| in_file(&path, e.into()))?;
-            if tables == 2 {
+            if tables == 3 {
                 return Ok(());
             }
         }
@@ -240,12 +243,54 @@ impl Backend for SqliteBackend {
                 updated_at TEXT NOT NULL DEFAULT ({NOW_SQL})
              );
              {TRACKING_DDL};
+             CREATE TABLE IF NOT EXISTS mtnt_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT OR IGNORE INTO mtnt_settings (name, value) VALUES ('tenancy', 'file');
              COMMIT"
         );
         // Closing ends a transaction a failure left open.
         let result = exec_sqlite(&mut conn, &sql).await;
         let _ = conn.close().await;
         result.map_err(|e| in_file(&path, e.into()))
+    }
+
+    async fn registry_state(&self) -> Result<RegistryState> {
+        let path = self.control_file();
+        if !path.is_file() {
+            // Not even opened: a mistyped directory stays uncreated.
+            return Ok(RegistryState::Missing {
+                place: format!("directory {}", self.dir.display()),
+                other_schemas: Vec::new(),
+            });
+        }
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name IN ('mtnt_tenants', 'mtnt_settings')",
+        )
+        .fetch_all(&self.control)
+        .await
+        .map_err(|e| in_file(&path, e.into()))?;
+        if !tables.iter().any(|t| t == "mtnt_tenants") {
+            return Ok(RegistryState::Missing {
+                place: format!("file {}", path.display()),
+                other_schemas: Vec::new(),
+            });
+        }
+        if !tables.iter().any(|t| t == "mtnt_settings") {
+            return Ok(RegistryState::Unrecorded);
+        }
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT value FROM mtnt_settings WHERE name = 'tenancy'")
+                .fetch_optional(&self.control)
+                .await?;
+        match recorded.as_deref().map(Tenancy::parse) {
+            None => Ok(RegistryState::Unrecorded),
+            Some(Some(tenancy)) => Ok(RegistryState::Recorded(tenancy)),
+            Some(None) => Err(Error::Corrupt(format!(
+                "{} records tenancy {:?}",
+                path.display(),
+                recorded.unwrap_or_default()
+            ))),
+        }
     }
 
     async fn tenant_page(
@@ -255,12 +300,35 @@ impl Backend for SqliteBackend {
     ) -> Result<Vec<TenantRecord>> {
         let sql =
             format!("{SELECT_RECORDS} WHERE (?1 IS NULL OR name > ?1) ORDER BY name LIMIT ?2");
-        let rows = sqlx::query(&sql)
-            .bind(after.map(TenantName::as_str))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        valid_page(after, limit, async |after, limit| {
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.control)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        sqlx::Row::try_get::<String, _>(row, "name")?,
+                        tenant_record(row)?,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM mtnt_tenants")
             .fetch_all(&self.control)
             .await?;
-        rows.iter().map(tenant_record).collect()
+        Ok(invalid_names(
+            &format!(
+                "mtnt_tenants (in {})",
+                self.dir.join("mtnt_control.db").display()
+            ),
+            names,
+        ))
     }
 
     async fn tenant_count(&self) -> Result<u64> {
@@ -279,7 +347,9 @@ impl Backend for SqliteBackend {
             .bind(names)
             .fetch_all(&self.control)
             .await?;
-        rows.iter().map(tenant_record).collect()
+        rows.iter()
+            .filter_map(|row| tenant_record(row).transpose())
+            .collect()
     }
 
     async fn fingerprints(&self, _names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
@@ -362,6 +432,14 @@ impl Backend for SqliteBackend {
 
     async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>> {
         self.unregistered_files(like).await
+    }
+
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        let mut described = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            described.push(self.describe_file(tenant).await);
+        }
+        Ok(described)
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

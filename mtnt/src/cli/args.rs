@@ -27,8 +27,15 @@ pub(crate) struct Cli {
     )]
     pub(crate) database_url: Option<String>,
 
-    /// How tenants are isolated; the default follows from the URL (schema on PostgreSQL)
-    #[arg(long, value_enum, global = true, help_heading = "Database")]
+    /// How tenants are isolated; given on the first run, then recorded in the registry (default: the
+    /// recorded one, else from the URL: schema on PostgreSQL)
+    #[arg(
+        long,
+        env = "MTNT_TENANCY",
+        value_enum,
+        global = true,
+        help_heading = "Database"
+    )]
     pub(crate) tenancy: Option<TenancyArg>,
 
     /// The PostgreSQL schema holding the tenant registry and the public migrations
@@ -193,6 +200,8 @@ pub(crate) enum Command {
     Exec(ExecArgs),
     /// Show where the public schema and each tenant stand
     Status(StatusArgs),
+    /// Compare each tenant's actual schema with the other tenants at its order; changes nothing
+    Drift(DriftArgs),
     /// Write a report of the fleet: one self-contained HTML page
     Report(ReportArgs),
     /// Create, list, adopt and drop tenants
@@ -415,6 +424,16 @@ pub(crate) struct StatusArgs {
     /// Exit 1, with the summary on stderr, unless the public schema and every tenant are current (a deploy gate)
     #[arg(long)]
     pub(crate) check: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DriftArgs {
+    /// Only this tenant (repeatable); it is compared with the others at its order among those named
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub(crate) tenants: Vec<TenantName>,
+    /// Print one JSON document instead of text
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -19,7 +19,20 @@ use crate::{Condition, Error};
 pub fn cli_fix(error: &Error) -> Option<String> {
     Some(match error {
         Error::Migration { source, .. } | Error::GaveUp { source, .. } => return cli_fix(source),
-        Error::Connect { source, .. } => connect_fix(source),
+        Error::Connect { url, source } => connect_fix(url, source),
+        Error::TenancyMismatch { recorded, .. } => format!(
+            "leave out --tenancy (and MTNT_TENANCY): the recorded tenancy {} is used; the \
+             tenancy model of a registry never changes",
+            recorded.as_str()
+        ),
+        Error::NoRegistry { other_schemas, .. } => match other_schemas.as_slice() {
+            [] => "check the URL (--database-url or DATABASE_URL), or run `migrate` to set it up"
+                .to_owned(),
+            [one, ..] => format!(
+                "pass --control-schema {one} (or MTNT_CONTROL_SCHEMA) to use that registry, \
+                 or run `migrate` to set up a new one here"
+            ),
+        },
         Error::BadUrl { .. } => {
             "give a URL like postgres://user@host/db, mysql://user@host/control or \
              sqlite://./tenants/ with --database-url or DATABASE_URL"
@@ -71,6 +84,18 @@ pub fn cli_fix(error: &Error) -> Option<String> {
         }
         Error::TenantGone { .. } => {
             "nothing to do: the tenant no longer exists (`tenant list` shows the registry)".to_owned()
+        }
+        Error::InvalidIndex { indexes, .. } => invalid_index_fix(indexes),
+        Error::InvalidRegistryName { table, name, .. } => {
+            let name = name.replace('\'', "''");
+            format!(
+                "rename the row to a valid tenant name (`UPDATE {table} SET name = 'new_name' WHERE name = '{name}'`, if its storage is that tenant's) or delete it (`DELETE FROM {table} WHERE name = '{name}'`)"
+            )
+        }
+        Error::Sql(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| TOO_MANY_CONNECTIONS.contains(&&*c)) =>
+        {
+            TOO_MANY_CONNECTIONS_FIX.to_owned()
         }
         Error::InvalidTenantName { .. }
         | Error::DuplicateName { .. }
@@ -144,6 +169,12 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// PostgreSQL too_many_connections, MySQL ER_CON_COUNT_ERROR.
+const TOO_MANY_CONNECTIONS: [&str; 2] = ["53300", "1040"];
+
+const TOO_MANY_CONNECTIONS_FIX: &str = "the server has no free connection (max_connections): \
+     lower --concurrency, wait for other clients to finish, or raise max_connections on the server";
+
 const CHECKSUM_FIX: &str = "revert the edit and write a new migration instead; if the edit is \
      intended (formatting, comments in SQL), record the new checksum with `repair --checksums`";
 
@@ -206,13 +237,42 @@ fn order_in(text: &str) -> Option<i64> {
     })
 }
 
-/// What to check when the database cannot be reached, from what the driver says.
-fn connect_fix(source: &sqlx::Error) -> String {
+/// Drop the invalid indexes and migrate again (the retry builds them anew), or rebuild
+/// them in place.
+fn invalid_index_fix(indexes: &[String]) -> String {
+    let each = |sql: &str| {
+        indexes
+            .iter()
+            .map(|i| format!("{sql} {i};"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "drop {it} (`{}`) and run `migrate` again, which builds {it} anew; or rebuild {it} in place (`{}`) and run `migrate` again",
+        each("DROP INDEX CONCURRENTLY"),
+        each("REINDEX INDEX CONCURRENTLY"),
+        it = if indexes.len() == 1 { "it" } else { "them" },
+    )
+}
+
+/// What to check when the database at `url` (its password redacted) cannot be reached,
+/// from what the driver says.
+fn connect_fix(url: &str, source: &sqlx::Error) -> String {
     const URL: &str = "the URL (--database-url or DATABASE_URL)";
     match source {
         sqlx::Error::Database(db) => match db.code().as_deref() {
-            // PostgreSQL invalid_catalog_name, MySQL ER_BAD_DB_ERROR.
-            Some("3D000") | Some("1049") => {
+            // PostgreSQL invalid_catalog_name: the database the URL names is not there.
+            Some("3D000") => match createdb(url) {
+                Some(command) => format!(
+                    "create it with `{command}` (mtnt creates the tables in it), or correct \
+                     its name in {URL}"
+                ),
+                None => format!(
+                    "create the database first (createdb NAME), or correct its name in {URL}"
+                ),
+            },
+            // MySQL ER_BAD_DB_ERROR.
+            Some("1049") => {
                 format!(
                     "create the database first (createdb NAME, or CREATE DATABASE), or correct \
                      its name in {URL}"
@@ -223,16 +283,36 @@ fn connect_fix(source: &sqlx::Error) -> String {
             Some("28P01") | Some("28000") | Some("1045") => {
                 format!("check the user name and password of {URL}")
             }
-            // too_many_connections, MySQL ER_CON_COUNT_ERROR.
-            Some("53300") | Some("1040") => "the server has no free connection: wait for other \
-                 clients to finish, or lower --concurrency"
-                .to_owned(),
+            Some(code) if TOO_MANY_CONNECTIONS.contains(&code) => {
+                TOO_MANY_CONNECTIONS_FIX.to_owned()
+            }
             _ => format!("check {URL} and the server's log"),
         },
         sqlx::Error::Tls(_) => format!("check the TLS settings (sslmode) of {URL}"),
         sqlx::Error::Configuration(_) => format!("correct {URL}"),
         _ => format!("check that the server is running and that {URL} is right"),
     }
+}
+
+/// The `createdb` command that creates the database a `postgres://` URL names, with its
+/// host, port and user (never a password).
+fn createdb(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let name = parsed.path().trim_start_matches('/');
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let mut command = format!(
+        "createdb -h {} -p {}",
+        parsed.host_str().unwrap_or("localhost"),
+        parsed.port().unwrap_or(5432)
+    );
+    if !parsed.username().is_empty() {
+        command.push_str(&format!(" -U {}", parsed.username()));
+    }
+    command.push(' ');
+    command.push_str(name);
+    Some(command)
 }
 
 /// `text` as a SQL `LIKE` pattern that matches only itself.
@@ -303,6 +383,32 @@ mod tests {
     }
 
     #[test]
+    fn fixes_of_invalid_indexes_rows_and_full_servers() {
+        let fix = cli_fix(&Error::InvalidIndex {
+            target: "tenant acme".to_owned(),
+            indexes: vec!["acme.a".to_owned(), "acme.b".to_owned()],
+        })
+        .unwrap();
+        assert_eq!(
+            fix,
+            "drop them (`DROP INDEX CONCURRENTLY acme.a; DROP INDEX CONCURRENTLY acme.b;`) and run \
+             `migrate` again, which builds them anew; or rebuild them in place (`REINDEX INDEX \
+             CONCURRENTLY acme.a; REINDEX INDEX CONCURRENTLY acme.b;`) and run `migrate` again"
+        );
+        let fix = cli_fix(&Error::InvalidRegistryName {
+            table: "public.mtnt_tenants".to_owned(),
+            name: "O'Hara".to_owned(),
+            reason: "it has an uppercase letter",
+        })
+        .unwrap();
+        assert!(
+            fix.contains("`DELETE FROM public.mtnt_tenants WHERE name = 'O''Hara'`"),
+            "{fix}"
+        );
+        assert!(fix.contains("rename the row"), "{fix}");
+    }
+
+    #[test]
     fn dropping_a_tenant_is_confirmed_in_every_fix() {
         for error in [
             Error::TenantExists("acme".to_owned()),
@@ -334,6 +440,47 @@ mod tests {
             cli_fix(&error).as_deref(),
             Some("raise --unlock-deadline, or lower --heartbeat-interval or --heartbeat-retries")
         );
+    }
+
+    #[test]
+    fn a_missing_database_gets_the_createdb_of_its_url() {
+        assert_eq!(
+            super::createdb("postgres://app:***@db.internal:6432/control?sslmode=require")
+                .as_deref(),
+            Some("createdb -h db.internal -p 6432 -U app control")
+        );
+        assert_eq!(
+            super::createdb("postgres://localhost/control").as_deref(),
+            Some("createdb -h localhost -p 5432 control")
+        );
+        assert_eq!(super::createdb("postgres://app@localhost"), None);
+    }
+
+    #[test]
+    fn a_recorded_tenancy_and_a_missing_registry_get_their_fixes() {
+        let fix = cli_fix(&Error::TenancyMismatch {
+            recorded: crate::Tenancy::Database,
+            given: crate::Tenancy::Schema,
+        })
+        .unwrap();
+        assert!(
+            fix.starts_with(
+                "leave out --tenancy (and MTNT_TENANCY): the recorded tenancy database is used"
+            ),
+            "{fix}"
+        );
+        let missing = |other_schemas: Vec<String>| {
+            cli_fix(&Error::NoRegistry {
+                place: "directory ./tenants".to_owned(),
+                other_schemas,
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            missing(Vec::new()),
+            "check the URL (--database-url or DATABASE_URL), or run `migrate` to set it up"
+        );
+        assert!(missing(vec!["mtnt".to_owned()]).starts_with("pass --control-schema mtnt"));
     }
 
     /// The library's messages name no flag or command of the CLI: those are in the fixes.
@@ -376,6 +523,23 @@ mod tests {
                 .unlock_deadline(std::time::Duration::from_secs(10))
                 .validate()
                 .unwrap_err(),
+            Error::TenancyMismatch {
+                recorded: crate::Tenancy::Database,
+                given: crate::Tenancy::Schema,
+            },
+            Error::NoRegistry {
+                place: "database postgres on 127.0.0.1:5432, schema public".to_owned(),
+                other_schemas: vec!["mtnt".to_owned()],
+            },
+            Error::InvalidIndex {
+                target: "tenant acme".to_owned(),
+                indexes: vec!["acme.items_sku".to_owned()],
+            },
+            Error::InvalidRegistryName {
+                table: "public.mtnt_tenants".to_owned(),
+                name: "Bad".to_owned(),
+                reason: "it must start with a lowercase letter",
+            },
         ];
         for error in errors {
             let message = error.to_string();

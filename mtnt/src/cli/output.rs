@@ -4,8 +4,8 @@ use super::failures;
 use super::hints::{condition_fix, creating_fix};
 use crate::migration::format_order;
 use crate::{
-    Condition, MigrateReport, MigrationSet, StatusReport, Tenancy, TenantName, TenantRecord,
-    TenantStatus,
+    Condition, DriftReport, MigrateReport, MigrationSet, StatusReport, Tenancy, TenantName,
+    TenantRecord, TenantStatus,
 };
 
 fn order_or_none(order: Option<i64>) -> String {
@@ -183,7 +183,7 @@ pub(crate) fn fleet_report(
         out,
         "tenants: {} total, {done}, {} failed{} in {:.2}s",
         report.tenants_total,
-        report.failures.len(),
+        report.failures.len() + report.invalid_registry_rows.len(),
         if report.tenants_skipped > 0 {
             format!(", {} skipped (not started)", report.tenants_skipped)
         } else {
@@ -236,9 +236,57 @@ pub(crate) fn fleet_report(
         out.push_str(&names(&report.tenants_gone));
     }
     out.push_str(&failures::render(&report.failures));
+    out.push_str(&invalid_registry_rows(&report.invalid_registry_rows));
     for failure in &report.hook_failures {
         let _ = writeln!(out, "warning: {failure}");
     }
+    out
+}
+
+/// `drift`'s text: per applied order, how many tenants share the reference schema, then
+/// each way of drifting with its tenants and differences; the unreadable tenants; a
+/// summary line.
+pub(crate) fn drift_report(report: &DriftReport, quiet: bool) -> String {
+    let mut out = String::new();
+    for order in report.orders.iter().filter(|_| !quiet) {
+        let _ = write!(
+            out,
+            "at {}: {}, {} alike",
+            order_or_none(order.applied_order),
+            count(order.tenants, "tenant"),
+            order.reference_tenants
+        );
+        if !order.drifted.is_empty() {
+            let _ = write!(out, ", {} drifted", order.drifted.len());
+        }
+        out.push('\n');
+        // Tenants that drifted the same way share a fingerprint: said once, with their names.
+        let mut ways: Vec<(&str, Vec<&TenantName>, &[crate::Difference])> = Vec::new();
+        for d in &order.drifted {
+            match ways.iter_mut().find(|(f, ..)| *f == d.fingerprint) {
+                Some((_, names, _)) => names.push(&d.tenant),
+                None => ways.push((&d.fingerprint, vec![&d.tenant], &d.differences)),
+            }
+        }
+        for (_, names, differences) in ways {
+            let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+            let what: Vec<String> = differences.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "  {}: {}", names.join(", "), what.join("; "));
+        }
+    }
+    for u in &report.unreadable {
+        let _ = writeln!(out, "tenant {}: schema not read: {}", u.tenant, u.error);
+    }
+    let _ = write!(
+        out,
+        "{} of {} drifted from the others at their order",
+        report.drifted(),
+        count(report.tenants, "tenant")
+    );
+    if !report.unreadable.is_empty() {
+        let _ = write!(out, ", {} not read", report.unreadable.len());
+    }
+    out.push('\n');
     out
 }
 
@@ -284,6 +332,7 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
     }
     out.push_str(&report.summary());
     out.push('\n');
+    out.push_str(&invalid_registry_rows(&report.invalid_registry_rows));
     // The tenants that migrate refuses until someone repairs them: what to do.
     for condition in [
         Condition::Drifted,
@@ -416,4 +465,47 @@ pub(crate) fn migration_list_json(set: &MigrationSet) -> serde_json::Value {
             })
             .collect(),
     )
+}
+
+/// A run lease in `status`: `running: migrate run ... on host (pid 12) since ..., last
+/// heartbeat ...`, or, for a lease whose heartbeat is older than the unlock deadline, a
+/// `stale:` line saying when the dead run was last seen.
+pub(crate) fn run_line(run: &crate::RunLease) -> String {
+    let who = format!(
+        "{} run {} on {} (pid {}) since {}",
+        run.command,
+        run.run_id,
+        run.host,
+        run.pid,
+        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+    );
+    if run.stale {
+        let ago = std::time::Duration::from_secs(run.silent_secs.max(0.0) as u64);
+        format!(
+            "stale: {who}, last seen {} ({} ago): not running (no heartbeat within the unlock \
+             deadline: killed, or its machine or its connection is gone); the next run takes \
+             its lease over",
+            run.heartbeat_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            mtnt_syntax::format_duration(ago),
+        )
+    } else {
+        format!(
+            "running: {who}, last heartbeat {}",
+            run.heartbeat_at.format("%H:%M:%S UTC")
+        )
+    }
+}
+
+/// Each registry row whose name is no valid tenant name, failed alone: what is wrong, then
+/// how to rename or delete it.
+pub(crate) fn invalid_registry_rows(rows: &[crate::InvalidRegistryRow]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let error = row.error();
+        let _ = writeln!(out, "registry row {:?} failed: {error}", row.name);
+        if let Some(fix) = super::hints::cli_fix(&error) {
+            let _ = writeln!(out, "  fix: {fix}");
+        }
+    }
+    out
 }

@@ -181,6 +181,10 @@ impl Progress for FleetProgress {
         self.event(&retry_line(target, attempt, attempts, error, pause));
     }
 
+    fn warning(&self, message: &str) {
+        self.event(&format!("warning: {message}"));
+    }
+
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

@@ -128,6 +128,7 @@ fn run_span(cli: &Cli) -> tracing::Span {
         Command::Exec(_) => "exec",
         Command::Status(_) => "status",
         Command::Report(_) => "report",
+        Command::Drift(_) => "drift",
         Command::Tenant(TenantCommand::Create { .. }) => "tenant create",
         Command::Tenant(TenantCommand::List { .. }) => "tenant list",
         Command::Tenant(TenantCommand::Adopt { .. }) => "tenant adopt",
@@ -243,7 +244,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else if args.json {
                 let mut value = serde_json::to_value(&report).expect("serializable");
                 value["summary"] = serde_json::Value::String(report.summary());
-                value["running"] = serde_json::to_value(&running).expect("serializable");
+                // A stale lease is a dead run's: listed apart, never as running.
+                let (stale, live): (Vec<_>, Vec<_>) = running.iter().partition(|r| r.stale);
+                value["running"] = serde_json::to_value(&live).expect("serializable");
+                value["stale_runs"] = serde_json::to_value(&stale).expect("serializable");
                 outln!(
                     "{}",
                     serde_json::to_string_pretty(&value).expect("serializable")
@@ -251,15 +255,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 say::out_raw(&output::status_report(&report, &words, quiet));
                 for run in running.iter().filter(|_| !quiet) {
-                    outln!(
-                        "running: {} run {} on {} (pid {}) since {}, last heartbeat {}",
-                        run.command,
-                        run.run_id,
-                        run.host,
-                        run.pid,
-                        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                        run.heartbeat_at.format("%H:%M:%S UTC"),
-                    );
+                    outln!("{}", output::run_line(run));
                 }
             }
             if args.check && !report.is_current() {
@@ -284,6 +280,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Drift(args) => {
+            let report = migrator.drift(&args.tenants).await?;
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serializable")
+                );
+            } else {
+                say::out_raw(&output::drift_report(&report, quiet));
+            }
+            // Like diff(1): 1 when something differs, so a pipeline can gate on it.
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Report(args) => {
             let report = migrator.status(&args.tenants).await?;
@@ -382,7 +395,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 say::out_raw(&output::tenant_list(&records, &words, quiet));
             }
-            Ok(ExitCode::SUCCESS)
+            // Rows no tenant name can be made of: listed apart, and not a success.
+            let invalid = migrator.invalid_registry_rows().await?;
+            if invalid.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                errln!("{}", output::invalid_registry_rows(&invalid).trim_end());
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Tenant(TenantCommand::Adopt {
             schema_like,

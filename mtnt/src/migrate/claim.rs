@@ -3,7 +3,7 @@
 //! retried with backoff, and no tenant is started once the run must stop (its lease
 //! was lost, or its deadline passed).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,78 @@ use super::safety::{format_duration, SafetySettings, Shard};
 use crate::backend::{Connection, ErrorClass, Target};
 use crate::{Error, Result, TenantName, TenantRecord};
 
+/// How many tenants a fleet run works on at once: its concurrency, lowered by one each
+/// time the server refuses a connection ([`ErrorClass::TooManyConnections`]), down to one,
+/// so that a server near `max_connections` gets fewer workers instead of every worker
+/// retrying for connections it cannot give.
+pub(crate) struct Workers {
+    slots: tokio::sync::Semaphore,
+    size: AtomicUsize,
+    /// Slots to take out of use as their holders give them back.
+    debt: AtomicUsize,
+}
+
+impl Workers {
+    pub(crate) fn new(size: usize) -> Self {
+        let size = size.max(1);
+        Self {
+            slots: tokio::sync::Semaphore::new(size),
+            size: AtomicUsize::new(size),
+            debt: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits for a free slot; the slot is given back when the returned guard drops.
+    async fn slot(&self) -> Slot<'_> {
+        Slot {
+            permit: self.slots.acquire().await.ok(),
+            workers: self,
+        }
+    }
+
+    /// One worker fewer, unless only one is left; the new number of workers.
+    fn shed(&self) -> Option<usize> {
+        let mut size = self.size.load(Ordering::Relaxed);
+        loop {
+            if size <= 1 {
+                return None;
+            }
+            match self
+                .size
+                .compare_exchange(size, size - 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => size = now,
+            }
+        }
+        if self.slots.forget_permits(1) == 0 {
+            self.debt.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(size - 1)
+    }
+}
+
+/// A slot of [`Workers`], held while a tenant is worked on.
+struct Slot<'w> {
+    permit: Option<tokio::sync::SemaphorePermit<'w>>,
+    workers: &'w Workers,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let owed = self
+            .workers
+            .debt
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1))
+            .is_ok();
+        if owed {
+            if let Some(permit) = self.permit.take() {
+                permit.forget();
+            }
+        }
+    }
+}
+
 /// The state of one fleet run that the claim logic needs.
 pub(crate) struct FleetClaims<'a> {
     settings: &'a SafetySettings,
@@ -21,13 +93,16 @@ pub(crate) struct FleetClaims<'a> {
     shard: Option<Shard>,
     started: Instant,
     deferred: Mutex<Vec<TenantRecord>>,
+    workers: Workers,
 }
 
 impl<'a> FleetClaims<'a> {
+    /// `concurrency`: tenants at once, at most.
     pub(crate) fn new(
         settings: &'a SafetySettings,
         lease: Option<&'a Lease>,
         shard: Option<Shard>,
+        concurrency: usize,
     ) -> Self {
         Self {
             settings,
@@ -35,6 +110,7 @@ impl<'a> FleetClaims<'a> {
             shard,
             started: Instant::now(),
             deferred: Mutex::new(Vec::new()),
+            workers: Workers::new(concurrency),
         }
     }
 
@@ -66,9 +142,14 @@ impl<'a> FleetClaims<'a> {
     ) -> Result<Claim<usize>> {
         let target = Target::Tenant(&record.tenant);
         let attempts = Attempts::default();
-        let claim = with_retries(protocol, self.settings, target, |last| {
-            protocol.run_op(target, Some(record), op, &attempts, last)
-        })
+        let _slot = self.workers.slot().await;
+        let claim = retried(
+            protocol,
+            self.settings,
+            target,
+            Some(&self.workers),
+            |last| protocol.run_op(target, Some(record), op, &attempts, last),
+        )
         .await?;
         let claim = counted(claim, &attempts);
         if let Claim::Busy = claim {
@@ -97,12 +178,14 @@ impl<'a> FleetClaims<'a> {
         record: &TenantRecord,
         op: FleetOp<'_>,
     ) -> Result<Claim<usize>> {
-        run_waiting(
+        let _slot = self.workers.slot().await;
+        waiting_with(
             protocol,
             Target::Tenant(&record.tenant),
             Some(record),
             op,
             self.settings,
+            Some(&self.workers),
         )
         .await
     }
@@ -117,10 +200,22 @@ pub(crate) async fn run_waiting(
     op: FleetOp<'_>,
     settings: &SafetySettings,
 ) -> Result<Claim<usize>> {
+    waiting_with(protocol, target, record, op, settings, None).await
+}
+
+/// [`run_waiting`], lowering `workers` when the server refuses a connection.
+async fn waiting_with(
+    protocol: &Protocol<'_>,
+    target: Target<'_>,
+    record: Option<&TenantRecord>,
+    op: FleetOp<'_>,
+    settings: &SafetySettings,
+    workers: Option<&Workers>,
+) -> Result<Claim<usize>> {
     let mut wait = Wait::new(settings.unlock_deadline);
     let attempts = Attempts::default();
     loop {
-        let claim = with_retries(protocol, settings, target, |last| {
+        let claim = retried(protocol, settings, target, workers, |last| {
             protocol.run_op(target, record, op, &attempts, last)
         })
         .await?;
@@ -207,7 +302,7 @@ pub(crate) fn is_transient(protocol: &Protocol<'_>, error: &Error) -> bool {
         Error::Hook { .. } => false,
         other => matches!(
             protocol.backend.classify(other),
-            ErrorClass::Transient | ErrorClass::ConnectionLost
+            ErrorClass::Transient | ErrorClass::ConnectionLost | ErrorClass::TooManyConnections
         ),
     }
 }
@@ -215,10 +310,13 @@ pub(crate) fn is_transient(protocol: &Protocol<'_>, error: &Error) -> bool {
 /// Runs `attempt` until it succeeds, fails for good, or has failed transiently
 /// `settings.retries + 1` times, pausing with backoff and jitter in between. `attempt`
 /// is told whether it is the last (a failure will not be retried).
-pub(crate) async fn with_retries<T, F, Fut>(
+/// A connection the server refused also takes a worker off `workers`, said through
+/// [`Progress::warning`](super::Progress::warning).
+async fn retried<T, F, Fut>(
     protocol: &Protocol<'_>,
     settings: &SafetySettings,
     target: Target<'_>,
+    workers: Option<&Workers>,
     mut attempt: F,
 ) -> Result<T>
 where
@@ -236,6 +334,15 @@ where
         match result {
             Ok(value) => return Ok(value),
             Err(error) if transient && tries <= settings.retries => {
+                let refused = protocol.backend.classify(&error) == ErrorClass::TooManyConnections;
+                if let Some(left) = workers.filter(|_| refused).and_then(Workers::shed) {
+                    let message = format!(
+                        "the server refused a connection (it has max_connections connected): {left} tenant{} at once from now on",
+                        if left == 1 { "" } else { "s" }
+                    );
+                    tracing::warn!("{message}");
+                    protocol.progress.warning(&message);
+                }
                 let pause = backoff(settings.retry_backoff, tries);
                 protocol.progress.retrying(
                     &target.to_string(),

@@ -3,6 +3,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::claim::{lock_waiting, run_waiting, FleetClaims};
+use super::drift::{self, DriftReport};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
 use super::hooks::{self, HookFailures, Hooks, RunCommand, RunInfo};
 use super::inspect::{classify_rows, standings, Condition, PlanReport, PlannedMigration};
@@ -15,7 +16,9 @@ use super::{
     Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
     Timeouts, Transactions,
 };
-use crate::backend::{connect, Backend, ConnectOptions, Connection, Target};
+use crate::backend::{
+    connect, Backend, ConnectOptions, Connection, ErrorClass, RegistryState, Target,
+};
 use crate::migration::format_order;
 use crate::{
     Error, Migration, MigrationSet, MigrationStatus, Result, Scope, Tenant, TenantName,
@@ -199,7 +202,24 @@ impl Migrator {
         target: Target<'t>,
         work: impl for<'c> AsyncFnOnce(&'c mut dyn Connection) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.backend.connect(target).await?;
+        let mut conn = match self.backend.connect(target).await {
+            Ok(conn) => conn,
+            // Its storage went with the tenant, dropped since its registry row was read.
+            Err(e) => {
+                return Err(match target {
+                    Target::Tenant(tenant)
+                        if self.backend.classify(&e) == ErrorClass::StorageMissing
+                            && super::protocol::dropped_meanwhile(&*self.backend, tenant)
+                                .await? =>
+                    {
+                        Error::TenantGone {
+                            tenant: tenant.name.clone(),
+                        }
+                    }
+                    _ => e,
+                })
+            }
+        };
         let result = async {
             lock_waiting(&mut *conn, target, &self.safety).await?;
             work(&mut *conn).await
@@ -236,6 +256,46 @@ impl Migrator {
             }
             _ => Ok(()),
         }
+    }
+
+    /// What the registry records, read without writing; a backend of another tenancy
+    /// model than the recorded one is refused.
+    async fn check_recorded(&self) -> Result<RegistryState> {
+        let state = self.backend.registry_state().await?;
+        if let RegistryState::Recorded(recorded) = state {
+            let given = self.backend.tenancy();
+            if recorded != given {
+                return Err(Error::TenancyMismatch { recorded, given });
+            }
+        }
+        Ok(state)
+    }
+
+    /// Before a command that only reads: the registry has to exist, and nothing is
+    /// created where it does not.
+    async fn ready_to_read(&self) -> Result<()> {
+        match self.check_recorded().await? {
+            RegistryState::Missing {
+                place,
+                other_schemas,
+            } => Err(Error::NoRegistry {
+                place,
+                other_schemas,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Before a command that writes: the recorded tenancy model checked before anything
+    /// changes, then the control tables created and the model recorded where missing.
+    async fn ready_to_write(&self) -> Result<()> {
+        let before = self.check_recorded().await?;
+        self.backend.prepare().await?;
+        if !matches!(before, RegistryState::Recorded(_)) {
+            // A first run of another model may have recorded its model meanwhile.
+            self.check_recorded().await?;
+        }
+        Ok(())
     }
 
     /// The registry rows of `names`, failing on the first unknown one before anything runs.
@@ -288,6 +348,7 @@ impl Migrator {
         if let RollbackTarget::To(order) = how_far {
             self.check_order(Some(order))?;
         }
+        self.ready_to_write().await?;
         self.refuse_irreversible(how_far, options).await?;
         self.fleet_run(
             FleetOp::Rollback { how_far },
@@ -361,7 +422,7 @@ impl Migrator {
         progress: &dyn Progress,
     ) -> Result<MigrateReport> {
         let started = Instant::now();
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let tenants = if options.tenants.is_empty() {
             match &self.source {
                 Some(source) => Tenants::Source(&**source),
@@ -375,10 +436,10 @@ impl Migrator {
             // A misspelt canary is refused before the public migrations run.
             self.records(names).await?;
         }
-        let concurrency = self.fleet_concurrency().await?;
+        let concurrency = self.fleet_concurrency(progress).await?;
         let lease = Lease::acquire(&*self.backend, &self.safety, command.as_str()).await?;
         progress.run_started(lease.as_ref().map(Lease::run_id));
-        let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard);
+        let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard, concurrency);
         let hook_failures = HookFailures::default();
         let protocol = Protocol {
             hook_failures: Some(&hook_failures),
@@ -444,6 +505,13 @@ impl Migrator {
         )
         .await;
         progress.finish();
+        if options.tenants.is_empty() && self.source.is_none() && result.is_ok() {
+            // One hand-inserted row with an invalid name fails only itself.
+            match self.invalid_registry_rows().await {
+                Ok(rows) => report.invalid_registry_rows = rows,
+                Err(e) => tracing::warn!("could not look for invalid registry rows: {e}"),
+            }
+        }
         if let Some(lease) = lease {
             if let Some(why) = lease.lost() {
                 report.stopped = Some(why);
@@ -463,13 +531,17 @@ impl Migrator {
     }
 
     /// The configured concurrency, lowered to what the pool and the server allow.
-    async fn fleet_concurrency(&self) -> Result<usize> {
+    async fn fleet_concurrency(&self, progress: &dyn Progress) -> Result<usize> {
         Ok(match self.backend.connection_budget().await? {
             Some(budget) if budget < self.concurrency => {
-                tracing::warn!(
-                    "concurrency {} lowered to {budget}: that many connections are free in the pool and on the server",
+                // Fewer workers rather than workers waiting for connections the server
+                // cannot give (a pool's acquire times out only after 30 s).
+                let message = format!(
+                    "concurrency {} lowered to {budget}: the pool and the server (max_connections, less the sessions connected now) have connections for that many tenants at once",
                     self.concurrency
                 );
+                tracing::warn!("{message}");
+                progress.warning(&message);
                 budget.max(1)
             }
             _ => self.concurrency,
@@ -498,12 +570,19 @@ impl Migrator {
     }
 
     /// The leases of the runs working on the fleet now (empty where the backend keeps
-    /// no leases).
+    /// no leases). A lease whose heartbeat is older than the unlock deadline is
+    /// [`stale`](crate::RunLease::stale): its runner is dead, and the next run takes it
+    /// over.
     pub async fn running(&self) -> Result<Vec<crate::RunLease>> {
-        match self.backend.leases() {
-            Some(control) => control.running().await,
-            None => Ok(Vec::new()),
+        let mut leases = match self.backend.leases() {
+            Some(control) => control.running().await?,
+            None => Vec::new(),
+        };
+        let deadline = self.safety.unlock_deadline.as_secs_f64();
+        for lease in &mut leases {
+            lease.stale = lease.silent_secs > deadline;
         }
+        Ok(leases)
     }
 
     /// Reverts tenant migrations of one tenant, newest first. Refuses, before changing
@@ -516,7 +595,7 @@ impl Migrator {
         if let RollbackTarget::To(order) = how_far {
             self.check_order(Some(order))?;
         }
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let record = self.records(std::slice::from_ref(tenant)).await?.remove(0);
         let target = Target::Tenant(&record.tenant);
         let protocol = self.protocol(&Silent);
@@ -536,7 +615,7 @@ impl Migrator {
     /// Where the public schema and each tenant (or the named ones) stand, from the
     /// registry in one query per page.
     pub async fn status(&self, names: &[TenantName]) -> Result<StatusReport> {
-        self.backend.prepare().await?;
+        self.ready_to_read().await?;
         let public_rows = {
             let mut conn = self.backend.connect(Target::Public).await?;
             let state = conn.read().await;
@@ -626,6 +705,11 @@ impl Migrator {
             needs_repair: count(Condition::NeedsRepair),
             ahead: count(Condition::Ahead),
             creating: count(Condition::Creating),
+            invalid_registry_rows: if names.is_empty() {
+                self.invalid_registry_rows().await?
+            } else {
+                Vec::new()
+            },
             tenants,
         })
     }
@@ -635,6 +719,7 @@ impl Migrator {
     /// registry is read in bulk, and only tenants whose registry row cannot prove their
     /// state have their tracking rows read (no lock, no write).
     pub async fn plan(&self, options: &MigrateOptions) -> Result<PlanReport> {
+        self.ready_to_read().await?;
         let public = {
             let mut conn = self.backend.connect(Target::Public).await?;
             let state = conn.read().await;
@@ -689,9 +774,34 @@ impl Migrator {
         }
     }
 
+    /// Schema drift: each tenant's actual schema (or the named tenants'), read from its
+    /// engine's catalog, compared with the other tenants at the same applied order. Reads
+    /// only and takes no lock; see [`DriftReport`] for what it finds.
+    pub async fn drift(&self, names: &[TenantName]) -> Result<DriftReport> {
+        self.ready_to_read().await?;
+        let records = if names.is_empty() {
+            self.all_records().await?
+        } else {
+            self.records(names).await?
+        };
+        drift::check(&*self.backend, records).await
+    }
+
+    /// The rows of the tenant registry whose name is no valid tenant name (inserted by
+    /// hand), which every other registry read leaves out.
+    pub async fn invalid_registry_rows(&self) -> Result<Vec<crate::InvalidRegistryRow>> {
+        Ok(self
+            .backend
+            .invalid_registry_rows()
+            .await?
+            .into_iter()
+            .filter_map(crate::InvalidRegistryRow::of)
+            .collect())
+    }
+
     /// Every registered tenant, by name.
     pub async fn tenants(&self) -> Result<Vec<TenantRecord>> {
-        self.backend.prepare().await?;
+        self.ready_to_read().await?;
         self.all_records().await
     }
 
@@ -708,7 +818,7 @@ impl Migrator {
         name: &TenantName,
         progress: &dyn Progress,
     ) -> Result<Tenant> {
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
         let protocol = self.protocol(progress);
@@ -722,7 +832,7 @@ impl Migrator {
     /// Removes a tenant: its storage with all its data, and its registry row, once no
     /// other run works on it (waiting at most the unlock deadline).
     pub async fn drop_tenant(&self, name: &TenantName) -> Result<()> {
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let record = self.records(std::slice::from_ref(name)).await?.remove(0);
         self.protocol(&Silent)
             .drop_tenant(&record.tenant, &self.safety)
@@ -732,7 +842,7 @@ impl Migrator {
     /// Applies the pending public migrations alone (what [`Migrator::create_tenant`] and
     /// [`Migrator::migrate`] do first), and returns how many ran.
     pub async fn migrate_public(&self) -> Result<usize> {
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         match run_waiting(
             &self.protocol(&Silent),
             Target::Public,
@@ -778,7 +888,7 @@ impl Migrator {
         progress: &dyn Progress,
     ) -> Result<(Vec<Tenant>, Vec<String>)> {
         self.check_order(baseline)?;
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let baseline: Vec<&'static Migration> = match baseline {
             None => Vec::new(),
             Some(order) => self
@@ -806,7 +916,7 @@ impl Migrator {
     /// Records the code's checksum for every applied migration whose code changed, in the
     /// public schema and every tenant (or the named ones). Returns how many rows changed.
     pub async fn repair_checksums(&self, names: &[TenantName]) -> Result<usize> {
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let mut changed = self.repair_target(Target::Public).await?;
         let records = if names.is_empty() {
             self.all_records().await?
@@ -838,7 +948,7 @@ impl Migrator {
     ) -> Result<()> {
         self.check_order(Some(order))?;
         let migration = self.migrations.get(order).expect("checked above");
-        self.backend.prepare().await?;
+        self.ready_to_write().await?;
         let protocol = self.protocol(&Silent);
         let record = match tenant {
             None => None,

@@ -2,6 +2,7 @@
 //! tenant life cycle, the fleet scheduler, and the `Migrator` API over them.
 
 mod claim;
+mod drift;
 mod fingerprint;
 mod fleet;
 mod hooks;
@@ -19,6 +20,7 @@ mod safety;
 mod source;
 mod tenants;
 
+pub use drift::{Difference, DriftReport, DriftedTenant, OrderDrift, UnreadableTenant};
 pub use fingerprint::fingerprint;
 #[doc(hidden)]
 pub use hooks::HookFn;
@@ -33,8 +35,8 @@ pub use progress::Progress;
 #[cfg(feature = "cli")]
 pub(crate) use protocol::model_label;
 pub use report::{
-    FailedMigration, FailedTenant, MigrateReport, PublicStatus, RollbackReport, StatusReport,
-    TenantStatus,
+    FailedMigration, FailedTenant, InvalidRegistryRow, MigrateReport, PublicStatus, RollbackReport,
+    StatusReport, TenantStatus,
 };
 pub use rollout::{Canary, Rollout, TenantOrder, WaveSize};
 pub use safety::{parse_duration, SafetySettings, Shard};

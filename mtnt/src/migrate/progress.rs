@@ -37,6 +37,9 @@ pub trait Progress: Send + Sync {
         _pause: Duration,
     ) {
     }
+    /// Something the run changed on its own that the user should hear of (its
+    /// concurrency lowered to the connections the server has free).
+    fn warning(&self, _message: &str) {}
     /// The run is over.
     fn finish(&self) {}
 }

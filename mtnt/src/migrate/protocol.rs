@@ -115,6 +115,29 @@ async fn invoke(function: MigrationFn, ctx: &mut Ctx<'_>) -> Result<()> {
     }
 }
 
+/// Whether a tenant whose storage is missing was dropped: its registry row is gone, now or
+/// within a few seconds. Where storage is not transactional, `tenant drop` removes the
+/// storage and then the row, so a run can find the one gone and the other still there;
+/// a row that stays means the storage is missing for real.
+pub(crate) async fn dropped_meanwhile(
+    backend: &dyn Backend,
+    tenant: &crate::Tenant,
+) -> Result<bool> {
+    for attempt in 0..20 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        if backend
+            .tenant_records(std::slice::from_ref(&tenant.name))
+            .await?
+            .is_empty()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Wraps a migration's failure with the migration and the target.
 pub(crate) fn wrap(
     target: Target<'_>,
@@ -298,7 +321,9 @@ impl<'a> Protocol<'a> {
         last: bool,
     ) -> Result<Claim<usize>> {
         let scope = scope_of(target);
-        let mut conn = self.backend.connect(target).await?;
+        let Some(mut conn) = self.connect_registered(target).await? else {
+            return Ok(Claim::Gone);
+        };
         if matches!(target, Target::Public) {
             // The public target is read by every run and every `tenant create`, and is
             // nearly always up to date: that needs no lock, so that sign-ups never queue.
@@ -340,7 +365,9 @@ impl<'a> Protocol<'a> {
             FleetOp::Rollback { how_far } => (Some(how_far), "", false),
             FleetOp::Exec { sql, transaction } => (None, sql, transaction),
         };
-        let mut conn = self.backend.connect(target).await?;
+        let Some(mut conn) = self.connect_registered(target).await? else {
+            return Ok(Claim::Gone);
+        };
         let Some(state) = conn.try_lock_and_read().await? else {
             conn.release().await;
             return Ok(Claim::Busy);
@@ -363,6 +390,30 @@ impl<'a> Protocol<'a> {
         let n = outcome?;
         committed.fetch_add(n, Ordering::Relaxed);
         Ok(Claim::Done(n))
+    }
+
+    /// A connection to `target`; `None` when its storage is missing because the tenant was
+    /// dropped after this run read its registry row (database and file per tenant, whose
+    /// connection is to the tenant's own storage): that is [`Claim::Gone`], not a failure.
+    async fn connect_registered<'t>(
+        &self,
+        target: Target<'t>,
+    ) -> Result<Option<Box<dyn Connection + 't>>>
+    where
+        'a: 't,
+    {
+        match self.backend.connect(target).await {
+            Ok(conn) => Ok(Some(conn)),
+            Err(error) => match target {
+                Target::Tenant(tenant)
+                    if self.backend.classify(&error) == ErrorClass::StorageMissing
+                        && dropped_meanwhile(self.backend, tenant).await? =>
+                {
+                    Ok(None)
+                }
+                _ => Err(error),
+            },
+        }
     }
 
     /// Runs `sql` on a locked target, in a transaction or not; nothing is recorded.
@@ -922,6 +973,11 @@ impl<'a> Protocol<'a> {
                 .await;
         }
         if !in_transaction {
+            if result.is_ok() {
+                // What the function left (PostgreSQL: no invalid index) before the row
+                // can say `completed`.
+                result = conn.verify_after_autocommit().await;
+            }
             let left = conn.leave_autocommit().await;
             if result.is_ok() {
                 result = left;
@@ -974,7 +1030,11 @@ impl<'a> Protocol<'a> {
             // The row is `completed` again, as before the attempt.
             return error;
         }
-        let status = if rolled_back {
+        // A function that returned, and whose result the engine's check refused (an
+        // invalid index), did all it does: nothing was cut short, so its row is `failed`,
+        // and the next run tries it again (once the error's fix is applied).
+        let refused = matches!(error, Error::InvalidIndex { .. });
+        let status = if rolled_back || refused {
             MigrationStatus::Failed
         } else {
             MigrationStatus::Started

@@ -16,6 +16,47 @@ pub struct FailedTenant {
     pub error: Error,
 }
 
+/// A row of the tenant registry whose name is no valid tenant name (inserted by hand):
+/// nothing is done for it, the rest of the fleet runs, and a run or `status` with one is
+/// not a success.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct InvalidRegistryRow {
+    /// The registry table (or file), qualified.
+    pub table: String,
+    /// The name in the row, as stored.
+    pub name: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl InvalidRegistryRow {
+    /// From an [`Error::InvalidRegistryName`] (`None` for any other error).
+    pub(crate) fn of(error: Error) -> Option<Self> {
+        match error {
+            Error::InvalidRegistryName {
+                table,
+                name,
+                reason,
+            } => Some(Self {
+                table,
+                name,
+                reason,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The row as the error it is, for its message and fix.
+    pub fn error(&self) -> Error {
+        Error::InvalidRegistryName {
+            table: self.table.clone(),
+            name: self.name.clone(),
+            reason: self.reason,
+        }
+    }
+}
+
 pub(super) fn error_message<S: serde::Serializer>(error: &Error, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(error)
 }
@@ -62,12 +103,18 @@ pub struct MigrateReport {
     /// outcome (a tenant's migrations stay committed, and it counts as migrated), nor
     /// [`MigrateReport::is_success`].
     pub hook_failures: Vec<HookFailure>,
+    /// Registry rows whose name is no valid tenant name, of a run over the whole registry:
+    /// nothing was done for them (the rest of the fleet ran), and the run is not a success.
+    pub invalid_registry_rows: Vec<InvalidRegistryRow>,
 }
 
 impl MigrateReport {
     /// Whether every tenant asked for is up to date now.
     pub fn is_success(&self) -> bool {
-        self.failures.is_empty() && self.tenants_skipped == 0 && self.stopped.is_none()
+        self.failures.is_empty()
+            && self.tenants_skipped == 0
+            && self.stopped.is_none()
+            && self.invalid_registry_rows.is_empty()
     }
 }
 
@@ -159,6 +206,9 @@ pub struct StatusReport {
     pub ahead: usize,
     /// How many `tenant create` has not finished.
     pub creating: usize,
+    /// Registry rows whose name is no valid tenant name: not among `tenants`, and the
+    /// fleet is not current while one is there.
+    pub invalid_registry_rows: Vec<InvalidRegistryRow>,
 }
 
 impl StatusReport {
@@ -190,6 +240,7 @@ impl StatusReport {
     /// gates a deploy on.
     pub fn is_current(&self) -> bool {
         self.current == self.tenants.len()
+            && self.invalid_registry_rows.is_empty()
             && self.public.pending == 0
             && self.public.failed.is_none()
     }

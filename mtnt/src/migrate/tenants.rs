@@ -312,6 +312,10 @@ impl Protocol<'_> {
                 }
                 Err(e) if self.backend.classify(&e) == ErrorClass::UniqueViolation => {
                     // Another `tenant adopt` registered it first: it is adopted.
+                    progress.warning(&format!(
+                        "tenant {}: already adopted by another run",
+                        tenant.name
+                    ));
                     adopted.taken.push(tenant.name);
                 }
                 Err(error) => {

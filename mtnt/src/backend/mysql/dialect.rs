@@ -25,9 +25,11 @@ pub(super) const ER_BAD_DB_ERROR: u16 = 1049;
 /// `ER_NO_SUCH_TABLE`.
 pub(super) const ER_NO_SUCH_TABLE: u16 = 1146;
 
+/// `ER_CON_COUNT_ERROR`: too many connections.
+const ER_CON_COUNT_ERROR: u16 = 1040;
+
 /// Error numbers worth another try.
-const TRANSIENT: [u16; 5] = [
-    1040, // too many connections
+const TRANSIENT: [u16; 4] = [
     1205, // lock wait timeout
     1213, // deadlock
     2006, // server has gone away
@@ -54,6 +56,7 @@ pub(super) fn classify(error: &Error) -> ErrorClass {
         Some(ER_DUP_ENTRY) => ErrorClass::UniqueViolation,
         Some(ER_DB_CREATE_EXISTS) => ErrorClass::StorageExists,
         Some(ER_BAD_DB_ERROR) => ErrorClass::StorageMissing,
+        Some(ER_CON_COUNT_ERROR) => ErrorClass::TooManyConnections,
         Some(n) if TRANSIENT.contains(&n) => ErrorClass::Transient,
         _ => ErrorClass::Other,
     }

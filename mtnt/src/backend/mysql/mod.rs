@@ -1,6 +1,7 @@
 //! MySQL and MariaDB, a database per tenant: the registry, storage and fingerprints
 //! here, one target's connection in `target.rs`, the bookkeeping SQL in `dialect.rs`.
 
+mod catalog;
 mod dialect;
 mod fleet;
 mod target;
@@ -17,10 +18,13 @@ use sqlx::{Connection as _, Row};
 
 use self::dialect::{opt_text, text, tracking_ddl, NOW};
 use self::target::MySqlTarget;
-use super::api::{Backend, Capabilities, Connection, ErrorClass, RegistryRow, Target};
+use super::api::{
+    Backend, Capabilities, Connection, ErrorClass, RegistryRow, RegistryState, SchemaObject, Target,
+};
 use super::engine::{Engine, Tenancy};
 use super::lease::LeaseStore;
 use super::sql::quote_ident_mysql as quote;
+use super::sql::{invalid_names, valid_page};
 use crate::ctx::exec_mysql;
 use crate::{Error, Result, Tenant, TenantName, TenantRecord, TenantState};
 
@@ -121,6 +125,11 @@ impl MySqlBackend {
         format!("{}.mtnt_tenants", self.control_q)
     }
 
+    /// The table of recorded settings (the tenancy model).
+    fn settings(&self) -> String {
+        format!("{}.mtnt_settings", self.control_q)
+    }
+
     fn select_records(&self) -> String {
         format!(
             "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error FROM {}",
@@ -128,10 +137,14 @@ impl MySqlBackend {
         )
     }
 
-    fn record_from_row(row: &MySqlRow) -> Result<TenantRecord> {
-        Ok(TenantRecord {
+    /// `None` for a row whose name is no valid tenant name.
+    fn record_from_row(row: &MySqlRow) -> Result<Option<TenantRecord>> {
+        let Ok(name) = TenantName::new(text(row, "name")?) else {
+            return Ok(None);
+        };
+        Ok(Some(TenantRecord {
             tenant: Tenant {
-                name: tenant_name(text(row, "name")?)?,
+                name,
                 storage: text(row, "schema_name")?,
             },
             state: TenantState::parse(&text(row, "state")?)?,
@@ -139,7 +152,7 @@ impl MySqlBackend {
             applied_order: row.try_get("applied_order")?,
             failed_order: row.try_get("failed_order")?,
             last_error: opt_text(row, "last_error")?,
-        })
+        }))
     }
 
     /// Refuses a tenant whose database would be the control database, before any SQL.
@@ -199,12 +212,62 @@ impl Backend for MySqlBackend {
                 last_error MEDIUMTEXT NULL,
                 updated_at DATETIME(6) NOT NULL
              ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
-             {tracking}",
+             {tracking};
+             CREATE TABLE IF NOT EXISTS {settings} (
+                name VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+                value VARCHAR(255) NOT NULL
+             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
+             INSERT IGNORE INTO {settings} (name, value) VALUES ('tenancy', 'database')",
             control = self.control_q,
             registry = self.registry(),
             tracking = tracking_ddl(&self.control_q),
+            settings = self.settings(),
         ))
         .await
+    }
+
+    async fn registry_state(&self) -> Result<RegistryState> {
+        let tables = sqlx::query(
+            "SELECT TABLE_NAME AS t FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? \
+             AND TABLE_NAME IN ('mtnt_tenants', 'mtnt_settings')",
+        )
+        .bind(&self.control)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| text(r, "t"))
+        .collect::<Result<Vec<_>>>()?;
+        if !tables.iter().any(|t| t == "mtnt_tenants") {
+            let options = self.pool.connect_options();
+            return Ok(RegistryState::Missing {
+                place: format!(
+                    "control database {} on {}:{}",
+                    self.control,
+                    options.get_host(),
+                    options.get_port()
+                ),
+                other_schemas: Vec::new(),
+            });
+        }
+        if !tables.iter().any(|t| t == "mtnt_settings") {
+            return Ok(RegistryState::Unrecorded);
+        }
+        let recorded = sqlx::query(&format!(
+            "SELECT value FROM {} WHERE name = 'tenancy'",
+            self.settings()
+        ))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| text(&r, "value"))
+        .transpose()?;
+        match recorded {
+            None => Ok(RegistryState::Unrecorded),
+            Some(name) => Tenancy::parse(&name)
+                .map(RegistryState::Recorded)
+                .ok_or_else(|| {
+                    Error::Corrupt(format!("{} records tenancy {name:?}", self.settings()))
+                }),
+        }
     }
 
     async fn tenant_page(
@@ -216,14 +279,29 @@ impl Backend for MySqlBackend {
             "{} WHERE (? IS NULL OR name > ?) ORDER BY name LIMIT ?",
             self.select_records()
         );
-        let after = after.map(TenantName::as_str);
-        let rows = sqlx::query(&sql)
-            .bind(after)
-            .bind(after)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        valid_page(after, limit, async |after, limit| {
+            let rows = sqlx::query(&sql)
+                .bind(after.as_deref())
+                .bind(after.as_deref())
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|row| Ok((text(row, "name")?, Self::record_from_row(row)?)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        let rows = sqlx::query(&format!("SELECT name FROM {}", self.registry()))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(Self::record_from_row).collect()
+        let names = rows
+            .iter()
+            .map(|row| text(row, "name"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(invalid_names(&self.registry(), names))
     }
 
     async fn tenant_count(&self) -> Result<u64> {
@@ -244,7 +322,7 @@ impl Backend for MySqlBackend {
                 query = query.bind(name.as_str());
             }
             for row in &query.fetch_all(&self.pool).await? {
-                records.push(Self::record_from_row(row)?);
+                records.extend(Self::record_from_row(row)?);
             }
         }
         records.sort_by(|a, b| a.tenant.name.cmp(&b.tenant.name));
@@ -386,6 +464,10 @@ impl Backend for MySqlBackend {
         });
         databases.sort();
         Ok(databases)
+    }
+
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        self.describe_databases(tenants).await
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

@@ -3,22 +3,28 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::StreamExt as _;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection as _, PgConnection};
 
 use super::super::sql::quote_ident;
+use super::catalog;
 use super::schema::PostgresBackend;
 use super::target::{PgConn, PgTarget, Probe, Spec};
 use super::tracking::Tracking;
 use super::{classify, is_code, tenant_key};
 use crate::backend::{
-    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, Target,
+    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, RegistryState,
+    SchemaObject, Target,
 };
 use crate::ctx::exec_postgres;
 use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
 
 /// The schema of a tenant database that holds its tables and its tracking table.
 const TENANT_SCHEMA: &str = "public";
+
+/// How many tenant databases `drift` reads at once.
+const DESCRIBE_CONNECTIONS: usize = 4;
 
 /// PostgreSQL with one database per tenant, all on one server (`--tenancy database`).
 ///
@@ -148,7 +154,11 @@ impl Backend for PgDatabaseBackend {
     }
 
     async fn prepare(&self) -> Result<()> {
-        self.control.prepare().await
+        self.control.prepare_for(Tenancy::Database).await
+    }
+
+    async fn registry_state(&self) -> Result<RegistryState> {
+        self.control.registry_state_of().await
     }
 
     async fn tenant_page(
@@ -167,6 +177,10 @@ impl Backend for PgDatabaseBackend {
         self.control.tenant_records(names).await
     }
 
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        self.control.invalid_registry_rows().await
+    }
+
     async fn fingerprints(&self, _names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
         // The registry cannot join the tenant's transactions: no fingerprint would vouch
         // for the tracking rows.
@@ -174,8 +188,17 @@ impl Backend for PgDatabaseBackend {
     }
 
     async fn connection_budget(&self) -> Result<Option<usize>> {
-        // Tenant connections are not the pool's.
-        Ok(None)
+        // A tenant session is a connection of its own to the tenant's database, and reads
+        // whether the tenant is registered on the control pool meanwhile: two connections
+        // per tenant at once, at most.
+        let server_free = self.control.server_free().await? - PostgresBackend::CONTROL_CONNECTIONS;
+        let pool = self
+            .pool()
+            .options()
+            .get_max_connections()
+            .saturating_sub(1);
+        let budget = (server_free / 2).min(i64::from(pool)).max(1);
+        Ok(Some(usize::try_from(budget).unwrap_or(1)))
     }
 
     async fn connect<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Connection + 'a>> {
@@ -262,6 +285,32 @@ impl Backend for PgDatabaseBackend {
             .bind(&self.control_db)
             .fetch_all(self.pool())
             .await?)
+    }
+
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        let describe_one = async |tenant: &Tenant| -> Result<Vec<SchemaObject>> {
+            self.check_not_control(tenant)?;
+            let mut conn =
+                match PgConnection::connect_with(&self.tenant_connect_options(tenant)).await {
+                    Ok(conn) => conn,
+                    Err(e) if is_code(&e, "3D000") => {
+                        return Err(Error::StorageMissing {
+                            tenant: tenant.name.clone(),
+                            storage: tenant.storage.clone(),
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+            let described = catalog::describe(&mut conn, &[TENANT_SCHEMA]).await;
+            let _ = conn.close().await;
+            Ok(described?.remove(0).unwrap_or_default())
+        };
+        // A database is read on a connection of its own: a few at once.
+        Ok(futures_util::stream::iter(tenants)
+            .map(describe_one)
+            .buffered(DESCRIBE_CONNECTIONS)
+            .collect()
+            .await)
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

@@ -44,7 +44,8 @@ impl PgLeases {
 }
 
 const COLUMNS: &str =
-    "run_id, host, pid, command, started_at, heartbeat_at, state, taken_over_by, app_name";
+    "run_id, host, pid, command, started_at, heartbeat_at, state, taken_over_by, app_name, \
+     extract(epoch FROM now() - heartbeat_at)::float8 AS silent_secs";
 
 fn lease_from_row(row: &PgRow) -> Result<RunLease> {
     Ok(RunLease {
@@ -56,6 +57,8 @@ fn lease_from_row(row: &PgRow) -> Result<RunLease> {
         heartbeat_at: row.try_get("heartbeat_at")?,
         state: row.try_get("state")?,
         taken_over_by: row.try_get("taken_over_by")?,
+        silent_secs: row.try_get("silent_secs")?,
+        stale: false,
     })
 }
 

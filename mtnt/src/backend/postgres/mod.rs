@@ -10,6 +10,7 @@
 //!
 //! [`Connection`]: crate::Connection
 
+mod catalog;
 mod database;
 mod lease;
 mod pooler;
@@ -97,14 +98,13 @@ fn timeouts_sql(timeouts: MigrationTimeouts, local: bool) -> String {
 const RESET_SESSION: &str = "RESET search_path; RESET lock_timeout; RESET statement_timeout";
 
 /// SQLSTATEs worth another try.
-const TRANSIENT: [&str; 7] = [
+const TRANSIENT: [&str; 6] = [
     "55P03", // lock_not_available: lock_timeout, NOWAIT
     "40001", // serialization_failure
     "40P01", // deadlock_detected
     "57P01", // admin_shutdown: pg_terminate_backend
     "57P02", // crash_shutdown
     "57P03", // cannot_connect_now
-    "53300", // too_many_connections
 ];
 
 /// What kind of failure a PostgreSQL error is.
@@ -118,6 +118,7 @@ fn classify(error: &Error) -> ErrorClass {
             Some("23505") => ErrorClass::UniqueViolation,
             Some("42P06" | "42P04") => ErrorClass::StorageExists,
             Some("3D000" | "3F000") => ErrorClass::StorageMissing,
+            Some("53300") => ErrorClass::TooManyConnections,
             Some(code) if code.starts_with("08") || TRANSIENT.contains(&code) => {
                 ErrorClass::Transient
             }
@@ -139,22 +140,16 @@ pub(super) async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<d
         url: redact_url(url),
         reason,
     };
-    let per_database = match options.tenancy {
-        None | Some(Tenancy::Schema) => false,
-        Some(Tenancy::Database) => true,
+    match options.tenancy {
+        None | Some(Tenancy::Schema | Tenancy::Database) => {}
         Some(other) => {
             return Err(bad_url(format!(
                 "PostgreSQL has no tenancy {other:?}; use schema or database"
             )))
         }
-    };
+    }
     let connect_error = |source| super::tls::connect_error(url, source);
     let connect_options: PgConnectOptions = url.parse().map_err(connect_error)?;
-    if per_database && connect_options.get_database().is_none_or(str::is_empty) {
-        return Err(bad_url(
-            "with --tenancy database, name the control database that holds the tenant registry, as in postgres://postgres@127.0.0.1/control".to_owned(),
-        ));
-    }
     // Direct connections first: a pool retries a refused connection until its acquire
     // timeout, while a user with a wrong URL wants to hear so at once. They also refuse a
     // pooler in transaction mode (see pooler.rs).
@@ -162,14 +157,34 @@ pub(super) async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<d
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(Duration::from_secs(30))
-        .connect_lazy_with(connect_options);
-    if per_database {
-        return Ok(Box::new(
-            PgDatabaseBackend::new(pool)?.with_control_schema(&options.control_schema)?,
+        .connect_lazy_with(connect_options.clone());
+    let control =
+        PostgresBackend::new(pool.clone()).with_control_schema(&options.control_schema)?;
+    // The model the registry records wins over the URL's default, and contradicts a
+    // model asked for: read before the backend is chosen, changing nothing.
+    let recorded = match control.registry_state_of().await? {
+        super::RegistryState::Recorded(recorded) => Some(recorded),
+        // Set up before the model was recorded: where its tenants are tells (the next
+        // writing command records the model).
+        super::RegistryState::Unrecorded => control.legacy_tenancy().await?,
+        _ => None,
+    };
+    let tenancy = match (options.tenancy, recorded) {
+        (Some(given), Some(recorded)) if given != recorded => {
+            return Err(Error::TenancyMismatch { recorded, given })
+        }
+        (given, recorded) => given.or(recorded).unwrap_or(Tenancy::Schema),
+    };
+    if tenancy == Tenancy::Schema {
+        return Ok(Box::new(control));
+    }
+    if connect_options.get_database().is_none_or(str::is_empty) {
+        return Err(bad_url(
+            "with --tenancy database, name the control database that holds the tenant registry, as in postgres://postgres@127.0.0.1/control".to_owned(),
         ));
     }
     Ok(Box::new(
-        PostgresBackend::new(pool).with_control_schema(&options.control_schema)?,
+        PgDatabaseBackend::new(pool)?.with_control_schema(&options.control_schema)?,
     ))
 }
 

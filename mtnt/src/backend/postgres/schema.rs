@@ -3,19 +3,28 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 
-use super::super::sql::quote_ident;
+use super::super::sql::{invalid_names, quote_ident, valid_page};
+use super::catalog;
 use super::lease::PgLeases;
 use super::target::{PgConn, PgTarget, Spec};
 use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking};
 use super::{classify, literal, public_key, tenant_key};
 use crate::backend::{
-    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, Target,
+    Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, RegistryState,
+    SchemaObject, Target,
 };
 use crate::ctx::exec_postgres;
 use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
+
+/// Tenants whose schemas one catalog query of `drift` describes.
+const DESCRIBE_PAGE: usize = 250;
+
+/// Catalog queries of `drift` at once.
+const DESCRIBE_CONNECTIONS: usize = 2;
 
 /// PostgreSQL with one schema per tenant, all in one database.
 ///
@@ -72,6 +81,23 @@ fn tracking_trigger_sql(control_q: &str, registry: &str) -> String {
 }
 
 impl PostgresBackend {
+    /// The schemas of one page of tenants, in one catalog query.
+    async fn describe_page(&self, page: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        let mut conn = self.pool.acquire().await?;
+        let schemas: Vec<&str> = page.iter().map(|t| t.storage.as_str()).collect();
+        let objects = catalog::describe(&mut conn, &schemas).await?;
+        Ok(page
+            .iter()
+            .zip(objects)
+            .map(|(tenant, objects)| {
+                objects.ok_or_else(|| Error::StorageMissing {
+                    tenant: tenant.name.clone(),
+                    storage: tenant.storage.clone(),
+                })
+            })
+            .collect())
+    }
+
     /// A backend on `pool` whose control schema is `public`.
     pub fn new(pool: PgPool) -> Self {
         Self {
@@ -108,11 +134,13 @@ impl PostgresBackend {
         format!("{}.mtnt_tenants", self.control_q)
     }
 
-    fn record_from_row(row: &PgRow) -> Result<TenantRecord> {
+    /// `None` for a row whose name is no valid tenant name.
+    fn record_from_row(row: &PgRow) -> Result<Option<TenantRecord>> {
         let name: String = row.try_get("name")?;
-        let name =
-            TenantName::new(name).map_err(|e| Error::Corrupt(format!("tenant registry: {e}")))?;
-        Ok(TenantRecord {
+        let Ok(name) = TenantName::new(name) else {
+            return Ok(None);
+        };
+        Ok(Some(TenantRecord {
             tenant: Tenant {
                 name,
                 storage: row.try_get("schema_name")?,
@@ -122,7 +150,7 @@ impl PostgresBackend {
             applied_order: row.try_get("applied_order")?,
             failed_order: row.try_get("failed_order")?,
             last_error: row.try_get("last_error")?,
-        })
+        }))
     }
 
     fn select_records(&self) -> String {
@@ -134,6 +162,23 @@ impl PostgresBackend {
 
     /// The search path of tenant migrations: the tenant's schema, then the control schema
     /// (so tenant tables can reference shared ones unqualified), then `public`.
+    /// The connections a fleet run needs beside its tenants' (registry reads, the
+    /// lease's heartbeat), which [`Backend::connection_budget`] leaves free.
+    pub(super) const CONTROL_CONNECTIONS: i64 = 2;
+
+    /// How many more connections the server would accept now, counting those this pool
+    /// holds (they are its own to use): `max_connections` less the superuser reserve and
+    /// the client sessions connected.
+    pub(super) async fn server_free(&self) -> Result<i64> {
+        let (max, reserved, used): (i32, i32, i64) = sqlx::query_as(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, \
+             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(i64::from(max - reserved) - used + i64::from(self.pool.size()))
+    }
+
     fn tenant_search_path(&self, schema_q: &str) -> String {
         if self.control == "public" {
             format!("{schema_q}, public")
@@ -169,6 +214,140 @@ impl PostgresBackend {
             .await?;
         Ok(())
     }
+
+    /// The qualified table of recorded settings: the tenancy model and the control schema
+    /// the registry was set up with.
+    pub(super) fn settings(&self) -> String {
+        format!("{}.mtnt_settings", self.control_q)
+    }
+
+    /// Where the registry is, for messages: `database app on 127.0.0.1:5432, schema
+    /// public`.
+    pub(super) fn place(&self) -> String {
+        let options = self.pool.connect_options();
+        let database = options
+            .get_database()
+            .filter(|d| !d.is_empty())
+            .unwrap_or(options.get_username());
+        format!(
+            "database {database} on {}:{}, schema {}",
+            options.get_host(),
+            options.get_port(),
+            self.control
+        )
+    }
+
+    /// [`Backend::prepare`] for a backend of `tenancy` on this control schema (schema
+    /// per tenant, or the control database of database per tenant).
+    pub(super) async fn prepare_for(&self, tenancy: Tenancy) -> Result<()> {
+        // The advisory lock serialises concurrent first runs, whose CREATE ... IF NOT EXISTS
+        // would otherwise race on the catalog.
+        let sql = format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(hashtext('mtnt.prepare'));
+             CREATE SCHEMA IF NOT EXISTS {control};
+             CREATE TABLE IF NOT EXISTS {registry} (
+                name text PRIMARY KEY,
+                schema_name text NOT NULL UNIQUE,
+                state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'creating')),
+                created_at timestamptz NOT NULL DEFAULT now(),
+                applied_order bigint,
+                failed_order bigint,
+                last_error text,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                fingerprint text
+             );
+             {tracking};
+             {shared};
+             CREATE TABLE IF NOT EXISTS {settings} (name text PRIMARY KEY, value text NOT NULL);
+             INSERT INTO {settings} (name, value) VALUES ('tenancy', {tenancy}), ('control_schema', {control_l})
+                ON CONFLICT (name) DO NOTHING;
+             DO $mtnt$ BEGIN
+                IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
+                               AND attname = 'fingerprint' AND NOT attisdropped) THEN
+                    ALTER TABLE {registry} ADD COLUMN fingerprint text;
+                END IF;
+                {trigger}
+             END $mtnt$;
+             COMMIT",
+            control = self.control_q,
+            registry = self.registry(),
+            registry_l = literal(&self.registry()),
+            settings = self.settings(),
+            tenancy = literal(tenancy.as_str()),
+            control_l = literal(&self.control),
+            tracking = Tracking::own(&self.control_q).own_ddl(),
+            shared = shared_ddl(&self.control_q, &self.registry()),
+            trigger = tracking_trigger_sql(&self.control_q, &self.registry()),
+        );
+        let mut conn = self.pool.acquire().await?;
+        if let Err(e) = exec_postgres(&mut conn, &sql).await {
+            if exec_postgres(&mut conn, "ROLLBACK").await.is_err() {
+                conn.close_on_drop();
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The model of a registry set up before mtnt recorded it, from where its tenants
+    /// are: database per tenant when some are databases of the server and none a schema
+    /// of this database; `None` when nothing tells.
+    pub(super) async fn legacy_tenancy(&self) -> Result<Option<Tenancy>> {
+        let (schemas, databases): (bool, bool) = sqlx::query_as(&format!(
+            "SELECT EXISTS (SELECT FROM {registry} r JOIN pg_namespace n ON n.nspname = r.schema_name), \
+             EXISTS (SELECT FROM {registry} r JOIN pg_database d ON d.datname = r.schema_name)",
+            registry = self.registry()
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match (schemas, databases) {
+            (false, true) => Some(Tenancy::Database),
+            (true, false) => Some(Tenancy::Schema),
+            _ => None,
+        })
+    }
+
+    /// [`Backend::registry_state`] of this control schema: catalog reads, and the recorded
+    /// model where there is one.
+    pub(super) async fn registry_state_of(&self) -> Result<RegistryState> {
+        let (registry, settings): (bool, bool) =
+            sqlx::query_as("SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL")
+                .bind(self.registry())
+                .bind(self.settings())
+                .fetch_one(&self.pool)
+                .await?;
+        if !registry {
+            let other_schemas = sqlx::query_scalar(
+                "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = 'mtnt_tenants' AND c.relkind IN ('r', 'p') ORDER BY 1",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            return Ok(RegistryState::Missing {
+                place: self.place(),
+                other_schemas,
+            });
+        }
+        if !settings {
+            return Ok(RegistryState::Unrecorded);
+        }
+        let recorded: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT value FROM {} WHERE name = 'tenancy'",
+            self.settings()
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        match recorded {
+            None => Ok(RegistryState::Unrecorded),
+            Some(name) => Tenancy::parse(&name)
+                .filter(|t| *t != Tenancy::File)
+                .map(RegistryState::Recorded)
+                .ok_or_else(|| {
+                    Error::Corrupt(format!("{} records tenancy {name:?}", self.settings()))
+                }),
+        }
+    }
 }
 
 #[async_trait]
@@ -194,48 +373,11 @@ impl Backend for PostgresBackend {
     }
 
     async fn prepare(&self) -> Result<()> {
-        // The advisory lock serialises concurrent first runs, whose CREATE ... IF NOT EXISTS
-        // would otherwise race on the catalog.
-        let sql = format!(
-            "BEGIN;
-             SELECT pg_advisory_xact_lock(hashtext('mtnt.prepare'));
-             CREATE SCHEMA IF NOT EXISTS {control};
-             CREATE TABLE IF NOT EXISTS {registry} (
-                name text PRIMARY KEY,
-                schema_name text NOT NULL UNIQUE,
-                state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'creating')),
-                created_at timestamptz NOT NULL DEFAULT now(),
-                applied_order bigint,
-                failed_order bigint,
-                last_error text,
-                updated_at timestamptz NOT NULL DEFAULT now(),
-                fingerprint text
-             );
-             {tracking};
-             {shared};
-             DO $mtnt$ BEGIN
-                IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
-                               AND attname = 'fingerprint' AND NOT attisdropped) THEN
-                    ALTER TABLE {registry} ADD COLUMN fingerprint text;
-                END IF;
-                {trigger}
-             END $mtnt$;
-             COMMIT",
-            control = self.control_q,
-            registry = self.registry(),
-            registry_l = literal(&self.registry()),
-            tracking = Tracking::own(&self.control_q).own_ddl(),
-            shared = shared_ddl(&self.control_q, &self.registry()),
-            trigger = tracking_trigger_sql(&self.control_q, &self.registry()),
-        );
-        let mut conn = self.pool.acquire().await?;
-        if let Err(e) = exec_postgres(&mut conn, &sql).await {
-            if exec_postgres(&mut conn, "ROLLBACK").await.is_err() {
-                conn.close_on_drop();
-            }
-            return Err(e.into());
-        }
-        Ok(())
+        self.prepare_for(Tenancy::Schema).await
+    }
+
+    async fn registry_state(&self) -> Result<RegistryState> {
+        self.registry_state_of().await
     }
 
     async fn tenant_page(
@@ -247,12 +389,30 @@ impl Backend for PostgresBackend {
             "{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
             self.select_records()
         );
-        let rows = sqlx::query(&sql)
-            .bind(after.map(TenantName::as_str))
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(Self::record_from_row).collect()
+        valid_page(after, limit, async |after, limit| {
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get::<String, _>("name")?,
+                        Self::record_from_row(row)?,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
+        let names: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT name FROM {}", self.registry()))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(invalid_names(&self.registry(), names))
     }
 
     async fn tenant_count(&self) -> Result<u64> {
@@ -269,7 +429,9 @@ impl Backend for PostgresBackend {
         );
         let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
         let rows = sqlx::query(&sql).bind(&names).fetch_all(&self.pool).await?;
-        rows.iter().map(Self::record_from_row).collect()
+        rows.iter()
+            .filter_map(|row| Self::record_from_row(row).transpose())
+            .collect()
     }
 
     async fn fingerprints(&self, names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
@@ -292,14 +454,9 @@ impl Backend for PostgresBackend {
     }
 
     async fn connection_budget(&self) -> Result<Option<usize>> {
-        // Connections this pool holds already count among the server's used ones.
-        let (max, reserved, used): (i32, i32, i64) = sqlx::query_as(
-            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, \
-             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let server_free = i64::from(max - reserved) - used + i64::from(self.pool.size());
+        // Two connections beside the tenants' (registry reads, the lease's heartbeat):
+        // a pool that needs one more than the server gives waits its whole acquire timeout.
+        let server_free = self.server_free().await? - Self::CONTROL_CONNECTIONS;
         let pool = self.pool.options().get_max_connections().saturating_sub(1);
         Ok(Some(
             usize::try_from(server_free.min(i64::from(pool)).max(1)).unwrap_or(1),
@@ -404,6 +561,20 @@ impl Backend for PostgresBackend {
             .bind(&self.control)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
+        // A page per query keeps each answer (some rows per object) a bounded size; the
+        // catalog's deparsers cost the server CPU, so pages go on a few connections at once.
+        let pages: Vec<_> = tenants
+            .chunks(DESCRIBE_PAGE)
+            .map(|page| self.describe_page(page))
+            .collect();
+        let pages: Vec<Vec<_>> = futures_util::stream::iter(pages)
+            .buffered(DESCRIBE_CONNECTIONS)
+            .try_collect()
+            .await?;
+        Ok(pages.into_iter().flatten().collect())
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

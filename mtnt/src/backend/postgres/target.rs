@@ -109,6 +109,13 @@ pub(super) struct PgTarget<'a> {
     released: bool,
 }
 
+/// The indexes of the current schema (the target's, first in the search path) that a
+/// failed or cancelled `CREATE INDEX CONCURRENTLY` left invalid (or not even ready), each
+/// as `"schema"."index"`.
+const INVALID_INDEXES: &str = "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i \
+     JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = current_schema() AND NOT (i.indisvalid AND i.indisready) ORDER BY 1";
+
 /// Runs several statements with the simple protocol: the rows of each statement that
 /// completed, and the error that ended the rest, if one did (a named function with a
 /// boxed `Send` future, like `exec_postgres`).
@@ -348,6 +355,23 @@ impl Connection for PgTarget<'_> {
 
     async fn leave_autocommit(&mut self) -> Result<()> {
         self.exec(RESET_SESSION).await
+    }
+
+    async fn verify_after_autocommit(&mut self) -> Result<()> {
+        // The target's schema is the first of the search path set for the migration.
+        let indexes: Vec<String> = sqlx::query_scalar(INVALID_INDEXES)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        if indexes.is_empty() {
+            return Ok(());
+        }
+        Err(Error::InvalidIndex {
+            target: match self.spec.tenant {
+                Some(tenant) => format!("tenant {}", tenant.name),
+                None => "the public schema".to_owned(),
+            },
+            indexes,
+        })
     }
 
     async fn write(&mut self, records: &[Record<'_>]) -> Result<()> {
