@@ -23,7 +23,7 @@ use std::process::Command;
 
 use migrations::{ACCOUNTS, BACKFILL, PROJECTS};
 use mtnt::{Engine, MigrationSet};
-use mtnt_test_support::models::Model;
+use mtnt_test_support::models::{Model, Place};
 use mtnt_test_support::{create_tenants, escape_like, scenarios};
 use serde_json::Value;
 
@@ -383,16 +383,29 @@ fn chromium() -> Option<&'static str> {
 /// which Chromium renders into a screenshot that is not blank.
 async fn an_html_report_renders_in_a_browser(m: &Model) {
     let (good, bad) = two_tenants(m).await;
+    let odd = m.tenant("odd");
+    create_tenants(&m.migrator(fleet_to(ACCOUNTS)).await, &[odd.clone()]).await;
     let (code, _, stderr) = run(app(m), &["migrate"]);
     assert_eq!(code, 1, "{stderr}");
+    // A table no other tenant at its order has: drift.
+    m.execute(Place::Tenant(&odd), "CREATE TABLE odd_extra (id INTEGER)")
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fleet.html");
-    let (code, stdout, stderr) = run(app(m), &["report", "--html", file.to_str().unwrap()]);
+    let (code, stdout, stderr) = run(
+        app(m),
+        &["report", "--html", file.to_str().unwrap(), "--drift"],
+    );
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert!(stdout.contains("1/2 tenants current"), "{stdout}");
+    assert!(stdout.contains("2/3 tenants current"), "{stdout}");
     let html = std::fs::read_to_string(&file).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
-    assert!(html.contains("1/2 tenants current"), "the summary line");
+    assert!(html.contains("2/3 tenants current"), "the summary line");
+    let drift = &html[html.find("id=\"drift\"").expect("the drift table")..];
+    assert!(
+        drift.contains("odd_extra") && drift.contains(&odd),
+        "{drift}"
+    );
     assert!(html.contains("<svg"), "the chart");
     assert!(html.contains(&good) && html.contains(&bad), "the tenants");
     match m.kind().engine() {

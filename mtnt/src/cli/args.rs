@@ -441,6 +441,10 @@ pub(crate) struct ReportArgs {
     /// Write the report to this HTML file: inline styles and charts, no script, no link
     #[arg(long, value_name = "FILE")]
     pub(crate) html: PathBuf,
+    /// Also compare each tenant's actual schema with the others at its order, as `drift`
+    /// does (reads every tenant's catalog)
+    #[arg(long)]
+    pub(crate) drift: bool,
     /// Only this tenant (repeatable); default: every tenant
     #[arg(long = "tenant", value_name = "NAME")]
     pub(crate) tenants: Vec<TenantName>,

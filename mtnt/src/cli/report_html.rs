@@ -21,6 +21,46 @@ pub(crate) struct DriftGroup {
     pub(crate) tenants: Vec<TenantName>,
 }
 
+/// The groups of `report`: the tenants at one order that drifted the same way (one
+/// schema fingerprint), then the tenants whose schema could not be read.
+pub(crate) fn drift_groups(report: &crate::DriftReport) -> Vec<DriftGroup> {
+    let mut groups: Vec<DriftGroup> = Vec::new();
+    for order in &report.orders {
+        let mut by_print: BTreeMap<&str, (String, Vec<TenantName>)> = BTreeMap::new();
+        for tenant in &order.drifted {
+            let entry = by_print
+                .entry(tenant.fingerprint.as_str())
+                .or_insert_with(|| {
+                    let what: Vec<String> =
+                        tenant.differences.iter().map(ToString::to_string).collect();
+                    (
+                        format!(
+                            "at {}: {}",
+                            order
+                                .applied_order
+                                .map_or_else(|| "no migration".to_owned(), format_order),
+                            what.join("; ")
+                        ),
+                        Vec::new(),
+                    )
+                });
+            entry.1.push(tenant.tenant.clone());
+        }
+        groups.extend(
+            by_print
+                .into_values()
+                .map(|(summary, tenants)| DriftGroup { summary, tenants }),
+        );
+    }
+    for unreadable in &report.unreadable {
+        groups.push(DriftGroup {
+            summary: format!("schema could not be read: {}", unreadable.error),
+            tenants: vec![unreadable.tenant.clone()],
+        });
+    }
+    groups
+}
+
 /// What the page shows.
 pub(crate) struct FleetPage<'a> {
     /// Where the public migrations run (`public (schema public)`): the page's heading.
@@ -31,8 +71,8 @@ pub(crate) struct FleetPage<'a> {
     pub(crate) status: &'a StatusReport,
     /// The runs holding a lease now (`Migrator::running`).
     pub(crate) runs: &'a [RunLease],
-    /// The drift command's groups (empty until it exists).
-    pub(crate) drift_groups: &'a [DriftGroup],
+    /// The drift check's groups ([`drift_groups`]), when it ran (`report --drift`).
+    pub(crate) drift_groups: Option<&'a [DriftGroup]>,
     /// When the data was read.
     pub(crate) generated_at: DateTime<Utc>,
 }
@@ -128,21 +168,30 @@ pub(crate) fn render(page: &FleetPage<'_>) -> String {
     let _ = writeln!(out, "<h2>Tenants per applied migration</h2>");
     out.push_str(&order_chart(status));
     problems(&mut out, status);
-    if !page.drift_groups.is_empty() {
-        let _ = writeln!(
-            out,
-            "<h2>Drift</h2>\n<table>\n<tr><th>Difference</th><th>Tenants</th></tr>"
-        );
-        for group in page.drift_groups {
-            let names: Vec<String> = group.tenants.iter().map(|t| escape(t.as_str())).collect();
+    match page.drift_groups {
+        None => {}
+        Some([]) => {
             let _ = writeln!(
                 out,
-                "<tr><td>{}</td><td>{}</td></tr>",
-                escape(&group.summary),
-                names.join(", ")
+                "<h2>Drift</h2>\n<p>No tenant's schema differs from the others at its order.</p>"
             );
         }
-        let _ = writeln!(out, "</table>");
+        Some(groups) => {
+            let _ = writeln!(
+                out,
+                "<h2>Drift</h2>\n<table id=\"drift\">\n<tr><th>Difference</th><th>Tenants</th></tr>"
+            );
+            for group in groups {
+                let names: Vec<String> = group.tenants.iter().map(|t| escape(t.as_str())).collect();
+                let _ = writeln!(
+                    out,
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    escape(&group.summary),
+                    names.join(", ")
+                );
+            }
+            let _ = writeln!(out, "</table>");
+        }
     }
     runs(&mut out, page.runs);
     every_tenant(&mut out, status);
@@ -410,7 +459,7 @@ pub(crate) mod tests {
             model: "postgres-schema",
             status: &status,
             runs: &[],
-            drift_groups: &drift,
+            drift_groups: Some(&drift),
             generated_at: Utc::now(),
         });
         assert!(page.contains("1/2 tenants current, 0 behind, 1 failed"));

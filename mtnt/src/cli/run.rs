@@ -301,12 +301,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report(args) => {
             let report = migrator.status(&args.tenants).await?;
             let running = migrator.running().await?;
+            let drift = match args.drift {
+                true => Some(super::report_html::drift_groups(
+                    &migrator.drift(&args.tenants).await?,
+                )),
+                false => None,
+            };
             let page = super::report_html::render(&super::report_html::FleetPage {
                 title: &words.public,
                 model: &model,
                 status: &report,
                 runs: &running,
-                drift_groups: &[],
+                drift_groups: drift.as_deref(),
                 generated_at: chrono::Utc::now(),
             });
             std::fs::write(&args.html, say::clean(&page).as_bytes()).map_err(|source| {
