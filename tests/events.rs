@@ -384,7 +384,11 @@ fn chromium() -> Option<&'static str> {
 async fn an_html_report_renders_in_a_browser(m: &Model) {
     let (good, bad) = two_tenants(m).await;
     let odd = m.tenant("odd");
-    create_tenants(&m.migrator(fleet_to(ACCOUNTS)).await, &[odd.clone()]).await;
+    create_tenants(
+        &m.migrator(fleet_to(ACCOUNTS)).await,
+        std::slice::from_ref(&odd),
+    )
+    .await;
     let (code, _, stderr) = run(app(m), &["migrate"]);
     assert_eq!(code, 1, "{stderr}");
     // A table no other tenant at its order has: drift.

@@ -176,6 +176,7 @@ impl<'a> JsonEvents<'a> {
                 "public_migrations": report.public_applied,
                 "stopped": report.stopped.as_deref().map(|s| say::clean(s).into_owned()),
                 "hook_failures": report.hook_failures.len(),
+                "invalid_registry_rows": report.invalid_registry_rows.len(),
             })),
             Err(error) => {
                 let mut fields = object(json!({ "ok": false }));

@@ -98,6 +98,17 @@ pub(crate) fn prometheus(report: &StatusReport, running: &[RunLease], model: &st
 
     header(
         &mut out,
+        "mtnt_invalid_registry_rows",
+        "Registry rows whose name is no valid tenant name (nothing is done for them).",
+    );
+    let _ = writeln!(
+        out,
+        "mtnt_invalid_registry_rows{{model=\"{model}\"}} {}",
+        report.invalid_registry_rows.len()
+    );
+
+    header(
+        &mut out,
         "mtnt_tenant_migrations_pending",
         "Tenant migrations that `migrate` would apply, over all tenants.",
     );
@@ -197,6 +208,7 @@ mod tests {
             "mtnt_tenants_at_order{model=\"postgres-schema\",order=\"2024_01_01_0002\"} 1\n"
         ));
         assert!(text.contains("mtnt_runs_running{model=\"postgres-schema\"} 0\n"));
+        assert!(text.contains("mtnt_invalid_registry_rows{model=\"postgres-schema\"} 1\n"));
     }
 
     #[test]

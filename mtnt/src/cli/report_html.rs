@@ -306,6 +306,22 @@ fn problems(out: &mut String, status: &StatusReport) {
         .filter(|t| !matches!(t.condition, Condition::Current | Condition::Behind))
         .collect();
     let _ = writeln!(out, "<h2>Tenants that need attention</h2>");
+    if !status.invalid_registry_rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p>Registry rows that name no valid tenant (nothing is done for them):</p>\n<table id=\"invalid\">\n<tr><th>Table</th><th>Name</th><th>Why</th></tr>"
+        );
+        for row in &status.invalid_registry_rows {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&row.table),
+                escape(&row.name),
+                escape(row.reason)
+            );
+        }
+        let _ = writeln!(out, "</table>");
+    }
     if troubled.is_empty() {
         let _ = writeln!(out, "<p>None.</p>");
         return;
@@ -444,6 +460,11 @@ pub(crate) mod tests {
             needs_repair: 0,
             ahead: 0,
             creating: 0,
+            invalid_registry_rows: vec![crate::InvalidRegistryRow {
+                table: "public.mtnt_tenants".to_owned(),
+                name: "<b>Bad Name</b>".to_owned(),
+                reason: "not a valid tenant name",
+            }],
         }
     }
 
@@ -467,6 +488,7 @@ pub(crate) mod tests {
         assert!(page.contains("&quot;&lt;script&gt;alert(1)&lt;/script&gt;&quot; &amp; more"));
         assert!(!page.contains("<script>") && !page.contains("<i>"));
         assert!(page.contains("index &lt;i&gt; missing"));
+        assert!(page.contains("&lt;b&gt;Bad Name&lt;/b&gt;") && !page.contains("<b>"));
         // Two bars: one tenant at each order, the newest in green.
         assert_eq!(page.matches("<rect x=").count() - 1, 2);
         assert!(page.contains("#2da44e"));
