@@ -10,6 +10,8 @@
 //! Options: `--engine postgres|sqlite|mysql` (default postgres), `--tenants N` (migrate from
 //! empty, default 1000), `--fleet N` (no-op migrate, status and peak memory, default
 //! 10000), `--creates N` (tenant creates to take the median of, default 50),
+//! `--plan-tenants N` (`plan` over a migrated fleet of N, next to a `SELECT` of its
+//! registry; default 10000, 0 leaves it out; the `--fleet` database when N is the same),
 //! `--concurrency N` (passed to mtnt; default: mtnt's own default), `--repeat N` (run the
 //! migrate-from-empty row N times, floor and mtnt in turn, and report the median with the
 //! spread; its ratios are the median of each round's ratio, with their range). Servers:
@@ -144,6 +146,7 @@ struct Args {
     creates: usize,
     concurrency: Option<usize>,
     repeat: usize,
+    plan_tenants: usize,
 }
 
 fn parse_args() -> Res<Args> {
@@ -154,6 +157,7 @@ fn parse_args() -> Res<Args> {
         creates: 50,
         concurrency: None,
         repeat: 1,
+        plan_tenants: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -172,8 +176,9 @@ fn parse_args() -> Res<Args> {
             "--creates" => args.creates = value()?.parse()?,
             "--concurrency" => args.concurrency = Some(value()?.parse()?),
             "--repeat" => args.repeat = value()?.parse()?,
+            "--plan-tenants" => args.plan_tenants = value()?.parse()?,
             "-h" | "--help" => {
-                println!("usage: bench [--engine postgres|sqlite|mysql] [--tenants N] [--fleet N] [--creates N] [--concurrency N] [--repeat N]");
+                println!("usage: bench [--engine postgres|sqlite|mysql] [--tenants N] [--fleet N] [--creates N] [--plan-tenants N] [--concurrency N] [--repeat N]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
@@ -784,6 +789,45 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
+/// `1,234`, as `plan` prints counts.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `plan` over `db`'s fleet of `n` migrated tenants (the median of `runs` runs of the
+/// command line), next to the median registry scan of the same database.
+async fn plan_row(db: &Db, n: usize, concurrency: Option<usize>, runs: usize) -> Res<Row> {
+    progress(&format!("registry scan and mtnt plan: {n} tenants"));
+    let mut scans = Vec::new();
+    let mut plans = Vec::new();
+    for _ in 0..runs {
+        scans.push(db.registry_scan().await?);
+        let run = mtnt_cli(db, concurrency, &["plan"]).await?;
+        expect(
+            &run,
+            &format!(": 0 to migrate (0 migrations), {} current", thousands(n)),
+        )?;
+        plans.push(run.elapsed);
+    }
+    let (scan, plan) = (median(scans), median(plans));
+    done(plan);
+    Ok(Row {
+        what: format!("plan, {n} tenants (all current)"),
+        figure: secs(plan),
+        baseline: format!("{}, SELECT of the registry", secs(scan)),
+        ratio: format!("{:.1}x", plan.as_secs_f64() / scan.as_secs_f64()),
+        target: "-".to_owned(),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // The table.
 
@@ -1058,6 +1102,23 @@ async fn run(args: Args) -> Res<()> {
             verdict(drift.as_secs_f64() <= 10.0 * fleet as f64 / 10_000.0)
         ),
     });
+
+    // 6. `plan` over a migrated fleet (every tenant current), against the registry scan
+    //    of the same database.
+    if args.plan_tenants == fleet {
+        rows.push(plan_row(&db, fleet, args.concurrency, runs).await?);
+    } else if args.plan_tenants > 0 {
+        let p = args.plan_tenants;
+        progress(&format!("set-up: a fleet of {p} migrated for plan"));
+        let plan_db = Db::create(engine).await?;
+        plan_db.register(p).await?;
+        let setup = mtnt_cli(&plan_db, args.concurrency, &["migrate"]).await?;
+        expect(&setup, &format!("{p} total, {p} migrated"))?;
+        plan_db.settle().await?;
+        done(setup.elapsed);
+        rows.push(plan_row(&plan_db, p, args.concurrency, runs).await?);
+        plan_db.drop().await?;
+    }
 
     progress(&format!("tenant create x{}", args.creates));
     let backend = mtnt::connect(&db.url()?, &ConnectOptions::default()).await?;

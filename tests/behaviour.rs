@@ -2748,3 +2748,423 @@ async fn drift_names_each_tenant_that_differs_from_the_others(m: &Model) {
         "drift changed something"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Run ids, the size order and resuming a stopped rollout (issue 13).
+
+scenarios!(
+    run_ids_record_what_each_run_did,
+    order_by_size_takes_small_tenants_first,
+    a_stopped_rollout_resumes_where_it_stopped,
+);
+
+/// The `run_id` recorded with migration `order` in `tenant`'s tracking table.
+async fn run_id_of(m: &Model, tenant: &str, order: i64) -> Option<String> {
+    m.text(
+        Place::Tenant(tenant),
+        &format!("SELECT run_id FROM mtnt_migrations WHERE migration_order = {order}"),
+    )
+    .await
+}
+
+/// What `status --run` says through the library: per tenant, the orders applied and
+/// failed.
+async fn run_shows(migrator: &Migrator, run_id: &str) -> Vec<(String, Vec<i64>, Vec<i64>)> {
+    let orders = |rows: &[mtnt::AppliedMigration]| rows.iter().map(|r| r.order).collect();
+    migrator
+        .run_status(run_id, &[])
+        .await
+        .unwrap()
+        .tenants
+        .iter()
+        .map(|t| (t.tenant.to_string(), orders(&t.applied), orders(&t.failed)))
+        .collect()
+}
+
+/// The events a fleet run tells its progress: its id, the waves, the pauses left out.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl mtnt::Progress for Recorder {
+    fn run_id(&self, run_id: &str) {
+        self.0.lock().unwrap().push(format!("run {run_id}"));
+    }
+    fn tenant_done(&self, tenant: &TenantName, _outcome: Result<usize, &Error>) {
+        self.0.lock().unwrap().push(format!("done {tenant}"));
+    }
+    fn wave(&self, number: usize, waves: usize, tenants: usize) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("wave {number}/{waves}: {tenants}"));
+    }
+    fn pause_skipped(&self, after: usize) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("no pause after {after}"));
+    }
+}
+
+impl Recorder {
+    fn events(&self, prefix: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| !e.starts_with("done ") || e.starts_with(&format!("done {prefix}")))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Each fleet run has an id, recorded on every tracking row it writes (also in a tracking
+/// table made before run ids, which the run gives the column); `status --run ID`, through
+/// the library and the command line, shows exactly the tenants and migrations of that
+/// run, and a second run's id only its own.
+async fn run_ids_record_what_each_run_did(m: &Model) {
+    let v1 = m.migrator(fleet_to(ACCOUNTS)).await;
+    let [a, b, c] = ["a", "b", "c-bad"].map(|x| m.tenant(x));
+    create_tenants(&v1, &[&a, &b, &c]).await;
+    // A database from before run ids: its tracking table has no run_id column.
+    match m.kind() {
+        Kind::PgSchema => {
+            m.execute(
+                Place::Control,
+                "ALTER TABLE mtnt_tenant_migrations DROP COLUMN run_id",
+            )
+            .await
+        }
+        _ => {
+            m.execute(
+                Place::Tenant(&a),
+                "ALTER TABLE mtnt_migrations DROP COLUMN run_id",
+            )
+            .await
+        }
+    }
+
+    let v2 = m.migrator(fleet_to(BACKFILL)).await;
+    let first = v2
+        .migrate(&MigrateOptions::new().tenants([name(&a), name(&c)]))
+        .await
+        .unwrap();
+    assert_eq!((first.tenants_migrated, first.failures.len()), (1, 1));
+    let r1 = first.run_id.clone().expect("a fleet run has an id");
+    let second = v2
+        .migrate(&MigrateOptions::new().tenants([name(&b)]))
+        .await
+        .unwrap();
+    assert!(second.is_success(), "{:?}", second.failures);
+    let r2 = second.run_id.clone().unwrap();
+    assert_ne!(r1, r2);
+    let serialized = serde_json::to_value(&second).unwrap();
+    assert_eq!(serialized["run_id"], r2.as_str());
+
+    // On the rows, as the engine has them.
+    for order in [PROJECTS, BACKFILL] {
+        assert_eq!(run_id_of(m, &a, order).await.as_ref(), Some(&r1), "{a}");
+        assert_eq!(run_id_of(m, &b, order).await.as_ref(), Some(&r2), "{b}");
+    }
+    assert_eq!(run_id_of(m, &c, PROJECTS).await.as_ref(), Some(&r1), "{c}");
+    // `tenant create` is no fleet run.
+    assert_eq!(run_id_of(m, &a, LEDGER).await, None);
+
+    assert_eq!(
+        run_shows(&v2, &r1).await,
+        [
+            (a.clone(), vec![PROJECTS, BACKFILL], vec![]),
+            (c.clone(), vec![], vec![PROJECTS]),
+        ]
+    );
+    assert_eq!(
+        run_shows(&v2, &r2).await,
+        [(b.clone(), vec![PROJECTS, BACKFILL], vec![])]
+    );
+    let only_a = v2.run_status(&r1, &[name(&a)]).await.unwrap();
+    assert_eq!(only_a.tenants.len(), 1);
+    assert_eq!(
+        v2.run_status("no-such-run", &[])
+            .await
+            .unwrap()
+            .tenants
+            .len(),
+        0
+    );
+
+    // The command line.
+    let (code, stdout, stderr) = output(app(m).args(["status", "--run", &r1]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        stdout,
+        format!(
+            "run {r1}: 2 tenants, 2 migrations applied, 1 failed\n\
+             tenant {a}: applied 2024_01_01_0004 add_projects, 2024_01_01_0005 backfill_admin\n\
+             tenant {c}: failed at 2024_01_01_0004 add_projects: {}\n",
+            recorded_error(m, Place::Tenant(&c), PROJECTS)
+                .await
+                .lines()
+                .next()
+                .unwrap()
+                .trim()
+        )
+    );
+    let doc = json(app(m).args(["status", "--run", &r2, "--json"]));
+    assert_eq!(doc["run_id"], r2.as_str());
+    let tenants = doc["tenants"].as_array().unwrap();
+    assert_eq!(tenants.len(), 1, "{doc}");
+    assert_eq!(tenants[0]["tenant"], b.as_str());
+    assert_eq!(tenants[0]["applied"].as_array().unwrap().len(), 2);
+
+    // A run of the command line prints its id in the summary; its rows are its own.
+    let (code, stdout, stderr) = output(app(m).args(["migrate", "--tenant", &b]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let r3 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("no run id in {stdout}"))
+        .to_owned();
+    assert_contains(
+        &stdout,
+        &[&format!(
+            "\nrun {r3} (status --run {r3} shows what it did)\n"
+        )],
+    );
+    let (_, stdout, _) = output(app(m).args(["status", "--run", &r3]));
+    assert!(
+        stdout.starts_with(&format!(
+            "run {r3}: 1 tenant, 4 migrations applied, 0 failed\ntenant {b}: applied 2024_02_01_0001 "
+        )),
+        "{stdout}"
+    );
+    // The earlier runs' rows are as they were.
+    assert_eq!(
+        run_shows(&v2, &r2).await,
+        [(b.clone(), vec![PROJECTS, BACKFILL], vec![])]
+    );
+
+    // A fleet rollback's id is on the rows it reverted, which the earlier run gives up.
+    let reverted = v2
+        .rollback_fleet(
+            RollbackTarget::Steps(1),
+            &MigrateOptions::new().tenants([name(&a)]),
+            &Recorder::default(),
+        )
+        .await
+        .unwrap();
+    assert!(reverted.is_success(), "{:?}", reverted.failures);
+    let r4 = reverted.run_id.clone().unwrap();
+    let report = v2.run_status(&r4, &[]).await.unwrap();
+    assert_eq!(
+        report.summary(),
+        format!("run {r4}: 1 tenant, 0 migrations applied, 1 reverted, 0 failed")
+    );
+    assert_eq!(report.tenants[0].tenant.as_str(), a);
+    assert_eq!(report.tenants[0].reverted[0].order, BACKFILL);
+    assert_eq!(
+        run_shows(&v2, &r1).await,
+        [
+            (a.clone(), vec![PROJECTS], vec![]),
+            (c.clone(), vec![], vec![PROJECTS]),
+        ]
+    );
+}
+
+/// `--order-by size`: the smallest tenant (on disk, as the engine measures it) first,
+/// whatever the names and creation order say.
+async fn order_by_size_takes_small_tenants_first(m: &Model) {
+    let v1 = m.migrator(fleet_to(ACCOUNTS)).await;
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|x| m.tenant(x));
+    create_tenants(&v1, &[&a, &b, &c, &d]).await;
+    let filler = format!("('{}')", "x".repeat(1000));
+    for (tenant, rows) in [(&a, 120), (&b, 30), (&c, 400), (&d, 0)] {
+        let place = Place::Tenant(tenant);
+        m.execute(place, "CREATE TABLE filler (x VARCHAR(1000))")
+            .await;
+        if rows > 0 {
+            let values = vec![filler.as_str(); rows].join(", ");
+            m.execute(place, &format!("INSERT INTO filler (x) VALUES {values}"))
+                .await;
+        }
+        if m.kind().engine() == Engine::MySql {
+            // InnoDB's sizes are statistics: brought up to date.
+            m.execute(place, "ANALYZE TABLE filler").await;
+        }
+    }
+    let expected = [&d, &b, &a, &c].map(|t| t.to_string());
+
+    // The engine's sizes, in one call.
+    let tenants: Vec<mtnt::Tenant> = v1
+        .tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.tenant.name.as_str().starts_with(m.prefix()))
+        .map(|r| r.tenant)
+        .collect();
+    let mut sizes = v1.backend().tenant_sizes(&tenants).await.unwrap();
+    assert_eq!(sizes.len(), 4, "{sizes:?}");
+    sizes.sort_by_key(|(_, bytes)| *bytes);
+    assert_eq!(
+        sizes.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>(),
+        expected,
+        "{sizes:?}"
+    );
+    assert!(sizes.windows(2).all(|w| w[0].1 < w[1].1), "{sizes:?}");
+
+    let (_, stdout, _) = output(app(m).args(["migrate", "--dry-run", "--order-by", "size"]));
+    assert_contains(&stdout, &["smallest tenant first"]);
+
+    // One at a time, so the order they finish in is the order they were taken in.
+    let v2 = m
+        .builder(fleet_to(BACKFILL))
+        .await
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let mut rollout = mtnt::Rollout::default();
+    rollout.order_by = mtnt::TenantOrder::Size;
+    let recorder = Recorder::default();
+    let report = v2
+        .migrate_with_progress(&MigrateOptions::new().rollout(rollout), &recorder)
+        .await
+        .unwrap();
+    assert!(report.is_success(), "{:?}", report.failures);
+    let done: Vec<String> = recorder
+        .events(m.prefix())
+        .into_iter()
+        .filter_map(|e| e.strip_prefix("done ").map(str::to_owned))
+        .collect();
+    assert_eq!(done, expected);
+}
+
+/// A waved run that its error budget stops, run again once the cause is fixed, goes on
+/// where it stopped: the waves it finished are not redone (their tenants are current, and
+/// no soak pause follows a wave that changed nothing), and their tracking rows keep the
+/// first run's id and times; only the rest get the second run's id.
+async fn a_stopped_rollout_resumes_where_it_stopped(m: &Model) {
+    let v1 = m.migrator(fleet_to(ACCOUNTS)).await;
+    let names = ["a1", "a2", "b1-bad", "b2", "c1", "c2"].map(|x| m.tenant(x));
+    let [a1, a2, bad, b2, c1, c2] = &names;
+    create_tenants(&v1, &names).await;
+    let full = m
+        .builder(fleet_to(BACKFILL))
+        .await
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let mut rollout = mtnt::Rollout::default();
+    rollout.wave_size = Some(mtnt::WaveSize::Tenants(2));
+    rollout.wave_pause = std::time::Duration::from_millis(300);
+    rollout.max_failures = Some(1);
+    let options = MigrateOptions::new().rollout(rollout);
+
+    let recorder = Recorder::default();
+    let first = full
+        .migrate_with_progress(&options, &recorder)
+        .await
+        .unwrap();
+    let r1 = first.run_id.clone().unwrap();
+    assert_eq!(
+        (
+            first.tenants_migrated,
+            first.failures.len(),
+            first.tenants_skipped
+        ),
+        (2, 1, 3)
+    );
+    assert_eq!(
+        first.stopped.as_deref(),
+        Some("the error budget of 1 failed tenant is spent")
+    );
+    assert_eq!(
+        recorder.events(m.prefix()),
+        [
+            format!("run {r1}"),
+            "wave 1/3: 2".to_owned(),
+            format!("done {a1}"),
+            format!("done {a2}"),
+            "wave 2/3: 2".to_owned(),
+            format!("done {bad}"),
+        ]
+    );
+    let mut columns = TRACKING_COLUMNS.to_vec();
+    columns.push("run_id");
+    let mut wave_one = Vec::new();
+    for t in [a1, a2] {
+        wave_one.push(rows(m, Place::Tenant(t), "mtnt_migrations", &columns).await);
+    }
+
+    // The cause fixed (on MySQL, whose DDL committed, the interrupted migration is marked
+    // done: the table is there), the same run again.
+    FIXED.lock().unwrap().insert(bad.clone());
+    if m.kind().engine() == Engine::MySql {
+        full.mark(Some(&name(bad)), PROJECTS, MigrationStatus::Completed)
+            .await
+            .unwrap();
+    }
+    let recorder = Recorder::default();
+    let second = full
+        .migrate_with_progress(&options, &recorder)
+        .await
+        .unwrap();
+    assert!(second.is_success(), "{:?}", second.failures);
+    let r2 = second.run_id.clone().unwrap();
+    assert_eq!((second.tenants_migrated, second.tenants_current), (4, 2));
+    assert_eq!(
+        recorder.events(m.prefix()),
+        [
+            format!("run {r2}"),
+            "wave 1/3: 2".to_owned(),
+            format!("done {a1}"),
+            format!("done {a2}"),
+            // The first wave was done already: no pause after it.
+            "no pause after 1".to_owned(),
+            "wave 2/3: 2".to_owned(),
+            format!("done {bad}"),
+            format!("done {b2}"),
+            "wave 3/3: 2".to_owned(),
+            format!("done {c1}"),
+            format!("done {c2}"),
+        ]
+    );
+
+    // The first wave's rows are untouched: the first run's id and times.
+    for (t, before) in [a1, a2].into_iter().zip(&wave_one) {
+        assert_eq!(
+            &rows(m, Place::Tenant(t), "mtnt_migrations", &columns).await,
+            before,
+            "{t}"
+        );
+        assert_eq!(run_id_of(m, t, BACKFILL).await.as_ref(), Some(&r1));
+    }
+    for t in [b2, c1, c2] {
+        for order in [PROJECTS, BACKFILL] {
+            assert_eq!(run_id_of(m, t, order).await.as_ref(), Some(&r2), "{t}");
+        }
+    }
+    assert_eq!(run_id_of(m, bad, BACKFILL).await.as_ref(), Some(&r2));
+    let mut first_run = vec![
+        (a1.clone(), vec![PROJECTS, BACKFILL], vec![]),
+        (a2.clone(), vec![PROJECTS, BACKFILL], vec![]),
+    ];
+    let bad_second = match m.kind().engine() {
+        // Marked by hand, the row kept the id of the run that ran it.
+        Engine::MySql => {
+            first_run.push((bad.clone(), vec![PROJECTS], vec![]));
+            vec![BACKFILL]
+        }
+        _ => vec![PROJECTS, BACKFILL],
+    };
+    assert_eq!(run_shows(&full, &r1).await, first_run);
+    assert_eq!(
+        run_shows(&full, &r2).await,
+        [
+            (bad.clone(), bad_second, vec![]),
+            (b2.clone(), vec![PROJECTS, BACKFILL], vec![]),
+            (c1.clone(), vec![PROJECTS, BACKFILL], vec![]),
+            (c2.clone(), vec![PROJECTS, BACKFILL], vec![]),
+        ]
+    );
+}

@@ -318,3 +318,30 @@ async fn a_rollback_of_several_tenants_reports_each() {
     );
     db.drop_db().await;
 }
+
+/// A fleet run's id starts its progress output (not with `--no-progress`) and is named
+/// in its summary, with the command that shows what it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_run_prints_its_id_first_and_in_its_summary() {
+    let db = TestDb::create("cli_run_id").await;
+    create(&db.url, &["r1".to_owned(), "r2".to_owned()]);
+    let (stdout, stderr) = run(&db.url, &["migrate"], 0);
+    let first = stderr.lines().next().unwrap_or_default();
+    let id = first
+        .strip_prefix("migrate run ")
+        .unwrap_or_else(|| panic!("the progress does not start with the run id:\n{stderr}"));
+    assert!(
+        stdout.contains(&format!(
+            "\nrun {id} (status --run {id} shows what it did)\n"
+        )),
+        "{stdout}"
+    );
+    let (_, stderr) = run(&db.url, &["--no-progress", "migrate"], 0);
+    assert_eq!(stderr, "");
+    let (stdout, _) = run(&db.url, &["status", "--run", id], 0);
+    assert_eq!(
+        stdout,
+        format!("run {id}: 0 tenants, 0 migrations applied, 0 failed\n")
+    );
+    db.drop_db().await;
+}

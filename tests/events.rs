@@ -107,11 +107,8 @@ async fn json_events_of_a_real_run(m: &Model) {
     assert!(first["runner"]["pid"].as_u64().unwrap() > 0);
     assert!(first["model"].as_str().unwrap().contains('-'), "{first}");
     assert!(first["options"]["rollout"].is_object(), "{first}");
-    match m.kind().engine() {
-        // Engines that keep run leases give the run's id.
-        Engine::Postgres => assert!(first["run_id"].is_string(), "{first}"),
-        _ => assert!(first["run_id"].is_null(), "{first}"),
-    }
+    // Every fleet run has an id (`status --run ID`).
+    assert!(first["run_id"].is_string(), "{first}");
     let last = all.last().unwrap();
     assert_eq!(last["event"], "run_finished", "{stdout}");
     assert_eq!(last["ok"], false);
@@ -268,9 +265,7 @@ async fn a_debug_log_in_json_has_the_spans(m: &Model) {
     let runs = span("run");
     assert_eq!(runs.len(), 1, "{stderr}");
     assert_eq!(runs[0]["span"]["command"], "migrate");
-    if m.kind().engine() == Engine::Postgres {
-        assert!(runs[0]["span"]["run_id"].is_string(), "{}", runs[0]);
-    }
+    assert!(runs[0]["span"]["run_id"].is_string(), "{}", runs[0]);
     assert!(runs[0]["fields"]["time.busy"].is_string(), "{}", runs[0]);
 
     let tenants = span("tenant");

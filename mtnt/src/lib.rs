@@ -74,6 +74,7 @@ pub use migrate::{
     TenantOutcome,
 };
 pub use migrate::{Difference, DriftReport, DriftedTenant, OrderDrift, UnreadableTenant};
+pub use migrate::{RunReport, RunTenant};
 pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };

@@ -525,6 +525,32 @@ pub trait Backend: Send + Sync {
     /// The run leases of the control schema, if the engine keeps them; without, runs
     /// take no lease (see the README section "Safety").
     fn leases(&self) -> Option<Arc<dyn LeaseStore>>;
+
+    /// The tracking rows of `tenants` whose last write was by the fleet run `run_id`
+    /// (their `run_id` column, see [`Connection::set_run`]), by tenant and order; tenants
+    /// without such rows are left out. Read in bulk where the engine can (one query for
+    /// many tenants), else `concurrency` tenants at a time. By default the engine records
+    /// no run ids and says so.
+    async fn run_rows(
+        &self,
+        run_id: &str,
+        tenants: &[Tenant],
+        concurrency: usize,
+    ) -> Result<Vec<(TenantName, AppliedMigration)>> {
+        let _ = (run_id, tenants, concurrency);
+        Err(Error::Invalid(format!(
+            "the {} engine records no run ids",
+            self.engine()
+        )))
+    }
+
+    /// The on-disk size in bytes of each of `tenants` where the engine can tell (a
+    /// schema's tables with their indexes and TOAST, a database, a file), in one query
+    /// where it can; tenants it cannot size are left out. By default: none.
+    async fn tenant_sizes(&self, tenants: &[Tenant]) -> Result<Vec<(TenantName, u64)>> {
+        let _ = tenants;
+        Ok(Vec::new())
+    }
 }
 
 /// One connection working on one target: the engine's dialect for locking it, reading
@@ -589,6 +615,14 @@ pub trait Connection: Send {
 
     /// The context a migration function runs with, on this connection.
     fn ctx(&mut self) -> Ctx<'_>;
+
+    /// The fleet run this connection works for: every tracking row it writes from now on
+    /// carries `run_id` (a nullable `run_id` column, which the first locked read adds to
+    /// a tracking table that lacks it). Called before the first read. By default the
+    /// engine records no run ids.
+    fn set_run(&mut self, run_id: &str) {
+        let _ = run_id;
+    }
 
     /// Releases the lock and hands the connection back. Dropping the connection instead
     /// (a cancelled run) must release the lock too, by closing the connection if need be.

@@ -17,8 +17,13 @@ use super::connect::ConnectOptions;
 use super::engine::{Engine, Tenancy};
 use super::lease::LeaseStore;
 use super::sql::{invalid_names, tenant_record, valid_page};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
 use crate::ctx::exec_sqlite;
-use crate::{redact_url, Error, Result, Tenant, TenantName, TenantRecord, TenantState};
+use crate::migration::BoxFuture;
+use crate::{
+    redact_url, AppliedMigration, Error, Result, Tenant, TenantName, TenantRecord, TenantState,
+};
 
 mod catalog;
 mod connection;
@@ -51,7 +56,8 @@ const TRACKING_DDL: &str = "CREATE TABLE IF NOT EXISTS mtnt_migrations (
     started_at TEXT,
     finished_at TEXT,
     duration_ms INTEGER,
-    error TEXT
+    error TEXT,
+    run_id TEXT
 )";
 
 const SELECT_RECORDS: &str = "SELECT name, schema_name, state, created_at, applied_order, \
@@ -444,6 +450,34 @@ impl Backend for SqliteBackend {
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
         None
+    }
+
+    async fn run_rows(
+        &self,
+        run_id: &str,
+        tenants: &[Tenant],
+        concurrency: usize,
+    ) -> Result<Vec<(TenantName, AppliedMigration)>> {
+        // A file per tenant: one connection each, `concurrency` at a time.
+        let reads: Vec<BoxFuture<'_, Result<Vec<(TenantName, AppliedMigration)>>>> = tenants
+            .iter()
+            .map(|tenant| Box::pin(self.run_rows_in(tenant, run_id)) as BoxFuture<'_, _>)
+            .collect();
+        let per_tenant: Vec<_> = stream::iter(reads)
+            .buffered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        Ok(per_tenant.into_iter().flatten().collect())
+    }
+
+    async fn tenant_sizes(&self, tenants: &[Tenant]) -> Result<Vec<(TenantName, u64)>> {
+        let mut sizes = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            if let Some(bytes) = self.file_size(tenant)? {
+                sizes.push((tenant.name.clone(), bytes));
+            }
+        }
+        Ok(sizes)
     }
 }
 

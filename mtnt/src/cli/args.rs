@@ -342,6 +342,8 @@ pub(crate) enum OrderArg {
     Name,
     /// Oldest tenant first
     Created,
+    /// Smallest tenant first, by its size on disk
+    Size,
 }
 
 impl From<OrderArg> for TenantOrder {
@@ -349,6 +351,7 @@ impl From<OrderArg> for TenantOrder {
         match arg {
             OrderArg::Name => TenantOrder::Name,
             OrderArg::Created => TenantOrder::Created,
+            OrderArg::Size => TenantOrder::Size,
         }
     }
 }
@@ -424,6 +427,9 @@ pub(crate) struct StatusArgs {
     /// Exit 1, with the summary on stderr, unless the public schema and every tenant are current (a deploy gate)
     #[arg(long)]
     pub(crate) check: bool,
+    /// What the fleet run ID (as migrate, rollback and exec print it) did: per tenant, the migrations it applied, reverted and failed
+    #[arg(long = "run", value_name = "ID", conflicts_with = "check")]
+    pub(crate) run: Option<String>,
 }
 
 #[derive(Debug, Args)]

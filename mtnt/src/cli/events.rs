@@ -29,7 +29,7 @@ pub(crate) struct JsonEvents<'a> {
     model: String,
     /// The options of the command, as given.
     options: Value,
-    /// The run lease's id, once the run holds one.
+    /// The fleet run's id, once it has one (`Progress::run_id`).
     run_id: Mutex<Option<String>>,
     /// Whether `run_started` is out.
     started: AtomicBool,
@@ -121,9 +121,9 @@ impl<'a> JsonEvents<'a> {
         say::event(&Value::Object(object).to_string());
     }
 
-    /// `run_started`, unless it is out already: the command, the run id (`null` where
-    /// the run holds no lease, or before it does), who runs it, the model and the
-    /// options.
+    /// `run_started`, unless it is out already: the command, the run id (`null` for the
+    /// commands that are no fleet run, and for a fleet run that failed before it had
+    /// one), who runs it, the model and the options.
     pub(crate) fn announce(&self) {
         if self.started.swap(true, Ordering::SeqCst) {
             return;
@@ -189,8 +189,6 @@ impl<'a> JsonEvents<'a> {
 
     /// `run_finished` with `fields` (`ok` and the counts), the run id and the duration.
     pub(crate) fn finished(&self, mut fields: Map<String, Value>) {
-        // The id of the run's lease; a `MigrateReport::run_id` takes its place once the
-        // report carries one.
         fields.insert("run_id".into(), self.run_id().into());
         fields.insert("duration_ms".into(), millis(self.clock.elapsed()).into());
         self.emit("run_finished", fields);
@@ -211,12 +209,12 @@ pub(crate) fn object(value: Value) -> Map<String, Value> {
 }
 
 impl Progress for JsonEvents<'_> {
-    fn run_started(&self, run_id: Option<&str>) {
+    fn run_id(&self, run_id: &str) {
         if let Ok(mut id) = self.run_id.lock() {
-            *id = run_id.map(str::to_owned);
+            *id = Some(run_id.to_owned());
         }
         self.announce();
-        self.inner.run_started(run_id);
+        self.inner.run_id(run_id);
     }
 
     fn start(&self, total: u64) {

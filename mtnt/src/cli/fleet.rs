@@ -260,8 +260,8 @@ struct Outcomes {
 }
 
 impl Progress for Outcomes {
-    fn run_started(&self, run_id: Option<&str>) {
-        self.inner.run_started(run_id);
+    fn run_id(&self, run_id: &str) {
+        self.inner.run_id(run_id);
     }
 
     fn start(&self, total: u64) {

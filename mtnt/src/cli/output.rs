@@ -191,6 +191,12 @@ pub(crate) fn fleet_report(
         },
         report.elapsed.as_secs_f64()
     );
+    if let Some(run_id) = &report.run_id {
+        let _ = writeln!(
+            out,
+            "run {run_id} (status --run {run_id} shows what it did)"
+        );
+    }
     if let Some(why) = &report.stopped {
         let _ = writeln!(out, "stopped early: {why}");
     }
@@ -505,6 +511,51 @@ pub(crate) fn invalid_registry_rows(rows: &[crate::InvalidRegistryRow]) -> Strin
         let _ = writeln!(out, "registry row {:?} failed: {error}", row.name);
         if let Some(fix) = super::hints::cli_fix(&error) {
             let _ = writeln!(out, "  fix: {fix}");
+        }
+    }
+    out
+}
+
+/// `status --run ID`: the run's summary, then per tenant what it applied, reverted and
+/// failed (`--quiet`: the summary alone).
+pub(crate) fn run_report(report: &crate::RunReport, quiet: bool) -> String {
+    let mut out = format!("{}\n", report.summary());
+    if quiet {
+        return out;
+    }
+    let list = |rows: &[crate::AppliedMigration]| {
+        rows.iter()
+            .map(|r| format!("{} {}", format_order(r.order), r.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for tenant in &report.tenants {
+        if !tenant.applied.is_empty() {
+            let _ = writeln!(
+                out,
+                "tenant {}: applied {}",
+                tenant.tenant,
+                list(&tenant.applied)
+            );
+        }
+        if !tenant.reverted.is_empty() {
+            let _ = writeln!(
+                out,
+                "tenant {}: reverted {}",
+                tenant.tenant,
+                list(&tenant.reverted)
+            );
+        }
+        for failed in &tenant.failed {
+            let error = failed.error.as_deref().unwrap_or("interrupted");
+            let _ = writeln!(
+                out,
+                "tenant {}: failed at {} {}: {}",
+                tenant.tenant,
+                format_order(failed.order),
+                failed.name,
+                error.lines().next().unwrap_or("").trim()
+            );
         }
     }
     out

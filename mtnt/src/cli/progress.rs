@@ -118,13 +118,6 @@ fn retry_line(target: &str, attempt: u32, attempts: u32, error: &Error, pause: D
 }
 
 impl Progress for FleetProgress {
-    fn run_started(&self, run_id: Option<&str>) {
-        // The CLI's `run` span has the field; elsewhere this records nothing.
-        if let Some(id) = run_id {
-            tracing::Span::current().record("run_id", id);
-        }
-    }
-
     fn start(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
         if let Some(bar) = &self.bar {
@@ -173,8 +166,28 @@ impl Progress for FleetProgress {
         }
     }
 
+    /// With the progress (not with `--no-progress` or `--quiet`, whose output stays
+    /// the events alone; the summary always names the run).
+    fn run_id(&self, run_id: &str) {
+        // The CLI's `run` span has the field; elsewhere this records nothing.
+        tracing::Span::current().record("run_id", run_id);
+        if self.verbosity == Verbosity::Progress {
+            self.event(&format!("{} run {run_id}", self.verb));
+        }
+    }
+
     fn wave(&self, number: usize, waves: usize, tenants: usize) {
         self.event(&wave_line(number, waves, tenants, self.pause));
+    }
+
+    fn pause_skipped(&self, after: usize) {
+        let wave = match after {
+            0 => "the canary".to_owned(),
+            n => format!("wave {n}"),
+        };
+        self.event(&format!(
+            "no pause: {wave} changed nothing (every tenant current already)"
+        ));
     }
 
     fn retrying(&self, target: &str, attempt: u32, attempts: u32, error: &Error, pause: Duration) {

@@ -90,8 +90,10 @@ impl RolloutArgs {
         if self.only_failed {
             parts.push("only the tenants whose last attempt failed".to_owned());
         }
-        if self.order_by != super::args::OrderArg::Name {
-            parts.push("oldest tenant first".to_owned());
+        match self.order_by {
+            super::args::OrderArg::Name => {}
+            super::args::OrderArg::Created => parts.push("oldest tenant first".to_owned()),
+            super::args::OrderArg::Size => parts.push("smallest tenant first".to_owned()),
         }
         Some(parts.join("; "))
     }

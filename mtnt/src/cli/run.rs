@@ -235,6 +235,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => fleet::plan(&migrator, args, &printing).await,
         Command::Rollback(args) => fleet::rollback(&migrator, args, &printing).await,
         Command::Exec(args) => fleet::exec(&migrator, args, &printing).await,
+        Command::Status(args) if args.run.is_some() => {
+            let run_id = args.run.as_deref().unwrap_or_default();
+            let report = migrator.run_status(run_id, &args.tenants).await?;
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serializable")
+                );
+            } else {
+                say::out_raw(&output::run_report(&report, quiet));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status(args) => {
             let report = migrator.status(&args.tenants).await?;
             // Who is migrating the fleet right now (the run leases).

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -11,7 +12,7 @@ use super::rollout::{Canary, Rollout, TenantOrder};
 use super::source::TenantSource;
 use super::{FailedTenant, MigrateReport, Progress};
 use crate::backend::Backend;
-use crate::{Error, Result, TenantName, TenantRecord, TenantState};
+use crate::{Error, Result, Tenant, TenantName, TenantRecord, TenantState};
 
 /// Where one tenant of a fleet run ended.
 #[derive(Debug)]
@@ -292,10 +293,20 @@ pub(crate) async fn migrate_fleet(
         wave.run(records, progress, report).await?;
     } else {
         let mut all: Vec<(TenantRecord, Option<String>)> = records.try_collect().await?;
-        if rollout.order_by == TenantOrder::Created {
-            all.sort_by(|a, b| {
+        match rollout.order_by {
+            TenantOrder::Created => all.sort_by(|a, b| {
                 (a.0.created_at, &a.0.tenant.name).cmp(&(b.0.created_at, &b.0.tenant.name))
-            });
+            }),
+            TenantOrder::Size => {
+                let tenants: Vec<Tenant> = all.iter().map(|(r, _)| r.tenant.clone()).collect();
+                let sizes: HashMap<TenantName, u64> =
+                    backend.tenant_sizes(&tenants).await?.into_iter().collect();
+                let size = |r: &TenantRecord| sizes.get(&r.tenant.name).copied().unwrap_or(0);
+                all.sort_by(|a, b| {
+                    (size(&a.0), &a.0.tenant.name).cmp(&(size(&b.0), &b.0.tenant.name))
+                });
+            }
+            _ => {}
         }
         let canary: Vec<_> = match &rollout.canary {
             Canary::None => Vec::new(),
@@ -317,11 +328,18 @@ pub(crate) async fn migrate_fleet(
         let size = rollout.wave_size.map_or(all.len(), |w| w.of(total)).max(1);
         let waves = all.len().div_ceil(size);
         let mut first = true;
+        // What the tenants of the last wave changed (migrated or failed): a wave that
+        // changed nothing (every tenant current: an earlier run did it) needs no soak
+        // pause, so a re-run goes straight to the wave the earlier run stopped in.
+        let changed = |report: &MigrateReport| report.tenants_migrated + report.failures.len();
+        let mut last_changed = true;
         if !canary.is_empty() {
             progress.wave(0, waves, canary.len());
             let before = report.failures.len();
+            let changed_before = changed(report);
             wave.run(stream::iter(canary.into_iter().map(Ok)), progress, report)
                 .await?;
+            last_changed = changed(report) > changed_before;
             let failed = report.failures.len() - before;
             if failed > 0 {
                 stop.now(format!(
@@ -335,14 +353,20 @@ pub(crate) async fn migrate_fleet(
         for number in 1..=waves {
             let tenants: Vec<_> = rest.by_ref().take(size).collect();
             if !first && !stop.is_stopped() && !rollout.wave_pause.is_zero() {
-                tokio::time::sleep(rollout.wave_pause).await;
+                if last_changed {
+                    tokio::time::sleep(rollout.wave_pause).await;
+                } else {
+                    progress.pause_skipped(number - 1);
+                }
             }
             first = false;
             if !stop.is_stopped() {
                 progress.wave(number, waves, tenants.len());
             }
+            let changed_before = changed(report);
             wave.run(stream::iter(tenants.into_iter().map(Ok)), progress, report)
                 .await?;
+            last_changed = changed(report) > changed_before;
         }
     }
     // The tenants other runners held: wait for each (at most the unlock deadline) and

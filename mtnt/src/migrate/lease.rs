@@ -46,29 +46,36 @@ async fn take_over(control: &dyn LeaseStore, stale: &[RunLease], settings: &Safe
     }
 }
 
+/// Who this process's run of `command` is: a new run id (unique per run: the process's
+/// nonce and a random part), this host, pid and connection tag. Every fleet run has one,
+/// whether or not the engine keeps leases; the tracking rows it writes carry its id.
+pub(crate) fn new_identity(command: &str) -> RunIdentity {
+    let tag = connection_tag();
+    RunIdentity {
+        run_id: format!(
+            "{}-{:08x}",
+            tag.rsplit(' ').next().unwrap_or("run"),
+            (crate::backend::random_fraction() * f64::from(u32::MAX)) as u32
+        ),
+        host: crate::backend::host_name(),
+        pid: std::process::id(),
+        command: command.to_owned(),
+        connection_tag: tag.to_owned(),
+    }
+}
+
 impl Lease {
-    /// Takes a lease for `command` if the backend keeps leases (`None` otherwise), after
-    /// taking over stale ones, and starts its heartbeat.
+    /// Takes a lease for the run `me` if the backend keeps leases (`None` otherwise),
+    /// after taking over stale ones, and starts its heartbeat.
     pub(crate) async fn acquire(
         backend: &dyn Backend,
         settings: &SafetySettings,
-        command: &str,
+        me: &RunIdentity,
     ) -> Result<Option<Lease>> {
         let Some(control) = backend.leases() else {
             return Ok(None);
         };
-        let tag = connection_tag();
-        let me = RunIdentity {
-            run_id: format!(
-                "{}-{:08x}",
-                tag.rsplit(' ').next().unwrap_or("run"),
-                (crate::backend::random_fraction() * f64::from(u32::MAX)) as u32
-            ),
-            host: crate::backend::host_name(),
-            pid: std::process::id(),
-            command: command.to_owned(),
-            connection_tag: tag.to_owned(),
-        };
+        let me = me.clone();
         let stale = control.acquire(&me, settings.unlock_deadline).await?;
         take_over(&*control, &stale, settings).await;
         let lost = Arc::new(Mutex::new(None));
@@ -85,11 +92,6 @@ impl Lease {
             lost,
             task,
         }))
-    }
-
-    /// The run's id, as its lease records it.
-    pub(crate) fn run_id(&self) -> &str {
-        &self.me.run_id
     }
 
     /// Why the runner must stop, once its heartbeat has failed too often or its lease

@@ -7,10 +7,11 @@ use super::drift::{self, DriftReport};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
 use super::hooks::{self, HookFailures, Hooks, RunCommand, RunInfo};
 use super::inspect::{classify_rows, standings, Condition, PlanReport, PlannedMigration};
-use super::lease::Lease;
+use super::lease::{new_identity, Lease};
 use super::progress::Silent;
 use super::protocol::{Claim, FleetOp, Protocol};
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
+use super::runs::RunReport;
 use super::tenants::Adopted;
 use super::{
     Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
@@ -191,6 +192,7 @@ impl Migrator {
             transactions: self.transactions,
             hooks: &self.hooks,
             hook_failures: None,
+            run_id: None,
             server: self.server.as_deref(),
         }
     }
@@ -437,12 +439,14 @@ impl Migrator {
             self.records(names).await?;
         }
         let concurrency = self.fleet_concurrency(progress).await?;
-        let lease = Lease::acquire(&*self.backend, &self.safety, command.as_str()).await?;
-        progress.run_started(lease.as_ref().map(Lease::run_id));
+        let me = new_identity(command.as_str());
+        let lease = Lease::acquire(&*self.backend, &self.safety, &me).await?;
+        progress.run_id(&me.run_id);
         let claims = FleetClaims::new(&self.safety, lease.as_ref(), options.shard, concurrency);
         let hook_failures = HookFailures::default();
         let protocol = Protocol {
             hook_failures: Some(&hook_failures),
+            run_id: Some(&me.run_id),
             ..self.protocol(progress)
         };
         let run = |tenant_count, report| RunInfo {
@@ -484,6 +488,7 @@ impl Migrator {
             }
         };
         let mut report = MigrateReport {
+            run_id: Some(me.run_id.clone()),
             public_applied,
             ..MigrateReport::default()
         };
@@ -962,5 +967,25 @@ impl Migrator {
             protocol.mark_locked(conn, target, migration, status).await
         })
         .await
+    }
+}
+
+impl Migrator {
+    /// What the fleet run `run_id` (a [`MigrateReport::run_id`], as `migrate` prints it)
+    /// did in every tenant (or the named ones): the tracking rows whose last write was
+    /// the run's, read in bulk where the engine can. Changes nothing.
+    pub async fn run_status(&self, run_id: &str, names: &[TenantName]) -> Result<RunReport> {
+        self.backend.prepare().await?;
+        let records = if names.is_empty() {
+            self.all_records().await?
+        } else {
+            self.records(names).await?
+        };
+        let tenants: Vec<Tenant> = records.into_iter().map(|r| r.tenant).collect();
+        let rows = self
+            .backend
+            .run_rows(run_id, &tenants, self.concurrency)
+            .await?;
+        Ok(RunReport::new(run_id, rows))
     }
 }

@@ -16,6 +16,7 @@ mod protocol;
 mod report;
 mod retry;
 mod rollout;
+mod runs;
 mod safety;
 mod source;
 mod tenants;
@@ -39,5 +40,6 @@ pub use report::{
     StatusReport, TenantStatus,
 };
 pub use rollout::{Canary, Rollout, TenantOrder, WaveSize};
+pub use runs::{RunReport, RunTenant};
 pub use safety::{parse_duration, SafetySettings, Shard};
 pub use source::{RegistrySource, TenantSource};

@@ -4,9 +4,9 @@ use crate::{Error, Migration, TenantName};
 
 /// Hears about a fleet run as it goes; the CLI draws a progress bar with it.
 pub trait Progress: Send + Sync {
-    /// A fleet run begins, before its public migrations: `run_id` is the id of its run
-    /// lease, on engines that keep leases (PostgreSQL).
-    fn run_started(&self, _run_id: Option<&str>) {}
+    /// The fleet run's id, as the tracking rows it writes and its lease record it
+    /// (`status --run ID`), before it changes anything.
+    fn run_id(&self, _run_id: &str) {}
     /// The run starts on `total` tenants.
     fn start(&self, _total: u64) {}
     /// Work on a tenant begins: its connection and lock are next. Tenants whose registry
@@ -26,6 +26,10 @@ pub trait Progress: Send + Sync {
     fn tenant_done(&self, _tenant: &TenantName, _outcome: Result<usize, &Error>) {}
     /// A wave of `tenants` starts: number 0 is the canary, then 1 to `waves`.
     fn wave(&self, _number: usize, _waves: usize, _tenants: usize) {}
+    /// The soak pause after wave `after` (0: the canary) is left out: that wave changed
+    /// nothing, every tenant of it being current already (a re-run going over the waves
+    /// an earlier run finished).
+    fn pause_skipped(&self, _after: usize) {}
     /// An attempt on `target` failed transiently (`error`); attempt `attempt + 1` of
     /// `attempts` follows after `pause`.
     fn retrying(

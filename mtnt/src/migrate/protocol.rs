@@ -84,6 +84,8 @@ pub(crate) struct Protocol<'a> {
     /// Where a fleet run collects its `after_tenant` failures (elsewhere they are
     /// logged).
     pub(crate) hook_failures: Option<&'a HookFailures>,
+    /// The fleet run's id, which every tracking row it writes carries.
+    pub(crate) run_id: Option<&'a str>,
     /// The server the `tenant` tracing spans name.
     pub(crate) server: Option<&'a str>,
 }
@@ -288,6 +290,18 @@ impl<'a> Protocol<'a> {
         }
     }
 
+    /// A connection to `target` that writes the run's id on the tracking rows.
+    async fn connect<'t>(&self, target: Target<'t>) -> Result<Box<dyn Connection + 't>>
+    where
+        'a: 't,
+    {
+        let mut conn = self.backend.connect(target).await?;
+        if let Some(run_id) = self.run_id {
+            conn.set_run(run_id);
+        }
+        Ok(conn)
+    }
+
     fn registry_in_transaction(&self, target: Target<'_>) -> bool {
         self.caps.registry_in_target_transaction && target.tenant().is_some()
     }
@@ -402,7 +416,7 @@ impl<'a> Protocol<'a> {
     where
         'a: 't,
     {
-        match self.backend.connect(target).await {
+        match self.connect(target).await {
             Ok(conn) => Ok(Some(conn)),
             Err(error) => match target {
                 Target::Tenant(tenant)

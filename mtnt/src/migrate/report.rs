@@ -70,6 +70,9 @@ fn seconds<S: serde::Serializer>(elapsed: &Duration, s: S) -> Result<S::Ok, S::E
 #[derive(Debug, Default, Serialize)]
 #[non_exhaustive]
 pub struct MigrateReport {
+    /// The run's id, which its lease and every tracking row it wrote carry (`status
+    /// --run ID`); `None` only in a report no fleet run made.
+    pub run_id: Option<String>,
     /// Public migrations applied.
     pub public_applied: usize,
     /// Tenants looked at.

@@ -68,6 +68,11 @@ pub enum TenantOrder {
     Name,
     /// Oldest first, by the registry's creation time.
     Created,
+    /// Smallest first, by the tenant's size on disk where the engine can tell
+    /// ([`Backend::tenant_sizes`](crate::Backend::tenant_sizes): a PostgreSQL schema's
+    /// tables, a database, a SQLite file), read for all tenants in one query where it
+    /// can; ties, and tenants it cannot size (counted as 0), by name.
+    Size,
 }
 
 /// The rollout of one fleet run (see [`MigrateOptions`](crate::MigrateOptions)).

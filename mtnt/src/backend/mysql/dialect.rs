@@ -24,6 +24,8 @@ const ER_DB_CREATE_EXISTS: u16 = 1007;
 pub(super) const ER_BAD_DB_ERROR: u16 = 1049;
 /// `ER_NO_SUCH_TABLE`.
 pub(super) const ER_NO_SUCH_TABLE: u16 = 1146;
+/// `ER_BAD_FIELD_ERROR`: unknown column.
+pub(super) const ER_BAD_FIELD_ERROR: u16 = 1054;
 
 /// `ER_CON_COUNT_ERROR`: too many connections.
 const ER_CON_COUNT_ERROR: u16 = 1040;
@@ -107,9 +109,22 @@ pub(super) fn tracking_ddl(db_q: &str) -> String {
             started_at DATETIME(6) NULL,
             finished_at DATETIME(6) NULL,
             duration_ms BIGINT NULL,
-            error MEDIUMTEXT NULL
+            error MEDIUMTEXT NULL,
+            run_id VARCHAR(64) NULL
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
     )
+}
+
+/// Adds the `run_id` column to a tracking table made before it (MySQL has no `ADD
+/// COLUMN IF NOT EXISTS`: sent only when a read found it missing).
+pub(super) fn add_run_column(db_q: &str) -> String {
+    format!("ALTER TABLE {db_q}.mtnt_migrations ADD COLUMN run_id VARCHAR(64) NULL")
+}
+
+/// A statement that fails with `ER_BAD_FIELD_ERROR` when the tracking table has no
+/// `run_id` column, and returns nothing otherwise.
+pub(super) fn probe_run_column(db_q: &str) -> String {
+    format!("SELECT run_id FROM {db_q}.mtnt_migrations LIMIT 0")
 }
 
 /// The query of a database's tracking rows, by order.
@@ -160,6 +175,8 @@ pub(super) struct Books<'a> {
     pub(super) registry: &'a str,
     /// The tenant, unless the target is the public one.
     pub(super) tenant: Option<&'a Tenant>,
+    /// The fleet run whose id the rows written carry, as a literal.
+    pub(super) run: Option<&'a str>,
 }
 
 impl Books<'_> {
@@ -171,9 +188,13 @@ impl Books<'_> {
     /// end, duration and error, up to `ON DUPLICATE KEY UPDATE `.
     fn insert(&self, migration: &Migration, status: MigrationStatus, values: [&str; 4]) -> String {
         let [started, finished, duration, error] = values;
+        let (run_column, run) = match self.run {
+            Some(run) => (", run_id", format!(", {run}")),
+            None => ("", String::new()),
+        };
         format!(
-            "INSERT INTO {} (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error) \
-             VALUES ({}, {}, {}, '{}', {started}, {finished}, {duration}, {error}) ON DUPLICATE KEY UPDATE ",
+            "INSERT INTO {} (migration_order, name, checksum, status, started_at, finished_at, duration_ms, error{run_column}) \
+             VALUES ({}, {}, {}, '{}', {started}, {finished}, {duration}, {error}{run}) ON DUPLICATE KEY UPDATE ",
             self.table(),
             migration.order(),
             text_literal(migration.name()),
@@ -182,23 +203,31 @@ impl Books<'_> {
         )
     }
 
+    /// `, run_id = <the run>`, when a run is set.
+    fn run_set(&self) -> String {
+        self.run
+            .map_or(String::new(), |run| format!(", run_id = {run}"))
+    }
+
     /// An upsert that overwrites every column of the row.
     fn upsert(&self, migration: &Migration, status: MigrationStatus, values: [&str; 4]) -> String {
         let [started, finished, duration, error] = values;
         format!(
             "{}name = {}, checksum = {}, status = '{}', started_at = {started}, finished_at = {finished}, \
-             duration_ms = {duration}, error = {error}",
+             duration_ms = {duration}, error = {error}{}",
             self.insert(migration, status, values),
             text_literal(migration.name()),
             text_literal(migration.checksum()),
             status.as_str(),
+            self.run_set(),
         )
     }
 
     fn update(&self, order: i64, set: &str) -> String {
         format!(
-            "UPDATE {} SET {set} WHERE migration_order = {order}",
-            self.table()
+            "UPDATE {} SET {set}{} WHERE migration_order = {order}",
+            self.table(),
+            self.run_set(),
         )
     }
 
@@ -242,8 +271,9 @@ impl Books<'_> {
                 // A `started` row keeps its start: when its attempt was recorded.
                 let (started, finished, duration) = times(&timing);
                 sql.push(format!(
-                    "{}status = 'completed', finished_at = {finished}, duration_ms = {duration}, error = NULL",
-                    self.insert(migration, MigrationStatus::Completed, [&started, &finished, &duration, "NULL"])
+                    "{}status = 'completed', finished_at = {finished}, duration_ms = {duration}, error = NULL{}",
+                    self.insert(migration, MigrationStatus::Completed, [&started, &finished, &duration, "NULL"]),
+                    self.run_set(),
                 ));
             }
             Record::Finished { migration, direction: Direction::Down, timing } => {
@@ -258,9 +288,12 @@ impl Books<'_> {
                 // left alone. `status` is assigned last: the conditions read it as it was.
                 let (started, finished, _) = times(&timing);
                 let error = error_literal(error);
+                let run = self.run.map_or(String::new(), |run| {
+                    format!("run_id = IF(status = 'completed', run_id, {run}), ")
+                });
                 sql.push(format!(
                     "{}finished_at = IF(status = 'completed', finished_at, {finished}), \
-                     error = IF(status = 'completed', error, {error}), \
+                     error = IF(status = 'completed', error, {error}), {run}\
                      status = IF(status = 'completed', status, '{}')",
                     self.insert(migration, status, [&started, &finished, "NULL", &error]),
                     status.as_str(),

@@ -5,9 +5,11 @@ use std::collections::HashSet;
 
 use sqlx::{MySqlConnection, Row};
 
-use super::dialect::{error_number, opt_text, text, ER_NO_SUCH_TABLE};
+use super::dialect::{
+    applied_from_row, error_number, opt_text, text, text_literal, ER_NO_SUCH_TABLE,
+};
 use super::{quote, target, tenant_name, MySqlBackend};
-use crate::{Error, Result, TenantName};
+use crate::{AppliedMigration, Error, Result, Tenant, TenantName};
 
 impl MySqlBackend {
     /// The registered tenants among `chunk` with their databases.
@@ -137,6 +139,101 @@ impl MySqlBackend {
             }
         }
         Ok(fingerprints)
+    }
+
+    /// The tracking rows the fleet run `run_id` wrote last, of `tenants`: per 1000
+    /// tenants, one query finds the tracking tables that have a `run_id` column and one
+    /// `UNION ALL` query reads their rows of the run.
+    pub(super) async fn run_rows_of(
+        &self,
+        run_id: &str,
+        tenants: &[Tenant],
+    ) -> Result<Vec<(TenantName, AppliedMigration)>> {
+        let mut out = Vec::new();
+        let mut conn = self.pool.acquire().await?;
+        for chunk in tenants.chunks(1000) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT TABLE_SCHEMA AS db FROM information_schema.COLUMNS \
+                 WHERE TABLE_NAME = 'mtnt_migrations' AND COLUMN_NAME = 'run_id' \
+                 AND TABLE_SCHEMA IN ({placeholders})"
+            );
+            let mut query = sqlx::query(&sql);
+            for tenant in chunk {
+                query = query.bind(tenant.storage.as_str());
+            }
+            let with_column = query
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|row| text(row, "db"))
+                .collect::<Result<HashSet<_>>>()?;
+            let tracked: Vec<&Tenant> = chunk
+                .iter()
+                .filter(|t| with_column.contains(&t.storage))
+                .collect();
+            if tracked.is_empty() {
+                continue;
+            }
+            let run = text_literal(run_id);
+            let union = tracked
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    format!(
+                        "SELECT {i} AS k, migration_order, name, checksum, status, started_at, finished_at, \
+                         duration_ms, error FROM {}.mtnt_migrations WHERE run_id = {run}",
+                        quote(&t.storage)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            let mut result = target::batch(&mut conn, &union).await;
+            if let Some(e) = result.error.take() {
+                return Err(Error::other(format!(
+                    "reading the rows of run {run_id} in {} tenant tracking tables: {e}",
+                    tracked.len()
+                )));
+            }
+            for row in result.rows(0)? {
+                let k: i64 = row.try_get("k")?;
+                let tenant = usize::try_from(k)
+                    .ok()
+                    .and_then(|k| tracked.get(k))
+                    .ok_or_else(|| Error::Corrupt(format!("tracking row {k} of no tenant")))?;
+                out.push((tenant.name.clone(), applied_from_row(row)?));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, a.1.order).cmp(&(&b.0, b.1.order)));
+        Ok(out)
+    }
+
+    /// The data and index length of each tenant database's tables, per 1000 tenants in
+    /// one query (InnoDB's estimates, as `information_schema.TABLES` has them).
+    pub(super) async fn sizes_of(&self, tenants: &[Tenant]) -> Result<Vec<(TenantName, u64)>> {
+        let mut out = Vec::with_capacity(tenants.len());
+        for chunk in tenants.chunks(1000) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT TABLE_SCHEMA AS db, CAST(COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) AS SIGNED) AS bytes \
+                 FROM information_schema.TABLES WHERE TABLE_SCHEMA IN ({placeholders}) GROUP BY TABLE_SCHEMA"
+            );
+            let mut query = sqlx::query(&sql);
+            for tenant in chunk {
+                query = query.bind(tenant.storage.as_str());
+            }
+            let mut bytes = std::collections::HashMap::new();
+            for row in query.fetch_all(&self.pool).await? {
+                bytes.insert(text(&row, "db")?, row.try_get::<i64, _>("bytes")?);
+            }
+            // Matched here as bytes: the server compares database names without case.
+            out.extend(chunk.iter().filter_map(|t| {
+                bytes
+                    .get(&t.storage)
+                    .map(|&b| (t.name.clone(), u64::try_from(b).unwrap_or(0)))
+            }));
+        }
+        Ok(out)
     }
 
     /// The pool's size less one, and no more than the server has free (when it says).

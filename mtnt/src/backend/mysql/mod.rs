@@ -473,4 +473,17 @@ impl Backend for MySqlBackend {
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
         None
     }
+
+    async fn run_rows(
+        &self,
+        run_id: &str,
+        tenants: &[Tenant],
+        _concurrency: usize,
+    ) -> Result<Vec<(TenantName, crate::AppliedMigration)>> {
+        self.run_rows_of(run_id, tenants).await
+    }
+
+    async fn tenant_sizes(&self, tenants: &[Tenant]) -> Result<Vec<(TenantName, u64)>> {
+        self.sizes_of(tenants).await
+    }
 }

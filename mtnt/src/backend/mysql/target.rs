@@ -10,8 +10,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Either, MySql, MySqlConnection, Row};
 
 use super::dialect::{
-    applied_from_row, error_number, select_tracking, text_literal, tracking_ddl, Books,
-    ER_BAD_DB_ERROR, ER_NO_SUCH_TABLE,
+    add_run_column, applied_from_row, error_number, probe_run_column, select_tracking,
+    text_literal, tracking_ddl, Books, ER_BAD_DB_ERROR, ER_BAD_FIELD_ERROR, ER_NO_SUCH_TABLE,
 };
 use super::MySqlBackend;
 use crate::backend::{Connection, MigrationTimeouts, Record, Target, TargetState};
@@ -115,6 +115,8 @@ pub(super) struct MySqlTarget<'a> {
     /// Nothing failed half-way: the session is as mtnt believes it is.
     clean: bool,
     discarded: bool,
+    /// The fleet run whose id the rows written carry, as a literal.
+    run: Option<String>,
 }
 
 impl<'a> MySqlTarget<'a> {
@@ -145,6 +147,7 @@ impl<'a> MySqlTarget<'a> {
             lock_timeout: None,
             clean: true,
             discarded: false,
+            run: None,
         }
     }
 
@@ -236,6 +239,11 @@ impl<'a> MySqlTarget<'a> {
         });
         let use_at = (!self.selected).then(|| push(&mut sql, format!("USE {}", self.db_q)));
         let rows_at = push(&mut sql, select_tracking(&self.db_q));
+        // Last: its error (a table made before run ids) ends nothing else.
+        let probe_at = self
+            .run
+            .is_some()
+            .then(|| push(&mut sql, probe_run_column(&self.db_q)));
         let joined = sql.join("; ");
         let mut result = batch(self.conn(), &joined).await;
         if let Some(i) = lock_at {
@@ -276,6 +284,19 @@ impl<'a> MySqlTarget<'a> {
             Err(error) => return gone(error, self),
         };
         self.tracking = Some(true);
+        if let Some(i) = probe_at {
+            match result.rows(i) {
+                Ok(_) => {}
+                Err(error) if error_number(&error) == Some(ER_BAD_FIELD_ERROR) => {
+                    if self.locked {
+                        // Once per table, under the target's lock (DDL: outside any
+                        // transaction, which a read never is in).
+                        self.send(&[add_run_column(&self.db_q)]).await?;
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
         Ok(Some(TargetState {
             applied,
             registered,
@@ -289,6 +310,7 @@ impl<'a> MySqlTarget<'a> {
             db_q: &self.db_q,
             registry: &registry,
             tenant: self.target.tenant(),
+            run: self.run.as_deref(),
         };
         records.iter().try_for_each(|r| books.record(r, sql))
     }
@@ -435,6 +457,10 @@ impl Connection for MySqlTarget<'_> {
     fn ctx(&mut self) -> Ctx<'_> {
         let tenant = self.target.tenant();
         Ctx::new(tenant, CtxConn::MySql(self.conn()))
+    }
+
+    fn set_run(&mut self, run_id: &str) {
+        self.run = Some(text_literal(run_id));
     }
 
     async fn release(mut self: Box<Self>) {

@@ -3,22 +3,25 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures_util::StreamExt as _;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection as _, PgConnection};
 
 use super::super::sql::quote_ident;
 use super::catalog;
-use super::schema::PostgresBackend;
-use super::target::{PgConn, PgTarget, Probe, Spec};
-use super::tracking::Tracking;
+use super::schema::{sizes_by_storage, PostgresBackend};
+use super::target::{applied_from_row, PgConn, PgTarget, Probe, Spec};
+use super::tracking::{Tracking, COLUMNS};
 use super::{classify, is_code, tenant_key};
 use crate::backend::{
     Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, RegistryState,
     SchemaObject, Target,
 };
 use crate::ctx::exec_postgres;
-use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
+use crate::migration::BoxFuture;
+use crate::{
+    AppliedMigration, Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+};
 
 /// The schema of a tenant database that holds its tables and its tracking table.
 const TENANT_SCHEMA: &str = "public";
@@ -125,6 +128,32 @@ impl PgDatabaseBackend {
             });
         }
         Ok(())
+    }
+
+    /// The rows of `sql` (a run's tracking rows, the run id as `$1`) in the database of
+    /// `tenant`: none where it has no database, no tracking table, or no `run_id` column.
+    async fn tenant_run_rows(
+        &self,
+        tenant: &Tenant,
+        sql: &str,
+        run_id: &str,
+    ) -> Result<Vec<(TenantName, AppliedMigration)>> {
+        let options = self.tenant_connect_options(tenant);
+        let mut conn = match PgConnection::connect_with(&options).await {
+            Ok(conn) => conn,
+            Err(e) if is_code(&e, "3D000") => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let rows = sqlx::query(sql).bind(run_id).fetch_all(&mut conn).await;
+        let _ = conn.close().await;
+        match rows {
+            Ok(rows) => rows
+                .iter()
+                .map(|row| Ok((tenant.name.clone(), applied_from_row(row)?)))
+                .collect(),
+            Err(e) if is_code(&e, "42P01") || is_code(&e, "42703") => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Runs one statement on a pooled connection of the control database.
@@ -315,5 +344,38 @@ impl Backend for PgDatabaseBackend {
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
         self.control.leases()
+    }
+
+    async fn run_rows(
+        &self,
+        run_id: &str,
+        tenants: &[Tenant],
+        concurrency: usize,
+    ) -> Result<Vec<(TenantName, AppliedMigration)>> {
+        // Each tenant's rows are in its own database: one connection and query each.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {}.mtnt_migrations WHERE run_id = $1 ORDER BY migration_order",
+            quote_ident(TENANT_SCHEMA)
+        );
+        let reads: Vec<BoxFuture<'_, Result<Vec<(TenantName, AppliedMigration)>>>> = tenants
+            .iter()
+            .map(|tenant| Box::pin(self.tenant_run_rows(tenant, &sql, run_id)) as BoxFuture<'_, _>)
+            .collect();
+        let per_tenant: Vec<_> = stream::iter(reads)
+            .buffered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        Ok(per_tenant.into_iter().flatten().collect())
+    }
+
+    async fn tenant_sizes(&self, tenants: &[Tenant]) -> Result<Vec<(TenantName, u64)>> {
+        let databases: Vec<&str> = tenants.iter().map(|t| t.storage.as_str()).collect();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT datname::text, pg_database_size(oid) FROM pg_database WHERE datname = ANY($1)",
+        )
+        .bind(&databases)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(sizes_by_storage(tenants, rows))
     }
 }

@@ -10,15 +10,18 @@ use sqlx::Row;
 use super::super::sql::{invalid_names, quote_ident, valid_page};
 use super::catalog;
 use super::lease::PgLeases;
+use super::target::applied_from_row;
 use super::target::{PgConn, PgTarget, Spec};
-use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking};
+use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
 use super::{classify, literal, public_key, tenant_key};
 use crate::backend::{
     Backend, Capabilities, Connection, ErrorClass, LeaseStore, RegistryRow, RegistryState,
     SchemaObject, Target,
 };
 use crate::ctx::exec_postgres;
-use crate::{Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState};
+use crate::{
+    AppliedMigration, Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+};
 
 /// Tenants whose schemas one catalog query of `drift` describes.
 const DESCRIBE_PAGE: usize = 250;
@@ -78,6 +81,22 @@ fn tracking_trigger_sql(control_q: &str, registry: &str) -> String {
          END IF;",
         table_l = literal(&table),
     )
+}
+
+/// The sizes of `rows` (storage, bytes) by the tenant of each storage.
+pub(super) fn sizes_by_storage(
+    tenants: &[Tenant],
+    rows: Vec<(String, i64)>,
+) -> Vec<(TenantName, u64)> {
+    let by_storage: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+    tenants
+        .iter()
+        .filter_map(|t| {
+            by_storage
+                .get(&t.storage)
+                .map(|&bytes| (t.name.clone(), u64::try_from(bytes).unwrap_or(0)))
+        })
+        .collect()
 }
 
 impl PostgresBackend {
@@ -267,12 +286,18 @@ impl PostgresBackend {
                                AND attname = 'fingerprint' AND NOT attisdropped) THEN
                     ALTER TABLE {registry} ADD COLUMN fingerprint text;
                 END IF;
+                IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {shared_l}::regclass
+                               AND attname = 'run_id' AND NOT attisdropped) THEN
+                    ALTER TABLE {shared_table} ADD COLUMN run_id text;
+                END IF;
                 {trigger}
              END $mtnt$;
              COMMIT",
             control = self.control_q,
             registry = self.registry(),
             registry_l = literal(&self.registry()),
+            shared_table = shared_table(&self.control_q),
+            shared_l = literal(&shared_table(&self.control_q)),
             settings = self.settings(),
             tenancy = literal(tenancy.as_str()),
             control_l = literal(&self.control),
@@ -575,6 +600,46 @@ impl Backend for PostgresBackend {
             .try_collect()
             .await?;
         Ok(pages.into_iter().flatten().collect())
+    }
+
+    async fn run_rows(
+        &self,
+        run_id: &str,
+        tenants: &[Tenant],
+        _concurrency: usize,
+    ) -> Result<Vec<(TenantName, AppliedMigration)>> {
+        // Every tenant's rows are in one table: one query.
+        let sql = format!(
+            "SELECT tenant, {COLUMNS} FROM {} WHERE run_id = $1 AND tenant = ANY($2) \
+             ORDER BY tenant, migration_order",
+            shared_table(&self.control_q)
+        );
+        let names: Vec<&str> = tenants.iter().map(|t| t.name.as_str()).collect();
+        let rows = sqlx::query(&sql)
+            .bind(run_id)
+            .bind(&names)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let name = TenantName::new(row.try_get::<String, _>("tenant")?)
+                    .map_err(|e| Error::Corrupt(format!("tracking table: {e}")))?;
+                Ok((name, applied_from_row(row)?))
+            })
+            .collect()
+    }
+
+    async fn tenant_sizes(&self, tenants: &[Tenant]) -> Result<Vec<(TenantName, u64)>> {
+        // A schema's tables (with their indexes and TOAST) and materialized views.
+        let sql = "SELECT n.nspname::text, COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+                   FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm') \
+                   WHERE n.nspname = ANY($1) GROUP BY n.nspname";
+        let schemas: Vec<&str> = tenants.iter().map(|t| t.storage.as_str()).collect();
+        let rows: Vec<(String, i64)> = sqlx::query_as(sql)
+            .bind(&schemas)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(sizes_by_storage(tenants, rows))
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

@@ -15,7 +15,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Connection as _, PgConnection, Postgres, Row};
 
-use super::tracking::{own_bookkeeping, push_bookkeeping, push_records, TenantRow, Tracking};
+use super::tracking::{
+    add_run_column, own_bookkeeping, push_bookkeeping, push_records, TenantRow, Tracking,
+};
 use super::{is_code, tag_sql, timeouts_sql, try_lock_sql, RESET_SESSION, UNLOCK_ALL};
 use crate::backend::{Connection, MigrationTimeouts, Record, TargetState};
 use crate::ctx::{exec_postgres, CtxConn};
@@ -107,6 +109,11 @@ pub(super) struct PgTarget<'a> {
     setup_sent: bool,
     discarded: bool,
     released: bool,
+    /// The last read found a tracking table of its own (made before run ids) without
+    /// the `run_id` column; with a run set, the locked read adds it.
+    run_column_missing: bool,
+    /// A fleet run's id is set ([`Connection::set_run`]).
+    run_set: bool,
 }
 
 /// The indexes of the current schema (the target's, first in the search path) that a
@@ -142,7 +149,7 @@ fn fetch_results<'a>(
     })
 }
 
-fn applied_from_row(row: &PgRow) -> Result<AppliedMigration> {
+pub(super) fn applied_from_row(row: &PgRow) -> Result<AppliedMigration> {
     Ok(AppliedMigration {
         order: row.try_get("migration_order")?,
         name: row.try_get("name")?,
@@ -166,6 +173,8 @@ impl<'a> PgTarget<'a> {
             setup_sent: false,
             discarded: false,
             released: false,
+            run_column_missing: false,
+            run_set: false,
         }
     }
 
@@ -208,6 +217,12 @@ impl<'a> PgTarget<'a> {
                 (!schema_exists).then(|| format!("CREATE SCHEMA IF NOT EXISTS {}", row.schema_q));
         } else {
             self.setup = None;
+            // A table of its own made before run ids (the shared one gets the column in
+            // `prepare`).
+            let has_run_id = rows
+                .first()
+                .map_or(Ok(true), |r| r.try_get::<bool, _>("has_run_id"))?;
+            self.run_column_missing = !has_run_id;
         }
         let applied = rows
             .iter()
@@ -221,6 +236,18 @@ impl<'a> PgTarget<'a> {
             applied,
             registered,
         })
+    }
+
+    /// Under the target's lock, with a run set: adds the `run_id` column to a tracking
+    /// table of its own made before run ids, once, so that the rows the run writes carry
+    /// its id.
+    async fn ensure_run_column(&mut self) -> Result<()> {
+        if self.run_set && self.run_column_missing {
+            let alter = add_run_column(self.spec.tracking.table());
+            self.exec(&alter).await?;
+            self.run_column_missing = false;
+        }
+        Ok(())
     }
 
     /// `BEGIN; ...`: the setup (with `with_setup`), the bookkeeping flag, the search
@@ -291,7 +318,9 @@ impl Connection for PgTarget<'_> {
 
     async fn try_lock_and_read(&mut self) -> Result<Option<TargetState>> {
         if self.locked {
-            return self.read().await.map(Some);
+            let state = self.read().await?;
+            self.ensure_run_column().await?;
+            return Ok(Some(state));
         }
         // The read is a statement of its own after the lock, so that it sees what the
         // run that held the lock before committed. Set first, as in `try_lock`.
@@ -324,6 +353,7 @@ impl Connection for PgTarget<'_> {
             // tag with it; the lock, a session's, stays.
             self.exec(&tag_sql()).await?;
         }
+        self.ensure_run_column().await?;
         state.registered &= registered?;
         Ok(Some(state))
     }
@@ -441,6 +471,11 @@ impl Connection for PgTarget<'_> {
 
     fn ctx(&mut self) -> Ctx<'_> {
         Ctx::new(self.spec.tenant, CtxConn::Postgres(&mut self.conn))
+    }
+
+    fn set_run(&mut self, run_id: &str) {
+        self.spec.tracking.set_run(run_id);
+        self.run_set = true;
     }
 
     async fn release(mut self: Box<Self>) {

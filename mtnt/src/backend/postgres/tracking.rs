@@ -28,7 +28,13 @@ const ROW_DDL: &str = "migration_order bigint NOT NULL,
     started_at timestamptz,
     finished_at timestamptz,
     duration_ms bigint,
-    error text";
+    error text,
+    run_id text";
+
+/// Adds the `run_id` column to a tracking table made before it (idempotent).
+pub(super) fn add_run_column(table: &str) -> String {
+    format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS run_id text")
+}
 
 /// The tracking rows of one target.
 #[derive(Clone, Debug)]
@@ -37,6 +43,8 @@ pub(super) struct Tracking {
     table: String,
     /// The tenant's name as a literal, when the table is shared by all tenants.
     tenant: Option<String>,
+    /// The run id its writes record, as a literal.
+    run: Option<String>,
 }
 
 /// `clock_timestamp()` moved back by `ago`: a moment the client measured.
@@ -53,6 +61,7 @@ impl Tracking {
         Self {
             table: format!("{schema_q}.mtnt_migrations"),
             tenant: None,
+            run: None,
         }
     }
 
@@ -61,7 +70,34 @@ impl Tracking {
         Self {
             table: shared_table(control_q),
             tenant: Some(literal(tenant)),
+            run: None,
         }
+    }
+
+    /// The fleet run whose id every row written from now on carries.
+    pub(super) fn set_run(&mut self, run_id: &str) {
+        self.run = Some(literal(run_id));
+    }
+
+    /// The qualified table.
+    pub(super) fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// `, run_id = excluded.run_id` for an upsert, when a run is set.
+    fn run_excluded(&self) -> &'static str {
+        if self.run.is_some() {
+            ", run_id = excluded.run_id"
+        } else {
+            ""
+        }
+    }
+
+    /// `, run_id = <the run>` for an update, when a run is set.
+    fn run_assignment(&self) -> String {
+        self.run
+            .as_ref()
+            .map_or(String::new(), |r| format!(", run_id = {r}"))
     }
 
     /// Creates the table of [`Tracking::own`] if it is missing.
@@ -82,20 +118,25 @@ impl Tracking {
         }
     }
 
-    /// Every row, by order.
+    /// Every row, by order, each with a first column `has_run_id` (whether the table has
+    /// the `run_id` column yet); a single row with only that set when there are none.
     pub(super) fn select_applied(&self) -> String {
         format!(
-            "SELECT {COLUMNS} FROM {} {} ORDER BY migration_order",
-            self.table,
-            self.filter("")
+            "SELECT s.has_run_id, m.* FROM (SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass({table_l}) \
+             AND attname = 'run_id' AND NOT attisdropped) AS has_run_id) AS s \
+             LEFT JOIN (SELECT {COLUMNS} FROM {table} {filter}) AS m ON true ORDER BY m.migration_order",
+            table_l = literal(&self.table),
+            table = self.table,
+            filter = self.filter("")
         )
     }
 
-    /// `UPDATE ... SET assignments` of the row of `order`.
+    /// `UPDATE ... SET assignments` of the row of `order` (and the run id, when set).
     fn update(&self, assignments: &str, order: i64) -> String {
         format!(
-            "UPDATE {} SET {assignments} {}",
+            "UPDATE {} SET {assignments}{} {}",
             self.table,
+            self.run_assignment(),
             self.filter(&format!("migration_order = {order}"))
         )
     }
@@ -103,11 +144,21 @@ impl Tracking {
     /// `INSERT INTO table AS t (columns) VALUES (row), ...`, with the tenant's key where
     /// shared; each row's values are in the order of [`COLUMNS`].
     fn insert(&self, rows: &[String]) -> String {
-        let (columns, key) = match &self.tenant {
+        let (mut columns, key) = match &self.tenant {
             Some(t) => (format!("tenant, {COLUMNS}"), format!("{t}, ")),
             None => (COLUMNS.to_owned(), String::new()),
         };
-        let values: Vec<String> = rows.iter().map(|row| format!("({key}{row})")).collect();
+        let run = match &self.run {
+            Some(r) => {
+                columns.push_str(", run_id");
+                format!(", {r}")
+            }
+            None => String::new(),
+        };
+        let values: Vec<String> = rows
+            .iter()
+            .map(|row| format!("({key}{row}{run})"))
+            .collect();
         format!(
             "INSERT INTO {} AS t ({columns}) VALUES {}",
             self.table,
@@ -146,9 +197,10 @@ impl Tracking {
         format!(
             "{} {} DO UPDATE SET name = excluded.name, checksum = excluded.checksum, \
              status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, \
-             duration_ms = excluded.duration_ms, error = excluded.error",
+             duration_ms = excluded.duration_ms, error = excluded.error{}",
             self.insert(rows),
             self.conflict(),
+            self.run_excluded(),
         )
     }
 
@@ -184,7 +236,7 @@ impl Tracking {
         let (started, finished) = timing.ago();
         format!(
             "{} {} DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, \
-             error = excluded.error WHERE t.status <> 'completed'",
+             error = excluded.error{} WHERE t.status <> 'completed'",
             self.insert(&[Self::row(
                 migration,
                 status,
@@ -192,6 +244,7 @@ impl Tracking {
                 &literal(error),
             )]),
             self.conflict(),
+            self.run_excluded(),
         )
     }
 

@@ -20,7 +20,7 @@ use crate::backend::sql::quote_literal;
 use crate::ctx::{exec_sqlite, CtxConn};
 use crate::{AppliedMigration, Ctx, Error, Migration, MigrationStatus, Result};
 
-const TRACKING_COLUMNS: &str =
+pub(super) const TRACKING_COLUMNS: &str =
     "migration_order, name, checksum, status, started_at, finished_at, duration_ms, error";
 
 /// The connection a [`FileConnection`] runs on: pooled for the control file, its own
@@ -55,6 +55,8 @@ pub(super) struct FileConnection<'a> {
     /// The connection's busy timeout.
     busy: Duration,
     discarded: bool,
+    /// The fleet run whose id the rows written carry, as a literal.
+    run: Option<String>,
 }
 
 impl<'a> FileConnection<'a> {
@@ -70,6 +72,7 @@ impl<'a> FileConnection<'a> {
             wal: matches!(target, Target::Public),
             busy: BUSY_TIMEOUT,
             discarded: false,
+            run: None,
         }
     }
 
@@ -179,15 +182,24 @@ impl Connection for FileConnection<'_> {
             }
         }
         let path = self.file();
+        let may_alter = self.run.is_some() && self.lock.is_some();
         let conn = self.open().await?;
         let named = |e: sqlx::Error| in_file(&path, e.into());
         // A file without a tracking table has no rows; it is created with the first write.
-        let tables: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'mtnt_migrations'",
+        let (tables, run_columns): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'mtnt_migrations'), \
+             (SELECT count(*) FROM pragma_table_info('mtnt_migrations') WHERE name = 'run_id')",
         )
         .fetch_one(&mut *conn)
         .await
         .map_err(named)?;
+        if tables > 0 && run_columns == 0 && may_alter {
+            // A table made before run ids: once, under the target's lock, the column the
+            // rows this run writes carry its id in.
+            exec_sqlite(conn, "ALTER TABLE mtnt_migrations ADD COLUMN run_id TEXT")
+                .await
+                .map_err(named)?;
+        }
         let rows = if tables == 0 {
             Vec::new()
         } else {
@@ -240,7 +252,7 @@ impl Connection for FileConnection<'_> {
 
     async fn write(&mut self, records: &[Record<'_>]) -> Result<()> {
         let mut sql = String::new();
-        render(records, &mut sql)?;
+        render(records, self.run.as_deref(), &mut sql)?;
         self.exec(&sql).await
     }
 
@@ -258,7 +270,7 @@ impl Connection for FileConnection<'_> {
             }
             self.begin_sql(None, &mut sql);
         }
-        render(records, &mut sql)?;
+        render(records, self.run.as_deref(), &mut sql)?;
         sql.push_str("COMMIT;");
         if then.is_some() {
             self.begin_sql(then, &mut sql);
@@ -297,6 +309,10 @@ impl Connection for FileConnection<'_> {
             .as_mut()
             .expect("a migration runs after begin or enter_autocommit opened the connection");
         Ctx::new(self.target.tenant(), CtxConn::Sqlite(conn.raw()))
+    }
+
+    fn set_run(&mut self, run_id: &str) {
+        self.run = Some(quote_literal(run_id));
     }
 
     async fn release(mut self: Box<Self>) {
@@ -345,7 +361,7 @@ fn times(now: (DateTime<Utc>, Instant), timing: &Timing) -> [String; 3] {
     [at(timing.started), at(timing.finished), ms]
 }
 
-fn applied_from_row(row: &SqliteRow) -> Result<AppliedMigration> {
+pub(super) fn applied_from_row(row: &SqliteRow) -> Result<AppliedMigration> {
     Ok(AppliedMigration {
         order: row.try_get("migration_order")?,
         name: row.try_get("name")?,
@@ -359,28 +375,53 @@ fn applied_from_row(row: &SqliteRow) -> Result<AppliedMigration> {
 }
 
 /// A tracking row of `m` as SQL values: `times` are start, end and duration, `error`
-/// a literal.
-fn row(m: &Migration, status: MigrationStatus, times: [String; 3], error: &str) -> String {
+/// a literal, and the run's id (a literal) last where a run is set.
+fn row(
+    m: &Migration,
+    status: MigrationStatus,
+    times: [String; 3],
+    error: &str,
+    run: Option<&str>,
+) -> String {
     let [started, finished, ms] = times;
     let (name, checksum) = (quote_literal(m.name()), quote_literal(m.checksum()));
     let (order, status) = (m.order(), status.as_str());
-    format!("({order}, {name}, {checksum}, '{status}', {started}, {finished}, {ms}, {error})")
+    let run = run.map_or(String::new(), |r| format!(", {r}"));
+    format!("({order}, {name}, {checksum}, '{status}', {started}, {finished}, {ms}, {error}{run})")
+}
+
+/// The columns of [`row`].
+fn columns(run: Option<&str>) -> String {
+    match run {
+        Some(_) => format!("{TRACKING_COLUMNS}, run_id"),
+        None => TRACKING_COLUMNS.to_owned(),
+    }
+}
+
+/// `, run_id = excluded.run_id` where a run is set.
+fn run_excluded(run: Option<&str>) -> &'static str {
+    if run.is_some() {
+        ", run_id = excluded.run_id"
+    } else {
+        ""
+    }
 }
 
 /// Down, a row keeps its name and checksum (the applied code's).
-fn update(m: &Migration, status: MigrationStatus, times: [String; 3]) -> String {
+fn update(m: &Migration, status: MigrationStatus, times: [String; 3], run: Option<&str>) -> String {
     let [started, finished, ms] = times;
     let (order, status) = (m.order(), status.as_str());
+    let run = run.map_or(String::new(), |r| format!(", run_id = {r}"));
     format!(
         "UPDATE mtnt_migrations SET status = '{status}', started_at = {started}, \
-         finished_at = {finished}, duration_ms = {ms}, error = NULL \
+         finished_at = {finished}, duration_ms = {ms}, error = NULL{run} \
          WHERE migration_order = {order};"
     )
 }
 
 /// `records` as SQL statements, appended to `sql`. The rows a record writes whole
 /// (started and finished up, marked) go in one multi-row upsert.
-fn render(records: &[Record<'_>], sql: &mut String) -> Result<()> {
+fn render(records: &[Record<'_>], run: Option<&str>, sql: &mut String) -> Result<()> {
     use MigrationStatus::{Completed, Pending, Started};
     let now = (Utc::now(), Instant::now());
     let fresh = || [timestamp(now.0), "NULL".to_owned(), "NULL".to_owned()];
@@ -392,10 +433,10 @@ fn render(records: &[Record<'_>], sql: &mut String) -> Result<()> {
                 direction,
             } => match direction {
                 Direction::Up => {
-                    rows.push(row(migration, Started, fresh(), "NULL"));
+                    rows.push(row(migration, Started, fresh(), "NULL", run));
                     continue;
                 }
-                Direction::Down => update(migration, Started, fresh()),
+                Direction::Down => update(migration, Started, fresh(), run),
             },
             Record::Finished {
                 migration,
@@ -403,14 +444,14 @@ fn render(records: &[Record<'_>], sql: &mut String) -> Result<()> {
                 timing,
             } => match direction {
                 Direction::Up => {
-                    rows.push(row(migration, Completed, times(now, &timing), "NULL"));
+                    rows.push(row(migration, Completed, times(now, &timing), "NULL", run));
                     continue;
                 }
-                Direction::Down => update(migration, Pending, times(now, &timing)),
+                Direction::Down => update(migration, Pending, times(now, &timing), run),
             },
             Record::Marked { migration, status } => {
                 let marked = [timestamp(now.0), timestamp(now.0), "0".to_owned()];
-                rows.push(row(migration, status, marked, "NULL"));
+                rows.push(row(migration, status, marked, "NULL", run));
                 continue;
             }
             // A failure keeps an existing row's name, checksum and start, and never
@@ -423,12 +464,14 @@ fn render(records: &[Record<'_>], sql: &mut String) -> Result<()> {
             } => {
                 let [started, finished, _] = times(now, &timing);
                 let times = [started, finished, "NULL".to_owned()];
-                let values = row(migration, status, times, &quote_literal(error));
+                let values = row(migration, status, times, &quote_literal(error), run);
                 format!(
-                    "INSERT INTO mtnt_migrations ({TRACKING_COLUMNS}) VALUES {values} \
+                    "INSERT INTO mtnt_migrations ({}) VALUES {values} \
                      ON CONFLICT (migration_order) DO UPDATE SET status = excluded.status, \
-                     finished_at = excluded.finished_at, error = excluded.error \
-                     WHERE mtnt_migrations.status <> 'completed';"
+                     finished_at = excluded.finished_at, error = excluded.error{} \
+                     WHERE mtnt_migrations.status <> 'completed';",
+                    columns(run),
+                    run_excluded(run),
                 )
             }
             Record::Checksum { order, checksum } => format!(
@@ -447,12 +490,14 @@ fn render(records: &[Record<'_>], sql: &mut String) -> Result<()> {
     if !rows.is_empty() {
         let _ = write!(
             sql,
-            "INSERT INTO mtnt_migrations ({TRACKING_COLUMNS}) VALUES {} \
+            "INSERT INTO mtnt_migrations ({}) VALUES {} \
              ON CONFLICT (migration_order) DO UPDATE SET name = excluded.name, \
              checksum = excluded.checksum, status = excluded.status, \
              started_at = excluded.started_at, finished_at = excluded.finished_at, \
-             duration_ms = excluded.duration_ms, error = NULL;",
-            rows.join(", ")
+             duration_ms = excluded.duration_ms, error = NULL{};",
+            columns(run),
+            rows.join(", "),
+            run_excluded(run),
         );
     }
     Ok(())

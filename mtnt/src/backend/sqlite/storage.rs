@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use sqlx::sqlite::SqliteJournalMode;
 use sqlx::{Connection as _, SqliteConnection};
 
-use super::{file_options, io_error, SqliteBackend, TRACKING_DDL};
+use super::connection::{applied_from_row, TRACKING_COLUMNS};
+use super::{file_options, in_file, io_error, SqliteBackend, TRACKING_DDL};
 use crate::ctx::exec_sqlite;
-use crate::{Error, Result, Tenant};
+use crate::{AppliedMigration, Error, Result, Tenant, TenantName};
 
 impl SqliteBackend {
     /// Creates a tenant's file in WAL mode with an empty tracking table; the file is
@@ -43,6 +44,57 @@ impl SqliteBackend {
             return Err(error.into());
         }
         Ok(())
+    }
+
+    /// The tracking rows of `tenant` that the fleet run `run_id` wrote last: none where
+    /// its file, its tracking table or the table's `run_id` column is missing.
+    pub(super) async fn run_rows_in(
+        &self,
+        tenant: &Tenant,
+        run_id: &str,
+    ) -> Result<Vec<(TenantName, AppliedMigration)>> {
+        let path = self.path_of(tenant)?;
+        if !path.is_file() {
+            return Ok(Vec::new());
+        }
+        let named = |e: sqlx::Error| in_file(&path, e.into());
+        let mut conn = SqliteConnection::connect_with(&file_options(&path).read_only(true))
+            .await
+            .map_err(named)?;
+        let result = async {
+            let columns: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pragma_table_info('mtnt_migrations') WHERE name = 'run_id'",
+            )
+            .fetch_one(&mut conn)
+            .await?;
+            if columns == 0 {
+                return Ok(Vec::new());
+            }
+            sqlx::query(&format!(
+                "SELECT {TRACKING_COLUMNS} FROM mtnt_migrations WHERE run_id = ?1 ORDER BY migration_order"
+            ))
+            .bind(run_id)
+            .fetch_all(&mut conn)
+            .await
+        }
+        .await;
+        let _ = conn.close().await;
+        result
+            .map_err(named)?
+            .iter()
+            .map(|row| Ok((tenant.name.clone(), applied_from_row(row)?)))
+            .collect()
+    }
+
+    /// The size in bytes of a tenant's file with its write-ahead log; `None` without a
+    /// file.
+    pub(super) fn file_size(&self, tenant: &Tenant) -> Result<Option<u64>> {
+        let path = self.path_of(tenant)?;
+        let Ok(file) = std::fs::metadata(&path) else {
+            return Ok(None);
+        };
+        let wal = std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len());
+        Ok(Some(file.len() + wal))
     }
 
     /// Removes a tenant's file, its companions and its lock file, where they exist.
