@@ -98,6 +98,32 @@ pub(crate) struct Cli {
     #[arg(short, long, global = true, help_heading = "Output")]
     pub(crate) verbose: bool,
 
+    /// How migrate, rollback, exec, tenant create and tenant adopt report: json prints
+    /// JSON Lines events on stdout (the README's "Events"), the human output on stderr
+    #[arg(
+        long,
+        value_enum,
+        env = "MTNT_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT",
+        global = true,
+        help_heading = "Output"
+    )]
+    pub(crate) format: FormatArg,
+
+    /// How the diagnostic log on stderr is written (its level comes from MTNT_LOG or
+    /// RUST_LOG, e.g. mtnt=debug for the run, tenant and migration spans)
+    #[arg(
+        long,
+        value_enum,
+        env = "MTNT_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT",
+        global = true,
+        help_heading = "Output"
+    )]
+    pub(crate) log_format: FormatArg,
+
     #[command(flatten)]
     pub(crate) safety: SafetyArgs,
 
@@ -122,6 +148,15 @@ fn parse_concurrency(s: &str) -> Result<usize, String> {
 fn is_integer(s: &str) -> bool {
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
     !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Text for people, or JSON for programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FormatArg {
+    /// Lines for people
+    Text,
+    /// One JSON object per line
+    Json,
 }
 
 /// The tenancy model.
@@ -178,6 +213,8 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Compare each tenant's actual schema with the other tenants at its order; changes nothing
     Drift(DriftArgs),
+    /// Write a report of the fleet: one self-contained HTML page
+    Report(ReportArgs),
     /// Create, list, adopt and drop tenants
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -393,8 +430,11 @@ pub(crate) struct StatusArgs {
     #[arg(long = "tenant", value_name = "NAME")]
     pub(crate) tenants: Vec<TenantName>,
     /// Print one JSON document instead of a table
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prometheus")]
     pub(crate) json: bool,
+    /// Print Prometheus gauges (text format) for node_exporter's textfile collector
+    #[arg(long)]
+    pub(crate) prometheus: bool,
     /// Exit 1, with the summary on stderr, unless the public schema and every tenant are current (a deploy gate)
     #[arg(long)]
     pub(crate) check: bool,
@@ -411,6 +451,20 @@ pub(crate) struct DriftArgs {
     /// Print one JSON document instead of text
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// Write the report to this HTML file: inline styles and charts, no script, no link
+    #[arg(long, value_name = "FILE")]
+    pub(crate) html: PathBuf,
+    /// Also compare each tenant's actual schema with the others at its order, as `drift`
+    /// does (reads every tenant's catalog)
+    #[arg(long)]
+    pub(crate) drift: bool,
+    /// Only this tenant (repeatable); default: every tenant
+    #[arg(long = "tenant", value_name = "NAME")]
+    pub(crate) tenants: Vec<TenantName>,
 }
 
 #[derive(Debug, Subcommand)]

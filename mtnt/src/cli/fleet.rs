@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use super::args::{ExecArgs, MigrateArgs, PlanArgs, RollbackArgs};
+use super::events::JsonEvents;
 use super::output::{self, count, Verb, Words};
 use super::plan;
 use super::progress::{FleetProgress, Verbosity};
@@ -24,6 +25,62 @@ pub(crate) struct Printing<'a> {
     pub(crate) quiet: bool,
     /// `--verbose`: no list of names cut short.
     pub(crate) verbose: bool,
+    /// `--format json`: the run's events on stdout, and the model they name.
+    pub(crate) events: Option<String>,
+}
+
+impl Printing<'_> {
+    /// The JSON events of `command` around `inner`, with `--format json`.
+    pub(crate) fn events<'a>(
+        &self,
+        inner: &'a dyn Progress,
+        command: &'static str,
+        options: serde_json::Value,
+    ) -> Option<JsonEvents<'a>> {
+        self.events
+            .clone()
+            .map(|model| JsonEvents::new(inner, command, model, options))
+    }
+}
+
+/// Runs a fleet command's `run` with `progress`, or with the JSON events around it,
+/// which end with `run_finished`.
+async fn reported<'a, F, Fut>(
+    progress: &'a dyn Progress,
+    events: Option<&'a JsonEvents<'a>>,
+    run: F,
+) -> Result<MigrateReport>
+where
+    F: FnOnce(&'a dyn Progress) -> Fut,
+    Fut: std::future::Future<Output = Result<MigrateReport>>,
+{
+    let Some(events) = events else {
+        return run(progress).await;
+    };
+    let result = run(events).await;
+    events.fleet_finished(result.as_ref());
+    result
+}
+
+/// The rollout flags, as the `run_started` event shows them.
+fn rollout_json(args: &super::args::RolloutArgs) -> serde_json::Value {
+    serde_json::json!({
+        "canary": args.canary,
+        "canary_tenants": args.canary_tenants.iter().map(TenantName::as_str).collect::<Vec<_>>(),
+        "wave_size": args.wave_size.map(|w| match w {
+            crate::WaveSize::Tenants(n) => n.to_string(),
+            crate::WaveSize::Percent(p) => format!("{p}%"),
+        }),
+        "wave_pause_ms": args.wave_pause.map(|p| p.as_millis() as u64),
+        "max_failures": args.max_failures,
+        "max_failure_rate": args.max_failure_rate,
+        "only_failed": args.only_failed,
+        "order_by": format!("{:?}", args.order_by).to_lowercase(),
+    })
+}
+
+fn names(tenants: &[TenantName]) -> Vec<&str> {
+    tenants.iter().map(TenantName::as_str).collect()
 }
 
 /// 0 only when every tenant asked for is done: a failure, a spent error budget or a
@@ -52,7 +109,21 @@ pub(crate) async fn migrate(
         return show_plan(migrator, &options, args.json, rollout.as_deref(), p).await;
     }
     let progress = FleetProgress::new("migrate", p.verbosity).pause(args.rollout.pause());
-    let report = migrator.migrate_with_progress(&options, &progress).await?;
+    let events = p.events(
+        &progress,
+        "migrate",
+        serde_json::json!({
+            "tenants": names(&options.tenants),
+            "to": options.to,
+            "fail_fast": options.fail_fast,
+            "shard": options.shard.map(|s| s.to_string()),
+            "rollout": rollout_json(&args.rollout),
+        }),
+    );
+    let report = reported(&progress, events.as_ref(), |progress| {
+        migrator.migrate_with_progress(&options, progress)
+    })
+    .await?;
     say::out_raw(&output::fleet_report(
         &report,
         p.words,
@@ -113,10 +184,11 @@ pub(crate) async fn rollback(
         (_, Some(order), _) => RollbackTarget::To(order),
         _ => RollbackTarget::All,
     };
-    if let ([tenant], false, false) = (
+    if let ([tenant], false, false, None) = (
         args.tenants.as_slice(),
         args.all_tenants,
         args.rollout.is_set(),
+        &p.events,
     ) {
         let report = migrator.rollback(tenant, how_far).await?;
         if report.reverted.is_empty() {
@@ -143,9 +215,22 @@ pub(crate) async fn rollback(
         inner: FleetProgress::new("rollback", p.verbosity).pause(args.rollout.pause()),
         reverted: Mutex::new(HashMap::new()),
     };
-    let report = migrator
-        .rollback_fleet(how_far, &options, &progress)
-        .await?;
+    let events = p.events(
+        &progress,
+        "rollback",
+        serde_json::json!({
+            "tenants": names(&options.tenants),
+            "all_tenants": args.all_tenants,
+            "steps": args.steps,
+            "to": args.to,
+            "all": args.all,
+            "rollout": rollout_json(&args.rollout),
+        }),
+    );
+    let report = reported(&progress, events.as_ref(), |progress| {
+        migrator.rollback_fleet(how_far, &options, progress)
+    })
+    .await?;
     // Each tenant named on the command line gets its line, as one alone does; a failed
     // one is in the failures below, one not started in the list of those.
     if !p.quiet {
@@ -175,6 +260,10 @@ struct Outcomes {
 }
 
 impl Progress for Outcomes {
+    fn run_id(&self, run_id: &str) {
+        self.inner.run_id(run_id);
+    }
+
     fn start(&self, total: u64) {
         self.inner.start(total);
     }
@@ -230,9 +319,20 @@ pub(crate) async fn exec(
         .tenants(args.tenants)
         .rollout(args.rollout.rollout());
     let progress = FleetProgress::new("exec", p.verbosity).pause(args.rollout.pause());
-    let report = migrator
-        .exec(&sql, !args.no_transaction, &options, &progress)
-        .await?;
+    let events = p.events(
+        &progress,
+        "exec",
+        serde_json::json!({
+            "tenants": names(&options.tenants),
+            "transaction": !args.no_transaction,
+            "sql_bytes": sql.len(),
+            "rollout": rollout_json(&args.rollout),
+        }),
+    );
+    let report = reported(&progress, events.as_ref(), |progress| {
+        migrator.exec(&sql, !args.no_transaction, &options, progress)
+    })
+    .await?;
     say::out_raw(&output::fleet_report(
         &report,
         p.words,

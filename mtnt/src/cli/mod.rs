@@ -1,10 +1,13 @@
 mod args;
+mod events;
 mod failures;
 mod fleet;
 mod hints;
+mod metrics;
 mod output;
 mod plan;
 mod progress;
+mod report_html;
 mod rollout;
 mod run;
 #[macro_use]

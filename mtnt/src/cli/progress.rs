@@ -169,6 +169,8 @@ impl Progress for FleetProgress {
     /// With the progress (not with `--no-progress` or `--quiet`, whose output stays
     /// the events alone; the summary always names the run).
     fn run_id(&self, run_id: &str) {
+        // The CLI's `run` span has the field; elsewhere this records nothing.
+        tracing::Span::current().record("run_id", run_id);
         if self.verbosity == Verbosity::Progress {
             self.event(&format!("{} run {run_id}", self.verb));
         }

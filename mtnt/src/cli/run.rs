@@ -1,8 +1,10 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
+use tracing::Instrument;
 
-use super::args::{Cli, Command, MarkArg, TenantCommand};
+use super::args::{Cli, Command, FormatArg, MarkArg, TenantCommand};
+use super::events::{self, JsonEvents, NoDisplay};
 use super::fleet::{self, Printing};
 use super::hints::cli_fix;
 use super::output::{self, count, Words};
@@ -12,6 +14,9 @@ use crate::{
     connect, ConnectOptions, Error, Hooks, MigrationSet, MigrationStatus, Migrator, Result,
     SafetySettings, Timeouts,
 };
+
+/// How many finished runs the fleet report lists.
+const REPORT_RUNS: usize = 20;
 
 /// Parses the command line, runs the command and returns the process exit code:
 /// 0 only when everything asked for succeeded. `--version` and the help show mtnt's own
@@ -43,10 +48,7 @@ fn run_app(app: Option<(&'static str, &'static str, &'static str)>) -> i32 {
     };
     // From here on nothing printed shows the URL's password, panics and logs included.
     say::install(cli.database_url.as_deref());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MTNT_LOG"))
-        .with_writer(say::LogWriter::new)
-        .try_init();
+    init_log(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,7 +59,8 @@ fn run_app(app: Option<(&'static str, &'static str, &'static str)>) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let span = run_span(&cli);
+    match runtime.block_on(run(cli).instrument(span)) {
         Ok(code) => {
             if code == ExitCode::SUCCESS {
                 0
@@ -70,6 +73,83 @@ fn run_app(app: Option<(&'static str, &'static str, &'static str)>) -> i32 {
             1
         }
     }
+}
+
+/// The diagnostic log on stderr: its level from `MTNT_LOG`, else `RUST_LOG` (errors
+/// only when neither is set), as text or (`--log-format json`) one JSON object per
+/// line; each span's end is logged with its duration (`time.busy`, `time.idle`).
+fn init_log(format: FormatArg) {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    use tracing_subscriber::EnvFilter;
+    let filter = ["MTNT_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| {
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|_| EnvFilter::from_env(var))
+        })
+        .unwrap_or_else(|| EnvFilter::new("error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_writer(say::LogWriter::new);
+    let _ = match format {
+        FormatArg::Text => builder.try_init(),
+        FormatArg::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
+}
+
+/// The server of `url` as logs and events name it: `host:port` (never the user or the
+/// password), or the directory of a SQLite URL.
+pub(crate) fn server_of(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.scheme() == "sqlite" => url
+            .trim_start_matches("sqlite:")
+            .trim_start_matches("//")
+            .to_owned(),
+        Ok(parsed) => match (parsed.host_str(), parsed.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => String::new(),
+        },
+        Err(_) => String::new(),
+    }
+}
+
+/// The `run` span around the whole command: its name, the server, and the run id once
+/// the run holds a lease.
+fn run_span(cli: &Cli) -> tracing::Span {
+    let command = match &cli.command {
+        Command::Migrate(_) => "migrate",
+        Command::Plan(_) => "plan",
+        Command::Rollback(_) => "rollback",
+        Command::Exec(_) => "exec",
+        Command::Status(_) => "status",
+        Command::Report(_) => "report",
+        Command::Drift(_) => "drift",
+        Command::Tenant(TenantCommand::Create { .. }) => "tenant create",
+        Command::Tenant(TenantCommand::List { .. }) => "tenant list",
+        Command::Tenant(TenantCommand::Adopt { .. }) => "tenant adopt",
+        Command::Tenant(TenantCommand::Drop { .. }) => "tenant drop",
+        Command::List(_) => "list",
+        Command::Repair(_) => "repair",
+    };
+    let host = cli
+        .database_url
+        .as_deref()
+        .map(server_of)
+        .unwrap_or_default();
+    tracing::debug_span!(
+        "run",
+        command,
+        host = %host,
+        run_id = tracing::field::Empty,
+    )
 }
 
 /// `error: <message>`, each cause the message does not quote, and the fix.
@@ -135,7 +215,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             statement: Some(cli.safety.statement_timeout),
         })
         .transactions(cli.transactions.into())
+        .server(server_of(url))
         .build()?;
+    let model = crate::migrate::model_label(migrator.backend());
     let quiet = cli.quiet;
     let verbosity = if quiet {
         Verbosity::Nothing
@@ -149,6 +231,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         verbosity,
         quiet,
         verbose: cli.verbose,
+        events: (cli.format == FormatArg::Json).then(|| model.clone()),
     };
     match cli.command {
         Command::List(_) => unreachable!("handled above"),
@@ -173,7 +256,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let report = migrator.status(&args.tenants).await?;
             // Who is migrating the fleet right now (the run leases).
             let running = migrator.running().await?;
-            if args.json {
+            if args.prometheus {
+                say::out_raw(&super::metrics::prometheus(&report, &running, &model));
+            } else if args.json {
                 let mut value = serde_json::to_value(&report).expect("serializable");
                 value["summary"] = serde_json::Value::String(report.summary());
                 // A stale lease is a dead run's: listed apart, never as running.
@@ -230,6 +315,82 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Report(args) => {
+            let report = migrator.status(&args.tenants).await?;
+            let running = migrator.running().await?;
+            let drift = match args.drift {
+                true => Some(super::report_html::drift_groups(
+                    &migrator.drift(&args.tenants).await?,
+                )),
+                false => None,
+            };
+            let page = super::report_html::render(&super::report_html::FleetPage {
+                title: &words.public,
+                model: &model,
+                status: &report,
+                runs: &running,
+                history: &migrator.runs(REPORT_RUNS).await?,
+                drift_groups: drift.as_deref(),
+                generated_at: chrono::Utc::now(),
+            });
+            std::fs::write(&args.html, say::clean(&page).as_bytes()).map_err(|source| {
+                Error::Io {
+                    action: "cannot write the report",
+                    path: args.html.clone(),
+                    source,
+                }
+            })?;
+            outln!("wrote {}: {}", args.html.display(), report.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant(TenantCommand::Create { name }) if printing.events.is_some() => {
+            let events = JsonEvents::new(
+                &NoDisplay,
+                "tenant create",
+                model.clone(),
+                serde_json::json!({ "tenant": name.as_str() }),
+            );
+            events.announce();
+            use crate::Progress as _;
+            let result = async {
+                let public = migrator.migrate_public().await?;
+                events.tenant_started(&name);
+                let created = migrator.create_tenant_with_progress(&name, &events).await;
+                let applied = migrator
+                    .migrations()
+                    .iter()
+                    .filter(|m| m.scope() == crate::Scope::Tenant && m.is_enabled())
+                    .count();
+                match &created {
+                    Ok(_) => events.tenant_done(&name, Ok(applied)),
+                    Err(error) => events.tenant_done(&name, Err(error)),
+                }
+                created.map(|tenant| (public, tenant))
+            }
+            .await;
+            let mut fields = events::object(serde_json::json!({
+                "ok": result.is_ok(),
+                "tenant": name.as_str(),
+            }));
+            if let Err(error) = &result {
+                fields.extend(events::error_fields(error));
+            }
+            events.finished(fields);
+            let (public, tenant) = result?;
+            if public > 0 {
+                outln!(
+                    "{}: applied {} first",
+                    words.public,
+                    count(public, "pending migration")
+                );
+            }
+            outln!(
+                "created tenant {} ({}) with every tenant migration applied",
+                tenant.name,
+                words.storage_of(&tenant.storage)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tenant(TenantCommand::Create { name }) => {
             // Tenant migrations may rely on the public ones: those run first, and are said.
             let public = migrator.migrate_public().await?;
@@ -272,9 +433,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             baseline,
         }) => {
             let progress = FleetProgress::new("adopt", verbosity);
-            let (adopted, skipped) = migrator
-                .adopt_with_progress(&schema_like, baseline, &progress)
-                .await?;
+            let events = printing.events(
+                &progress,
+                "tenant adopt",
+                serde_json::json!({ "schema_like": schema_like, "baseline": baseline }),
+            );
+            if let Some(events) = &events {
+                events.announce();
+            }
+            let adopting: &dyn crate::Progress = match &events {
+                Some(events) => events,
+                None => &progress,
+            };
+            let result = migrator
+                .adopt_with_progress(&schema_like, baseline, adopting)
+                .await;
+            if let Some(events) = &events {
+                let fields = match &result {
+                    Ok((adopted, skipped)) => events::object(serde_json::json!({
+                        "ok": skipped.is_empty(),
+                        "adopted": adopted.len(),
+                        "skipped": skipped,
+                    })),
+                    Err(error) => {
+                        let mut fields = events::object(serde_json::json!({ "ok": false }));
+                        fields.extend(events::error_fields(error));
+                        fields
+                    }
+                };
+                events.finished(fields);
+            }
+            let (adopted, skipped) = result?;
             for tenant in adopted.iter().filter(|_| !quiet) {
                 outln!(
                     "adopted {} ({})",

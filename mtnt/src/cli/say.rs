@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use crate::Redactor;
@@ -39,17 +40,50 @@ pub(crate) fn clean(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// Set by `--format json`: stdout carries the JSON events alone, and what [`out`] and
+/// [`out_raw`] print for people goes to stderr.
+static HUMAN_TO_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// Sends the human output to stderr from now on, keeping stdout for [`event`].
+pub(crate) fn human_to_stderr() {
+    HUMAN_TO_STDERR.store(true, Ordering::Relaxed);
+}
+
+/// Writes `text` to stdout, or to stderr after [`human_to_stderr`].
+fn write_human(text: &[u8], newline: bool) {
+    if HUMAN_TO_STDERR.load(Ordering::Relaxed) {
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(text);
+        if newline {
+            let _ = stderr.write_all(b"\n");
+        }
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(text);
+        if newline {
+            let _ = stdout.write_all(b"\n");
+        }
+        let _ = stdout.flush();
+    }
+}
+
 /// Prints `text` and a newline on stdout.
 pub(crate) fn out(text: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(clean(text).as_bytes());
-    let _ = stdout.write_all(b"\n");
+    write_human(clean(text).as_bytes(), true);
 }
 
 /// Prints `text` as it is (it ends with its own newline, or is a partial line) on stdout.
 pub(crate) fn out_raw(text: &str) {
+    write_human(clean(text).as_bytes(), false);
+}
+
+/// Prints one line of machine-readable output (a JSON event) on stdout, whatever
+/// [`human_to_stderr`] says, flushed at once so that a reader sees each event as it
+/// happens.
+pub(crate) fn event(line: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(clean(text).as_bytes());
+    let _ = stdout.write_all(clean(line).as_bytes());
+    let _ = stdout.write_all(b"\n");
     let _ = stdout.flush();
 }
 

@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
+use tracing::Instrument;
 
 use super::claim::FleetClaims;
 use super::fingerprint::current_fingerprints;
@@ -397,7 +398,12 @@ pub(crate) async fn migrate_fleet(
                 );
             }
             let started = Instant::now();
-            let outcome = TenantOutcome::from(claims.waiting(protocol, &record, op).await);
+            let outcome = TenantOutcome::from(
+                claims
+                    .waiting(protocol, &record, op)
+                    .instrument(protocol.tenant_span(&record.tenant.name))
+                    .await,
+            );
             if matches!(outcome, TenantOutcome::Failed(_)) {
                 stop.failed();
             }
@@ -467,8 +473,13 @@ impl Wave<'_> {
                     return Ok((record.tenant.name, TenantOutcome::Current, Duration::ZERO));
                 }
                 let started = Instant::now();
-                let outcome =
-                    TenantOutcome::from(claims.first_pass(self.protocol, &record, self.op).await);
+                self.protocol.progress.tenant_started(&record.tenant.name);
+                let outcome = TenantOutcome::from(
+                    claims
+                        .first_pass(self.protocol, &record, self.op)
+                        .instrument(self.protocol.tenant_span(&record.tenant.name))
+                        .await,
+                );
                 if matches!(outcome, TenantOutcome::Failed(_)) {
                     self.stop.failed();
                 }

@@ -1,5 +1,7 @@
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use super::claim::{lock_waiting, run_waiting, FleetClaims};
 use super::drift::{self, DriftReport};
 use super::fleet::{migrate_fleet, FleetRun, Tenants};
@@ -47,6 +49,8 @@ pub struct Migrator {
     transactions: Transactions,
     hooks: Hooks,
     run_history: usize,
+    /// The server the `tenant` tracing spans name (host and port, no password).
+    server: Option<String>,
 }
 
 /// Builds a [`Migrator`].
@@ -61,6 +65,8 @@ pub struct MigratorBuilder {
     transactions: Transactions,
     hooks: Hooks,
     run_history: usize,
+    /// The server the `tenant` tracing spans name (host and port, no password).
+    server: Option<String>,
 }
 
 impl MigratorBuilder {
@@ -126,6 +132,13 @@ impl MigratorBuilder {
         self
     }
 
+    /// The server (`host:port`, never a password) that the `tenant` tracing spans name;
+    /// the command line sets it from the database URL.
+    pub fn server(mut self, host: impl Into<String>) -> Self {
+        self.server = Some(host.into());
+        self
+    }
+
     /// Validates the migrations and settings and builds the migrator.
     pub fn build(self) -> Result<Migrator> {
         if self.concurrency > crate::MAX_CONCURRENCY {
@@ -151,6 +164,7 @@ impl MigratorBuilder {
             transactions: self.transactions,
             hooks: self.hooks,
             run_history: self.run_history,
+            server: self.server,
         })
     }
 }
@@ -175,6 +189,7 @@ impl Migrator {
             transactions: Transactions::default(),
             hooks: Hooks::none(),
             run_history: journal::DEFAULT_RUN_HISTORY,
+            server: None,
         }
     }
 
@@ -190,6 +205,7 @@ impl Migrator {
             hooks: &self.hooks,
             hook_failures: None,
             run_id: None,
+            server: self.server.as_deref(),
         }
     }
 
@@ -837,11 +853,23 @@ impl Migrator {
     /// Registers a tenant, creates its schema and applies every enabled tenant migration,
     /// all or nothing: when a migration fails, the schema and the registry row are gone again.
     pub async fn create_tenant(&self, name: &TenantName) -> Result<Tenant> {
+        self.create_tenant_with_progress(name, &Silent).await
+    }
+
+    /// [`Migrator::create_tenant`], reporting each migration to `progress` as it is
+    /// committed.
+    pub async fn create_tenant_with_progress(
+        &self,
+        name: &TenantName,
+        progress: &dyn Progress,
+    ) -> Result<Tenant> {
         self.ready_to_write().await?;
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
-        self.protocol(&Silent)
+        let protocol = self.protocol(progress);
+        protocol
             .create_tenant(&tenant, &self.safety)
+            .instrument(protocol.tenant_span(name))
             .await?;
         Ok(tenant)
     }

@@ -35,6 +35,8 @@ pub use journal::{DriftCheck, RunRecord, DEFAULT_RUN_HISTORY};
 pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};
 pub use progress::Progress;
+#[cfg(feature = "cli")]
+pub(crate) use protocol::model_label;
 pub use report::{
     FailedMigration, FailedTenant, InvalidRegistryRow, MigrateReport, PublicStatus, RollbackReport,
     StatusReport, TenantStatus,

@@ -1,4 +1,6 @@
-use crate::{Error, TenantName};
+use std::time::Duration;
+
+use crate::{Error, Migration, TenantName};
 
 /// Hears about a fleet run as it goes; the CLI draws a progress bar with it.
 pub trait Progress: Send + Sync {
@@ -7,6 +9,19 @@ pub trait Progress: Send + Sync {
     fn run_id(&self, _run_id: &str) {}
     /// The run starts on `total` tenants.
     fn start(&self, _total: u64) {}
+    /// Work on a tenant begins: its connection and lock are next. Tenants whose registry
+    /// row proves them current are not started (only [`Progress::tenant_done`]).
+    fn tenant_started(&self, _tenant: &TenantName) {}
+    /// A migration of `tenant` (`None`: the public schema) is committed: applied, or
+    /// reverted when `reverted`; its function ran for `elapsed`.
+    fn migration_done(
+        &self,
+        _tenant: Option<&TenantName>,
+        _migration: &Migration,
+        _reverted: bool,
+        _elapsed: Duration,
+    ) {
+    }
     /// A tenant is done: `Ok(n)` with the migrations it applied (or reverted), or its error.
     fn tenant_done(&self, _tenant: &TenantName, _outcome: Result<usize, &Error>) {}
     /// A wave of `tenants` starts: number 0 is the canary, then 1 to `waves`.
@@ -23,7 +38,7 @@ pub trait Progress: Send + Sync {
         _attempt: u32,
         _attempts: u32,
         _error: &Error,
-        _pause: std::time::Duration,
+        _pause: Duration,
     ) {
     }
     /// Something the run changed on its own that the user should hear of (its

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use super::claim::is_transient;
 use super::hooks::{HookFailures, Hooks, TenantOutcome};
@@ -85,6 +86,8 @@ pub(crate) struct Protocol<'a> {
     pub(crate) hook_failures: Option<&'a HookFailures>,
     /// The fleet run's id, which every tracking row it writes carries.
     pub(crate) run_id: Option<&'a str>,
+    /// The server the `tenant` tracing spans name.
+    pub(crate) server: Option<&'a str>,
 }
 
 /// What the attempts of one claim on a target share.
@@ -150,6 +153,52 @@ pub(crate) fn wrap(
         reverting: direction == Direction::Down,
         source: Box::new(error),
     }
+}
+
+impl Protocol<'_> {
+    /// The `tenant` span of the work on one tenant (the log shows its duration).
+    pub(crate) fn tenant_span(&self, tenant: &crate::TenantName) -> tracing::Span {
+        tracing::debug_span!(
+            "tenant",
+            tenant = %tenant,
+            model = %model_label(self.backend),
+            host = self.server.unwrap_or(""),
+        )
+    }
+}
+
+/// The tenancy model of `backend` as logs and events name it: `postgres-schema`,
+/// `postgres-database`, `mysql-database`, `sqlite-file` (a custom engine's name first).
+pub(crate) fn model_label(backend: &dyn Backend) -> String {
+    let engine = match backend.engine() {
+        crate::Engine::Postgres => "postgres",
+        crate::Engine::MySql => "mysql",
+        crate::Engine::Sqlite => "sqlite",
+        crate::Engine::Custom(name) => name,
+    };
+    let tenancy = match backend.tenancy() {
+        crate::Tenancy::Schema => "schema",
+        crate::Tenancy::Database => "database",
+        crate::Tenancy::File => "file",
+    };
+    format!("{engine}-{tenancy}")
+}
+
+/// The `migration` span of one up or down function (the log shows its duration); it
+/// names its tenant too, so that a log query needs no span list.
+fn migration_span(
+    target: Target<'_>,
+    migration: &Migration,
+    direction: Direction,
+) -> tracing::Span {
+    tracing::debug_span!(
+        "migration",
+        tenant = target.tenant().map(|t| t.name.as_str()),
+        order = migration.order(),
+        // Not `name`: the JSON log gives the span's own name that key.
+        migration = migration.name(),
+        reverting = direction == Direction::Down,
+    )
 }
 
 fn scope_of(target: Target<'_>) -> Scope {
@@ -255,6 +304,22 @@ impl<'a> Protocol<'a> {
 
     fn registry_in_transaction(&self, target: Target<'_>) -> bool {
         self.caps.registry_in_target_transaction && target.tenant().is_some()
+    }
+
+    /// Tells the progress that `migration` of `target` is committed.
+    fn committed(
+        &self,
+        target: Target<'_>,
+        migration: &Migration,
+        direction: Direction,
+        timing: Timing,
+    ) {
+        self.progress.migration_done(
+            target.tenant().map(|t| &t.name),
+            migration,
+            direction == Direction::Down,
+            timing.finished.saturating_duration_since(timing.started),
+        );
     }
 
     /// Brings one target up to `to`, unless another run holds it. `record` is the
@@ -676,6 +741,7 @@ impl<'a> Protocol<'a> {
                 ));
             }
             completed.note(last.migration, direction);
+            self.committed(target, last.migration, direction, last.timing);
             self.after_commit(target, completed).await;
         }
         Ok(())
@@ -739,6 +805,7 @@ impl<'a> Protocol<'a> {
                 match conn.commit(&records, Some(timeouts)).await {
                     Ok(()) => {
                         completed.note(done.migration, direction);
+                        self.committed(target, done.migration, direction, done.timing);
                         self.after_commit(target, completed).await;
                         Ok(())
                     }
@@ -781,7 +848,10 @@ impl<'a> Protocol<'a> {
                 timeouts = wanted;
             }
             let started = Instant::now();
-            if let Err(error) = invoke(function, &mut conn.ctx()).await {
+            if let Err(error) = invoke(function, &mut conn.ctx())
+                .instrument(migration_span(target, migration, direction))
+                .await
+            {
                 failure = Some((k, error, started));
                 break;
             }
@@ -814,8 +884,9 @@ impl<'a> Protocol<'a> {
             }
         }
         let Some((k, error, started)) = failure else {
-            for &migration in batch {
+            for (&migration, &timing) in batch.iter().zip(&timings) {
                 completed.note(migration, direction);
+                self.committed(target, migration, direction, timing);
             }
             self.after_commit(target, completed).await;
             return Ok(());
@@ -897,6 +968,7 @@ impl<'a> Protocol<'a> {
         }
         if let Some(done) = &previous {
             completed.note(done.migration, direction);
+            self.committed(target, done.migration, direction, done.timing);
         }
         if direction == Direction::Down {
             completed.note(migration, Direction::Down);
@@ -910,7 +982,9 @@ impl<'a> Protocol<'a> {
             result = conn.enter_autocommit(timeouts).await;
         }
         if result.is_ok() {
-            result = invoke(function, &mut conn.ctx()).await;
+            result = invoke(function, &mut conn.ctx())
+                .instrument(migration_span(target, migration, direction))
+                .await;
         }
         if !in_transaction {
             if result.is_ok() {
