@@ -1120,6 +1120,30 @@ async fn run(args: Args) -> Res<()> {
         plan_db.drop().await?;
     }
 
+    // The fleet report reads what `status` reads and writes one HTML page of every tenant.
+    progress(&format!("mtnt report --html: {fleet} tenants"));
+    let page = std::env::temp_dir().join(format!("{}-report.html", db.prefix));
+    let page_arg = page.to_string_lossy().into_owned();
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let run = mtnt_cli(&db, args.concurrency, &["report", "--html", &page_arg]).await?;
+        expect(&run, &format!("/{fleet} tenants current"))?;
+        samples.push(run.elapsed);
+    }
+    let page_kb = std::fs::metadata(&page)
+        .map(|m| m.len() / 1024)
+        .unwrap_or(0);
+    let _ = std::fs::remove_file(&page);
+    let report = median(samples);
+    done(report);
+    rows.push(Row {
+        what: format!("report --html, {fleet} tenants"),
+        figure: format!("{} ({page_kb} KB page)", secs(report)),
+        baseline: format!("{}, SELECT of the registry", secs(scan)),
+        ratio: format!("{:.1}x", report.as_secs_f64() / scan.as_secs_f64()),
+        target: format!("< 1 s: {}", verdict(report < Duration::from_secs(1))),
+    });
+
     progress(&format!("tenant create x{}", args.creates));
     let backend = mtnt::connect(&db.url()?, &ConnectOptions::default()).await?;
     let migrator = Migrator::builder_boxed(backend).build()?;
