@@ -154,13 +154,17 @@ const NO_REGISTRY: &str = "has no mtnt registry: nothing has been migrated here"
 /// non-zero exit, and leave it as it was; the first `migrate` then sets it up.
 async fn reads_create_nothing_where_mtnt_never_ran(m: &Model) {
     let before = snapshot(m).await;
-    let reads: [&[&str]; 6] = [
+    // With them the commands that need a registered tenant: nothing to drop or compare.
+    let reads: [&[&str]; 9] = [
         &["status"],
         &["status", "--json"],
         &["tenant", "list"],
         &["tenant", "list", "--json"],
         &["plan"],
         &["migrate", "--dry-run"],
+        &["drift"],
+        &["report", "--html", "/dev/null"],
+        &["tenant", "drop", "acme", "--yes"],
     ];
     for args in reads {
         app(m)

@@ -487,12 +487,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     "dropping tenant {name} deletes all its data\n  fix: run `tenant drop {name} --yes` to confirm"
                 )));
             }
-            let record = migrator
-                .backend()
-                .tenant_records(std::slice::from_ref(&name))
-                .await?
-                .pop()
-                .ok_or_else(|| Error::UnknownTenant(name.to_string()))?;
+            let record = migrator.tenant(&name).await?;
             migrator.drop_tenant(&name).await?;
             outln!(
                 "dropped tenant {name}: its {} and its registry row",

@@ -874,6 +874,13 @@ impl Migrator {
         Ok(tenant)
     }
 
+    /// The registry row of the tenant `name`: [`Error::UnknownTenant`] when there is none,
+    /// [`Error::NoRegistry`] where mtnt never ran. Only reads.
+    pub async fn tenant(&self, name: &TenantName) -> Result<TenantRecord> {
+        self.ready_to_read().await?;
+        Ok(self.records(std::slice::from_ref(name)).await?.remove(0))
+    }
+
     /// Removes a tenant: its storage with all its data, and its registry row, once no
     /// other run works on it (waiting at most the unlock deadline).
     pub async fn drop_tenant(&self, name: &TenantName) -> Result<()> {
