@@ -616,6 +616,46 @@ mod postgres {
         db.drop_db().await;
     }
 
+    /// A first migration's own unique violation in `tenant create` is that migration's
+    /// failure, with its DETAIL, not "the tenant exists already".
+    #[tokio::test]
+    async fn a_unique_violation_of_the_first_migration_is_no_name_clash() {
+        let db = TestDb::create("setup_create_dup").await;
+        let duplicate = MigrationSet::registered_in("setup::duplicate").unwrap();
+        let migrator = Migrator::builder_boxed(
+            mtnt::connect(&db.url, &ConnectOptions::default())
+                .await
+                .unwrap(),
+        )
+        .migrations(duplicate)
+        .build()
+        .unwrap();
+        let error = migrator.create_tenant(&name("ada-co")).await.unwrap_err();
+        assert!(!matches!(error, Error::TenantExists(_)), "{error:?}");
+        let text = error.to_string();
+        assert!(
+            text.contains("while applying 2031_02_01_0001 unique_display_names to tenant ada-co")
+                && text.contains("Key (display_name)=(Ada) is duplicated."),
+            "{text}"
+        );
+        // Nothing of it is left, and a real clash is still one.
+        assert!(migrator.tenants().await.unwrap().is_empty());
+        let plain = Migrator::builder_boxed(
+            mtnt::connect(&db.url, &ConnectOptions::default())
+                .await
+                .unwrap(),
+        )
+        .migrations(plain_set())
+        .build()
+        .unwrap();
+        plain.create_tenant(&name("ada-co")).await.unwrap();
+        assert!(matches!(
+            plain.create_tenant(&name("ada-co")).await,
+            Err(Error::TenantExists(_))
+        ));
+        db.drop_db().await;
+    }
+
     /// DETAIL and HINT on the command line, redacted like everything else it prints.
     #[tokio::test]
     async fn the_command_line_shows_detail_and_hint_without_the_password() {

@@ -132,7 +132,7 @@ impl Protocol<'_> {
             conn.release().await;
             // The registry row or the storage could not be made (the prelude fails as the
             // first migration would).
-            if matches!(i, None | Some(0)) && self.is_creation_clash(&e) {
+            if matches!(i, None | Some(0)) && self.is_name_clash(tenant, &e).await {
                 return Err(self.creation_error(tenant, e));
             }
             return Err(match i {
@@ -164,6 +164,22 @@ impl Protocol<'_> {
             self.backend.classify(error),
             ErrorClass::UniqueViolation | ErrorClass::StorageExists
         )
+    }
+
+    /// Whether `error`, of the transaction that registers `tenant`, creates its storage
+    /// and runs its first migrations, is the name taken: the first migration's own
+    /// unique violation (duplicates under a new unique index) is not, and the registry
+    /// tells which, since the transaction rolled back what it had registered.
+    async fn is_name_clash(&self, tenant: &Tenant, error: &Error) -> bool {
+        match self.backend.classify(error) {
+            ErrorClass::StorageExists => true,
+            ErrorClass::UniqueViolation => self
+                .backend
+                .tenant_records(std::slice::from_ref(&tenant.name))
+                .await
+                .map_or(true, |found| !found.is_empty()),
+            _ => false,
+        }
     }
 
     /// Registers the tenant as `creating`, creates its storage, migrates it like any
