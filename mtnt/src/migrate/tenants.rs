@@ -159,13 +159,6 @@ impl Protocol<'_> {
         self.backend.set_state(tenant, TenantState::Active).await
     }
 
-    fn is_creation_clash(&self, error: &Error) -> bool {
-        matches!(
-            self.backend.classify(error),
-            ErrorClass::UniqueViolation | ErrorClass::StorageExists
-        )
-    }
-
     /// Whether `error`, of the transaction that registers `tenant`, creates its storage
     /// and runs its first migrations, is the name taken: the first migration's own
     /// unique violation (duplicates under a new unique index) is not, and the registry
