@@ -9,9 +9,12 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use tracing::Subscriber;
+use tracing::level_filters::LevelFilter;
+use tracing::span;
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::filter::filter_fn;
-use tracing_subscriber::layer::Layer;
+use tracing_subscriber::layer::{Context, Filter, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::say::errln;
@@ -81,9 +84,9 @@ where
         .with_tracer(tracer)
         .with_threads(false)
         // mtnt's spans, at every level: the stderr log's filter does not apply here.
-        .with_filter(filter_fn(|meta| {
+        .with_filter(Fresh(filter_fn(|meta| {
             meta.is_span() && (meta.target() == "mtnt" || meta.target().starts_with("mtnt::"))
-        }));
+        })));
     Some((
         layer,
         Exporter {
@@ -100,4 +103,59 @@ fn default_service_name() -> String {
         .and_then(|path| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "mtnt".to_owned())
+}
+
+/// A per-layer filter `F` that never lets a callsite cache `Interest::always`, so that
+/// `enabled` runs right before each span or event it decides on.
+///
+/// tracing-subscriber 0.3 hands a per-layer filter's decision from `enabled` to the span's
+/// creation through a thread-local; a callsite with `Interest::always` skips `enabled`, so
+/// its span takes whatever the last `enabled` call left there, such as the `log` records
+/// sqlx checks after each query (disabled for the log): the `tenant` and `migration`
+/// spans went missing from both layers
+/// (<https://github.com/tokio-rs/tracing/issues/2519>). `sometimes` costs one filter
+/// call per span.
+pub(crate) struct Fresh<F>(pub(crate) F);
+
+impl<S, F: Filter<S>> Filter<S> for Fresh<F> {
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.enabled(meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        let interest = self.0.callsite_enabled(meta);
+        if interest.is_always() {
+            Interest::sometimes()
+        } else {
+            interest
+        }
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.event_enabled(event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_new_span(attrs, id, ctx);
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        self.0.on_record(id, values, ctx);
+    }
+
+    fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_enter(id, ctx);
+    }
+
+    fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_exit(id, ctx);
+    }
+
+    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+        self.0.on_close(id, ctx);
+    }
 }

@@ -88,10 +88,9 @@ fn run_logged(cli: Cli) -> i32 {
 /// With the `otel` feature and an OTLP endpoint set, mtnt's spans are also exported
 /// (`super::otel`); the returned guard exports the last of them when dropped.
 fn init_log(format: FormatArg) -> Telemetry {
-    use tracing_subscriber::fmt::format::FmtSpan;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer};
+    use tracing_subscriber::EnvFilter;
     let filter = ["MTNT_LOG", "RUST_LOG"]
         .into_iter()
         .find_map(|var| {
@@ -101,28 +100,48 @@ fn init_log(format: FormatArg) -> Telemetry {
                 .map(|_| EnvFilter::from_env(var))
         })
         .unwrap_or_else(|| EnvFilter::new("error"));
+    #[cfg(feature = "otel")]
+    if let Some((otel, exporter)) = super::otel::layer() {
+        // Each layer its own filter: the log's level does not hide spans from the exporter.
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::Layer::with_filter(
+                fmt_layer(format),
+                super::otel::Fresh(filter),
+            ))
+            .with(otel)
+            .try_init();
+        return Telemetry {
+            exporter: Some(exporter),
+        };
+    }
+    // The log alone: its filter is the subscriber's.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer(format))
+        .try_init();
+    Telemetry {
+        #[cfg(feature = "otel")]
+        exporter: None,
+    }
+}
+
+/// The stderr log's layer, as text or JSON lines.
+fn fmt_layer<S>(format: FormatArg) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use tracing_subscriber::fmt::format::FmtSpan;
+    use tracing_subscriber::Layer;
     let fmt = tracing_subscriber::fmt::layer()
         .with_span_events(FmtSpan::CLOSE)
         .with_writer(say::LogWriter::new);
-    let fmt = match format {
+    match format {
         FormatArg::Text => fmt.boxed(),
         FormatArg::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(true)
             .boxed(),
-    };
-    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
-    #[cfg(feature = "otel")]
-    {
-        let (layer, exporter) = super::otel::layer().unzip();
-        let _ = registry.with(layer).try_init();
-        Telemetry { exporter }
-    }
-    #[cfg(not(feature = "otel"))]
-    {
-        let _ = registry.try_init();
-        Telemetry {}
     }
 }
 
