@@ -108,6 +108,25 @@ fn with_password(url: &str) -> String {
     format!("{scheme}://{user}:{PASSWORD}@{host}")
 }
 
+/// `text` without its ANSI colours.
+fn plain(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, up to the final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One exported span, flattened.
 #[derive(Debug)]
 struct SpanSeen {
@@ -185,7 +204,6 @@ async fn the_spans_go_to_the_otlp_endpoint_without_the_password() {
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_HEADERS",
             "OTEL_EXPORTER_OTLP_COMPRESSION",
-            "RUST_LOG",
         ] {
             cmd.env_remove(var);
         }
@@ -200,12 +218,27 @@ async fn the_spans_go_to_the_otlp_endpoint_without_the_password() {
     // `tenant create` applies every tenant migration in acme.
     let migrate = app(Some("billing-migrations"));
     let create = app(None);
-    tokio::task::spawn_blocking(move || {
+    // With the stderr log at debug too: each layer has its own filter, and the log still
+    // shows the spans that the exporter sends.
+    let (mut migrate, mut create) = (migrate, create);
+    migrate.env("RUST_LOG", "mtnt=debug");
+    create.env("RUST_LOG", "mtnt=debug");
+    let stderr = tokio::task::spawn_blocking(move || {
         run_expecting(migrate, &["--no-progress", "migrate"], 0);
-        run_expecting(create, &["--no-progress", "tenant", "create", "acme"], 0);
+        run_expecting(create, &["--no-progress", "tenant", "create", "acme"], 0).1
     })
     .await
     .expect("the app ran");
+    let stderr = plain(&stderr);
+    let closed = |span: &str| {
+        stderr
+            .lines()
+            .filter(|l| l.contains(&format!("{span}{{")) && l.contains(" close "))
+            .count()
+    };
+    assert!(closed("migration") >= 3, "{stderr}");
+    assert!(closed("tenant") >= 1, "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
 
     // Each command shut its exporter down before it exited: everything is in.
     let received = inbox.lock().unwrap().clone();
