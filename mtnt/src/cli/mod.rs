@@ -4,6 +4,8 @@ mod failures;
 mod fleet;
 mod hints;
 mod metrics;
+#[cfg(feature = "otel")]
+mod otel;
 mod output;
 mod plan;
 mod progress;

@@ -48,7 +48,14 @@ fn run_app(app: Option<(&'static str, &'static str, &'static str)>) -> i32 {
     };
     // From here on nothing printed shows the URL's password, panics and logs included.
     say::install(cli.database_url.as_deref());
-    init_log(cli.log_format);
+    let telemetry = init_log(cli.log_format);
+    let code = run_logged(cli);
+    // Outside the runtime: the exporter's last batch goes out on a thread of its own.
+    telemetry.finish();
+    code
+}
+
+fn run_logged(cli: Cli) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -78,8 +85,11 @@ fn run_app(app: Option<(&'static str, &'static str, &'static str)>) -> i32 {
 /// The diagnostic log on stderr: its level from `MTNT_LOG`, else `RUST_LOG` (errors
 /// only when neither is set), as text or (`--log-format json`) one JSON object per
 /// line; each span's end is logged with its duration (`time.busy`, `time.idle`).
-fn init_log(format: FormatArg) {
-    use tracing_subscriber::fmt::format::FmtSpan;
+/// With the `otel` feature and an OTLP endpoint set, mtnt's spans are also exported
+/// (`super::otel`); the returned guard exports the last of them when dropped.
+fn init_log(format: FormatArg) -> Telemetry {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = ["MTNT_LOG", "RUST_LOG"]
         .into_iter()
@@ -90,18 +100,66 @@ fn init_log(format: FormatArg) {
                 .map(|_| EnvFilter::from_env(var))
         })
         .unwrap_or_else(|| EnvFilter::new("error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    #[cfg(feature = "otel")]
+    if let Some((otel, exporter)) = super::otel::layer() {
+        // Each layer its own filter: the log's level does not hide spans from the exporter.
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::Layer::with_filter(
+                fmt_layer(format),
+                super::otel::Fresh(filter),
+            ))
+            .with(otel)
+            .try_init();
+        return Telemetry {
+            exporter: Some(exporter),
+        };
+    }
+    // The log alone: its filter is the subscriber's.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer(format))
+        .try_init();
+    Telemetry {
+        #[cfg(feature = "otel")]
+        exporter: None,
+    }
+}
+
+/// The stderr log's layer, as text or JSON lines.
+fn fmt_layer<S>(format: FormatArg) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use tracing_subscriber::fmt::format::FmtSpan;
+    use tracing_subscriber::Layer;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_span_events(FmtSpan::CLOSE)
         .with_writer(say::LogWriter::new);
-    let _ = match format {
-        FormatArg::Text => builder.try_init(),
-        FormatArg::Json => builder
+    match format {
+        FormatArg::Text => fmt.boxed(),
+        FormatArg::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .try_init(),
-    };
+            .boxed(),
+    }
+}
+
+/// What the log needs at the end of the command: with the `otel` feature, the exporter
+/// of the spans still in its batch.
+struct Telemetry {
+    #[cfg(feature = "otel")]
+    exporter: Option<super::otel::Exporter>,
+}
+
+impl Telemetry {
+    /// Exports the spans not exported yet (the `run` span ends last), then stops.
+    fn finish(self) {
+        #[cfg(feature = "otel")]
+        if let Some(exporter) = self.exporter {
+            exporter.shutdown();
+        }
+    }
 }
 
 /// The server of `url` as logs and events name it: `host:port` (never the user or the
