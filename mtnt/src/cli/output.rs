@@ -266,17 +266,10 @@ pub(crate) fn drift_report(report: &DriftReport, quiet: bool) -> String {
             let _ = write!(out, ", {} drifted", order.drifted.len());
         }
         out.push('\n');
-        // Tenants that drifted the same way share a fingerprint: said once, with their names.
-        let mut ways: Vec<(&str, Vec<&TenantName>, &[crate::Difference])> = Vec::new();
-        for d in &order.drifted {
-            match ways.iter_mut().find(|(f, ..)| *f == d.fingerprint) {
-                Some((_, names, _)) => names.push(&d.tenant),
-                None => ways.push((&d.fingerprint, vec![&d.tenant], &d.differences)),
-            }
-        }
-        for (_, names, differences) in ways {
-            let names: Vec<String> = names.iter().map(ToString::to_string).collect();
-            let what: Vec<String> = differences.iter().map(ToString::to_string).collect();
+        // Tenants that drifted the same way are said once, with their names.
+        for way in order.ways() {
+            let names: Vec<String> = way.tenants.iter().map(ToString::to_string).collect();
+            let what: Vec<String> = way.differences.iter().map(ToString::to_string).collect();
             let _ = writeln!(out, "  {}: {}", names.join(", "), what.join("; "));
         }
     }

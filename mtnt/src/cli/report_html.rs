@@ -26,31 +26,16 @@ pub(crate) struct DriftGroup {
 pub(crate) fn drift_groups(report: &crate::DriftReport) -> Vec<DriftGroup> {
     let mut groups: Vec<DriftGroup> = Vec::new();
     for order in &report.orders {
-        let mut by_print: BTreeMap<&str, (String, Vec<TenantName>)> = BTreeMap::new();
-        for tenant in &order.drifted {
-            let entry = by_print
-                .entry(tenant.fingerprint.as_str())
-                .or_insert_with(|| {
-                    let what: Vec<String> =
-                        tenant.differences.iter().map(ToString::to_string).collect();
-                    (
-                        format!(
-                            "at {}: {}",
-                            order
-                                .applied_order
-                                .map_or_else(|| "no migration".to_owned(), format_order),
-                            what.join("; ")
-                        ),
-                        Vec::new(),
-                    )
-                });
-            entry.1.push(tenant.tenant.clone());
-        }
-        groups.extend(
-            by_print
-                .into_values()
-                .map(|(summary, tenants)| DriftGroup { summary, tenants }),
-        );
+        let at = order
+            .applied_order
+            .map_or_else(|| "no migration".to_owned(), format_order);
+        groups.extend(order.ways().into_iter().map(|way| {
+            let what: Vec<String> = way.differences.iter().map(ToString::to_string).collect();
+            DriftGroup {
+                summary: format!("at {at}: {}", what.join("; ")),
+                tenants: way.tenants.into_iter().cloned().collect(),
+            }
+        }));
     }
     for unreadable in &report.unreadable {
         groups.push(DriftGroup {

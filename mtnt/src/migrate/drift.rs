@@ -101,6 +101,36 @@ pub struct OrderDrift {
     pub drifted: Vec<DriftedTenant>,
 }
 
+/// The tenants at one order that drifted the same way (one schema fingerprint).
+#[derive(Clone, Debug)]
+pub struct DriftWay<'a> {
+    /// The fingerprint of their schema.
+    pub fingerprint: &'a str,
+    /// The tenants, by name.
+    pub tenants: Vec<&'a TenantName>,
+    /// What differs from the reference.
+    pub differences: &'a [Difference],
+}
+
+impl OrderDrift {
+    /// The drifted tenants grouped by how they drifted, in the order of their first
+    /// tenant's name.
+    pub fn ways(&self) -> Vec<DriftWay<'_>> {
+        let mut ways: Vec<DriftWay<'_>> = Vec::new();
+        for d in &self.drifted {
+            match ways.iter_mut().find(|w| w.fingerprint == d.fingerprint) {
+                Some(way) => way.tenants.push(&d.tenant),
+                None => ways.push(DriftWay {
+                    fingerprint: &d.fingerprint,
+                    tenants: vec![&d.tenant],
+                    differences: &d.differences,
+                }),
+            }
+        }
+        ways
+    }
+}
+
 /// A tenant whose schema could not be read.
 #[derive(Clone, Debug, Serialize)]
 pub struct UnreadableTenant {
@@ -235,32 +265,35 @@ fn compare(applied_order: Option<i64>, groups: HashMap<String, Group>) -> OrderD
 }
 
 /// What `found` has other than `expected`; both sorted, as [`Backend::describe`] gives them.
-pub(crate) fn differences(expected: &[SchemaObject], found: &[SchemaObject]) -> Vec<Difference> {
-    let key = |o: &SchemaObject| (o.kind, o.name.clone());
+pub(crate) fn differences<'a>(
+    expected: &'a [SchemaObject],
+    found: &'a [SchemaObject],
+) -> Vec<Difference> {
+    let key = |o: &'a SchemaObject| (o.kind, o.name.as_str());
     let expected: BTreeMap<_, &SchemaObject> = expected.iter().map(|o| (key(o), o)).collect();
     let found: BTreeMap<_, &SchemaObject> = found.iter().map(|o| (key(o), o)).collect();
     let mut out = Vec::new();
-    for ((kind, name), object) in &expected {
-        match found.get(&(*kind, name.clone())) {
+    for (&(kind, name), object) in &expected {
+        match found.get(&(kind, name)) {
             None => out.push(Difference::Missing {
-                kind: *kind,
-                name: name.clone(),
+                kind,
+                name: name.to_owned(),
                 definition: object.definition.clone(),
             }),
             Some(other) if other.definition != object.definition => out.push(Difference::Changed {
-                kind: *kind,
-                name: name.clone(),
+                kind,
+                name: name.to_owned(),
                 expected: object.definition.clone(),
                 found: other.definition.clone(),
             }),
             Some(_) => {}
         }
     }
-    for ((kind, name), object) in &found {
-        if !expected.contains_key(&(*kind, name.clone())) {
+    for (&(kind, name), object) in &found {
+        if !expected.contains_key(&(kind, name)) {
             out.push(Difference::Extra {
-                kind: *kind,
-                name: name.clone(),
+                kind,
+                name: name.to_owned(),
                 definition: object.definition.clone(),
             });
         }

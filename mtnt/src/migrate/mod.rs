@@ -22,7 +22,7 @@ mod safety;
 mod source;
 mod tenants;
 
-pub use drift::{Difference, DriftReport, DriftedTenant, OrderDrift, UnreadableTenant};
+pub use drift::{Difference, DriftReport, DriftWay, DriftedTenant, OrderDrift, UnreadableTenant};
 pub use fingerprint::fingerprint;
 #[doc(hidden)]
 pub use hooks::HookFn;
