@@ -367,10 +367,7 @@ impl Backend for JsonBackend {
             .iter()
             .map(|tenant| {
                 let doc = Place::tenant(&self.dir, &tenant.storage).load()?;
-                let doc = doc.ok_or_else(|| Error::StorageMissing {
-                    tenant: tenant.name.clone(),
-                    storage: tenant.storage.clone(),
-                })?;
+                let doc = doc.ok_or_else(|| Error::storage_missing(tenant))?;
                 Ok(doc
                     .collections
                     .keys()
@@ -447,10 +444,7 @@ impl JsonConnection<'_> {
     /// The target's document as on disk; a registered tenant's must exist.
     fn load(&self) -> Result<TargetDoc> {
         self.session.place.load()?.ok_or_else(|| match self.target {
-            Target::Tenant(tenant) => Error::StorageMissing {
-                tenant: tenant.name.clone(),
-                storage: tenant.storage.clone(),
-            },
+            Target::Tenant(tenant) => Error::storage_missing(tenant),
             Target::Public => Error::Corrupt("the control document vanished".to_owned()),
         })
     }

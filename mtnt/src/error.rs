@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::{Engine, HookKind, Scope, Tenancy, TenantName};
+use crate::{Engine, HookKind, Scope, Tenancy, Tenant, TenantName};
 
 /// The result type of mtnt and of migration functions.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -438,5 +438,13 @@ impl Error {
     /// Wraps any error a migration wants to report.
     pub fn other(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Error::Other(error.into())
+    }
+
+    /// [`Error::StorageMissing`] for `tenant`, its storage named as the registry has it.
+    pub fn storage_missing(tenant: &Tenant) -> Self {
+        Error::StorageMissing {
+            tenant: tenant.name.clone(),
+            storage: tenant.storage.clone(),
+        }
     }
 }

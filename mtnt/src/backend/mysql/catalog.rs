@@ -111,13 +111,9 @@ impl MySqlBackend {
                 }
             }
             described.extend(page.iter().map(|t| {
-                let mut objects =
-                    by_db
-                        .remove(&t.storage)
-                        .ok_or_else(|| Error::StorageMissing {
-                            tenant: t.name.clone(),
-                            storage: t.storage.clone(),
-                        })?;
+                let mut objects = by_db
+                    .remove(&t.storage)
+                    .ok_or_else(|| Error::storage_missing(t))?;
                 objects.sort();
                 Ok(objects)
             }));

@@ -175,10 +175,7 @@ impl<'a> MySqlTarget<'a> {
     /// The error of a tenant's database that is gone, else `error`.
     fn missing_storage(&self, error: sqlx::Error) -> Error {
         match (self.target, error_number(&error)) {
-            (Target::Tenant(t), Some(ER_BAD_DB_ERROR)) => Error::StorageMissing {
-                tenant: t.name.clone(),
-                storage: t.storage.clone(),
-            },
+            (Target::Tenant(t), Some(ER_BAD_DB_ERROR)) => Error::storage_missing(t),
             _ => error.into(),
         }
     }

@@ -138,10 +138,7 @@ impl PgDatabaseBackend {
         self.check_not_control(tenant)?;
         match PgConnection::connect_with(&self.tenant_connect_options(tenant)).await {
             Ok(conn) => Ok(conn),
-            Err(e) if is_code(&e, "3D000") => Err(Error::StorageMissing {
-                tenant: tenant.name.clone(),
-                storage: tenant.storage.clone(),
-            }),
+            Err(e) if is_code(&e, "3D000") => Err(Error::storage_missing(tenant)),
             Err(e) => Err(e.into()),
         }
     }

@@ -108,12 +108,7 @@ impl PostgresBackend {
         Ok(page
             .iter()
             .zip(objects)
-            .map(|(tenant, objects)| {
-                objects.ok_or_else(|| Error::StorageMissing {
-                    tenant: tenant.name.clone(),
-                    storage: tenant.storage.clone(),
-                })
-            })
+            .map(|(tenant, objects)| objects.ok_or_else(|| Error::storage_missing(tenant)))
             .collect())
     }
 

@@ -36,10 +36,7 @@ impl SqliteBackend {
     pub(super) async fn describe_file(&self, tenant: &Tenant) -> Result<Vec<SchemaObject>> {
         let path = self.path_of(tenant)?;
         if !path.exists() {
-            return Err(Error::StorageMissing {
-                tenant: tenant.name.clone(),
-                storage: tenant.storage.clone(),
-            });
+            return Err(Error::storage_missing(tenant));
         }
         let mut conn = SqliteConnection::connect_with(&file_options(&path).read_only(true))
             .await
