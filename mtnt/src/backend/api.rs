@@ -180,10 +180,13 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// How long ago the migration started and finished.
-    pub fn ago(&self) -> (Duration, Duration) {
-        let now = Instant::now();
-        (now - self.started, now - self.finished)
+    /// How long before `now` the migration started and finished. One `now` serves every
+    /// row of a write, so that rows of one transaction keep their order.
+    pub fn ago(&self, now: Instant) -> (Duration, Duration) {
+        (
+            now.saturating_duration_since(self.started),
+            now.saturating_duration_since(self.finished),
+        )
     }
 
     /// How long the function ran.

@@ -1,7 +1,7 @@
 //! MySQL's SQL for mtnt's bookkeeping: literals, the tracking table, rows, error numbers,
 //! and the statements of each [`Record`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlDatabaseError, MySqlRow};
@@ -249,11 +249,17 @@ impl Books<'_> {
         ))
     }
 
-    /// Appends the statements of `record` to `sql`.
-    pub(super) fn record(&self, record: &Record<'_>, sql: &mut Vec<String>) -> Result<()> {
-        // Measured on the client, placed relative to the server's clock.
+    /// Appends the statements of `record` to `sql`; its times are measured on the client
+    /// before `now` (one for every record of a write) and placed relative to the server's
+    /// clock.
+    pub(super) fn record(
+        &self,
+        record: &Record<'_>,
+        now: Instant,
+        sql: &mut Vec<String>,
+    ) -> Result<()> {
         let times = |timing: &Timing| {
-            let (started_ago, finished_ago) = timing.ago();
+            let (started_ago, finished_ago) = timing.ago(now);
             let duration = timing.duration().as_millis().to_string();
             (before_now(started_ago), before_now(finished_ago), duration)
         };

@@ -309,7 +309,8 @@ impl<'a> MySqlTarget<'a> {
             tenant: self.target.tenant(),
             run: self.run.as_deref(),
         };
-        records.iter().try_for_each(|r| books.record(r, sql))
+        let now = std::time::Instant::now();
+        records.iter().try_for_each(|r| books.record(r, now, sql))
     }
 }
 

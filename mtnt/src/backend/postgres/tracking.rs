@@ -9,7 +9,7 @@
 //! new tenant. The public migrations, and each tenant database of database per tenant,
 //! have a `mtnt_migrations` table of their own.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::super::sql::quote_ident;
 use super::{literal, OWN_BOOKKEEPING};
@@ -47,10 +47,12 @@ pub(super) struct Tracking {
     run: Option<String>,
 }
 
-/// `clock_timestamp()` moved back by `ago`: a moment the client measured.
+/// `statement_timestamp()` moved back by `ago`: a moment the client measured. The
+/// reference is one for every statement of a batch (the moment the server received it),
+/// measured against one client instant, so the rows of one write keep their order.
 fn ago(ago: Duration) -> String {
     format!(
-        "clock_timestamp() - interval '{} microseconds'",
+        "statement_timestamp() - interval '{} microseconds'",
         ago.as_micros()
     )
 }
@@ -206,11 +208,11 @@ impl Tracking {
 
     /// Upserts the `completed` rows of these migrations, each timed as the client
     /// measured it (several migrations of one transaction, each with its own times).
-    fn completed(&self, done: &[(&Migration, Timing)]) -> String {
+    fn completed(&self, done: &[(&Migration, Timing)], now: Instant) -> String {
         let rows: Vec<String> = done
             .iter()
             .map(|&(migration, timing)| {
-                let (started, finished) = timing.ago();
+                let (started, finished) = timing.ago(now);
                 let duration = timing.duration().as_millis().to_string();
                 Self::row(
                     migration,
@@ -232,8 +234,9 @@ impl Tracking {
         status: MigrationStatus,
         error: &str,
         timing: Timing,
+        now: Instant,
     ) -> String {
-        let (started, finished) = timing.ago();
+        let (started, finished) = timing.ago(now);
         format!(
             "{} {} DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, \
              error = excluded.error{} WHERE t.status <> 'completed'",
@@ -370,6 +373,7 @@ pub(super) fn push_records(
         })
         .collect();
     let mut finished_pushed = false;
+    let now = Instant::now();
     for record in records {
         let statement = match *record {
             Record::Started {
@@ -395,14 +399,14 @@ pub(super) fn push_records(
                 if std::mem::replace(&mut finished_pushed, true) {
                     continue;
                 }
-                tracking.completed(&finished_up)
+                tracking.completed(&finished_up, now)
             }
             Record::Finished {
                 migration,
                 direction: Direction::Down,
                 timing,
             } => {
-                let (started, finished) = timing.ago();
+                let (started, finished) = timing.ago(now);
                 tracking.update(
                     &format!(
                         "status = 'pending', started_at = {}, finished_at = {}, duration_ms = {}, error = NULL",
@@ -418,7 +422,7 @@ pub(super) fn push_records(
                 status,
                 error,
                 timing,
-            } => tracking.failure(migration, status, error, timing),
+            } => tracking.failure(migration, status, error, timing, now),
             Record::Marked { migration, status } => tracking.upsert(&[Tracking::row(
                 migration,
                 status,
