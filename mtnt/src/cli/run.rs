@@ -102,6 +102,7 @@ fn init_log(format: FormatArg) -> Telemetry {
         .unwrap_or_else(|| EnvFilter::new("error"));
     #[cfg(feature = "otel")]
     if let Some((otel, exporter)) = super::otel::layer() {
+        let open = OpenSpans::default();
         // Each layer its own filter: the log's level does not hide spans from the exporter.
         let _ = tracing_subscriber::registry()
             .with(tracing_subscriber::Layer::with_filter(
@@ -109,19 +110,84 @@ fn init_log(format: FormatArg) -> Telemetry {
                 super::otel::Fresh(filter),
             ))
             .with(otel)
+            .with(open.clone())
             .try_init();
         return Telemetry {
+            open,
             exporter: Some(exporter),
         };
     }
     // The log alone: its filter is the subscriber's.
+    let open = OpenSpans::default();
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(fmt_layer(format))
+        .with(open.clone())
         .try_init();
     Telemetry {
+        open,
         #[cfg(feature = "otel")]
         exporter: None,
+    }
+}
+
+/// Counts mtnt's spans not closed yet. A span closes when its last handle drops, and
+/// sqlx's SQLite worker threads hold a handle of the span of each command they run
+/// until just after they answer it: the `run` span can end on such a thread, after
+/// the command returned. The process waits for that close before it exits, or its
+/// log line (and its export) would be lost. The outermost layer: a span's close reaches
+/// it after the log and the exporter handled it.
+#[derive(Clone, Default)]
+struct OpenSpans(std::sync::Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>);
+
+/// How long the end of the command waits for the last spans to close; they close
+/// within microseconds, unless a handle leaked.
+const SPAN_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl OpenSpans {
+    fn is_counted(metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target().starts_with("mtnt")
+    }
+
+    fn add(&self, delta: isize) {
+        let (count, closed) = &*self.0;
+        let mut count = count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            closed.notify_all();
+        }
+    }
+
+    /// Returns once every counted span closed, or after `limit`.
+    fn wait_closed(&self, limit: std::time::Duration) {
+        let (count, closed) = &*self.0;
+        let count = count.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = closed.wait_timeout_while(count, limit, |open| *open > 0);
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for OpenSpans
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if Self::is_counted(attrs.metadata()) {
+            self.add(1);
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if ctx
+            .metadata(&id)
+            .is_some_and(|metadata| Self::is_counted(metadata))
+        {
+            self.add(-1);
+        }
     }
 }
 
@@ -145,16 +211,19 @@ where
     }
 }
 
-/// What the log needs at the end of the command: with the `otel` feature, the exporter
-/// of the spans still in its batch.
+/// What the log needs at the end of the command: the spans still open, and with the
+/// `otel` feature, the exporter of the spans still in its batch.
 struct Telemetry {
+    open: OpenSpans,
     #[cfg(feature = "otel")]
     exporter: Option<super::otel::Exporter>,
 }
 
 impl Telemetry {
-    /// Exports the spans not exported yet (the `run` span ends last), then stops.
+    /// Waits for the last spans to close, exports the spans not exported yet (the `run`
+    /// span ends last), then stops.
     fn finish(self) {
+        self.open.wait_closed(SPAN_CLOSE_WAIT);
         #[cfg(feature = "otel")]
         if let Some(exporter) = self.exporter {
             exporter.shutdown();
