@@ -15,7 +15,8 @@
 //! `--concurrency N` (passed to mtnt; default: mtnt's own default), `--repeat N` (run the
 //! migrate-from-empty row N times, floor and mtnt in turn, and report the median with the
 //! spread; its ratios are the median of each round's ratio, with their range). Servers:
-//! `MTNT_BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and
+//! `MTNT_BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`:
+//! every row without TLS but the TLS row, which adds `sslmode=require`) and
 //! `MTNT_BENCH_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`); SQLite files go to a
 //! temporary directory under `target/`. The benchmark creates its own databases (files)
 //! and drops them when done.
@@ -298,8 +299,9 @@ struct Db {
 }
 
 fn pg_admin_url() -> String {
-    std::env::var("MTNT_BENCH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("MTNT_BENCH_PG_URL").unwrap_or_else(|_| {
+        "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_owned()
+    })
 }
 
 fn mysql_server_url() -> String {
@@ -382,8 +384,13 @@ impl Db {
     /// [`Db::url`] requiring TLS (PostgreSQL).
     fn tls_url(&self) -> Res<String> {
         let url = self.url()?;
-        let join = if url.contains('?') { '&' } else { '?' };
-        Ok(format!("{url}{join}sslmode=require"))
+        let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("sslmode="))
+            .collect();
+        params.push("sslmode=require");
+        Ok(format!("{base}?{}", params.join("&")))
     }
 
     fn tenant(&self, i: usize) -> String {
