@@ -76,6 +76,10 @@ pub struct Capabilities {
     /// [`Backend::fingerprints`] answers: a fleet run skips, without a session, every
     /// tenant whose fingerprint says it is current.
     pub fingerprints: bool,
+    /// [`Backend::copy_storage`] copies a storage whole (a file): `tenant create` copies
+    /// a migrated template (storage [`TEMPLATE_STORAGE`]) instead of replaying every
+    /// migration, where that gives the same tenant.
+    pub storage_templates: bool,
 }
 
 impl Capabilities {
@@ -86,6 +90,7 @@ impl Capabilities {
         registry_in_target_transaction: false,
         transactional_storage: false,
         fingerprints: false,
+        storage_templates: false,
     };
 
     /// These capabilities with transactional DDL.
@@ -111,7 +116,19 @@ impl Capabilities {
         self.fingerprints = true;
         self
     }
+
+    /// These capabilities with storage templates.
+    pub const fn with_storage_templates(mut self) -> Self {
+        self.storage_templates = true;
+        self
+    }
 }
+
+/// The storage of the template that `tenant create` copies where the engine has
+/// [`Capabilities::storage_templates`]: never registered, and no tenant's storage, since
+/// tenant names never start with `mtnt`. [`Connection::read`] of it reads its tracking
+/// rows although it has no registry row.
+pub const TEMPLATE_STORAGE: &str = "mtnt_template";
 
 /// What kind of failure an engine error is, for the protocol's decisions (retry, discard
 /// the connection, report a name clash).
@@ -539,6 +556,18 @@ pub trait Backend: Send + Sync {
 
     /// Drops the storage of a tenant with all its data, if it exists.
     async fn drop_storage(&self, tenant: &Tenant) -> Result<()>;
+
+    /// Creates the storage of `tenant` as a copy of `template`'s, tracking rows and all,
+    /// never seen half-copied (copied aside, then moved into place); an error of class
+    /// [`ErrorClass::StorageExists`] when it exists. Called only with
+    /// [`Capabilities::storage_templates`], while the caller holds `template`'s lock.
+    async fn copy_storage(&self, template: &Tenant, tenant: &Tenant) -> Result<()> {
+        let _ = (template, tenant);
+        Err(Error::Invalid(format!(
+            "the {} engine cannot copy a tenant's storage",
+            self.engine()
+        )))
+    }
 
     /// The names of existing storages (schemas, databases, files) that match the SQL
     /// `LIKE` pattern, are not registered, and are not mtnt's own, by name.

@@ -60,6 +60,11 @@ pub(crate) struct Cli {
     )]
     pub(crate) run_history: usize,
 
+    /// Create tenants by replaying every migration, never by copying the tenant template
+    /// (SQLite copies a migrated template file by default, which migrate keeps current)
+    #[arg(long, env = "MTNT_NO_TEMPLATE", global = true, help_heading = "Run")]
+    pub(crate) no_template: bool,
+
     /// How many tenants are migrated at once, 1 to 1024 (each uses one connection)
     #[arg(
         long,

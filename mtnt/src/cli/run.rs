@@ -336,6 +336,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .hooks(hooks)
         .concurrency(cli.concurrency)
         .run_history(cli.run_history)
+        .templates(!cli.no_template)
         .safety(safety)
         .timeouts(Timeouts {
             lock: Some(cli.safety.lock_timeout),

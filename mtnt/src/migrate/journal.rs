@@ -169,3 +169,40 @@ pub(crate) async fn last_drift(backend: &dyn Backend) -> Result<Option<DriftChec
         .first()
         .and_then(|e| serde_json::from_str(&e.body).ok()))
 }
+
+/// The kind of the entry naming the migration that makes the template unusable.
+const TEMPLATE: &str = "template";
+
+/// A tenant migration that asks for its tenant, found while the template was built
+/// for the migrations whose [`fingerprint`](crate::fingerprint) is `migrations`: with
+/// those migrations, `tenant create` replays without building the template again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TenantSpecific {
+    /// The fingerprint of the enabled tenant migrations at the time.
+    pub(crate) migrations: String,
+    /// The migration's name.
+    pub(crate) migration: String,
+}
+
+/// Keeps `found` as the only template entry.
+pub(crate) async fn record_tenant_specific(
+    backend: &dyn Backend,
+    found: &TenantSpecific,
+) -> Result<()> {
+    let entry = JournalEntry {
+        kind: TEMPLATE.to_owned(),
+        key: "tenant_specific".to_owned(),
+        at: stamp(chrono::Utc::now()),
+        body: serde_json::to_string(found).expect("serializable"),
+    };
+    backend.journal_write(&entry, 1).await
+}
+
+/// The last migration found to ask for its tenant, if any.
+pub(crate) async fn tenant_specific(backend: &dyn Backend) -> Result<Option<TenantSpecific>> {
+    Ok(backend
+        .journal_read(TEMPLATE, 1)
+        .await?
+        .first()
+        .and_then(|e| serde_json::from_str(&e.body).ok()))
+}

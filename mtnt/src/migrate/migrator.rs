@@ -13,6 +13,7 @@ use super::progress::Silent;
 use super::protocol::{Claim, FleetOp, Protocol};
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
 use super::runs::RunReport;
+use super::template::TemplateChange;
 use super::tenants::Adopted;
 use super::{
     Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
@@ -51,6 +52,8 @@ pub struct Migrator {
     run_history: usize,
     /// The server the `tenant` tracing spans name (host and port, no password).
     server: Option<String>,
+    /// Whether tenants are created from a template where the engine can.
+    templates: bool,
 }
 
 /// Builds a [`Migrator`].
@@ -67,6 +70,8 @@ pub struct MigratorBuilder {
     run_history: usize,
     /// The server the `tenant` tracing spans name (host and port, no password).
     server: Option<String>,
+    /// Whether tenants are created from a template where the engine can.
+    templates: bool,
 }
 
 impl MigratorBuilder {
@@ -132,6 +137,16 @@ impl MigratorBuilder {
         self
     }
 
+    /// Whether `tenant create` copies a migrated template instead of replaying every
+    /// migration, where the engine can copy a tenant's storage (SQLite) and the copy is
+    /// the same tenant (default: true). `migrate` keeps the template current; a
+    /// migration that asks for its tenant ([`Ctx::tenant`](crate::Ctx::tenant)), and
+    /// tenant hooks, make tenants be created by replay anyway.
+    pub fn templates(mut self, enabled: bool) -> Self {
+        self.templates = enabled;
+        self
+    }
+
     /// The server (`host:port`, never a password) that the `tenant` tracing spans name;
     /// the command line sets it from the database URL.
     pub fn server(mut self, host: impl Into<String>) -> Self {
@@ -165,6 +180,7 @@ impl MigratorBuilder {
             hooks: self.hooks,
             run_history: self.run_history,
             server: self.server,
+            templates: self.templates,
         })
     }
 }
@@ -190,6 +206,7 @@ impl Migrator {
             hooks: Hooks::none(),
             run_history: journal::DEFAULT_RUN_HISTORY,
             server: None,
+            templates: true,
         }
     }
 
@@ -206,6 +223,8 @@ impl Migrator {
             hook_failures: None,
             run_id: None,
             server: self.server.as_deref(),
+            identity_read: None,
+            templates: self.templates,
         }
     }
 
@@ -538,6 +557,19 @@ impl Migrator {
             lease.release(if ok { "finished" } else { "failed" }).await;
         }
         result?;
+        if matches!(op, FleetOp::Migrate { to: None }) {
+            // Kept current here, so that `tenant create` finds it so.
+            match self.protocol(progress).refresh_template(&self.safety).await {
+                Ok(change) => report.template = change,
+                Err(e) => {
+                    let message = format!(
+                        "could not bring the tenant template up to date (tenant create replays the migrations until it is): {e}"
+                    );
+                    tracing::warn!("{message}");
+                    progress.warning(&message);
+                }
+            }
+        }
         report.elapsed = started.elapsed();
         report.hook_failures = hook_failures.into_inner().unwrap_or_default();
         report
@@ -867,11 +899,23 @@ impl Migrator {
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
         let protocol = self.protocol(progress);
-        protocol
+        let change = protocol
             .create_tenant(&tenant, &self.safety)
             .instrument(protocol.tenant_span(name))
             .await?;
+        if let Some(change) = change {
+            tracing::info!(tenant = %name, ?change, "the tenant template was brought up to date");
+        }
         Ok(tenant)
+    }
+
+    /// Brings the tenant template up to date with the enabled tenant migrations (what
+    /// `migrate` does after the tenants, and `tenant create` before it copies the
+    /// template): what changed, or `None` where nothing did or no template is used (the
+    /// engine cannot copy storage, templates are off, or tenant hooks are registered).
+    pub async fn refresh_template(&self) -> Result<Option<TemplateChange>> {
+        self.ready_to_write().await?;
+        self.protocol(&Silent).refresh_template(&self.safety).await
     }
 
     /// The registry row of the tenant `name`: [`Error::UnknownTenant`] when there is none,

@@ -88,6 +88,12 @@ pub(crate) struct Protocol<'a> {
     pub(crate) run_id: Option<&'a str>,
     /// The server the `tenant` tracing spans name.
     pub(crate) server: Option<&'a str>,
+    /// Set when a migration asks for its tenant ([`Ctx::tenant`]): while a template is
+    /// built, such a migration makes it unusable.
+    pub(crate) identity_read: Option<&'a AtomicBool>,
+    /// Whether `tenant create` copies a template and `migrate` keeps it current, where
+    /// the engine can (see `template.rs`).
+    pub(crate) templates: bool,
 }
 
 /// What the attempts of one claim on a target share.
@@ -848,7 +854,7 @@ impl<'a> Protocol<'a> {
                 timeouts = wanted;
             }
             let started = Instant::now();
-            if let Err(error) = invoke(function, &mut conn.ctx())
+            if let Err(error) = invoke(function, &mut conn.ctx().watched(self.identity_read))
                 .instrument(migration_span(target, migration, direction))
                 .await
             {
@@ -982,7 +988,7 @@ impl<'a> Protocol<'a> {
             result = conn.enter_autocommit(timeouts).await;
         }
         if result.is_ok() {
-            result = invoke(function, &mut conn.ctx())
+            result = invoke(function, &mut conn.ctx().watched(self.identity_read))
                 .instrument(migration_span(target, migration, direction))
                 .await;
         }
