@@ -72,8 +72,8 @@ impl TenantName {
 
     /// A name mtnt reserves for its own storage (the template), which [`TenantName::new`]
     /// refuses, so that it never names a tenant.
-    pub(crate) fn reserved(name: &'static str) -> Self {
-        Self(name.to_owned())
+    pub(crate) fn reserved(name: impl Into<String>) -> Self {
+        Self(name.into())
     }
 
     /// The name.

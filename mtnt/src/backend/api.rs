@@ -80,6 +80,11 @@ pub struct Capabilities {
     /// a migrated template (storage [`TEMPLATE_STORAGE`]) instead of replaying every
     /// migration, where that gives the same tenant.
     pub storage_templates: bool,
+    /// [`Record::TakeStorage`] renames a storage in the tenant's transaction (a
+    /// PostgreSQL schema) and [`Backend::spare_storages`] lists them: `tenant create` can
+    /// take a spare, a storage migrated ahead of time, instead of replaying every
+    /// migration.
+    pub storage_spares: bool,
 }
 
 impl Capabilities {
@@ -91,6 +96,7 @@ impl Capabilities {
         transactional_storage: false,
         fingerprints: false,
         storage_templates: false,
+        storage_spares: false,
     };
 
     /// These capabilities with transactional DDL.
@@ -114,6 +120,12 @@ impl Capabilities {
     /// These capabilities with fingerprints in the registry.
     pub const fn with_fingerprints(mut self) -> Self {
         self.fingerprints = true;
+        self
+    }
+
+    /// These capabilities with spare storages.
+    pub const fn with_storage_spares(mut self) -> Self {
+        self.storage_spares = true;
         self
     }
 
@@ -294,6 +306,13 @@ pub enum Record<'a> {
     },
     /// Creates the tenant's storage (engines with transactional storage).
     CreateStorage,
+    /// Renames the storage `from` (a spare, see [`Capabilities::storage_spares`]) to the
+    /// tenant's; an error of class [`ErrorClass::StorageMissing`] when `from` is gone (taken
+    /// by another run), of class [`ErrorClass::StorageExists`] when the tenant's exists.
+    TakeStorage {
+        /// The storage renamed.
+        from: &'a str,
+    },
     /// Drops the tenant's storage if it exists, and its registry row (engines with
     /// transactional storage).
     DropTenant,
@@ -567,6 +586,13 @@ pub trait Backend: Send + Sync {
             "the {} engine cannot copy a tenant's storage",
             self.engine()
         )))
+    }
+
+    /// The names of the storages whose name starts with `prefix` (spares, see
+    /// [`Capabilities::storage_spares`]), by name. By default: none.
+    async fn spare_storages(&self, prefix: &str) -> Result<Vec<String>> {
+        let _ = prefix;
+        Ok(Vec::new())
     }
 
     /// The names of existing storages (schemas, databases, files) that match the SQL

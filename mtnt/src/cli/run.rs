@@ -337,6 +337,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .concurrency(cli.concurrency)
         .run_history(cli.run_history)
         .templates(!cli.no_template)
+        .spares(cli.spares)
         .safety(safety)
         .timeouts(Timeouts {
             lock: Some(cli.safety.lock_timeout),

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::drift::DriftReport;
 use super::report::MigrateReport;
+use super::template::TemplateChange;
 use crate::backend::{Backend, JournalEntry, RunIdentity};
 use crate::Result;
 
@@ -170,18 +171,18 @@ pub(crate) async fn last_drift(backend: &dyn Backend) -> Result<Option<DriftChec
         .and_then(|e| serde_json::from_str(&e.body).ok()))
 }
 
-/// The kind of the entry naming the migration that makes the template unusable.
+/// The kind of the entry saying why the template (or the spares) cannot be used.
 const TEMPLATE: &str = "template";
 
-/// A tenant migration that asks for its tenant, found while the template was built
-/// for the migrations whose [`fingerprint`](crate::fingerprint) is `migrations`: with
-/// those migrations, `tenant create` replays without building the template again.
+/// Why the template or the spares cannot serve the migrations whose
+/// [`fingerprint`](crate::fingerprint) is `migrations` (a migration asks for its tenant,
+/// say): with those migrations, `tenant create` replays without building them again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TenantSpecific {
     /// The fingerprint of the enabled tenant migrations at the time.
     pub(crate) migrations: String,
-    /// The migration's name.
-    pub(crate) migration: String,
+    /// Why (a [`TemplateChange::Unusable`] or the like).
+    pub(crate) why: TemplateChange,
 }
 
 /// Keeps `found` as the only template entry.
@@ -191,7 +192,7 @@ pub(crate) async fn record_tenant_specific(
 ) -> Result<()> {
     let entry = JournalEntry {
         kind: TEMPLATE.to_owned(),
-        key: "tenant_specific".to_owned(),
+        key: "unusable".to_owned(),
         at: stamp(chrono::Utc::now()),
         body: serde_json::to_string(found).expect("serializable"),
     };

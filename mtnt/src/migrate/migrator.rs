@@ -54,6 +54,8 @@ pub struct Migrator {
     server: Option<String>,
     /// Whether tenants are created from a template where the engine can.
     templates: bool,
+    /// How many spare storages `migrate` keeps, where the engine can rename storage.
+    spares: usize,
 }
 
 /// Builds a [`Migrator`].
@@ -72,6 +74,8 @@ pub struct MigratorBuilder {
     server: Option<String>,
     /// Whether tenants are created from a template where the engine can.
     templates: bool,
+    /// How many spare storages `migrate` keeps, where the engine can rename storage.
+    spares: usize,
 }
 
 impl MigratorBuilder {
@@ -147,6 +151,19 @@ impl MigratorBuilder {
         self
     }
 
+    /// How many spare schemas `migrate` keeps ready with every enabled tenant migration
+    /// applied, for `tenant create` to take (PostgreSQL schema per tenant; default 0: none).
+    /// Taking one is a rename in the transaction that registers the tenant, instead of
+    /// replaying its migrations; when none is left, the tenant replays them. Spares are
+    /// never registered (no command lists them), are dropped and made again when the
+    /// migrations change, and are not made where a migration asks for its tenant, runs
+    /// outside a transaction, or writes its schema's name into a definition (each makes a
+    /// taken spare differ from a replayed tenant).
+    pub fn spares(mut self, spares: usize) -> Self {
+        self.spares = spares;
+        self
+    }
+
     /// The server (`host:port`, never a password) that the `tenant` tracing spans name;
     /// the command line sets it from the database URL.
     pub fn server(mut self, host: impl Into<String>) -> Self {
@@ -181,6 +198,7 @@ impl MigratorBuilder {
             run_history: self.run_history,
             server: self.server,
             templates: self.templates,
+            spares: self.spares,
         })
     }
 }
@@ -207,6 +225,7 @@ impl Migrator {
             run_history: journal::DEFAULT_RUN_HISTORY,
             server: None,
             templates: true,
+            spares: 0,
         }
     }
 
@@ -225,6 +244,7 @@ impl Migrator {
             server: self.server.as_deref(),
             identity_read: None,
             templates: self.templates,
+            spares: self.spares,
         }
     }
 
@@ -909,10 +929,11 @@ impl Migrator {
         Ok(tenant)
     }
 
-    /// Brings the tenant template up to date with the enabled tenant migrations (what
-    /// `migrate` does after the tenants, and `tenant create` before it copies the
-    /// template): what changed, or `None` where nothing did or no template is used (the
-    /// engine cannot copy storage, templates are off, or tenant hooks are registered).
+    /// Brings the tenant template (or the spares, see [`MigratorBuilder::spares`]) up to
+    /// date with the enabled tenant migrations (what `migrate` does after the tenants, and
+    /// `tenant create` before it copies the template): what changed, or `None` where
+    /// nothing did or neither is used (the engine cannot copy storage, templates are off,
+    /// or tenant hooks are registered).
     pub async fn refresh_template(&self) -> Result<Option<TemplateChange>> {
         self.ready_to_write().await?;
         self.protocol(&Silent).refresh_template(&self.safety).await

@@ -20,6 +20,7 @@ mod rollout;
 mod runs;
 mod safety;
 mod source;
+mod spares;
 mod template;
 mod tenants;
 

@@ -94,6 +94,9 @@ pub(crate) struct Protocol<'a> {
     /// Whether `tenant create` copies a template and `migrate` keeps it current, where
     /// the engine can (see `template.rs`).
     pub(crate) templates: bool,
+    /// How many spare storages `migrate` keeps for `tenant create` to take, where the
+    /// engine can rename storage (see `spares.rs`).
+    pub(crate) spares: usize,
 }
 
 /// What the attempts of one claim on a target share.
@@ -109,7 +112,7 @@ pub(crate) struct Attempts {
 
 /// Runs an up or down function, turning a panic into [`Error::Panicked`] so that one
 /// bad migration fails its tenant instead of the whole run.
-async fn invoke(function: MigrationFn, ctx: &mut Ctx<'_>) -> Result<()> {
+pub(crate) async fn invoke(function: MigrationFn, ctx: &mut Ctx<'_>) -> Result<()> {
     match AssertUnwindSafe(function(ctx)).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {
@@ -192,7 +195,7 @@ pub(crate) fn model_label(backend: &dyn Backend) -> String {
 
 /// The `migration` span of one up or down function (the log shows its duration); it
 /// names its tenant too, so that a log query needs no span list.
-fn migration_span(
+pub(crate) fn migration_span(
     target: Target<'_>,
     migration: &Migration,
     direction: Direction,

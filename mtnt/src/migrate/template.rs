@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::claim::lock_waiting;
 use super::journal::{self, TenantSpecific};
@@ -25,7 +25,7 @@ use crate::{fingerprint, Migration, MigrationStatus, Result, Tenant, TenantName}
 /// What keeping the tenant template current did ([`MigrateReport::template`]).
 ///
 /// [`MigrateReport::template`]: crate::MigrateReport::template
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TemplateChange {
@@ -43,11 +43,28 @@ pub enum TemplateChange {
         migrations: usize,
     },
     /// Not usable: `migration` asks for its tenant, so every tenant replays it; the
-    /// template is dropped and tenants are created by replay.
+    /// template (or spare) is dropped and tenants are created by replay.
     Unusable {
         /// The migration's name.
         migration: String,
     },
+    /// The spares (PostgreSQL schema per tenant) were brought up to date: `built` made,
+    /// `dropped` removed (made for other migrations, or left half-way by a crash).
+    Spares {
+        /// Spares made.
+        built: usize,
+        /// Spares dropped.
+        dropped: usize,
+    },
+    /// No spares: `migration` runs outside a transaction, and a spare is made in one, so
+    /// that no half-made spare is ever taken.
+    OutsideTransaction {
+        /// The migration's name.
+        migration: String,
+    },
+    /// No spares: an object of a spare names the spare's schema in its definition (a
+    /// function body, say), which renaming the spare to the tenant's schema leaves as it is.
+    NameInDefinitions,
 }
 
 impl std::fmt::Display for TemplateChange {
@@ -75,6 +92,17 @@ impl std::fmt::Display for TemplateChange {
             TemplateChange::Unusable { migration } => write!(
                 f,
                 "tenant template not used: migration {migration} asks for its tenant, so new tenants replay every migration"
+            ),
+            TemplateChange::Spares { built, dropped } => write!(
+                f,
+                "spare schemas: {built} made, {dropped} dropped (made for other migrations or left half-way)"
+            ),
+            TemplateChange::OutsideTransaction { migration } => write!(
+                f,
+                "spare schemas not used: migration {migration} runs outside a transaction, so new tenants replay every migration"
+            ),
+            TemplateChange::NameInDefinitions => f.write_str(
+                "spare schemas not used: a definition names its own schema, which renaming a spare would leave behind, so new tenants replay every migration"
             ),
         }
     }
@@ -210,7 +238,9 @@ impl<'a> Protocol<'a> {
                         self.backend,
                         &TenantSpecific {
                             migrations: key,
-                            migration: specific.to_string(),
+                            why: TemplateChange::Unusable {
+                                migration: specific.to_string(),
+                            },
                         },
                     )
                     .await?;
@@ -277,12 +307,15 @@ impl<'a> Protocol<'a> {
         Ok(None)
     }
 
-    /// Brings the template up to date (what `migrate` does after the tenants): what it
-    /// changed, or `None` where no template is used.
+    /// Brings the template, or the spares, up to date (what `migrate` does after the
+    /// tenants): what it changed, or `None` where neither is used.
     pub(crate) async fn refresh_template(
         &self,
         safety: &SafetySettings,
     ) -> Result<Option<TemplateChange>> {
+        if self.uses_spares() {
+            return self.refresh_spares(safety).await;
+        }
         if !self.uses_template() {
             return Ok(None);
         }

@@ -31,7 +31,7 @@ impl Protocol<'_> {
     }
 
     /// An error of the registry or storage step of `tenant create`, in the user's terms.
-    fn creation_error(&self, tenant: &Tenant, error: Error) -> Error {
+    pub(crate) fn creation_error(&self, tenant: &Tenant, error: Error) -> Error {
         match self.backend.classify(&error) {
             ErrorClass::UniqueViolation => Error::TenantExists(tenant.name.to_string()),
             ErrorClass::StorageExists => Error::StorageExists {
@@ -52,13 +52,17 @@ impl Protocol<'_> {
     ///
     /// Where the engine copies storage, the tenant is a copy of the template instead
     /// (see `template.rs`) whenever the template is usable; what bringing the template up
-    /// to date changed is returned.
+    /// to date changed is returned. Where spares are kept (see `spares.rs`), the tenant
+    /// takes one if there is one left.
     pub(crate) async fn create_tenant(
         &self,
         tenant: &Tenant,
         safety: &SafetySettings,
     ) -> Result<Option<TemplateChange>> {
         let all = self.enabled_tenant_migrations();
+        if self.uses_spares() && !all.is_empty() && self.take_spare(tenant, &all, safety).await? {
+            return Ok(None);
+        }
         let mut change = None;
         if self.uses_template() {
             let template = template_tenant();
