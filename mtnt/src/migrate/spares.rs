@@ -21,32 +21,19 @@ use tracing::Instrument;
 use super::claim::lock_waiting;
 use super::journal::{self, TenantSpecific};
 use super::protocol::{invoke, migration_span, wrap, Protocol};
-use super::template::{template_tenant, TemplateChange};
+use super::template::{key_of, own_storage, template_tenant, TemplateChange};
 use super::SafetySettings;
 use crate::backend::{Direction, ErrorClass, Record, Target};
-use crate::{fingerprint, Migration, MigrationStatus, Result, Tenant, TenantName, TenantState};
+use crate::{Migration, MigrationStatus, Result, Tenant, TenantState};
 
 /// How the names of spares start.
 const SPARE: &str = "mtnt_spare_";
 /// How the names of spares being made start.
 const BUILD: &str = "mtnt_build_";
 
-/// The fingerprint of `all`, the enabled tenant migrations.
-fn key_of(all: &[&'static Migration]) -> String {
-    fingerprint(all.iter().map(|m| (m.order(), m.checksum())))
-}
-
 /// How the names of the spares of the migrations with fingerprint `key` start.
 fn prefix_of(key: &str) -> String {
     format!("{SPARE}{}_", &key[..16])
-}
-
-/// A storage of mtnt's own as a protocol target.
-fn own_storage(name: String) -> Tenant {
-    Tenant {
-        name: TenantName::reserved(name.clone()),
-        storage: name,
-    }
 }
 
 /// 16 random hex digits (the standard library's per-process random hash keys).
@@ -78,10 +65,8 @@ impl Protocol<'_> {
             return Ok(None);
         }
         let key = key_of(&all);
-        if let Some(found) = journal::tenant_specific(self.backend).await? {
-            if found.migrations == key {
-                return Ok(None);
-            }
+        if self.known_unusable(&key).await? {
+            return Ok(None);
         }
         let template = template_tenant();
         let target = Target::Tenant(&template);

@@ -116,12 +116,24 @@ pub(crate) struct TemplateStatus {
     pub(crate) failure: Option<crate::Error>,
 }
 
+/// A storage of mtnt's own (the template, a spare) as a target of the protocol.
+pub(crate) fn own_storage(name: impl Into<String>) -> Tenant {
+    let name = name.into();
+    Tenant {
+        name: TenantName::reserved(name.clone()),
+        storage: name,
+    }
+}
+
 /// The template as a target of the protocol.
 pub(crate) fn template_tenant() -> Tenant {
-    Tenant {
-        name: TenantName::reserved(TEMPLATE_STORAGE),
-        storage: TEMPLATE_STORAGE.to_owned(),
-    }
+    own_storage(TEMPLATE_STORAGE)
+}
+
+/// The fingerprint of `all`, the enabled tenant migrations: what the template, the spares
+/// and the journal's reason for using neither are made for.
+pub(crate) fn key_of(all: &[&'static Migration]) -> String {
+    fingerprint(all.iter().map(|m| (m.order(), m.checksum())))
 }
 
 /// Whether the template's tracking rows are those of the first of `all`, each completed
@@ -137,6 +149,14 @@ fn is_prefix(applied: &[crate::AppliedMigration], all: &[&'static Migration]) ->
 }
 
 impl<'a> Protocol<'a> {
+    /// Whether the journal says why neither a template nor spares can serve the
+    /// migrations of fingerprint `key`.
+    pub(crate) async fn known_unusable(&self, key: &str) -> Result<bool> {
+        Ok(journal::tenant_specific(self.backend)
+            .await?
+            .is_some_and(|found| found.migrations == key))
+    }
+
     /// Whether `tenant create` and `migrate` use a template on this engine at all.
     pub(crate) fn uses_template(&self) -> bool {
         self.templates && self.caps.storage_templates && !self.has_tenant_hooks()
@@ -177,15 +197,13 @@ impl<'a> Protocol<'a> {
         template: &Tenant,
         all: &[&'static Migration],
     ) -> Result<TemplateStatus> {
-        let key = fingerprint(all.iter().map(|m| (m.order(), m.checksum())));
-        if let Some(found) = journal::tenant_specific(self.backend).await? {
-            if found.migrations == key {
-                return Ok(TemplateStatus {
-                    usable: false,
-                    change: None,
-                    failure: None,
-                });
-            }
+        let key = key_of(all);
+        if self.known_unusable(&key).await? {
+            return Ok(TemplateStatus {
+                usable: false,
+                change: None,
+                failure: None,
+            });
         }
         let target = Target::Tenant(template);
         let mut rebuilt = false;
