@@ -330,6 +330,20 @@ async fn a_failed_create_leaves_nothing() {
         b"not mtnt's"
     );
     assert!(m.tenants().await.unwrap().is_empty());
+    // What a create that died while copying leaves (its `creating` row, the claimed file
+    // and the copy aside) goes with `tenant drop`.
+    let died = Tenant::new(name("died"));
+    m.backend()
+        .register(&died, mtnt::TenantState::Creating, None)
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("died.db"), b"").unwrap();
+    std::fs::write(dir.path().join("died.db-copy"), b"half a copy").unwrap();
+    m.drop_tenant(&name("died")).await.unwrap();
+    for file in ["died.db", "died.db-copy"] {
+        assert!(!dir.path().join(file).exists(), "{file}");
+    }
+    assert!(m.tenants().await.unwrap().is_empty());
     // A name taken: nothing changes.
     m.create_tenant(&name("globex")).await.unwrap();
     let before = tracking(dir.path(), "globex").await;
