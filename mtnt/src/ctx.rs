@@ -1,4 +1,5 @@
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(feature = "mysql")]
 use sqlx::MySqlConnection;
@@ -34,6 +35,9 @@ use crate::{Engine, Error, Result, Scope, Tenant};
 pub struct Ctx<'c> {
     tenant: Option<&'c Tenant>,
     conn: CtxConn<'c>,
+    /// Set when the migration asks for its tenant: a template built by such a migration
+    /// would carry the template's identity into every copy.
+    identity_read: Option<&'c AtomicBool>,
 }
 
 /// The engine connection a [`Ctx`] hands out.
@@ -69,11 +73,27 @@ pub trait CustomConnection: Send {
 impl<'c> Ctx<'c> {
     /// Builds a context; engines call this, migrations receive it.
     pub fn new(tenant: Option<&'c Tenant>, conn: CtxConn<'c>) -> Self {
-        Self { tenant, conn }
+        Self {
+            tenant,
+            conn,
+            identity_read: None,
+        }
+    }
+
+    /// This context, noting in `flag` whether the migration asks for its tenant.
+    pub(crate) fn watched(mut self, flag: Option<&'c AtomicBool>) -> Self {
+        self.identity_read = flag;
+        self
     }
 
     /// The tenant this migration runs for, or `None` for a public migration.
+    ///
+    /// A tenant migration that calls this is never copied from a template on
+    /// `tenant create`: its result may depend on the tenant, so every tenant replays it.
     pub fn tenant(&self) -> Option<&Tenant> {
+        if let Some(flag) = self.identity_read {
+            flag.store(true, Ordering::Relaxed);
+        }
         self.tenant
     }
 

@@ -54,6 +54,7 @@ pub use backend::{
     classify_common, connect, strip_qualifier, Backend, Capabilities, ConnectOptions, Connection,
     Direction, Engine, ErrorClass, JournalEntry, MigrationTimeouts, ObjectKind, Record,
     RegistryRow, RegistryState, SchemaObject, Target, TargetState, Tenancy, Timing,
+    TEMPLATE_STORAGE,
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "postgres")]
@@ -65,8 +66,8 @@ pub use error::{Error, Result};
 pub use migrate::{
     fingerprint, Condition, FailedMigration, FailedTenant, InvalidRegistryRow, MigrateOptions,
     MigrateReport, Migrator, MigratorBuilder, PlanGroup, PlanReport, PlannedMigration, Progress,
-    PublicStatus, RegistrySource, RollbackReport, RollbackTarget, StatusReport, TenantSource,
-    TenantStatus, Timeouts, Transactions,
+    PublicStatus, RegistrySource, RollbackReport, RollbackTarget, StatusReport, TemplateChange,
+    TenantSource, TenantStatus, Timeouts, Transactions,
 };
 pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
 pub use migrate::{

@@ -70,6 +70,12 @@ impl TenantName {
         Ok(Self(name))
     }
 
+    /// A name mtnt reserves for its own storage (the template), which [`TenantName::new`]
+    /// refuses, so that it never names a tenant.
+    pub(crate) fn reserved(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0

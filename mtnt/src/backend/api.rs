@@ -76,6 +76,15 @@ pub struct Capabilities {
     /// [`Backend::fingerprints`] answers: a fleet run skips, without a session, every
     /// tenant whose fingerprint says it is current.
     pub fingerprints: bool,
+    /// [`Backend::copy_storage`] copies a storage whole (a file): `tenant create` copies
+    /// a migrated template (storage [`TEMPLATE_STORAGE`]) instead of replaying every
+    /// migration, where that gives the same tenant.
+    pub storage_templates: bool,
+    /// [`Record::TakeStorage`] renames a storage in the tenant's transaction (a
+    /// PostgreSQL schema) and [`Backend::spare_storages`] lists them: `tenant create` can
+    /// take a spare, a storage migrated ahead of time, instead of replaying every
+    /// migration.
+    pub storage_spares: bool,
 }
 
 impl Capabilities {
@@ -86,6 +95,8 @@ impl Capabilities {
         registry_in_target_transaction: false,
         transactional_storage: false,
         fingerprints: false,
+        storage_templates: false,
+        storage_spares: false,
     };
 
     /// These capabilities with transactional DDL.
@@ -111,7 +122,25 @@ impl Capabilities {
         self.fingerprints = true;
         self
     }
+
+    /// These capabilities with spare storages.
+    pub const fn with_storage_spares(mut self) -> Self {
+        self.storage_spares = true;
+        self
+    }
+
+    /// These capabilities with storage templates.
+    pub const fn with_storage_templates(mut self) -> Self {
+        self.storage_templates = true;
+        self
+    }
 }
+
+/// The storage of the template that `tenant create` copies where the engine has
+/// [`Capabilities::storage_templates`]: never registered, and no tenant's storage, since
+/// tenant names never start with `mtnt`. [`Connection::read`] of it reads its tracking
+/// rows although it has no registry row.
+pub const TEMPLATE_STORAGE: &str = "mtnt_template";
 
 /// What kind of failure an engine error is, for the protocol's decisions (retry, discard
 /// the connection, report a name clash).
@@ -277,6 +306,13 @@ pub enum Record<'a> {
     },
     /// Creates the tenant's storage (engines with transactional storage).
     CreateStorage,
+    /// Renames the storage `from` (a spare, see [`Capabilities::storage_spares`]) to the
+    /// tenant's; an error of class [`ErrorClass::StorageMissing`] when `from` is gone (taken
+    /// by another run), of class [`ErrorClass::StorageExists`] when the tenant's exists.
+    TakeStorage {
+        /// The storage renamed.
+        from: &'a str,
+    },
     /// Drops the tenant's storage if it exists, and its registry row (engines with
     /// transactional storage).
     DropTenant,
@@ -539,6 +575,25 @@ pub trait Backend: Send + Sync {
 
     /// Drops the storage of a tenant with all its data, if it exists.
     async fn drop_storage(&self, tenant: &Tenant) -> Result<()>;
+
+    /// Creates the storage of `tenant` as a copy of `template`'s, tracking rows and all,
+    /// never seen half-copied (copied aside, then moved into place); an error of class
+    /// [`ErrorClass::StorageExists`] when it exists. Called only with
+    /// [`Capabilities::storage_templates`], while the caller holds `template`'s lock.
+    async fn copy_storage(&self, template: &Tenant, tenant: &Tenant) -> Result<()> {
+        let _ = (template, tenant);
+        Err(Error::Invalid(format!(
+            "the {} engine cannot copy a tenant's storage",
+            self.engine()
+        )))
+    }
+
+    /// The names of the storages whose name starts with `prefix` (spares, see
+    /// [`Capabilities::storage_spares`]), by name. By default: none.
+    async fn spare_storages(&self, prefix: &str) -> Result<Vec<String>> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
 
     /// The names of existing storages (schemas, databases, files) that match the SQL
     /// `LIKE` pattern, are not registered, and are not mtnt's own, by name.

@@ -20,7 +20,7 @@ mod tls;
 pub use api::{
     classify_common, strip_qualifier, Backend, Capabilities, Connection, Direction, ErrorClass,
     JournalEntry, MigrationTimeouts, ObjectKind, Record, RegistryRow, RegistryState, SchemaObject,
-    Target, TargetState, Timing,
+    Target, TargetState, Timing, TEMPLATE_STORAGE,
 };
 pub use connect::{connect, ConnectOptions};
 pub use engine::{Engine, Tenancy};

@@ -12,7 +12,7 @@ use sqlx::{Connection as _, SqliteConnection};
 
 use super::api::{
     Backend, Capabilities, Connection, ErrorClass, JournalEntry, RegistryRow, RegistryState,
-    SchemaObject, Target,
+    SchemaObject, Target, TEMPLATE_STORAGE,
 };
 use super::connect::ConnectOptions;
 use super::engine::{Engine, Tenancy};
@@ -130,6 +130,9 @@ impl SqliteBackend {
     /// The file of a tenant, after checking that its stem is a valid tenant name (so that
     /// it cannot hold `/`, `..` or anything else that leaves the directory).
     fn path_of(&self, tenant: &Tenant) -> Result<PathBuf> {
+        if tenant.storage == TEMPLATE_STORAGE {
+            return Ok(self.dir.join(format!("{TEMPLATE_STORAGE}.db")));
+        }
         let stem = TenantName::new(tenant.storage.as_str()).map_err(|e| {
             Error::Corrupt(format!(
                 "tenant {} has an invalid file name: {e}",
@@ -197,7 +200,9 @@ impl Backend for SqliteBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_transactional_ddl()
+        Capabilities::NONE
+            .with_transactional_ddl()
+            .with_storage_templates()
     }
 
     fn classify(&self, error: &Error) -> ErrorClass {
@@ -435,6 +440,10 @@ impl Backend for SqliteBackend {
 
     async fn drop_storage(&self, tenant: &Tenant) -> Result<()> {
         self.remove_files(tenant)
+    }
+
+    async fn copy_storage(&self, template: &Tenant, tenant: &Tenant) -> Result<()> {
+        self.copy_file(template, tenant).await
     }
 
     async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>> {

@@ -60,6 +60,23 @@ pub(crate) struct Cli {
     )]
     pub(crate) run_history: usize,
 
+    /// Create tenants by replaying every migration, never by copying the tenant template
+    /// (SQLite copies a migrated template file by default, which migrate keeps current)
+    #[arg(long, env = "MTNT_NO_TEMPLATE", global = true, help_heading = "Run")]
+    pub(crate) no_template: bool,
+
+    /// Spare schemas migrate keeps ready for tenant create to take (PostgreSQL schema per
+    /// tenant): a create that takes one renames it instead of replaying every migration
+    #[arg(
+        long,
+        env = "MTNT_SPARES",
+        default_value_t = 0,
+        value_name = "N",
+        global = true,
+        help_heading = "Run"
+    )]
+    pub(crate) spares: usize,
+
     /// How many tenants are migrated at once, 1 to 1024 (each uses one connection)
     #[arg(
         long,

@@ -241,6 +241,9 @@ pub(crate) fn fleet_report(
         );
         out.push_str(&names(&report.tenants_gone));
     }
+    if let Some(change) = &report.template {
+        let _ = writeln!(out, "{change}");
+    }
     out.push_str(&failures::render(&report.failures));
     out.push_str(&invalid_registry_rows(&report.invalid_registry_rows));
     for failure in &report.hook_failures {

@@ -336,6 +336,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .hooks(hooks)
         .concurrency(cli.concurrency)
         .run_history(cli.run_history)
+        .templates(!cli.no_template)
+        .spares(cli.spares)
         .safety(safety)
         .timeouts(Timeouts {
             lock: Some(cli.safety.lock_timeout),

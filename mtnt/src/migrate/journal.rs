@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::drift::DriftReport;
 use super::report::MigrateReport;
+use super::template::TemplateChange;
 use crate::backend::{Backend, JournalEntry, RunIdentity};
 use crate::Result;
 
@@ -165,6 +166,43 @@ pub(crate) async fn record_drift(backend: &dyn Backend, report: &DriftReport) ->
 pub(crate) async fn last_drift(backend: &dyn Backend) -> Result<Option<DriftCheck>> {
     Ok(backend
         .journal_read(DRIFT, 1)
+        .await?
+        .first()
+        .and_then(|e| serde_json::from_str(&e.body).ok()))
+}
+
+/// The kind of the entry saying why the template (or the spares) cannot be used.
+const TEMPLATE: &str = "template";
+
+/// Why the template or the spares cannot serve the migrations whose
+/// [`fingerprint`](crate::fingerprint) is `migrations` (a migration asks for its tenant,
+/// say): with those migrations, `tenant create` replays without building them again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TenantSpecific {
+    /// The fingerprint of the enabled tenant migrations at the time.
+    pub(crate) migrations: String,
+    /// Why (a [`TemplateChange::Unusable`] or the like).
+    pub(crate) why: TemplateChange,
+}
+
+/// Keeps `found` as the only template entry.
+pub(crate) async fn record_tenant_specific(
+    backend: &dyn Backend,
+    found: &TenantSpecific,
+) -> Result<()> {
+    let entry = JournalEntry {
+        kind: TEMPLATE.to_owned(),
+        key: "unusable".to_owned(),
+        at: stamp(chrono::Utc::now()),
+        body: serde_json::to_string(found).expect("serializable"),
+    };
+    backend.journal_write(&entry, 1).await
+}
+
+/// The last migration found to ask for its tenant, if any.
+pub(crate) async fn tenant_specific(backend: &dyn Backend) -> Result<Option<TenantSpecific>> {
+    Ok(backend
+        .journal_read(TEMPLATE, 1)
         .await?
         .first()
         .and_then(|e| serde_json::from_str(&e.body).ok()))

@@ -13,6 +13,7 @@ use super::progress::Silent;
 use super::protocol::{Claim, FleetOp, Protocol};
 use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
 use super::runs::RunReport;
+use super::template::TemplateChange;
 use super::tenants::Adopted;
 use super::{
     Canary, MigrateOptions, MigrateReport, Progress, RollbackTarget, SafetySettings, TenantSource,
@@ -51,6 +52,10 @@ pub struct Migrator {
     run_history: usize,
     /// The server the `tenant` tracing spans name (host and port, no password).
     server: Option<String>,
+    /// Whether tenants are created from a template where the engine can.
+    templates: bool,
+    /// How many spare storages `migrate` keeps, where the engine can rename storage.
+    spares: usize,
 }
 
 /// Builds a [`Migrator`].
@@ -67,6 +72,10 @@ pub struct MigratorBuilder {
     run_history: usize,
     /// The server the `tenant` tracing spans name (host and port, no password).
     server: Option<String>,
+    /// Whether tenants are created from a template where the engine can.
+    templates: bool,
+    /// How many spare storages `migrate` keeps, where the engine can rename storage.
+    spares: usize,
 }
 
 impl MigratorBuilder {
@@ -132,6 +141,29 @@ impl MigratorBuilder {
         self
     }
 
+    /// Whether `tenant create` copies a migrated template instead of replaying every
+    /// migration, where the engine can copy a tenant's storage (SQLite) and the copy is
+    /// the same tenant (default: true). `migrate` keeps the template current; a
+    /// migration that asks for its tenant ([`Ctx::tenant`](crate::Ctx::tenant)), and
+    /// tenant hooks, make tenants be created by replay anyway.
+    pub fn templates(mut self, enabled: bool) -> Self {
+        self.templates = enabled;
+        self
+    }
+
+    /// How many spare schemas `migrate` keeps ready with every enabled tenant migration
+    /// applied, for `tenant create` to take (PostgreSQL schema per tenant; default 0: none).
+    /// Taking one is a rename in the transaction that registers the tenant, instead of
+    /// replaying its migrations; when none is left, the tenant replays them. Spares are
+    /// never registered (no command lists them), are dropped and made again when the
+    /// migrations change, and are not made where a migration asks for its tenant, runs
+    /// outside a transaction, or writes its schema's name into a definition (each makes a
+    /// taken spare differ from a replayed tenant).
+    pub fn spares(mut self, spares: usize) -> Self {
+        self.spares = spares;
+        self
+    }
+
     /// The server (`host:port`, never a password) that the `tenant` tracing spans name;
     /// the command line sets it from the database URL.
     pub fn server(mut self, host: impl Into<String>) -> Self {
@@ -165,6 +197,8 @@ impl MigratorBuilder {
             hooks: self.hooks,
             run_history: self.run_history,
             server: self.server,
+            templates: self.templates,
+            spares: self.spares,
         })
     }
 }
@@ -190,6 +224,8 @@ impl Migrator {
             hooks: Hooks::none(),
             run_history: journal::DEFAULT_RUN_HISTORY,
             server: None,
+            templates: true,
+            spares: 0,
         }
     }
 
@@ -206,6 +242,9 @@ impl Migrator {
             hook_failures: None,
             run_id: None,
             server: self.server.as_deref(),
+            identity_read: None,
+            templates: self.templates,
+            spares: self.spares,
         }
     }
 
@@ -538,6 +577,19 @@ impl Migrator {
             lease.release(if ok { "finished" } else { "failed" }).await;
         }
         result?;
+        if matches!(op, FleetOp::Migrate { to: None }) {
+            // Kept current here, so that `tenant create` finds it so.
+            match self.protocol(progress).refresh_template(&self.safety).await {
+                Ok(change) => report.template = change,
+                Err(e) => {
+                    let message = format!(
+                        "could not bring the tenant template up to date (tenant create replays the migrations until it is): {e}"
+                    );
+                    tracing::warn!("{message}");
+                    progress.warning(&message);
+                }
+            }
+        }
         report.elapsed = started.elapsed();
         report.hook_failures = hook_failures.into_inner().unwrap_or_default();
         report
@@ -867,11 +919,24 @@ impl Migrator {
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone());
         let protocol = self.protocol(progress);
-        protocol
+        let change = protocol
             .create_tenant(&tenant, &self.safety)
             .instrument(protocol.tenant_span(name))
             .await?;
+        if let Some(change) = change {
+            tracing::info!(tenant = %name, ?change, "the tenant template was brought up to date");
+        }
         Ok(tenant)
+    }
+
+    /// Brings the tenant template (or the spares, see [`MigratorBuilder::spares`]) up to
+    /// date with the enabled tenant migrations (what `migrate` does after the tenants, and
+    /// `tenant create` before it copies the template): what changed, or `None` where
+    /// nothing did or neither is used (the engine cannot copy storage, templates are off,
+    /// or tenant hooks are registered).
+    pub async fn refresh_template(&self) -> Result<Option<TemplateChange>> {
+        self.ready_to_write().await?;
+        self.protocol(&Silent).refresh_template(&self.safety).await
     }
 
     /// The registry row of the tenant `name`: [`Error::UnknownTenant`] when there is none,

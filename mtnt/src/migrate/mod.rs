@@ -20,6 +20,8 @@ mod rollout;
 mod runs;
 mod safety;
 mod source;
+mod spares;
+mod template;
 mod tenants;
 
 pub use drift::{Difference, DriftReport, DriftWay, DriftedTenant, OrderDrift, UnreadableTenant};
@@ -45,3 +47,4 @@ pub use rollout::{Canary, Rollout, TenantOrder, WaveSize};
 pub use runs::{RunReport, RunTenant};
 pub use safety::{parse_duration, SafetySettings, Shard};
 pub use source::{RegistrySource, TenantSource};
+pub use template::TemplateChange;

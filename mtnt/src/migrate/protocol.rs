@@ -88,6 +88,15 @@ pub(crate) struct Protocol<'a> {
     pub(crate) run_id: Option<&'a str>,
     /// The server the `tenant` tracing spans name.
     pub(crate) server: Option<&'a str>,
+    /// Set when a migration asks for its tenant ([`Ctx::tenant`]): while a template is
+    /// built, such a migration makes it unusable.
+    pub(crate) identity_read: Option<&'a AtomicBool>,
+    /// Whether `tenant create` copies a template and `migrate` keeps it current, where
+    /// the engine can (see `template.rs`).
+    pub(crate) templates: bool,
+    /// How many spare storages `migrate` keeps for `tenant create` to take, where the
+    /// engine can rename storage (see `spares.rs`).
+    pub(crate) spares: usize,
 }
 
 /// What the attempts of one claim on a target share.
@@ -103,7 +112,7 @@ pub(crate) struct Attempts {
 
 /// Runs an up or down function, turning a panic into [`Error::Panicked`] so that one
 /// bad migration fails its tenant instead of the whole run.
-async fn invoke(function: MigrationFn, ctx: &mut Ctx<'_>) -> Result<()> {
+pub(crate) async fn invoke(function: MigrationFn, ctx: &mut Ctx<'_>) -> Result<()> {
     match AssertUnwindSafe(function(ctx)).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {
@@ -186,7 +195,7 @@ pub(crate) fn model_label(backend: &dyn Backend) -> String {
 
 /// The `migration` span of one up or down function (the log shows its duration); it
 /// names its tenant too, so that a log query needs no span list.
-fn migration_span(
+pub(crate) fn migration_span(
     target: Target<'_>,
     migration: &Migration,
     direction: Direction,
@@ -848,7 +857,7 @@ impl<'a> Protocol<'a> {
                 timeouts = wanted;
             }
             let started = Instant::now();
-            if let Err(error) = invoke(function, &mut conn.ctx())
+            if let Err(error) = invoke(function, &mut conn.ctx().watched(self.identity_read))
                 .instrument(migration_span(target, migration, direction))
                 .await
             {
@@ -982,7 +991,7 @@ impl<'a> Protocol<'a> {
             result = conn.enter_autocommit(timeouts).await;
         }
         if result.is_ok() {
-            result = invoke(function, &mut conn.ctx())
+            result = invoke(function, &mut conn.ctx().watched(self.identity_read))
                 .instrument(migration_span(target, migration, direction))
                 .await;
         }

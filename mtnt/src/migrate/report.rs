@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::hooks::HookFailure;
 use super::inspect::{Condition, PlannedMigration};
+use super::template::TemplateChange;
 use crate::{Error, TenantName, TenantState};
 
 /// A tenant whose migration failed. Serialized with the error's message.
@@ -113,6 +114,10 @@ pub struct MigrateReport {
     /// Registry rows whose name is no valid tenant name, of a run over the whole registry:
     /// nothing was done for them (the rest of the fleet ran), and the run is not a success.
     pub invalid_registry_rows: Vec<InvalidRegistryRow>,
+    /// What bringing the tenant template up to date did after the tenants (a `migrate`
+    /// to the newest migration, on an engine that creates tenants from a template):
+    /// `None` when nothing changed or no template is used.
+    pub template: Option<TemplateChange>,
 }
 
 impl MigrateReport {

@@ -6,6 +6,7 @@
 use super::claim::lock_waiting;
 use super::hooks::TenantOutcome;
 use super::protocol::{wrap, Completed, Parts, Protocol};
+use super::template::{template_tenant, TemplateChange};
 use super::{Progress, SafetySettings};
 use crate::backend::{Direction, ErrorClass, Record, RegistryRow, Target, TargetState};
 use crate::{Error, Migration, MigrationStatus, Result, Scope, Tenant, TenantName, TenantState};
@@ -22,7 +23,7 @@ pub(crate) struct Adopted {
 }
 
 impl Protocol<'_> {
-    fn enabled_tenant_migrations(&self) -> Vec<&'static Migration> {
+    pub(crate) fn enabled_tenant_migrations(&self) -> Vec<&'static Migration> {
         self.set
             .scope(Scope::Tenant)
             .filter(|m| m.is_enabled())
@@ -30,7 +31,7 @@ impl Protocol<'_> {
     }
 
     /// An error of the registry or storage step of `tenant create`, in the user's terms.
-    fn creation_error(&self, tenant: &Tenant, error: Error) -> Error {
+    pub(crate) fn creation_error(&self, tenant: &Tenant, error: Error) -> Error {
         match self.backend.classify(&error) {
             ErrorClass::UniqueViolation => Error::TenantExists(tenant.name.to_string()),
             ErrorClass::StorageExists => Error::StorageExists {
@@ -48,16 +49,111 @@ impl Protocol<'_> {
     /// The hooks run outside a transaction, as in `migrate`, so a create with tenant
     /// hooks is made atomic by compensation on every engine: the tenant stays `creating`
     /// (which fleet runs leave alone) until its `after_tenant` hooks succeeded.
+    ///
+    /// Where the engine copies storage, the tenant is a copy of the template instead
+    /// (see `template.rs`) whenever the template is usable; what bringing the template up
+    /// to date changed is returned. Where spares are kept (see `spares.rs`), the tenant
+    /// takes one if there is one left.
     pub(crate) async fn create_tenant(
         &self,
         tenant: &Tenant,
         safety: &SafetySettings,
-    ) -> Result<()> {
+    ) -> Result<Option<TemplateChange>> {
         let all = self.enabled_tenant_migrations();
-        if self.caps.transactional_storage && !self.has_tenant_hooks() {
+        if self.uses_spares() && !all.is_empty() && self.take_spare(tenant, &all, safety).await? {
+            return Ok(None);
+        }
+        let mut change = None;
+        if self.uses_template() {
+            let template = template_tenant();
+            let (guard, status) = self.locked_template(&template, &all, safety).await?;
+            change = status.change;
+            if let Some(error) = &status.failure {
+                tracing::warn!(tenant = %tenant.name, "the tenant template could not be built, so the tenant replays its migrations: {error}");
+            }
+            if status.usable {
+                let created = self
+                    .create_from_template(&template, tenant, &all, safety)
+                    .await;
+                guard.release().await;
+                return created.map(|()| change);
+            }
+            guard.release().await;
+        }
+        let created = if self.caps.transactional_storage && !self.has_tenant_hooks() {
             self.create_in_transaction(tenant, &all, safety).await
         } else {
             self.create_by_compensation(tenant, &all, safety).await
+        };
+        created.map(|()| change)
+    }
+
+    /// Registers the tenant as `creating` (with the registry's cached summary of `all`
+    /// applied), copies the template's storage, checks the copy's tracking rows under
+    /// the tenant's lock, then marks it `active`; when a step fails, what the earlier
+    /// ones made is removed again. The caller holds the template's lock.
+    async fn create_from_template(
+        &self,
+        template: &Tenant,
+        tenant: &Tenant,
+        all: &[&'static Migration],
+        safety: &SafetySettings,
+    ) -> Result<()> {
+        let target = Target::Tenant(tenant);
+        let applied_order = all.iter().map(|m| m.order()).max();
+        self.backend
+            .register(tenant, TenantState::Creating, applied_order)
+            .await
+            .map_err(|e| self.creation_error(tenant, e))?;
+        let outcome = async {
+            self.backend
+                .copy_storage(template, tenant)
+                .await
+                .map_err(|e| (false, self.creation_error(tenant, e)))?;
+            let mut conn = self.backend.connect(target).await.map_err(|e| (true, e))?;
+            let checked = async {
+                lock_waiting(&mut *conn, target, safety).await?;
+                let state = conn.read().await?;
+                let copied: Vec<(i64, &str, MigrationStatus)> = state
+                    .applied
+                    .iter()
+                    .map(|r| (r.order, r.checksum.as_str(), r.status))
+                    .collect();
+                let wanted: Vec<(i64, &str, MigrationStatus)> = all
+                    .iter()
+                    .map(|m| (m.order(), m.checksum(), MigrationStatus::Completed))
+                    .collect();
+                if copied != wanted {
+                    return Err(Error::Corrupt(format!(
+                        "tenant {}: the copy of the template {} does not hold the tenant migrations of the code",
+                        tenant.name, template.storage
+                    )));
+                }
+                Ok(())
+            }
+            .await;
+            conn.release().await;
+            checked.map_err(|e| (true, e))
+        }
+        .await;
+        if let Err((storage_made, error)) = outcome {
+            self.undo_create(tenant, storage_made).await;
+            return Err(error);
+        }
+        self.backend.set_state(tenant, TenantState::Active).await
+    }
+
+    /// Removes what a failed create by compensation made: the storage (when it was
+    /// made) and the registry row, which is still `creating`. Failures are logged: the
+    /// create fails with its own error.
+    async fn undo_create(&self, tenant: &Tenant, storage_made: bool) {
+        if storage_made {
+            if let Err(cleanup) = self.backend.drop_storage(tenant).await {
+                tracing::error!(tenant = %tenant.name, "could not remove the storage of the half-created tenant: {cleanup}");
+            }
+        }
+        if let Err(cleanup) = self.backend.unregister(tenant, true).await {
+            tracing::error!(tenant = %tenant.name, "could not remove the registry row of the half-created tenant: {cleanup}");
         }
     }
 
@@ -243,14 +339,7 @@ impl Protocol<'_> {
         }
         .await;
         if let Err((storage_made, error)) = outcome {
-            if storage_made {
-                if let Err(cleanup) = self.backend.drop_storage(tenant).await {
-                    tracing::error!(tenant = %tenant.name, "could not remove the storage of the half-created tenant: {cleanup}");
-                }
-            }
-            if let Err(cleanup) = self.backend.unregister(tenant, true).await {
-                tracing::error!(tenant = %tenant.name, "could not remove the registry row of the half-created tenant: {cleanup}");
-            }
+            self.undo_create(tenant, storage_made).await;
             return Err(error);
         }
         self.backend.set_state(tenant, TenantState::Active).await

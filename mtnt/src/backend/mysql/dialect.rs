@@ -347,6 +347,12 @@ impl Books<'_> {
                 sql.push(format!("DROP DATABASE IF EXISTS {}", self.db_q));
                 sql.push(format!("DELETE FROM {} WHERE name = {name}", self.registry));
             }
+            Record::TakeStorage { .. } => {
+                return Err(Error::Invalid(
+                    "mtnt bug: a spare storage taken on MySQL, which renames no database"
+                        .to_owned(),
+                ))
+            }
         }
         Ok(())
     }

@@ -390,6 +390,7 @@ impl Backend for PostgresBackend {
             .with_registry_in_target_transaction()
             .with_transactional_storage()
             .with_fingerprints()
+            .with_storage_spares()
     }
 
     fn classify(&self, error: &Error) -> ErrorClass {
@@ -576,6 +577,7 @@ impl Backend for PostgresBackend {
     async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>> {
         let sql = format!(
             "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1 AND nspname NOT LIKE 'pg\\_%' \
+             AND nspname NOT LIKE 'mtnt%' \
              AND nspname NOT IN ('information_schema', $2) \
              AND nspname NOT IN (SELECT schema_name FROM {}) ORDER BY nspname",
             self.registry()
@@ -585,6 +587,16 @@ impl Backend for PostgresBackend {
             .bind(&self.control)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn spare_storages(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname::text, $1) \
+             ORDER BY nspname",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {

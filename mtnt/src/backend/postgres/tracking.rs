@@ -478,6 +478,13 @@ fn row_statement(row: &TenantRow, tracking: &Tracking, record: &Record<'_>) -> S
             row.name
         ),
         Record::CreateStorage => format!("CREATE SCHEMA {}", row.schema_q),
+        Record::TakeStorage { from } => {
+            format!(
+                "ALTER SCHEMA {} RENAME TO {}",
+                quote_ident(from),
+                row.schema_q
+            )
+        }
         Record::DropTenant => format!(
             "DROP SCHEMA IF EXISTS {} CASCADE; DELETE FROM {} WHERE name = {}",
             row.schema_q, row.registry, row.name

@@ -12,7 +12,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Connection as _, Row, Sqlite, SqliteConnection};
 
-use super::{file_options, in_file, io_error, SqliteBackend, BUSY_TIMEOUT, TRACKING_DDL};
+use super::{
+    file_options, in_file, io_error, SqliteBackend, BUSY_TIMEOUT, TEMPLATE_STORAGE, TRACKING_DDL,
+};
 use crate::backend::api::{
     Connection, Direction, MigrationTimeouts, Record, Target, TargetState, Timing,
 };
@@ -176,8 +178,9 @@ impl Connection for FileConnection<'_> {
 
     async fn read(&mut self) -> Result<TargetState> {
         if let Target::Tenant(tenant) = self.target {
-            // Nothing acts on the rows of a tenant that is not registered (any more).
-            if !self.backend.is_registered(tenant).await? {
+            // Nothing acts on the rows of a tenant that is not registered (any more); the
+            // template never is.
+            if tenant.storage != TEMPLATE_STORAGE && !self.backend.is_registered(tenant).await? {
                 return Ok(TargetState::default());
             }
         }

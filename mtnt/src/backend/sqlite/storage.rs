@@ -7,7 +7,7 @@ use sqlx::sqlite::SqliteJournalMode;
 use sqlx::{Connection as _, SqliteConnection};
 
 use super::connection::{applied_from_row, TRACKING_COLUMNS};
-use super::{file_options, in_file, io_error, SqliteBackend, TRACKING_DDL};
+use super::{file_options, in_file, io_error, SqliteBackend, TEMPLATE_STORAGE, TRACKING_DDL};
 use crate::ctx::exec_sqlite;
 use crate::{AppliedMigration, Error, Result, Tenant, TenantName};
 
@@ -16,20 +16,7 @@ impl SqliteBackend {
     /// claimed with `create_new`, so a stray file of the same name is never touched.
     pub(super) async fn create_file(&self, tenant: &Tenant) -> Result<()> {
         let path = self.path_of(tenant)?;
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path);
-        match created {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::StorageExists {
-                    tenant: tenant.name.clone(),
-                    storage: tenant.storage.clone(),
-                })
-            }
-            Err(e) => return Err(io_error("cannot create the tenant file", &path)(e)),
-        }
+        self.claim_file(tenant, &path)?;
         let options = file_options(&path).journal_mode(SqliteJournalMode::Wal);
         let result = async {
             let mut conn = SqliteConnection::connect_with(&options).await?;
@@ -44,6 +31,60 @@ impl SqliteBackend {
             return Err(error.into());
         }
         Ok(())
+    }
+
+    /// Creates a tenant's file as a copy of the template's: the name is claimed with
+    /// `create_new` as in [`SqliteBackend::create_file`], the copy written beside it under
+    /// a name no tenant file has (`.db-copy`), synced, then renamed over the claim, so
+    /// that the tenant's file is never seen half-copied.
+    pub(super) async fn copy_file(&self, template: &Tenant, tenant: &Tenant) -> Result<()> {
+        let from = self.path_of(template)?;
+        let to = self.path_of(tenant)?;
+        let wal = from.with_extension("db-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            // Left by a writer that did not close: what it committed is in the WAL alone.
+            let mut conn = SqliteConnection::connect_with(&file_options(&from))
+                .await
+                .map_err(|e| in_file(&from, e.into()))?;
+            let checkpoint = exec_sqlite(&mut conn, "PRAGMA wal_checkpoint(TRUNCATE)").await;
+            let _ = conn.close().await;
+            checkpoint.map_err(|e| in_file(&from, e.into()))?;
+        }
+        self.claim_file(tenant, &to)?;
+        let copy = to.with_extension("db-copy");
+        let copied = (|| {
+            std::fs::copy(&from, &copy)?;
+            std::fs::File::open(&copy)?.sync_all()?;
+            std::fs::rename(&copy, &to)?;
+            // The rename itself lasts once the directory is synced.
+            std::fs::File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(e) = copied {
+            let _ = remove(copy);
+            let _ = remove_db_files(&to);
+            return Err(io_error(
+                "cannot copy the template into the tenant file",
+                &to,
+            )(e));
+        }
+        Ok(())
+    }
+
+    /// Claims `path` for `tenant` with an empty file, made with `create_new` so that a
+    /// stray file of the same name is never touched.
+    fn claim_file(&self, tenant: &Tenant, path: &Path) -> Result<()> {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::StorageExists {
+                tenant: tenant.name.clone(),
+                storage: tenant.storage.clone(),
+            }),
+            Err(e) => Err(io_error("cannot create the tenant file", path)(e)),
+        }
     }
 
     /// The tracking rows of `tenant` that the fleet run `run_id` wrote last: none where
@@ -97,10 +138,14 @@ impl SqliteBackend {
         Ok(Some(file.len() + wal))
     }
 
-    /// Removes a tenant's file, its companions and its lock file, where they exist.
+    /// Removes a tenant's file, its companions and its lock file, where they exist. The
+    /// template's lock file stays: its holder drops and rebuilds the template under it.
     pub(super) fn remove_files(&self, tenant: &Tenant) -> Result<()> {
         let path = self.path_of(tenant)?;
         remove_db_files(&path)?;
+        if tenant.storage == TEMPLATE_STORAGE {
+            return Ok(());
+        }
         // The lock file last: whoever holds its lock now (the caller) keeps it, on the
         // removed file, until it lets go.
         remove(path.with_extension("lock"))
@@ -147,9 +192,10 @@ fn remove(path: PathBuf) -> Result<()> {
 }
 
 /// Removes a database file with its WAL, shared-memory and rollback-journal companions;
-/// the companions first, so that a stale WAL never meets a new file of the same name.
+/// the companions first, so that a stale WAL never meets a new file of the same name. A
+/// template copy that a crash left half-written (`-copy`) goes too.
 fn remove_db_files(path: &Path) -> Result<()> {
-    for suffix in ["-wal", "-shm", "-journal", ""] {
+    for suffix in ["-wal", "-shm", "-journal", "-copy", ""] {
         let mut file = path.as_os_str().to_owned();
         file.push(suffix);
         remove(PathBuf::from(file))?;
