@@ -31,7 +31,8 @@ pub struct ConnectOptions {
     pub tenancy: Option<Tenancy>,
     /// The PostgreSQL control schema holding the registry and public migrations.
     pub control_schema: String,
-    /// The most connections mtnt opens to one server.
+    /// The most connections mtnt opens to one server (default 10: the default
+    /// concurrency of 8 and two for the control registry).
     pub max_connections: u32,
 }
 
@@ -40,7 +41,7 @@ impl Default for ConnectOptions {
         Self {
             tenancy: None,
             control_schema: "public".to_owned(),
-            max_connections: 8,
+            max_connections: 10,
         }
     }
 }

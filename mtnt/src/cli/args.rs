@@ -81,7 +81,7 @@ pub(crate) struct Cli {
     #[arg(
         long,
         env = "MTNT_CONCURRENCY",
-        default_value_t = 4,
+        default_value_t = 8,
         value_name = "N",
         value_parser = parse_concurrency,
         global = true,

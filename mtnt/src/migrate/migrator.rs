@@ -91,7 +91,8 @@ impl MigratorBuilder {
         self
     }
 
-    /// How many tenants are migrated at once (default 4, at most
+    /// How many tenants are migrated at once (default 8: enough that a server's cores stay
+    /// busy while some tenants wait on a file sync or a commit; at most
     /// [`MAX_CONCURRENCY`](crate::MAX_CONCURRENCY): more fails at [`build`](Self::build));
     /// keep it below the pool size.
     pub fn concurrency(mut self, tenants: usize) -> Self {
@@ -216,7 +217,7 @@ impl Migrator {
             backend,
             migrations: None,
             source: None,
-            concurrency: 4,
+            concurrency: 8,
             page_size: 1000,
             safety: SafetySettings::default(),
             timeouts: Timeouts::default(),
