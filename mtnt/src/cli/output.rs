@@ -4,8 +4,8 @@ use super::failures;
 use super::hints::{condition_fix, creating_fix};
 use crate::migration::format_order;
 use crate::{
-    Condition, DriftReport, MigrateReport, MigrationSet, StatusReport, Tenancy, TenantName,
-    TenantRecord, TenantStatus,
+    Condition, DriftReport, MigrateReport, Migration, MigrationSet, StatusReport, Tenancy,
+    TenantName, TenantRecord, TenantStatus,
 };
 
 fn order_or_none(order: Option<i64>) -> String {
@@ -13,25 +13,34 @@ fn order_or_none(order: Option<i64>) -> String {
 }
 
 /// Lays out rows as columns separated by two spaces.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
+/// A table of `items`, a row of `cells` each, every column as wide as its widest cell.
+/// The cells of a row are made twice (for the widths, then for its line) rather than
+/// kept: a table of 100,000 tenants holds one row of cells at a time.
+fn table<T, const N: usize>(
+    header: [&str; N],
+    items: &[T],
+    cells: impl Fn(&T) -> [String; N],
+) -> String {
+    let mut widths: [usize; N] = header.map(str::len);
+    for item in items {
+        for (w, cell) in widths.iter_mut().zip(cells(item)) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (cell, w) in cells.zip(&widths) {
-            let _ = write!(text, "{cell:<w$}  ");
+    let line_len = widths.iter().map(|w| w + 2).sum::<usize>();
+    let mut out = String::with_capacity(line_len * (items.len() + 1));
+    let mut line = |row: [&str; N]| {
+        let start = out.len();
+        for (cell, w) in row.iter().zip(&widths) {
+            let _ = write!(out, "{cell:<w$}  ");
         }
-        out.push_str(text.trim_end());
+        out.truncate(out[start..].trim_end().len() + start);
         out.push('\n');
     };
-    line(&mut header.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
+    line(header);
+    for item in items {
+        let row = cells(item);
+        line(std::array::from_fn(|i| row[i].as_str()));
     }
     out
 }
@@ -308,25 +317,21 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
         );
     }
     out.push('\n');
-    let rows: Vec<Vec<String>> = report
-        .tenants
-        .iter()
-        .map(|t| {
-            vec![
-                t.tenant.to_string(),
-                words.cell(&t.storage),
-                t.state.as_str().to_owned(),
-                order_or_none(t.applied_order),
-                t.pending.to_string(),
-                condition_cell(t),
-            ]
-        })
-        .collect();
-    if !rows.is_empty() && !quiet {
+    if !report.tenants.is_empty() && !quiet {
         let column = words.column();
         out.push_str(&table(
-            &["TENANT", &column, "STATE", "APPLIED", "PENDING", "STATUS"],
-            &rows,
+            ["TENANT", &column, "STATE", "APPLIED", "PENDING", "STATUS"],
+            &report.tenants,
+            |t| {
+                [
+                    t.tenant.to_string(),
+                    words.cell(&t.storage),
+                    t.state.as_str().to_owned(),
+                    order_or_none(t.applied_order),
+                    t.pending.to_string(),
+                    condition_cell(t),
+                ]
+            },
         ));
     }
     out.push_str(&report.summary());
@@ -398,45 +403,32 @@ fn condition_cell(t: &TenantStatus) -> String {
 }
 
 pub(crate) fn tenant_list(records: &[TenantRecord], words: &Words, quiet: bool) -> String {
-    let rows: Vec<Vec<String>> = records
-        .iter()
-        .map(|r| {
-            vec![
-                r.tenant.name.to_string(),
-                words.cell(&r.tenant.storage),
-                r.state.as_str().to_owned(),
-                order_or_none(r.applied_order),
-                r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            ]
-        })
-        .collect();
     let column = words.column();
     let mut out = if quiet {
         String::new()
     } else {
-        table(&["TENANT", &column, "STATE", "APPLIED", "CREATED"], &rows)
+        table(
+            ["TENANT", &column, "STATE", "APPLIED", "CREATED"],
+            records,
+            |r| {
+                [
+                    r.tenant.name.to_string(),
+                    words.cell(&r.tenant.storage),
+                    r.state.as_str().to_owned(),
+                    order_or_none(r.applied_order),
+                    r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                ]
+            },
+        )
     };
     let _ = writeln!(out, "{}", count(records.len(), "tenant"));
     out
 }
 
 pub(crate) fn migration_list(set: &MigrationSet) -> String {
-    let rows: Vec<Vec<String>> = set
-        .iter()
-        .map(|m| {
-            vec![
-                format_order(m.order()),
-                m.scope().to_string(),
-                m.name().to_owned(),
-                if m.is_reversible() { "yes" } else { "no" }.to_owned(),
-                if m.is_transactional() { "yes" } else { "no" }.to_owned(),
-                if m.is_enabled() { "yes" } else { "no" }.to_owned(),
-                m.location().to_string(),
-            ]
-        })
-        .collect();
+    let migrations: Vec<&Migration> = set.iter().collect();
     table(
-        &[
+        [
             "ORDER",
             "SCOPE",
             "NAME",
@@ -445,7 +437,19 @@ pub(crate) fn migration_list(set: &MigrationSet) -> String {
             "ENABLED",
             "LOCATION",
         ],
-        &rows,
+        &migrations,
+        |m| {
+            let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
+            [
+                format_order(m.order()),
+                m.scope().to_string(),
+                m.name().to_owned(),
+                yes(m.is_reversible()),
+                yes(m.is_transactional()),
+                yes(m.is_enabled()),
+                m.location().to_string(),
+            ]
+        },
     )
 }
 

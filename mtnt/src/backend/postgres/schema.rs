@@ -13,7 +13,7 @@ use super::lease::PgLeases;
 use super::target::applied_from_row;
 use super::target::{PgConn, PgTarget, Spec};
 use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
-use super::{classify, is_code, literal, public_key, tenant_key};
+use super::{classify, is_code, literal, maybe_invalid_name, public_key, tenant_key};
 use crate::backend::{
     Backend, Capabilities, Connection, ErrorClass, JournalEntry, LeaseStore, RegistryRow,
     RegistryState, SchemaObject, Target,
@@ -457,10 +457,13 @@ impl Backend for PostgresBackend {
     }
 
     async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
-        let names: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT name FROM {}", self.registry()))
-                .fetch_all(&self.pool)
-                .await?;
+        let names: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT name FROM {} WHERE {}",
+            self.registry(),
+            maybe_invalid_name()
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(invalid_names(&self.registry(), names))
     }
 
