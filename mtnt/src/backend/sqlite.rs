@@ -28,6 +28,7 @@ use crate::{
 
 mod catalog;
 mod connection;
+mod fleet;
 mod storage;
 
 use connection::FileConnection;
@@ -197,7 +198,9 @@ impl Backend for SqliteBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_transactional_ddl()
+        Capabilities::NONE
+            .with_transactional_ddl()
+            .with_fingerprints()
     }
 
     fn classify(&self, error: &Error) -> ErrorClass {
@@ -359,8 +362,8 @@ impl Backend for SqliteBackend {
             .collect()
     }
 
-    async fn fingerprints(&self, _names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
-        Ok(Vec::new())
+    async fn fingerprints(&self, names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
+        self.fingerprints_of(names).await
     }
 
     async fn connection_budget(&self) -> Result<Option<usize>> {

@@ -1,7 +1,7 @@
 use std::fmt::Write;
 
 use super::failures;
-use super::hints::{condition_fix, creating_fix};
+use super::hints::{condition_fix, creating_fix, unlisted_current_line};
 use crate::migration::format_order;
 use crate::{
     Condition, DriftReport, MigrateReport, Migration, MigrationSet, StatusReport, Tenancy,
@@ -298,7 +298,16 @@ pub(crate) fn drift_report(report: &DriftReport, quiet: bool) -> String {
     out
 }
 
-pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -> String {
+/// A fleet larger than this has only its tenants that are not current in the table of
+/// `status` (`--verbose`: every tenant), so that 100,000 tenants print a summary.
+const STATUS_ALL_ROWS_UP_TO: usize = 1000;
+
+pub(crate) fn status_report(
+    report: &StatusReport,
+    words: &Words,
+    quiet: bool,
+    verbose: bool,
+) -> String {
     let mut out = String::new();
     let public = &report.public;
     let _ = write!(
@@ -317,11 +326,16 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
         );
     }
     out.push('\n');
-    if !report.tenants.is_empty() && !quiet {
+    let listed: Vec<&TenantStatus> = match verbose || report.tenants.len() <= STATUS_ALL_ROWS_UP_TO
+    {
+        true => report.tenants.iter().collect(),
+        false => report.tenants.iter().filter(|t| !t.is_current()).collect(),
+    };
+    if !listed.is_empty() && !quiet {
         let column = words.column();
         out.push_str(&table(
             ["TENANT", &column, "STATE", "APPLIED", "PENDING", "STATUS"],
-            &report.tenants,
+            &listed,
             |t| {
                 [
                     t.tenant.to_string(),
@@ -333,6 +347,10 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
                 ]
             },
         ));
+    }
+    let unlisted = report.tenants.len() - listed.len();
+    if unlisted > 0 && !quiet {
+        out.push_str(&unlisted_current_line(unlisted));
     }
     out.push_str(&report.summary());
     out.push('\n');
@@ -604,4 +622,67 @@ fn journal_lines(report: &StatusReport) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::PublicStatus;
+
+    fn report(tenants: usize, behind: usize) -> StatusReport {
+        let tenants: Vec<TenantStatus> = (0..tenants)
+            .map(|i| TenantStatus {
+                tenant: TenantName::new(format!("t{i:06}")).unwrap(),
+                storage: format!("t{i:06}"),
+                state: crate::TenantState::Active,
+                applied_order: Some(1),
+                pending: usize::from(i == behind),
+                oldest_pending: None,
+                failed: None,
+                condition: match i == behind {
+                    true => Condition::Behind,
+                    false => Condition::Current,
+                },
+                detail: None,
+            })
+            .collect();
+        StatusReport {
+            latest_tenant_order: Some(2),
+            public: PublicStatus {
+                applied_order: None,
+                pending: 0,
+                failed: None,
+            },
+            current: tenants.len() - 1,
+            behind: 1,
+            failed: 0,
+            out_of_order: 0,
+            drifted: 0,
+            needs_repair: 0,
+            ahead: 0,
+            creating: 0,
+            last_drift: None,
+            last_run: None,
+            invalid_registry_rows: Vec::new(),
+            tenants,
+        }
+    }
+
+    #[test]
+    fn a_large_fleet_lists_only_its_tenants_not_current_unless_verbose() {
+        let words = Words::new(Tenancy::Schema, "postgres://h/db", "public");
+        let large = report(STATUS_ALL_ROWS_UP_TO + 1, 7);
+        let short = status_report(&large, &words, false, false);
+        assert!(short.contains("\nt000007 "), "{short}");
+        assert!(!short.contains("t000006"), "{short}");
+        assert!(
+            short.contains(&unlisted_current_line(STATUS_ALL_ROWS_UP_TO)),
+            "{short}"
+        );
+        let all = status_report(&large, &words, false, true);
+        assert!(all.contains("\nt000006 ") && all.contains("\nt001000 "));
+        assert!(!all.contains("not listed"));
+        let small = status_report(&report(STATUS_ALL_ROWS_UP_TO, 7), &words, false, false);
+        assert!(small.contains("\nt000006 ") && !small.contains("not listed"));
+    }
 }
