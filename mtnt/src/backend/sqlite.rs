@@ -28,7 +28,6 @@ use crate::{
 
 mod catalog;
 mod connection;
-mod fleet;
 mod storage;
 
 use connection::FileConnection;
@@ -198,9 +197,7 @@ impl Backend for SqliteBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE
-            .with_transactional_ddl()
-            .with_fingerprints()
+        Capabilities::NONE.with_transactional_ddl()
     }
 
     fn classify(&self, error: &Error) -> ErrorClass {
@@ -362,8 +359,8 @@ impl Backend for SqliteBackend {
             .collect()
     }
 
-    async fn fingerprints(&self, names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
-        self.fingerprints_of(names).await
+    async fn fingerprints(&self, _names: &[TenantName]) -> Result<Vec<(TenantName, String)>> {
+        Ok(Vec::new())
     }
 
     async fn connection_budget(&self) -> Result<Option<usize>> {
