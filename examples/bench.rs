@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- --tenants 1000 --fleet 10000
 //! cargo run --release --example bench -- --engine sqlite --tenants 300 --fleet 2000
 //! cargo run --release --example bench -- --engine mysql --tenants 300 --fleet 2000
+//! cargo run --release --example bench -- --scale 100000 --scale-only
 //! ```
 //!
 //! Options: `--engine postgres|sqlite|mysql` (default postgres), `--tenants N` (migrate from
@@ -20,6 +21,19 @@
 //! `MTNT_BENCH_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`); SQLite files go to a
 //! temporary directory under `target/`. The benchmark creates its own databases (files)
 //! and drops them when done.
+//!
+//! `--scale N` (PostgreSQL, schema per tenant; `--scale-only`: these rows alone) adds rows
+//! at N/10 and N registered, up-to-date tenants: too many to migrate in a benchmark's time,
+//! so mtnt migrates one tenant and the fleet is cloned from it server-side. In one
+//! transaction, with `mtnt.bookkeeping` on as mtnt sets it when it writes the fingerprint
+//! itself, its registry row and its tracking rows are copied, column for column, to every
+//! new name by one `INSERT ... SELECT` over `generate_series` each; then every new tenant
+//! gets its schema with one small table, from `DO` blocks of 200 tenants on two
+//! connections (105 to 203 s for 100,000 on a shared machine). `status --check` must then
+//! find every tenant current, and no-op `migrate`, `status`, `plan` and `tenant list` (its
+//! output to /dev/null) are timed, each the median of three, beside the median of three
+//! registry `SELECT`s, with each command's peak memory at both sizes. The fleet is grown
+//! from N/10 to N in place, and dropped at the end.
 //!
 //! Every mtnt figure except `tenant create` is a run of the mtnt command line in a child
 //! process (this binary re-executes itself as an mtnt app), timed from spawn to exit, so
@@ -151,6 +165,10 @@ struct Args {
     concurrency: Option<usize>,
     repeat: usize,
     plan_tenants: usize,
+    /// The fleet of the scale rows (0: none).
+    scale: usize,
+    /// Only the scale rows.
+    scale_only: bool,
 }
 
 fn parse_args() -> Res<Args> {
@@ -162,6 +180,8 @@ fn parse_args() -> Res<Args> {
         concurrency: None,
         repeat: 1,
         plan_tenants: 10_000,
+        scale: 0,
+        scale_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -181,8 +201,10 @@ fn parse_args() -> Res<Args> {
             "--concurrency" => args.concurrency = Some(value()?.parse()?),
             "--repeat" => args.repeat = value()?.parse()?,
             "--plan-tenants" => args.plan_tenants = value()?.parse()?,
+            "--scale" => args.scale = value()?.parse()?,
+            "--scale-only" => args.scale_only = true,
             "-h" | "--help" => {
-                println!("usage: bench [--engine postgres|sqlite|mysql] [--tenants N] [--fleet N] [--creates N] [--plan-tenants N] [--concurrency N] [--repeat N]");
+                println!("usage: bench [--engine postgres|sqlite|mysql] [--tenants N] [--fleet N] [--creates N] [--plan-tenants N] [--concurrency N] [--repeat N] [--scale N [--scale-only]]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
@@ -190,6 +212,12 @@ fn parse_args() -> Res<Args> {
     }
     if args.tenants == 0 || args.fleet == 0 || args.creates == 0 || args.repeat == 0 {
         return Err("--tenants, --fleet, --creates and --repeat must be at least 1".into());
+    }
+    if args.scale_only && args.scale == 0 {
+        return Err("--scale-only needs --scale N".into());
+    }
+    if args.scale > 0 && (args.scale < 10 || args.scale > 999_999) {
+        return Err("--scale must be from 10 to 999999".into());
     }
     Ok(args)
 }
@@ -673,11 +701,17 @@ struct ChildRun {
 }
 
 async fn mtnt_cli(db: &Db, concurrency: Option<usize>, args: &[&str]) -> Res<ChildRun> {
-    mtnt_cli_at(&db.url()?, concurrency, args).await
+    mtnt_cli_to(&db.url()?, concurrency, args, true).await
 }
 
-/// [`mtnt_cli`] with the database at `url`.
-async fn mtnt_cli_at(url: &str, concurrency: Option<usize>, args: &[&str]) -> Res<ChildRun> {
+/// [`mtnt_cli`] with the database at `url`, the child's standard output read (`capture`)
+/// or sent to /dev/null (an empty [`ChildRun::stdout`]).
+async fn mtnt_cli_to(
+    url: &str,
+    concurrency: Option<usize>,
+    args: &[&str],
+    capture: bool,
+) -> Res<ChildRun> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     command
@@ -692,7 +726,11 @@ async fn mtnt_cli_at(url: &str, concurrency: Option<usize>, args: &[&str]) -> Re
     command
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::piped());
     // Waited for on a blocking thread, so that the CPU probe's task goes on.
     let (output, elapsed) = tokio::task::spawn_blocking(move || {
@@ -865,6 +903,263 @@ async fn plan_row(db: &Db, n: usize, concurrency: Option<usize>, runs: usize) ->
 }
 
 // ---------------------------------------------------------------------------------------
+// --scale: fleets far larger than mtnt could migrate in a benchmark's time.
+
+/// Tenants per statement that creates schemas: each `CREATE TABLE` holds a lock until its
+/// transaction commits, and the server's lock table is shared with everyone else's.
+const SCALE_SCHEMAS_PER_STATEMENT: usize = 200;
+
+/// The columns of a control table (PostgreSQL), in their order.
+async fn pg_columns(conn: &mut PgConnection, table: &str) -> Res<Vec<String>> {
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 \
+         AND NOT attisdropped ORDER BY attnum",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(columns)
+}
+
+impl Db {
+    /// Makes tenants `from..=to` copies of tenant 1, which mtnt migrated, server-side (untimed
+    /// set-up; PostgreSQL, schema per tenant): in one transaction, its registry row and its
+    /// tracking rows are copied to every new name by one `INSERT ... SELECT` over
+    /// `generate_series` each, column for column (so the fingerprint mtnt wrote comes
+    /// along), with `mtnt.bookkeeping` on as mtnt sets it when it writes the fingerprint
+    /// itself; then each tenant's schema is created with one small table, by `DO` blocks
+    /// of [`SCALE_SCHEMAS_PER_STATEMENT`] tenants on two connections.
+    async fn clone_tenants(&self, from: usize, to: usize) -> Res<()> {
+        let Plain::Pg(mut conn) = self.plain().await? else {
+            return Err("--scale clones PostgreSQL tenants only".into());
+        };
+        let name = self.tenant_expr();
+        let template = self.tenant(1);
+        let mut sql = "BEGIN; SET LOCAL mtnt.bookkeeping = on; ".to_owned();
+        // The registry's key columns and the tracking rows' tenant take the new name.
+        for (table, key, renamed) in [
+            ("public.mtnt_tenants", "name", &["name", "schema_name"][..]),
+            ("public.mtnt_tenant_migrations", "tenant", &["tenant"][..]),
+        ] {
+            let columns = pg_columns(&mut conn, table).await?;
+            let values: Vec<String> = columns
+                .iter()
+                .map(|c| match renamed.contains(&c.as_str()) {
+                    true => name.clone(),
+                    false => format!("t.\"{c}\""),
+                })
+                .collect();
+            let columns: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+            sql.push_str(&format!(
+                "INSERT INTO {table} ({}) SELECT {} FROM {table} AS t CROSS JOIN generate_series({from}, {to}) AS i \
+                 WHERE t.{key} = '{template}'; ",
+                columns.join(", "),
+                values.join(", ")
+            ));
+        }
+        sql.push_str("COMMIT");
+        conn.execute(&*sql).await?;
+        let next = Arc::new(AtomicUsize::new(from));
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let Plain::Pg(mut conn) = self.plain().await? else {
+                unreachable!("a PostgreSQL database");
+            };
+            let (next, name) = (next.clone(), name.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let first = next.fetch_add(SCALE_SCHEMAS_PER_STATEMENT, Ordering::Relaxed);
+                    if first > to {
+                        return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(());
+                    }
+                    let last = (first + SCALE_SCHEMAS_PER_STATEMENT - 1).min(to);
+                    conn.execute(&*format!(
+                        "DO $$ DECLARE s text; BEGIN FOR i IN {first}..{last} LOOP s := {name}; \
+                         EXECUTE format('CREATE SCHEMA %I', s); \
+                         EXECUTE format('CREATE TABLE %I.accounts (id bigint NOT NULL, plan_id bigint)', s); \
+                         END LOOP; END $$"
+                    ))
+                    .await?;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    /// `'t' || lpad(i::text, 6, '0')`: [`Db::tenant`] of `i`, in SQL.
+    fn tenant_expr(&self) -> String {
+        format!("'{}' || lpad(i::text, 6, '0')", self.prefix)
+    }
+}
+
+/// The median of `runs` runs of the command line `args` and the highest peak memory among
+/// them; its standard output goes to /dev/null unless `expected` is given, which it must
+/// then print.
+async fn scale_command(
+    db: &Db,
+    concurrency: Option<usize>,
+    args: &[&str],
+    expected: Option<&str>,
+    runs: usize,
+) -> Res<(Duration, u64)> {
+    progress(&format!("  mtnt {}", args.join(" ")));
+    let mut samples = Vec::new();
+    let mut peak_kb = 0;
+    for _ in 0..runs {
+        let run = mtnt_cli_to(&db.url()?, concurrency, args, expected.is_some()).await?;
+        if let Some(text) = expected {
+            expect(&run, text)?;
+        }
+        samples.push(run.elapsed);
+        peak_kb = peak_kb.max(run.peak_kb);
+    }
+    let wall = median(samples);
+    done(wall);
+    Ok((wall, peak_kb))
+}
+
+/// What one command took and held at each fleet size of the scale rows.
+struct ScaleFigure {
+    what: &'static str,
+    /// Wall time and peak memory, by fleet size.
+    at: Vec<(Duration, u64)>,
+}
+
+/// The scale rows: a fleet of `n / 10` tenants, then of `n`, built by
+/// [`Db::clone_tenants`] from one tenant mtnt migrated; at each size `status --check`
+/// must find them all current, and then no-op `migrate`, `status`, `plan` and `tenant
+/// list` are timed (each the median of `runs`) beside the median of as many registry
+/// scans, with the peak memory of each command at both sizes.
+async fn scale_rows(
+    engine: Engine,
+    n: usize,
+    concurrency: Option<usize>,
+    runs: usize,
+) -> Res<Vec<Row>> {
+    if engine != Engine::Postgres {
+        return Err("--scale builds PostgreSQL schema-per-tenant fleets only".into());
+    }
+    let sizes = [n / 10, n];
+    progress(&format!(
+        "scale: one tenant migrated by mtnt, cloned to {}",
+        sizes[0]
+    ));
+    let db = Db::create(engine).await?;
+    let result = scale_measure(&db, &sizes, concurrency, runs).await;
+    progress("scale: dropping the fleet");
+    let started = Instant::now();
+    db.drop().await?;
+    done(started.elapsed());
+    result
+}
+
+async fn scale_measure(
+    db: &Db,
+    sizes: &[usize; 2],
+    concurrency: Option<usize>,
+    runs: usize,
+) -> Res<Vec<Row>> {
+    let started = Instant::now();
+    db.register(1).await?;
+    let template = mtnt_cli(db, concurrency, &["migrate"]).await?;
+    expect(&template, "1 total, 1 migrated")?;
+    let mut rows = Vec::new();
+    let mut figures = [
+        ScaleFigure {
+            what: "no-op migrate",
+            at: Vec::new(),
+        },
+        ScaleFigure {
+            what: "status",
+            at: Vec::new(),
+        },
+        ScaleFigure {
+            what: "plan",
+            at: Vec::new(),
+        },
+        ScaleFigure {
+            what: "tenant list",
+            at: Vec::new(),
+        },
+    ];
+    let mut scans = Vec::new();
+    let mut built = 1;
+    for &size in sizes {
+        db.clone_tenants(built + 1, size).await?;
+        built = size;
+        db.settle().await?;
+        done(started.elapsed());
+        rows.push(Row {
+            what: format!("scale: build a fleet of {size}"),
+            figure: secs(started.elapsed()),
+            baseline: "-".to_owned(),
+            ratio: "-".to_owned(),
+            target: "-".to_owned(),
+        });
+        progress(&format!("scale: {size} tenants, status --check"));
+        let check = mtnt_cli(db, concurrency, &["status", "--check"]).await?;
+        expect(&check, &format!("{size}/{size} tenants current"))?;
+        done(check.elapsed);
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            samples.push(db.registry_scan().await?);
+        }
+        let scan = median(samples);
+        scans.push(scan);
+        eprintln!("  registry scan: {}", secs(scan));
+        let noop = format!("{size} total, 0 migrated (0 migrations), {size} already current");
+        let plan = format!(": 0 to migrate (0 migrations), {} current", thousands(size));
+        let status = format!("{size}/{size} tenants current");
+        let commands: [(&[&str], Option<&str>); 4] = [
+            (&["migrate"], Some(&noop)),
+            (&["status"], Some(&status)),
+            (&["plan"], Some(&plan)),
+            (&["tenant", "list"], None),
+        ];
+        for (figure, (args, expected)) in figures.iter_mut().zip(commands) {
+            figure
+                .at
+                .push(scale_command(db, concurrency, args, expected, runs).await?);
+        }
+        // Listed once more with its output read: it must list every tenant.
+        let listed = mtnt_cli(db, concurrency, &["tenant", "list"]).await?;
+        expect(&listed, &format!("\n{size} tenants\n"))?;
+        if listed.stdout.lines().count() < size {
+            return Err(format!("tenant list printed fewer than {size} lines").into());
+        }
+        progress("scale: adding tenants");
+    }
+    eprintln!();
+    for figure in &figures {
+        for (i, &size) in sizes.iter().enumerate() {
+            let (wall, _) = figure.at[i];
+            rows.push(Row {
+                what: format!("{}, {size} tenants (scale)", figure.what),
+                figure: secs(wall),
+                baseline: format!("{}, SELECT of the registry", secs(scans[i])),
+                ratio: format!("{:.1}x", wall.as_secs_f64() / scans[i].as_secs_f64()),
+                target: format!("< 1 s: {}", verdict(wall < Duration::from_secs(1))),
+            });
+        }
+        let (small, big) = (figure.at[0].1, figure.at[1].1);
+        rows.push(Row {
+            what: format!("  peak memory, {}, {} tenants", figure.what, sizes[1]),
+            figure: mb(big),
+            baseline: format!("{} at {} tenants", mb(small), sizes[0]),
+            ratio: format!("{:.2}x", big as f64 / small.max(1) as f64),
+            target: format!(
+                "< 100 MB, flat: {}",
+                verdict(big < 100 * 1024 && big as f64 <= small as f64 * 1.25)
+            ),
+        });
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------
 // The table.
 
 struct Row {
@@ -947,6 +1242,18 @@ fn done(d: Duration) {
 }
 
 async fn run(args: Args) -> Res<()> {
+    if args.scale_only {
+        let rows = scale_rows(
+            args.engine,
+            args.scale,
+            args.concurrency,
+            args.repeat.max(3),
+        )
+        .await?;
+        println!();
+        print_table(&rows);
+        return Ok(());
+    }
     let engine = args.engine;
     let (n, fleet) = (args.tenants, args.fleet);
     let mut rows = Vec::new();
@@ -1026,7 +1333,7 @@ async fn run(args: Args) -> Res<()> {
             let db = Db::create(engine).await?;
             db.register(n).await?;
             db.settle().await?;
-            let run = mtnt_cli_at(&db.tls_url()?, args.concurrency, &["migrate"]).await?;
+            let run = mtnt_cli_to(&db.tls_url()?, args.concurrency, &["migrate"], true).await?;
             expect(
                 &run,
                 &format!("{n} total, {n} migrated ({} migrations)", 6 * n),
@@ -1330,6 +1637,10 @@ async fn run(args: Args) -> Res<()> {
             verdict(peak < 100 * 1024 && big.peak_kb as f64 <= small_peak_kb as f64 * 1.25)
         ),
     });
+
+    if args.scale > 0 {
+        rows.extend(scale_rows(engine, args.scale, args.concurrency, runs).await?);
+    }
 
     println!();
     print_table(&rows);

@@ -342,3 +342,51 @@ async fn invalid_registry_rows_do_not_cut_the_pages_short() {
     assert!(!status.is_current());
     model.finish().await;
 }
+
+/// The registry's invalid rows are found by a condition in SQL (not by reading every
+/// name): a row breaking each rule of a tenant name is found, and no valid one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_invalid_registry_name_is_found() {
+    let model = Model::new(Kind::PgSchema, "bad_rows_kinds").await;
+    let first = model.tenant("a1");
+    create_tenants(&model.migrator(set_to(USERS)).await, &[&first]).await;
+    let long = "a".repeat(51);
+    let bad = [
+        "",
+        long.as_str(),
+        "Acme",
+        "1acme",
+        "ac me",
+        "caf\u{e9}",
+        "acme;",
+        "pg_acme",
+        "mtnt_acme",
+        "public",
+        "template1",
+        "information_schema",
+    ];
+    for (i, name) in bad.iter().enumerate() {
+        model
+            .execute(
+                Place::Control,
+                &format!(
+                    "INSERT INTO mtnt_tenants (name, schema_name, state) VALUES ('{name}', 'nowhere{i}', 'active')"
+                ),
+            )
+            .await;
+    }
+    let migrator = model.migrator(set_to(USERS)).await;
+    let mut found: Vec<String> = migrator
+        .invalid_registry_rows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.name)
+        .collect();
+    found.sort();
+    let mut expected: Vec<String> = bad.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(found, expected);
+    assert_eq!(migrator.tenants().await.unwrap().len(), 1);
+    model.finish().await;
+}

@@ -323,3 +323,81 @@ async fn a_migration_outside_a_transaction_splits_the_upgrade() {
         (Some(2024_10_01_0003), Some(2024_10_01_0004))
     );
 }
+
+/// `status` reads every tenant's file (SQLite keeps no fingerprint in the registry): a
+/// tracking row edited by hand, a deleted one and a `started` one are each seen by
+/// `status` and by a fleet run, a registered tenant whose file is missing is reported and
+/// not created, and the read leaves no file behind.
+#[tokio::test]
+async fn status_sees_hand_edits_of_tenant_files_and_creates_nothing() {
+    let dir = sqlite_dir();
+    let m = migrator(dir.path()).await;
+    let names = ["edited", "deleted", "started", "intact", "missing"];
+    create_tenants(&m, &names).await;
+    let newest: i64 = {
+        let mut conn = open_file(&dir.path().join("intact.db")).await;
+        let newest = sqlx::query_scalar("SELECT max(migration_order) FROM mtnt_migrations")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        newest
+    };
+    for (tenant, sql) in [
+        (
+            "edited",
+            "UPDATE mtnt_migrations SET checksum = 'by hand' WHERE migration_order = ?1",
+        ),
+        (
+            "deleted",
+            "DELETE FROM mtnt_migrations WHERE migration_order = ?1",
+        ),
+        (
+            "started",
+            "UPDATE mtnt_migrations SET status = 'started' WHERE migration_order = ?1",
+        ),
+    ] {
+        let mut conn = open_file(&dir.path().join(format!("{tenant}.db"))).await;
+        sqlx::query(sql)
+            .bind(newest)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    std::fs::remove_file(dir.path().join("missing.db")).unwrap();
+    let files = |dir: &Path| {
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        files
+    };
+    let before = files(dir.path());
+    let status = m.status(&[]).await.unwrap();
+    let condition = |tenant: &str| {
+        status
+            .tenants
+            .iter()
+            .find(|t| t.tenant.as_str() == tenant)
+            .map(|t| t.condition)
+            .unwrap()
+    };
+    assert_eq!(condition("intact"), mtnt::Condition::Current);
+    assert_eq!(condition("edited"), mtnt::Condition::Drifted);
+    assert_eq!(condition("deleted"), mtnt::Condition::Behind);
+    assert_eq!(condition("started"), mtnt::Condition::NeedsRepair);
+    assert_eq!(condition("missing"), mtnt::Condition::Failed);
+    assert_eq!(files(dir.path()), before, "status created or left files");
+    assert!(!dir.path().join("missing.db").exists());
+    // A fleet run skips only the intact tenant: each other one gets a session (the
+    // deleted migration runs again; the others are refused).
+    let report = m.migrate(&MigrateOptions::new()).await.unwrap();
+    assert_eq!(report.tenants_current, 1, "{report:?}");
+    assert_eq!(
+        report.tenants_migrated + report.failures.len(),
+        4,
+        "{report:?}"
+    );
+}

@@ -6,7 +6,22 @@ use crate::{Error, Result};
 
 /// The longest tenant name: leaves room in PostgreSQL's 63-byte identifiers and
 /// MySQL's 64-character database names for a prefix.
-const MAX_LEN: usize = 50;
+pub(crate) const MAX_LEN: usize = 50;
+
+/// Prefixes of the engines' own names and of mtnt's, never a tenant's.
+pub(crate) const RESERVED_PREFIXES: [&str; 2] = ["pg_", "mtnt"];
+
+/// Names the databases reserve, never a tenant's.
+pub(crate) const RESERVED_NAMES: [&str; 8] = [
+    "public",
+    "information_schema",
+    "mysql",
+    "sys",
+    "performance_schema",
+    "postgres",
+    "template0",
+    "template1",
+];
 
 /// A validated tenant name: 1 to 50 of `a-z 0-9 _ -`, starting with a letter.
 ///
@@ -51,20 +66,10 @@ impl TenantName {
                 name,
             });
         }
-        if name.starts_with("pg_") || name.starts_with("mtnt") {
+        if RESERVED_PREFIXES.iter().any(|p| name.starts_with(p)) {
             return invalid("names starting with pg_ or mtnt are reserved");
         }
-        if matches!(
-            name.as_str(),
-            "public"
-                | "information_schema"
-                | "mysql"
-                | "sys"
-                | "performance_schema"
-                | "postgres"
-                | "template0"
-                | "template1"
-        ) {
+        if RESERVED_NAMES.contains(&name.as_str()) {
             return invalid("it is a name the database reserves");
         }
         Ok(Self(name))

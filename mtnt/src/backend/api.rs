@@ -15,6 +15,32 @@ use crate::{
     TenantName, TenantRecord, TenantState,
 };
 
+/// Each of `records` with its fingerprint ([`Backend::fingerprints`], read per 1000
+/// names; `None` for all without [`Capabilities::fingerprints`]), in their order.
+pub(crate) async fn with_fingerprints<B: Backend + ?Sized>(
+    backend: &B,
+    records: Vec<TenantRecord>,
+) -> Result<Vec<(TenantRecord, Option<String>)>> {
+    let mut fingerprints = Vec::new();
+    if backend.capabilities().fingerprints {
+        for page in records.chunks(1000) {
+            let names: Vec<TenantName> = page.iter().map(|r| r.tenant.name.clone()).collect();
+            fingerprints.extend(backend.fingerprints(&names).await?);
+        }
+    }
+    fingerprints.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(records
+        .into_iter()
+        .map(|record| {
+            let fingerprint = fingerprints
+                .binary_search_by(|(name, _)| name.cmp(&record.tenant.name))
+                .ok()
+                .map(|i| std::mem::take(&mut fingerprints[i].1));
+            (record, fingerprint)
+        })
+        .collect())
+}
+
 /// What a session or a migration works on: the shared control schema, or one tenant.
 #[derive(Clone, Copy, Debug)]
 pub enum Target<'a> {
@@ -519,6 +545,19 @@ pub trait Backend: Send + Sync {
         after: Option<&TenantName>,
         limit: usize,
     ) -> Result<Vec<TenantRecord>>;
+
+    /// [`Backend::tenant_page`], each record with its fingerprint as
+    /// [`Backend::fingerprints`] gives it (`None`: none, or no
+    /// [`Capabilities::fingerprints`]). By default those two reads; an engine that keeps
+    /// the fingerprint in the registry row reads both in one query.
+    async fn tenant_page_with_fingerprints(
+        &self,
+        after: Option<&TenantName>,
+        limit: usize,
+    ) -> Result<Vec<(TenantRecord, Option<String>)>> {
+        let page = self.tenant_page(after, limit).await?;
+        with_fingerprints(self, page).await
+    }
 
     /// How many tenants are registered.
     async fn tenant_count(&self) -> Result<u64>;

@@ -17,6 +17,7 @@ mod sqlite;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod tls;
 
+pub(crate) use api::with_fingerprints;
 pub use api::{
     classify_common, strip_qualifier, Backend, Capabilities, Connection, Direction, ErrorClass,
     JournalEntry, MigrationTimeouts, ObjectKind, Record, RegistryRow, RegistryState, SchemaObject,

@@ -69,14 +69,14 @@ where
     not(any(feature = "postgres", feature = "sqlite", feature = "mysql")),
     allow(dead_code)
 )]
-pub(crate) async fn valid_page<F, Fut>(
+pub(crate) async fn valid_page<T, F, Fut>(
     after: Option<&TenantName>,
     limit: usize,
     mut fetch: F,
-) -> Result<Vec<TenantRecord>>
+) -> Result<Vec<T>>
 where
     F: FnMut(Option<String>, usize) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<(String, Option<TenantRecord>)>>>,
+    Fut: std::future::Future<Output = Result<Vec<(String, Option<T>)>>>,
 {
     let mut page = Vec::new();
     let mut after = after.map(|n| n.as_str().to_owned());

@@ -111,7 +111,9 @@ pub(crate) struct Cli {
     pub(crate) quiet: bool,
 
     /// Name every tenant in plans and in the lists of tenants not started (by default a
-    /// list shows its first 20 names, then how many more; failed tenants are always named)
+    /// list shows its first 20 names, then how many more; failed tenants are always named),
+    /// and list every tenant in status's table (by default, beyond 1000 tenants, only
+    /// those not current)
     #[arg(short, long, global = true, help_heading = "Output")]
     pub(crate) verbose: bool,
 

@@ -213,6 +213,12 @@ pub(crate) fn condition_fix(
     })
 }
 
+/// The line under a `status` table that leaves out the `n` current tenants of a large
+/// fleet.
+pub(crate) fn unlisted_current_line(n: usize) -> String {
+    format!("({n} current tenants not listed; --verbose lists every tenant)\n")
+}
+
 /// The fix for a tenant left `creating`, which no run migrates.
 pub(crate) fn creating_fix(tenant: &str) -> String {
     format!(

@@ -1,11 +1,11 @@
 use std::fmt::Write;
 
 use super::failures;
-use super::hints::{condition_fix, creating_fix};
+use super::hints::{condition_fix, creating_fix, unlisted_current_line};
 use crate::migration::format_order;
 use crate::{
-    Condition, DriftReport, MigrateReport, MigrationSet, StatusReport, Tenancy, TenantName,
-    TenantRecord, TenantStatus,
+    Condition, DriftReport, MigrateReport, Migration, MigrationSet, StatusReport, Tenancy,
+    TenantName, TenantRecord, TenantStatus,
 };
 
 fn order_or_none(order: Option<i64>) -> String {
@@ -13,25 +13,34 @@ fn order_or_none(order: Option<i64>) -> String {
 }
 
 /// Lays out rows as columns separated by two spaces.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
+/// A table of `items`, a row of `cells` each, every column as wide as its widest cell.
+/// The cells of a row are made twice (for the widths, then for its line) rather than
+/// kept: a table of 100,000 tenants holds one row of cells at a time.
+fn table<T, const N: usize>(
+    header: [&str; N],
+    items: &[T],
+    cells: impl Fn(&T) -> [String; N],
+) -> String {
+    let mut widths: [usize; N] = header.map(str::len);
+    for item in items {
+        for (w, cell) in widths.iter_mut().zip(cells(item)) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (cell, w) in cells.zip(&widths) {
-            let _ = write!(text, "{cell:<w$}  ");
+    let line_len = widths.iter().map(|w| w + 2).sum::<usize>();
+    let mut out = String::with_capacity(line_len * (items.len() + 1));
+    let mut line = |row: [&str; N]| {
+        let start = out.len();
+        for (cell, w) in row.iter().zip(&widths) {
+            let _ = write!(out, "{cell:<w$}  ");
         }
-        out.push_str(text.trim_end());
+        out.truncate(out[start..].trim_end().len() + start);
         out.push('\n');
     };
-    line(&mut header.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
+    line(header);
+    for item in items {
+        let row = cells(item);
+        line(std::array::from_fn(|i| row[i].as_str()));
     }
     out
 }
@@ -292,7 +301,16 @@ pub(crate) fn drift_report(report: &DriftReport, quiet: bool) -> String {
     out
 }
 
-pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -> String {
+/// A fleet larger than this has only its tenants that are not current in the table of
+/// `status` (`--verbose`: every tenant), so that 100,000 tenants print a summary.
+const STATUS_ALL_ROWS_UP_TO: usize = 1000;
+
+pub(crate) fn status_report(
+    report: &StatusReport,
+    words: &Words,
+    quiet: bool,
+    verbose: bool,
+) -> String {
     let mut out = String::new();
     let public = &report.public;
     let _ = write!(
@@ -311,26 +329,31 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
         );
     }
     out.push('\n');
-    let rows: Vec<Vec<String>> = report
-        .tenants
-        .iter()
-        .map(|t| {
-            vec![
-                t.tenant.to_string(),
-                words.cell(&t.storage),
-                t.state.as_str().to_owned(),
-                order_or_none(t.applied_order),
-                t.pending.to_string(),
-                condition_cell(t),
-            ]
-        })
-        .collect();
-    if !rows.is_empty() && !quiet {
+    let listed: Vec<&TenantStatus> = match verbose || report.tenants.len() <= STATUS_ALL_ROWS_UP_TO
+    {
+        true => report.tenants.iter().collect(),
+        false => report.tenants.iter().filter(|t| !t.is_current()).collect(),
+    };
+    if !listed.is_empty() && !quiet {
         let column = words.column();
         out.push_str(&table(
-            &["TENANT", &column, "STATE", "APPLIED", "PENDING", "STATUS"],
-            &rows,
+            ["TENANT", &column, "STATE", "APPLIED", "PENDING", "STATUS"],
+            &listed,
+            |t| {
+                [
+                    t.tenant.to_string(),
+                    words.cell(&t.storage),
+                    t.state.as_str().to_owned(),
+                    order_or_none(t.applied_order),
+                    t.pending.to_string(),
+                    condition_cell(t),
+                ]
+            },
         ));
+    }
+    let unlisted = report.tenants.len() - listed.len();
+    if unlisted > 0 && !quiet {
+        out.push_str(&unlisted_current_line(unlisted));
     }
     out.push_str(&report.summary());
     out.push('\n');
@@ -401,45 +424,32 @@ fn condition_cell(t: &TenantStatus) -> String {
 }
 
 pub(crate) fn tenant_list(records: &[TenantRecord], words: &Words, quiet: bool) -> String {
-    let rows: Vec<Vec<String>> = records
-        .iter()
-        .map(|r| {
-            vec![
-                r.tenant.name.to_string(),
-                words.cell(&r.tenant.storage),
-                r.state.as_str().to_owned(),
-                order_or_none(r.applied_order),
-                r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            ]
-        })
-        .collect();
     let column = words.column();
     let mut out = if quiet {
         String::new()
     } else {
-        table(&["TENANT", &column, "STATE", "APPLIED", "CREATED"], &rows)
+        table(
+            ["TENANT", &column, "STATE", "APPLIED", "CREATED"],
+            records,
+            |r| {
+                [
+                    r.tenant.name.to_string(),
+                    words.cell(&r.tenant.storage),
+                    r.state.as_str().to_owned(),
+                    order_or_none(r.applied_order),
+                    r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                ]
+            },
+        )
     };
     let _ = writeln!(out, "{}", count(records.len(), "tenant"));
     out
 }
 
 pub(crate) fn migration_list(set: &MigrationSet) -> String {
-    let rows: Vec<Vec<String>> = set
-        .iter()
-        .map(|m| {
-            vec![
-                format_order(m.order()),
-                m.scope().to_string(),
-                m.name().to_owned(),
-                if m.is_reversible() { "yes" } else { "no" }.to_owned(),
-                if m.is_transactional() { "yes" } else { "no" }.to_owned(),
-                if m.is_enabled() { "yes" } else { "no" }.to_owned(),
-                m.location().to_string(),
-            ]
-        })
-        .collect();
+    let migrations: Vec<&Migration> = set.iter().collect();
     table(
-        &[
+        [
             "ORDER",
             "SCOPE",
             "NAME",
@@ -448,7 +458,19 @@ pub(crate) fn migration_list(set: &MigrationSet) -> String {
             "ENABLED",
             "LOCATION",
         ],
-        &rows,
+        &migrations,
+        |m| {
+            let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
+            [
+                format_order(m.order()),
+                m.scope().to_string(),
+                m.name().to_owned(),
+                yes(m.is_reversible()),
+                yes(m.is_transactional()),
+                yes(m.is_enabled()),
+                m.location().to_string(),
+            ]
+        },
     )
 }
 
@@ -603,4 +625,67 @@ fn journal_lines(report: &StatusReport) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::PublicStatus;
+
+    fn report(tenants: usize, behind: usize) -> StatusReport {
+        let tenants: Vec<TenantStatus> = (0..tenants)
+            .map(|i| TenantStatus {
+                tenant: TenantName::new(format!("t{i:06}")).unwrap(),
+                storage: format!("t{i:06}"),
+                state: crate::TenantState::Active,
+                applied_order: Some(1),
+                pending: usize::from(i == behind),
+                oldest_pending: None,
+                failed: None,
+                condition: match i == behind {
+                    true => Condition::Behind,
+                    false => Condition::Current,
+                },
+                detail: None,
+            })
+            .collect();
+        StatusReport {
+            latest_tenant_order: Some(2),
+            public: PublicStatus {
+                applied_order: None,
+                pending: 0,
+                failed: None,
+            },
+            current: tenants.len() - 1,
+            behind: 1,
+            failed: 0,
+            out_of_order: 0,
+            drifted: 0,
+            needs_repair: 0,
+            ahead: 0,
+            creating: 0,
+            last_drift: None,
+            last_run: None,
+            invalid_registry_rows: Vec::new(),
+            tenants,
+        }
+    }
+
+    #[test]
+    fn a_large_fleet_lists_only_its_tenants_not_current_unless_verbose() {
+        let words = Words::new(Tenancy::Schema, "postgres://h/db", "public");
+        let large = report(STATUS_ALL_ROWS_UP_TO + 1, 7);
+        let short = status_report(&large, &words, false, false);
+        assert!(short.contains("\nt000007 "), "{short}");
+        assert!(!short.contains("t000006"), "{short}");
+        assert!(
+            short.contains(&unlisted_current_line(STATUS_ALL_ROWS_UP_TO)),
+            "{short}"
+        );
+        let all = status_report(&large, &words, false, true);
+        assert!(all.contains("\nt000006 ") && all.contains("\nt001000 "));
+        assert!(!all.contains("not listed"));
+        let small = status_report(&report(STATUS_ALL_ROWS_UP_TO, 7), &words, false, false);
+        assert!(small.contains("\nt000006 ") && !small.contains("not listed"));
+    }
 }

@@ -399,7 +399,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     serde_json::to_string_pretty(&value).expect("serializable")
                 );
             } else {
-                say::out_raw(&output::status_report(&report, &words, quiet));
+                say::out_raw(&output::status_report(&report, &words, quiet, cli.verbose));
                 for run in running.iter().filter(|_| !quiet) {
                     outln!("{}", output::run_line(run));
                 }

@@ -12,7 +12,7 @@ use super::protocol::{Claim, FleetOp, Protocol};
 use super::rollout::{Canary, Rollout, TenantOrder};
 use super::source::TenantSource;
 use super::{FailedTenant, MigrateReport, Progress};
-use crate::backend::Backend;
+use crate::backend::{with_fingerprints, Backend};
 use crate::{Error, Result, Tenant, TenantName, TenantRecord, TenantState};
 
 /// Where one tenant of a fleet run ended.
@@ -64,7 +64,6 @@ fn pages<'a>(
     backend: &'a dyn Backend,
     tenants: Tenants<'a>,
     page_size: usize,
-    with_fingerprints: bool,
 ) -> impl futures_util::Stream<Item = Result<(TenantRecord, Option<String>)>> + 'a {
     enum State<'a> {
         Paging {
@@ -88,10 +87,19 @@ fn pages<'a>(
     stream::try_unfold(state, move |state| async move {
         match state {
             State::Done => Ok(None),
-            State::Listed(records) => Ok(Some((records, State::Done))),
+            State::Listed(records) => Ok(Some((
+                with_fingerprints(backend, records).await?,
+                State::Done,
+            ))),
             State::Paging { source, after } => {
+                // One query per page where the registry row has the fingerprint: with
+                // it, this is all an up-to-date tenant costs.
                 let page = match source {
-                    None => backend.tenant_page(after.as_ref(), page_size).await?,
+                    None => {
+                        backend
+                            .tenant_page_with_fingerprints(after.as_ref(), page_size)
+                            .await?
+                    }
                     Some(source) => {
                         let names = source.page(after.as_ref(), page_size).await?;
                         let mut records = backend.tenant_records(&names).await?;
@@ -104,7 +112,7 @@ fn pages<'a>(
                             ));
                         }
                         records.sort_by(|a, b| a.tenant.name.cmp(&b.tenant.name));
-                        records
+                        with_fingerprints(backend, records).await?
                     }
                 };
                 let next = if page.len() < page_size {
@@ -112,31 +120,14 @@ fn pages<'a>(
                 } else {
                     State::Paging {
                         source,
-                        after: page.last().map(|r| r.tenant.name.clone()),
+                        after: page.last().map(|(r, _)| r.tenant.name.clone()),
                     }
                 };
                 Ok(Some((page, next)))
             }
         }
     })
-    .and_then(move |page| async move {
-        // One query per page: with the registry rows, this is all an up-to-date tenant costs.
-        let names: Vec<TenantName> = page.iter().map(|r| r.tenant.name.clone()).collect();
-        let mut fingerprints = if with_fingerprints {
-            backend.fingerprints(&names).await?
-        } else {
-            Vec::new()
-        };
-        fingerprints.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(page.into_iter().map(move |record| {
-            let fingerprint = fingerprints
-                .binary_search_by(|(name, _)| name.cmp(&record.tenant.name))
-                .ok()
-                .map(|i| std::mem::take(&mut fingerprints[i].1));
-            Ok((record, fingerprint))
-        }))
-    })
-    .map_ok(stream::iter)
+    .map_ok(|page| stream::iter(page.into_iter().map(Ok)))
     .try_flatten()
 }
 
@@ -291,9 +282,9 @@ pub(crate) async fn migrate_fleet(
         claims,
     };
     let only_failed = rollout.only_failed;
-    let records = pages(backend, tenants, page_size, protocol.caps.fingerprints).try_filter(
-        move |(record, _)| std::future::ready(!only_failed || record.failed_order.is_some()),
-    );
+    let records = pages(backend, tenants, page_size).try_filter(move |(record, _)| {
+        std::future::ready(!only_failed || record.failed_order.is_some())
+    });
     let wave = Wave {
         protocol,
         op,

@@ -168,12 +168,13 @@ fn prefix_fingerprints(set: &MigrationSet) -> HashMap<Option<i64>, String> {
         .collect()
 }
 
-/// The standing of each of `records` (in their order): from the registry row where it
-/// proves it, else from the tenant's tracking rows, read `concurrency` at a time.
+/// The standing of each of `records` (in their order), each with its fingerprint
+/// ([`Backend::tenant_page_with_fingerprints`]): from the registry row where it proves it,
+/// else from the tenant's tracking rows, read `concurrency` at a time.
 pub(crate) async fn standings(
     backend: &dyn Backend,
     set: &MigrationSet,
-    records: &[TenantRecord],
+    records: &[(TenantRecord, Option<String>)],
     concurrency: usize,
     to: Option<i64>,
 ) -> Result<Vec<Standing>> {
@@ -182,19 +183,10 @@ pub(crate) async fn standings(
         .scope(Scope::Tenant)
         .filter(|m| m.is_enabled())
         .collect();
-    let mut fingerprints: HashMap<String, String> = HashMap::new();
-    if backend.capabilities().fingerprints {
-        let names: Vec<_> = records.iter().map(|r| r.tenant.name.clone()).collect();
-        for page in names.chunks(1000) {
-            for (name, f) in backend.fingerprints(page).await? {
-                fingerprints.insert(name.to_string(), f);
-            }
-        }
-    }
-    let outcomes = stream::iter(records.iter().map(|record| {
+    let outcomes = stream::iter(records.iter().map(|(record, fingerprint)| {
         let proven = record.failed_order.is_none()
-            && fingerprints
-                .get(record.tenant.name.as_str())
+            && fingerprint
+                .as_ref()
                 .is_some_and(|f| prefixes.get(&record.applied_order) == Some(f));
         let prefixes = &prefixes;
         let enabled = &enabled;
@@ -312,7 +304,7 @@ pub struct PlanReport {
 impl PlanReport {
     pub(crate) fn new(
         public: Standing,
-        records: Vec<TenantRecord>,
+        records: impl IntoIterator<Item = TenantRecord>,
         standings: Vec<Standing>,
     ) -> Self {
         let planned = |m: &&'static Migration| PlannedMigration {

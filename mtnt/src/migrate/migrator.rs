@@ -20,7 +20,8 @@ use super::{
     Timeouts, Transactions,
 };
 use crate::backend::{
-    connect, Backend, ConnectOptions, Connection, ErrorClass, RegistryState, Target,
+    connect, with_fingerprints, Backend, ConnectOptions, Connection, ErrorClass, RegistryState,
+    Target,
 };
 use crate::migration::format_order;
 use crate::{
@@ -728,11 +729,7 @@ impl Migrator {
                     error: r.error.clone(),
                 }),
         };
-        let records = if names.is_empty() {
-            self.all_records().await?
-        } else {
-            self.records(names).await?
-        };
+        let records = self.records_with_fingerprints(names).await?;
         let standings = standings(
             &*self.backend,
             &self.migrations,
@@ -744,7 +741,7 @@ impl Migrator {
         let tenants: Vec<TenantStatus> = records
             .into_iter()
             .zip(standings)
-            .map(|(record, standing)| TenantStatus {
+            .map(|((record, _), standing)| TenantStatus {
                 pending: standing.pending.len(),
                 oldest_pending: standing.pending.first().map(|m| PlannedMigration {
                     order: m.order(),
@@ -821,16 +818,12 @@ impl Migrator {
             None,
             options.to,
         );
-        let mut records = if options.tenants.is_empty() {
-            self.all_records().await?
-        } else {
-            self.records(&options.tenants).await?
-        };
+        let mut records = self.records_with_fingerprints(&options.tenants).await?;
         if options.rollout.only_failed {
-            records.retain(|r| r.failed_order.is_some());
+            records.retain(|(r, _)| r.failed_order.is_some());
         }
         if let Some(shard) = options.shard {
-            records.retain(|r| shard.contains(&r.tenant.name));
+            records.retain(|(r, _)| shard.contains(&r.tenant.name));
         }
         let standings = standings(
             &*self.backend,
@@ -840,7 +833,38 @@ impl Migrator {
             options.to,
         )
         .await?;
-        Ok(PlanReport::new(public, records, standings))
+        Ok(PlanReport::new(
+            public,
+            records.into_iter().map(|(r, _)| r),
+            standings,
+        ))
+    }
+
+    /// The registry rows of `names` (every tenant's when empty), failing on the first
+    /// unknown one, each with its fingerprint
+    /// ([`Backend::tenant_page_with_fingerprints`]).
+    async fn records_with_fingerprints(
+        &self,
+        names: &[TenantName],
+    ) -> Result<Vec<(TenantRecord, Option<String>)>> {
+        if !names.is_empty() {
+            return with_fingerprints(&*self.backend, self.records(names).await?).await;
+        }
+        let mut all = Vec::new();
+        loop {
+            let page = self
+                .backend
+                .tenant_page_with_fingerprints(
+                    all.last().map(|(r, _): &(TenantRecord, _)| &r.tenant.name),
+                    self.page_size,
+                )
+                .await?;
+            let done = page.len() < self.page_size;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
     }
 
     async fn all_records(&self) -> Result<Vec<TenantRecord>> {

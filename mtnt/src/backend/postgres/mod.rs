@@ -39,6 +39,24 @@ fn literal(value: &str) -> String {
     }
 }
 
+/// A condition on the registry's `name` that holds for every name that is no valid tenant
+/// name, and for a few valid ones ([`crate::TenantName::new`] decides): the registry's
+/// invalid rows are found without reading every name.
+fn maybe_invalid_name() -> String {
+    use crate::tenant::{MAX_LEN, RESERVED_NAMES, RESERVED_PREFIXES};
+    let prefixes: Vec<String> = RESERVED_PREFIXES
+        .iter()
+        .map(|p| format!("left(name, {}) = {}", p.len(), literal(p)))
+        .collect();
+    let names: Vec<String> = RESERVED_NAMES.iter().map(|n| literal(n)).collect();
+    format!(
+        "name !~ '^[a-z][a-z0-9_-]{{0,{}}}$' OR octet_length(name) > {MAX_LEN} OR {} OR name IN ({})",
+        MAX_LEN - 1,
+        prefixes.join(" OR "),
+        names.join(", ")
+    )
+}
+
 /// The lock key of a tenant's schema (or database).
 fn tenant_key(storage: &str) -> String {
     format!("tenant:{storage}")

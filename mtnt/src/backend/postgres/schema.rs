@@ -13,7 +13,7 @@ use super::lease::PgLeases;
 use super::target::applied_from_row;
 use super::target::{PgConn, PgTarget, Spec};
 use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
-use super::{classify, is_code, literal, public_key, tenant_key};
+use super::{classify, is_code, literal, maybe_invalid_name, public_key, tenant_key};
 use crate::backend::{
     Backend, Capabilities, Connection, ErrorClass, JournalEntry, LeaseStore, RegistryRow,
     RegistryState, SchemaObject, Target,
@@ -167,9 +167,44 @@ impl PostgresBackend {
         }))
     }
 
-    fn select_records(&self) -> String {
+    /// A page of [`Backend::tenant_page`], each record with the column `fingerprint` when
+    /// `extra` is `, fingerprint` (else `None`).
+    async fn page_of(
+        &self,
+        after: Option<&TenantName>,
+        limit: usize,
+        extra: &str,
+    ) -> Result<Vec<(TenantRecord, Option<String>)>> {
+        let sql = format!(
+            "{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
+            self.select_records(extra)
+        );
+        valid_page(after, limit, async |after, limit| {
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let fingerprint = match extra.is_empty() {
+                        true => None,
+                        false => row.try_get::<Option<String>, _>("fingerprint")?,
+                    };
+                    Ok((
+                        row.try_get::<String, _>("name")?,
+                        Self::record_from_row(row)?.map(|record| (record, fingerprint)),
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// The registry's columns of a [`TenantRecord`], then `extra`.
+    fn select_records(&self, extra: &str) -> String {
         format!(
-            "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error FROM {}",
+            "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error{extra} FROM {}",
             self.registry()
         )
     }
@@ -410,33 +445,26 @@ impl Backend for PostgresBackend {
         after: Option<&TenantName>,
         limit: usize,
     ) -> Result<Vec<TenantRecord>> {
-        let sql = format!(
-            "{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
-            self.select_records()
-        );
-        valid_page(after, limit, async |after, limit| {
-            let rows = sqlx::query(&sql)
-                .bind(after)
-                .bind(limit as i64)
-                .fetch_all(&self.pool)
-                .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok((
-                        row.try_get::<String, _>("name")?,
-                        Self::record_from_row(row)?,
-                    ))
-                })
-                .collect()
-        })
-        .await
+        let page = self.page_of(after, limit, "").await?;
+        Ok(page.into_iter().map(|(record, _)| record).collect())
+    }
+
+    async fn tenant_page_with_fingerprints(
+        &self,
+        after: Option<&TenantName>,
+        limit: usize,
+    ) -> Result<Vec<(TenantRecord, Option<String>)>> {
+        self.page_of(after, limit, ", fingerprint").await
     }
 
     async fn invalid_registry_rows(&self) -> Result<Vec<Error>> {
-        let names: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT name FROM {}", self.registry()))
-                .fetch_all(&self.pool)
-                .await?;
+        let names: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT name FROM {} WHERE {}",
+            self.registry(),
+            maybe_invalid_name()
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(invalid_names(&self.registry(), names))
     }
 
@@ -450,7 +478,7 @@ impl Backend for PostgresBackend {
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
         let sql = format!(
             "{} WHERE name = ANY($1) ORDER BY name",
-            self.select_records()
+            self.select_records("")
         );
         let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
         let rows = sqlx::query(&sql).bind(&names).fetch_all(&self.pool).await?;
