@@ -39,6 +39,7 @@ mod error;
 mod macro_support;
 mod migrate;
 mod migration;
+mod server;
 mod tenant;
 mod url_redact;
 
@@ -80,6 +81,9 @@ pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };
 pub use mtnt_syntax::{DurationError, Order, OrderError};
+pub use server::{
+    url_without_password, FewestTenants, Placement, Server, ServerName, DEFAULT_SERVER,
+};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
 pub use url_redact::{redact_url, Redactor};
 

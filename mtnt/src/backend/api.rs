@@ -11,8 +11,8 @@ use async_trait::async_trait;
 
 use super::lease::LeaseStore;
 use crate::{
-    AppliedMigration, Ctx, Engine, Error, Migration, MigrationStatus, Result, Tenancy, Tenant,
-    TenantName, TenantRecord, TenantState,
+    AppliedMigration, Ctx, Engine, Error, Migration, MigrationStatus, Result, Server, ServerName,
+    Tenancy, Tenant, TenantName, TenantRecord, TenantState,
 };
 
 /// What a session or a migration works on: the shared control schema, or one tenant.
@@ -76,6 +76,9 @@ pub struct Capabilities {
     /// [`Backend::fingerprints`] answers: a fleet run skips, without a session, every
     /// tenant whose fingerprint says it is current.
     pub fingerprints: bool,
+    /// Tenants can be placed on other servers than the registry's ([`Backend::servers`],
+    /// [`Backend::add_server`]); without it, every tenant is on the server of the URL.
+    pub servers: bool,
 }
 
 impl Capabilities {
@@ -86,6 +89,7 @@ impl Capabilities {
         registry_in_target_transaction: false,
         transactional_storage: false,
         fingerprints: false,
+        servers: false,
     };
 
     /// These capabilities with transactional DDL.
@@ -109,6 +113,12 @@ impl Capabilities {
     /// These capabilities with fingerprints in the registry.
     pub const fn with_fingerprints(mut self) -> Self {
         self.fingerprints = true;
+        self
+    }
+
+    /// These capabilities with servers.
+    pub const fn with_servers(mut self) -> Self {
+        self.servers = true;
         self
     }
 }
@@ -560,6 +570,46 @@ pub trait Backend: Send + Sync {
     /// The newest `limit` entries of `kind`, newest first; none where no journal is kept
     /// yet (reading makes nothing).
     async fn journal_read(&self, kind: &str, limit: usize) -> Result<Vec<JournalEntry>>;
+
+    /// The servers of the fleet: the control database's own
+    /// ([`DEFAULT_SERVER`](crate::DEFAULT_SERVER)) first, then the registered ones by name,
+    /// each with how many tenants it holds. Only reads. By default the engine has the
+    /// one server of its URL.
+    async fn servers(&self) -> Result<Vec<Server>> {
+        Ok(vec![Server {
+            name: ServerName::default_server(),
+            url: String::new(),
+            tenants: self.tenant_count().await?,
+        }])
+    }
+
+    /// Registers the server `name` at `url`, stored without its password (which comes
+    /// from [`ServerName::password`] or the engine's password file when connecting).
+    /// [`Error::ServerExists`] when it is registered already. By default the engine keeps
+    /// every tenant on one server: [`Error::OneServer`].
+    async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
+        let _ = (name, url);
+        Err(Error::OneServer {
+            engine: self.engine(),
+        })
+    }
+
+    /// Removes the server `name` from the registry; [`Error::ServerInUse`] while tenants
+    /// are placed on it. By default: [`Error::OneServer`].
+    async fn remove_server(&self, name: &ServerName) -> Result<()> {
+        let _ = name;
+        Err(Error::OneServer {
+            engine: self.engine(),
+        })
+    }
+
+    /// What the engine can do for `tenant`: [`Backend::capabilities`], less what its
+    /// server allows (a tenant on another server than the registry's has the registry as
+    /// a cache, written after its commits).
+    fn capabilities_of(&self, tenant: &Tenant) -> Capabilities {
+        let _ = tenant;
+        self.capabilities()
+    }
 
     /// The run leases of the control schema, if the engine keeps them; without, runs
     /// take no lease (see the README section "Safety").

@@ -3,7 +3,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{parse_duration, Shard, Tenancy, TenantName, TenantOrder, Transactions, WaveSize};
+use crate::{
+    parse_duration, ServerName, Shard, Tenancy, TenantName, TenantOrder, Transactions, WaveSize,
+};
 
 /// The most tenants a run migrates at once: each holds a connection, and no server gives
 /// one client more than this.
@@ -218,6 +220,9 @@ pub(crate) enum Command {
     /// Create, list, adopt and drop tenants
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Register, list and remove the database servers tenants are placed on
+    #[command(subcommand)]
+    Server(ServerCommand),
     /// List every registered migration
     List(ListArgs),
     /// Fix bookkeeping by hand: accept changed checksums, mark an interrupted migration
@@ -473,6 +478,9 @@ pub(crate) enum TenantCommand {
     Create {
         /// The tenant's name: lowercase letters, digits, '_' and '-', starting with a letter
         name: TenantName,
+        /// The server to place it on (`server list`); default: the one with the fewest tenants
+        #[arg(long, value_name = "SERVER")]
+        server: Option<ServerName>,
     },
     /// List the registered tenants
     List {
@@ -496,6 +504,31 @@ pub(crate) enum TenantCommand {
         /// Confirm that the tenant's data is to be deleted
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServerCommand {
+    /// Register a server; its URL is stored without the password, which comes from
+    /// MTNT_SERVER_<NAME>_PASSWORD or PGPASSFILE/.pgpass when connecting
+    Add {
+        /// The server's name: lowercase letters, digits, '_' and '-', starting with a letter
+        name: ServerName,
+        /// Its URL, as postgres://user@host:5433/db (for database per tenant, the
+        /// database to connect to for creating tenant databases)
+        url: String,
+    },
+    /// List the servers with how many tenants each holds (the control database's own is
+    /// `default`)
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a server that holds no tenants
+    Remove {
+        /// The server
+        name: ServerName,
     },
 }
 

@@ -398,25 +398,56 @@ fn condition_cell(t: &TenantStatus) -> String {
 }
 
 pub(crate) fn tenant_list(records: &[TenantRecord], words: &Words, quiet: bool) -> String {
+    // A fleet on one server lists no server column.
+    let servers = records.iter().any(|r| r.tenant.server.is_some());
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
-            vec![
-                r.tenant.name.to_string(),
-                words.cell(&r.tenant.storage),
+            let mut row = vec![r.tenant.name.to_string(), words.cell(&r.tenant.storage)];
+            if servers {
+                row.push(r.tenant.server_name().to_owned());
+            }
+            row.extend([
                 r.state.as_str().to_owned(),
                 order_or_none(r.applied_order),
                 r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            ]
+            ]);
+            row
         })
         .collect();
     let column = words.column();
+    let mut headers = vec!["TENANT", &column];
+    if servers {
+        headers.push("SERVER");
+    }
+    headers.extend(["STATE", "APPLIED", "CREATED"]);
     let mut out = if quiet {
         String::new()
     } else {
-        table(&["TENANT", &column, "STATE", "APPLIED", "CREATED"], &rows)
+        table(&headers, &rows)
     };
     let _ = writeln!(out, "{}", count(records.len(), "tenant"));
+    out
+}
+
+/// `server list`: each server with its URL (no password) and tenant count.
+pub(crate) fn server_list(servers: &[crate::Server], quiet: bool) -> String {
+    let rows: Vec<Vec<String>> = servers
+        .iter()
+        .map(|s| vec![s.name.to_string(), s.tenants.to_string(), s.url.clone()])
+        .collect();
+    let mut out = if quiet {
+        String::new()
+    } else {
+        table(&["SERVER", "TENANTS", "URL"], &rows)
+    };
+    let tenants: u64 = servers.iter().map(|s| s.tenants).sum();
+    let _ = writeln!(
+        out,
+        "{}, {}",
+        count(servers.len(), "server"),
+        count(tenants as usize, "tenant")
+    );
     out
 }
 

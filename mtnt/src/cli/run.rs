@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use tracing::Instrument;
 
-use super::args::{Cli, Command, FormatArg, MarkArg, TenantCommand};
+use super::args::{Cli, Command, FormatArg, MarkArg, ServerCommand, TenantCommand};
 use super::events::{self, JsonEvents, NoDisplay};
 use super::fleet::{self, Printing};
 use super::hints::cli_fix;
@@ -263,6 +263,9 @@ fn run_span(cli: &Cli) -> tracing::Span {
         Command::Tenant(TenantCommand::List { .. }) => "tenant list",
         Command::Tenant(TenantCommand::Adopt { .. }) => "tenant adopt",
         Command::Tenant(TenantCommand::Drop { .. }) => "tenant drop",
+        Command::Server(ServerCommand::Add { .. }) => "server add",
+        Command::Server(ServerCommand::List { .. }) => "server list",
+        Command::Server(ServerCommand::Remove { .. }) => "server remove",
         Command::List(_) => "list",
         Command::Repair(_) => "repair",
     };
@@ -277,6 +280,14 @@ fn run_span(cli: &Cli) -> tracing::Span {
         host = %host,
         run_id = tracing::field::Empty,
     )
+}
+
+/// `, on server eu-2` for a tenant on another server than the control database's.
+fn on_server(tenant: &crate::Tenant) -> String {
+    tenant
+        .server
+        .as_ref()
+        .map_or(String::new(), |s| format!(", on server {s}"))
 }
 
 /// `error: <message>`, each cause the message does not quote, and the fix.
@@ -470,7 +481,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             outln!("wrote {}: {}", args.html.display(), report.summary());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tenant(TenantCommand::Create { name }) if printing.events.is_some() => {
+        Command::Server(ServerCommand::Add { name, url }) => {
+            migrator.add_server(&name, &url).await?;
+            outln!(
+                "added server {name}: {} (password from {} or the password file)",
+                crate::url_without_password(&url)?,
+                name.password_variable()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Server(ServerCommand::List { json }) => {
+            let servers = migrator.servers().await?;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&servers).expect("serializable")
+                );
+            } else {
+                say::out_raw(&output::server_list(&servers, quiet));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Server(ServerCommand::Remove { name }) => {
+            migrator.remove_server(&name).await?;
+            outln!("removed server {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant(TenantCommand::Create { name, server }) if printing.events.is_some() => {
             let events = JsonEvents::new(
                 &NoDisplay,
                 "tenant create",
@@ -482,7 +519,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let result = async {
                 let public = migrator.migrate_public().await?;
                 events.tenant_started(&name);
-                let created = migrator.create_tenant_with_progress(&name, &events).await;
+                let created = migrator
+                    .create_tenant_on_with_progress(&name, server.as_ref(), &events)
+                    .await;
                 let applied = migrator
                     .migrations()
                     .iter()
@@ -518,7 +557,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tenant(TenantCommand::Create { name }) => {
+        Command::Tenant(TenantCommand::Create { name, server }) => {
             // Tenant migrations may rely on the public ones: those run first, and are said.
             let public = migrator.migrate_public().await?;
             if public > 0 {
@@ -528,11 +567,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     count(public, "pending migration")
                 );
             }
-            let tenant = migrator.create_tenant(&name).await?;
+            let tenant = migrator.create_tenant_on(&name, server.as_ref()).await?;
             outln!(
-                "created tenant {} ({}) with every tenant migration applied",
+                "created tenant {} ({}{}) with every tenant migration applied",
                 tenant.name,
-                words.storage_of(&tenant.storage)
+                words.storage_of(&tenant.storage),
+                on_server(&tenant)
             );
             Ok(ExitCode::SUCCESS)
         }

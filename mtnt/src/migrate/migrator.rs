@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
@@ -23,8 +24,8 @@ use crate::backend::{
 };
 use crate::migration::format_order;
 use crate::{
-    Error, Migration, MigrationSet, MigrationStatus, Result, Scope, Tenant, TenantName,
-    TenantRecord,
+    Error, Migration, MigrationSet, MigrationStatus, Placement, Result, Scope, Server, ServerName,
+    Tenant, TenantName, TenantRecord,
 };
 
 /// Runs migrations over a fleet: the library API behind the CLI.
@@ -51,6 +52,8 @@ pub struct Migrator {
     run_history: usize,
     /// The server the `tenant` tracing spans name (host and port, no password).
     server: Option<String>,
+    /// Where a new tenant goes when no server is named.
+    placement: Arc<dyn Placement>,
 }
 
 /// Builds a [`Migrator`].
@@ -67,6 +70,7 @@ pub struct MigratorBuilder {
     run_history: usize,
     /// The server the `tenant` tracing spans name (host and port, no password).
     server: Option<String>,
+    placement: Arc<dyn Placement>,
 }
 
 impl MigratorBuilder {
@@ -139,6 +143,13 @@ impl MigratorBuilder {
         self
     }
 
+    /// Where [`Migrator::create_tenant`] places a tenant when no server is named
+    /// (default: [`FewestTenants`](crate::FewestTenants)).
+    pub fn placement(mut self, placement: impl Placement + 'static) -> Self {
+        self.placement = Arc::new(placement);
+        self
+    }
+
     /// Validates the migrations and settings and builds the migrator.
     pub fn build(self) -> Result<Migrator> {
         if self.concurrency > crate::MAX_CONCURRENCY {
@@ -165,6 +176,7 @@ impl MigratorBuilder {
             hooks: self.hooks,
             run_history: self.run_history,
             server: self.server,
+            placement: self.placement,
         })
     }
 }
@@ -190,6 +202,7 @@ impl Migrator {
             hooks: Hooks::none(),
             run_history: journal::DEFAULT_RUN_HISTORY,
             server: None,
+            placement: Arc::new(crate::FewestTenants),
         }
     }
 
@@ -863,15 +876,99 @@ impl Migrator {
         name: &TenantName,
         progress: &dyn Progress,
     ) -> Result<Tenant> {
+        self.create_tenant_on_with_progress(name, None, progress)
+            .await
+    }
+
+    /// [`Migrator::create_tenant`] on `server`; `None`: where the [`Placement`] puts it
+    /// (see [`MigratorBuilder::placement`]).
+    pub async fn create_tenant_on(
+        &self,
+        name: &TenantName,
+        server: Option<&ServerName>,
+    ) -> Result<Tenant> {
+        self.create_tenant_on_with_progress(name, server, &Silent)
+            .await
+    }
+
+    /// [`Migrator::create_tenant_on`], reporting each migration to `progress` as it is
+    /// committed.
+    pub async fn create_tenant_on_with_progress(
+        &self,
+        name: &TenantName,
+        server: Option<&ServerName>,
+        progress: &dyn Progress,
+    ) -> Result<Tenant> {
+        self.check_server_named(server)?;
         self.ready_to_write().await?;
+        let server = match server {
+            Some(server) => self.known_server(server).await?,
+            None => self.placement.place(name, &self.backend.servers().await?),
+        };
         self.migrate_public_first().await?;
-        let tenant = Tenant::new(name.clone());
+        let tenant = Tenant::new(name.clone()).on(Some(server));
         let protocol = self.protocol(progress);
         protocol
             .create_tenant(&tenant, &self.safety)
             .instrument(protocol.tenant_span(name))
             .await?;
         Ok(tenant)
+    }
+
+    /// Refuses a server other than the default one where the engine has no servers, before
+    /// anything is read.
+    fn check_server_named(&self, server: Option<&ServerName>) -> Result<()> {
+        if server.is_some_and(|s| !s.is_default()) && !self.backend.capabilities().servers {
+            return Err(Error::OneServer {
+                engine: self.backend.engine(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `server`, checked against the registry: [`Error::UnknownServer`] when it is not
+    /// registered.
+    async fn known_server(&self, server: &ServerName) -> Result<ServerName> {
+        if server.is_default() {
+            return Ok(server.clone());
+        }
+        if self
+            .backend
+            .servers()
+            .await?
+            .iter()
+            .any(|s| &s.name == server)
+        {
+            return Ok(server.clone());
+        }
+        Err(Error::UnknownServer {
+            server: server.clone(),
+            default: crate::DEFAULT_SERVER,
+        })
+    }
+
+    /// The servers of the fleet, the default one first, each with its tenant count. Only
+    /// reads.
+    pub async fn servers(&self) -> Result<Vec<Server>> {
+        self.ready_to_read().await?;
+        self.backend.servers().await
+    }
+
+    /// Registers the server `name` at `url`, stored without its password: connections take
+    /// it from [`ServerName::password_variable`] or the password file.
+    pub async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
+        self.check_server_named(Some(name))?;
+        crate::url_without_password(url)?;
+        self.ready_to_write().await?;
+        self.backend.add_server(name, url).await
+    }
+
+    /// Removes the server `name` from the registry; [`Error::ServerInUse`] while tenants
+    /// are placed on it.
+    pub async fn remove_server(&self, name: &ServerName) -> Result<()> {
+        self.check_server_named(Some(name))?;
+        self.ready_to_write().await?;
+        self.backend.remove_server(name).await
     }
 
     /// The registry row of the tenant `name`: [`Error::UnknownTenant`] when there is none,

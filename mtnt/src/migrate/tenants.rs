@@ -54,7 +54,7 @@ impl Protocol<'_> {
         safety: &SafetySettings,
     ) -> Result<()> {
         let all = self.enabled_tenant_migrations();
-        if self.caps.transactional_storage && !self.has_tenant_hooks() {
+        if self.caps_for(Target::Tenant(tenant)).transactional_storage && !self.has_tenant_hooks() {
             self.create_in_transaction(tenant, &all, safety).await
         } else {
             self.create_by_compensation(tenant, &all, safety).await
@@ -73,7 +73,9 @@ impl Protocol<'_> {
         let target = Target::Tenant(tenant);
         let split = all
             .iter()
-            .position(|m| !(self.caps.transactional_ddl && m.is_transactional()))
+            .position(|m| {
+                !(self.caps_for(Target::Tenant(tenant)).transactional_ddl && m.is_transactional())
+            })
             .unwrap_or(all.len());
         let (atomic, rest) = all.split_at(split);
         let mut conn = self.backend.connect(target).await?;
@@ -96,7 +98,10 @@ impl Protocol<'_> {
                 conn.begin(Default::default()).await?;
                 conn.write(&prelude).await?;
                 let mut records = Vec::new();
-                if self.caps.registry_in_target_transaction {
+                if self
+                    .caps_for(Target::Tenant(tenant))
+                    .registry_in_target_transaction
+                {
                     records.push(Record::Registry {
                         clear_failure: true,
                     });
@@ -264,7 +269,7 @@ impl Protocol<'_> {
             // Storage that is gone (a create that died before making it, or removed by
             // hand) has no lock to take and nothing to drop: only the row is left.
             Err(e)
-                if !self.caps.transactional_storage
+                if !self.caps_for(Target::Tenant(tenant)).transactional_storage
                     && self.backend.classify(&e) == ErrorClass::StorageMissing =>
             {
                 return self.backend.unregister(tenant, false).await;
@@ -273,7 +278,7 @@ impl Protocol<'_> {
         };
         let result = async {
             lock_waiting(&mut *conn, target, safety).await?;
-            if self.caps.transactional_storage {
+            if self.caps_for(Target::Tenant(tenant)).transactional_storage {
                 if let Err(error) = conn.commit(&[Record::DropTenant], None).await {
                     conn.rollback().await;
                     return Err(error);
@@ -313,7 +318,11 @@ impl Protocol<'_> {
             .collect();
         progress.start(valid.len() as u64);
         for (name, storage) in valid {
-            let tenant = Tenant { name, storage };
+            let tenant = Tenant {
+                name,
+                storage,
+                server: None,
+            };
             match self.adopt_one(&tenant, baseline, safety).await {
                 Ok(()) => {
                     progress.tenant_done(&tenant.name, Ok(baseline.len()));
@@ -348,13 +357,13 @@ impl Protocol<'_> {
             status: MigrationStatus::Completed,
         });
         let registry = self
-            .caps
+            .caps_for(Target::Tenant(tenant))
             .registry_in_target_transaction
             .then_some(Record::Registry {
                 clear_failure: true,
             });
         let applied_order = baseline.iter().map(|m| m.order()).max();
-        if self.caps.transactional_storage {
+        if self.caps_for(Target::Tenant(tenant)).transactional_storage {
             let mut records = vec![Record::Register {
                 state: TenantState::Active,
             }];
@@ -399,7 +408,10 @@ impl Protocol<'_> {
                 let _ = self.backend.unregister(tenant, false).await;
                 return Err(error);
             }
-            if !self.caps.registry_in_target_transaction {
+            if !self
+                .caps_for(Target::Tenant(tenant))
+                .registry_in_target_transaction
+            {
                 self.backend
                     .write_registry(
                         tenant,

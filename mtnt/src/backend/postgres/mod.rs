@@ -15,6 +15,7 @@ mod database;
 mod lease;
 mod pooler;
 mod schema;
+mod servers;
 mod target;
 mod tracking;
 

@@ -1,5 +1,6 @@
 //! PostgreSQL with one schema per tenant, all in one database.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,8 +11,9 @@ use sqlx::Row;
 use super::super::sql::{invalid_names, quote_ident, valid_page};
 use super::catalog;
 use super::lease::PgLeases;
+use super::servers::{servers_ddl, Servers};
 use super::target::applied_from_row;
-use super::target::{PgConn, PgTarget, Spec};
+use super::target::{PgConn, PgTarget, Probe, Spec};
 use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
 use super::{classify, is_code, literal, public_key, tenant_key};
 use crate::backend::{
@@ -20,7 +22,8 @@ use crate::backend::{
 };
 use crate::ctx::exec_postgres;
 use crate::{
-    AppliedMigration, Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+    AppliedMigration, Engine, Error, Result, Server, ServerName, Tenancy, Tenant, TenantName,
+    TenantRecord, TenantState,
 };
 
 /// Tenants whose schemas one catalog query of `drift` describes.
@@ -42,6 +45,11 @@ pub struct PostgresBackend {
     pool: PgPool,
     control: String,
     control_q: String,
+    /// The other servers of the fleet and their pools.
+    servers: Arc<Servers>,
+    /// The registry has its `server` column (set once seen: a registry from before
+    /// servers gets it from the next writing command, and reads make nothing).
+    server_column: Arc<AtomicBool>,
 }
 
 /// Makes any change of the shared tracking table clear the changed tenants' fingerprints
@@ -114,10 +122,16 @@ impl PostgresBackend {
 
     /// A backend on `pool` whose control schema is `public`.
     pub fn new(pool: PgPool) -> Self {
+        let control_q = quote_ident("public");
         Self {
+            servers: Arc::new(Servers::new(
+                &control_q,
+                pool.options().get_max_connections(),
+            )),
             pool,
             control: "public".to_owned(),
-            control_q: quote_ident("public"),
+            control_q,
+            server_column: Arc::default(),
         }
     }
 
@@ -135,6 +149,10 @@ impl PostgresBackend {
         }
         self.control = schema.to_owned();
         self.control_q = quote_ident(schema);
+        self.servers = Arc::new(Servers::new(
+            &self.control_q,
+            self.pool.options().get_max_connections(),
+        ));
         Ok(self)
     }
 
@@ -154,10 +172,16 @@ impl PostgresBackend {
         let Ok(name) = TenantName::new(name) else {
             return Ok(None);
         };
+        let server = row
+            .try_get::<Option<String>, _>("server")?
+            .map(ServerName::new)
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("tenant registry, tenant {name}: {e}")))?;
         Ok(Some(TenantRecord {
             tenant: Tenant {
                 name,
                 storage: row.try_get("schema_name")?,
+                server,
             },
             state: TenantState::parse(row.try_get("state")?)?,
             created_at: row.try_get("created_at")?,
@@ -167,11 +191,187 @@ impl PostgresBackend {
         }))
     }
 
-    fn select_records(&self) -> String {
-        format!(
-            "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error FROM {}",
+    /// The registry's columns of a [`TenantRecord`]; a registry from before servers reads
+    /// as every tenant on the default server.
+    async fn select_records(&self) -> Result<String> {
+        let server = if self.has_server_column().await? {
+            "server"
+        } else {
+            "NULL::text AS server"
+        };
+        Ok(format!(
+            "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error, {server} FROM {}",
             self.registry()
+        ))
+    }
+
+    /// Whether the registry has its `server` column yet.
+    async fn has_server_column(&self) -> Result<bool> {
+        if self.server_column.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let has: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass($1) \
+             AND attname = 'server' AND NOT attisdropped)",
         )
+        .bind(self.registry())
+        .fetch_one(&self.pool)
+        .await?;
+        self.server_column.store(has, Ordering::Relaxed);
+        Ok(has)
+    }
+
+    /// The pool of the server `tenant` is on: the control pool for the default server.
+    pub(super) async fn pool_of(&self, server: Option<&ServerName>) -> Result<PgPool> {
+        match server {
+            None => Ok(self.pool.clone()),
+            Some(server) => self.servers.pool(&self.pool, server).await,
+        }
+    }
+
+    /// `server` failed to connect with `error`: see [`Servers::lost`].
+    pub(super) async fn server_lost(&self, server: &ServerName, error: &sqlx::Error) -> Error {
+        self.servers.lost(server, error).await
+    }
+
+    /// How a read of a tenant whose registry is in another database (or on another
+    /// server) tells whether the tenant is registered.
+    pub(super) fn registered_probe<'a>(&'a self, tenant: &'a Tenant) -> Probe<'a> {
+        Probe {
+            pool: &self.pool,
+            sql: format!(
+                "SELECT EXISTS (SELECT FROM {} WHERE name = $1)",
+                self.registry()
+            ),
+            name: tenant.name.as_str(),
+        }
+    }
+
+    /// The control database's own server as `server list` shows it: its URL without a
+    /// password.
+    fn default_server_url(&self) -> String {
+        let options = self.pool.connect_options();
+        format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        )
+    }
+
+    /// [`Backend::servers`] of this registry.
+    pub(super) async fn servers_of(&self) -> Result<Vec<Server>> {
+        let default = Server {
+            name: ServerName::default_server(),
+            url: self.default_server_url(),
+            tenants: 0,
+        };
+        let listed: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(&self.servers.table)
+            .fetch_one(&self.pool)
+            .await?;
+        if listed.is_none() || !self.has_server_column().await? {
+            return Ok(vec![Server {
+                tenants: self.tenant_count().await?,
+                ..default
+            }]);
+        }
+        let rows: Vec<(Option<String>, Option<String>, i64)> = sqlx::query_as(&format!(
+            "SELECT s.name, s.url, (SELECT count(*) FROM {registry} r WHERE r.server IS NOT DISTINCT FROM s.name) \
+             FROM (SELECT NULL::text AS name, NULL::text AS url UNION ALL SELECT name, url FROM {servers}) AS s \
+             ORDER BY s.name NULLS FIRST",
+            registry = self.registry(),
+            servers = self.servers.table,
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(name, url, tenants)| {
+                let tenants = u64::try_from(tenants).unwrap_or(0);
+                Ok(match (name, url) {
+                    (Some(name), Some(url)) => Server {
+                        name: ServerName::new(name)
+                            .map_err(|e| Error::Corrupt(format!("{}: {e}", self.servers.table)))?,
+                        url,
+                        tenants,
+                    },
+                    _ => Server {
+                        tenants,
+                        ..default.clone()
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// [`Backend::add_server`] of this registry.
+    pub(super) async fn add_server_of(&self, name: &ServerName, url: &str) -> Result<()> {
+        if name.is_default() {
+            return Err(Error::ServerExists(name.clone()));
+        }
+        let url = crate::url_without_password(url)?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO {} (name, url) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            self.servers.table
+        ))
+        .bind(name.as_str())
+        .bind(&url)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::ServerExists(name.clone()));
+        }
+        Ok(())
+    }
+
+    /// [`Backend::remove_server`] of this registry: refused while it holds tenants (the
+    /// registry's foreign key refuses it too, should a tenant be placed meanwhile).
+    pub(super) async fn remove_server_of(&self, name: &ServerName) -> Result<()> {
+        let unknown = || Error::UnknownServer {
+            server: name.clone(),
+            default: crate::DEFAULT_SERVER,
+        };
+        if name.is_default() {
+            return Err(Error::Invalid(format!(
+                "server {name} is the control database's own; it cannot be removed"
+            )));
+        }
+        let tenants: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT (SELECT count(*) FROM {} WHERE server = s.name) FROM {} s WHERE s.name = $1",
+            self.registry(),
+            self.servers.table
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match tenants {
+            None => return Err(unknown()),
+            Some(0) => {}
+            Some(n) => {
+                return Err(Error::ServerInUse {
+                    server: name.clone(),
+                    tenants: u64::try_from(n).unwrap_or(0),
+                })
+            }
+        }
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM {} WHERE name = $1",
+            self.servers.table
+        ))
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await;
+        match deleted {
+            Ok(done) if done.rows_affected() == 0 => Err(unknown()),
+            Ok(_) => Ok(()),
+            // A tenant placed there since the count: the foreign key keeps it.
+            Err(e) if is_code(&e, "23503") => Err(Error::ServerInUse {
+                server: name.clone(),
+                tenants: 1,
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The search path of tenant migrations: the tenant's schema, then the control schema
@@ -208,6 +408,7 @@ impl PostgresBackend {
             lock_key: public_key(&self.control),
             search_path: self.control_q.clone(),
             tracking: Tracking::own(&self.control_q),
+            storage_ddl: None,
             row: None,
             probe: None,
         }
@@ -278,12 +479,17 @@ impl PostgresBackend {
              {tracking};
              {shared};
              CREATE TABLE IF NOT EXISTS {settings} (name text PRIMARY KEY, value text NOT NULL);
+             {servers};
              INSERT INTO {settings} (name, value) VALUES ('tenancy', {tenancy}), ('control_schema', {control_l})
                 ON CONFLICT (name) DO NOTHING;
              DO $mtnt$ BEGIN
                 IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
                                AND attname = 'fingerprint' AND NOT attisdropped) THEN
                     ALTER TABLE {registry} ADD COLUMN fingerprint text;
+                END IF;
+                IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
+                               AND attname = 'server' AND NOT attisdropped) THEN
+                    ALTER TABLE {registry} ADD COLUMN server text REFERENCES {servers_table} (name);
                 END IF;
                 IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {shared_l}::regclass
                                AND attname = 'run_id' AND NOT attisdropped) THEN
@@ -303,6 +509,8 @@ impl PostgresBackend {
             tracking = Tracking::own(&self.control_q).own_ddl(),
             shared = shared_ddl(&self.control_q, &self.registry()),
             trigger = tracking_trigger_sql(&self.control_q, &self.registry()),
+            servers = servers_ddl(&self.servers.table),
+            servers_table = self.servers.table,
         );
         let mut conn = self.pool.acquire().await?;
         if let Err(e) = exec_postgres(&mut conn, &sql).await {
@@ -311,6 +519,7 @@ impl PostgresBackend {
             }
             return Err(e.into());
         }
+        self.server_column.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -390,6 +599,7 @@ impl Backend for PostgresBackend {
             .with_registry_in_target_transaction()
             .with_transactional_storage()
             .with_fingerprints()
+            .with_servers()
     }
 
     fn classify(&self, error: &Error) -> ErrorClass {
@@ -411,7 +621,7 @@ impl Backend for PostgresBackend {
     ) -> Result<Vec<TenantRecord>> {
         let sql = format!(
             "{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
-            self.select_records()
+            self.select_records().await?
         );
         valid_page(after, limit, async |after, limit| {
             let rows = sqlx::query(&sql)
@@ -449,7 +659,7 @@ impl Backend for PostgresBackend {
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
         let sql = format!(
             "{} WHERE name = ANY($1) ORDER BY name",
-            self.select_records()
+            self.select_records().await?
         );
         let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
         let rows = sqlx::query(&sql).bind(&names).fetch_all(&self.pool).await?;
@@ -490,6 +700,23 @@ impl Backend for PostgresBackend {
     async fn connect<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Connection + 'a>> {
         let spec = match target {
             Target::Public => self.public_spec(),
+            Target::Tenant(tenant) if tenant.server.is_some() => {
+                // On another server: the tracking rows are in the tenant's schema there,
+                // and the registry row, here, is a cache (as with database per tenant).
+                let server = tenant.server.as_ref().expect("matched");
+                let conn = self.servers.acquire(&self.pool, server).await?;
+                let schema_q = quote_ident(&tenant.storage);
+                let spec = Spec {
+                    tenant: Some(tenant),
+                    lock_key: tenant_key(&tenant.storage),
+                    search_path: format!("{schema_q}, public"),
+                    tracking: Tracking::own(&schema_q),
+                    storage_ddl: Some(format!("CREATE SCHEMA IF NOT EXISTS {schema_q}")),
+                    row: None,
+                    probe: Some(self.registered_probe(tenant)),
+                };
+                return Ok(Box::new(PgTarget::new(PgConn::Pooled(conn), spec)));
+            }
             Target::Tenant(tenant) => {
                 let row = TenantRow::new(self.registry(), tenant);
                 Spec {
@@ -497,6 +724,7 @@ impl Backend for PostgresBackend {
                     lock_key: tenant_key(&tenant.storage),
                     search_path: self.tenant_search_path(&row.schema_q),
                     tracking: Tracking::shared(&self.control_q, tenant.name.as_str()),
+                    storage_ddl: None,
                     row: Some(row),
                     probe: None,
                 }
@@ -513,13 +741,14 @@ impl Backend for PostgresBackend {
         applied_order: Option<i64>,
     ) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO {} (name, schema_name, state, applied_order) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO {} (name, schema_name, state, applied_order, server) VALUES ($1, $2, $3, $4, $5)",
             self.registry()
         ))
         .bind(tenant.name.as_str())
         .bind(&tenant.storage)
         .bind(state.as_str())
         .bind(applied_order)
+        .bind(tenant.server.as_ref().map(ServerName::as_str))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -560,17 +789,36 @@ impl Backend for PostgresBackend {
     }
 
     async fn create_storage(&self, tenant: &Tenant) -> Result<()> {
-        // The tracking rows are in the shared table already.
-        self.exec(&format!("CREATE SCHEMA {}", quote_ident(&tenant.storage)))
-            .await
+        let schema_q = quote_ident(&tenant.storage);
+        if tenant.server.is_none() {
+            // The tracking rows are in the shared table already.
+            return self.exec(&format!("CREATE SCHEMA {schema_q}")).await;
+        }
+        let pool = self.pool_of(tenant.server.as_ref()).await?;
+        let mut conn = pool.acquire().await?;
+        let sql = format!(
+            "BEGIN; CREATE SCHEMA {schema_q}; {}; COMMIT",
+            Tracking::own(&schema_q).own_ddl()
+        );
+        if let Err(e) = exec_postgres(&mut conn, &sql).await {
+            let _ = exec_postgres(&mut conn, "ROLLBACK").await;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     async fn drop_storage(&self, tenant: &Tenant) -> Result<()> {
-        self.exec(&format!(
-            "DROP SCHEMA IF EXISTS {} CASCADE",
-            quote_ident(&tenant.storage)
-        ))
-        .await
+        let pool = self.pool_of(tenant.server.as_ref()).await?;
+        let mut conn = pool.acquire().await?;
+        exec_postgres(
+            &mut conn,
+            &format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                quote_ident(&tenant.storage)
+            ),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>> {
@@ -691,6 +939,27 @@ impl Backend for PostgresBackend {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(JournalEntry::from).collect())
+    }
+
+    async fn servers(&self) -> Result<Vec<Server>> {
+        self.servers_of().await
+    }
+
+    async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
+        self.add_server_of(name, url).await
+    }
+
+    async fn remove_server(&self, name: &ServerName) -> Result<()> {
+        self.remove_server_of(name).await
+    }
+
+    fn capabilities_of(&self, tenant: &Tenant) -> Capabilities {
+        if tenant.server.is_some() {
+            // The registry is in another database than the tenant's rows: a cache.
+            Capabilities::NONE.with_transactional_ddl().with_servers()
+        } else {
+            self.capabilities()
+        }
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

@@ -1,0 +1,279 @@
+//! Fleets across several database servers (issue 15): servers in the control registry,
+//! tenants placed on them, migrated across them, and a server that cannot be reached.
+//! Against the two real clusters: the control database and its own server on
+//! `MTNT_TEST_PG_URL` (5432), the second server on `MTNT_TEST_PG2_URL` (5433), each test
+//! with databases (and tenant names) of its own on both, dropped when it ends.
+#![cfg(feature = "postgres")]
+// Migration orders are written YYYY_MM_DD_NNNN, like in the attributes.
+#![allow(clippy::inconsistent_digit_grouping)]
+
+use mtnt::{Error, MigrateOptions, MigrationSet, ServerName, TenantName};
+use mtnt_test_support::models::{Kind, Model, Place};
+use mtnt_test_support::postgres::{drop_databases_with_prefix_on, second_admin_url, TestDb};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
+
+mod fleet {
+    #[mtnt::migration(scope = "tenant", order = 2025_01_01_0001)]
+    async fn create_accounts(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+        ctx.execute(
+            "CREATE TABLE accounts (id bigserial PRIMARY KEY, email text); \
+             INSERT INTO accounts (email) VALUES ('first@example.com')",
+        )
+        .await
+    }
+
+    // Slow enough that tenants migrated at once overlap in their tracking times.
+    #[mtnt::migration(scope = "tenant", order = 2025_01_01_0002)]
+    async fn create_invoices(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
+        ctx.execute("SELECT pg_sleep(0.3); CREATE TABLE invoices (id bigserial PRIMARY KEY)")
+            .await
+    }
+}
+
+const SECOND: i64 = 2025_01_01_0002;
+
+/// The fleet's migrations up to `to`.
+fn set_to(to: i64) -> MigrationSet {
+    MigrationSet::new(
+        MigrationSet::registered_in("servers::fleet")
+            .unwrap()
+            .iter()
+            .filter(|m| m.order() <= to),
+    )
+    .unwrap()
+}
+
+fn server(name: &str) -> ServerName {
+    ServerName::new(name).unwrap()
+}
+
+fn tenant(name: &str) -> TenantName {
+    TenantName::new(name).unwrap()
+}
+
+/// The second server as a test of `kind` uses it: a database of its own on 5433 that
+/// holds the tenant schemas (schema per tenant), or the server's `postgres` database
+/// to create tenant databases from (database per tenant; those are named with the
+/// model's prefix and dropped by it).
+struct Second {
+    kind: Kind,
+    db: Option<TestDb>,
+    prefix: String,
+}
+
+impl Second {
+    async fn new(model: &Model) -> Second {
+        let prefix = model.prefix().to_owned();
+        drop_databases_with_prefix_on(&second_admin_url(), &prefix).await;
+        let db = match model.kind() {
+            Kind::PgSchema => Some(TestDb::create_on(&second_admin_url(), "servers").await),
+            _ => None,
+        };
+        Second {
+            kind: model.kind(),
+            db,
+            prefix,
+        }
+    }
+
+    /// The URL `server add` registers.
+    fn url(&self) -> String {
+        self.db
+            .as_ref()
+            .map_or_else(second_admin_url, |db| db.url.clone())
+    }
+
+    /// A direct connection where `tenant`'s tables are, on the second server.
+    async fn open(&self, tenant: &str) -> PgConnection {
+        let options: PgConnectOptions = self.url().parse().unwrap();
+        let options = match self.kind {
+            Kind::PgDatabase => options.database(tenant),
+            _ => options,
+        };
+        let mut conn = options.connect().await.unwrap();
+        if self.kind == Kind::PgSchema {
+            sqlx::raw_sql(&format!("SET search_path TO \"{tenant}\""))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        conn
+    }
+
+    /// Whether `tenant` has its schema (database) on the second server.
+    async fn storage_exists(&self, tenant: &str) -> bool {
+        let options: PgConnectOptions = self.url().parse().unwrap();
+        let mut conn = options.connect().await.unwrap();
+        let sql = match self.kind {
+            Kind::PgDatabase => "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)",
+            _ => "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)",
+        };
+        let found = sqlx::query_scalar(sql)
+            .bind(tenant)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        found
+    }
+
+    /// The status and (start, end) in epoch seconds of migration `order` of `tenant`, from
+    /// its tracking table on the second server.
+    async fn tracking(&self, tenant: &str, order: i64) -> Option<(String, f64, f64)> {
+        let mut conn = self.open(tenant).await;
+        let row = sqlx::query_as(
+            "SELECT status, extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8 \
+             FROM mtnt_migrations WHERE migration_order = $1",
+        )
+        .bind(order)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        row
+    }
+
+    async fn finish(mut self) {
+        drop_databases_with_prefix_on(&second_admin_url(), &self.prefix).await;
+        if let Some(db) = self.db.take() {
+            db.drop_db().await;
+        }
+        // Done: nothing left for Drop.
+        self.kind = Kind::PgSchema;
+    }
+}
+
+impl Drop for Second {
+    fn drop(&mut self) {
+        // After a panic: the tenant databases of this test on the second server.
+        if self.kind == Kind::PgDatabase {
+            let prefix = self.prefix.clone();
+            mtnt_test_support::block_on_in_thread("tenant databases on 5433", move || async move {
+                drop_databases_with_prefix_on(&second_admin_url(), &prefix).await
+            });
+        }
+    }
+}
+
+/// The (start, end) in epoch seconds of migration `order` of a tenant on the control
+/// database's own server.
+async fn control_times(model: &Model, name: &str, order: i64) -> (f64, f64) {
+    let sql = match model.kind() {
+        Kind::PgSchema => format!(
+            "SELECT extract(epoch FROM started_at)::text || ' ' || extract(epoch FROM finished_at)::text \
+             FROM public.mtnt_tenant_migrations WHERE tenant = '{name}' AND migration_order = {order}"
+        ),
+        _ => format!(
+            "SELECT extract(epoch FROM started_at)::text || ' ' || extract(epoch FROM finished_at)::text \
+             FROM mtnt_migrations WHERE migration_order = {order}"
+        ),
+    };
+    let text = model.text(Place::Tenant(name), &sql).await.unwrap();
+    let (start, end) = text.split_once(' ').unwrap();
+    (start.parse().unwrap(), end.parse().unwrap())
+}
+
+mtnt_test_support::scenarios_pg!(tenants_are_placed_migrated_and_dropped_on_both_servers);
+
+/// Tenants placed on both servers (by the fewest-tenants placement and by name) get their
+/// storage and tracking rows there, are migrated by one run that works on both servers at
+/// once, show in the status, and are dropped from where they are.
+async fn tenants_are_placed_migrated_and_dropped_on_both_servers(model: &Model) {
+    let second = Second::new(model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.builder(set_to(SECOND - 1)).await.build().unwrap();
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|t| model.tenant(t));
+    // The fewest tenants: default (tie, listed first), eu-2, default, then eu-2 by name.
+    for name in [&a, &b, &c] {
+        migrator.create_tenant(&tenant(name)).await.unwrap();
+    }
+    let placed = migrator
+        .create_tenant_on(&tenant(&d), Some(&eu2))
+        .await
+        .unwrap();
+    assert_eq!(placed.server.as_ref(), Some(&eu2));
+    let servers: Vec<(String, u64)> = migrator
+        .servers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name.to_string(), s.tenants))
+        .collect();
+    assert_eq!(
+        servers,
+        [("default".to_owned(), 2), ("eu-2".to_owned(), 2)],
+        "{servers:?}"
+    );
+    let records = migrator.tenants().await.unwrap();
+    let on: Vec<&str> = records.iter().map(|r| r.tenant.server_name()).collect();
+    assert_eq!(on, ["default", "eu-2", "default", "eu-2"]);
+
+    // Where their storage is: on the server the registry says, not on the other.
+    for name in [&a, &c] {
+        assert!(model.storage_exists(name).await, "{name} on default");
+        assert!(!second.storage_exists(name).await, "{name} not on eu-2");
+    }
+    for name in [&b, &d] {
+        assert!(second.storage_exists(name).await, "{name} on eu-2");
+        assert!(!model.storage_exists(name).await, "{name} not on default");
+        let mut conn = second.open(name).await;
+        let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(accounts, 1, "{name}'s first migration ran on eu-2");
+        conn.close().await.unwrap();
+        let (status, _, _) = second.tracking(name, SECOND - 1).await.unwrap();
+        assert_eq!(status, "completed");
+    }
+
+    // One run over both servers, every tenant at once: both servers work at the same time.
+    let migrator = model
+        .builder(set_to(SECOND))
+        .await
+        .concurrency(4)
+        .build()
+        .unwrap();
+    let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.tenants_migrated, 4);
+    let (a_start, a_end) = control_times(model, &a, SECOND).await;
+    let (status, b_start, b_end) = second.tracking(&b, SECOND).await.unwrap();
+    assert_eq!(status, "completed");
+    assert!(
+        a_start < b_end && b_start < a_end,
+        "the two servers worked one after the other: default {a_start}..{a_end}, eu-2 {b_start}..{b_end}"
+    );
+    assert_eq!(
+        model.status(Place::Tenant(&c), SECOND).await.as_deref(),
+        Some("completed")
+    );
+    assert_eq!(second.tracking(&d, SECOND).await.unwrap().0, "completed");
+    // The registry, a cache for the tenants on eu-2, follows their commits.
+    for record in migrator.tenants().await.unwrap() {
+        assert_eq!(record.applied_order, Some(SECOND), "{}", record.tenant.name);
+    }
+    let status = migrator.status(&[]).await.unwrap();
+    assert_eq!(status.current, 4, "{}", status.summary());
+    // Nothing left to do, on either server.
+    let again = migrator.migrate(&MigrateOptions::new()).await.unwrap();
+    assert_eq!((again.tenants_migrated, again.failures.len()), (0, 0));
+
+    // A server with tenants stays; dropping them removes their storage where it is.
+    assert!(matches!(
+        migrator.remove_server(&eu2).await,
+        Err(Error::ServerInUse { tenants: 2, .. })
+    ));
+    for name in [&b, &d] {
+        migrator.drop_tenant(&tenant(name)).await.unwrap();
+        assert!(!second.storage_exists(name).await, "{name} dropped on eu-2");
+    }
+    migrator.remove_server(&eu2).await.unwrap();
+    assert!(matches!(
+        migrator.remove_server(&eu2).await,
+        Err(Error::UnknownServer { .. })
+    ));
+    second.finish().await;
+}
