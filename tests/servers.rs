@@ -277,3 +277,275 @@ async fn tenants_are_placed_migrated_and_dropped_on_both_servers(model: &Model) 
     ));
     second.finish().await;
 }
+
+/// The test app (`tests/support/app.rs`) for `model`.
+fn app(model: &Model) -> std::process::Command {
+    model.command(env!("CARGO_BIN_EXE_mtnt-test-app"))
+}
+
+/// Runs `cmd` with `args`, expecting exit code `code`; stdout and stderr together.
+fn run(mut cmd: std::process::Command, args: &[&str], code: i32) -> String {
+    let out = cmd.args(args).output().expect("the test app runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(code), "{args:?}\n{text}");
+    text
+}
+
+/// `server add` keeps no password anywhere (output, registry); `server list` counts the
+/// tenants per server, in JSON too; names are checked before any SQL; a server that holds
+/// tenants, an unknown one and the default one cannot be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_are_added_listed_and_removed_without_their_passwords() {
+    let model = Model::new(Kind::PgSchema, "server_cli").await;
+    let second = Second::new(&model).await;
+
+    // A bad name: refused before anything reaches the database (no registry is made).
+    let out = run(app(&model), &["server", "add", "EU;2", &second.url()], 2);
+    assert!(out.contains("invalid server name"), "{out}");
+    assert!(!model.table_exists(Place::Control, "mtnt_tenants").await);
+
+    let with_password = second.url().replacen("postgres@", "postgres:s3cret-pw@", 1);
+    assert_ne!(with_password, second.url());
+    let out = run(app(&model), &["server", "add", "eu-2", &with_password], 0);
+    assert!(out.contains("added server eu-2"), "{out}");
+    assert!(out.contains("MTNT_SERVER_EU_2_PASSWORD"), "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+    let stored = model
+        .text(
+            Place::Control,
+            "SELECT url FROM mtnt_servers WHERE name = 'eu-2'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, second.url());
+    let out = run(app(&model), &["server", "add", "eu-2", &second.url()], 1);
+    assert!(out.contains("registered already"), "{out}");
+
+    let (a, b) = (model.tenant("a"), model.tenant("b"));
+    let out = run(
+        app(&model),
+        &["tenant", "create", &a, "--server", "nowhere"],
+        1,
+    );
+    assert!(out.contains("unknown server \"nowhere\""), "{out}");
+    assert!(out.contains("server list"), "{out}");
+    run(app(&model), &["tenant", "create", &a], 0);
+    let out = run(
+        app(&model),
+        &["tenant", "create", &b, "--server", "eu-2"],
+        0,
+    );
+    assert!(out.contains("on server eu-2"), "{out}");
+    let out = run(app(&model), &["tenant", "list"], 0);
+    assert!(out.contains("SERVER"), "{out}");
+    let line = out.lines().find(|l| l.starts_with(&b)).unwrap();
+    assert!(line.contains("eu-2"), "{out}");
+
+    let out = run(app(&model), &["server", "list", "--json"], 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let listed: Vec<(&str, u64)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["tenants"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(listed, [("default", 1), ("eu-2", 1)]);
+    let out = run(app(&model), &["server", "list"], 0);
+    assert!(out.contains("2 servers, 2 tenants"), "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+
+    let out = run(app(&model), &["server", "remove", "eu-2"], 1);
+    assert!(out.contains("holds 1 tenant"), "{out}");
+    assert!(out.contains("fix:"), "{out}");
+    run(app(&model), &["server", "remove", "default"], 1);
+    run(app(&model), &["tenant", "drop", &b, "--yes"], 0);
+    run(app(&model), &["server", "remove", "eu-2"], 0);
+    let out = run(app(&model), &["server", "remove", "eu-2"], 1);
+    assert!(out.contains("unknown server"), "{out}");
+    second.finish().await;
+    model.finish().await;
+}
+
+/// A registry made before servers (no `mtnt_servers`, no `server` column) reads as
+/// every tenant on the default server and is left as it is by reads; the next writing
+/// command upgrades it in place, keeping its tenants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_from_before_servers_is_upgraded_in_place() {
+    let model = Model::new(Kind::PgSchema, "server_upgrade").await;
+    let a = model.tenant("a");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.create_tenant(&tenant(&a)).await.unwrap();
+    model
+        .execute(
+            Place::Control,
+            "ALTER TABLE mtnt_tenants DROP COLUMN server; DROP TABLE mtnt_servers",
+        )
+        .await;
+    let has_column = "SELECT count(*) FROM information_schema.columns \
+                      WHERE table_name = 'mtnt_tenants' AND column_name = 'server'";
+
+    let migrator = model.migrator(set_to(SECOND)).await;
+    let records = migrator.tenants().await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].tenant.server, None);
+    let servers = migrator.servers().await.unwrap();
+    assert_eq!(servers.len(), 1);
+    assert_eq!(
+        (servers[0].name.as_str(), servers[0].tenants),
+        ("default", 1)
+    );
+    assert_eq!(migrator.status(&[]).await.unwrap().behind, 1);
+    assert_eq!(model.int(Place::Control, has_column).await, Some(0));
+    assert!(!model.table_exists(Place::Control, "mtnt_servers").await);
+
+    let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
+    assert_eq!(report.tenants_migrated, 1);
+    assert_eq!(model.int(Place::Control, has_column).await, Some(1));
+    assert!(model.table_exists(Place::Control, "mtnt_servers").await);
+    let records = migrator.tenants().await.unwrap();
+    assert_eq!(records[0].tenant.server, None);
+    assert_eq!(records[0].applied_order, Some(SECOND));
+    model.finish().await;
+}
+
+/// The test app's newest tenant migration (`add_account_names`).
+const NEWEST: i64 = 2024_01_03_0001;
+
+/// A port on the loopback with nothing listening.
+fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+mtnt_test_support::scenarios_pg!(an_unreachable_server_fails_its_tenants_in_one_line);
+
+/// A server that cannot be reached fails its tenants with one line for the server; the
+/// tenants of the other server are migrated; the run exits non-zero, and once the
+/// server is back the next run finishes.
+async fn an_unreachable_server_fails_its_tenants_in_one_line(model: &Model) {
+    let second = Second::new(model).await;
+    run(app(model), &["server", "add", "eu-2", &second.url()], 0);
+    let names: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|t| model.tenant(t))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        let server = if i % 2 == 0 { "default" } else { "eu-2" };
+        run(
+            app(model),
+            &["tenant", "create", name, "--server", server],
+            0,
+        );
+    }
+    // Work for the next run: the test app's newest tenant migration undone by hand.
+    for (i, name) in names.iter().enumerate() {
+        let undo = "ALTER TABLE accounts DROP COLUMN name";
+        if i % 2 == 1 {
+            let mut conn = second.open(name).await;
+            sqlx::raw_sql(&format!(
+                "{undo}; DELETE FROM mtnt_migrations WHERE migration_order = {NEWEST}"
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            conn.close().await.unwrap();
+        } else {
+            let tracking = match model.kind() {
+                Kind::PgSchema => {
+                    format!("public.mtnt_tenant_migrations WHERE tenant = '{name}' AND")
+                }
+                _ => "mtnt_migrations WHERE".to_owned(),
+            };
+            model
+                .execute(
+                    Place::Tenant(name),
+                    &format!("{undo}; DELETE FROM {tracking} migration_order = {NEWEST}"),
+                )
+                .await;
+        }
+    }
+    let url = second.url();
+    let dead = url.replacen(":5433", &format!(":{}", dead_port()), 1);
+    assert_ne!(dead, url, "the second server's URL names its port");
+    model
+        .execute(
+            Place::Control,
+            &format!("UPDATE mtnt_servers SET url = '{dead}' WHERE name = 'eu-2'"),
+        )
+        .await;
+
+    let out = run(app(model), &["migrate"], 1);
+    assert!(
+        out.contains("server eu-2 unreachable: 2 tenants not migrated"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("server eu-2 unreachable").count(),
+        2,
+        "one line as it happens, one in the summary:\n{out}"
+    );
+    for name in [&names[1], &names[3]] {
+        assert!(!out.contains(&format!("tenant {name}")), "{out}");
+    }
+    // The other server's tenants are migrated meanwhile.
+    for name in [&names[0], &names[2]] {
+        assert_eq!(
+            model.status(Place::Tenant(name), NEWEST).await.as_deref(),
+            Some("completed"),
+            "{name}"
+        );
+    }
+    assert!(second.tracking(&names[1], NEWEST).await.is_none());
+
+    model
+        .execute(
+            Place::Control,
+            &format!("UPDATE mtnt_servers SET url = '{url}' WHERE name = 'eu-2'"),
+        )
+        .await;
+    let out = run(app(model), &["migrate"], 0);
+    assert!(!out.contains("eu-2 unreachable"), "{out}");
+    run(app(model), &["status", "--check"], 0);
+    assert_eq!(
+        second.tracking(&names[3], NEWEST).await.unwrap().0,
+        "completed"
+    );
+    second.finish().await;
+}
+
+/// SQLite (and MySQL) keep every tenant on the server of the URL: no servers, and a
+/// tenant placed elsewhere is refused before anything is written.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_engines_refuse_servers() {
+    let model = Model::new(Kind::Sqlite, "one_server").await;
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    let eu2 = server("eu-2");
+    assert!(matches!(
+        migrator
+            .add_server(&eu2, "postgres://postgres@127.0.0.1:5433/x")
+            .await,
+        Err(Error::OneServer { .. })
+    ));
+    let a = model.tenant("a");
+    assert!(matches!(
+        migrator.create_tenant_on(&tenant(&a), Some(&eu2)).await,
+        Err(Error::OneServer { .. })
+    ));
+    assert!(!model.storage_exists(&a).await);
+    let out = run(
+        app(&model),
+        &["tenant", "create", &a, "--server", "eu-2"],
+        1,
+    );
+    assert!(
+        out.contains("keeps every tenant on the server of its URL"),
+        "{out}"
+    );
+    assert!(!model.storage_exists(&a).await);
+    model.finish().await;
+}

@@ -154,7 +154,7 @@ pub enum Error {
     },
 
     /// A server named on the command line or in the API is not in the control registry.
-    #[error("unknown server {server:?}: no server of that name is registered (the control database's own is {default:?})")]
+    #[error("unknown server \"{server}\": no server of that name is registered (the control database's own is \"{default}\")")]
     UnknownServer {
         /// The name as given.
         server: ServerName,

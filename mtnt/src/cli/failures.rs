@@ -23,6 +23,9 @@ pub(crate) struct Failure {
     /// What two tenants failing for the same reason share: the failure with the tenant's
     /// name replaced.
     pub(crate) key: String,
+    /// The server that could not be reached, when that is the failure: the line names
+    /// the server, not the tenant.
+    server: Option<ServerName>,
 }
 
 impl Failure {
@@ -43,12 +46,18 @@ impl Failure {
             cause,
             fix,
             key,
+            server: unreachable_server(error).cloned(),
         }
     }
 
-    /// `tenant acme failed at 2024_01_01_0003 add_index: <cause>`, for progress lines.
+    /// `tenant acme failed at 2024_01_01_0003 add_index: <cause>`, for progress lines;
+    /// `server eu-2 unreachable: <cause>; its tenants are not migrated` for the tenants
+    /// of a server that could not be reached.
     pub(crate) fn line(&self, tenant: &TenantName) -> String {
-        format!("tenant {tenant} failed{}: {}", self.at, indent(&self.cause))
+        match &self.server {
+            Some(_) => format!("{}; its tenants are not migrated", indent(&self.cause)),
+            None => format!("tenant {tenant} failed{}: {}", self.at, indent(&self.cause)),
+        }
     }
 }
 
