@@ -549,3 +549,67 @@ async fn one_server_engines_refuse_servers() {
     assert!(!model.storage_exists(&a).await);
     model.finish().await;
 }
+
+mtnt_test_support::scenarios_pg!(a_budget_per_server_keeps_every_server_busy);
+
+/// With one tenant per server at once (`per_server_concurrency(1)`) and room for four,
+/// each server migrates its tenants one after the other, and the two servers at the same
+/// time: the run takes the servers' tenants in turn.
+async fn a_budget_per_server_keeps_every_server_busy(model: &Model) {
+    let second = Second::new(model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    // Named so that the registry's order has every default tenant first.
+    let local: Vec<String> = ["a1", "a2", "a3"].iter().map(|t| model.tenant(t)).collect();
+    let remote: Vec<String> = ["b1", "b2", "b3"].iter().map(|t| model.tenant(t)).collect();
+    for name in &local {
+        migrator
+            .create_tenant_on(&tenant(name), Some(&ServerName::default_server()))
+            .await
+            .unwrap();
+    }
+    for name in &remote {
+        migrator
+            .create_tenant_on(&tenant(name), Some(&eu2))
+            .await
+            .unwrap();
+    }
+    let migrator = model
+        .builder(set_to(SECOND))
+        .await
+        .concurrency(4)
+        .per_server_concurrency(1)
+        .build()
+        .unwrap();
+    let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.tenants_migrated, 6);
+    let mut on_default = Vec::new();
+    for name in &local {
+        on_default.push(control_times(model, name, SECOND).await);
+    }
+    let mut on_eu2 = Vec::new();
+    for name in &remote {
+        let (_, start, end) = second.tracking(name, SECOND).await.unwrap();
+        on_eu2.push((start, end));
+    }
+    let overlap = |a: (f64, f64), b: (f64, f64)| a.0 < b.1 && b.0 < a.1;
+    for (server, times) in [("default", &on_default), ("eu-2", &on_eu2)] {
+        for (i, a) in times.iter().enumerate() {
+            for b in &times[i + 1..] {
+                assert!(
+                    !overlap(*a, *b),
+                    "two tenants of {server} at once: {times:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        on_default
+            .iter()
+            .any(|a| on_eu2.iter().any(|b| overlap(*a, *b))),
+        "the servers took turns: default {on_default:?}, eu-2 {on_eu2:?}"
+    );
+    second.finish().await;
+}

@@ -74,6 +74,18 @@ pub(crate) struct Cli {
     )]
     pub(crate) concurrency: usize,
 
+    /// How many of one server's tenants are migrated at once, within --concurrency (a
+    /// fleet on several servers: `server list`); default: no limit but --concurrency
+    #[arg(
+        long,
+        env = "MTNT_PER_SERVER_CONCURRENCY",
+        value_name = "N",
+        value_parser = parse_concurrency,
+        global = true,
+        help_heading = "Run"
+    )]
+    pub(crate) per_server_concurrency: Option<usize>,
+
     /// Transactions of a tenant's upgrade (PostgreSQL, SQLite): per-tenant makes it atomic
     #[arg(
         long,

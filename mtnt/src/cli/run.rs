@@ -342,7 +342,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .retry_backoff(cli.safety.retry_backoff);
     let backend = connect(url, &options).await?;
     let words = Words::new(backend.tenancy(), url, &cli.control_schema);
-    let migrator = Migrator::builder_boxed(backend)
+    let mut builder = Migrator::builder_boxed(backend);
+    if let Some(per_server) = cli.per_server_concurrency {
+        builder = builder.per_server_concurrency(per_server);
+    }
+    let migrator = builder
         .migrations(migrations)
         .hooks(hooks)
         .concurrency(cli.concurrency)

@@ -1,9 +1,10 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::claim::FleetClaims;
@@ -13,7 +14,7 @@ use super::rollout::{Canary, Rollout, TenantOrder};
 use super::source::TenantSource;
 use super::{FailedTenant, MigrateReport, Progress};
 use crate::backend::Backend;
-use crate::{Error, Result, Tenant, TenantName, TenantRecord, TenantState};
+use crate::{Error, Result, ServerName, Tenant, TenantName, TenantRecord, TenantState};
 
 /// Where one tenant of a fleet run ended.
 #[derive(Debug)]
@@ -119,6 +120,7 @@ fn pages<'a>(
             }
         }
     })
+    .map_ok(interleave_by_server)
     .and_then(move |page| async move {
         // One query per page: with the registry rows, this is all an up-to-date tenant costs.
         let names: Vec<TenantName> = page.iter().map(|r| r.tenant.name.clone()).collect();
@@ -140,12 +142,71 @@ fn pages<'a>(
     .try_flatten()
 }
 
+/// `page` with the tenants of its servers taken in turn (first of server 1, first of
+/// server 2, ..., second of server 1, ...), each server's in their order: workers that
+/// take tenants in this order keep every server busy, where the registry's order by name
+/// could hand them a long run of one server's tenants.
+fn interleave_by_server(page: Vec<TenantRecord>) -> Vec<TenantRecord> {
+    let first = page.first().map(|r| r.tenant.server.clone());
+    if page
+        .iter()
+        .all(|r| Some(&r.tenant.server) == first.as_ref())
+    {
+        return page;
+    }
+    let total = page.len();
+    let mut queues: Vec<(Option<ServerName>, VecDeque<TenantRecord>)> = Vec::new();
+    for record in page {
+        match queues.iter_mut().find(|(s, _)| *s == record.tenant.server) {
+            Some((_, queue)) => queue.push_back(record),
+            None => queues.push((record.tenant.server.clone(), VecDeque::from([record]))),
+        }
+    }
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        out.extend(queues.iter_mut().filter_map(|(_, queue)| queue.pop_front()));
+    }
+    out
+}
+
+/// The budget per server of a run: at most `per_server` of one server's tenants at once,
+/// within the run's concurrency.
+pub(crate) struct ServerSlots {
+    per_server: Option<usize>,
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl ServerSlots {
+    /// `per_server` tenants of each server at once; `None`: no budget but the run's.
+    pub(crate) fn new(per_server: Option<usize>) -> Self {
+        Self {
+            per_server: per_server.map(|n| n.max(1)),
+            slots: Mutex::default(),
+        }
+    }
+
+    /// Waits for a slot of `server`, held until the permit drops; none without a budget.
+    async fn take(&self, server: &str) -> Option<OwnedSemaphorePermit> {
+        let per_server = self.per_server?;
+        let semaphore = self
+            .slots
+            .lock()
+            .ok()?
+            .entry(server.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(per_server)))
+            .clone();
+        semaphore.acquire_owned().await.ok()
+    }
+}
+
 /// How a fleet run goes.
 pub(crate) struct FleetRun<'a> {
     /// What to do to each tenant.
     pub(crate) op: FleetOp<'a>,
     /// Tenants at once.
     pub(crate) concurrency: usize,
+    /// Tenants of one server at once.
+    pub(crate) per_server: Option<usize>,
     /// Tenants read per query.
     pub(crate) page_size: usize,
     /// Start no tenant after a failure.
@@ -276,6 +337,7 @@ pub(crate) async fn migrate_fleet(
     let FleetRun {
         op,
         concurrency,
+        per_server,
         page_size,
         fail_fast,
         rollout,
@@ -294,10 +356,12 @@ pub(crate) async fn migrate_fleet(
     let records = pages(backend, tenants, page_size, protocol.caps.fingerprints).try_filter(
         move |(record, _)| std::future::ready(!only_failed || record.failed_order.is_some()),
     );
+    let slots = ServerSlots::new(per_server);
     let wave = Wave {
         protocol,
         op,
         concurrency,
+        slots: &slots,
         stop: &stop,
         current: match op {
             FleetOp::Migrate { to } => current_fingerprints(protocol.set, to),
@@ -388,6 +452,7 @@ pub(crate) async fn migrate_fleet(
     // re-plan; usually the other runner has migrated it and nothing is left to do.
     let deferred = claims.take_deferred();
     let stop = &stop;
+    let slots = &slots;
     let outcomes = stream::iter(deferred)
         .map(|record| async move {
             if stop.is_stopped() {
@@ -397,6 +462,7 @@ pub(crate) async fn migrate_fleet(
                     Duration::ZERO,
                 );
             }
+            let _slot = slots.take(record.tenant.server_name()).await;
             let started = Instant::now();
             let outcome = TenantOutcome::from(
                 claims
@@ -427,6 +493,7 @@ struct Wave<'a> {
     protocol: &'a Protocol<'a>,
     op: FleetOp<'a>,
     concurrency: usize,
+    slots: &'a ServerSlots,
     stop: &'a Stop<'a>,
     /// The fingerprints a tenant is up to date with.
     current: Vec<(String, Option<i64>)>,
@@ -472,6 +539,7 @@ impl Wave<'_> {
                     // Up to date by its registry row: no session, no round trip.
                     return Ok((record.tenant.name, TenantOutcome::Current, Duration::ZERO));
                 }
+                let _slot = self.slots.take(record.tenant.server_name()).await;
                 let started = Instant::now();
                 self.protocol.progress.tenant_started(&record.tenant.name);
                 let outcome = TenantOutcome::from(

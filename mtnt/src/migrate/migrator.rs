@@ -44,6 +44,7 @@ pub struct Migrator {
     migrations: MigrationSet,
     source: Option<Box<dyn TenantSource>>,
     concurrency: usize,
+    per_server_concurrency: Option<usize>,
     page_size: usize,
     safety: SafetySettings,
     timeouts: Timeouts,
@@ -62,6 +63,7 @@ pub struct MigratorBuilder {
     migrations: Option<MigrationSet>,
     source: Option<Box<dyn TenantSource>>,
     concurrency: usize,
+    per_server_concurrency: Option<usize>,
     page_size: usize,
     safety: SafetySettings,
     timeouts: Timeouts,
@@ -91,6 +93,14 @@ impl MigratorBuilder {
     /// keep it below the pool size.
     pub fn concurrency(mut self, tenants: usize) -> Self {
         self.concurrency = tenants.max(1);
+        self
+    }
+
+    /// How many tenants of one server a fleet run migrates at once, within
+    /// [`concurrency`](Self::concurrency) (default: no limit but that): the run takes the
+    /// servers' tenants in turn, so every server is kept busy.
+    pub fn per_server_concurrency(mut self, tenants: usize) -> Self {
+        self.per_server_concurrency = Some(tenants.max(1));
         self
     }
 
@@ -169,6 +179,7 @@ impl MigratorBuilder {
             migrations,
             source: self.source,
             concurrency: self.concurrency,
+            per_server_concurrency: self.per_server_concurrency,
             page_size: self.page_size,
             safety: self.safety,
             timeouts: self.timeouts,
@@ -195,6 +206,7 @@ impl Migrator {
             migrations: None,
             source: None,
             concurrency: 4,
+            per_server_concurrency: None,
             page_size: 1000,
             safety: SafetySettings::default(),
             timeouts: Timeouts::default(),
@@ -525,6 +537,7 @@ impl Migrator {
             FleetRun {
                 op,
                 concurrency,
+                per_server: self.per_server_concurrency,
                 page_size: self.page_size,
                 fail_fast: options.fail_fast,
                 rollout: options.rollout.clone(),
