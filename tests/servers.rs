@@ -468,6 +468,37 @@ async fn an_unreachable_server_fails_its_tenants_in_one_line(model: &Model) {
                 .await;
         }
     }
+    // The plan and the status by server.
+    let out = run(app(model), &["plan", "--by-server"], 0);
+    for server in ["default", "eu-2"] {
+        assert!(
+            out.contains(&format!(
+                "server {server}: 2 tenants, 2 to migrate (2 migrations)"
+            )),
+            "{out}"
+        );
+    }
+    let out = run(app(model), &["plan", "--json"], 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["servers"][1]["server"], "eu-2", "{out}");
+    assert_eq!(json["servers"][1]["with_work"], 2, "{out}");
+    let out = run(app(model), &["status", "--by-server"], 0);
+    assert!(out.contains("SERVER"), "{out}");
+    assert!(
+        out.contains("server eu-2: 0/2 tenants current, 2 behind"),
+        "{out}"
+    );
+    let out = run(app(model), &["status", "--json", "--by-server"], 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let on: Vec<&str> = json["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["server"].as_str().unwrap())
+        .collect();
+    assert_eq!(on, ["default", "eu-2", "default", "eu-2"], "{out}");
+    assert_eq!(json["servers"][1]["behind"], 2, "{out}");
+
     let url = second.url();
     let dead = url.replacen(":5433", &format!(":{}", dead_port()), 1);
     assert_ne!(dead, url, "the second server's URL names its port");

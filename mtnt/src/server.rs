@@ -79,6 +79,13 @@ impl ServerName {
     }
 }
 
+/// The control database's own server.
+impl Default for ServerName {
+    fn default() -> Self {
+        Self::default_server()
+    }
+}
+
 /// The name; honours width, fill and alignment (`{:<12}`), like `str`.
 impl fmt::Display for ServerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

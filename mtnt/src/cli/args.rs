@@ -325,6 +325,9 @@ pub(crate) struct PlanArgs {
     /// Print one JSON document instead of the groups
     #[arg(long)]
     pub(crate) json: bool,
+    /// Count the tenants with work by server, as well (JSON: `servers`)
+    #[arg(long)]
+    pub(crate) by_server: bool,
 }
 
 /// Canary, waves, error budget, selection and order of a fleet run (README section
@@ -458,6 +461,9 @@ pub(crate) struct StatusArgs {
     /// What the fleet run ID (as migrate, rollback and exec print it) did: per tenant, the migrations it applied, reverted and failed
     #[arg(long = "run", value_name = "ID", conflicts_with = "check")]
     pub(crate) run: Option<String>,
+    /// Group the tenants by server, with a summary per server (JSON: `servers`)
+    #[arg(long, conflicts_with = "run")]
+    pub(crate) by_server: bool,
 }
 
 #[derive(Debug, Args)]

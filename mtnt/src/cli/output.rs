@@ -289,7 +289,12 @@ pub(crate) fn drift_report(report: &DriftReport, quiet: bool) -> String {
     out
 }
 
-pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -> String {
+pub(crate) fn status_report(
+    report: &StatusReport,
+    words: &Words,
+    quiet: bool,
+    by_server: bool,
+) -> String {
     let mut out = String::new();
     let public = &report.public;
     let _ = write!(
@@ -308,26 +313,41 @@ pub(crate) fn status_report(report: &StatusReport, words: &Words, quiet: bool) -
         );
     }
     out.push('\n');
-    let rows: Vec<Vec<String>> = report
-        .tenants
+    let mut tenants: Vec<&TenantStatus> = report.tenants.iter().collect();
+    if by_server {
+        // Stable: by name within each server.
+        tenants.sort_by_key(|t| (!t.server.is_default(), &t.server));
+    }
+    let rows: Vec<Vec<String>> = tenants
         .iter()
         .map(|t| {
-            vec![
-                t.tenant.to_string(),
+            let mut row = vec![t.tenant.to_string()];
+            if by_server {
+                row.push(t.server.to_string());
+            }
+            row.extend([
                 words.cell(&t.storage),
                 t.state.as_str().to_owned(),
                 order_or_none(t.applied_order),
                 t.pending.to_string(),
                 condition_cell(t),
-            ]
+            ]);
+            row
         })
         .collect();
     if !rows.is_empty() && !quiet {
         let column = words.column();
-        out.push_str(&table(
-            &["TENANT", &column, "STATE", "APPLIED", "PENDING", "STATUS"],
-            &rows,
-        ));
+        let mut headers = vec!["TENANT"];
+        if by_server {
+            headers.push("SERVER");
+        }
+        headers.extend([column.as_str(), "STATE", "APPLIED", "PENDING", "STATUS"]);
+        out.push_str(&table(&headers, &rows));
+    }
+    if by_server {
+        for server in report.by_server() {
+            let _ = writeln!(out, "server {}: {}", server.server, server.counts.summary());
+        }
     }
     out.push_str(&report.summary());
     out.push('\n');

@@ -403,6 +403,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else if args.json {
                 let mut value = serde_json::to_value(&report).expect("serializable");
                 value["summary"] = serde_json::Value::String(report.summary());
+                if args.by_server {
+                    value["servers"] =
+                        serde_json::to_value(report.by_server()).expect("serializable");
+                }
                 // A stale lease is a dead run's: listed apart, never as running.
                 let (stale, live): (Vec<_>, Vec<_>) = running.iter().partition(|r| r.stale);
                 value["running"] = serde_json::to_value(&live).expect("serializable");
@@ -412,7 +416,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     serde_json::to_string_pretty(&value).expect("serializable")
                 );
             } else {
-                say::out_raw(&output::status_report(&report, &words, quiet));
+                say::out_raw(&output::status_report(
+                    &report,
+                    &words,
+                    quiet,
+                    args.by_server,
+                ));
                 for run in running.iter().filter(|_| !quiet) {
                     outln!("{}", output::run_line(run));
                 }

@@ -12,7 +12,9 @@ use super::journal::{self, RunRecord};
 use super::lease::{new_identity, Lease};
 use super::progress::Silent;
 use super::protocol::{Claim, FleetOp, Protocol};
-use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
+use super::report::{
+    ConditionCounts, FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus,
+};
 use super::runs::RunReport;
 use super::tenants::Adopted;
 use super::{
@@ -742,11 +744,15 @@ impl Migrator {
                 detail: standing.detail,
                 applied_order: record.applied_order,
                 state: record.state,
+                server: record
+                    .tenant
+                    .server
+                    .unwrap_or_else(ServerName::default_server),
                 storage: record.tenant.storage,
                 tenant: record.tenant.name,
             })
             .collect();
-        let count = |c: Condition| tenants.iter().filter(|t| t.condition == c).count();
+        let counts = ConditionCounts::of(&tenants);
         Ok(StatusReport {
             latest_tenant_order: self
                 .migrations
@@ -755,14 +761,14 @@ impl Migrator {
                 .map(Migration::order)
                 .last(),
             public,
-            current: count(Condition::Current),
-            behind: count(Condition::Behind) + count(Condition::OutOfOrder),
-            failed: count(Condition::Failed),
-            out_of_order: count(Condition::OutOfOrder),
-            drifted: count(Condition::Drifted),
-            needs_repair: count(Condition::NeedsRepair),
-            ahead: count(Condition::Ahead),
-            creating: count(Condition::Creating),
+            current: counts.current,
+            behind: counts.behind,
+            failed: counts.failed,
+            out_of_order: counts.out_of_order,
+            drifted: counts.drifted,
+            needs_repair: counts.needs_repair,
+            ahead: counts.ahead,
+            creating: counts.creating,
             last_drift: journal::last_drift(&*self.backend).await?,
             last_run: journal::runs(&*self.backend, 1).await?.pop(),
             invalid_registry_rows: if names.is_empty() {
