@@ -644,3 +644,103 @@ async fn a_budget_per_server_keeps_every_server_busy(model: &Model) {
     );
     second.finish().await;
 }
+
+/// The application's side: a tenant's connection is on its server, scoped to its schema,
+/// and the scope ends when the connection goes back to the pool: the next user of the same
+/// pooled connection (the same server session) sees the server's default search path,
+/// even after a connection dropped in a failed transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_connection_is_scoped_and_its_scope_never_leaks() {
+    let model = Model::new(Kind::PgSchema, "server_app").await;
+    let second = Second::new(&model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let (a, b) = (tenant(&model.tenant("a")), tenant(&model.tenant("b")));
+    migrator
+        .create_tenant_on(&a, Some(&ServerName::default_server()))
+        .await
+        .unwrap();
+    migrator.create_tenant_on(&b, Some(&eu2)).await.unwrap();
+
+    let control = sqlx::PgPool::connect(model.url()).await.unwrap();
+    // One connection per server: every checkout of a server reuses one session.
+    let pools = mtnt::TenantPools::new(mtnt::PostgresBackend::new(control.clone()), 1);
+    let located = pools.locate(&b).await.unwrap();
+    assert_eq!(
+        (located.server.as_ref(), located.storage.as_str()),
+        (Some(&eu2), b.as_str())
+    );
+    assert!(matches!(
+        pools.locate(&tenant(&model.tenant("nobody"))).await,
+        Err(Error::UnknownTenant(_))
+    ));
+
+    let session = "SELECT pg_backend_pid()";
+    let mut conn = pools.acquire(&a).await.unwrap();
+    let pid_a: i32 = sqlx::query_scalar(session)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO accounts (email) VALUES ('only-a@example.com')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    let path = "SELECT current_setting('search_path')";
+    let mut plain = pools.server_connection(None).await.unwrap();
+    let pid: i32 = sqlx::query_scalar(session)
+        .fetch_one(&mut *plain)
+        .await
+        .unwrap();
+    assert_eq!(pid, pid_a, "the same pooled session");
+    let search_path: String = sqlx::query_scalar(path)
+        .fetch_one(&mut *plain)
+        .await
+        .unwrap();
+    assert_eq!(search_path, "\"$user\", public", "tenant a's scope leaked");
+    let accounts: Option<String> = sqlx::query_scalar("SELECT to_regclass('accounts')::text")
+        .fetch_one(&mut *plain)
+        .await
+        .unwrap();
+    assert_eq!(accounts, None);
+    drop(plain);
+
+    let mut conn = pools.acquire(&b).await.unwrap();
+    let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let expected: PgConnectOptions = second_admin_url().parse().unwrap();
+    assert_eq!(
+        port,
+        i32::from(expected.get_port()),
+        "b is served from eu-2"
+    );
+    let only_a: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM accounts WHERE email = 'only-a@example.com'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(only_a, 0, "b's accounts are b's");
+    drop(conn);
+
+    // Dropped inside a failed transaction: closed, never handed on.
+    let mut conn = pools.acquire(&a).await.unwrap();
+    assert!(sqlx::raw_sql("BEGIN; SELECT 1/0")
+        .execute(&mut *conn)
+        .await
+        .is_err());
+    drop(conn);
+    let mut plain = pools.server_connection(None).await.unwrap();
+    let search_path: String = sqlx::query_scalar(path)
+        .fetch_one(&mut *plain)
+        .await
+        .unwrap();
+    assert_eq!(search_path, "\"$user\", public");
+    drop(plain);
+    control.close().await;
+    second.finish().await;
+    model.finish().await;
+}

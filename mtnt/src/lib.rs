@@ -58,7 +58,7 @@ pub use backend::{
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "postgres")]
-pub use backend::{PgDatabaseBackend, PostgresBackend};
+pub use backend::{PgDatabaseBackend, PostgresBackend, TenantConnection, TenantPools};
 #[cfg(feature = "cli")]
 pub use cli::{cli_fix, Report};
 pub use ctx::{Ctx, CtxConn, CustomConnection};

@@ -10,6 +10,7 @@
 //!
 //! [`Connection`]: crate::Connection
 
+mod app;
 mod catalog;
 mod database;
 mod lease;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use app::{TenantConnection, TenantPools};
 pub use database::PgDatabaseBackend;
 pub use schema::PostgresBackend;
 
