@@ -257,6 +257,29 @@ async fn tenants_are_placed_migrated_and_dropped_on_both_servers(model: &Model) 
     }
     let status = migrator.status(&[]).await.unwrap();
     assert_eq!(status.current, 4, "{}", status.summary());
+    // What the run did, read where each tenant's rows are.
+    let run = migrator
+        .run_status(report.run_id.as_deref().unwrap(), &[])
+        .await
+        .unwrap();
+    let did: Vec<(String, Vec<i64>)> = run
+        .tenants
+        .iter()
+        .map(|t| {
+            (
+                t.tenant.to_string(),
+                t.applied.iter().map(|m| m.order).collect(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, Vec<i64>)> = [&a, &b, &c, &d]
+        .iter()
+        .map(|t| (t.to_string(), vec![SECOND]))
+        .collect();
+    assert_eq!(did, expected);
+    // Every tenant's schema read on its own server: one shape, no drift.
+    let drift = migrator.drift(&[]).await.unwrap();
+    assert!(drift.is_clean(), "{drift:?}");
     // Nothing left to do, on either server.
     let again = migrator.migrate(&MigrateOptions::new()).await.unwrap();
     assert_eq!((again.tenants_migrated, again.failures.len()), (0, 0));

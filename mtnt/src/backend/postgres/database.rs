@@ -9,7 +9,7 @@ use sqlx::{Connection as _, PgConnection};
 
 use super::super::sql::quote_ident;
 use super::catalog;
-use super::schema::{sizes_by_storage, PostgresBackend};
+use super::schema::{by_server, sizes_by_storage, PostgresBackend};
 use super::target::{applied_from_row, PgConn, PgTarget, Spec};
 use super::tracking::{Tracking, COLUMNS};
 use super::{classify, is_code, tenant_key};
@@ -402,13 +402,19 @@ impl Backend for PgDatabaseBackend {
     }
 
     async fn tenant_sizes(&self, tenants: &[Tenant]) -> Result<Vec<(TenantName, u64)>> {
-        let databases: Vec<&str> = tenants.iter().map(|t| t.storage.as_str()).collect();
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT datname::text, pg_database_size(oid) FROM pg_database WHERE datname = ANY($1)",
-        )
-        .bind(&databases)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(sizes_by_storage(tenants, rows))
+        let mut sizes = Vec::new();
+        for (server, positions) in by_server(tenants) {
+            let group: Vec<Tenant> = positions.iter().map(|&at| tenants[at].clone()).collect();
+            let databases: Vec<&str> = group.iter().map(|t| t.storage.as_str()).collect();
+            let pool = self.control.pool_of(server).await?;
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT datname::text, pg_database_size(oid) FROM pg_database WHERE datname = ANY($1)",
+            )
+            .bind(&databases)
+            .fetch_all(&pool)
+            .await?;
+            sizes.extend(sizes_by_storage(&group, rows));
+        }
+        Ok(sizes)
     }
 }

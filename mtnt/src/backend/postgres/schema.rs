@@ -107,10 +107,27 @@ pub(super) fn sizes_by_storage(
         .collect()
 }
 
+/// The positions of `tenants` by the server they are on (the default server's first).
+pub(super) fn by_server(tenants: &[Tenant]) -> Vec<(Option<&ServerName>, Vec<usize>)> {
+    let mut groups: Vec<(Option<&ServerName>, Vec<usize>)> = Vec::new();
+    for (at, tenant) in tenants.iter().enumerate() {
+        let server = tenant.server.as_ref();
+        match groups.iter_mut().find(|(s, _)| *s == server) {
+            Some((_, positions)) => positions.push(at),
+            None => groups.push((server, vec![at])),
+        }
+    }
+    groups.sort_by_key(|(s, _)| s.is_some());
+    groups
+}
+
 impl PostgresBackend {
-    /// The schemas of one page of tenants, in one catalog query.
+    /// The schemas of one page of tenants of one server, in one catalog query.
     async fn describe_page(&self, page: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
-        let mut conn = self.pool.acquire().await?;
+        let pool = self
+            .pool_of(page.first().and_then(|t| t.server.as_ref()))
+            .await?;
+        let mut conn = pool.acquire().await?;
         let schemas: Vec<&str> = page.iter().map(|t| t.storage.as_str()).collect();
         let objects = catalog::describe(&mut conn, &schemas).await?;
         Ok(page
@@ -838,15 +855,36 @@ impl Backend for PostgresBackend {
     async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
         // A page per query keeps each answer (some rows per object) a bounded size; the
         // catalog's deparsers cost the server CPU, so pages go on a few connections at once.
-        let pages: Vec<_> = tenants
-            .chunks(DESCRIBE_PAGE)
-            .map(|page| self.describe_page(page))
-            .collect();
-        let pages: Vec<Vec<_>> = futures_util::stream::iter(pages)
-            .buffered(DESCRIBE_CONNECTIONS)
-            .try_collect()
-            .await?;
-        Ok(pages.into_iter().flatten().collect())
+        // Each server's tenants on that server, answered in the order asked.
+        let mut described: Vec<Option<Result<Vec<SchemaObject>>>> =
+            tenants.iter().map(|_| None).collect();
+        for (server, positions) in by_server(tenants) {
+            let group: Vec<Tenant> = positions.iter().map(|&at| tenants[at].clone()).collect();
+            let pages: Vec<_> = group
+                .chunks(DESCRIBE_PAGE)
+                .map(|page| self.describe_page(page))
+                .collect();
+            let pages: Result<Vec<Vec<_>>> = futures_util::stream::iter(pages)
+                .buffered(DESCRIBE_CONNECTIONS)
+                .try_collect()
+                .await;
+            match (pages, server) {
+                (Ok(pages), _) => {
+                    for (at, objects) in positions.into_iter().zip(pages.into_iter().flatten()) {
+                        described[at] = Some(objects);
+                    }
+                }
+                // Another server that fails leaves its own tenants unread, not the rest.
+                (Err(e), Some(_)) => {
+                    let why = e.to_string();
+                    for at in positions {
+                        described[at] = Some(Err(Error::Invalid(why.clone())));
+                    }
+                }
+                (Err(e), None) => return Err(e),
+            }
+        }
+        Ok(described.into_iter().flatten().collect())
     }
 
     async fn run_rows(
@@ -855,25 +893,50 @@ impl Backend for PostgresBackend {
         tenants: &[Tenant],
         _concurrency: usize,
     ) -> Result<Vec<(TenantName, AppliedMigration)>> {
-        // Every tenant's rows are in one table: one query.
+        // The default server's tenants' rows are in one table: one query.
         let sql = format!(
             "SELECT tenant, {COLUMNS} FROM {} WHERE run_id = $1 AND tenant = ANY($2) \
              ORDER BY tenant, migration_order",
             shared_table(&self.control_q)
         );
-        let names: Vec<&str> = tenants.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = tenants
+            .iter()
+            .filter(|t| t.server.is_none())
+            .map(|t| t.name.as_str())
+            .collect();
         let rows = sqlx::query(&sql)
             .bind(run_id)
             .bind(&names)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
+        let mut found: Vec<(TenantName, AppliedMigration)> = rows
+            .iter()
             .map(|row| {
                 let name = TenantName::new(row.try_get::<String, _>("tenant")?)
                     .map_err(|e| Error::Corrupt(format!("tracking table: {e}")))?;
                 Ok((name, applied_from_row(row)?))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        // A tenant on another server has its rows in its schema there: a query each.
+        for tenant in tenants.iter().filter(|t| t.server.is_some()) {
+            let pool = self.pool_of(tenant.server.as_ref()).await?;
+            let sql = format!(
+                "SELECT {COLUMNS} FROM {}.mtnt_migrations WHERE run_id = $1 ORDER BY migration_order",
+                quote_ident(&tenant.storage)
+            );
+            match sqlx::query(&sql).bind(run_id).fetch_all(&pool).await {
+                Ok(rows) => {
+                    for row in &rows {
+                        found.push((tenant.name.clone(), applied_from_row(row)?));
+                    }
+                }
+                // No tracking table (or none with run ids) yet: no rows of the run.
+                Err(e) if is_code(&e, "42P01") || is_code(&e, "42703") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        found.sort_by(|a, b| (&a.0, a.1.order).cmp(&(&b.0, b.1.order)));
+        Ok(found)
     }
 
     async fn tenant_sizes(&self, tenants: &[Tenant]) -> Result<Vec<(TenantName, u64)>> {
@@ -881,12 +944,16 @@ impl Backend for PostgresBackend {
         let sql = "SELECT n.nspname::text, COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint \
                    FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm') \
                    WHERE n.nspname = ANY($1) GROUP BY n.nspname";
-        let schemas: Vec<&str> = tenants.iter().map(|t| t.storage.as_str()).collect();
-        let rows: Vec<(String, i64)> = sqlx::query_as(sql)
-            .bind(&schemas)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(sizes_by_storage(tenants, rows))
+        let mut sizes = Vec::new();
+        for (server, positions) in by_server(tenants) {
+            let group: Vec<Tenant> = positions.iter().map(|&at| tenants[at].clone()).collect();
+            let schemas: Vec<&str> = group.iter().map(|t| t.storage.as_str()).collect();
+            let pool = self.pool_of(server).await?;
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as(sql).bind(&schemas).fetch_all(&pool).await?;
+            sizes.extend(sizes_by_storage(&group, rows));
+        }
+        Ok(sizes)
     }
 
     async fn journal_write(&self, entry: &JournalEntry, keep: usize) -> Result<()> {
