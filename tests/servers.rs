@@ -767,3 +767,83 @@ async fn a_tenant_connection_is_scoped_and_its_scope_never_leaks() {
     second.finish().await;
     model.finish().await;
 }
+
+/// No progress output.
+struct Quiet;
+
+impl mtnt::Progress for Quiet {}
+
+mtnt_test_support::scenarios_pg!(existing_storage_is_adopted_on_its_server);
+
+/// `tenant adopt --server` registers the schemas (databases) of that server only, with
+/// their baseline in their own tracking table there; a run then migrates them there.
+async fn existing_storage_is_adopted_on_its_server(model: &Model) {
+    let second = Second::new(model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let legacy = model.tenant("legacy");
+    let table = "CREATE TABLE accounts (id bigserial PRIMARY KEY, email text)";
+    {
+        let admin: PgConnectOptions = second.url().parse().unwrap();
+        let mut conn = admin.connect().await.unwrap();
+        match model.kind() {
+            Kind::PgDatabase => {
+                sqlx::raw_sql(&format!("CREATE DATABASE \"{legacy}\""))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                let mut conn = second.open(&legacy).await;
+                sqlx::raw_sql(table).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+            _ => {
+                sqlx::raw_sql(&format!(
+                    "CREATE SCHEMA \"{legacy}\"; SET search_path TO \"{legacy}\"; {table}"
+                ))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+    let like = format!("{}%", model.prefix());
+    // On the default server there is nothing of that name.
+    let (adopted, _) = migrator
+        .adopt_on(&like, Some(SECOND - 1), None, &Quiet)
+        .await
+        .unwrap();
+    assert!(adopted.is_empty(), "{adopted:?}");
+    let (adopted, skipped) = migrator
+        .adopt_on(&like, Some(SECOND - 1), Some(&eu2), &Quiet)
+        .await
+        .unwrap();
+    assert!(skipped.is_empty());
+    let names: Vec<(&str, Option<&ServerName>)> = adopted
+        .iter()
+        .map(|t| (t.name.as_str(), t.server.as_ref()))
+        .collect();
+    assert_eq!(names, [(legacy.as_str(), Some(&eu2))]);
+    assert_eq!(
+        second.tracking(&legacy, SECOND - 1).await.unwrap().0,
+        "completed"
+    );
+    // Adopted once: a second adopt finds nothing new.
+    let (again, _) = migrator
+        .adopt_on(&like, None, Some(&eu2), &Quiet)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let report = migrator.migrate(&MigrateOptions::new()).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.tenants_migrated, 1);
+    assert_eq!(
+        second.tracking(&legacy, SECOND).await.unwrap().0,
+        "completed"
+    );
+    let record = migrator.tenant(&tenant(&legacy)).await.unwrap();
+    assert_eq!(record.applied_order, Some(SECOND));
+    second.finish().await;
+}

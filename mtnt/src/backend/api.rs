@@ -554,6 +554,19 @@ pub trait Backend: Send + Sync {
     /// `LIKE` pattern, are not registered, and are not mtnt's own, by name.
     async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>>;
 
+    /// [`Backend::unregistered_storage`] on the server `server` of the fleet. By default
+    /// the engine has one server: [`Error::OneServer`].
+    async fn unregistered_storage_on(
+        &self,
+        server: &ServerName,
+        like: &str,
+    ) -> Result<Vec<String>> {
+        let _ = (server, like);
+        Err(Error::OneServer {
+            engine: self.engine(),
+        })
+    }
+
     /// The schema objects of each of `tenants`, in their order, as the engine's catalog
     /// describes them ([`SchemaObject`]): mtnt's own tables left out, each sorted; an
     /// error for a tenant that cannot be read (its storage missing, say), which leaves the

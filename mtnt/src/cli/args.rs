@@ -514,6 +514,10 @@ pub(crate) enum TenantCommand {
         /// Record every tenant migration up to this order as applied without running it
         #[arg(long, value_name = "ORDER", value_parser = parse_order)]
         baseline: Option<i64>,
+        /// The server whose schemas (databases) to register (`server list`); default: the
+        /// control database's own
+        #[arg(long, value_name = "SERVER")]
+        server: Option<ServerName>,
     },
     /// Delete a tenant: its schema (database, file) with all its data, and its registry row
     Drop {

@@ -611,6 +611,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tenant(TenantCommand::Adopt {
             schema_like,
             baseline,
+            server,
         }) => {
             let progress = FleetProgress::new("adopt", verbosity);
             let events = printing.events(
@@ -626,7 +627,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 None => &progress,
             };
             let result = migrator
-                .adopt_with_progress(&schema_like, baseline, adopting)
+                .adopt_on(&schema_like, baseline, server.as_ref(), adopting)
                 .await;
             if let Some(events) = &events {
                 let fields = match &result {
@@ -646,9 +647,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (adopted, skipped) = result?;
             for tenant in adopted.iter().filter(|_| !quiet) {
                 outln!(
-                    "adopted {} ({})",
+                    "adopted {} ({}{})",
                     tenant.name,
-                    words.storage_of(&tenant.storage)
+                    words.storage_of(&tenant.storage),
+                    on_server(tenant)
                 );
             }
             for name in &skipped {

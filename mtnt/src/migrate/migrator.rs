@@ -1055,8 +1055,25 @@ impl Migrator {
         baseline: Option<i64>,
         progress: &dyn Progress,
     ) -> Result<(Vec<Tenant>, Vec<String>)> {
+        self.adopt_on(like, baseline, None, progress).await
+    }
+
+    /// [`Migrator::adopt_with_progress`] of the storage on `server` (`None`: the control
+    /// database's own).
+    pub async fn adopt_on(
+        &self,
+        like: &str,
+        baseline: Option<i64>,
+        server: Option<&ServerName>,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<Tenant>, Vec<String>)> {
         self.check_order(baseline)?;
+        self.check_server_named(server)?;
         self.ready_to_write().await?;
+        let server = match server {
+            Some(server) => Some(self.known_server(server).await?).filter(|s| !s.is_default()),
+            None => None,
+        };
         let baseline: Vec<&'static Migration> = match baseline {
             None => Vec::new(),
             Some(order) => self
@@ -1067,7 +1084,7 @@ impl Migrator {
         };
         let result = self
             .protocol(progress)
-            .adopt(like, &baseline, &self.safety, progress)
+            .adopt(like, server.as_ref(), &baseline, &self.safety, progress)
             .await;
         progress.finish();
         let Adopted {

@@ -8,7 +8,9 @@ use super::hooks::TenantOutcome;
 use super::protocol::{wrap, Completed, Parts, Protocol};
 use super::{Progress, SafetySettings};
 use crate::backend::{Direction, ErrorClass, Record, RegistryRow, Target, TargetState};
-use crate::{Error, Migration, MigrationStatus, Result, Scope, Tenant, TenantName, TenantState};
+use crate::{
+    Error, Migration, MigrationStatus, Result, Scope, ServerName, Tenant, TenantName, TenantState,
+};
 
 /// What adopting existing storage did.
 #[derive(Debug, Default)]
@@ -300,11 +302,15 @@ impl Protocol<'_> {
     pub(crate) async fn adopt(
         &self,
         like: &str,
+        server: Option<&ServerName>,
         baseline: &[&'static Migration],
         safety: &SafetySettings,
         progress: &dyn Progress,
     ) -> Result<Adopted> {
-        let names = self.backend.unregistered_storage(like).await?;
+        let names = match server {
+            None => self.backend.unregistered_storage(like).await?,
+            Some(server) => self.backend.unregistered_storage_on(server, like).await?,
+        };
         let mut adopted = Adopted::default();
         let valid: Vec<(TenantName, String)> = names
             .into_iter()
@@ -321,7 +327,7 @@ impl Protocol<'_> {
             let tenant = Tenant {
                 name,
                 storage,
-                server: None,
+                server: server.cloned(),
             };
             match self.adopt_one(&tenant, baseline, safety).await {
                 Ok(()) => {

@@ -340,6 +340,22 @@ impl Backend for PgDatabaseBackend {
             .await?)
     }
 
+    async fn unregistered_storage_on(
+        &self,
+        server: &ServerName,
+        like: &str,
+    ) -> Result<Vec<String>> {
+        let pool = self.control.pool_of(Some(server)).await?;
+        let on_server: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE $1 AND NOT datistemplate \
+             AND datallowconn AND datname NOT IN ('postgres', current_database()) ORDER BY datname",
+        )
+        .bind(like)
+        .fetch_all(&pool)
+        .await?;
+        self.control.not_registered(on_server).await
+    }
+
     async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
         let describe_one = async |tenant: &Tenant| -> Result<Vec<SchemaObject>> {
             let mut conn = self.connect_tenant(tenant).await?;

@@ -246,6 +246,21 @@ impl PostgresBackend {
         }
     }
 
+    /// Those of `storages` that no registry row names.
+    pub(super) async fn not_registered(&self, storages: Vec<String>) -> Result<Vec<String>> {
+        let registered: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT schema_name FROM {} WHERE schema_name = ANY($1)",
+            self.registry()
+        ))
+        .bind(&storages)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(storages
+            .into_iter()
+            .filter(|s| !registered.contains(s))
+            .collect())
+    }
+
     /// `server` failed to connect with `error`: see [`Servers::lost`].
     pub(super) async fn server_lost(&self, server: &ServerName, error: &sqlx::Error) -> Error {
         self.servers.lost(server, error).await
@@ -850,6 +865,21 @@ impl Backend for PostgresBackend {
             .bind(&self.control)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn unregistered_storage_on(
+        &self,
+        server: &ServerName,
+        like: &str,
+    ) -> Result<Vec<String>> {
+        let on_server: Vec<String> = sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1 AND nspname NOT LIKE 'pg\\_%' \
+             AND nspname NOT IN ('information_schema', 'public') ORDER BY nspname",
+        )
+        .bind(like)
+        .fetch_all(&self.pool_of(Some(server)).await?)
+        .await?;
+        self.not_registered(on_server).await
     }
 
     async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
