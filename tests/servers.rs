@@ -847,3 +847,161 @@ async fn existing_storage_is_adopted_on_its_server(model: &Model) {
     assert_eq!(record.applied_order, Some(SECOND));
     second.finish().await;
 }
+
+/// The `N migrated` of a migrate report's `tenants:` line.
+fn migrated_count(out: &str) -> usize {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("tenants:"))
+        .unwrap_or_else(|| panic!("no summary line in\n{out}"));
+    line.split(", ")
+        .find(|part| part.contains(" migrated ("))
+        .and_then(|part| part.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the migrated count of {line:?}"))
+}
+
+/// Four runner processes, each its own run identity (host, pid, connection tag), share one fleet over two servers
+/// through the leases in the control database: every migration of every tenant runs
+/// exactly once (each server's ledger says so), all of them complete, the runners share
+/// the work, and each records its finished run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_runners_split_a_fleet_over_two_servers() {
+    const PER_SERVER: usize = 50;
+    // The fault app's tenant migrations up to create_c, each appending to a ledger.
+    const ORDERS: [i64; 4] = [
+        2024_01_02_0001,
+        2024_01_02_0002,
+        2024_01_02_0003,
+        2024_01_02_0004,
+    ];
+    let model = Model::new(Kind::PgSchema, "server_runners").await;
+    let second = Second::new(&model).await;
+    let fault_app = || {
+        let mut cmd = model.command(env!("CARGO_BIN_EXE_mtnt-fault-app"));
+        cmd.env_remove("MTNT_TEST_SLEEP_MS")
+            .env_remove("MTNT_TEST_LEDGER")
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    run(fault_app(), &["migrate"], 0);
+    run(fault_app(), &["server", "add", "eu-2", &second.url()], 0);
+    let ledger =
+        "CREATE TABLE public.fault_ledger (tenant text NOT NULL, migration bigint NOT NULL, \
+                  at timestamptz NOT NULL DEFAULT clock_timestamp())";
+    let mut remote = second.open("public").await;
+    sqlx::raw_sql(ledger).execute(&mut remote).await.unwrap();
+    // Registered in bulk, nothing applied: half on each server.
+    let names: Vec<String> = (0..2 * PER_SERVER)
+        .map(|i| model.tenant(&format!("t{i:03}")))
+        .collect();
+    let (local, far) = names.split_at(PER_SERVER);
+    let mut register = String::from("BEGIN;");
+    for name in local {
+        register.push_str(&format!(
+            "CREATE SCHEMA \"{name}\"; INSERT INTO mtnt_tenants (name, schema_name) VALUES ('{name}', '{name}');"
+        ));
+    }
+    for name in far {
+        register.push_str(&format!(
+            "INSERT INTO mtnt_tenants (name, schema_name, server) VALUES ('{name}', '{name}', 'eu-2');"
+        ));
+    }
+    register.push_str("COMMIT");
+    model.execute(Place::Control, &register).await;
+    let schemas: String = far
+        .iter()
+        .map(|name| format!("CREATE SCHEMA \"{name}\";"))
+        .collect();
+    sqlx::raw_sql(&schemas).execute(&mut remote).await.unwrap();
+
+    let children: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            let mut cmd = fault_app();
+            cmd.env("MTNT_TEST_SLEEP_MS", "2")
+                .args([
+                    "migrate",
+                    "--to",
+                    "2024_01_02_0004",
+                    "--per-server-concurrency",
+                    "2",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let mut split = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "a runner failed:\n{text}");
+        split.push(migrated_count(&text));
+    }
+    assert_eq!(
+        split.iter().sum::<usize>(),
+        2 * PER_SERVER,
+        "each tenant by one runner: {split:?}"
+    );
+    assert!(
+        split.iter().filter(|&&n| n > 0).count() >= 2,
+        "the runners shared the work: {split:?}"
+    );
+
+    // Exactly once, on the server each tenant is on.
+    let count_sql = "SELECT count(*)::bigint, count(DISTINCT (tenant, migration))::bigint FROM public.fault_ledger";
+    let (entries, distinct): (i64, i64) = sqlx::query_as(count_sql)
+        .fetch_one(&mut remote)
+        .await
+        .unwrap();
+    assert_eq!(
+        (entries, distinct),
+        ((PER_SERVER * 4) as i64, (PER_SERVER * 4) as i64)
+    );
+    let local_entries = model
+        .int(Place::Control, "SELECT count(*) FROM public.fault_ledger")
+        .await;
+    let local_distinct = model
+        .int(
+            Place::Control,
+            "SELECT count(DISTINCT (tenant, migration)) FROM public.fault_ledger",
+        )
+        .await;
+    assert_eq!(local_entries, Some((PER_SERVER * 4) as i64));
+    assert_eq!(local_distinct, Some((PER_SERVER * 4) as i64));
+    for name in far.iter().step_by(7) {
+        for order in ORDERS {
+            assert_eq!(
+                second.tracking(name, order).await.unwrap().0,
+                "completed",
+                "{name}"
+            );
+        }
+    }
+    let runs = model
+        .int(
+            Place::Control,
+            "SELECT count(*) FROM mtnt_runs WHERE state = 'finished' AND command = 'migrate'",
+        )
+        .await;
+    assert_eq!(
+        runs,
+        Some(5),
+        "the set-up run and every runner recorded a finished lease"
+    );
+    // Every tenant at create_c: one behind (create_d), none failed, on either server.
+    let status = run(fault_app(), &["status", "--by-server"], 0);
+    for server in ["default", "eu-2"] {
+        let line = format!(
+            "server {server}: 0/{PER_SERVER} tenants current, {PER_SERVER} behind, 0 failed"
+        );
+        assert!(status.contains(&line), "{status}");
+    }
+    remote.close().await.unwrap();
+    second.finish().await;
+    model.finish().await;
+}
