@@ -616,6 +616,23 @@ pub trait Backend: Send + Sync {
         })
     }
 
+    /// Moves `tenant`, whose lock the caller holds, to the server `to` (`None`: the
+    /// default server): its storage copied there and checked, the registry switched in one
+    /// transaction, the source dropped unless `keep_source`. A failure leaves the tenant
+    /// where it was; run again after a crash, it finishes or cleans up. By default the
+    /// engine has one server: [`Error::OneServer`].
+    async fn move_tenant(
+        &self,
+        tenant: &Tenant,
+        to: Option<&ServerName>,
+        keep_source: bool,
+    ) -> Result<()> {
+        let _ = (tenant, to, keep_source);
+        Err(Error::OneServer {
+            engine: self.engine(),
+        })
+    }
+
     /// What the engine can do for `tenant`: [`Backend::capabilities`], less what its
     /// server allows (a tenant on another server than the registry's has the registry as
     /// a cache, written after its commits).

@@ -263,6 +263,7 @@ fn run_span(cli: &Cli) -> tracing::Span {
         Command::Tenant(TenantCommand::List { .. }) => "tenant list",
         Command::Tenant(TenantCommand::Adopt { .. }) => "tenant adopt",
         Command::Tenant(TenantCommand::Drop { .. }) => "tenant drop",
+        Command::Tenant(TenantCommand::Move { .. }) => "tenant move",
         Command::Server(ServerCommand::Add { .. }) => "server add",
         Command::Server(ServerCommand::List { .. }) => "server list",
         Command::Server(ServerCommand::Remove { .. }) => "server remove",
@@ -662,6 +663,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Tenant(TenantCommand::Move {
+            name,
+            to,
+            keep_source,
+        }) => {
+            let from = migrator.tenant(&name).await?.tenant;
+            let moved = migrator.move_tenant(&name, &to, keep_source).await?;
+            outln!(
+                "moved tenant {name} from server {} to server {}{}",
+                from.server_name(),
+                moved.server_name(),
+                if keep_source {
+                    " (its source schema kept)"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Tenant(TenantCommand::Drop { name, yes }) => {
             if !yes {

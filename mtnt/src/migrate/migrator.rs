@@ -966,6 +966,32 @@ impl Migrator {
         })
     }
 
+    /// Moves the tenant `name` to `server`, under its lock (waiting at most the unlock
+    /// deadline): see [`Backend::move_tenant`]. Running it again after a crash finishes
+    /// the move or cleans up after it.
+    pub async fn move_tenant(
+        &self,
+        name: &TenantName,
+        server: &ServerName,
+        keep_source: bool,
+    ) -> Result<Tenant> {
+        self.check_server_named(Some(server))?;
+        self.ready_to_write().await?;
+        let to = Some(self.known_server(server).await?).filter(|s| !s.is_default());
+        let record = self.records(std::slice::from_ref(name)).await?.remove(0);
+        let tenant = record.tenant;
+        self.locked(Target::Tenant(&tenant), async |_| {
+            self.backend
+                .move_tenant(&tenant, to.as_ref(), keep_source)
+                .await
+        })
+        .await?;
+        Ok(Tenant {
+            server: to,
+            ..tenant.clone()
+        })
+    }
+
     /// The servers of the fleet, the default one first, each with its tenant count. Only
     /// reads.
     pub async fn servers(&self) -> Result<Vec<Server>> {

@@ -387,6 +387,18 @@ impl Backend for PgDatabaseBackend {
         self.control.servers_of().await
     }
 
+    async fn move_tenant(
+        &self,
+        tenant: &Tenant,
+        _to: Option<&ServerName>,
+        _keep_source: bool,
+    ) -> Result<()> {
+        Err(Error::Invalid(format!(
+            "tenant {}: tenant move copies a schema; with a database per tenant it is not built yet",
+            tenant.name
+        )))
+    }
+
     async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
         self.control.add_server_of(name, url).await
     }

@@ -14,6 +14,7 @@ mod app;
 mod catalog;
 mod database;
 mod lease;
+mod moving;
 mod pooler;
 mod schema;
 mod servers;

@@ -14,7 +14,7 @@ use super::lease::PgLeases;
 use super::servers::{servers_ddl, Servers};
 use super::target::applied_from_row;
 use super::target::{PgConn, PgTarget, Probe, Spec};
-use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
+use super::tracking::{registered_here, shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
 use super::{classify, is_code, literal, public_key, tenant_key};
 use crate::backend::{
     Backend, Capabilities, Connection, ErrorClass, JournalEntry, LeaseStore, RegistryRow,
@@ -178,6 +178,11 @@ impl PostgresBackend {
         &self.pool
     }
 
+    /// The control schema, quoted.
+    pub(super) fn control_q(&self) -> &str {
+        &self.control_q
+    }
+
     /// The qualified registry table.
     pub(super) fn registry(&self) -> String {
         format!("{}.mtnt_tenants", self.control_q)
@@ -272,8 +277,9 @@ impl PostgresBackend {
         Probe {
             pool: &self.pool,
             sql: format!(
-                "SELECT EXISTS (SELECT FROM {} WHERE name = $1)",
-                self.registry()
+                "SELECT EXISTS (SELECT FROM {} r WHERE r.name = $1 AND {})",
+                self.registry(),
+                registered_here(tenant.server.as_ref())
             ),
             name: tenant.name.as_str(),
         }
@@ -1040,6 +1046,15 @@ impl Backend for PostgresBackend {
 
     async fn servers(&self) -> Result<Vec<Server>> {
         self.servers_of().await
+    }
+
+    async fn move_tenant(
+        &self,
+        tenant: &Tenant,
+        to: Option<&ServerName>,
+        keep_source: bool,
+    ) -> Result<()> {
+        self.move_schema(tenant, to, keep_source).await
     }
 
     async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
