@@ -57,7 +57,7 @@ pub fn cli_fix(error: &Error) -> Option<String> {
             "pick another name, or `server remove {server}` first (refused while it holds tenants)"
         ),
         Error::ServerInUse { server, .. } => format!(
-            "drop its tenants first (`tenant drop NAME --yes`); `tenant list` shows which are on {server}"
+            "move its tenants elsewhere (`tenant move NAME --to SERVER`) or drop them; `tenant list` shows which are on {server}"
         ),
         Error::OneServer { .. } => {
             "leave out --server: every tenant is on the server of --database-url".to_owned()
