@@ -169,6 +169,8 @@ struct Args {
     scale: usize,
     /// Only the scale rows.
     scale_only: bool,
+    /// Tenants of the fleet spread over two servers (PostgreSQL; 0: not measured).
+    servers_tenants: usize,
 }
 
 fn parse_args() -> Res<Args> {
@@ -182,6 +184,7 @@ fn parse_args() -> Res<Args> {
         plan_tenants: 10_000,
         scale: 0,
         scale_only: false,
+        servers_tenants: 1000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -203,8 +206,9 @@ fn parse_args() -> Res<Args> {
             "--plan-tenants" => args.plan_tenants = value()?.parse()?,
             "--scale" => args.scale = value()?.parse()?,
             "--scale-only" => args.scale_only = true,
+            "--servers-tenants" => args.servers_tenants = value()?.parse()?,
             "-h" | "--help" => {
-                println!("usage: bench [--engine postgres|sqlite|mysql] [--tenants N] [--fleet N] [--creates N] [--plan-tenants N] [--concurrency N] [--repeat N] [--scale N [--scale-only]]");
+                println!("usage: bench [--engine postgres|sqlite|mysql] [--tenants N] [--fleet N] [--creates N] [--plan-tenants N] [--concurrency N] [--repeat N] [--servers-tenants N] [--scale N [--scale-only]]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
@@ -1641,8 +1645,86 @@ async fn run(args: Args) -> Res<()> {
     if args.scale > 0 {
         rows.extend(scale_rows(engine, args.scale, args.concurrency, runs).await?);
     }
+    if engine == Engine::Postgres && args.servers_tenants > 0 {
+        rows.extend(two_servers_rows(args.servers_tenants, args.concurrency).await?);
+    }
 
     println!();
     print_table(&rows);
     Ok(())
+}
+
+/// The admin URL of the second PostgreSQL server (`MTNT_BENCH_PG2_URL`, default port 5433).
+fn pg2_admin_url() -> String {
+    std::env::var("MTNT_BENCH_PG2_URL").unwrap_or_else(|_| {
+        "postgres://postgres@127.0.0.1:5433/postgres?sslmode=disable".to_owned()
+    })
+}
+
+/// `n` tenants migrated from empty on one server, then `n` spread evenly over two
+/// (`server add`, every other tenant placed on the second), same concurrency, same run.
+/// On one machine the two servers share the CPU: the point is that the scheduler keeps
+/// both busy and adds nothing, not a 2x figure.
+async fn two_servers_rows(n: usize, concurrency: Option<usize>) -> Res<Vec<Row>> {
+    progress(&format!("mtnt migrate: {n} tenants on one server"));
+    let one = Db::create(Engine::Postgres).await?;
+    one.register(n).await?;
+    one.settle().await?;
+    let alone = mtnt_cli(&one, concurrency, &["migrate"]).await?;
+    expect(
+        &alone,
+        &format!("{n} total, {n} migrated ({} migrations)", 6 * n),
+    )?;
+    done(alone.elapsed);
+    one.drop().await?;
+
+    progress(&format!("mtnt migrate: {n} tenants over two servers"));
+    let two = Db::create(Engine::Postgres).await?;
+    two.register(n).await?;
+    let second_db = format!("{}_second", two.name);
+    let admin2: PgConnectOptions = pg2_admin_url().parse()?;
+    let mut conn2 = admin2.connect().await?;
+    conn2
+        .execute(&*format!("CREATE DATABASE \"{second_db}\""))
+        .await?;
+    let url2 = admin2
+        .clone()
+        .database(&second_db)
+        .to_url_lossy()
+        .to_string();
+    mtnt_cli(&two, concurrency, &["server", "add", "bench-2", &url2]).await?;
+    let mut plain = two.plain().await?;
+    if let Plain::Pg(conn) = &mut plain {
+        conn.execute(
+            "UPDATE public.mtnt_tenants SET server = 'bench-2' \
+             WHERE right(name, 6)::int % 2 = 0",
+        )
+        .await?;
+    }
+    drop(plain);
+    two.settle().await?;
+    let spread = mtnt_cli(&two, concurrency, &["migrate"]).await?;
+    expect(
+        &spread,
+        &format!("{n} total, {n} migrated ({} migrations)", 6 * n),
+    )?;
+    done(spread.elapsed);
+    two.drop().await?;
+    conn2
+        .execute(&*format!(
+            "DROP DATABASE IF EXISTS \"{second_db}\" WITH (FORCE)"
+        ))
+        .await?;
+    let ratio = spread.elapsed.as_secs_f64() / alone.elapsed.as_secs_f64();
+    Ok(vec![Row {
+        what: format!("migrate {} over two servers", thousands(n)),
+        figure: format!("{} ({})", secs(spread.elapsed), rate(n, spread.elapsed)),
+        baseline: format!(
+            "{} ({}), one server",
+            secs(alone.elapsed),
+            rate(n, alone.elapsed)
+        ),
+        ratio: format!("{ratio:.2}x"),
+        target: format!("<= 1.1x (one CPU for both): {}", verdict(ratio <= 1.1)),
+    }])
 }

@@ -139,6 +139,7 @@ fn record_of(name: &str, entry: &RegistryEntry) -> Result<TenantRecord> {
         tenant: Tenant {
             name: TenantName::new(name).map_err(corrupt)?,
             storage: entry.storage.clone(),
+            server: None,
         },
         state: TenantState::parse(&entry.state)?,
         created_at: entry.created_at,

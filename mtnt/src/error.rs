@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::{Engine, HookKind, Scope, Tenancy, Tenant, TenantName};
+use crate::{Engine, HookKind, Scope, ServerName, Tenancy, Tenant, TenantName};
 
 /// The result type of mtnt and of migration functions.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -142,6 +142,55 @@ pub enum Error {
         name: String,
         /// What is wrong with it.
         reason: &'static str,
+    },
+
+    /// A server name is not acceptable; nothing was sent to the database.
+    #[error("invalid server name {name:?}: {reason} (a server name has 1 to 40 characters of lowercase letters, digits, '_' or '-', starting with a letter)")]
+    InvalidServerName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A server named on the command line or in the API is not in the control registry.
+    #[error("unknown server \"{server}\": no server of that name is registered (the control database's own is \"{default}\")")]
+    UnknownServer {
+        /// The name as given.
+        server: ServerName,
+        /// The name of the default server.
+        default: &'static str,
+    },
+
+    /// `server add` named a server that is registered already.
+    #[error("server {0} is registered already; remove it first to change its URL")]
+    ServerExists(ServerName),
+
+    /// A server that still holds tenants cannot be removed.
+    #[error("server {server} holds {tenants} tenant(s); move or drop them before removing it")]
+    ServerInUse {
+        /// The server.
+        server: ServerName,
+        /// How many tenants the registry places on it.
+        tenants: u64,
+    },
+
+    /// The engine keeps every tenant on the one server of its URL: no servers can be
+    /// registered, and a tenant placed nowhere else.
+    #[error("the {engine} engine keeps every tenant on the server of its URL; servers of a fleet need PostgreSQL (schema or database per tenant)")]
+    OneServer {
+        /// The engine.
+        engine: Engine,
+    },
+
+    /// A server of the fleet could not be reached: its tenants were not worked on.
+    #[error("server {server} unreachable: {source}")]
+    ServerUnreachable {
+        /// The server.
+        server: ServerName,
+        /// The first failure to connect, password scrubbed.
+        #[source]
+        source: Box<Error>,
     },
 
     /// A row of the tenant registry has a name that is no valid tenant name (it was

@@ -39,6 +39,7 @@ mod error;
 mod macro_support;
 mod migrate;
 mod migration;
+mod server;
 mod tenant;
 mod url_redact;
 
@@ -58,7 +59,7 @@ pub use backend::{
 };
 pub use backend::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "postgres")]
-pub use backend::{PgDatabaseBackend, PostgresBackend};
+pub use backend::{PgDatabaseBackend, PostgresBackend, TenantConnection, TenantPools};
 #[cfg(feature = "cli")]
 pub use cli::{cli_fix, Report};
 pub use ctx::{Ctx, CtxConn, CustomConnection};
@@ -74,6 +75,7 @@ pub use migrate::{
     AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,
     TenantOutcome,
 };
+pub use migrate::{ConditionCounts, ServerPlan, ServerStatus};
 pub use migrate::{Difference, DriftReport, DriftWay, DriftedTenant, OrderDrift, UnreadableTenant};
 pub use migrate::{DriftCheck, RunRecord, DEFAULT_RUN_HISTORY};
 pub use migrate::{RunReport, RunTenant};
@@ -81,6 +83,9 @@ pub use migration::{
     AppliedMigration, BoxFuture, Location, Migration, MigrationSet, MigrationStatus, Scope,
 };
 pub use mtnt_syntax::{DurationError, Order, OrderError};
+pub use server::{
+    url_without_password, FewestTenants, Placement, Server, ServerName, DEFAULT_SERVER,
+};
 pub use tenant::{Tenant, TenantName, TenantRecord, TenantState};
 pub use url_redact::{redact_url, Redactor};
 

@@ -2,7 +2,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::{Error, Result};
+use crate::{Error, Result, ServerName};
 
 /// The longest tenant name: leaves room in PostgreSQL's 63-byte identifiers and
 /// MySQL's 64-character database names for a prefix.
@@ -109,6 +109,10 @@ pub struct Tenant {
     /// Where its data lives: its schema (PostgreSQL schema per tenant), its database, or
     /// the stem of its file.
     pub storage: String,
+    /// The server it is on; `None`: the control database's own
+    /// ([`DEFAULT_SERVER`](crate::DEFAULT_SERVER)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerName>,
 }
 
 impl Tenant {
@@ -117,7 +121,22 @@ impl Tenant {
         Self {
             storage: name.as_str().to_owned(),
             name,
+            server: None,
         }
+    }
+
+    /// This tenant on `server` (the default server: `None`).
+    pub fn on(mut self, server: Option<ServerName>) -> Self {
+        self.server = server.filter(|s| !s.is_default());
+        self
+    }
+
+    /// The name of its server ([`DEFAULT_SERVER`](crate::DEFAULT_SERVER) when on the
+    /// control database's own).
+    pub fn server_name(&self) -> &str {
+        self.server
+            .as_ref()
+            .map_or(crate::DEFAULT_SERVER, ServerName::as_str)
     }
 }
 

@@ -53,10 +53,37 @@ macro_rules! scenarios {
     )*};
 }
 
+/// [`scenarios!`] on the two PostgreSQL models alone (`scenario::pg_schema`,
+/// `scenario::pg_database`): what only PostgreSQL has, as fleets across servers.
+#[macro_export]
+macro_rules! scenarios_pg {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use $crate::models::{Kind, Model};
+
+            async fn run(kind: Kind) {
+                let model = Model::new(kind, stringify!($scenario)).await;
+                super::$scenario(&model).await;
+                model.finish().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg_schema() {
+                run(Kind::PgSchema).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pg_database() {
+                run(Kind::PgDatabase).await
+            }
+        }
+    )*};
+}
+
 /// Runs the future `cleanup` makes to completion from a `Drop`, which cannot await and may
 /// run inside a runtime: on a thread of its own, with a runtime of its own. `what` names it
 /// in warnings.
-pub(crate) fn block_on_in_thread<F, Fut>(what: &str, cleanup: F)
+pub fn block_on_in_thread<F, Fut>(what: &str, cleanup: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,

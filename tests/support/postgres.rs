@@ -18,11 +18,21 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// The admin URL of the second server, for the fleet tests across servers
+/// (`tests/servers.rs`): `MTNT_TEST_PG2_URL`, default
+/// `postgres://postgres@127.0.0.1:5433/postgres` (`scripts/test` starts that cluster).
+pub fn second_admin_url() -> String {
+    std::env::var("MTNT_TEST_PG2_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".to_owned())
+}
+
 /// A uniquely named database that is dropped after the test.
 pub struct TestDb {
     /// The URL of the test database.
     pub url: String,
     name: String,
+    /// The admin URL of its server.
+    admin: String,
     dropped: bool,
 }
 
@@ -52,20 +62,18 @@ fn unique_name(prefix: &str) -> String {
     )
 }
 
-async fn admin() -> PgConnection {
-    let options: PgConnectOptions = admin_url()
-        .parse()
-        .expect("MTNT_TEST_PG_URL is not a PostgreSQL URL");
+async fn admin_of(url: &str) -> PgConnection {
+    let options: PgConnectOptions = url.parse().expect("the admin URL is not a PostgreSQL URL");
     options.connect().await.unwrap_or_else(|e| {
         panic!(
-            "cannot reach the test PostgreSQL server at {} ({e}); start it or set MTNT_TEST_PG_URL",
-            mtnt::redact_url(&admin_url())
+            "cannot reach the test PostgreSQL server at {} ({e}); start it (scripts/test --setup-only) or set MTNT_TEST_PG_URL / MTNT_TEST_PG2_URL",
+            mtnt::redact_url(url)
         )
     })
 }
 
-async fn drop_database(name: &str) {
-    let mut conn = admin().await;
+async fn drop_database(admin: &str, name: &str) {
+    let mut conn = admin_of(admin).await;
     drop_on(&mut conn, name).await;
     let _ = conn.close().await;
 }
@@ -83,7 +91,12 @@ async fn drop_on(conn: &mut PgConnection, name: &str) {
 /// Drops every database whose name starts with `prefix` (the tenant databases of a test),
 /// closing their connections by force.
 pub async fn drop_databases_with_prefix(prefix: &str) {
-    let mut conn = admin().await;
+    drop_databases_with_prefix_on(&admin_url(), prefix).await
+}
+
+/// [`drop_databases_with_prefix`] on the server of the admin URL `admin`.
+pub async fn drop_databases_with_prefix_on(admin: &str, prefix: &str) {
+    let mut conn = admin_of(admin).await;
     let names: Vec<String> =
         sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
             .bind(crate::like_prefix(prefix))
@@ -99,18 +112,24 @@ pub async fn drop_databases_with_prefix(prefix: &str) {
 impl TestDb {
     /// Creates an empty database named `mtnt_t_<prefix>_<pid>_<n>_<random>`.
     pub async fn create(prefix: &str) -> TestDb {
+        Self::create_on(&admin_url(), prefix).await
+    }
+
+    /// [`TestDb::create`] on the server of the admin URL `admin`.
+    pub async fn create_on(admin: &str, prefix: &str) -> TestDb {
         let name = unique_name(prefix);
-        let mut conn = admin().await;
+        let mut conn = admin_of(admin).await;
         sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
             .await
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
         let _ = conn.close().await;
-        let options: PgConnectOptions = admin_url().parse().expect("admin URL");
+        let options: PgConnectOptions = admin.parse().expect("admin URL");
         let url = options.database(&name).to_url_lossy().to_string();
         TestDb {
             url,
             name,
+            admin: admin.to_owned(),
             dropped: false,
         }
     }
@@ -132,7 +151,7 @@ impl TestDb {
     /// Drops the database (closing its connections first, by force).
     pub async fn drop_db(mut self) {
         self.dropped = true;
-        drop_database(&self.name).await;
+        drop_database(&self.admin, &self.name).await;
     }
 }
 
@@ -141,10 +160,10 @@ impl Drop for TestDb {
         if self.dropped {
             return;
         }
-        let name = self.name.clone();
+        let (admin, name) = (self.admin.clone(), self.name.clone());
         crate::block_on_in_thread(
             &format!("test database {}", self.name),
-            move || async move { drop_database(&name).await },
+            move || async move { drop_database(&admin, &name).await },
         );
     }
 }

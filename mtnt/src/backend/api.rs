@@ -11,8 +11,8 @@ use async_trait::async_trait;
 
 use super::lease::LeaseStore;
 use crate::{
-    AppliedMigration, Ctx, Engine, Error, Migration, MigrationStatus, Result, Tenancy, Tenant,
-    TenantName, TenantRecord, TenantState,
+    AppliedMigration, Ctx, Engine, Error, Migration, MigrationStatus, Result, Server, ServerName,
+    Tenancy, Tenant, TenantName, TenantRecord, TenantState,
 };
 
 /// Each of `records` with its fingerprint ([`Backend::fingerprints`], read per 1000
@@ -111,6 +111,9 @@ pub struct Capabilities {
     /// take a spare, a storage migrated ahead of time, instead of replaying every
     /// migration.
     pub storage_spares: bool,
+    /// Tenants can be placed on other servers than the registry's ([`Backend::servers`],
+    /// [`Backend::add_server`]); without it, every tenant is on the server of the URL.
+    pub servers: bool,
 }
 
 impl Capabilities {
@@ -123,6 +126,7 @@ impl Capabilities {
         fingerprints: false,
         storage_templates: false,
         storage_spares: false,
+        servers: false,
     };
 
     /// These capabilities with transactional DDL.
@@ -158,6 +162,12 @@ impl Capabilities {
     /// These capabilities with storage templates.
     pub const fn with_storage_templates(mut self) -> Self {
         self.storage_templates = true;
+        self
+    }
+
+    /// These capabilities with servers.
+    pub const fn with_servers(mut self) -> Self {
+        self.servers = true;
         self
     }
 }
@@ -638,6 +648,19 @@ pub trait Backend: Send + Sync {
     /// `LIKE` pattern, are not registered, and are not mtnt's own, by name.
     async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>>;
 
+    /// [`Backend::unregistered_storage`] on the server `server` of the fleet. By default
+    /// the engine has one server: [`Error::OneServer`].
+    async fn unregistered_storage_on(
+        &self,
+        server: &ServerName,
+        like: &str,
+    ) -> Result<Vec<String>> {
+        let _ = (server, like);
+        Err(Error::OneServer {
+            engine: self.engine(),
+        })
+    }
+
     /// The schema objects of each of `tenants`, in their order, as the engine's catalog
     /// describes them ([`SchemaObject`]): mtnt's own tables left out, each sorted; an
     /// error for a tenant that cannot be read (its storage missing, say), which leaves the
@@ -654,6 +677,63 @@ pub trait Backend: Send + Sync {
     /// The newest `limit` entries of `kind`, newest first; none where no journal is kept
     /// yet (reading makes nothing).
     async fn journal_read(&self, kind: &str, limit: usize) -> Result<Vec<JournalEntry>>;
+
+    /// The servers of the fleet: the control database's own
+    /// ([`DEFAULT_SERVER`](crate::DEFAULT_SERVER)) first, then the registered ones by name,
+    /// each with how many tenants it holds. Only reads. By default the engine has the
+    /// one server of its URL.
+    async fn servers(&self) -> Result<Vec<Server>> {
+        Ok(vec![Server {
+            name: ServerName::default_server(),
+            url: String::new(),
+            tenants: self.tenant_count().await?,
+        }])
+    }
+
+    /// Registers the server `name` at `url`, stored without its password (which comes
+    /// from [`ServerName::password`] or the engine's password file when connecting).
+    /// [`Error::ServerExists`] when it is registered already. By default the engine keeps
+    /// every tenant on one server: [`Error::OneServer`].
+    async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
+        let _ = (name, url);
+        Err(Error::OneServer {
+            engine: self.engine(),
+        })
+    }
+
+    /// Removes the server `name` from the registry; [`Error::ServerInUse`] while tenants
+    /// are placed on it. By default: [`Error::OneServer`].
+    async fn remove_server(&self, name: &ServerName) -> Result<()> {
+        let _ = name;
+        Err(Error::OneServer {
+            engine: self.engine(),
+        })
+    }
+
+    /// Moves `tenant`, whose lock the caller holds, to the server `to` (`None`: the
+    /// default server): its storage copied there and checked, the registry switched in one
+    /// transaction, the source dropped unless `keep_source`. A failure leaves the tenant
+    /// where it was; run again after a crash, it finishes or cleans up. By default the
+    /// engine has one server: [`Error::OneServer`].
+    async fn move_tenant(
+        &self,
+        tenant: &Tenant,
+        to: Option<&ServerName>,
+        keep_source: bool,
+    ) -> Result<()> {
+        let _ = (tenant, to, keep_source);
+        Err(Error::OneServer {
+            engine: self.engine(),
+        })
+    }
+
+    /// What the engine can do for `tenant`: [`Backend::capabilities`], less what its
+    /// server allows (a tenant on another server than the registry's has the registry as
+    /// a cache, written after its commits).
+    fn capabilities_of(&self, tenant: &Tenant) -> Capabilities {
+        let _ = tenant;
+        self.capabilities()
+    }
 
     /// The run leases of the control schema, if the engine keeps them; without, runs
     /// take no lease (see the README section "Safety").

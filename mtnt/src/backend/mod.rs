@@ -30,6 +30,6 @@ pub use lease::{Heartbeat, LeaseStore, RunIdentity, RunLease};
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlBackend;
 #[cfg(feature = "postgres")]
-pub use postgres::{PgDatabaseBackend, PostgresBackend};
+pub use postgres::{PgDatabaseBackend, PostgresBackend, TenantConnection, TenantPools};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteBackend;

@@ -51,6 +51,7 @@ where
         tenant: Tenant {
             name,
             storage: row.try_get("schema_name")?,
+            server: None,
         },
         state: TenantState::parse(&state)?,
         created_at: row.try_get("created_at")?,

@@ -3,7 +3,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{parse_duration, Shard, Tenancy, TenantName, TenantOrder, Transactions, WaveSize};
+use crate::{
+    parse_duration, ServerName, Shard, Tenancy, TenantName, TenantOrder, Transactions, WaveSize,
+};
 
 /// The most tenants a run migrates at once: each holds a connection, and no server gives
 /// one client more than this.
@@ -88,6 +90,18 @@ pub(crate) struct Cli {
         help_heading = "Run"
     )]
     pub(crate) concurrency: usize,
+
+    /// How many of one server's tenants are migrated at once, within --concurrency (a
+    /// fleet on several servers: `server list`); default: no limit but --concurrency
+    #[arg(
+        long,
+        env = "MTNT_PER_SERVER_CONCURRENCY",
+        value_name = "N",
+        value_parser = parse_concurrency,
+        global = true,
+        help_heading = "Run"
+    )]
+    pub(crate) per_server_concurrency: Option<usize>,
 
     /// Transactions of a tenant's upgrade (PostgreSQL, SQLite): per-tenant makes it atomic
     #[arg(
@@ -237,6 +251,9 @@ pub(crate) enum Command {
     /// Create, list, adopt and drop tenants
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Register, list and remove the database servers tenants are placed on
+    #[command(subcommand)]
+    Server(ServerCommand),
     /// List every registered migration
     List(ListArgs),
     /// Fix bookkeeping by hand: accept changed checksums, mark an interrupted migration
@@ -327,6 +344,9 @@ pub(crate) struct PlanArgs {
     /// Print one JSON document instead of the groups
     #[arg(long)]
     pub(crate) json: bool,
+    /// Count the tenants with work by server, as well (JSON: `servers`)
+    #[arg(long)]
+    pub(crate) by_server: bool,
 }
 
 /// Canary, waves, error budget, selection and order of a fleet run (README section
@@ -460,6 +480,9 @@ pub(crate) struct StatusArgs {
     /// What the fleet run ID (as migrate, rollback and exec print it) did: per tenant, the migrations it applied, reverted and failed
     #[arg(long = "run", value_name = "ID", conflicts_with = "check")]
     pub(crate) run: Option<String>,
+    /// Group the tenants by server, with a summary per server (JSON: `servers`)
+    #[arg(long, conflicts_with = "run")]
+    pub(crate) by_server: bool,
 }
 
 #[derive(Debug, Args)]
@@ -492,6 +515,9 @@ pub(crate) enum TenantCommand {
     Create {
         /// The tenant's name: lowercase letters, digits, '_' and '-', starting with a letter
         name: TenantName,
+        /// The server to place it on (`server list`); default: the one with the fewest tenants
+        #[arg(long, value_name = "SERVER")]
+        server: Option<ServerName>,
     },
     /// List the registered tenants
     List {
@@ -507,6 +533,22 @@ pub(crate) enum TenantCommand {
         /// Record every tenant migration up to this order as applied without running it
         #[arg(long, value_name = "ORDER", value_parser = parse_order)]
         baseline: Option<i64>,
+        /// The server whose schemas (databases) to register (`server list`); default: the
+        /// control database's own
+        #[arg(long, value_name = "SERVER")]
+        server: Option<ServerName>,
+    },
+    /// Move a tenant to another server: its schema copied (DDL and data), row counts
+    /// checked, the registry switched, the source dropped; run again after a crash to finish
+    Move {
+        /// The tenant
+        name: TenantName,
+        /// The server to move it to (`server list`)
+        #[arg(long, value_name = "SERVER")]
+        to: ServerName,
+        /// Keep the source schema after the switch
+        #[arg(long)]
+        keep_source: bool,
     },
     /// Delete a tenant: its schema (database, file) with all its data, and its registry row
     Drop {
@@ -515,6 +557,31 @@ pub(crate) enum TenantCommand {
         /// Confirm that the tenant's data is to be deleted
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServerCommand {
+    /// Register a server; its URL is stored without the password, which comes from
+    /// MTNT_SERVER_<NAME>_PASSWORD or PGPASSFILE/.pgpass when connecting
+    Add {
+        /// The server's name: lowercase letters, digits, '_' and '-', starting with a letter
+        name: ServerName,
+        /// Its URL, as postgres://user@host:5433/db (for database per tenant, the
+        /// database to connect to for creating tenant databases)
+        url: String,
+    },
+    /// List the servers with how many tenants each holds (the control database's own is
+    /// `default`)
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a server that holds no tenants
+    Remove {
+        /// The server
+        name: ServerName,
     },
 }
 

@@ -5,7 +5,8 @@
 use std::fmt::Write;
 
 use super::hints::cli_fix;
-use crate::{Error, FailedTenant, TenantName};
+use super::output::thousands;
+use crate::{Error, FailedTenant, ServerName, TenantName};
 
 /// The longest line the tenant names of a group are wrapped at.
 const WIDTH: usize = 100;
@@ -22,6 +23,9 @@ pub(crate) struct Failure {
     /// What two tenants failing for the same reason share: the failure with the tenant's
     /// name replaced.
     pub(crate) key: String,
+    /// The server that could not be reached, when that is the failure: the line names
+    /// the server, not the tenant.
+    server: Option<ServerName>,
 }
 
 impl Failure {
@@ -42,12 +46,18 @@ impl Failure {
             cause,
             fix,
             key,
+            server: unreachable_server(error).cloned(),
         }
     }
 
-    /// `tenant acme failed at 2024_01_01_0003 add_index: <cause>`, for progress lines.
+    /// `tenant acme failed at 2024_01_01_0003 add_index: <cause>`, for progress lines;
+    /// `server eu-2 unreachable: <cause>; its tenants are not migrated` for the tenants
+    /// of a server that could not be reached.
     pub(crate) fn line(&self, tenant: &TenantName) -> String {
-        format!("tenant {tenant} failed{}: {}", self.at, indent(&self.cause))
+        match &self.server {
+            Some(_) => format!("{}; its tenants are not migrated", indent(&self.cause)),
+            None => format!("tenant {tenant} failed{}: {}", self.at, indent(&self.cause)),
+        }
     }
 }
 
@@ -130,8 +140,64 @@ fn indent(text: &str) -> String {
     text.trim_end().replace('\n', "\n    ")
 }
 
-/// The failed tenants, grouped by what failed, largest group first.
+/// The server whose being unreachable failed the tenant, if that is why.
+fn unreachable_server(error: &Error) -> Option<&ServerName> {
+    match error {
+        Error::ServerUnreachable { server, .. } => Some(server),
+        Error::Migration { source, .. } | Error::GaveUp { source, .. } => {
+            unreachable_server(source)
+        }
+        _ => None,
+    }
+}
+
+/// One line per server that could not be reached (`server eu-2 unreachable: 2,431
+/// tenants not migrated`), with why and the fix; the tenants of a server are not named,
+/// a down server can hold thousands.
+fn render_unreachable(failures: &[&FailedTenant]) -> String {
+    let mut servers: Vec<(&ServerName, &Error, usize)> = Vec::new();
+    for failed in failures {
+        let Some(server) = unreachable_server(&failed.error) else {
+            continue;
+        };
+        match servers.iter_mut().find(|(s, _, _)| *s == server) {
+            Some((_, _, n)) => *n += 1,
+            None => servers.push((server, &failed.error, 1)),
+        }
+    }
+    servers.sort_by_key(|(server, _, _)| *server);
+    let mut out = String::new();
+    for (server, error, n) in servers {
+        let why = std::error::Error::source(error)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "server {server} unreachable: {} tenant{} not migrated ({})",
+            thousands(n),
+            if n == 1 { "" } else { "s" },
+            indent(&why)
+        );
+        if let Some(fix) = cli_fix(error) {
+            let _ = writeln!(out, "  fix: {fix}");
+        }
+    }
+    out
+}
+
+/// The failed tenants, grouped by what failed, largest group first; the tenants of a
+/// server that could not be reached in one line per server, first.
 pub(crate) fn render(failures: &[FailedTenant]) -> String {
+    let (unreachable, failures): (Vec<&FailedTenant>, Vec<&FailedTenant>) = failures
+        .iter()
+        .partition(|f| unreachable_server(&f.error).is_some());
+    let mut out = render_unreachable(&unreachable);
+    out.push_str(&render_reachable(&failures));
+    out
+}
+
+/// [`render`] of the tenants whose server was reached.
+fn render_reachable(failures: &[&FailedTenant]) -> String {
     // Each group: the first failure, its tenant, and every tenant that failed that way.
     let mut groups: Vec<(Failure, &TenantName, Vec<&TenantName>)> = Vec::new();
     for failed in failures {

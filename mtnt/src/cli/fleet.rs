@@ -106,7 +106,7 @@ pub(crate) async fn migrate(
     options.to = args.to;
     if args.dry_run {
         let rollout = args.rollout.describe();
-        return show_plan(migrator, &options, args.json, rollout.as_deref(), p).await;
+        return show_plan(migrator, &options, args.json, false, rollout.as_deref(), p).await;
     }
     let progress = FleetProgress::new("migrate", p.verbosity).pause(args.rollout.pause());
     let events = p.events(
@@ -146,7 +146,7 @@ pub(crate) async fn plan(
             ..Rollout::default()
         });
     options.to = args.to;
-    show_plan(migrator, &options, args.json, None, p).await
+    show_plan(migrator, &options, args.json, args.by_server, None, p).await
 }
 
 /// Prints what `migrate` would do with `options`, changing nothing.
@@ -154,6 +154,7 @@ async fn show_plan(
     migrator: &Migrator,
     options: &MigrateOptions,
     json: bool,
+    by_server: bool,
     rollout: Option<&str>,
     p: &Printing<'_>,
 ) -> Result<ExitCode> {
@@ -169,7 +170,9 @@ async fn show_plan(
             serde_json::to_string_pretty(&plan).expect("serializable")
         );
     } else {
-        say::out_raw(&plan::render(&plan, p.words, rollout, p.verbose, p.quiet));
+        say::out_raw(&plan::render(
+            &plan, p.words, rollout, p.verbose, p.quiet, by_server,
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -50,6 +50,22 @@ pub fn cli_fix(error: &Error) -> Option<String> {
              half-way: remove it with `tenant drop {name} --yes` and create it again"
         ),
         Error::UnknownOrder(_) => "pick an order from `list`".to_owned(),
+        Error::UnknownServer { server, .. } => format!(
+            "check the name with `server list`, or register it with `server add {server} URL`"
+        ),
+        Error::ServerExists(server) => format!(
+            "pick another name, or `server remove {server}` first (refused while it holds tenants)"
+        ),
+        Error::ServerInUse { server, .. } => format!(
+            "move its tenants elsewhere (`tenant move NAME --to SERVER`) or drop them; `tenant list` shows which are on {server}"
+        ),
+        Error::OneServer { .. } => {
+            "leave out --server: every tenant is on the server of --database-url".to_owned()
+        }
+        Error::ServerUnreachable { server, .. } => format!(
+            "check that server {server} is up and its URL (`server list`) right, with its password in {} or the password file; the next `migrate` picks its tenants up",
+            server.password_variable()
+        ),
         Error::Irreversible { .. } => {
             "roll back to an order at or after it (`rollback --to ORDER`), \
              or give it a down function (`down = ...` in its attribute)"
@@ -98,6 +114,7 @@ pub fn cli_fix(error: &Error) -> Option<String> {
             TOO_MANY_CONNECTIONS_FIX.to_owned()
         }
         Error::InvalidTenantName { .. }
+        | Error::InvalidServerName { .. }
         | Error::DuplicateName { .. }
         | Error::DuplicateHook { .. }
         // What a hook needs is the hook's business: its error says what failed.

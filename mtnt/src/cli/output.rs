@@ -12,16 +12,12 @@ fn order_or_none(order: Option<i64>) -> String {
     order.map_or_else(|| "-".to_owned(), format_order)
 }
 
-/// Lays out rows as columns separated by two spaces.
-/// A table of `items`, a row of `cells` each, every column as wide as its widest cell.
+/// A table of `items`, a row of `cells` each, every column as wide as its widest cell and
+/// separated from the next by two spaces.
 /// The cells of a row are made twice (for the widths, then for its line) rather than
 /// kept: a table of 100,000 tenants holds one row of cells at a time.
-fn table<T, const N: usize>(
-    header: [&str; N],
-    items: &[T],
-    cells: impl Fn(&T) -> [String; N],
-) -> String {
-    let mut widths: [usize; N] = header.map(str::len);
+fn table<T>(header: &[&str], items: &[T], cells: impl Fn(&T) -> Vec<String>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for item in items {
         for (w, cell) in widths.iter_mut().zip(cells(item)) {
             *w = (*w).max(cell.chars().count());
@@ -29,7 +25,7 @@ fn table<T, const N: usize>(
     }
     let line_len = widths.iter().map(|w| w + 2).sum::<usize>();
     let mut out = String::with_capacity(line_len * (items.len() + 1));
-    let mut line = |row: [&str; N]| {
+    let mut line = |row: &[&str]| {
         let start = out.len();
         for (cell, w) in row.iter().zip(&widths) {
             let _ = write!(out, "{cell:<w$}  ");
@@ -40,7 +36,8 @@ fn table<T, const N: usize>(
     line(header);
     for item in items {
         let row = cells(item);
-        line(std::array::from_fn(|i| row[i].as_str()));
+        let row: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&row);
     }
     out
 }
@@ -310,6 +307,7 @@ pub(crate) fn status_report(
     words: &Words,
     quiet: bool,
     verbose: bool,
+    by_server: bool,
 ) -> String {
     let mut out = String::new();
     let public = &report.public;
@@ -329,27 +327,41 @@ pub(crate) fn status_report(
         );
     }
     out.push('\n');
-    let listed: Vec<&TenantStatus> = match verbose || report.tenants.len() <= STATUS_ALL_ROWS_UP_TO
-    {
-        true => report.tenants.iter().collect(),
-        false => report.tenants.iter().filter(|t| !t.is_current()).collect(),
-    };
+    let mut listed: Vec<&TenantStatus> =
+        match verbose || report.tenants.len() <= STATUS_ALL_ROWS_UP_TO {
+            true => report.tenants.iter().collect(),
+            false => report.tenants.iter().filter(|t| !t.is_current()).collect(),
+        };
+    if by_server {
+        // Stable: by name within each server.
+        listed.sort_by_key(|t| (!t.server.is_default(), &t.server));
+    }
     if !listed.is_empty() && !quiet {
         let column = words.column();
-        out.push_str(&table(
-            ["TENANT", &column, "STATE", "APPLIED", "PENDING", "STATUS"],
-            &listed,
-            |t| {
-                [
-                    t.tenant.to_string(),
-                    words.cell(&t.storage),
-                    t.state.as_str().to_owned(),
-                    order_or_none(t.applied_order),
-                    t.pending.to_string(),
-                    condition_cell(t),
-                ]
-            },
-        ));
+        let mut headers = vec!["TENANT"];
+        if by_server {
+            headers.push("SERVER");
+        }
+        headers.extend([column.as_str(), "STATE", "APPLIED", "PENDING", "STATUS"]);
+        out.push_str(&table(&headers, &listed, |t| {
+            let mut row = vec![t.tenant.to_string()];
+            if by_server {
+                row.push(t.server.to_string());
+            }
+            row.extend([
+                words.cell(&t.storage),
+                t.state.as_str().to_owned(),
+                order_or_none(t.applied_order),
+                t.pending.to_string(),
+                condition_cell(t),
+            ]);
+            row
+        }));
+    }
+    if by_server {
+        for server in report.by_server() {
+            let _ = writeln!(out, "server {}: {}", server.server, server.counts.summary());
+        }
     }
     let unlisted = report.tenants.len() - listed.len();
     if unlisted > 0 && !quiet {
@@ -424,32 +436,57 @@ fn condition_cell(t: &TenantStatus) -> String {
 }
 
 pub(crate) fn tenant_list(records: &[TenantRecord], words: &Words, quiet: bool) -> String {
+    // A fleet on one server lists no server column.
+    let servers = records.iter().any(|r| r.tenant.server.is_some());
     let column = words.column();
+    let mut headers = vec!["TENANT", &column];
+    if servers {
+        headers.push("SERVER");
+    }
+    headers.extend(["STATE", "APPLIED", "CREATED"]);
     let mut out = if quiet {
         String::new()
     } else {
-        table(
-            ["TENANT", &column, "STATE", "APPLIED", "CREATED"],
-            records,
-            |r| {
-                [
-                    r.tenant.name.to_string(),
-                    words.cell(&r.tenant.storage),
-                    r.state.as_str().to_owned(),
-                    order_or_none(r.applied_order),
-                    r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                ]
-            },
-        )
+        table(&headers, records, |r| {
+            let mut row = vec![r.tenant.name.to_string(), words.cell(&r.tenant.storage)];
+            if servers {
+                row.push(r.tenant.server_name().to_owned());
+            }
+            row.extend([
+                r.state.as_str().to_owned(),
+                order_or_none(r.applied_order),
+                r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]);
+            row
+        })
     };
     let _ = writeln!(out, "{}", count(records.len(), "tenant"));
+    out
+}
+
+/// `server list`: each server with its URL (no password) and tenant count.
+pub(crate) fn server_list(servers: &[crate::Server], quiet: bool) -> String {
+    let mut out = if quiet {
+        String::new()
+    } else {
+        table(&["SERVER", "TENANTS", "URL"], servers, |s| {
+            vec![s.name.to_string(), s.tenants.to_string(), s.url.clone()]
+        })
+    };
+    let tenants: u64 = servers.iter().map(|s| s.tenants).sum();
+    let _ = writeln!(
+        out,
+        "{}, {}",
+        count(servers.len(), "server"),
+        count(tenants as usize, "tenant")
+    );
     out
 }
 
 pub(crate) fn migration_list(set: &MigrationSet) -> String {
     let migrations: Vec<&Migration> = set.iter().collect();
     table(
-        [
+        &[
             "ORDER",
             "SCOPE",
             "NAME",
@@ -461,7 +498,7 @@ pub(crate) fn migration_list(set: &MigrationSet) -> String {
         &migrations,
         |m| {
             let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
-            [
+            vec![
                 format_order(m.order()),
                 m.scope().to_string(),
                 m.name().to_owned(),
@@ -636,6 +673,7 @@ mod tests {
         let tenants: Vec<TenantStatus> = (0..tenants)
             .map(|i| TenantStatus {
                 tenant: TenantName::new(format!("t{i:06}")).unwrap(),
+                server: crate::ServerName::default_server(),
                 storage: format!("t{i:06}"),
                 state: crate::TenantState::Active,
                 applied_order: Some(1),
@@ -675,17 +713,23 @@ mod tests {
     fn a_large_fleet_lists_only_its_tenants_not_current_unless_verbose() {
         let words = Words::new(Tenancy::Schema, "postgres://h/db", "public");
         let large = report(STATUS_ALL_ROWS_UP_TO + 1, 7);
-        let short = status_report(&large, &words, false, false);
+        let short = status_report(&large, &words, false, false, false);
         assert!(short.contains("\nt000007 "), "{short}");
         assert!(!short.contains("t000006"), "{short}");
         assert!(
             short.contains(&unlisted_current_line(STATUS_ALL_ROWS_UP_TO)),
             "{short}"
         );
-        let all = status_report(&large, &words, false, true);
+        let all = status_report(&large, &words, false, true, false);
         assert!(all.contains("\nt000006 ") && all.contains("\nt001000 "));
         assert!(!all.contains("not listed"));
-        let small = status_report(&report(STATUS_ALL_ROWS_UP_TO, 7), &words, false, false);
+        let small = status_report(
+            &report(STATUS_ALL_ROWS_UP_TO, 7),
+            &words,
+            false,
+            false,
+            false,
+        );
         assert!(small.contains("\nt000006 ") && !small.contains("not listed"));
     }
 }

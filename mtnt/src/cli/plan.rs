@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::failures::{anonymous, name_list, the_tenant};
 use super::hints::condition_fix;
-use super::output::{tenants, thousands, Words};
+use super::output::{count, tenants, thousands, Words};
 use crate::migration::format_order;
 use crate::{Condition, PlanGroup, PlanReport, PlannedMigration};
 
@@ -47,6 +47,7 @@ pub(crate) fn render(
     rollout: Option<&str>,
     all: bool,
     quiet: bool,
+    by_server: bool,
 ) -> String {
     let mut out = String::new();
     public(&mut out, plan, words, all);
@@ -55,6 +56,18 @@ pub(crate) fn render(
     }
     if let Some(rollout) = rollout {
         let _ = writeln!(out, "rollout: {rollout}");
+    }
+    if by_server {
+        for server in &plan.servers {
+            let _ = writeln!(
+                out,
+                "server {}: {}, {} to migrate ({})",
+                server.server,
+                tenants(server.tenants),
+                thousands(server.with_work),
+                count(server.migrations, "migration")
+            );
+        }
     }
     let total: usize = plan.groups.iter().map(|g| g.tenants.len()).sum();
     let of = |keep: &dyn Fn(&PlanGroup) -> bool| -> usize {

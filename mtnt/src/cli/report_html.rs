@@ -446,6 +446,7 @@ pub(crate) mod tests {
     pub(crate) fn fleet(error: &str) -> StatusReport {
         let tenant = |name: &str, condition, applied, failed| TenantStatus {
             tenant: TenantName::new(name).unwrap(),
+            server: crate::ServerName::default_server(),
             storage: name.to_owned(),
             state: TenantState::Active,
             applied_order: Some(applied),

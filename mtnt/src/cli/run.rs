@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use tracing::Instrument;
 
-use super::args::{Cli, Command, FormatArg, MarkArg, TenantCommand};
+use super::args::{Cli, Command, FormatArg, MarkArg, ServerCommand, TenantCommand};
 use super::events::{self, JsonEvents, NoDisplay};
 use super::fleet::{self, Printing};
 use super::hints::cli_fix;
@@ -263,6 +263,10 @@ fn run_span(cli: &Cli) -> tracing::Span {
         Command::Tenant(TenantCommand::List { .. }) => "tenant list",
         Command::Tenant(TenantCommand::Adopt { .. }) => "tenant adopt",
         Command::Tenant(TenantCommand::Drop { .. }) => "tenant drop",
+        Command::Tenant(TenantCommand::Move { .. }) => "tenant move",
+        Command::Server(ServerCommand::Add { .. }) => "server add",
+        Command::Server(ServerCommand::List { .. }) => "server list",
+        Command::Server(ServerCommand::Remove { .. }) => "server remove",
         Command::List(_) => "list",
         Command::Repair(_) => "repair",
     };
@@ -277,6 +281,14 @@ fn run_span(cli: &Cli) -> tracing::Span {
         host = %host,
         run_id = tracing::field::Empty,
     )
+}
+
+/// `, on server eu-2` for a tenant on another server than the control database's.
+fn on_server(tenant: &crate::Tenant) -> String {
+    tenant
+        .server
+        .as_ref()
+        .map_or(String::new(), |s| format!(", on server {s}"))
 }
 
 /// `error: <message>`, each cause the message does not quote, and the fix.
@@ -331,7 +343,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .retry_backoff(cli.safety.retry_backoff);
     let backend = connect(url, &options).await?;
     let words = Words::new(backend.tenancy(), url, &cli.control_schema);
-    let migrator = Migrator::builder_boxed(backend)
+    let mut builder = Migrator::builder_boxed(backend);
+    if let Some(per_server) = cli.per_server_concurrency {
+        builder = builder.per_server_concurrency(per_server);
+    }
+    let migrator = builder
         .migrations(migrations)
         .hooks(hooks)
         .concurrency(cli.concurrency)
@@ -390,6 +406,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else if args.json {
                 let mut value = serde_json::to_value(&report).expect("serializable");
                 value["summary"] = serde_json::Value::String(report.summary());
+                if args.by_server {
+                    value["servers"] =
+                        serde_json::to_value(report.by_server()).expect("serializable");
+                }
                 // A stale lease is a dead run's: listed apart, never as running.
                 let (stale, live): (Vec<_>, Vec<_>) = running.iter().partition(|r| r.stale);
                 value["running"] = serde_json::to_value(&live).expect("serializable");
@@ -399,7 +419,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     serde_json::to_string_pretty(&value).expect("serializable")
                 );
             } else {
-                say::out_raw(&output::status_report(&report, &words, quiet, cli.verbose));
+                say::out_raw(&output::status_report(
+                    &report,
+                    &words,
+                    quiet,
+                    cli.verbose,
+                    args.by_server,
+                ));
                 for run in running.iter().filter(|_| !quiet) {
                     outln!("{}", output::run_line(run));
                 }
@@ -472,7 +498,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             outln!("wrote {}: {}", args.html.display(), report.summary());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tenant(TenantCommand::Create { name }) if printing.events.is_some() => {
+        Command::Server(ServerCommand::Add { name, url }) => {
+            migrator.add_server(&name, &url).await?;
+            outln!(
+                "added server {name}: {} (password from {} or the password file)",
+                crate::url_without_password(&url)?,
+                name.password_variable()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Server(ServerCommand::List { json }) => {
+            let servers = migrator.servers().await?;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&servers).expect("serializable")
+                );
+            } else {
+                say::out_raw(&output::server_list(&servers, quiet));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Server(ServerCommand::Remove { name }) => {
+            migrator.remove_server(&name).await?;
+            outln!("removed server {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant(TenantCommand::Create { name, server }) if printing.events.is_some() => {
             let events = JsonEvents::new(
                 &NoDisplay,
                 "tenant create",
@@ -484,7 +536,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let result = async {
                 let public = migrator.migrate_public().await?;
                 events.tenant_started(&name);
-                let created = migrator.create_tenant_with_progress(&name, &events).await;
+                let created = migrator
+                    .create_tenant_on_with_progress(&name, server.as_ref(), &events)
+                    .await;
                 let applied = migrator
                     .migrations()
                     .iter()
@@ -520,7 +574,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tenant(TenantCommand::Create { name }) => {
+        Command::Tenant(TenantCommand::Create { name, server }) => {
             // Tenant migrations may rely on the public ones: those run first, and are said.
             let public = migrator.migrate_public().await?;
             if public > 0 {
@@ -530,11 +584,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     count(public, "pending migration")
                 );
             }
-            let tenant = migrator.create_tenant(&name).await?;
+            let tenant = migrator.create_tenant_on(&name, server.as_ref()).await?;
             outln!(
-                "created tenant {} ({}) with every tenant migration applied",
+                "created tenant {} ({}{}) with every tenant migration applied",
                 tenant.name,
-                words.storage_of(&tenant.storage)
+                words.storage_of(&tenant.storage),
+                on_server(&tenant)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -560,6 +615,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tenant(TenantCommand::Adopt {
             schema_like,
             baseline,
+            server,
         }) => {
             let progress = FleetProgress::new("adopt", verbosity);
             let events = printing.events(
@@ -575,7 +631,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 None => &progress,
             };
             let result = migrator
-                .adopt_with_progress(&schema_like, baseline, adopting)
+                .adopt_on(&schema_like, baseline, server.as_ref(), adopting)
                 .await;
             if let Some(events) = &events {
                 let fields = match &result {
@@ -595,9 +651,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (adopted, skipped) = result?;
             for tenant in adopted.iter().filter(|_| !quiet) {
                 outln!(
-                    "adopted {} ({})",
+                    "adopted {} ({}{})",
                     tenant.name,
-                    words.storage_of(&tenant.storage)
+                    words.storage_of(&tenant.storage),
+                    on_server(tenant)
                 );
             }
             for name in &skipped {
@@ -609,6 +666,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Tenant(TenantCommand::Move {
+            name,
+            to,
+            keep_source,
+        }) => {
+            let from = migrator.tenant(&name).await?.tenant;
+            let moved = migrator.move_tenant(&name, &to, keep_source).await?;
+            outln!(
+                "moved tenant {name} from server {} to server {}{}",
+                from.server_name(),
+                moved.server_name(),
+                if keep_source {
+                    " (its source schema kept)"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Tenant(TenantCommand::Drop { name, yes }) => {
             if !yes {

@@ -1,9 +1,10 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::claim::FleetClaims;
@@ -13,7 +14,7 @@ use super::rollout::{Canary, Rollout, TenantOrder};
 use super::source::TenantSource;
 use super::{FailedTenant, MigrateReport, Progress};
 use crate::backend::{with_fingerprints, Backend};
-use crate::{Error, Result, Tenant, TenantName, TenantRecord, TenantState};
+use crate::{Error, Result, ServerName, Tenant, TenantName, TenantRecord, TenantState};
 
 /// Where one tenant of a fleet run ended.
 #[derive(Debug)]
@@ -127,8 +128,67 @@ fn pages<'a>(
             }
         }
     })
-    .map_ok(|page| stream::iter(page.into_iter().map(Ok)))
+    .map_ok(|page| stream::iter(interleave_by_server(page).into_iter().map(Ok)))
     .try_flatten()
+}
+
+/// `page` with the tenants of its servers taken in turn (first of server 1, first of
+/// server 2, ..., second of server 1, ...), each server's in their order: workers that
+/// take tenants in this order keep every server busy, where the registry's order by name
+/// could hand them a long run of one server's tenants.
+fn interleave_by_server(
+    page: Vec<(TenantRecord, Option<String>)>,
+) -> Vec<(TenantRecord, Option<String>)> {
+    let server = |(record, _): &(TenantRecord, Option<String>)| record.tenant.server.clone();
+    let first = page.first().map(server);
+    if page.iter().all(|item| Some(server(item)) == first) {
+        return page;
+    }
+    let total = page.len();
+    type Queue = VecDeque<(TenantRecord, Option<String>)>;
+    let mut queues: Vec<(Option<ServerName>, Queue)> = Vec::new();
+    for item in page {
+        let of = server(&item);
+        match queues.iter_mut().find(|(s, _)| *s == of) {
+            Some((_, queue)) => queue.push_back(item),
+            None => queues.push((of, VecDeque::from([item]))),
+        }
+    }
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        out.extend(queues.iter_mut().filter_map(|(_, queue)| queue.pop_front()));
+    }
+    out
+}
+
+/// The budget per server of a run: at most `per_server` of one server's tenants at once,
+/// within the run's concurrency.
+pub(crate) struct ServerSlots {
+    per_server: Option<usize>,
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl ServerSlots {
+    /// `per_server` tenants of each server at once; `None`: no budget but the run's.
+    pub(crate) fn new(per_server: Option<usize>) -> Self {
+        Self {
+            per_server: per_server.map(|n| n.max(1)),
+            slots: Mutex::default(),
+        }
+    }
+
+    /// Waits for a slot of `server`, held until the permit drops; none without a budget.
+    async fn take(&self, server: &str) -> Option<OwnedSemaphorePermit> {
+        let per_server = self.per_server?;
+        let semaphore = self
+            .slots
+            .lock()
+            .ok()?
+            .entry(server.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(per_server)))
+            .clone();
+        semaphore.acquire_owned().await.ok()
+    }
 }
 
 /// How a fleet run goes.
@@ -137,6 +197,8 @@ pub(crate) struct FleetRun<'a> {
     pub(crate) op: FleetOp<'a>,
     /// Tenants at once.
     pub(crate) concurrency: usize,
+    /// Tenants of one server at once.
+    pub(crate) per_server: Option<usize>,
     /// Tenants read per query.
     pub(crate) page_size: usize,
     /// Start no tenant after a failure.
@@ -267,6 +329,7 @@ pub(crate) async fn migrate_fleet(
     let FleetRun {
         op,
         concurrency,
+        per_server,
         page_size,
         fail_fast,
         rollout,
@@ -285,10 +348,12 @@ pub(crate) async fn migrate_fleet(
     let records = pages(backend, tenants, page_size).try_filter(move |(record, _)| {
         std::future::ready(!only_failed || record.failed_order.is_some())
     });
+    let slots = ServerSlots::new(per_server);
     let wave = Wave {
         protocol,
         op,
         concurrency,
+        slots: &slots,
         stop: &stop,
         current: match op {
             FleetOp::Migrate { to } => current_fingerprints(protocol.set, to),
@@ -379,6 +444,7 @@ pub(crate) async fn migrate_fleet(
     // re-plan; usually the other runner has migrated it and nothing is left to do.
     let deferred = claims.take_deferred();
     let stop = &stop;
+    let slots = &slots;
     let outcomes = stream::iter(deferred)
         .map(|record| async move {
             if stop.is_stopped() {
@@ -388,6 +454,7 @@ pub(crate) async fn migrate_fleet(
                     Duration::ZERO,
                 );
             }
+            let _slot = slots.take(record.tenant.server_name()).await;
             let started = Instant::now();
             let outcome = TenantOutcome::from(
                 claims
@@ -418,6 +485,7 @@ struct Wave<'a> {
     protocol: &'a Protocol<'a>,
     op: FleetOp<'a>,
     concurrency: usize,
+    slots: &'a ServerSlots,
     stop: &'a Stop<'a>,
     /// The fingerprints a tenant is up to date with.
     current: Vec<(String, Option<i64>)>,
@@ -463,6 +531,7 @@ impl Wave<'_> {
                     // Up to date by its registry row: no session, no round trip.
                     return Ok((record.tenant.name, TenantOutcome::Current, Duration::ZERO));
                 }
+                let _slot = self.slots.take(record.tenant.server_name()).await;
                 let started = Instant::now();
                 self.protocol.progress.tenant_started(&record.tenant.name);
                 let outcome = TenantOutcome::from(

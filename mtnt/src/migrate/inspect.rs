@@ -18,7 +18,8 @@ use super::plan::plan_up;
 use crate::backend::{Backend, Target};
 use crate::migration::format_order;
 use crate::{
-    AppliedMigration, Error, Migration, MigrationSet, MigrationStatus, Result, Scope, TenantRecord,
+    AppliedMigration, Error, Migration, MigrationSet, MigrationStatus, Result, Scope, ServerName,
+    TenantRecord,
 };
 
 /// Where a tenant (or the public schema) stands against this binary's migrations.
@@ -299,6 +300,22 @@ pub struct PlanReport {
     pub groups: Vec<PlanGroup>,
     /// Tenant migrations that would run, over all tenants.
     pub migrations: usize,
+    /// The same by server, the default server first (`plan --by-server`).
+    pub servers: Vec<ServerPlan>,
+}
+
+/// One server's part of a [`PlanReport`].
+#[derive(Clone, Debug, Default, Serialize)]
+#[non_exhaustive]
+pub struct ServerPlan {
+    /// The server.
+    pub server: ServerName,
+    /// Its tenants in the plan.
+    pub tenants: usize,
+    /// How many of them `migrate` would apply migrations to.
+    pub with_work: usize,
+    /// Tenant migrations that would run on it.
+    pub migrations: usize,
 }
 
 impl PlanReport {
@@ -314,13 +331,32 @@ impl PlanReport {
         let mut groups: HashMap<(Condition, Option<i64>, Vec<PlannedMigration>), PlanGroup> =
             HashMap::new();
         let mut migrations = 0;
+        let mut servers: Vec<ServerPlan> = Vec::new();
         for (record, standing) in records.into_iter().zip(standings) {
             let apply: Vec<PlannedMigration> = standing.pending.iter().map(planned).collect();
+            let server_name = record
+                .tenant
+                .server
+                .clone()
+                .unwrap_or_else(ServerName::default_server);
+            let at = match servers.iter().position(|s| s.server == server_name) {
+                Some(at) => at,
+                None => {
+                    servers.push(ServerPlan {
+                        server: server_name,
+                        ..ServerPlan::default()
+                    });
+                    servers.len() - 1
+                }
+            };
+            servers[at].tenants += 1;
             if matches!(
                 standing.condition,
                 Condition::Current | Condition::Behind | Condition::OutOfOrder | Condition::Failed
             ) {
                 migrations += apply.len();
+                servers[at].migrations += apply.len();
+                servers[at].with_work += usize::from(!apply.is_empty());
             }
             let key = (standing.condition, record.applied_order, apply.clone());
             groups
@@ -345,12 +381,16 @@ impl PlanReport {
                 // Stable from run to run: no two groups share a tenant.
                 .then_with(|| a.tenants.first().cmp(&b.tenants.first()))
         });
+        servers.sort_by(|a, b| {
+            (!a.server.is_default(), &a.server).cmp(&(!b.server.is_default(), &b.server))
+        });
         PlanReport {
             public: public.pending.iter().map(planned).collect(),
             public_condition: public.condition,
             public_detail: public.detail,
             groups,
             migrations,
+            servers,
         }
     }
 }

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
@@ -11,7 +12,9 @@ use super::journal::{self, RunRecord};
 use super::lease::{new_identity, Lease};
 use super::progress::Silent;
 use super::protocol::{Claim, FleetOp, Protocol};
-use super::report::{FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus};
+use super::report::{
+    ConditionCounts, FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus,
+};
 use super::runs::RunReport;
 use super::template::TemplateChange;
 use super::tenants::Adopted;
@@ -25,8 +28,8 @@ use crate::backend::{
 };
 use crate::migration::format_order;
 use crate::{
-    Error, Migration, MigrationSet, MigrationStatus, Result, Scope, Tenant, TenantName,
-    TenantRecord,
+    Error, Migration, MigrationSet, MigrationStatus, Placement, Result, Scope, Server, ServerName,
+    Tenant, TenantName, TenantRecord,
 };
 
 /// Runs migrations over a fleet: the library API behind the CLI.
@@ -45,6 +48,7 @@ pub struct Migrator {
     migrations: MigrationSet,
     source: Option<Box<dyn TenantSource>>,
     concurrency: usize,
+    per_server_concurrency: Option<usize>,
     page_size: usize,
     safety: SafetySettings,
     timeouts: Timeouts,
@@ -57,6 +61,8 @@ pub struct Migrator {
     templates: bool,
     /// How many spare storages `migrate` keeps, where the engine can rename storage.
     spares: usize,
+    /// Where a new tenant goes when no server is named.
+    placement: Arc<dyn Placement>,
 }
 
 /// Builds a [`Migrator`].
@@ -65,6 +71,7 @@ pub struct MigratorBuilder {
     migrations: Option<MigrationSet>,
     source: Option<Box<dyn TenantSource>>,
     concurrency: usize,
+    per_server_concurrency: Option<usize>,
     page_size: usize,
     safety: SafetySettings,
     timeouts: Timeouts,
@@ -77,6 +84,7 @@ pub struct MigratorBuilder {
     templates: bool,
     /// How many spare storages `migrate` keeps, where the engine can rename storage.
     spares: usize,
+    placement: Arc<dyn Placement>,
 }
 
 impl MigratorBuilder {
@@ -98,6 +106,14 @@ impl MigratorBuilder {
     /// keep it below the pool size.
     pub fn concurrency(mut self, tenants: usize) -> Self {
         self.concurrency = tenants.max(1);
+        self
+    }
+
+    /// How many tenants of one server a fleet run migrates at once, within
+    /// [`concurrency`](Self::concurrency) (default: no limit but that): the run takes the
+    /// servers' tenants in turn, so every server is kept busy.
+    pub fn per_server_concurrency(mut self, tenants: usize) -> Self {
+        self.per_server_concurrency = Some(tenants.max(1));
         self
     }
 
@@ -173,6 +189,13 @@ impl MigratorBuilder {
         self
     }
 
+    /// Where [`Migrator::create_tenant`] places a tenant when no server is named
+    /// (default: [`FewestTenants`](crate::FewestTenants)).
+    pub fn placement(mut self, placement: impl Placement + 'static) -> Self {
+        self.placement = Arc::new(placement);
+        self
+    }
+
     /// Validates the migrations and settings and builds the migrator.
     pub fn build(self) -> Result<Migrator> {
         if self.concurrency > crate::MAX_CONCURRENCY {
@@ -192,6 +215,7 @@ impl MigratorBuilder {
             migrations,
             source: self.source,
             concurrency: self.concurrency,
+            per_server_concurrency: self.per_server_concurrency,
             page_size: self.page_size,
             safety: self.safety,
             timeouts: self.timeouts,
@@ -201,6 +225,7 @@ impl MigratorBuilder {
             server: self.server,
             templates: self.templates,
             spares: self.spares,
+            placement: self.placement,
         })
     }
 }
@@ -219,6 +244,7 @@ impl Migrator {
             migrations: None,
             source: None,
             concurrency: 8,
+            per_server_concurrency: None,
             page_size: 1000,
             safety: SafetySettings::default(),
             timeouts: Timeouts::default(),
@@ -228,6 +254,7 @@ impl Migrator {
             server: None,
             templates: true,
             spares: 0,
+            placement: Arc::new(crate::FewestTenants),
         }
     }
 
@@ -553,6 +580,7 @@ impl Migrator {
             FleetRun {
                 op,
                 concurrency,
+                per_server: self.per_server_concurrency,
                 page_size: self.page_size,
                 fail_fast: options.fail_fast,
                 rollout: options.rollout.clone(),
@@ -766,11 +794,15 @@ impl Migrator {
                 detail: standing.detail,
                 applied_order: record.applied_order,
                 state: record.state,
+                server: record
+                    .tenant
+                    .server
+                    .unwrap_or_else(ServerName::default_server),
                 storage: record.tenant.storage,
                 tenant: record.tenant.name,
             })
             .collect();
-        let count = |c: Condition| tenants.iter().filter(|t| t.condition == c).count();
+        let counts = ConditionCounts::of(&tenants);
         Ok(StatusReport {
             latest_tenant_order: self
                 .migrations
@@ -779,14 +811,14 @@ impl Migrator {
                 .map(Migration::order)
                 .last(),
             public,
-            current: count(Condition::Current),
-            behind: count(Condition::Behind) + count(Condition::OutOfOrder),
-            failed: count(Condition::Failed),
-            out_of_order: count(Condition::OutOfOrder),
-            drifted: count(Condition::Drifted),
-            needs_repair: count(Condition::NeedsRepair),
-            ahead: count(Condition::Ahead),
-            creating: count(Condition::Creating),
+            current: counts.current,
+            behind: counts.behind,
+            failed: counts.failed,
+            out_of_order: counts.out_of_order,
+            drifted: counts.drifted,
+            needs_repair: counts.needs_repair,
+            ahead: counts.ahead,
+            creating: counts.creating,
             last_drift: journal::last_drift(&*self.backend).await?,
             last_run: journal::runs(&*self.backend, 1).await?.pop(),
             invalid_registry_rows: if names.is_empty() {
@@ -940,9 +972,37 @@ impl Migrator {
         name: &TenantName,
         progress: &dyn Progress,
     ) -> Result<Tenant> {
+        self.create_tenant_on_with_progress(name, None, progress)
+            .await
+    }
+
+    /// [`Migrator::create_tenant`] on `server`; `None`: where the [`Placement`] puts it
+    /// (see [`MigratorBuilder::placement`]).
+    pub async fn create_tenant_on(
+        &self,
+        name: &TenantName,
+        server: Option<&ServerName>,
+    ) -> Result<Tenant> {
+        self.create_tenant_on_with_progress(name, server, &Silent)
+            .await
+    }
+
+    /// [`Migrator::create_tenant_on`], reporting each migration to `progress` as it is
+    /// committed.
+    pub async fn create_tenant_on_with_progress(
+        &self,
+        name: &TenantName,
+        server: Option<&ServerName>,
+        progress: &dyn Progress,
+    ) -> Result<Tenant> {
+        self.check_server_named(server)?;
         self.ready_to_write().await?;
+        let server = match server {
+            Some(server) => self.known_server(server).await?,
+            None => self.placement.place(name, &self.backend.servers().await?),
+        };
         self.migrate_public_first().await?;
-        let tenant = Tenant::new(name.clone());
+        let tenant = Tenant::new(name.clone()).on(Some(server));
         let protocol = self.protocol(progress);
         let change = protocol
             .create_tenant(&tenant, &self.safety)
@@ -962,6 +1022,88 @@ impl Migrator {
     pub async fn refresh_template(&self) -> Result<Option<TemplateChange>> {
         self.ready_to_write().await?;
         self.protocol(&Silent).refresh_template(&self.safety).await
+    }
+
+    /// Refuses a server other than the default one where the engine has no servers, before
+    /// anything is read.
+    fn check_server_named(&self, server: Option<&ServerName>) -> Result<()> {
+        if server.is_some_and(|s| !s.is_default()) && !self.backend.capabilities().servers {
+            return Err(Error::OneServer {
+                engine: self.backend.engine(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `server`, checked against the registry: [`Error::UnknownServer`] when it is not
+    /// registered.
+    async fn known_server(&self, server: &ServerName) -> Result<ServerName> {
+        if server.is_default() {
+            return Ok(server.clone());
+        }
+        if self
+            .backend
+            .servers()
+            .await?
+            .iter()
+            .any(|s| &s.name == server)
+        {
+            return Ok(server.clone());
+        }
+        Err(Error::UnknownServer {
+            server: server.clone(),
+            default: crate::DEFAULT_SERVER,
+        })
+    }
+
+    /// Moves the tenant `name` to `server`, under its lock (waiting at most the unlock
+    /// deadline): see [`Backend::move_tenant`]. Running it again after a crash finishes
+    /// the move or cleans up after it.
+    pub async fn move_tenant(
+        &self,
+        name: &TenantName,
+        server: &ServerName,
+        keep_source: bool,
+    ) -> Result<Tenant> {
+        self.check_server_named(Some(server))?;
+        self.ready_to_write().await?;
+        let to = Some(self.known_server(server).await?).filter(|s| !s.is_default());
+        let record = self.records(std::slice::from_ref(name)).await?.remove(0);
+        let tenant = record.tenant;
+        self.locked(Target::Tenant(&tenant), async |_| {
+            self.backend
+                .move_tenant(&tenant, to.as_ref(), keep_source)
+                .await
+        })
+        .await?;
+        Ok(Tenant {
+            server: to,
+            ..tenant.clone()
+        })
+    }
+
+    /// The servers of the fleet, the default one first, each with its tenant count. Only
+    /// reads.
+    pub async fn servers(&self) -> Result<Vec<Server>> {
+        self.ready_to_read().await?;
+        self.backend.servers().await
+    }
+
+    /// Registers the server `name` at `url`, stored without its password: connections take
+    /// it from [`ServerName::password_variable`] or the password file.
+    pub async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
+        self.check_server_named(Some(name))?;
+        crate::url_without_password(url)?;
+        self.ready_to_write().await?;
+        self.backend.add_server(name, url).await
+    }
+
+    /// Removes the server `name` from the registry; [`Error::ServerInUse`] while tenants
+    /// are placed on it.
+    pub async fn remove_server(&self, name: &ServerName) -> Result<()> {
+        self.check_server_named(Some(name))?;
+        self.ready_to_write().await?;
+        self.backend.remove_server(name).await
     }
 
     /// The registry row of the tenant `name`: [`Error::UnknownTenant`] when there is none,
@@ -1029,8 +1171,25 @@ impl Migrator {
         baseline: Option<i64>,
         progress: &dyn Progress,
     ) -> Result<(Vec<Tenant>, Vec<String>)> {
+        self.adopt_on(like, baseline, None, progress).await
+    }
+
+    /// [`Migrator::adopt_with_progress`] of the storage on `server` (`None`: the control
+    /// database's own).
+    pub async fn adopt_on(
+        &self,
+        like: &str,
+        baseline: Option<i64>,
+        server: Option<&ServerName>,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<Tenant>, Vec<String>)> {
         self.check_order(baseline)?;
+        self.check_server_named(server)?;
         self.ready_to_write().await?;
+        let server = match server {
+            Some(server) => Some(self.known_server(server).await?).filter(|s| !s.is_default()),
+            None => None,
+        };
         let baseline: Vec<&'static Migration> = match baseline {
             None => Vec::new(),
             Some(order) => self
@@ -1041,7 +1200,7 @@ impl Migrator {
         };
         let result = self
             .protocol(progress)
-            .adopt(like, &baseline, &self.safety, progress)
+            .adopt(like, server.as_ref(), &baseline, &self.safety, progress)
             .await;
         progress.finish();
         let Adopted {

@@ -32,7 +32,7 @@ pub use hooks::{
     AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,
     TenantOutcome,
 };
-pub use inspect::{Condition, PlanGroup, PlanReport, PlannedMigration};
+pub use inspect::{Condition, PlanGroup, PlanReport, PlannedMigration, ServerPlan};
 pub use journal::{DriftCheck, RunRecord, DEFAULT_RUN_HISTORY};
 pub use migrator::{Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};
@@ -40,8 +40,8 @@ pub use progress::Progress;
 #[cfg(feature = "cli")]
 pub(crate) use protocol::model_label;
 pub use report::{
-    FailedMigration, FailedTenant, InvalidRegistryRow, MigrateReport, PublicStatus, RollbackReport,
-    StatusReport, TenantStatus,
+    ConditionCounts, FailedMigration, FailedTenant, InvalidRegistryRow, MigrateReport,
+    PublicStatus, RollbackReport, ServerStatus, StatusReport, TenantStatus,
 };
 pub use rollout::{Canary, Rollout, TenantOrder, WaveSize};
 pub use runs::{RunReport, RunTenant};

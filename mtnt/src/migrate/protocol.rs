@@ -312,7 +312,16 @@ impl<'a> Protocol<'a> {
     }
 
     fn registry_in_transaction(&self, target: Target<'_>) -> bool {
-        self.caps.registry_in_target_transaction && target.tenant().is_some()
+        self.caps_for(target).registry_in_target_transaction && target.tenant().is_some()
+    }
+
+    /// What the engine can do for `target`: a tenant on another server than the registry
+    /// has fewer capabilities ([`Backend::capabilities_of`]).
+    pub(crate) fn caps_for(&self, target: Target<'_>) -> Capabilities {
+        match target {
+            Target::Tenant(tenant) => self.backend.capabilities_of(tenant),
+            Target::Public => self.caps,
+        }
     }
 
     /// Tells the progress that `migration` of `target` is committed.
@@ -1080,7 +1089,7 @@ impl<'a> Protocol<'a> {
             self.abandon(conn, &e).await;
         }
         if let Target::Tenant(tenant) = target {
-            if !self.caps.registry_in_target_transaction {
+            if !self.caps_for(target).registry_in_target_transaction {
                 let row = RegistryRow {
                     applied_order: completed.newest(),
                     failure: Some((migration.order(), &message)),
@@ -1099,7 +1108,7 @@ impl<'a> Protocol<'a> {
         let Target::Tenant(tenant) = target else {
             return;
         };
-        if self.caps.registry_in_target_transaction {
+        if self.caps_for(target).registry_in_target_transaction {
             return;
         }
         let row = RegistryRow {
@@ -1122,7 +1131,7 @@ impl<'a> Protocol<'a> {
         let (Target::Tenant(tenant), Some(record)) = (target, record) else {
             return;
         };
-        if self.caps.registry_in_target_transaction {
+        if self.caps_for(target).registry_in_target_transaction {
             return;
         }
         let completed = Completed::of(state);

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::hooks::HookFailure;
 use super::inspect::{Condition, PlannedMigration};
 use super::template::TemplateChange;
-use crate::{Error, TenantName, TenantState};
+use crate::{Error, ServerName, TenantName, TenantState};
 
 /// A tenant whose migration failed. Serialized with the error's message.
 #[derive(Debug, Serialize)]
@@ -156,6 +156,9 @@ pub struct FailedMigration {
 pub struct TenantStatus {
     /// The tenant.
     pub tenant: TenantName,
+    /// The server it is on ([`DEFAULT_SERVER`](crate::DEFAULT_SERVER): the control
+    /// database's own).
+    pub server: ServerName,
     /// Its storage: schema, database or file stem.
     pub storage: String,
     /// Its life-cycle state.
@@ -227,16 +230,60 @@ pub struct StatusReport {
     pub invalid_registry_rows: Vec<InvalidRegistryRow>,
 }
 
-impl StatusReport {
+/// How many of some tenants are in each condition: a [`StatusReport`]'s, or one
+/// server's ([`StatusReport::by_server`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ConditionCounts {
+    /// How many tenants.
+    pub tenants: usize,
+    /// How many are current.
+    pub current: usize,
+    /// How many are behind without a failure (out of order included).
+    pub behind: usize,
+    /// How many have a failed migration.
+    pub failed: usize,
+    /// How many have pending migrations older than their newest applied one.
+    pub out_of_order: usize,
+    /// How many have an applied migration whose code changed.
+    pub drifted: usize,
+    /// How many have a migration that started and never completed.
+    pub needs_repair: usize,
+    /// How many have a migration this binary does not know.
+    pub ahead: usize,
+    /// How many `tenant create` has not finished.
+    pub creating: usize,
+}
+
+impl ConditionCounts {
+    /// The counts of `tenants`.
+    pub fn of<'a>(tenants: impl IntoIterator<Item = &'a TenantStatus>) -> Self {
+        let mut counts = Self::default();
+        for tenant in tenants {
+            counts.tenants += 1;
+            match tenant.condition {
+                Condition::Current => counts.current += 1,
+                Condition::Behind => counts.behind += 1,
+                Condition::OutOfOrder => {
+                    counts.behind += 1;
+                    counts.out_of_order += 1;
+                }
+                Condition::Failed => counts.failed += 1,
+                Condition::Drifted => counts.drifted += 1,
+                Condition::NeedsRepair => counts.needs_repair += 1,
+                Condition::Ahead => counts.ahead += 1,
+                Condition::Creating => counts.creating += 1,
+            }
+        }
+        counts
+    }
+
     /// `998/1000 tenants current, 2 behind, 0 failed`, then the other conditions that
     /// any tenant is in (`, 1 drifted, 1 needs repair`).
     pub fn summary(&self) -> String {
         let mut out = format!(
             "{}/{} tenants current, {} behind, {} failed",
-            self.current,
-            self.tenants.len(),
-            self.behind,
-            self.failed
+            self.current, self.tenants, self.behind, self.failed
         );
         for (n, what) in [
             (self.out_of_order, "out of order"),
@@ -251,7 +298,57 @@ impl StatusReport {
         }
         out
     }
+}
 
+/// One server's tenants in a [`StatusReport`] (`status --by-server`).
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct ServerStatus {
+    /// The server.
+    pub server: ServerName,
+    /// Its tenants' conditions.
+    #[serde(flatten)]
+    pub counts: ConditionCounts,
+}
+
+impl StatusReport {
+    /// The counts of every tenant of the report.
+    pub fn counts(&self) -> ConditionCounts {
+        ConditionCounts {
+            tenants: self.tenants.len(),
+            current: self.current,
+            behind: self.behind,
+            failed: self.failed,
+            out_of_order: self.out_of_order,
+            drifted: self.drifted,
+            needs_repair: self.needs_repair,
+            ahead: self.ahead,
+            creating: self.creating,
+        }
+    }
+
+    /// The counts of each server's tenants, by server name (the default server first).
+    pub fn by_server(&self) -> Vec<ServerStatus> {
+        let mut servers: Vec<&ServerName> = self.tenants.iter().map(|t| &t.server).collect();
+        servers.sort_by_key(|s| (!s.is_default(), *s));
+        servers.dedup();
+        servers
+            .into_iter()
+            .map(|server| ServerStatus {
+                server: server.clone(),
+                counts: ConditionCounts::of(self.tenants.iter().filter(|t| &t.server == server)),
+            })
+            .collect()
+    }
+
+    /// `998/1000 tenants current, 2 behind, 0 failed`, then the other conditions that
+    /// any tenant is in (`, 1 drifted, 1 needs repair`).
+    pub fn summary(&self) -> String {
+        self.counts().summary()
+    }
+}
+
+impl StatusReport {
     /// Whether every tenant and the public schema are current: what `status --check`
     /// gates a deploy on.
     pub fn is_current(&self) -> bool {

@@ -122,6 +122,8 @@ pub(crate) fn own_storage(name: impl Into<String>) -> Tenant {
     Tenant {
         name: TenantName::reserved(name.clone()),
         storage: name,
+        // On the control database's server, like everything of mtnt's own.
+        server: None,
     }
 }
 

@@ -9,7 +9,9 @@ use super::protocol::{wrap, Completed, Parts, Protocol};
 use super::template::{template_tenant, TemplateChange};
 use super::{Progress, SafetySettings};
 use crate::backend::{Direction, ErrorClass, Record, RegistryRow, Target, TargetState};
-use crate::{Error, Migration, MigrationStatus, Result, Scope, Tenant, TenantName, TenantState};
+use crate::{
+    Error, Migration, MigrationStatus, Result, Scope, ServerName, Tenant, TenantName, TenantState,
+};
 
 /// What adopting existing storage did.
 #[derive(Debug, Default)]
@@ -60,11 +62,17 @@ impl Protocol<'_> {
         safety: &SafetySettings,
     ) -> Result<Option<TemplateChange>> {
         let all = self.enabled_tenant_migrations();
-        if self.uses_spares() && !all.is_empty() && self.take_spare(tenant, &all, safety).await? {
+        // Spares and the template live on the control database's server.
+        let here = tenant.server.as_ref().is_none_or(ServerName::is_default);
+        if here
+            && self.uses_spares()
+            && !all.is_empty()
+            && self.take_spare(tenant, &all, safety).await?
+        {
             return Ok(None);
         }
         let mut change = None;
-        if self.uses_template() {
+        if here && self.uses_template() {
             let template = template_tenant();
             let (guard, status) = self.locked_template(&template, &all, safety).await?;
             change = status.change;
@@ -80,7 +88,9 @@ impl Protocol<'_> {
             }
             guard.release().await;
         }
-        let created = if self.caps.transactional_storage && !self.has_tenant_hooks() {
+        let created = if self.caps_for(Target::Tenant(tenant)).transactional_storage
+            && !self.has_tenant_hooks()
+        {
             self.create_in_transaction(tenant, &all, safety).await
         } else {
             self.create_by_compensation(tenant, &all, safety).await
@@ -169,7 +179,9 @@ impl Protocol<'_> {
         let target = Target::Tenant(tenant);
         let split = all
             .iter()
-            .position(|m| !(self.caps.transactional_ddl && m.is_transactional()))
+            .position(|m| {
+                !(self.caps_for(Target::Tenant(tenant)).transactional_ddl && m.is_transactional())
+            })
             .unwrap_or(all.len());
         let (atomic, rest) = all.split_at(split);
         let mut conn = self.backend.connect(target).await?;
@@ -192,7 +204,10 @@ impl Protocol<'_> {
                 conn.begin(Default::default()).await?;
                 conn.write(&prelude).await?;
                 let mut records = Vec::new();
-                if self.caps.registry_in_target_transaction {
+                if self
+                    .caps_for(Target::Tenant(tenant))
+                    .registry_in_target_transaction
+                {
                     records.push(Record::Registry {
                         clear_failure: true,
                     });
@@ -353,7 +368,7 @@ impl Protocol<'_> {
             // Storage that is gone (a create that died before making it, or removed by
             // hand) has no lock to take and nothing to drop: only the row is left.
             Err(e)
-                if !self.caps.transactional_storage
+                if !self.caps_for(Target::Tenant(tenant)).transactional_storage
                     && self.backend.classify(&e) == ErrorClass::StorageMissing =>
             {
                 return self.backend.unregister(tenant, false).await;
@@ -362,7 +377,7 @@ impl Protocol<'_> {
         };
         let result = async {
             lock_waiting(&mut *conn, target, safety).await?;
-            if self.caps.transactional_storage {
+            if self.caps_for(Target::Tenant(tenant)).transactional_storage {
                 if let Err(error) = conn.commit(&[Record::DropTenant], None).await {
                     conn.rollback().await;
                     return Err(error);
@@ -384,11 +399,15 @@ impl Protocol<'_> {
     pub(crate) async fn adopt(
         &self,
         like: &str,
+        server: Option<&ServerName>,
         baseline: &[&'static Migration],
         safety: &SafetySettings,
         progress: &dyn Progress,
     ) -> Result<Adopted> {
-        let names = self.backend.unregistered_storage(like).await?;
+        let names = match server {
+            None => self.backend.unregistered_storage(like).await?,
+            Some(server) => self.backend.unregistered_storage_on(server, like).await?,
+        };
         let mut adopted = Adopted::default();
         let valid: Vec<(TenantName, String)> = names
             .into_iter()
@@ -402,7 +421,11 @@ impl Protocol<'_> {
             .collect();
         progress.start(valid.len() as u64);
         for (name, storage) in valid {
-            let tenant = Tenant { name, storage };
+            let tenant = Tenant {
+                name,
+                storage,
+                server: server.cloned(),
+            };
             match self.adopt_one(&tenant, baseline, safety).await {
                 Ok(()) => {
                     progress.tenant_done(&tenant.name, Ok(baseline.len()));
@@ -437,13 +460,13 @@ impl Protocol<'_> {
             status: MigrationStatus::Completed,
         });
         let registry = self
-            .caps
+            .caps_for(Target::Tenant(tenant))
             .registry_in_target_transaction
             .then_some(Record::Registry {
                 clear_failure: true,
             });
         let applied_order = baseline.iter().map(|m| m.order()).max();
-        if self.caps.transactional_storage {
+        if self.caps_for(Target::Tenant(tenant)).transactional_storage {
             let mut records = vec![Record::Register {
                 state: TenantState::Active,
             }];
@@ -488,7 +511,10 @@ impl Protocol<'_> {
                 let _ = self.backend.unregister(tenant, false).await;
                 return Err(error);
             }
-            if !self.caps.registry_in_target_transaction {
+            if !self
+                .caps_for(Target::Tenant(tenant))
+                .registry_in_target_transaction
+            {
                 self.backend
                     .write_registry(
                         tenant,

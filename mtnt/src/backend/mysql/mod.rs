@@ -151,6 +151,7 @@ impl MySqlBackend {
             tenant: Tenant {
                 name,
                 storage: text(row, "schema_name")?,
+                server: None,
             },
             state: TenantState::parse(&text(row, "state")?)?,
             created_at: row.try_get("created_at")?,

@@ -9,8 +9,8 @@ use sqlx::{Connection as _, PgConnection};
 
 use super::super::sql::quote_ident;
 use super::catalog;
-use super::schema::{sizes_by_storage, PostgresBackend};
-use super::target::{applied_from_row, PgConn, PgTarget, Probe, Spec};
+use super::schema::{by_server, sizes_by_storage, PostgresBackend};
+use super::target::{applied_from_row, PgConn, PgTarget, Spec};
 use super::tracking::{Tracking, COLUMNS};
 use super::{classify, is_code, tenant_key};
 use crate::backend::{
@@ -20,7 +20,8 @@ use crate::backend::{
 use crate::ctx::exec_postgres;
 use crate::migration::BoxFuture;
 use crate::{
-    AppliedMigration, Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+    AppliedMigration, Engine, Error, Result, Server, ServerName, Tenancy, Tenant, TenantName,
+    TenantRecord, TenantState,
 };
 
 /// The schema of a tenant database that holds its tables and its tracking table.
@@ -136,10 +137,30 @@ impl PgDatabaseBackend {
     /// when there is none.
     async fn connect_tenant(&self, tenant: &Tenant) -> Result<PgConnection> {
         self.check_not_control(tenant)?;
-        match PgConnection::connect_with(&self.tenant_connect_options(tenant)).await {
+        match PgConnection::connect_with(&self.options_of(tenant).await?).await {
             Ok(conn) => Ok(conn),
             Err(e) if is_code(&e, "3D000") => Err(Error::storage_missing(tenant)),
+            // Another server that stopped answering: its other tenants fail at once.
+            Err(e @ sqlx::Error::Io(_)) => match &tenant.server {
+                Some(server) => Err(self.control.server_lost(server, &e).await),
+                None => Err(e.into()),
+            },
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`PgDatabaseBackend::tenant_connect_options`] on the tenant's own server.
+    async fn options_of(&self, tenant: &Tenant) -> Result<PgConnectOptions> {
+        match &tenant.server {
+            None => Ok(self.tenant_connect_options(tenant)),
+            Some(server) => Ok(self
+                .control
+                .pool_of(Some(server))
+                .await?
+                .connect_options()
+                .as_ref()
+                .clone()
+                .database(&tenant.storage)),
         }
     }
 
@@ -149,7 +170,7 @@ impl PgDatabaseBackend {
         sql: &str,
         run_id: &str,
     ) -> Result<Vec<(TenantName, AppliedMigration)>> {
-        let options = self.tenant_connect_options(tenant);
+        let options = self.options_of(tenant).await?;
         let mut conn = match PgConnection::connect_with(&options).await {
             Ok(conn) => conn,
             Err(e) if is_code(&e, "3D000") => return Ok(Vec::new()),
@@ -167,9 +188,11 @@ impl PgDatabaseBackend {
         }
     }
 
-    /// Runs one statement on a pooled connection of the control database.
-    async fn exec_control(&self, sql: &str) -> Result<()> {
-        let mut conn = self.pool().acquire().await?;
+    /// Runs one statement on a pooled connection of the server of `tenant` (the control
+    /// database's pool for the default server).
+    async fn exec_on_server(&self, tenant: &Tenant, sql: &str) -> Result<()> {
+        let pool = self.control.pool_of(tenant.server.as_ref()).await?;
+        let mut conn = pool.acquire().await?;
         exec_postgres(&mut conn, sql).await?;
         Ok(())
     }
@@ -186,7 +209,7 @@ impl Backend for PgDatabaseBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_transactional_ddl()
+        Capabilities::NONE.with_transactional_ddl().with_servers()
     }
 
     fn classify(&self, error: &Error) -> ErrorClass {
@@ -252,15 +275,9 @@ impl Backend for PgDatabaseBackend {
             lock_key: tenant_key(&tenant.storage),
             search_path: schema_q.clone(),
             tracking: Tracking::own(&schema_q),
+            storage_ddl: None,
             row: None,
-            probe: Some(Probe {
-                pool: self.pool(),
-                sql: format!(
-                    "SELECT EXISTS (SELECT FROM {} WHERE name = $1)",
-                    self.control.registry()
-                ),
-                name: tenant.name.as_str(),
-            }),
+            probe: Some(self.control.registered_probe(tenant)),
         };
         Ok(Box::new(PgTarget::new(PgConn::Owned(Some(conn)), spec)))
     }
@@ -290,16 +307,22 @@ impl Backend for PgDatabaseBackend {
     async fn create_storage(&self, tenant: &Tenant) -> Result<()> {
         self.check_not_control(tenant)?;
         // The tracking table comes with the tenant's first transaction.
-        self.exec_control(&format!("CREATE DATABASE {}", quote_ident(&tenant.storage)))
-            .await
+        self.exec_on_server(
+            tenant,
+            &format!("CREATE DATABASE {}", quote_ident(&tenant.storage)),
+        )
+        .await
     }
 
     async fn drop_storage(&self, tenant: &Tenant) -> Result<()> {
         self.check_not_control(tenant)?;
-        self.exec_control(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(&tenant.storage)
-        ))
+        self.exec_on_server(
+            tenant,
+            &format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&tenant.storage)
+            ),
+        )
         .await
     }
 
@@ -315,6 +338,22 @@ impl Backend for PgDatabaseBackend {
             .bind(&self.control_db)
             .fetch_all(self.pool())
             .await?)
+    }
+
+    async fn unregistered_storage_on(
+        &self,
+        server: &ServerName,
+        like: &str,
+    ) -> Result<Vec<String>> {
+        let pool = self.control.pool_of(Some(server)).await?;
+        let on_server: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE $1 AND NOT datistemplate \
+             AND datallowconn AND datname NOT IN ('postgres', current_database()) ORDER BY datname",
+        )
+        .bind(like)
+        .fetch_all(&pool)
+        .await?;
+        self.control.not_registered(on_server).await
     }
 
     async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
@@ -344,6 +383,30 @@ impl Backend for PgDatabaseBackend {
         self.control.leases()
     }
 
+    async fn servers(&self) -> Result<Vec<Server>> {
+        self.control.servers_of().await
+    }
+
+    async fn move_tenant(
+        &self,
+        tenant: &Tenant,
+        _to: Option<&ServerName>,
+        _keep_source: bool,
+    ) -> Result<()> {
+        Err(Error::Invalid(format!(
+            "tenant {}: tenant move copies a schema; with a database per tenant it is not built yet",
+            tenant.name
+        )))
+    }
+
+    async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
+        self.control.add_server_of(name, url).await
+    }
+
+    async fn remove_server(&self, name: &ServerName) -> Result<()> {
+        self.control.remove_server_of(name).await
+    }
+
     async fn run_rows(
         &self,
         run_id: &str,
@@ -367,13 +430,19 @@ impl Backend for PgDatabaseBackend {
     }
 
     async fn tenant_sizes(&self, tenants: &[Tenant]) -> Result<Vec<(TenantName, u64)>> {
-        let databases: Vec<&str> = tenants.iter().map(|t| t.storage.as_str()).collect();
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT datname::text, pg_database_size(oid) FROM pg_database WHERE datname = ANY($1)",
-        )
-        .bind(&databases)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(sizes_by_storage(tenants, rows))
+        let mut sizes = Vec::new();
+        for (server, positions) in by_server(tenants) {
+            let group: Vec<Tenant> = positions.iter().map(|&at| tenants[at].clone()).collect();
+            let databases: Vec<&str> = group.iter().map(|t| t.storage.as_str()).collect();
+            let pool = self.control.pool_of(server).await?;
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT datname::text, pg_database_size(oid) FROM pg_database WHERE datname = ANY($1)",
+            )
+            .bind(&databases)
+            .fetch_all(&pool)
+            .await?;
+            sizes.extend(sizes_by_storage(&group, rows));
+        }
+        Ok(sizes)
     }
 }

@@ -10,11 +10,14 @@
 //!
 //! [`Connection`]: crate::Connection
 
+mod app;
 mod catalog;
 mod database;
 mod lease;
+mod moving;
 mod pooler;
 mod schema;
+mod servers;
 mod target;
 mod tracking;
 
@@ -22,6 +25,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use app::{TenantConnection, TenantPools};
 pub use database::PgDatabaseBackend;
 pub use schema::PostgresBackend;
 

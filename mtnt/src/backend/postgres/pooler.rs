@@ -31,7 +31,16 @@ const WHO_SERVES: &str = "SELECT pg_backend_pid()::text || ' started ' || \
 /// server unreachable or its TLS unusable ([`Error::Connect`], [`Error::Tls`]), or it leads
 /// to a pooler in transaction mode ([`Error::BadUrl`]). Returns the options to connect with
 /// (without `extra_float_digits` when the server, PgBouncer, refuses that parameter).
-pub(super) async fn first_connections(
+/// A boxed `Send` future (see `exec_postgres`): the servers of a fleet connect from inside
+/// `async_trait` methods.
+pub(super) fn first_connections(
+    url: &str,
+    options: PgConnectOptions,
+) -> crate::migration::BoxFuture<'_, Result<PgConnectOptions>> {
+    Box::pin(first_connections_checked(url, options))
+}
+
+async fn first_connections_checked(
     url: &str,
     options: PgConnectOptions,
 ) -> Result<PgConnectOptions> {
@@ -76,6 +85,16 @@ fn refuses_extra_float_digits(error: &sqlx::Error) -> bool {
     })
 }
 
+/// The server session that answers `conn` ([`WHO_SERVES`]); boxed, so that the futures
+/// around it are `Send` for any lifetime of the connection.
+fn who_serves(conn: &mut PgConnection) -> crate::migration::BoxFuture<'_, Result<String>> {
+    Box::pin(async move {
+        Ok(sqlx::Executor::fetch_one(conn, WHO_SERVES)
+            .await?
+            .try_get(0)?)
+    })
+}
+
 /// Whether the server sessions behind `a` and `b` are shared: `Some` with what showed it.
 async fn shared_session(a: &mut PgConnection, b: &mut PgConnection) -> Result<Option<String>> {
     let (mut seen_a, mut seen_b) = (Vec::<String>::new(), Vec::<String>::new());
@@ -87,10 +106,7 @@ async fn shared_session(a: &mut PgConnection, b: &mut PgConnection) -> Result<Op
         } else {
             (&mut *b, &mut seen_b)
         };
-        let session: String = sqlx::raw_sql(WHO_SERVES)
-            .fetch_one(conn)
-            .await?
-            .try_get(0)?;
+        let session = who_serves(conn).await?;
         if let Some(earlier) = seen.first().filter(|s| **s != session) {
             return Ok(Some(format!(
                 "one connection was served by server session {earlier}, then by {session}"

@@ -1,5 +1,6 @@
 //! PostgreSQL with one schema per tenant, all in one database.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,9 +11,10 @@ use sqlx::Row;
 use super::super::sql::{invalid_names, quote_ident, valid_page};
 use super::catalog;
 use super::lease::PgLeases;
+use super::servers::{servers_ddl, Servers};
 use super::target::applied_from_row;
-use super::target::{PgConn, PgTarget, Spec};
-use super::tracking::{shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
+use super::target::{PgConn, PgTarget, Probe, Spec};
+use super::tracking::{registered_here, shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
 use super::{classify, is_code, literal, maybe_invalid_name, public_key, tenant_key};
 use crate::backend::{
     Backend, Capabilities, Connection, ErrorClass, JournalEntry, LeaseStore, RegistryRow,
@@ -20,7 +22,8 @@ use crate::backend::{
 };
 use crate::ctx::exec_postgres;
 use crate::{
-    AppliedMigration, Engine, Error, Result, Tenancy, Tenant, TenantName, TenantRecord, TenantState,
+    AppliedMigration, Engine, Error, Result, Server, ServerName, Tenancy, Tenant, TenantName,
+    TenantRecord, TenantState,
 };
 
 /// Tenants whose schemas one catalog query of `drift` describes.
@@ -42,6 +45,11 @@ pub struct PostgresBackend {
     pool: PgPool,
     control: String,
     control_q: String,
+    /// The other servers of the fleet and their pools.
+    servers: Arc<Servers>,
+    /// The registry has its `server` column (set once seen: a registry from before
+    /// servers gets it from the next writing command, and reads make nothing).
+    server_column: Arc<AtomicBool>,
 }
 
 /// Makes any change of the shared tracking table clear the changed tenants' fingerprints
@@ -99,10 +107,27 @@ pub(super) fn sizes_by_storage(
         .collect()
 }
 
+/// The positions of `tenants` by the server they are on (the default server's first).
+pub(super) fn by_server(tenants: &[Tenant]) -> Vec<(Option<&ServerName>, Vec<usize>)> {
+    let mut groups: Vec<(Option<&ServerName>, Vec<usize>)> = Vec::new();
+    for (at, tenant) in tenants.iter().enumerate() {
+        let server = tenant.server.as_ref();
+        match groups.iter_mut().find(|(s, _)| *s == server) {
+            Some((_, positions)) => positions.push(at),
+            None => groups.push((server, vec![at])),
+        }
+    }
+    groups.sort_by_key(|(s, _)| s.is_some());
+    groups
+}
+
 impl PostgresBackend {
-    /// The schemas of one page of tenants, in one catalog query.
+    /// The schemas of one page of tenants of one server, in one catalog query.
     async fn describe_page(&self, page: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
-        let mut conn = self.pool.acquire().await?;
+        let pool = self
+            .pool_of(page.first().and_then(|t| t.server.as_ref()))
+            .await?;
+        let mut conn = pool.acquire().await?;
         let schemas: Vec<&str> = page.iter().map(|t| t.storage.as_str()).collect();
         let objects = catalog::describe(&mut conn, &schemas).await?;
         Ok(page
@@ -114,10 +139,16 @@ impl PostgresBackend {
 
     /// A backend on `pool` whose control schema is `public`.
     pub fn new(pool: PgPool) -> Self {
+        let control_q = quote_ident("public");
         Self {
+            servers: Arc::new(Servers::new(
+                &control_q,
+                pool.options().get_max_connections(),
+            )),
             pool,
             control: "public".to_owned(),
-            control_q: quote_ident("public"),
+            control_q,
+            server_column: Arc::default(),
         }
     }
 
@@ -135,12 +166,21 @@ impl PostgresBackend {
         }
         self.control = schema.to_owned();
         self.control_q = quote_ident(schema);
+        self.servers = Arc::new(Servers::new(
+            &self.control_q,
+            self.pool.options().get_max_connections(),
+        ));
         Ok(self)
     }
 
     /// The pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The control schema, quoted.
+    pub(super) fn control_q(&self) -> &str {
+        &self.control_q
     }
 
     /// The qualified registry table.
@@ -154,10 +194,16 @@ impl PostgresBackend {
         let Ok(name) = TenantName::new(name) else {
             return Ok(None);
         };
+        let server = row
+            .try_get::<Option<String>, _>("server")?
+            .map(ServerName::new)
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("tenant registry, tenant {name}: {e}")))?;
         Ok(Some(TenantRecord {
             tenant: Tenant {
                 name,
                 storage: row.try_get("schema_name")?,
+                server,
             },
             state: TenantState::parse(row.try_get("state")?)?,
             created_at: row.try_get("created_at")?,
@@ -177,7 +223,7 @@ impl PostgresBackend {
     ) -> Result<Vec<(TenantRecord, Option<String>)>> {
         let sql = format!(
             "{} WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
-            self.select_records(extra)
+            self.select_records(extra).await?
         );
         valid_page(after, limit, async |after, limit| {
             let rows = sqlx::query(&sql)
@@ -201,12 +247,203 @@ impl PostgresBackend {
         .await
     }
 
-    /// The registry's columns of a [`TenantRecord`], then `extra`.
-    fn select_records(&self, extra: &str) -> String {
-        format!(
-            "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error{extra} FROM {}",
+    /// The registry's columns of a [`TenantRecord`], then `extra`; a registry from before
+    /// servers reads as every tenant on the default server.
+    async fn select_records(&self, extra: &str) -> Result<String> {
+        let server = if self.has_server_column().await? {
+            "server"
+        } else {
+            "NULL::text AS server"
+        };
+        Ok(format!(
+            "SELECT name, schema_name, state, created_at, applied_order, failed_order, last_error, {server}{extra} FROM {}",
             self.registry()
+        ))
+    }
+
+    /// Whether the registry has its `server` column yet.
+    async fn has_server_column(&self) -> Result<bool> {
+        if self.server_column.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let has: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass($1) \
+             AND attname = 'server' AND NOT attisdropped)",
         )
+        .bind(self.registry())
+        .fetch_one(&self.pool)
+        .await?;
+        self.server_column.store(has, Ordering::Relaxed);
+        Ok(has)
+    }
+
+    /// The pool of the server `tenant` is on: the control pool for the default server.
+    pub(super) async fn pool_of(&self, server: Option<&ServerName>) -> Result<PgPool> {
+        match server {
+            None => Ok(self.pool.clone()),
+            Some(server) => self.servers.pool(&self.pool, server).await,
+        }
+    }
+
+    /// Those of `storages` that no registry row names.
+    pub(super) async fn not_registered(&self, storages: Vec<String>) -> Result<Vec<String>> {
+        let registered: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT schema_name FROM {} WHERE schema_name = ANY($1)",
+            self.registry()
+        ))
+        .bind(&storages)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(storages
+            .into_iter()
+            .filter(|s| !registered.contains(s))
+            .collect())
+    }
+
+    /// `server` failed to connect with `error`: see [`Servers::lost`].
+    pub(super) async fn server_lost(&self, server: &ServerName, error: &sqlx::Error) -> Error {
+        self.servers.lost(server, error).await
+    }
+
+    /// How a read of a tenant whose registry is in another database (or on another
+    /// server) tells whether the tenant is registered.
+    pub(super) fn registered_probe<'a>(&'a self, tenant: &'a Tenant) -> Probe<'a> {
+        Probe {
+            pool: &self.pool,
+            sql: format!(
+                "SELECT EXISTS (SELECT FROM {} r WHERE r.name = $1 AND {})",
+                self.registry(),
+                registered_here(tenant.server.as_ref())
+            ),
+            name: tenant.name.as_str(),
+        }
+    }
+
+    /// The control database's own server as `server list` shows it: its URL without a
+    /// password.
+    fn default_server_url(&self) -> String {
+        let options = self.pool.connect_options();
+        format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        )
+    }
+
+    /// [`Backend::servers`] of this registry.
+    pub(super) async fn servers_of(&self) -> Result<Vec<Server>> {
+        let default = Server {
+            name: ServerName::default_server(),
+            url: self.default_server_url(),
+            tenants: 0,
+        };
+        let listed: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(&self.servers.table)
+            .fetch_one(&self.pool)
+            .await?;
+        if listed.is_none() || !self.has_server_column().await? {
+            return Ok(vec![Server {
+                tenants: self.tenant_count().await?,
+                ..default
+            }]);
+        }
+        let rows: Vec<(Option<String>, Option<String>, i64)> = sqlx::query_as(&format!(
+            "SELECT s.name, s.url, (SELECT count(*) FROM {registry} r WHERE r.server IS NOT DISTINCT FROM s.name) \
+             FROM (SELECT NULL::text AS name, NULL::text AS url UNION ALL SELECT name, url FROM {servers}) AS s \
+             ORDER BY s.name NULLS FIRST",
+            registry = self.registry(),
+            servers = self.servers.table,
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(name, url, tenants)| {
+                let tenants = u64::try_from(tenants).unwrap_or(0);
+                Ok(match (name, url) {
+                    (Some(name), Some(url)) => Server {
+                        name: ServerName::new(name)
+                            .map_err(|e| Error::Corrupt(format!("{}: {e}", self.servers.table)))?,
+                        url,
+                        tenants,
+                    },
+                    _ => Server {
+                        tenants,
+                        ..default.clone()
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// [`Backend::add_server`] of this registry.
+    pub(super) async fn add_server_of(&self, name: &ServerName, url: &str) -> Result<()> {
+        if name.is_default() {
+            return Err(Error::ServerExists(name.clone()));
+        }
+        let url = crate::url_without_password(url)?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO {} (name, url) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            self.servers.table
+        ))
+        .bind(name.as_str())
+        .bind(&url)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::ServerExists(name.clone()));
+        }
+        Ok(())
+    }
+
+    /// [`Backend::remove_server`] of this registry: refused while it holds tenants (the
+    /// registry's foreign key refuses it too, should a tenant be placed meanwhile).
+    pub(super) async fn remove_server_of(&self, name: &ServerName) -> Result<()> {
+        let unknown = || Error::UnknownServer {
+            server: name.clone(),
+            default: crate::DEFAULT_SERVER,
+        };
+        if name.is_default() {
+            return Err(Error::Invalid(format!(
+                "server {name} is the control database's own; it cannot be removed"
+            )));
+        }
+        let tenants: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT (SELECT count(*) FROM {} WHERE server = s.name) FROM {} s WHERE s.name = $1",
+            self.registry(),
+            self.servers.table
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match tenants {
+            None => return Err(unknown()),
+            Some(0) => {}
+            Some(n) => {
+                return Err(Error::ServerInUse {
+                    server: name.clone(),
+                    tenants: u64::try_from(n).unwrap_or(0),
+                })
+            }
+        }
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM {} WHERE name = $1",
+            self.servers.table
+        ))
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await;
+        match deleted {
+            Ok(done) if done.rows_affected() == 0 => Err(unknown()),
+            Ok(_) => Ok(()),
+            // A tenant placed there since the count: the foreign key keeps it.
+            Err(e) if is_code(&e, "23503") => Err(Error::ServerInUse {
+                server: name.clone(),
+                tenants: 1,
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The search path of tenant migrations: the tenant's schema, then the control schema
@@ -243,6 +480,7 @@ impl PostgresBackend {
             lock_key: public_key(&self.control),
             search_path: self.control_q.clone(),
             tracking: Tracking::own(&self.control_q),
+            storage_ddl: None,
             row: None,
             probe: None,
         }
@@ -313,12 +551,17 @@ impl PostgresBackend {
              {tracking};
              {shared};
              CREATE TABLE IF NOT EXISTS {settings} (name text PRIMARY KEY, value text NOT NULL);
+             {servers};
              INSERT INTO {settings} (name, value) VALUES ('tenancy', {tenancy}), ('control_schema', {control_l})
                 ON CONFLICT (name) DO NOTHING;
              DO $mtnt$ BEGIN
                 IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
                                AND attname = 'fingerprint' AND NOT attisdropped) THEN
                     ALTER TABLE {registry} ADD COLUMN fingerprint text;
+                END IF;
+                IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {registry_l}::regclass
+                               AND attname = 'server' AND NOT attisdropped) THEN
+                    ALTER TABLE {registry} ADD COLUMN server text REFERENCES {servers_table} (name);
                 END IF;
                 IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {shared_l}::regclass
                                AND attname = 'run_id' AND NOT attisdropped) THEN
@@ -338,6 +581,8 @@ impl PostgresBackend {
             tracking = Tracking::own(&self.control_q).own_ddl(),
             shared = shared_ddl(&self.control_q, &self.registry()),
             trigger = tracking_trigger_sql(&self.control_q, &self.registry()),
+            servers = servers_ddl(&self.servers.table),
+            servers_table = self.servers.table,
         );
         let mut conn = self.pool.acquire().await?;
         if let Err(e) = exec_postgres(&mut conn, &sql).await {
@@ -346,6 +591,7 @@ impl PostgresBackend {
             }
             return Err(e.into());
         }
+        self.server_column.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -426,6 +672,7 @@ impl Backend for PostgresBackend {
             .with_transactional_storage()
             .with_fingerprints()
             .with_storage_spares()
+            .with_servers()
     }
 
     fn classify(&self, error: &Error) -> ErrorClass {
@@ -478,7 +725,7 @@ impl Backend for PostgresBackend {
     async fn tenant_records(&self, names: &[TenantName]) -> Result<Vec<TenantRecord>> {
         let sql = format!(
             "{} WHERE name = ANY($1) ORDER BY name",
-            self.select_records("")
+            self.select_records("").await?
         );
         let names: Vec<&str> = names.iter().map(TenantName::as_str).collect();
         let rows = sqlx::query(&sql).bind(&names).fetch_all(&self.pool).await?;
@@ -519,6 +766,23 @@ impl Backend for PostgresBackend {
     async fn connect<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Connection + 'a>> {
         let spec = match target {
             Target::Public => self.public_spec(),
+            Target::Tenant(tenant) if tenant.server.is_some() => {
+                // On another server: the tracking rows are in the tenant's schema there,
+                // and the registry row, here, is a cache (as with database per tenant).
+                let server = tenant.server.as_ref().expect("matched");
+                let conn = self.servers.acquire(&self.pool, server).await?;
+                let schema_q = quote_ident(&tenant.storage);
+                let spec = Spec {
+                    tenant: Some(tenant),
+                    lock_key: tenant_key(&tenant.storage),
+                    search_path: format!("{schema_q}, public"),
+                    tracking: Tracking::own(&schema_q),
+                    storage_ddl: Some(format!("CREATE SCHEMA IF NOT EXISTS {schema_q}")),
+                    row: None,
+                    probe: Some(self.registered_probe(tenant)),
+                };
+                return Ok(Box::new(PgTarget::new(PgConn::Pooled(conn), spec)));
+            }
             Target::Tenant(tenant) => {
                 let row = TenantRow::new(self.registry(), tenant);
                 Spec {
@@ -526,6 +790,7 @@ impl Backend for PostgresBackend {
                     lock_key: tenant_key(&tenant.storage),
                     search_path: self.tenant_search_path(&row.schema_q),
                     tracking: Tracking::shared(&self.control_q, tenant.name.as_str()),
+                    storage_ddl: None,
                     row: Some(row),
                     probe: None,
                 }
@@ -542,13 +807,14 @@ impl Backend for PostgresBackend {
         applied_order: Option<i64>,
     ) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO {} (name, schema_name, state, applied_order) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO {} (name, schema_name, state, applied_order, server) VALUES ($1, $2, $3, $4, $5)",
             self.registry()
         ))
         .bind(tenant.name.as_str())
         .bind(&tenant.storage)
         .bind(state.as_str())
         .bind(applied_order)
+        .bind(tenant.server.as_ref().map(ServerName::as_str))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -589,17 +855,36 @@ impl Backend for PostgresBackend {
     }
 
     async fn create_storage(&self, tenant: &Tenant) -> Result<()> {
-        // The tracking rows are in the shared table already.
-        self.exec(&format!("CREATE SCHEMA {}", quote_ident(&tenant.storage)))
-            .await
+        let schema_q = quote_ident(&tenant.storage);
+        if tenant.server.is_none() {
+            // The tracking rows are in the shared table already.
+            return self.exec(&format!("CREATE SCHEMA {schema_q}")).await;
+        }
+        let pool = self.pool_of(tenant.server.as_ref()).await?;
+        let mut conn = pool.acquire().await?;
+        let sql = format!(
+            "BEGIN; CREATE SCHEMA {schema_q}; {}; COMMIT",
+            Tracking::own(&schema_q).own_ddl()
+        );
+        if let Err(e) = exec_postgres(&mut conn, &sql).await {
+            let _ = exec_postgres(&mut conn, "ROLLBACK").await;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     async fn drop_storage(&self, tenant: &Tenant) -> Result<()> {
-        self.exec(&format!(
-            "DROP SCHEMA IF EXISTS {} CASCADE",
-            quote_ident(&tenant.storage)
-        ))
-        .await
+        let pool = self.pool_of(tenant.server.as_ref()).await?;
+        let mut conn = pool.acquire().await?;
+        exec_postgres(
+            &mut conn,
+            &format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                quote_ident(&tenant.storage)
+            ),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn unregistered_storage(&self, like: &str) -> Result<Vec<String>> {
@@ -627,18 +912,54 @@ impl Backend for PostgresBackend {
         .await?)
     }
 
+    async fn unregistered_storage_on(
+        &self,
+        server: &ServerName,
+        like: &str,
+    ) -> Result<Vec<String>> {
+        let on_server: Vec<String> = sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1 AND nspname NOT LIKE 'pg\\_%' \
+             AND nspname NOT IN ('information_schema', 'public') ORDER BY nspname",
+        )
+        .bind(like)
+        .fetch_all(&self.pool_of(Some(server)).await?)
+        .await?;
+        self.not_registered(on_server).await
+    }
+
     async fn describe(&self, tenants: &[Tenant]) -> Result<Vec<Result<Vec<SchemaObject>>>> {
         // A page per query keeps each answer (some rows per object) a bounded size; the
         // catalog's deparsers cost the server CPU, so pages go on a few connections at once.
-        let pages: Vec<_> = tenants
-            .chunks(DESCRIBE_PAGE)
-            .map(|page| self.describe_page(page))
-            .collect();
-        let pages: Vec<Vec<_>> = futures_util::stream::iter(pages)
-            .buffered(DESCRIBE_CONNECTIONS)
-            .try_collect()
-            .await?;
-        Ok(pages.into_iter().flatten().collect())
+        // Each server's tenants on that server, answered in the order asked.
+        let mut described: Vec<Option<Result<Vec<SchemaObject>>>> =
+            tenants.iter().map(|_| None).collect();
+        for (server, positions) in by_server(tenants) {
+            let group: Vec<Tenant> = positions.iter().map(|&at| tenants[at].clone()).collect();
+            let pages: Vec<_> = group
+                .chunks(DESCRIBE_PAGE)
+                .map(|page| self.describe_page(page))
+                .collect();
+            let pages: Result<Vec<Vec<_>>> = futures_util::stream::iter(pages)
+                .buffered(DESCRIBE_CONNECTIONS)
+                .try_collect()
+                .await;
+            match (pages, server) {
+                (Ok(pages), _) => {
+                    for (at, objects) in positions.into_iter().zip(pages.into_iter().flatten()) {
+                        described[at] = Some(objects);
+                    }
+                }
+                // Another server that fails leaves its own tenants unread, not the rest.
+                (Err(e), Some(_)) => {
+                    let why = e.to_string();
+                    for at in positions {
+                        described[at] = Some(Err(Error::Invalid(why.clone())));
+                    }
+                }
+                (Err(e), None) => return Err(e),
+            }
+        }
+        Ok(described.into_iter().flatten().collect())
     }
 
     async fn run_rows(
@@ -647,25 +968,50 @@ impl Backend for PostgresBackend {
         tenants: &[Tenant],
         _concurrency: usize,
     ) -> Result<Vec<(TenantName, AppliedMigration)>> {
-        // Every tenant's rows are in one table: one query.
+        // The default server's tenants' rows are in one table: one query.
         let sql = format!(
             "SELECT tenant, {COLUMNS} FROM {} WHERE run_id = $1 AND tenant = ANY($2) \
              ORDER BY tenant, migration_order",
             shared_table(&self.control_q)
         );
-        let names: Vec<&str> = tenants.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = tenants
+            .iter()
+            .filter(|t| t.server.is_none())
+            .map(|t| t.name.as_str())
+            .collect();
         let rows = sqlx::query(&sql)
             .bind(run_id)
             .bind(&names)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
+        let mut found: Vec<(TenantName, AppliedMigration)> = rows
+            .iter()
             .map(|row| {
                 let name = TenantName::new(row.try_get::<String, _>("tenant")?)
                     .map_err(|e| Error::Corrupt(format!("tracking table: {e}")))?;
                 Ok((name, applied_from_row(row)?))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        // A tenant on another server has its rows in its schema there: a query each.
+        for tenant in tenants.iter().filter(|t| t.server.is_some()) {
+            let pool = self.pool_of(tenant.server.as_ref()).await?;
+            let sql = format!(
+                "SELECT {COLUMNS} FROM {}.mtnt_migrations WHERE run_id = $1 ORDER BY migration_order",
+                quote_ident(&tenant.storage)
+            );
+            match sqlx::query(&sql).bind(run_id).fetch_all(&pool).await {
+                Ok(rows) => {
+                    for row in &rows {
+                        found.push((tenant.name.clone(), applied_from_row(row)?));
+                    }
+                }
+                // No tracking table (or none with run ids) yet: no rows of the run.
+                Err(e) if is_code(&e, "42P01") || is_code(&e, "42703") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        found.sort_by(|a, b| (&a.0, a.1.order).cmp(&(&b.0, b.1.order)));
+        Ok(found)
     }
 
     async fn tenant_sizes(&self, tenants: &[Tenant]) -> Result<Vec<(TenantName, u64)>> {
@@ -673,12 +1019,16 @@ impl Backend for PostgresBackend {
         let sql = "SELECT n.nspname::text, COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint \
                    FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm') \
                    WHERE n.nspname = ANY($1) GROUP BY n.nspname";
-        let schemas: Vec<&str> = tenants.iter().map(|t| t.storage.as_str()).collect();
-        let rows: Vec<(String, i64)> = sqlx::query_as(sql)
-            .bind(&schemas)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(sizes_by_storage(tenants, rows))
+        let mut sizes = Vec::new();
+        for (server, positions) in by_server(tenants) {
+            let group: Vec<Tenant> = positions.iter().map(|&at| tenants[at].clone()).collect();
+            let schemas: Vec<&str> = group.iter().map(|t| t.storage.as_str()).collect();
+            let pool = self.pool_of(server).await?;
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as(sql).bind(&schemas).fetch_all(&pool).await?;
+            sizes.extend(sizes_by_storage(&group, rows));
+        }
+        Ok(sizes)
     }
 
     async fn journal_write(&self, entry: &JournalEntry, keep: usize) -> Result<()> {
@@ -731,6 +1081,36 @@ impl Backend for PostgresBackend {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(JournalEntry::from).collect())
+    }
+
+    async fn servers(&self) -> Result<Vec<Server>> {
+        self.servers_of().await
+    }
+
+    async fn move_tenant(
+        &self,
+        tenant: &Tenant,
+        to: Option<&ServerName>,
+        keep_source: bool,
+    ) -> Result<()> {
+        self.move_schema(tenant, to, keep_source).await
+    }
+
+    async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
+        self.add_server_of(name, url).await
+    }
+
+    async fn remove_server(&self, name: &ServerName) -> Result<()> {
+        self.remove_server_of(name).await
+    }
+
+    fn capabilities_of(&self, tenant: &Tenant) -> Capabilities {
+        if tenant.server.is_some() {
+            // The registry is in another database than the tenant's rows: a cache.
+            Capabilities::NONE.with_transactional_ddl().with_servers()
+        } else {
+            self.capabilities()
+        }
     }
 
     fn leases(&self) -> Option<Arc<dyn LeaseStore>> {

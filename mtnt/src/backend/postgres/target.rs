@@ -87,6 +87,9 @@ pub(super) struct Spec<'a> {
     pub(super) search_path: String,
     /// Where the tracking rows are.
     pub(super) tracking: Tracking,
+    /// What makes the tenant's storage before a tracking table of its own in it (a
+    /// schema on another server), where the read may find it missing.
+    pub(super) storage_ddl: Option<String>,
     /// The tenant's registry row and schema, where the registry is in this database
     /// (schema per tenant): records write it in the target's transaction, and the read
     /// tells whether the schema and the row exist.
@@ -198,7 +201,11 @@ impl<'a> PgTarget<'a> {
             (None, _) => {}
             // A table of its own that is missing yet: it comes with the first change.
             (Some(e), None) if is_code(&e, "42P01") => {
-                self.setup = Some(self.spec.tracking.own_ddl());
+                let own = self.spec.tracking.own_ddl();
+                self.setup = Some(match &self.spec.storage_ddl {
+                    Some(storage) => format!("{storage}; {own}"),
+                    None => own,
+                });
                 return Ok(TargetState {
                     applied: Vec::new(),
                     registered: true,

@@ -277,6 +277,16 @@ pub(super) fn shared_ddl(control_q: &str, registry: &str) -> String {
     )
 }
 
+/// The condition on a registry row `r` that it places its tenant on `server` (`None`: the
+/// default server): a target read on one server does not count a tenant moved to another
+/// as registered there. Reads a registry from before servers (no `server` column) too.
+pub(super) fn registered_here(server: Option<&crate::ServerName>) -> String {
+    match server {
+        None => "to_jsonb(r) ->> 'server' IS NULL".to_owned(),
+        Some(server) => format!("to_jsonb(r) ->> 'server' = {}", literal(server.as_str())),
+    }
+}
+
 /// A tenant's registry row, where the registry is in the tenant's database (schema per
 /// tenant), with the tenant's schema.
 #[derive(Clone, Debug)]
@@ -307,11 +317,12 @@ impl TenantRow {
     pub(super) fn select_state(&self, tracking: &Tracking) -> String {
         format!(
             "SELECT s.schema_exists, s.registered, m.* FROM (SELECT to_regnamespace({schema}) IS NOT NULL AS schema_exists, \
-             EXISTS (SELECT FROM {registry} WHERE name = {name}) AS registered) AS s \
+             EXISTS (SELECT FROM {registry} r WHERE r.name = {name} AND {here}) AS registered) AS s \
              LEFT JOIN ({rows}) AS m ON true ORDER BY m.migration_order",
             schema = literal(&self.schema_q),
             registry = self.registry,
             name = self.name,
+            here = registered_here(None),
             rows = format_args!("SELECT {COLUMNS} FROM {} {}", tracking.table, tracking.filter("")),
         )
     }
