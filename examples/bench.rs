@@ -627,6 +627,48 @@ impl Plain {
         Ok(())
     }
 
+    /// What mtnt writes to migrate one tenant on MySQL, without the migrations: the
+    /// tracking table (DDL), then one commit before each migration (its `started` row,
+    /// with the previous one's `completed` row and the registry row) and one after the
+    /// last: the floor of the started / completed chain, on MySQL only.
+    async fn books_tenant(&mut self, engine: Engine, tenant: &str, registry: &str) -> Res<()> {
+        let Plain::MySql(conn) = self else {
+            return Err("the bookkeeping floor is measured on MySQL only".into());
+        };
+        let table = format!("`{tenant}`.mtnt_migrations");
+        conn.execute(&*format!(
+            "USE `{tenant}`; CREATE TABLE {table} (migration_order BIGINT NOT NULL PRIMARY KEY, \
+             name VARCHAR(255) NOT NULL, checksum VARCHAR(255) NOT NULL, status VARCHAR(16) NOT NULL, \
+             started_at DATETIME(6) NULL, finished_at DATETIME(6) NULL, duration_ms BIGINT NULL, \
+             error MEDIUMTEXT NULL, run_id VARCHAR(64) NULL) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
+        ))
+        .await?;
+        let migrations = workload(engine).tenant.len();
+        for k in 0..=migrations {
+            let mut sql = vec!["START TRANSACTION".to_owned()];
+            if k > 0 {
+                sql.push(format!(
+                    "UPDATE {table} SET status = 'completed', finished_at = UTC_TIMESTAMP(6), \
+                     duration_ms = 1 WHERE migration_order = {k}"
+                ));
+                sql.push(format!(
+                    "UPDATE {registry} SET applied_order = (SELECT max(migration_order) FROM {table} \
+                     WHERE status = 'completed'), updated_at = UTC_TIMESTAMP(6) WHERE name = '{tenant}'"
+                ));
+            }
+            if k < migrations {
+                sql.push(format!(
+                    "INSERT INTO {table} (migration_order, name, checksum, status, started_at) \
+                     VALUES ({}, 'migration', 'checksum', 'started', UTC_TIMESTAMP(6))",
+                    k + 1
+                ));
+            }
+            sql.push("COMMIT".to_owned());
+            conn.execute(&*sql.join("; ")).await?;
+        }
+        Ok(())
+    }
+
     /// A new tenant with every migration, atomically where the engine allows: the
     /// baseline of `tenant create`.
     async fn create_tenant(&mut self, engine: Engine, tenant: &str) -> Res<()> {
@@ -665,9 +707,18 @@ impl Plain {
     }
 }
 
+/// What a floor's plain connections do for each tenant.
+#[derive(Clone, Copy)]
+enum Work {
+    /// The workload's migrations.
+    Migrate,
+    /// mtnt's MySQL bookkeeping without the migrations: [`Plain::books_tenant`].
+    Books,
+}
+
 /// The floor: `tenants` tenants migrated by `workers` plain connections taking tenants
 /// from one shared counter (one worker: a single loop).
-async fn floor(db: &Db, tenants: usize, workers: usize) -> Res<Duration> {
+async fn floor(db: &Db, tenants: usize, workers: usize, work: Work) -> Res<Duration> {
     let next = Arc::new(AtomicUsize::new(1));
     let mut plains = Vec::new();
     for _ in 0..workers {
@@ -679,13 +730,17 @@ async fn floor(db: &Db, tenants: usize, workers: usize) -> Res<Duration> {
     for mut plain in plains {
         let next = next.clone();
         let names: Vec<String> = (1..=tenants).map(|i| db.tenant(i)).collect();
+        let registry = format!("`{}`.mtnt_tenants", db.name);
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i > names.len() {
                     return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(());
                 }
-                plain.migrate_tenant(engine, &names[i - 1]).await?;
+                match work {
+                    Work::Migrate => plain.migrate_tenant(engine, &names[i - 1]).await?,
+                    Work::Books => plain.books_tenant(engine, &names[i - 1], &registry).await?,
+                }
             }
         }));
     }
@@ -1271,6 +1326,7 @@ async fn run(args: Args) -> Res<()> {
     //    for reference, then mtnt; each on a fresh database, `--repeat` times in turn.
     let mut floor_1 = Vec::new();
     let mut floor_4 = Vec::new();
+    let mut books_4 = Vec::new();
     let mut mtnt_n = Vec::new();
     let mut mtnt_tls = Vec::new();
     let tls = server_has_tls(engine).await;
@@ -1291,7 +1347,7 @@ async fn run(args: Args) -> Res<()> {
         db.settle().await?;
         let probe = ServerCpu::start(&db).await?;
         let client = process_cpu("self").unwrap_or(0.0);
-        let wall = floor(&db, n, 1).await?;
+        let wall = floor(&db, n, 1, Work::Migrate).await?;
         let client = process_cpu("self").unwrap_or(0.0) - client;
         floor_1.push(Timed::new(wall, ServerCpu::finish(probe).await, client));
         finished.push(db);
@@ -1305,11 +1361,27 @@ async fn run(args: Args) -> Res<()> {
         db.settle().await?;
         let probe = ServerCpu::start(&db).await?;
         let client = process_cpu("self").unwrap_or(0.0);
-        let wall = floor(&db, n, 4).await?;
+        let wall = floor(&db, n, 4, Work::Migrate).await?;
         let client = process_cpu("self").unwrap_or(0.0) - client;
         floor_4.push(Timed::new(wall, ServerCpu::finish(probe).await, client));
         finished.push(db);
         done(wall);
+
+        if engine == Engine::MySql {
+            progress(&format!(
+                "bookkeeping floor: {n} tenants, four plain connections{of}"
+            ));
+            let db = Db::create(engine).await?;
+            db.register(n).await?;
+            db.settle().await?;
+            let probe = ServerCpu::start(&db).await?;
+            let client = process_cpu("self").unwrap_or(0.0);
+            let wall = floor(&db, n, 4, Work::Books).await?;
+            let client = process_cpu("self").unwrap_or(0.0) - client;
+            books_4.push(Timed::new(wall, ServerCpu::finish(probe).await, client));
+            finished.push(db);
+            done(wall);
+        }
 
         progress(&format!("mtnt migrate: {n} tenants from empty{of}"));
         let db = Db::create(engine).await?;
@@ -1353,6 +1425,20 @@ async fn run(args: Args) -> Res<()> {
     let mtnt_vs_floor = Ratios::paired(&mtnt_n, &floor_1);
     let plain4_vs_floor = Ratios::paired(&floor_4, &floor_1);
     let mtnt_vs_plain4 = Ratios::paired(&mtnt_n, &floor_4);
+    // The least mtnt can be against the plain sessions if its bookkeeping's time adds
+    // to theirs: (plain + bookkeeping) / plain, round by round.
+    let plain4_and_books: Vec<Timed> = floor_4
+        .iter()
+        .zip(&books_4)
+        .map(|(plain, books)| Timed::new(plain.wall + books.wall, None, 0.0))
+        .collect();
+    let books_floor = (!books_4.is_empty()).then(|| {
+        (
+            Ratios::paired(&plain4_and_books, &floor_4),
+            Ratios::paired(&mtnt_n, &plain4_and_books),
+            Timed::median(books_4),
+        )
+    });
     let tls_vs_plain = (!mtnt_tls.is_empty()).then(|| Ratios::paired(&mtnt_tls, &mtnt_n));
     let mtnt_tls = (!mtnt_tls.is_empty()).then(|| Timed::median(mtnt_tls));
     let (floor_1, floor_4, mtnt_n) = (
@@ -1384,6 +1470,22 @@ async fn run(args: Args) -> Res<()> {
             _ => "-".to_owned(),
         },
     });
+    if let Some((floor_ratio, mtnt_vs_sum, books)) = books_floor {
+        rows.push(Row {
+            what: "  bookkeeping floor: its commits alone, 4 plain sessions".to_owned(),
+            figure: books.describe(n),
+            baseline: format!("{}, 4 plain conns", secs(floor_4.wall)),
+            ratio: format!("{} (plain + floor) / plain", floor_ratio.describe()),
+            target: "-".to_owned(),
+        });
+        rows.push(Row {
+            what: "  mtnt vs 4 plain sessions + bookkeeping floor".to_owned(),
+            figure: secs(mtnt_n.wall),
+            baseline: format!("{} + {}", secs(floor_4.wall), secs(books.wall)),
+            ratio: mtnt_vs_sum.describe(),
+            target: "-".to_owned(),
+        });
+    }
     // The limit: the server's CPU time for mtnt's run spread over every core. A run
     // shorter than that is impossible without less work on the server.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
