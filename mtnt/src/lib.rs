@@ -65,7 +65,7 @@ pub use cli::{cli_fix, Report};
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
-    fingerprint, Condition, FailedMigration, FailedTenant, InvalidRegistryRow, MigrateOptions,
+    default_concurrency, fingerprint, Condition, FailedMigration, FailedTenant, InvalidRegistryRow, MigrateOptions,
     MigrateReport, Migrator, MigratorBuilder, PlanGroup, PlanReport, PlannedMigration, Progress,
     PublicStatus, RegistrySource, RollbackReport, RollbackTarget, StatusReport, TemplateChange,
     TenantSource, TenantStatus, Timeouts, Transactions,

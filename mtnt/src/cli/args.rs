@@ -79,17 +79,17 @@ pub(crate) struct Cli {
     )]
     pub(crate) spares: usize,
 
-    /// How many tenants are migrated at once, 1 to 1024 (each uses one connection)
+    /// How many tenants are migrated at once, 1 to 1024 (each uses one connection; default
+    /// 8, on MySQL and MariaDB 4)
     #[arg(
         long,
         env = "MTNT_CONCURRENCY",
-        default_value_t = 8,
         value_name = "N",
         value_parser = parse_concurrency,
         global = true,
         help_heading = "Run"
     )]
-    pub(crate) concurrency: usize,
+    pub(crate) concurrency: Option<usize>,
 
     /// How many of one server's tenants are migrated at once, within --concurrency (a
     /// fleet on several servers: `server list`); default: no limit but --concurrency

@@ -331,8 +331,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let options = ConnectOptions {
         tenancy: cli.tenancy.map(Into::into),
         control_schema: cli.control_schema.clone(),
-        // At most MAX_CONCURRENCY + 2: the parser bounds --concurrency.
-        max_connections: u32::try_from(cli.concurrency.saturating_add(2)).unwrap_or(u32::MAX),
+        // At most MAX_CONCURRENCY + 2: the parser bounds --concurrency. Without it, room
+        // for the largest default of any engine.
+        max_connections: u32::try_from(cli.concurrency.unwrap_or(8).saturating_add(2))
+            .unwrap_or(u32::MAX),
     };
     let safety = SafetySettings::new()
         .deadline(Some(cli.safety.deadline).filter(|d| !d.is_zero()))
@@ -347,10 +349,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(per_server) = cli.per_server_concurrency {
         builder = builder.per_server_concurrency(per_server);
     }
+    if let Some(concurrency) = cli.concurrency {
+        builder = builder.concurrency(concurrency);
+    }
     let migrator = builder
         .migrations(migrations)
         .hooks(hooks)
-        .concurrency(cli.concurrency)
         .run_history(cli.run_history)
         .templates(!cli.no_template)
         .spares(cli.spares)

@@ -34,7 +34,7 @@ pub use hooks::{
 };
 pub use inspect::{Condition, PlanGroup, PlanReport, PlannedMigration, ServerPlan};
 pub use journal::{DriftCheck, RunRecord, DEFAULT_RUN_HISTORY};
-pub use migrator::{Migrator, MigratorBuilder};
+pub use migrator::{default_concurrency, Migrator, MigratorBuilder};
 pub use options::{MigrateOptions, RollbackTarget, Timeouts, Transactions};
 pub use progress::Progress;
 #[cfg(feature = "cli")]
