@@ -28,8 +28,8 @@ use crate::backend::{
 };
 use crate::migration::format_order;
 use crate::{
-    Engine, Error, Migration, MigrationSet, MigrationStatus, Placement, Result, Scope, Server, ServerName,
-    Tenant, TenantName, TenantRecord,
+    Engine, Error, Migration, MigrationSet, MigrationStatus, Placement, Result, Scope, Server,
+    ServerName, Tenant, TenantName, TenantRecord,
 };
 
 /// Runs migrations over a fleet: the library API behind the CLI.
@@ -897,17 +897,29 @@ impl Migrator {
         if !names.is_empty() {
             return with_fingerprints(&*self.backend, self.records(names).await?).await;
         }
+        self.every_page(
+            |(record, _): &(TenantRecord, _)| &record.tenant.name,
+            async |after| {
+                self.backend
+                    .tenant_page_with_fingerprints(after, self.page_size)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Every item of the registry, read by `page` a page at a time after the `name` of
+    /// the last item read.
+    async fn every_page<T>(
+        &self,
+        name: impl Fn(&T) -> &TenantName,
+        page: impl AsyncFn(Option<&TenantName>) -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
         let mut all = Vec::new();
         loop {
-            let page = self
-                .backend
-                .tenant_page_with_fingerprints(
-                    all.last().map(|(r, _): &(TenantRecord, _)| &r.tenant.name),
-                    self.page_size,
-                )
-                .await?;
-            let done = page.len() < self.page_size;
-            all.extend(page);
+            let next = page(all.last().map(&name)).await?;
+            let done = next.len() < self.page_size;
+            all.extend(next);
             if done {
                 return Ok(all);
             }
@@ -915,21 +927,11 @@ impl Migrator {
     }
 
     async fn all_records(&self) -> Result<Vec<TenantRecord>> {
-        let mut all = Vec::new();
-        loop {
-            let page = self
-                .backend
-                .tenant_page(
-                    all.last().map(|r: &TenantRecord| &r.tenant.name),
-                    self.page_size,
-                )
-                .await?;
-            let done = page.len() < self.page_size;
-            all.extend(page);
-            if done {
-                return Ok(all);
-            }
-        }
+        self.every_page(
+            |record: &TenantRecord| &record.tenant.name,
+            async |after| self.backend.tenant_page(after, self.page_size).await,
+        )
+        .await
     }
 
     /// Schema drift: each tenant's actual schema (or the named tenants'), read from its
