@@ -28,8 +28,8 @@ use crate::backend::{
 };
 use crate::migration::format_order;
 use crate::{
-    Engine, Error, Migration, MigrationSet, MigrationStatus, Placement, Result, Scope, Server, ServerName,
-    Tenant, TenantName, TenantRecord,
+    Engine, Error, Migration, MigrationSet, MigrationStatus, Placement, Result, Scope, Server,
+    ServerName, Tenant, TenantName, TenantRecord,
 };
 
 /// Runs migrations over a fleet: the library API behind the CLI.
