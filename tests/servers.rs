@@ -1234,7 +1234,7 @@ async fn killed_moves(kind: Kind, name: &str) {
     // One whole move measures how long a move takes here, to spread the kills over it.
     let started = Instant::now();
     run(app(&model), &["tenant", "move", &a, "--to", "eu-2"], 0);
-    let whole = started.elapsed().as_millis() as u64;
+    let mut whole = started.elapsed().as_millis() as u64;
     let mut on_second = true;
 
     let mut rng = Rng::from_env_or_time();
@@ -1242,8 +1242,9 @@ async fn killed_moves(kind: Kind, name: &str) {
     let (mut killed, mut left_journaled, mut left_two_copies) = (0, 0, 0);
     for iteration in 0..iterations {
         let to = if on_second { "default" } else { "eu-2" };
-        // Within the first two thirds: later moves may run faster than the measured one.
+        // Early in the move rather than late: the measured one may have run slow.
         let delay = rng.range(0, whole * 2 / 3);
+        let spawned = Instant::now();
         let mut child = app(&model)
             .args(["tenant", "move", &a, "--to", to])
             .stdin(std::process::Stdio::null())
@@ -1254,8 +1255,10 @@ async fn killed_moves(kind: Kind, name: &str) {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
-        if status.code().is_none() {
-            killed += 1;
+        match status.code() {
+            None => killed += 1,
+            // Finished before the kill: moves run faster now than the measured one.
+            Some(_) => whole = whole.min(spawned.elapsed().as_millis() as u64),
         }
 
         // Served from where the registry says, whole.
@@ -1424,6 +1427,90 @@ async fn a_tenant_database_moves_between_servers() {
         Some(0)
     );
     assert_eq!(later.status(&[]).await.unwrap().current, 2);
+    second.finish().await;
+    model.finish().await;
+}
+
+/// A move killed mid-copy leaves its `psql` running, inside its restore transaction (its
+/// schema made, not committed). Running the move again ends that session first (else its
+/// own copy would wait on the uncommitted schema, or clash with it once committed), and
+/// finishes the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_ends_the_copy_a_killed_move_left_running() {
+    use std::time::{Duration, Instant};
+
+    let model = Model::new(Kind::PgSchema, "server_move_orphan").await;
+    let second = Second::new(&model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let (a, b) = (model.tenant("a"), model.tenant("b"));
+    for name in [&a, &b] {
+        migrator
+            .create_tenant_on(&tenant(name), Some(&ServerName::default_server()))
+            .await
+            .unwrap();
+    }
+    // A whole move first: it makes the journal.
+    run(app(&model), &["tenant", "move", &b, "--to", "eu-2"], 0);
+    model
+        .execute(
+            Place::Control,
+            &format!(
+                "INSERT INTO mtnt_journal (kind, entry_key, at, body) \
+                 VALUES ('move', '{a}', '2026-01-01T00:00:00.000000Z', '{{\"from\": null, \"to\": \"eu-2\"}}')"
+            ),
+        )
+        .await;
+    // The killed move's restore, as its `psql` names its session.
+    let options: PgConnectOptions = second.url().parse().unwrap();
+    let mut orphan = options
+        .application_name(&format!("mtnt move {a}"))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "BEGIN; CREATE SCHEMA \"{a}\"; CREATE TABLE \"{a}\".accounts (id bigint)"
+    ))
+    .execute(&mut orphan)
+    .await
+    .unwrap();
+
+    let mut child = app(&model)
+        .args(["tenant", "move", &a, "--to", "eu-2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Not a speed check: without ending the session, the move waits for it for ever.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the move waits on the killed move's restore");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        sqlx::raw_sql("SELECT 1")
+            .execute(&mut orphan)
+            .await
+            .is_err(),
+        "the killed move's session is ended"
+    );
+    let (server, journaled, on_default, on_eu2) = move_state(&model, &second, &a).await;
+    assert_eq!(
+        (server.as_deref(), journaled, on_default, on_eu2),
+        (Some("eu-2"), 0, false, true)
+    );
+    assert_eq!(served_rows(&model, &second, &a, true).await, (1, 1));
     second.finish().await;
     model.finish().await;
 }

@@ -162,11 +162,12 @@ impl PostgresBackend {
         Ok(query.fetch_one(pool).await?)
     }
 
-    /// Ends the `pg_dump` and `psql` sessions of an earlier move of `tenant` on `pool`'s
-    /// server, waiting (a few seconds at most) until they are gone. A move killed with
-    /// SIGKILL leaves its children running: their copy would commit after this run
-    /// dropped the partial one and clash with this run's copy. Ended, the restore's
-    /// transaction rolls back. Only a move of this tenant, whose lock the caller holds,
+    /// Ends the sessions of an earlier move of `tenant` that copy it (`pg_dump`, `psql`,
+    /// and a tenant database's `CREATE DATABASE`) on `pool`'s server, waiting (a few
+    /// seconds at most) until they are gone. A move killed with SIGKILL leaves its
+    /// children running, and the server finishes the statement it was running: their copy
+    /// would commit after this run dropped the partial one and clash with this run's copy.
+    /// Ended, their transactions roll back. Only a move of this tenant, whose lock the caller holds,
     /// names its sessions so (truncated, like the server does, to 63 bytes).
     async fn end_copies(pool: &PgPool, tenant: &Tenant) -> Result<()> {
         sqlx::query(
@@ -260,16 +261,21 @@ impl PostgresBackend {
                 }
                 Storage::Database => {
                     // From template0: the dump brings everything, template1 may hold more.
-                    let mut conn = dst_pool.acquire().await?;
-                    exec_postgres(
+                    // On a session named like the copy's: a re-run after a kill ends a
+                    // CREATE DATABASE still running (it would clash with the re-run's).
+                    let options = PgConnectOptions::clone(&dst_pool.connect_options())
+                        .application_name(&copy_session_name(tenant));
+                    let mut conn = PgConnection::connect_with(&options).await?;
+                    let created = exec_postgres(
                         &mut conn,
                         &format!(
                             "CREATE DATABASE {} TEMPLATE template0",
                             quote_ident(&tenant.storage)
                         ),
                     )
-                    .await?;
-                    drop(conn);
+                    .await;
+                    let _ = conn.close().await;
+                    created?;
                     self.copy_storage(tenant, &src, &dst, storage).await?;
                     let mut here = PgConnection::connect_with(&src).await?;
                     let mut there = PgConnection::connect_with(&dst).await?;
