@@ -180,16 +180,37 @@ impl PostgresBackend {
         Ok(())
     }
 
-    /// Moves `tenant` (whose lock the caller holds), whose storage is `storage`, to `to`
-    /// (`None`: the default server); see the module's documentation.
+    /// Moves the tenant `read` (as the caller read it from the registry; the caller holds
+    /// its lock), whose storage is `storage`, to `to` (`None`: the default server); see
+    /// the module's documentation.
     pub(super) async fn move_storage(
         &self,
-        tenant: &Tenant,
+        read: &Tenant,
         to: Option<&ServerName>,
         keep_source: bool,
         storage: Storage,
     ) -> Result<()> {
-        let under_way = self.move_under_way(tenant).await?;
+        let under_way = self.move_under_way(read).await?;
+        let mut tenant = read.clone();
+        if under_way.is_some() {
+            // A killed move's sessions end first (what they ran commits or rolls back),
+            // then the registry is read again: its switch may have committed since.
+            for server in [read.server.as_ref(), to] {
+                Self::end_copies(&self.pool_of(server).await?, read).await?;
+            }
+            Self::end_copies(self.pool(), read).await?;
+            let server: Option<Option<String>> = sqlx::query_scalar(&format!(
+                "SELECT server FROM {} WHERE name = $1",
+                self.registry()
+            ))
+            .bind(read.name.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+            if let Some(server) = server {
+                tenant.server = server.as_deref().map(ServerName::new).transpose()?;
+            }
+        }
+        let tenant = &tenant;
         if tenant.server.as_ref() == to {
             // Switched already: what a crashed move left at its source goes.
             if let Some((from, _)) = under_way {
@@ -210,10 +231,6 @@ impl PostgresBackend {
         if storage == Storage::Database {
             src = src.database(&tenant.storage);
             dst = dst.database(&tenant.storage);
-        }
-        if under_way.is_some() {
-            Self::end_copies(&src_pool, tenant).await?;
-            Self::end_copies(&dst_pool, tenant).await?;
         }
         if Self::storage_on(&dst_pool, tenant, storage).await? {
             match &under_way {
@@ -485,11 +502,15 @@ impl PostgresBackend {
             "UPDATE {} SET server = {to_l}, fingerprint = NULL, updated_at = now() WHERE name = {name} AND {from}; COMMIT",
             self.registry()
         ));
-        let mut conn = self.pool().acquire().await?;
-        if let Err(e) = exec_postgres(&mut conn, &sql).await {
+        // On a session named like the copy's: a re-run after a kill waits for it to end.
+        let options = PgConnectOptions::clone(&self.pool().connect_options())
+            .application_name(&copy_session_name(tenant));
+        let mut conn = PgConnection::connect_with(&options).await?;
+        let switched = exec_postgres(&mut conn, &sql).await;
+        if switched.is_err() {
             let _ = exec_postgres(&mut conn, "ROLLBACK").await;
-            return Err(e.into());
         }
-        Ok(())
+        let _ = conn.close().await;
+        Ok(switched?)
     }
 }
