@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use mtnt_test_support::faults::{iterations, Rng};
 use mtnt_test_support::postgres::TestDb;
 use sqlx::{PgPool, Row};
 
@@ -69,47 +70,6 @@ fn text(output: &Output) -> String {
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// How many rounds a kill -9 loop runs: `MTNT_FAULT_ITERATIONS`, else `default` (the size
-/// CI runs).
-fn iterations(default: usize) -> usize {
-    std::env::var("MTNT_FAULT_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A small deterministic generator; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env_or_time() -> Self {
-        let seed = std::env::var("MTNT_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("fault seed {seed} (set MTNT_FAULT_SEED to replay)");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-
-    /// Uniform in [lo, hi).
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo).max(1)
-    }
 }
 
 fn tenant_name(i: usize) -> String {

@@ -1133,3 +1133,384 @@ async fn a_tenant_moves_between_servers_and_a_failed_move_leaves_it_where_it_was
     second.finish().await;
     model.finish().await;
 }
+
+/// Where the test finds tenant `a` after a killed move: the registry's server (`None`:
+/// the default one), whether a move is journaled, and its storage on (default, eu-2).
+async fn move_state(model: &Model, second: &Second, a: &str) -> (Option<String>, i64, bool, bool) {
+    let server = model
+        .text(
+            Place::Control,
+            &format!("SELECT server FROM mtnt_tenants WHERE name = '{a}'"),
+        )
+        .await;
+    let journaled = model
+        .int(
+            Place::Control,
+            &format!("SELECT count(*) FROM mtnt_journal WHERE kind = 'move' AND entry_key = '{a}'"),
+        )
+        .await
+        .unwrap();
+    (
+        server,
+        journaled,
+        model.storage_exists(a).await,
+        second.storage_exists(a).await,
+    )
+}
+
+/// The rows of `a`'s `accounts` and of its tracking table where the registry says it is.
+async fn served_rows(model: &Model, second: &Second, a: &str, on_second: bool) -> (i64, i64) {
+    if on_second {
+        let mut conn = second.open(a).await;
+        let accounts = sqlx::query_scalar("SELECT count(*) FROM accounts")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let tracking = sqlx::query_scalar("SELECT count(*) FROM mtnt_migrations")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        return (accounts, tracking);
+    }
+    let accounts = model
+        .int(Place::Tenant(a), "SELECT count(*) FROM accounts")
+        .await
+        .unwrap();
+    let (place, sql) = match model.kind() {
+        Kind::PgSchema => (
+            Place::Control,
+            format!("SELECT count(*) FROM mtnt_tenant_migrations WHERE tenant = '{a}'"),
+        ),
+        _ => (
+            Place::Tenant(a),
+            "SELECT count(*) FROM mtnt_migrations".to_owned(),
+        ),
+    };
+    let tracking = model.int(place, &sql).await.unwrap();
+    (accounts, tracking)
+}
+
+/// `tenant move` killed with SIGKILL at random moments (before its journal entry, during
+/// the copy, around the switch, while dropping the source), back and forth between the
+/// servers: after every kill the tenant is served, whole, from where the registry says;
+/// running the move again finishes it (or it had finished), and then the tenant is on the
+/// destination only, with all its rows and tracking rows, and no move journaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_killed_at_random_moments_is_finished_by_running_it_again() {
+    killed_moves(Kind::PgSchema, "server_move_kill").await;
+}
+
+/// The same with a database per tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_move_killed_at_random_moments_is_finished_by_running_it_again() {
+    killed_moves(Kind::PgDatabase, "server_move_kill_db").await;
+}
+
+async fn killed_moves(kind: Kind, name: &str) {
+    use mtnt_test_support::faults::{iterations, Rng};
+    use std::time::{Duration, Instant};
+
+    const ROWS: i64 = 20_001;
+    let model = Model::new(kind, name).await;
+    let second = Second::new(&model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let a = model.tenant("a");
+    migrator
+        .create_tenant_on(&tenant(&a), Some(&ServerName::default_server()))
+        .await
+        .unwrap();
+    model
+        .execute(
+            Place::Tenant(&a),
+            &format!(
+                "INSERT INTO accounts (email) SELECT 'u' || i || '@example.com' FROM generate_series(2, {ROWS}) i"
+            ),
+        )
+        .await;
+
+    // One whole move measures how long a move takes here, to spread the kills over it.
+    let started = Instant::now();
+    run(app(&model), &["tenant", "move", &a, "--to", "eu-2"], 0);
+    let mut whole = started.elapsed().as_millis() as u64;
+    let mut on_second = true;
+
+    let mut rng = Rng::from_env_or_time();
+    let iterations = iterations(6);
+    let (mut killed, mut left_journaled, mut left_two_copies) = (0, 0, 0);
+    for iteration in 0..iterations {
+        let to = if on_second { "default" } else { "eu-2" };
+        // Early in the move rather than late: the measured one may have run slow.
+        let delay = rng.range(0, whole * 2 / 3);
+        let spawned = Instant::now();
+        let mut child = app(&model)
+            .args(["tenant", "move", &a, "--to", to])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        match status.code() {
+            None => killed += 1,
+            // Finished before the kill: moves run faster now than the measured one.
+            Some(_) => whole = whole.min(spawned.elapsed().as_millis() as u64),
+        }
+
+        // Served from where the registry says, whole.
+        let (server, journaled, on_default, on_eu2) = move_state(&model, &second, &a).await;
+        let served_by_second = server.as_deref() == Some("eu-2");
+        let at = format!("iteration {iteration}, killed after {delay} ms of {whole}");
+        assert!(
+            if served_by_second { on_eu2 } else { on_default },
+            "{at}: the registry's server has no schema"
+        );
+        assert_eq!(
+            served_rows(&model, &second, &a, served_by_second).await,
+            (ROWS, 1),
+            "{at}: served rows"
+        );
+        left_journaled += journaled;
+        if on_default && on_eu2 {
+            left_two_copies += 1;
+        }
+
+        // Running it again finishes it, unless it had finished.
+        if journaled == 0 && served_by_second == (to == "eu-2") {
+            let out = run(app(&model), &["tenant", "move", &a, "--to", to], 1);
+            assert!(out.contains("already"), "{at}: {out}");
+        } else {
+            run(app(&model), &["tenant", "move", &a, "--to", to], 0);
+        }
+        on_second = to == "eu-2";
+        let (server, journaled, on_default, on_eu2) = move_state(&model, &second, &a).await;
+        assert_eq!(server.as_deref(), on_second.then_some("eu-2"), "{at}");
+        assert_eq!(journaled, 0, "{at}: the move is forgotten");
+        assert_eq!(
+            (on_default, on_eu2),
+            (!on_second, on_second),
+            "{at}: on the destination only"
+        );
+        assert_eq!(
+            served_rows(&model, &second, &a, on_second).await,
+            (ROWS, 1),
+            "{at}: moved rows"
+        );
+    }
+    eprintln!(
+        "move kill loop: {iterations} moves, {killed} killed, {left_journaled} left journaled, \
+         {left_two_copies} left a copy on both servers (a move takes {whole} ms here)"
+    );
+    assert!(killed >= iterations / 3, "kills must land mid-move");
+    // The tenant is current where it is.
+    let status = migrator.status(&[]).await.unwrap();
+    assert_eq!((status.current, status.behind), (1, 0));
+    second.finish().await;
+    model.finish().await;
+}
+
+/// `tenant move` with a database per tenant: the tenant's database (its tables, data,
+/// sequences and tracking table) made on the other server, the registry switched, the
+/// source dropped (or kept); the next run migrates it there. A database of that name at
+/// the destination fails the move and leaves the tenant where it was; a move that died
+/// after its switch is finished by running it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_database_moves_between_servers() {
+    let model = Model::new(Kind::PgDatabase, "server_move_db").await;
+    let second = Second::new(&model).await;
+    let eu2 = server("eu-2");
+    let default = ServerName::default_server();
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let (a, b) = (model.tenant("a"), model.tenant("b"));
+    migrator
+        .create_tenant_on(&tenant(&a), Some(&default))
+        .await
+        .unwrap();
+    migrator
+        .create_tenant_on(&tenant(&b), Some(&eu2))
+        .await
+        .unwrap();
+    model
+        .execute(
+            Place::Tenant(&a),
+            "INSERT INTO accounts (email) SELECT 'u' || i || '@example.com' FROM generate_series(1, 500) i",
+        )
+        .await;
+
+    // Default -> eu-2.
+    let out = run(app(&model), &["tenant", "move", &a, "--to", "eu-2"], 0);
+    assert!(out.contains("moved tenant"), "{out}");
+    assert!(!model.storage_exists(&a).await, "the source is dropped");
+    assert!(second.storage_exists(&a).await);
+    let mut conn = second.open(&a).await;
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(accounts, 501);
+    sqlx::query("INSERT INTO accounts (email) VALUES ('new@example.com')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(
+        second.tracking(&a, SECOND - 1).await.unwrap().0,
+        "completed"
+    );
+    let record = migrator.tenant(&tenant(&a)).await.unwrap();
+    assert_eq!(record.tenant.server.as_ref(), Some(&eu2));
+
+    // The next run migrates it where it is now.
+    let later = model.migrator(set_to(SECOND)).await;
+    let report = later.migrate(&MigrateOptions::new()).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(second.tracking(&a, SECOND).await.unwrap().0, "completed");
+
+    // And back, keeping the source.
+    let moved = later
+        .move_tenant(&tenant(&a), &default, true)
+        .await
+        .unwrap();
+    assert_eq!(moved.server, None);
+    assert!(model.storage_exists(&a).await);
+    assert!(second.storage_exists(&a).await, "--keep-source keeps it");
+    assert_eq!(
+        model.status(Place::Tenant(&a), SECOND).await.as_deref(),
+        Some("completed")
+    );
+    assert_eq!(later.status(&[]).await.unwrap().current, 2);
+    let accounts = model
+        .int(Place::Tenant(&a), "SELECT count(*) FROM accounts")
+        .await;
+    assert_eq!(accounts, Some(502));
+
+    // A failed move: the destination has a database of that name. Nothing changes.
+    model
+        .execute(Place::Control, &format!("CREATE DATABASE \"{b}\""))
+        .await;
+    let out = run(app(&model), &["tenant", "move", &b, "--to", "default"], 1);
+    assert!(out.contains("exists"), "{out}");
+    let record = later.tenant(&tenant(&b)).await.unwrap();
+    assert_eq!(record.tenant.server.as_ref(), Some(&eu2));
+    assert!(second.storage_exists(&b).await);
+    assert_eq!(second.tracking(&b, SECOND).await.unwrap().0, "completed");
+
+    // A move of `a` to eu-2 that died after its switch (registry on eu-2, source and
+    // journal entry left): running it again drops the source and forgets the move.
+    model
+        .execute(
+            Place::Control,
+            &format!(
+                "UPDATE mtnt_tenants SET server = 'eu-2' WHERE name = '{a}'; \
+                 INSERT INTO mtnt_journal (kind, entry_key, at, body) \
+                 VALUES ('move', '{a}', '2026-01-01T00:00:00.000000Z', '{{\"from\": null, \"to\": \"eu-2\"}}')"
+            ),
+        )
+        .await;
+    run(app(&model), &["tenant", "move", &a, "--to", "eu-2"], 0);
+    assert!(
+        !model.storage_exists(&a).await,
+        "the leftover source is dropped"
+    );
+    assert_eq!(
+        model
+            .int(
+                Place::Control,
+                "SELECT count(*) FROM mtnt_journal WHERE kind = 'move'"
+            )
+            .await,
+        Some(0)
+    );
+    assert_eq!(later.status(&[]).await.unwrap().current, 2);
+    second.finish().await;
+    model.finish().await;
+}
+
+/// A move killed mid-copy leaves its `psql` running, inside its restore transaction (its
+/// schema made, not committed). Running the move again ends that session first (else its
+/// own copy would wait on the uncommitted schema, or clash with it once committed), and
+/// finishes the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_ends_the_copy_a_killed_move_left_running() {
+    use std::time::{Duration, Instant};
+
+    let model = Model::new(Kind::PgSchema, "server_move_orphan").await;
+    let second = Second::new(&model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let (a, b) = (model.tenant("a"), model.tenant("b"));
+    for name in [&a, &b] {
+        migrator
+            .create_tenant_on(&tenant(name), Some(&ServerName::default_server()))
+            .await
+            .unwrap();
+    }
+    // A whole move first: it makes the journal.
+    run(app(&model), &["tenant", "move", &b, "--to", "eu-2"], 0);
+    model
+        .execute(
+            Place::Control,
+            &format!(
+                "INSERT INTO mtnt_journal (kind, entry_key, at, body) \
+                 VALUES ('move', '{a}', '2026-01-01T00:00:00.000000Z', '{{\"from\": null, \"to\": \"eu-2\"}}')"
+            ),
+        )
+        .await;
+    // The killed move's restore, as its `psql` names its session.
+    let options: PgConnectOptions = second.url().parse().unwrap();
+    let mut orphan = options
+        .application_name(&format!("mtnt move {a}"))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "BEGIN; CREATE SCHEMA \"{a}\"; CREATE TABLE \"{a}\".accounts (id bigint)"
+    ))
+    .execute(&mut orphan)
+    .await
+    .unwrap();
+
+    let mut child = app(&model)
+        .args(["tenant", "move", &a, "--to", "eu-2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Not a speed check: without ending the session, the move waits for it for ever.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the move waits on the killed move's restore");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        sqlx::raw_sql("SELECT 1")
+            .execute(&mut orphan)
+            .await
+            .is_err(),
+        "the killed move's session is ended"
+    );
+    let (server, journaled, on_default, on_eu2) = move_state(&model, &second, &a).await;
+    assert_eq!(
+        (server.as_deref(), journaled, on_default, on_eu2),
+        (Some("eu-2"), 0, false, true)
+    );
+    assert_eq!(served_rows(&model, &second, &a, true).await, (1, 1));
+    second.finish().await;
+    model.finish().await;
+}

@@ -1,6 +1,7 @@
 //! Test support
 
 pub mod cli;
+pub mod faults;
 pub mod models;
 pub mod mysql;
 pub mod postgres;

@@ -390,13 +390,13 @@ impl Backend for PgDatabaseBackend {
     async fn move_tenant(
         &self,
         tenant: &Tenant,
-        _to: Option<&ServerName>,
-        _keep_source: bool,
+        to: Option<&ServerName>,
+        keep_source: bool,
     ) -> Result<()> {
-        Err(Error::Invalid(format!(
-            "tenant {}: tenant move copies a schema; with a database per tenant it is not built yet",
-            tenant.name
-        )))
+        self.check_not_control(tenant)?;
+        self.control
+            .move_storage(tenant, to, keep_source, super::moving::Storage::Database)
+            .await
     }
 
     async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {

@@ -1,6 +1,7 @@
-//! `tenant move`: a tenant's schema copied to another server (DDL and data, by `pg_dump`,
-//! whose data is `COPY`), its row counts checked table by table, the registry switched in
-//! one transaction of the control database, then the source dropped.
+//! `tenant move`: a tenant's schema (or database, with a database per tenant) copied to
+//! another server (DDL and data, by `pg_dump`, whose data is `COPY`), its row counts
+//! checked table by table, the registry switched in one transaction of the control
+//! database, then the source dropped.
 //!
 //! The caller holds the tenant's lock on its source server throughout, so no migration
 //! runs meanwhile. Until the switch commits, the tenant is served from the source: a
@@ -12,7 +13,7 @@
 use std::process::Stdio;
 
 use sqlx::postgres::{PgConnectOptions, PgPool};
-use sqlx::Row;
+use sqlx::{Connection as _, PgConnection, Row};
 
 use super::super::sql::quote_ident;
 use super::schema::PostgresBackend;
@@ -27,12 +28,39 @@ const MOVE: &str = "move";
 /// How many moves under way the journal keeps: all of them.
 const KEEP: usize = 1 << 30;
 
-/// The libpq connection of `options` for `pg_dump` and `psql`: its parameters as
-/// arguments, its password in the environment (never on a command line).
+/// What a tenant's storage is, as a move copies it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Storage {
+    /// A schema of the server's database, its tracking rows in the shared table on the
+    /// default server and in a table of the schema elsewhere.
+    Schema,
+    /// A database of its own, its tracking table inside it.
+    Database,
+}
+
+impl Storage {
+    fn what(self) -> &'static str {
+        match self {
+            Storage::Schema => "schema",
+            Storage::Database => "database",
+        }
+    }
+}
+
+/// The `application_name` of the `pg_dump` and `psql` sessions that copy `tenant`: a
+/// re-run after a crash ends them by it ([`PostgresBackend::end_copies`]).
+fn copy_session_name(tenant: &Tenant) -> String {
+    format!("mtnt move {}", tenant.storage)
+}
+
+/// The libpq connection of `options` for `pg_dump` and `psql`, its sessions named
+/// `app_name`: its parameters as arguments, its password in the environment (never on a
+/// command line).
 fn libpq(
     command: &str,
     options: &PgConnectOptions,
     password: Option<String>,
+    app_name: &str,
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(command);
     cmd.arg("--host")
@@ -44,6 +72,7 @@ fn libpq(
         .arg("--dbname")
         .arg(options.get_database().unwrap_or("postgres"))
         .env_remove("PGPASSWORD")
+        .env("PGAPPNAME", app_name)
         .kill_on_drop(true);
     if let Some(password) = password {
         cmd.env("PGPASSWORD", password);
@@ -101,43 +130,92 @@ impl PostgresBackend {
         Ok(())
     }
 
-    /// Drops the schema of `tenant` on `server`, if it is there.
-    async fn drop_schema_on(&self, tenant: &Tenant, server: Option<&ServerName>) -> Result<()> {
+    /// Drops the storage of `tenant` on `server`, if it is there (a database with the
+    /// sessions still in it: the lock's, a killed move's).
+    async fn drop_storage_on(
+        &self,
+        tenant: &Tenant,
+        server: Option<&ServerName>,
+        storage: Storage,
+    ) -> Result<()> {
         let pool = self.pool_of(server).await?;
         let mut conn = pool.acquire().await?;
-        exec_postgres(
-            &mut conn,
-            &format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                quote_ident(&tenant.storage)
-            ),
+        let name = quote_ident(&tenant.storage);
+        let sql = match storage {
+            Storage::Schema => format!("DROP SCHEMA IF EXISTS {name} CASCADE"),
+            Storage::Database => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        };
+        exec_postgres(&mut conn, &sql).await?;
+        Ok(())
+    }
+
+    /// Whether the storage of `tenant` exists on `pool`'s server.
+    async fn storage_on(pool: &PgPool, tenant: &Tenant, storage: Storage) -> Result<bool> {
+        let query = match storage {
+            Storage::Schema => sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+                .bind(quote_ident(&tenant.storage)),
+            Storage::Database => {
+                sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+                    .bind(tenant.storage.clone())
+            }
+        };
+        Ok(query.fetch_one(pool).await?)
+    }
+
+    /// Ends the sessions of an earlier move of `tenant` that copy it (`pg_dump`, `psql`,
+    /// and a tenant database's `CREATE DATABASE`) on `pool`'s server, waiting (a few
+    /// seconds at most) until they are gone. A move killed with SIGKILL leaves its
+    /// children running, and the server finishes the statement it was running: their copy
+    /// would commit after this run dropped the partial one and clash with this run's copy.
+    /// Ended, their transactions roll back. Only a move of this tenant, whose lock the caller holds,
+    /// names its sessions so (truncated, like the server does, to 63 bytes).
+    async fn end_copies(pool: &PgPool, tenant: &Tenant) -> Result<()> {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+             WHERE application_name = left($1, 63) AND pid <> pg_backend_pid()",
         )
+        .bind(copy_session_name(tenant))
+        .fetch_all(pool)
         .await?;
         Ok(())
     }
 
-    /// Whether the schema of `tenant` exists on `pool`'s server.
-    async fn schema_on(pool: &PgPool, tenant: &Tenant) -> Result<bool> {
-        Ok(sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
-            .bind(quote_ident(&tenant.storage))
-            .fetch_one(pool)
-            .await?)
-    }
-
-    /// Moves `tenant` (whose lock the caller holds) to `to` (`None`: the default server);
-    /// see the module's documentation.
-    pub(super) async fn move_schema(
+    /// Moves the tenant `read` (as the caller read it from the registry; the caller holds
+    /// its lock), whose storage is `storage`, to `to` (`None`: the default server); see
+    /// the module's documentation.
+    pub(super) async fn move_storage(
         &self,
-        tenant: &Tenant,
+        read: &Tenant,
         to: Option<&ServerName>,
         keep_source: bool,
+        storage: Storage,
     ) -> Result<()> {
-        let under_way = self.move_under_way(tenant).await?;
+        let under_way = self.move_under_way(read).await?;
+        let mut tenant = read.clone();
+        if under_way.is_some() {
+            // A killed move's sessions end first (what they ran commits or rolls back),
+            // then the registry is read again: its switch may have committed since.
+            for server in [read.server.as_ref(), to] {
+                Self::end_copies(&self.pool_of(server).await?, read).await?;
+            }
+            Self::end_copies(self.pool(), read).await?;
+            let server: Option<Option<String>> = sqlx::query_scalar(&format!(
+                "SELECT server FROM {} WHERE name = $1",
+                self.registry()
+            ))
+            .bind(read.name.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+            if let Some(server) = server {
+                tenant.server = server.as_deref().map(ServerName::new).transpose()?;
+            }
+        }
+        let tenant = &tenant;
         if tenant.server.as_ref() == to {
             // Switched already: what a crashed move left at its source goes.
             if let Some((from, _)) = under_way {
                 if !keep_source && from.as_ref() != to {
-                    self.drop_schema_on(tenant, from.as_ref()).await?;
+                    self.drop_storage_on(tenant, from.as_ref(), storage).await?;
                 }
                 self.forget_move(tenant).await?;
                 return Ok(());
@@ -148,17 +226,24 @@ impl PostgresBackend {
                 tenant.server_name()
             )));
         }
-        let (src_pool, src) = self.server_of(tenant.server.as_ref()).await?;
-        let (dst_pool, dst) = self.server_of(to).await?;
-        if Self::schema_on(&dst_pool, tenant).await? {
+        let (src_pool, mut src) = self.server_of(tenant.server.as_ref()).await?;
+        let (dst_pool, mut dst) = self.server_of(to).await?;
+        if storage == Storage::Database {
+            src = src.database(&tenant.storage);
+            dst = dst.database(&tenant.storage);
+        }
+        if Self::storage_on(&dst_pool, tenant, storage).await? {
             match &under_way {
                 // The partial copy of a move that died before its switch.
-                Some((_, dest)) if dest.as_ref() == to => self.drop_schema_on(tenant, to).await?,
+                Some((_, dest)) if dest.as_ref() == to => {
+                    self.drop_storage_on(tenant, to, storage).await?
+                }
                 _ => {
                     return Err(Error::StorageExists {
                         tenant: tenant.name.clone(),
                         storage: format!(
-                            "schema {} on server {}",
+                            "{} {} on server {}",
+                            storage.what(),
                             tenant.storage,
                             to.map_or(crate::DEFAULT_SERVER, ServerName::as_str)
                         ),
@@ -183,46 +268,82 @@ impl PostgresBackend {
         )
         .await?;
         let copied = async {
-            self.copy_schema(tenant, &src, &dst).await?;
-            self.copy_tracking(tenant, &dst_pool, to).await?;
-            self.check_counts(tenant, &src_pool, &dst_pool).await
+            match storage {
+                Storage::Schema => {
+                    self.copy_storage(tenant, &src, &dst, storage).await?;
+                    self.copy_tracking(tenant, &dst_pool, to).await?;
+                    let (mut here, mut there) =
+                        (src_pool.acquire().await?, dst_pool.acquire().await?);
+                    Self::check_counts(tenant, Some(&tenant.storage), &mut here, &mut there).await
+                }
+                Storage::Database => {
+                    // From template0: the dump brings everything, template1 may hold more.
+                    // On a session named like the copy's: a re-run after a kill ends a
+                    // CREATE DATABASE still running (it would clash with the re-run's).
+                    let options = PgConnectOptions::clone(&dst_pool.connect_options())
+                        .application_name(&copy_session_name(tenant));
+                    let mut conn = PgConnection::connect_with(&options).await?;
+                    let created = exec_postgres(
+                        &mut conn,
+                        &format!(
+                            "CREATE DATABASE {} TEMPLATE template0",
+                            quote_ident(&tenant.storage)
+                        ),
+                    )
+                    .await;
+                    let _ = conn.close().await;
+                    created?;
+                    self.copy_storage(tenant, &src, &dst, storage).await?;
+                    let mut here = PgConnection::connect_with(&src).await?;
+                    let mut there = PgConnection::connect_with(&dst).await?;
+                    let checked = Self::check_counts(tenant, None, &mut here, &mut there).await;
+                    let _ = here.close().await;
+                    let _ = there.close().await;
+                    checked
+                }
+            }
         }
         .await;
         if let Err(e) = copied {
             // Served from the source still: the partial copy goes.
-            let _ = self.drop_schema_on(tenant, to).await;
+            let _ = self.drop_storage_on(tenant, to, storage).await;
             let _ = self.forget_move(tenant).await;
             return Err(e);
         }
-        if let Err(e) = self.switch(tenant, to).await {
-            let _ = self.drop_schema_on(tenant, to).await;
+        if let Err(e) = self.switch(tenant, to, storage).await {
+            let _ = self.drop_storage_on(tenant, to, storage).await;
             let _ = self.forget_move(tenant).await;
             return Err(e);
         }
         if !keep_source {
-            self.drop_schema_on(tenant, tenant.server.as_ref()).await?;
+            self.drop_storage_on(tenant, tenant.server.as_ref(), storage)
+                .await?;
         }
         self.forget_move(tenant).await
     }
 
-    /// `pg_dump -n schema` of the source into `psql` on the destination, in one
-    /// transaction there.
-    async fn copy_schema(
+    /// `pg_dump` of the source (its schema `-n`, or its whole database) into `psql` on
+    /// the destination, in one transaction there.
+    async fn copy_storage(
         &self,
         tenant: &Tenant,
         src: &PgConnectOptions,
         dst: &PgConnectOptions,
+        storage: Storage,
     ) -> Result<()> {
         let failed = |what: &str, detail: String| {
             Error::Invalid(format!(
-                "tenant {}: moving its schema: {what}: {detail}",
-                tenant.name
+                "tenant {}: moving its {}: {what}: {detail}",
+                tenant.name,
+                storage.what()
             ))
         };
-        let mut dump = libpq("pg_dump", src, password_of(src));
-        dump.arg("--schema")
-            .arg(&tenant.storage)
-            .arg("--no-owner")
+        let app_name = copy_session_name(tenant);
+        let mut dump = libpq("pg_dump", src, password_of(src), &app_name);
+        if storage == Storage::Schema {
+            dump.arg("--schema").arg(&tenant.storage);
+        }
+        dump.arg("--no-owner")
             .arg("--no-privileges")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -235,7 +356,7 @@ impl PostgresBackend {
             .expect("piped")
             .try_into()
             .map_err(|e: std::io::Error| failed("pg_dump's output", e.to_string()))?;
-        let mut restore = libpq("psql", dst, password_of(dst));
+        let mut restore = libpq("psql", dst, password_of(dst), &app_name);
         restore
             .args([
                 "--no-psqlrc",
@@ -310,21 +431,32 @@ impl PostgresBackend {
         Ok(())
     }
 
-    /// Every table of the tenant's schema has as many rows on the destination as on the
+    /// Every table of the tenant's schema `schema` (`None`: of every schema but the
+    /// system's, for a tenant database) has as many rows on the destination as on the
     /// source.
-    async fn check_counts(&self, tenant: &Tenant, src: &PgPool, dst: &PgPool) -> Result<()> {
-        let tables =
-            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                      WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY 1";
-        let src_tables: Vec<String> = sqlx::query_scalar(tables)
-            .bind(&tenant.storage)
-            .fetch_all(src)
+    async fn check_counts(
+        tenant: &Tenant,
+        schema: Option<&str>,
+        src: &mut PgConnection,
+        dst: &mut PgConnection,
+    ) -> Result<()> {
+        let tables = "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                      JOIN pg_namespace n ON n.oid = c.relnamespace \
+                      WHERE c.relkind IN ('r', 'p') AND CASE WHEN $1::text IS NULL \
+                      THEN n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
+                      ELSE n.nspname = $1 END ORDER BY 1, 2";
+        let src_tables: Vec<(String, String)> = sqlx::query_as(tables)
+            .bind(schema)
+            .fetch_all(&mut *src)
             .await?;
-        let schema_q = quote_ident(&tenant.storage);
-        for table in src_tables {
-            let count = format!("SELECT count(*) FROM {schema_q}.{}", quote_ident(&table));
-            let here: i64 = sqlx::query_scalar(&count).fetch_one(src).await?;
-            let there: i64 = sqlx::query_scalar(&count).fetch_one(dst).await?;
+        for (schema, table) in src_tables {
+            let count = format!(
+                "SELECT count(*) FROM {}.{}",
+                quote_ident(&schema),
+                quote_ident(&table)
+            );
+            let here: i64 = sqlx::query_scalar(&count).fetch_one(&mut *src).await?;
+            let there: i64 = sqlx::query_scalar(&count).fetch_one(&mut *dst).await?;
             if here != there {
                 return Err(Error::Invalid(format!(
                     "tenant {}: table {table} has {here} rows at the source and {there} in the copy; the tenant stays where it is",
@@ -335,14 +467,21 @@ impl PostgresBackend {
         Ok(())
     }
 
-    /// The registry row (and, between the default server and another, the tracking rows of
-    /// the shared table) switched to `to` in one transaction of the control database.
-    async fn switch(&self, tenant: &Tenant, to: Option<&ServerName>) -> Result<()> {
+    /// The registry row (and, for a schema between the default server and another, the
+    /// tracking rows of the shared table) switched to `to` in one transaction of the
+    /// control database.
+    async fn switch(
+        &self,
+        tenant: &Tenant,
+        to: Option<&ServerName>,
+        storage: Storage,
+    ) -> Result<()> {
         let schema_q = quote_ident(&tenant.storage);
         let shared = shared_table(self.control_q());
         let name = super::literal(tenant.name.as_str());
         let mut sql = String::from("BEGIN; ");
-        if to.is_none() {
+        let shared_tracking = storage == Storage::Schema;
+        if to.is_none() && shared_tracking {
             // Onto the default server: its rows into the shared table, the copied table gone.
             sql.push_str(&format!(
                 "INSERT INTO {shared} (tenant, {COLUMNS}, run_id) SELECT {name}, {COLUMNS}, run_id FROM {schema_q}.mtnt_migrations; \
@@ -352,7 +491,9 @@ impl PostgresBackend {
         let from = match &tenant.server {
             Some(server) => format!("server = {}", super::literal(server.as_str())),
             None => {
-                sql.push_str(&format!("DELETE FROM {shared} WHERE tenant = {name}; "));
+                if shared_tracking {
+                    sql.push_str(&format!("DELETE FROM {shared} WHERE tenant = {name}; "));
+                }
                 "server IS NULL".to_owned()
             }
         };
@@ -361,11 +502,15 @@ impl PostgresBackend {
             "UPDATE {} SET server = {to_l}, fingerprint = NULL, updated_at = now() WHERE name = {name} AND {from}; COMMIT",
             self.registry()
         ));
-        let mut conn = self.pool().acquire().await?;
-        if let Err(e) = exec_postgres(&mut conn, &sql).await {
+        // On a session named like the copy's: a re-run after a kill waits for it to end.
+        let options = PgConnectOptions::clone(&self.pool().connect_options())
+            .application_name(&copy_session_name(tenant));
+        let mut conn = PgConnection::connect_with(&options).await?;
+        let switched = exec_postgres(&mut conn, &sql).await;
+        if switched.is_err() {
             let _ = exec_postgres(&mut conn, "ROLLBACK").await;
-            return Err(e.into());
         }
-        Ok(())
+        let _ = conn.close().await;
+        Ok(switched?)
     }
 }

@@ -1093,7 +1093,8 @@ impl Backend for PostgresBackend {
         to: Option<&ServerName>,
         keep_source: bool,
     ) -> Result<()> {
-        self.move_schema(tenant, to, keep_source).await
+        self.move_storage(tenant, to, keep_source, super::moving::Storage::Schema)
+            .await
     }
 
     async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
