@@ -604,6 +604,54 @@ async fn one_server_engines_refuse_servers() {
     model.finish().await;
 }
 
+mtnt_test_support::scenarios_pg!(a_canary_per_server_goes_first_on_every_server);
+
+/// `--canary-per-server 1`: the first tenant of each server migrates first and alone; the
+/// rest start after both canaries finished.
+async fn a_canary_per_server_goes_first_on_every_server(model: &Model) {
+    let second = Second::new(model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|t| model.tenant(t));
+    // The fewest tenants: a and c on default, b and d on eu-2.
+    for name in [&a, &b, &c, &d] {
+        migrator.create_tenant(&tenant(name)).await.unwrap();
+    }
+    let mut rollout = mtnt::Rollout::default();
+    rollout.canary = mtnt::Canary::PerServer(1);
+    let report = model
+        .migrator(set_to(SECOND))
+        .await
+        .migrate(&MigrateOptions::new().rollout(rollout))
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.tenants_migrated, 4);
+    let on_second = |name: &str| {
+        let second = &second;
+        let name = name.to_owned();
+        async move {
+            let (_, start, end) = second.tracking(&name, SECOND).await.unwrap();
+            (start, end)
+        }
+    };
+    let canaries = [control_times(model, &a, SECOND).await, on_second(&b).await];
+    let rest = [control_times(model, &c, SECOND).await, on_second(&d).await];
+    let canaries_ended = canaries.iter().map(|t| t.1).fold(f64::MIN, f64::max);
+    let rest_started = rest.iter().map(|t| t.0).fold(f64::MAX, f64::min);
+    assert!(
+        canaries_ended <= rest_started,
+        "the canaries {canaries:?} (one per server) end before the rest {rest:?} start"
+    );
+    // Both canaries ran at once: each server had one.
+    assert!(
+        canaries[0].0 < canaries[1].1 && canaries[1].0 < canaries[0].1,
+        "{canaries:?}"
+    );
+    second.finish().await;
+}
+
 mtnt_test_support::scenarios_pg!(a_budget_per_server_keeps_every_server_busy);
 
 /// With one tenant per server at once (`per_server_concurrency(1)`) and room for four,

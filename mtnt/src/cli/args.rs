@@ -356,15 +356,22 @@ pub(crate) struct PlanArgs {
 #[command(group(
     clap::ArgGroup::new("staged")
         .multiple(true)
-        .args(["canary", "canary_tenants", "wave_size"])
+        .args(["canary", "canary_tenants", "canary_per_server", "wave_size"])
 ))]
 pub(crate) struct RolloutArgs {
     /// The first N tenants go first and alone: any failure among them stops the run before the rest start
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "canary_tenants")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["canary_tenants", "canary_per_server"])]
     pub(crate) canary: Option<u64>,
     /// This tenant goes first, with the other canaries and alone (repeatable)
-    #[arg(long = "canary-tenant", value_name = "NAME")]
+    #[arg(
+        long = "canary-tenant",
+        value_name = "NAME",
+        conflicts_with = "canary_per_server"
+    )]
     pub(crate) canary_tenants: Vec<TenantName>,
+    /// The first N tenants of each server go first and alone (a fleet over several servers)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) canary_per_server: Option<u64>,
     /// The rest in waves of N tenants, or P% of the tenants
     #[arg(long, value_name = "N|P%", value_parser = WaveSize::parse)]
     pub(crate) wave_size: Option<WaveSize>,

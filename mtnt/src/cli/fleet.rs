@@ -66,6 +66,7 @@ where
 fn rollout_json(args: &super::args::RolloutArgs) -> serde_json::Value {
     serde_json::json!({
         "canary": args.canary,
+        "canary_per_server": args.canary_per_server,
         "canary_tenants": args.canary_tenants.iter().map(TenantName::as_str).collect::<Vec<_>>(),
         "wave_size": args.wave_size.map(|w| match w {
             crate::WaveSize::Tenants(n) => n.to_string(),

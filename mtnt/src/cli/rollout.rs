@@ -12,7 +12,10 @@ impl RolloutArgs {
     pub(crate) fn rollout(&self) -> Rollout {
         let canary = match (self.canary, self.canary_tenants.as_slice()) {
             (Some(n), _) => Canary::First(usize::try_from(n).unwrap_or(usize::MAX)),
-            (None, []) => Canary::None,
+            (None, []) => match self.canary_per_server {
+                Some(n) => Canary::PerServer(usize::try_from(n).unwrap_or(usize::MAX)),
+                None => Canary::None,
+            },
             (None, names) => Canary::Tenants(names.to_vec()),
         };
         Rollout {
@@ -50,7 +53,14 @@ impl RolloutArgs {
                 "a canary of the first {} alone",
                 count(usize::try_from(n).unwrap_or(usize::MAX), "tenant")
             )),
-            (None, []) => {}
+            (None, []) => {
+                if let Some(n) = self.canary_per_server {
+                    parts.push(format!(
+                        "a canary of the first {} of each server alone",
+                        count(usize::try_from(n).unwrap_or(usize::MAX), "tenant")
+                    ));
+                }
+            }
             (None, names) => parts.push(format!(
                 "a canary of {} alone",
                 names

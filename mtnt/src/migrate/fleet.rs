@@ -395,7 +395,20 @@ pub(crate) async fn migrate_fleet(
                 all = rest;
                 canary
             }
+            Canary::PerServer(n) => {
+                let mut taken: HashMap<Option<ServerName>, usize> = HashMap::new();
+                let (canary, rest) = all.into_iter().partition(|(r, _)| {
+                    let of_server = taken.entry(r.tenant.server.clone()).or_default();
+                    *of_server += 1;
+                    *of_server <= *n
+                });
+                all = rest;
+                interleave_by_server(canary)
+            }
         };
+        // Each wave takes tenants of every server in turn, so that a wave is spread over
+        // the fleet as the run is (each server's tenants keep the run's order).
+        let all = interleave_by_server(all);
         let size = rollout.wave_size.map_or(all.len(), |w| w.of(total)).max(1);
         let waves = all.len().div_ceil(size);
         let mut first = true;

@@ -18,6 +18,9 @@ pub enum Canary {
     First(usize),
     /// These tenants.
     Tenants(Vec<TenantName>),
+    /// The first N tenants of each server, in the run's order: a migration that breaks
+    /// on one server's version or settings stops the run there.
+    PerServer(usize),
 }
 
 /// How many tenants one wave holds.
