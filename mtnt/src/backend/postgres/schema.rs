@@ -350,8 +350,13 @@ impl PostgresBackend {
             }]);
         }
         let rows: Vec<(Option<String>, Option<String>, i64)> = sqlx::query_as(&format!(
-            "SELECT s.name, s.url, (SELECT count(*) FROM {registry} r WHERE r.server IS NOT DISTINCT FROM s.name) \
+            // One scan of the registry for all servers: a count per server in a subquery
+            // was planned as parallel and JIT-compiled (the servers table's estimate), 80 ms
+            // of every `tenant create` at 10,000 tenants.
+            "SELECT s.name, s.url, coalesce(c.tenants, 0) \
              FROM (SELECT NULL::text AS name, NULL::text AS url UNION ALL SELECT name, url FROM {servers}) AS s \
+             LEFT JOIN (SELECT server, count(*) AS tenants FROM {registry} GROUP BY server) AS c \
+             ON c.server IS NOT DISTINCT FROM s.name \
              ORDER BY s.name NULLS FIRST",
             registry = self.registry(),
             servers = self.servers.table,
