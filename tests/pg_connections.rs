@@ -11,129 +11,12 @@
 #![cfg(feature = "postgres")]
 #![cfg(not(feature = "inventory"))]
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use mtnt_test_support::cluster::{Cluster, ClusterConfig};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection};
-
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// A PostgreSQL cluster of the test's own; stopped and removed on drop.
-struct Cluster {
-    dir: tempfile::TempDir,
-    port: u16,
-    as_postgres: bool,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `program` of the PostgreSQL binaries, run as the `postgres` user when this is root
-/// (initdb refuses root).
-fn pg_command(program: &str, as_postgres: bool) -> Command {
-    let path = Path::new(BIN).join(program);
-    if as_postgres {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(path);
-        cmd
-    } else {
-        Command::new(path)
-    }
-}
-
-impl Cluster {
-    fn start(max_connections: u32) -> Option<Cluster> {
-        if !Path::new(BIN).join("initdb").exists() {
-            eprintln!("skipped: no initdb at {BIN} for a private PostgreSQL cluster");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let as_postgres = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        if as_postgres {
-            let out = Command::new("chown")
-                .arg("postgres")
-                .arg(dir.path())
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-        }
-        let data: PathBuf = dir.path().join("data");
-        let out = pg_command("initdb", as_postgres)
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "initdb: {out:?}");
-        let port = free_port();
-        let out = pg_command("pg_ctl", as_postgres)
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("log"))
-            .arg("-w")
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -c max_connections={max_connections} -c listen_addresses=127.0.0.1 \
-                 -k {} -c fsync=off -c synchronous_commit=off",
-                dir.path().display()
-            ))
-            .arg("start")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pg_ctl start: {out:?}");
-        Some(Cluster {
-            dir,
-            port,
-            as_postgres,
-        })
-    }
-
-    fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    async fn connect(&self, db: &str) -> sqlx::Result<PgConnection> {
-        let options: PgConnectOptions = self.url(db).parse().unwrap();
-        options.connect().await
-    }
-
-    async fn execute(&self, db: &str, sql: &str) {
-        let mut conn = self.connect(db).await.unwrap();
-        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-        conn.close().await.unwrap();
-    }
-
-    /// Opens connections until the server refuses one; holds them.
-    async fn fill(&self) -> Vec<PgConnection> {
-        let mut held = Vec::new();
-        while let Ok(conn) = self.connect("postgres").await {
-            held.push(conn);
-            assert!(held.len() < 100, "the server never refused a connection");
-        }
-        held
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = pg_command("pg_ctl", self.as_postgres)
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
-}
+use sqlx::ConnectOptions;
 
 fn app(url: &str, database_model: bool) -> Command {
     let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("mtnt-fault-app"));
@@ -337,7 +220,10 @@ async fn exhaustion(cluster: &Cluster, control: &str, database_model: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_near_max_connections_gets_fewer_workers() {
-    let Some(cluster) = Cluster::start(20) else {
+    let Some(cluster) = Cluster::start(ClusterConfig {
+        max_connections: 20,
+        ..ClusterConfig::default()
+    }) else {
         return;
     };
     exhaustion(&cluster, "dbm", true).await;

@@ -1,6 +1,7 @@
 //! Test support
 
 pub mod cli;
+pub mod cluster;
 pub mod faults;
 pub mod models;
 pub mod mysql;
