@@ -1451,3 +1451,237 @@ async fn a_rerun_ends_the_copy_a_killed_move_left_running() {
     second.finish().await;
     model.finish().await;
 }
+
+mtnt_test_support::scenarios_pg!(a_move_under_load_loses_no_acknowledged_write);
+
+/// What the application's writer saw during a move under load.
+#[derive(Default)]
+struct Load {
+    /// The ids whose insert was acknowledged (committed), in order.
+    acked: Vec<i64>,
+    /// Failed attempts (retried with the same id).
+    failures: usize,
+    /// Attempts that started while a move ran.
+    during_moves: usize,
+}
+
+/// One insert of `id` into the tenant's `accounts` where the registry says the tenant is
+/// now, as the application does it: schema per tenant through [`mtnt::TenantPools`] (a
+/// fresh lookup per checkout), database per tenant on a connection of its own to the
+/// tenant's database on its server.
+async fn insert_where_it_is(
+    model: &Model,
+    second: &Second,
+    pools: &mtnt::TenantPools,
+    migrator: &mtnt::Migrator,
+    name: &TenantName,
+    id: i64,
+) -> Result<(), String> {
+    let insert =
+        sqlx::query("INSERT INTO accounts (id, email) VALUES ($1, 'load@example.com')").bind(id);
+    let done = match model.kind() {
+        Kind::PgSchema => {
+            let mut conn = pools.acquire(name).await.map_err(|e| e.to_string())?;
+            insert.execute(&mut *conn).await
+        }
+        _ => {
+            let record = migrator.tenant(name).await.map_err(|e| e.to_string())?;
+            let url = match record.tenant.server {
+                Some(_) => second.url(),
+                None => model.url().to_owned(),
+            };
+            let options: PgConnectOptions = url.parse().unwrap();
+            let mut conn = options
+                .database(&record.tenant.storage)
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let done = insert.execute(&mut conn).await;
+            let _ = conn.close().await;
+            done
+        }
+    };
+    match done {
+        Ok(_) => Ok(()),
+        // Committed by an attempt whose answer was lost.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `tenant move` while the application writes to the tenant all along, there and back
+/// (the way back with `--keep-source`): both moves succeed, and the tenant where the
+/// registry says holds exactly the writes the application saw acknowledged: none is lost
+/// at a source that is dropped (or that no one reads any more), none is doubled. Writes
+/// wait while the tenant is copied; one held back at the switch fails and its retry finds
+/// the tenant on its new server. A move whose writes cannot be paused (an open transaction
+/// holds a table all along) gives up and leaves the tenant where it was.
+async fn a_move_under_load_loses_no_acknowledged_write(model: &Model) {
+    use std::cell::{Cell, RefCell};
+    use std::time::Duration;
+
+    let second = Second::new(model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let a = model.tenant("a");
+    let name = tenant(&a);
+    migrator
+        .create_tenant_on(&name, Some(&ServerName::default_server()))
+        .await
+        .unwrap();
+    // Enough rows that the copy takes a while.
+    model
+        .execute(
+            Place::Tenant(&a),
+            "INSERT INTO accounts (email) SELECT 'u' || i || '@example.com' FROM generate_series(1, 100000) i",
+        )
+        .await;
+    let control = sqlx::PgPool::connect(model.url()).await.unwrap();
+    let pools = mtnt::TenantPools::new(mtnt::PostgresBackend::new(control.clone()), 2);
+
+    // The writer and the moves take turns on this task's thread: plain cells.
+    let load = RefCell::new(Load::default());
+    let (moving, stop) = (Cell::new(false), Cell::new(false));
+    let writer = async {
+        let mut id = 10_000_000;
+        while !stop.get() {
+            let during = moving.get();
+            let written = insert_where_it_is(model, &second, &pools, &migrator, &name, id).await;
+            {
+                let mut load = load.borrow_mut();
+                load.during_moves += usize::from(during);
+                match written {
+                    Ok(()) => {
+                        load.acked.push(id);
+                        id += 1;
+                    }
+                    Err(_) => load.failures += 1,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let acked = || load.borrow().acked.len();
+    let moves = async {
+        while acked() < 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for (args, to_second) in [
+            (vec!["tenant", "move", &a, "--to", "eu-2"], true),
+            (
+                vec!["tenant", "move", &a, "--to", "default", "--keep-source"],
+                false,
+            ),
+        ] {
+            moving.set(true);
+            let mut cmd = app(model);
+            cmd.args(&args);
+            let out = tokio::process::Command::from(cmd).output().await.unwrap();
+            moving.set(false);
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(0), "{args:?}\n{text}");
+            assert!(text.contains("moved tenant"), "{text}");
+            let record = migrator.tenant(&name).await.unwrap();
+            assert_eq!(record.tenant.server.is_some(), to_second);
+            // The application writes on, to where the tenant is now.
+            let before = acked();
+            while acked() < before + 20 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        stop.set(true);
+    };
+    tokio::join!(writer, moves);
+
+    let load = load.into_inner();
+    eprintln!(
+        "{} writes acknowledged, {} attempts during the moves, {} failed and retried",
+        load.acked.len(),
+        load.during_moves,
+        load.failures
+    );
+    assert!(
+        load.during_moves > 0,
+        "the application wrote during the moves"
+    );
+    // Back on the default server: every acknowledged write is there, once.
+    let ids = model
+        .texts(
+            Place::Tenant(&a),
+            "SELECT id::text FROM accounts WHERE id >= 10000000 ORDER BY id",
+        )
+        .await;
+    let ids: Vec<i64> = ids.iter().map(|id| id.parse().unwrap()).collect();
+    assert_eq!(
+        ids, load.acked,
+        "the tenant holds exactly the acknowledged writes"
+    );
+    assert_eq!(
+        model
+            .int(
+                Place::Tenant(&a),
+                "SELECT count(*) FROM accounts WHERE id < 10000000"
+            )
+            .await,
+        Some(100_001)
+    );
+    assert!(second.storage_exists(&a).await, "--keep-source kept it");
+
+    // An open transaction of the application holds a table of the tenant all along: the
+    // move gives up, the tenant stays where it is, nothing is left behind, and the
+    // transaction commits at the source.
+    let mut kept = PgConnection::connect(&second.url()).await.unwrap();
+    let drop_kept = match model.kind() {
+        Kind::PgSchema => format!("DROP SCHEMA \"{a}\" CASCADE"),
+        _ => format!("DROP DATABASE \"{a}\" WITH (FORCE)"),
+    };
+    sqlx::raw_sql(&drop_kept).execute(&mut kept).await.unwrap();
+    kept.close().await.unwrap();
+    let options: PgConnectOptions = model.url().parse().unwrap();
+    let mut holder = match model.kind() {
+        Kind::PgSchema => {
+            let mut conn = options.connect().await.unwrap();
+            sqlx::raw_sql(&format!("SET search_path TO \"{a}\""))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn
+        }
+        _ => options.database(&a).connect().await.unwrap(),
+    };
+    sqlx::raw_sql("BEGIN; INSERT INTO accounts (id, email) VALUES (20000000, 'held')")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let out = run(app(model), &["tenant", "move", &a, "--to", "eu-2"], 1);
+    assert!(out.contains("its writes could not be paused"), "{out}");
+    assert!(out.contains("the tenant stays where it is"), "{out}");
+    assert_eq!(migrator.tenant(&name).await.unwrap().tenant.server, None);
+    assert!(!second.storage_exists(&a).await, "the partial copy is gone");
+    sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    assert_eq!(
+        model
+            .int(
+                Place::Tenant(&a),
+                "SELECT count(*) FROM accounts WHERE id = 20000000"
+            )
+            .await,
+        Some(1)
+    );
+    assert!(!model
+        .texts(
+            Place::Control,
+            "SELECT entry_key FROM mtnt_journal WHERE kind = 'move'"
+        )
+        .await
+        .contains(&a));
+    drop(pools);
+    control.close().await;
+    second.finish().await;
+}

@@ -545,16 +545,17 @@ pub(crate) enum TenantCommand {
         #[arg(long, value_name = "SERVER")]
         server: Option<ServerName>,
     },
-    /// Move a tenant to another server: its schema (database) copied (DDL and data), row
-    /// counts checked, the registry switched, the source dropped; run again after a crash to
-    /// finish
+    /// Move a tenant to another server: its writes paused (reads go on), its schema
+    /// (database) copied (DDL and data), row counts checked, the registry switched, the
+    /// source dropped; run again after a crash to finish
     Move {
         /// The tenant
         name: TenantName,
         /// The server to move it to (`server list`)
         #[arg(long, value_name = "SERVER")]
         to: ServerName,
-        /// Keep the source schema (database) after the switch
+        /// Keep the source schema (database) after the switch (the writes held back at the
+        /// switch are ended, not let through to it)
         #[arg(long)]
         keep_source: bool,
     },

@@ -5,7 +5,14 @@
 //!
 //! The caller holds the tenant's lock on its source server throughout, so no migration
 //! runs meanwhile. Until the switch commits, the tenant is served from the source: a
-//! failure before it drops the partial copy. A journal entry (`move`, keyed by the tenant)
+//! failure before it drops the partial copy.
+//!
+//! Writes are paused for the copy ([`Freeze`]): a transaction on the source holds every
+//! table of the tenant in `EXCLUSIVE` mode, so the application's reads go on and its
+//! writes wait. A write acknowledged before the pause is in the copy; one that waited
+//! never commits at the source: after the switch the source goes within that
+//! transaction (or, with `--keep-source`, the waiting sessions are ended first), and the
+//! application's retry finds the tenant on its new server. A journal entry (`move`, keyed by the tenant)
 //! says a move is under way, so that a re-run after a crash finishes it: a copy left on the
 //! destination before the switch is dropped and made again; a source left after the switch
 //! is dropped.
@@ -199,15 +206,8 @@ impl PostgresBackend {
                 Self::end_copies(&self.pool_of(server).await?, read).await?;
             }
             Self::end_copies(self.pool(), read).await?;
-            let server: Option<Option<String>> = sqlx::query_scalar(&format!(
-                "SELECT server FROM {} WHERE name = $1",
-                self.registry()
-            ))
-            .bind(read.name.as_str())
-            .fetch_optional(self.pool())
-            .await?;
-            if let Some(server) = server {
-                tenant.server = server.as_deref().map(ServerName::new).transpose()?;
+            if let Some(server) = self.server_in_registry(read).await? {
+                tenant.server = server;
             }
         }
         let tenant = &tenant;
@@ -267,6 +267,13 @@ impl PostgresBackend {
             KEEP,
         )
         .await?;
+        let freeze = match Freeze::start(tenant, &src, storage).await {
+            Ok(freeze) => freeze,
+            Err(e) => {
+                let _ = self.forget_move(tenant).await;
+                return Err(e);
+            }
+        };
         let copied = async {
             match storage {
                 Storage::Schema => {
@@ -305,21 +312,55 @@ impl PostgresBackend {
         }
         .await;
         if let Err(e) = copied {
-            // Served from the source still: the partial copy goes.
+            // Served from the source still: the partial copy goes, writes resume.
             let _ = self.drop_storage_on(tenant, to, storage).await;
+            freeze.release().await;
             let _ = self.forget_move(tenant).await;
             return Err(e);
         }
         if let Err(e) = self.switch(tenant, to, storage).await {
-            let _ = self.drop_storage_on(tenant, to, storage).await;
-            let _ = self.forget_move(tenant).await;
-            return Err(e);
+            // A commit whose answer was lost may have switched: the registry says.
+            match self.server_in_registry(tenant).await {
+                Ok(Some(server)) if server.as_ref() == to => {}
+                Ok(_) => {
+                    let _ = self.drop_storage_on(tenant, to, storage).await;
+                    freeze.release().await;
+                    let _ = self.forget_move(tenant).await;
+                    return Err(e);
+                }
+                // Unknown whether it switched: nothing is dropped, the journal's entry
+                // stays, and running the move again finishes or undoes it.
+                Err(_) => {
+                    freeze.release().await;
+                    return Err(e);
+                }
+            }
         }
-        if !keep_source {
-            self.drop_storage_on(tenant, tenant.server.as_ref(), storage)
-                .await?;
+        match (storage, keep_source) {
+            (Storage::Schema, false) => freeze.drop_schema(tenant).await?,
+            (Storage::Database, false) => {
+                // FORCE ends the sessions in it: the freeze's, and the writes it held.
+                self.drop_storage_on(tenant, tenant.server.as_ref(), storage)
+                    .await?;
+            }
+            (_, true) => freeze.end_writers(tenant, storage).await?,
         }
         self.forget_move(tenant).await
+    }
+
+    /// The server of the tenant in the registry (`None` inside: the default server;
+    /// `None` outside: not registered).
+    async fn server_in_registry(&self, tenant: &Tenant) -> Result<Option<Option<ServerName>>> {
+        let server: Option<Option<String>> = sqlx::query_scalar(&format!(
+            "SELECT server FROM {} WHERE name = $1",
+            self.registry()
+        ))
+        .bind(tenant.name.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        server
+            .map(|s| s.as_deref().map(ServerName::new).transpose())
+            .transpose()
     }
 
     /// `pg_dump` of the source (its schema `-n`, or its whole database) into `psql` on
@@ -440,16 +481,11 @@ impl PostgresBackend {
         src: &mut PgConnection,
         dst: &mut PgConnection,
     ) -> Result<()> {
-        let tables = "SELECT n.nspname::text, c.relname::text FROM pg_class c \
-                      JOIN pg_namespace n ON n.oid = c.relnamespace \
-                      WHERE c.relkind IN ('r', 'p') AND CASE WHEN $1::text IS NULL \
-                      THEN n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
-                      ELSE n.nspname = $1 END ORDER BY 1, 2";
-        let src_tables: Vec<(String, String)> = sqlx::query_as(tables)
+        let src_tables: Vec<(i64, String, String)> = sqlx::query_as(TENANT_TABLES)
             .bind(schema)
             .fetch_all(&mut *src)
             .await?;
-        for (schema, table) in src_tables {
+        for (_, schema, table) in src_tables {
             let count = format!(
                 "SELECT count(*) FROM {}.{}",
                 quote_ident(&schema),
@@ -512,5 +548,149 @@ impl PostgresBackend {
         }
         let _ = conn.close().await;
         Ok(switched?)
+    }
+}
+
+/// How long the pause waits for the application's transactions on the tenant's tables to
+/// end, and the source's drop for its readers.
+const FREEZE_LOCK_TIMEOUT: &str = "10s";
+
+/// The tables of the tenant at the source: of the schema `$1`, or (`$1` NULL, a tenant
+/// database) of every schema but the system's.
+const TENANT_TABLES: &str = "SELECT c.oid::int8, n.nspname::text, c.relname::text FROM pg_class c \
+     JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p') AND CASE WHEN $1::text IS NULL \
+     THEN n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
+     ELSE n.nspname = $1 END ORDER BY 2, 3";
+
+/// The application's writes to a tenant paused while it is copied: a transaction on the
+/// source, its session named like the copy's (a re-run after a kill ends it), holding
+/// every table of the tenant in `EXCLUSIVE` mode, which lets reads (and `pg_dump`) go on
+/// and makes writes wait. Released (rolled back) when the move fails; otherwise it ends
+/// with the source ([`Freeze::drop_schema`]) or after ending the sessions it held back
+/// ([`Freeze::end_writers`]). A crash ends it with the connection.
+struct Freeze {
+    conn: PgConnection,
+    /// The frozen tables' oids.
+    tables: Vec<i64>,
+}
+
+impl Freeze {
+    async fn start(tenant: &Tenant, src: &PgConnectOptions, storage: Storage) -> Result<Freeze> {
+        let options = src.clone().application_name(&copy_session_name(tenant));
+        let mut conn = PgConnection::connect_with(&options).await?;
+        exec_postgres(
+            &mut conn,
+            &format!("BEGIN; SET LOCAL lock_timeout = '{FREEZE_LOCK_TIMEOUT}'"),
+        )
+        .await?;
+        let schema = (storage == Storage::Schema).then_some(tenant.storage.as_str());
+        let tables: Vec<(i64, String, String)> = sqlx::query_as(TENANT_TABLES)
+            .bind(schema)
+            .fetch_all(&mut conn)
+            .await?;
+        if !tables.is_empty() {
+            let names: Vec<String> = tables
+                .iter()
+                .map(|(_, schema, table)| format!("{}.{}", quote_ident(schema), quote_ident(table)))
+                .collect();
+            let locked = exec_postgres(
+                &mut conn,
+                &format!("LOCK TABLE {} IN EXCLUSIVE MODE", names.join(", ")),
+            )
+            .await;
+            if let Err(e) = locked {
+                let _ = conn.close().await;
+                if super::is_code(&e, "55P03") {
+                    return Err(Error::Invalid(format!(
+                        "tenant {}: moving its {}: its writes could not be paused within {FREEZE_LOCK_TIMEOUT}: \
+                         a transaction of the application held one of its tables all along; \
+                         the tenant stays where it is, move it again when that transaction has ended",
+                        tenant.name,
+                        storage.what()
+                    )));
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(Freeze {
+            conn,
+            tables: tables.into_iter().map(|(oid, _, _)| oid).collect(),
+        })
+    }
+
+    /// Writes resume at the source (the move failed before its switch).
+    async fn release(mut self) {
+        let _ = exec_postgres(&mut self.conn, "ROLLBACK").await;
+        let _ = self.conn.close().await;
+    }
+
+    /// Ends the other sessions that wait on or hold a lock on the frozen tables: their
+    /// transactions roll back, so what they were writing never commits at the source.
+    async fn end_lockers(&mut self) -> Result<()> {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'relation' AND relation::int8 = ANY($1) \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.tables)
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// The source schema dropped in the freeze's transaction: the writes it held back
+    /// fail (the tables are gone) instead of committing at a source no one reads. A
+    /// session that read the tenant meanwhile is ended, so the drop neither waits on it nor
+    /// deadlocks with it; a deadlock that happens anyway is retried.
+    async fn drop_schema(mut self, tenant: &Tenant) -> Result<()> {
+        let drop = format!(
+            "SAVEPOINT mtnt_drop; DROP SCHEMA {} CASCADE; RELEASE SAVEPOINT mtnt_drop",
+            quote_ident(&tenant.storage)
+        );
+        let mut last = None;
+        for _ in 0..3 {
+            self.end_lockers().await?;
+            match exec_postgres(&mut self.conn, &drop).await {
+                Ok(()) => {
+                    exec_postgres(&mut self.conn, "COMMIT").await?;
+                    let _ = self.conn.close().await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    exec_postgres(&mut self.conn, "ROLLBACK TO SAVEPOINT mtnt_drop").await?;
+                    last = Some(e);
+                }
+            }
+        }
+        let e = last.expect("three attempts");
+        self.release().await;
+        Err(Error::Invalid(format!(
+            "tenant {} is moved, but its source schema {} could not be dropped: {e}; \
+             running the move again drops it",
+            tenant.name, tenant.storage
+        )))
+    }
+
+    /// The source kept: the sessions held back on its tables (or, for a tenant database,
+    /// in it) are ended, then writes are let through to a copy the registry no longer
+    /// names.
+    async fn end_writers(mut self, tenant: &Tenant, storage: Storage) -> Result<()> {
+        match storage {
+            Storage::Schema => self.end_lockers().await?,
+            Storage::Database => {
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind(&tenant.storage)
+                .fetch_all(&mut self.conn)
+                .await?;
+            }
+        }
+        exec_postgres(&mut self.conn, "COMMIT").await?;
+        let _ = self.conn.close().await;
+        Ok(())
     }
 }
