@@ -816,6 +816,98 @@ async fn a_tenant_connection_is_scoped_and_its_scope_never_leaks() {
     model.finish().await;
 }
 
+/// With a database per tenant, the application's connection of a tenant is one of its
+/// database on its server, from a pool of that database; beyond `max_databases` the least
+/// recently used pool is closed (its sessions end), and a tenant whose pool was closed gets
+/// a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_database_connection_is_of_its_database_on_its_server() {
+    let model = Model::new(Kind::PgDatabase, "server_app_db").await;
+    let second = Second::new(&model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let (a, b) = (tenant(&model.tenant("a")), tenant(&model.tenant("b")));
+    migrator
+        .create_tenant_on(&a, Some(&ServerName::default_server()))
+        .await
+        .unwrap();
+    migrator.create_tenant_on(&b, Some(&eu2)).await.unwrap();
+
+    let control = sqlx::PgPool::connect(model.url()).await.unwrap();
+    let pools = tenant_pools(&model, &control, 1).max_databases(1);
+    let located = pools.locate(&b).await.unwrap();
+    assert_eq!(
+        (located.server.as_ref(), located.storage.as_str()),
+        (Some(&eu2), b.as_str())
+    );
+    let here = "SELECT current_database()::text, inet_server_port(), pg_backend_pid()";
+    let mut conn = pools.acquire(&a).await.unwrap();
+    let (db, port, pid_a): (String, i32, i32) =
+        sqlx::query_as(here).fetch_one(&mut *conn).await.unwrap();
+    let first: PgConnectOptions = model.url().parse().unwrap();
+    assert_eq!(
+        (db.as_str(), port),
+        (a.as_str(), i32::from(first.get_port()))
+    );
+    sqlx::query("INSERT INTO accounts (email) VALUES ('only-a@example.com')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let mut conn = pools.acquire(&a).await.unwrap();
+    let (_, _, pid): (String, i32, i32) = sqlx::query_as(here).fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(pid, pid_a, "the same pooled session");
+    drop(conn);
+
+    let mut conn = pools.acquire(&b).await.unwrap();
+    let (db, port, _): (String, i32, i32) =
+        sqlx::query_as(here).fetch_one(&mut *conn).await.unwrap();
+    let expected: PgConnectOptions = second_admin_url().parse().unwrap();
+    assert_eq!(
+        (db.as_str(), port),
+        (b.as_str(), i32::from(expected.get_port()))
+    );
+    let only_a: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM accounts WHERE email = 'only-a@example.com'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(only_a, 0, "b's accounts are b's");
+    drop(conn);
+
+    // One pool at most: a's was closed for b's, its session ends.
+    let mut watcher = PgConnection::connect(model.url()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let alive: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)")
+                .bind(pid_a)
+                .fetch_one(&mut watcher)
+                .await
+                .unwrap();
+        if !alive {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a's evicted pool kept its session"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    watcher.close().await.unwrap();
+    let mut conn = pools.acquire(&a).await.unwrap();
+    let (db, _, pid): (String, i32, i32) =
+        sqlx::query_as(here).fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(db, a.as_str());
+    assert_ne!(pid, pid_a, "a new pool for a");
+    drop(conn);
+    drop(pools);
+    control.close().await;
+    second.finish().await;
+    model.finish().await;
+}
+
 /// No progress output.
 struct Quiet;
 
@@ -1466,46 +1558,34 @@ struct Load {
 }
 
 /// One insert of `id` into the tenant's `accounts` where the registry says the tenant is
-/// now, as the application does it: schema per tenant through [`mtnt::TenantPools`] (a
-/// fresh lookup per checkout), database per tenant on a connection of its own to the
-/// tenant's database on its server.
+/// now, as the application does it: through [`mtnt::TenantPools`], which looks the tenant
+/// up on every checkout.
 async fn insert_where_it_is(
-    model: &Model,
-    second: &Second,
     pools: &mtnt::TenantPools,
-    migrator: &mtnt::Migrator,
     name: &TenantName,
     id: i64,
 ) -> Result<(), String> {
-    let insert =
-        sqlx::query("INSERT INTO accounts (id, email) VALUES ($1, 'load@example.com')").bind(id);
-    let done = match model.kind() {
-        Kind::PgSchema => {
-            let mut conn = pools.acquire(name).await.map_err(|e| e.to_string())?;
-            insert.execute(&mut *conn).await
-        }
-        _ => {
-            let record = migrator.tenant(name).await.map_err(|e| e.to_string())?;
-            let url = match record.tenant.server {
-                Some(_) => second.url(),
-                None => model.url().to_owned(),
-            };
-            let options: PgConnectOptions = url.parse().unwrap();
-            let mut conn = options
-                .database(&record.tenant.storage)
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
-            let done = insert.execute(&mut conn).await;
-            let _ = conn.close().await;
-            done
-        }
-    };
+    let mut conn = pools.acquire(name).await.map_err(|e| e.to_string())?;
+    let done = sqlx::query("INSERT INTO accounts (id, email) VALUES ($1, 'load@example.com')")
+        .bind(id)
+        .execute(&mut *conn)
+        .await;
     match done {
         Ok(_) => Ok(()),
         // Committed by an attempt whose answer was lost.
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The application's pools of `model`'s fleet, at most `max` connections each.
+fn tenant_pools(model: &Model, control: &sqlx::PgPool, max: u32) -> mtnt::TenantPools {
+    match model.kind() {
+        Kind::PgSchema => mtnt::TenantPools::new(mtnt::PostgresBackend::new(control.clone()), max),
+        _ => mtnt::TenantPools::for_databases(
+            mtnt::PgDatabaseBackend::new(control.clone()).unwrap(),
+            max,
+        ),
     }
 }
 
@@ -1538,7 +1618,7 @@ async fn a_move_under_load_loses_no_acknowledged_write(model: &Model) {
         )
         .await;
     let control = sqlx::PgPool::connect(model.url()).await.unwrap();
-    let pools = mtnt::TenantPools::new(mtnt::PostgresBackend::new(control.clone()), 2);
+    let pools = tenant_pools(model, &control, 2);
 
     // The writer and the moves take turns on this task's thread: plain cells.
     let load = RefCell::new(Load::default());
@@ -1547,7 +1627,7 @@ async fn a_move_under_load_loses_no_acknowledged_write(model: &Model) {
         let mut id = 10_000_000;
         while !stop.get() {
             let during = moving.get();
-            let written = insert_where_it_is(model, &second, &pools, &migrator, &name, id).await;
+            let written = insert_where_it_is(&pools, &name, id).await;
             {
                 let mut load = load.borrow_mut();
                 load.during_moves += usize::from(during);

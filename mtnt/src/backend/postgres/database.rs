@@ -109,6 +109,11 @@ impl PgDatabaseBackend {
         &self.control_db
     }
 
+    /// The backend of the registry (in the control database) and of the servers' pools.
+    pub(super) fn registry(&self) -> &PostgresBackend {
+        &self.control
+    }
+
     /// The options of the control database's connections.
     pub fn connect_options(&self) -> &PgConnectOptions {
         &self.options
@@ -150,7 +155,7 @@ impl PgDatabaseBackend {
     }
 
     /// [`PgDatabaseBackend::tenant_connect_options`] on the tenant's own server.
-    async fn options_of(&self, tenant: &Tenant) -> Result<PgConnectOptions> {
+    pub(super) async fn options_of(&self, tenant: &Tenant) -> Result<PgConnectOptions> {
         match &tenant.server {
             None => Ok(self.tenant_connect_options(tenant)),
             Some(server) => Ok(self
