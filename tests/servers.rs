@@ -1765,3 +1765,187 @@ async fn a_move_under_load_loses_no_acknowledged_write(model: &Model) {
     control.close().await;
     second.finish().await;
 }
+
+mtnt_test_support::scenarios_pg!(a_cordoned_server_takes_no_tenants_and_a_drain_empties_it);
+
+/// `server cordon`: the server keeps its tenants but placement passes it over, and no
+/// tenant is created on it or moved to it. `server drain` cordons it and moves every
+/// tenant off, one by one, with its data; a tenant that cannot move stays where it was,
+/// the others move on, and running the drain again moves what is left. Then the server
+/// can be removed. With every server cordoned, no tenant can be placed.
+async fn a_cordoned_server_takes_no_tenants_and_a_drain_empties_it(model: &Model) {
+    let schemas = model.kind() == Kind::PgSchema;
+    let second = Second::new(model).await;
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator
+        .add_server(&server("eu-2"), &second.url())
+        .await
+        .unwrap();
+    let name = |base: &str| model.tenant(base);
+    // Through the library: the test app's own migrations are another set.
+    for (base, on) in [
+        ("a", "eu-2"),
+        ("b", "eu-2"),
+        ("c1", "default"),
+        ("c2", "default"),
+        ("c3", "default"),
+    ] {
+        migrator
+            .create_tenant_on(&tenant(&name(base)), Some(&server(on)))
+            .await
+            .unwrap();
+    }
+    model
+        .execute(
+            Place::Tenant(&name("c1")),
+            "INSERT INTO accounts (email) SELECT 'u' || i || '@example.com' FROM generate_series(1, 99) i",
+        )
+        .await;
+    let server_of = |base: &str| {
+        let migrator = &migrator;
+        let tenant = tenant(&name(base));
+        async move {
+            migrator
+                .tenant(&tenant)
+                .await
+                .unwrap()
+                .tenant
+                .server_name()
+                .to_owned()
+        }
+    };
+
+    let out = run(app(model), &["server", "cordon", "eu-2"], 0);
+    assert!(out.contains("cordoned server eu-2"), "{out}");
+    let out = run(app(model), &["server", "list"], 0);
+    assert!(out.contains("1 cordoned (taking no new tenants)"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&run(app(model), &["server", "list", "--json"], 0)).unwrap();
+    let cordoned: Vec<(&str, bool)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["cordoned"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(cordoned, [("default", false), ("eu-2", true)]);
+    // Fewest tenants would be eu-2 (2 against 3): cordoned, it is passed over.
+    migrator
+        .create_tenant_on(&tenant(&name("d")), None)
+        .await
+        .unwrap();
+    assert_eq!(server_of("d").await, "default");
+    assert!(matches!(
+        migrator
+            .create_tenant_on(&tenant(&name("e")), Some(&server("eu-2")))
+            .await,
+        Err(Error::ServerCordoned { .. })
+    ));
+    assert!(!model.storage_exists(&name("e")).await && !second.storage_exists(&name("e")).await);
+    let out = run(
+        app(model),
+        &["tenant", "move", &name("c1"), "--to", "eu-2"],
+        1,
+    );
+    assert!(
+        out.contains("server eu-2 is cordoned: it takes no new tenants"),
+        "{out}"
+    );
+    assert!(out.contains("server uncordon eu-2"), "{out}");
+    assert_eq!(server_of("c1").await, "default");
+    // A cordoned server's tenants are still migrated.
+    let later = model.migrator(set_to(SECOND)).await;
+    let report = later.migrate(&MigrateOptions::new()).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(
+        second.tracking(&name("a"), SECOND).await.unwrap().0,
+        "completed"
+    );
+    let out = run(app(model), &["server", "remove", "eu-2"], 1);
+    assert!(out.contains("server drain eu-2"), "{out}");
+
+    // b cannot move: the default server has a schema (database) of its name.
+    let storage = if schemas { "SCHEMA" } else { "DATABASE" };
+    model
+        .execute(
+            Place::Control,
+            &format!("CREATE {storage} \"{}\"", name("b")),
+        )
+        .await;
+    let out = run(app(model), &["server", "drain", "eu-2"], 1);
+    assert!(
+        out.contains(&format!("moved tenant {} to server default", name("a"))),
+        "{out}"
+    );
+    assert!(out.contains(&name("b")) && out.contains("exists"), "{out}");
+    assert!(
+        out.contains("drained server eu-2: 1 moved, 1 failed"),
+        "{out}"
+    );
+    assert_eq!(server_of("a").await, "default");
+    assert_eq!(server_of("b").await, "eu-2");
+    assert!(
+        second.storage_exists(&name("b")).await,
+        "b stays where it was"
+    );
+    assert!(
+        !second.storage_exists(&name("a")).await,
+        "a's source is dropped"
+    );
+    assert_eq!(
+        model
+            .status(Place::Tenant(&name("a")), SECOND)
+            .await
+            .as_deref(),
+        Some("completed")
+    );
+    model
+        .execute(Place::Control, &format!("DROP {storage} \"{}\"", name("b")))
+        .await;
+    let out = run(app(model), &["server", "drain", "eu-2"], 0);
+    assert!(
+        out.contains("drained server eu-2: 1 moved, 0 failed"),
+        "{out}"
+    );
+    assert_eq!(server_of("b").await, "default");
+    assert_eq!(later.status(&[]).await.unwrap().current, 6);
+    assert_eq!(
+        model
+            .int(Place::Tenant(&name("c1")), "SELECT count(*) FROM accounts")
+            .await,
+        Some(100)
+    );
+    let out = run(
+        app(model),
+        &["tenant", "create", &name("e"), "--server", "eu-2"],
+        1,
+    );
+    assert!(out.contains("server eu-2 is cordoned"), "{out}");
+    run(app(model), &["server", "remove", "eu-2"], 0);
+
+    // Every server cordoned: nothing can be placed, until one takes tenants again.
+    run(app(model), &["server", "cordon", "default"], 0);
+    assert!(matches!(
+        migrator.create_tenant_on(&tenant(&name("f")), None).await,
+        Err(Error::NoServerTakesTenants { but: None })
+    ));
+    let out = run(app(model), &["tenant", "create", &name("f")], 1);
+    assert!(
+        out.contains("no server takes new tenants: every server is cordoned"),
+        "{out}"
+    );
+    assert!(out.contains("server uncordon NAME"), "{out}");
+    assert!(!model.storage_exists(&name("f")).await);
+    let out = run(app(model), &["server", "uncordon", "default"], 0);
+    assert!(
+        out.contains("server default takes new tenants again"),
+        "{out}"
+    );
+    run(app(model), &["tenant", "create", &name("f")], 0);
+    assert_eq!(server_of("f").await, "default");
+    second.finish().await;
+}

@@ -175,6 +175,22 @@ pub enum Error {
         tenants: u64,
     },
 
+    /// A tenant was to be created on (or moved to) a cordoned server, which takes no new
+    /// tenants.
+    #[error("server {server} is cordoned: it takes no new tenants")]
+    ServerCordoned {
+        /// The server.
+        server: ServerName,
+    },
+
+    /// A tenant was to be placed, but every server of the fleet is cordoned (or, draining
+    /// one, every other).
+    #[error("no server takes new tenants: every server{} is cordoned", match but { Some(s) => format!(" but {s}, which is being drained,"), None => String::new() })]
+    NoServerTakesTenants {
+        /// The server being drained, left out.
+        but: Option<ServerName>,
+    },
+
     /// The engine keeps every tenant on the one server of its URL: no servers can be
     /// registered, and a tenant placed nowhere else.
     #[error("the {engine} engine keeps every tenant on the server of its URL; servers of a fleet need PostgreSQL (schema or database per tenant)")]

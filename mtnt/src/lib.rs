@@ -65,10 +65,11 @@ pub use cli::{cli_fix, Report};
 pub use ctx::{Ctx, CtxConn, CustomConnection};
 pub use error::{Error, Result};
 pub use migrate::{
-    default_concurrency, fingerprint, Condition, FailedMigration, FailedTenant, InvalidRegistryRow,
-    MigrateOptions, MigrateReport, Migrator, MigratorBuilder, PlanGroup, PlanReport,
-    PlannedMigration, Progress, PublicStatus, RegistrySource, RollbackReport, RollbackTarget,
-    StatusReport, TemplateChange, TenantSource, TenantStatus, Timeouts, Transactions,
+    default_concurrency, fingerprint, Condition, DrainReport, FailedMigration, FailedTenant,
+    InvalidRegistryRow, MigrateOptions, MigrateReport, Migrator, MigratorBuilder, PlanGroup,
+    PlanReport, PlannedMigration, Progress, PublicStatus, RegistrySource, RollbackReport,
+    RollbackTarget, StatusReport, TemplateChange, TenantSource, TenantStatus, Timeouts,
+    Transactions,
 };
 pub use migrate::{parse_duration, Canary, Rollout, SafetySettings, Shard, TenantOrder, WaveSize};
 pub use migrate::{

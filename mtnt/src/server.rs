@@ -109,14 +109,18 @@ pub struct Server {
     pub url: String,
     /// How many tenants the registry places on it.
     pub tenants: u64,
+    /// Cordoned (`server cordon`): it keeps its tenants but takes no new ones; placement
+    /// passes it over, and no tenant is created on it or moved to it.
+    pub cordoned: bool,
 }
 
 /// Where `tenant create` places a tenant when no server is named: a pluggable strategy
 /// ([`MigratorBuilder::placement`](crate::MigratorBuilder::placement)); the default is
 /// [`FewestTenants`].
 pub trait Placement: Send + Sync + fmt::Debug {
-    /// The server of the new tenant `tenant`, one of `servers` (never empty: the default
-    /// server is always among them, first, the others by name).
+    /// The server of the new tenant `tenant`, one of `servers`: those that take new
+    /// tenants (never empty; cordoned ones are left out), the default server first when it
+    /// is among them, the others by name.
     fn place(&self, tenant: &TenantName, servers: &[Server]) -> ServerName;
 }
 
@@ -200,6 +204,7 @@ mod tests {
             name: ServerName::new(name).unwrap(),
             url: String::new(),
             tenants,
+            cordoned: false,
         };
         let t = TenantName::new("acme").unwrap();
         let servers = [server("default", 3), server("eu-1", 1), server("eu-2", 1)];

@@ -687,6 +687,7 @@ pub trait Backend: Send + Sync {
             name: ServerName::default_server(),
             url: String::new(),
             tenants: self.tenant_count().await?,
+            cordoned: false,
         }])
     }
 
@@ -705,6 +706,16 @@ pub trait Backend: Send + Sync {
     /// are placed on it. By default: [`Error::OneServer`].
     async fn remove_server(&self, name: &ServerName) -> Result<()> {
         let _ = name;
+        Err(Error::OneServer {
+            engine: self.engine(),
+        })
+    }
+
+    /// Cordons the server `name` (`cordoned`: it takes no new tenants) or lets it take them
+    /// again; the default server too. [`Error::UnknownServer`] when it is not registered.
+    /// By default: [`Error::OneServer`].
+    async fn cordon_server(&self, name: &ServerName, cordoned: bool) -> Result<()> {
+        let _ = (name, cordoned);
         Err(Error::OneServer {
             engine: self.engine(),
         })

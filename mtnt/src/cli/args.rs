@@ -592,6 +592,30 @@ pub(crate) enum ServerCommand {
         /// The server
         name: ServerName,
     },
+    /// Stop placing new tenants on a server (it keeps its tenants, `migrate` still runs
+    /// them); `default` for the control database's own
+    Cordon {
+        /// The server
+        name: ServerName,
+    },
+    /// Let a cordoned server take new tenants again
+    Uncordon {
+        /// The server
+        name: ServerName,
+    },
+    /// Move every tenant off a server, one after the other: cordoned first, each tenant to
+    /// --to or placed among the other servers; run again to move what failed. Then
+    /// `server remove` can remove it
+    Drain {
+        /// The server
+        name: ServerName,
+        /// The server to move them all to (default: each where placement puts it)
+        #[arg(long, value_name = "SERVER")]
+        to: Option<ServerName>,
+        /// Keep each tenant's source schema (database) after its switch
+        #[arg(long)]
+        keep_source: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -57,8 +57,14 @@ pub fn cli_fix(error: &Error) -> Option<String> {
             "pick another name, or `server remove {server}` first (refused while it holds tenants)"
         ),
         Error::ServerInUse { server, .. } => format!(
-            "move its tenants elsewhere (`tenant move NAME --to SERVER`) or drop them; `tenant list` shows which are on {server}"
+            "`server drain {server}` moves every tenant elsewhere (or `tenant move NAME --to SERVER` one by one, or drop them); `tenant list` shows which are on {server}"
         ),
+        Error::ServerCordoned { server } => format!(
+            "name another server (`server list`), or let {server} take tenants again with `server uncordon {server}`"
+        ),
+        Error::NoServerTakesTenants { .. } => {
+            "let a server take tenants again with `server uncordon NAME` (`server list` shows which are cordoned), or add one with `server add NAME URL`".to_owned()
+        }
         Error::OneServer { .. } => {
             "leave out --server: every tenant is on the server of --database-url".to_owned()
         }

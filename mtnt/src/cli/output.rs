@@ -469,16 +469,27 @@ pub(crate) fn server_list(servers: &[crate::Server], quiet: bool) -> String {
     let mut out = if quiet {
         String::new()
     } else {
-        table(&["SERVER", "TENANTS", "URL"], servers, |s| {
-            vec![s.name.to_string(), s.tenants.to_string(), s.url.clone()]
+        table(&["SERVER", "TENANTS", "PLACING", "URL"], servers, |s| {
+            vec![
+                s.name.to_string(),
+                s.tenants.to_string(),
+                if s.cordoned { "cordoned" } else { "yes" }.to_owned(),
+                s.url.clone(),
+            ]
         })
     };
     let tenants: u64 = servers.iter().map(|s| s.tenants).sum();
+    let cordoned = servers.iter().filter(|s| s.cordoned).count();
     let _ = writeln!(
         out,
-        "{}, {}",
+        "{}, {}{}",
         count(servers.len(), "server"),
-        count(tenants as usize, "tenant")
+        count(tenants as usize, "tenant"),
+        if cordoned > 0 {
+            format!(", {cordoned} cordoned (taking no new tenants)")
+        } else {
+            String::new()
+        }
     );
     out
 }

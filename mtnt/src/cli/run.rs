@@ -267,6 +267,9 @@ fn run_span(cli: &Cli) -> tracing::Span {
         Command::Server(ServerCommand::Add { .. }) => "server add",
         Command::Server(ServerCommand::List { .. }) => "server list",
         Command::Server(ServerCommand::Remove { .. }) => "server remove",
+        Command::Server(ServerCommand::Cordon { .. }) => "server cordon",
+        Command::Server(ServerCommand::Uncordon { .. }) => "server uncordon",
+        Command::Server(ServerCommand::Drain { .. }) => "server drain",
         Command::List(_) => "list",
         Command::Repair(_) => "repair",
     };
@@ -527,6 +530,47 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             migrator.remove_server(&name).await?;
             outln!("removed server {name}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Server(ServerCommand::Cordon { name }) => {
+            migrator.cordon_server(&name, true).await?;
+            outln!("cordoned server {name}: it keeps its tenants and takes no new ones");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Server(ServerCommand::Uncordon { name }) => {
+            migrator.cordon_server(&name, false).await?;
+            outln!("server {name} takes new tenants again");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Server(ServerCommand::Drain {
+            name,
+            to,
+            keep_source,
+        }) => {
+            let report = migrator
+                .drain_server(&name, to.as_ref(), keep_source, &mut |tenant, moved| {
+                    if let Ok(moved) = moved {
+                        outln!("moved tenant {tenant} to server {}", moved.server_name());
+                    }
+                })
+                .await?;
+            if !report.failed.is_empty() {
+                say::out_raw(&super::failures::render(&report.failed));
+            }
+            outln!(
+                "drained server {name}: {} moved, {} failed{}",
+                report.moved.len(),
+                report.failed.len(),
+                if report.failed.is_empty() {
+                    format!("; it is cordoned, `server remove {name}` removes it")
+                } else {
+                    "; they stay where they were, run it again to move them".to_owned()
+                }
+            );
+            Ok(if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Tenant(TenantCommand::Create { name, server }) if printing.events.is_some() => {
             let events = JsonEvents::new(

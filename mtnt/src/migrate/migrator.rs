@@ -13,7 +13,8 @@ use super::lease::{new_identity, Lease};
 use super::progress::Silent;
 use super::protocol::{Claim, FleetOp, Protocol};
 use super::report::{
-    ConditionCounts, FailedMigration, PublicStatus, RollbackReport, StatusReport, TenantStatus,
+    ConditionCounts, DrainReport, FailedMigration, FailedTenant, PublicStatus, RollbackReport,
+    StatusReport, TenantStatus,
 };
 use super::runs::RunReport;
 use super::template::TemplateChange;
@@ -1015,8 +1016,8 @@ impl Migrator {
         self.check_server_named(server)?;
         self.ready_to_write().await?;
         let server = match server {
-            Some(server) => self.known_server(server).await?,
-            None => self.placement.place(name, &self.backend.servers().await?),
+            Some(server) => self.open_server(server).await?,
+            None => self.place(name, None).await?,
         };
         self.migrate_public_first().await?;
         let tenant = Tenant::new(name.clone()).on(Some(server));
@@ -1052,6 +1053,43 @@ impl Migrator {
         Ok(())
     }
 
+    /// `server` as the server of a new (or moved) tenant: [`Error::UnknownServer`] when it
+    /// is not registered, [`Error::ServerCordoned`] when it takes no new tenants.
+    async fn open_server(&self, server: &ServerName) -> Result<ServerName> {
+        match self
+            .backend
+            .servers()
+            .await?
+            .iter()
+            .find(|s| &s.name == server)
+        {
+            Some(s) if s.cordoned => Err(Error::ServerCordoned {
+                server: server.clone(),
+            }),
+            Some(_) => Ok(server.clone()),
+            None => Err(Error::UnknownServer {
+                server: server.clone(),
+                default: crate::DEFAULT_SERVER,
+            }),
+        }
+    }
+
+    /// Where the [`Placement`] puts the tenant `name`, among the servers that take new
+    /// tenants, `but` (a server being drained) left out.
+    async fn place(&self, name: &TenantName, but: Option<&ServerName>) -> Result<ServerName> {
+        let open: Vec<Server> = self
+            .backend
+            .servers()
+            .await?
+            .into_iter()
+            .filter(|s| !s.cordoned && Some(&s.name) != but)
+            .collect();
+        if open.is_empty() {
+            return Err(Error::NoServerTakesTenants { but: but.cloned() });
+        }
+        Ok(self.placement.place(name, &open))
+    }
+
     /// `server`, checked against the registry: [`Error::UnknownServer`] when it is not
     /// registered.
     async fn known_server(&self, server: &ServerName) -> Result<ServerName> {
@@ -1084,7 +1122,7 @@ impl Migrator {
     ) -> Result<Tenant> {
         self.check_server_named(Some(server))?;
         self.ready_to_write().await?;
-        let to = Some(self.known_server(server).await?).filter(|s| !s.is_default());
+        let to = Some(self.open_server(server).await?).filter(|s| !s.is_default());
         let record = self.records(std::slice::from_ref(name)).await?.remove(0);
         let tenant = record.tenant;
         self.locked(Target::Tenant(&tenant), async |_| {
@@ -1113,6 +1151,69 @@ impl Migrator {
         crate::url_without_password(url)?;
         self.ready_to_write().await?;
         self.backend.add_server(name, url).await
+    }
+
+    /// Cordons the server `name` (`cordoned`: it keeps its tenants but takes no new ones,
+    /// [`Server::cordoned`]) or lets it take them again. The default server can be
+    /// cordoned too.
+    pub async fn cordon_server(&self, name: &ServerName, cordoned: bool) -> Result<()> {
+        self.check_server_named(Some(name))?;
+        self.ready_to_write().await?;
+        self.backend.cordon_server(name, cordoned).await
+    }
+
+    /// Moves every tenant off the server `from`, which is cordoned first (no new tenant
+    /// lands there meanwhile): each to `to`, or where the [`Placement`] puts it among the
+    /// other servers that take tenants, one [`Migrator::move_tenant`] after the other.
+    /// `each` hears of every tenant as its move ends. A tenant that fails to move stays
+    /// where it was, and the others move on; running it again moves what is left. The
+    /// server can then be removed.
+    pub async fn drain_server(
+        &self,
+        from: &ServerName,
+        to: Option<&ServerName>,
+        keep_source: bool,
+        each: &mut (dyn FnMut(&TenantName, &Result<Tenant>) + Send),
+    ) -> Result<DrainReport> {
+        self.check_server_named(Some(from))?;
+        self.ready_to_write().await?;
+        if to == Some(from) {
+            return Err(Error::Invalid(format!(
+                "server {from} cannot be drained onto itself; name another server, or none to place each tenant"
+            )));
+        }
+        if let Some(to) = to {
+            self.open_server(to).await?;
+        }
+        self.backend.cordon_server(from, true).await?;
+        let on_it = Some(from).filter(|s| !s.is_default());
+        let tenants: Vec<TenantName> = self
+            .all_records()
+            .await?
+            .into_iter()
+            .filter(|r| r.tenant.server.as_ref() == on_it)
+            .map(|r| r.tenant.name)
+            .collect();
+        let mut report = DrainReport::default();
+        for name in tenants {
+            let moved = match to {
+                Some(to) => Ok(to.clone()),
+                None => self.place(&name, Some(from)).await,
+            };
+            let moved = match moved {
+                Ok(to) => self.move_tenant(&name, &to, keep_source).await,
+                Err(e) => Err(e),
+            };
+            each(&name, &moved);
+            match moved {
+                Ok(tenant) => report.moved.push((name, tenant.server.unwrap_or_default())),
+                Err(error) => report.failed.push(FailedTenant {
+                    tenant: name,
+                    error,
+                }),
+            }
+        }
+        Ok(report)
     }
 
     /// Removes the server `name` from the registry; [`Error::ServerInUse`] while tenants

@@ -40,7 +40,7 @@ pub use progress::Progress;
 #[cfg(feature = "cli")]
 pub(crate) use protocol::model_label;
 pub use report::{
-    ConditionCounts, FailedMigration, FailedTenant, InvalidRegistryRow, MigrateReport,
+    ConditionCounts, DrainReport, FailedMigration, FailedTenant, InvalidRegistryRow, MigrateReport,
     PublicStatus, RollbackReport, ServerStatus, StatusReport, TenantStatus,
 };
 pub use rollout::{Canary, Rollout, TenantOrder, WaveSize};

@@ -18,6 +18,16 @@ pub struct FailedTenant {
     pub error: Error,
 }
 
+/// What [`Migrator::drain_server`](crate::Migrator::drain_server) did: the tenants moved
+/// (each with the server it went to) and those that stayed, with why.
+#[derive(Debug, Default, Serialize)]
+pub struct DrainReport {
+    /// The tenants moved, each with its new server.
+    pub moved: Vec<(TenantName, ServerName)>,
+    /// The tenants that failed to move: each still where it was.
+    pub failed: Vec<FailedTenant>,
+}
+
 /// A row of the tenant registry whose name is no valid tenant name (inserted by hand):
 /// nothing is done for it, the rest of the fleet runs, and a run or `status` with one is
 /// not a success.

@@ -412,6 +412,10 @@ impl Backend for PgDatabaseBackend {
         self.control.remove_server_of(name).await
     }
 
+    async fn cordon_server(&self, name: &ServerName, cordoned: bool) -> Result<()> {
+        self.control.cordon_server_of(name, cordoned).await
+    }
+
     async fn run_rows(
         &self,
         run_id: &str,

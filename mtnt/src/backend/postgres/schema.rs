@@ -29,6 +29,9 @@ use crate::{
 /// Tenants whose schemas one catalog query of `drift` describes.
 const DESCRIBE_PAGE: usize = 250;
 
+/// The setting that cordons the default server, which has no row in the servers table.
+const DEFAULT_CORDONED: &str = "default_server_cordoned";
+
 /// Catalog queries of `drift` at once.
 const DESCRIBE_CONNECTIONS: usize = 2;
 
@@ -338,6 +341,7 @@ impl PostgresBackend {
             name: ServerName::default_server(),
             url: self.default_server_url(),
             tenants: 0,
+            cordoned: false,
         };
         let listed: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
             .bind(&self.servers.table)
@@ -349,22 +353,26 @@ impl PostgresBackend {
                 ..default
             }]);
         }
-        let rows: Vec<(Option<String>, Option<String>, i64)> = sqlx::query_as(&format!(
+        let rows: Vec<(Option<String>, Option<String>, i64, bool)> = sqlx::query_as(&format!(
             // One scan of the registry for all servers: a count per server in a subquery
             // was planned as parallel and JIT-compiled (the servers table's estimate), 80 ms
-            // of every `tenant create` at 10,000 tenants.
-            "SELECT s.name, s.url, coalesce(c.tenants, 0) \
-             FROM (SELECT NULL::text AS name, NULL::text AS url UNION ALL SELECT name, url FROM {servers}) AS s \
+            // of every `tenant create` at 10,000 tenants. `cordoned` read through jsonb:
+            // a registry from before cordons has no such column, and a read adds none.
+            "SELECT s.name, s.url, coalesce(c.tenants, 0), s.cordoned \
+             FROM (SELECT NULL::text AS name, NULL::text AS url, \
+                     coalesce((SELECT value = 'true' FROM {settings} WHERE name = '{DEFAULT_CORDONED}'), false) AS cordoned \
+                   UNION ALL SELECT name, url, coalesce((to_jsonb(t) ->> 'cordoned')::boolean, false) FROM {servers} t) AS s \
              LEFT JOIN (SELECT server, count(*) AS tenants FROM {registry} GROUP BY server) AS c \
              ON c.server IS NOT DISTINCT FROM s.name \
              ORDER BY s.name NULLS FIRST",
             registry = self.registry(),
             servers = self.servers.table,
+            settings = self.settings(),
         ))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(name, url, tenants)| {
+            .map(|(name, url, tenants, cordoned)| {
                 let tenants = u64::try_from(tenants).unwrap_or(0);
                 Ok(match (name, url) {
                     (Some(name), Some(url)) => Server {
@@ -372,9 +380,11 @@ impl PostgresBackend {
                             .map_err(|e| Error::Corrupt(format!("{}: {e}", self.servers.table)))?,
                         url,
                         tenants,
+                        cordoned,
                     },
                     _ => Server {
                         tenants,
+                        cordoned,
                         ..default.clone()
                     },
                 })
@@ -398,6 +408,38 @@ impl PostgresBackend {
         .await?;
         if inserted.rows_affected() == 0 {
             return Err(Error::ServerExists(name.clone()));
+        }
+        Ok(())
+    }
+
+    /// [`Backend::cordon_server`] of this registry: the default server's cordon is a
+    /// setting, the others' a column of the servers table.
+    pub(super) async fn cordon_server_of(&self, name: &ServerName, cordoned: bool) -> Result<()> {
+        let done = if name.is_default() {
+            sqlx::query(&format!(
+                "INSERT INTO {} (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                self.settings()
+            ))
+            .bind(DEFAULT_CORDONED)
+            .bind(cordoned.to_string())
+            .execute(&self.pool)
+            .await?
+        } else {
+            sqlx::query(&format!(
+                "UPDATE {} SET cordoned = $2 WHERE name = $1",
+                self.servers.table
+            ))
+            .bind(name.as_str())
+            .bind(cordoned)
+            .execute(&self.pool)
+            .await?
+        };
+        if done.rows_affected() == 0 {
+            return Err(Error::UnknownServer {
+                server: name.clone(),
+                default: crate::DEFAULT_SERVER,
+            });
         }
         Ok(())
     }
@@ -1108,6 +1150,10 @@ impl Backend for PostgresBackend {
 
     async fn remove_server(&self, name: &ServerName) -> Result<()> {
         self.remove_server_of(name).await
+    }
+
+    async fn cordon_server(&self, name: &ServerName, cordoned: bool) -> Result<()> {
+        self.cordon_server_of(name, cordoned).await
     }
 
     fn capabilities_of(&self, tenant: &Tenant) -> Capabilities {

@@ -45,7 +45,8 @@ pub(super) struct Servers {
 pub(super) fn servers_ddl(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (name text PRIMARY KEY, url text NOT NULL, \
-         added_at timestamptz NOT NULL DEFAULT now())"
+         added_at timestamptz NOT NULL DEFAULT now(), cordoned boolean NOT NULL DEFAULT false); \
+         ALTER TABLE {table} ADD COLUMN IF NOT EXISTS cordoned boolean NOT NULL DEFAULT false"
     )
 }
 
