@@ -1949,3 +1949,64 @@ async fn a_cordoned_server_takes_no_tenants_and_a_drain_empties_it(model: &Model
     assert_eq!(server_of("f").await, "default");
     second.finish().await;
 }
+
+mtnt_test_support::scenarios_pg!(a_server_is_reached_before_it_is_added);
+
+/// `server add` connects first: a server that does not answer is not added (unless
+/// `--no-check`), nor one that is a registered server under another name (the control
+/// database's own included). With a schema per tenant, another database of the same
+/// cluster is another server; with a database per tenant, the cluster is the server.
+async fn a_server_is_reached_before_it_is_added(model: &Model) {
+    let second = Second::new(model).await;
+    let out = run(app(model), &["server", "add", "eu-2", &second.url()], 0);
+    assert!(out.contains("added server eu-2"), "{out}");
+    assert!(out.contains("connected;"), "{out}");
+
+    let out = run(app(model), &["server", "add", "eu-3", &second.url()], 1);
+    let what = match model.kind() {
+        Kind::PgSchema => "the database",
+        _ => "the PostgreSQL cluster",
+    };
+    assert!(
+        out.contains(&format!("server eu-3 is {what} of server eu-2")),
+        "{out}"
+    );
+    assert!(out.contains("place tenants on server eu-2"), "{out}");
+    let out = run(app(model), &["server", "add", "itself", model.url()], 1);
+    assert!(out.contains("of server default"), "{out}");
+
+    let dead = format!("postgres://postgres@127.0.0.1:{}/postgres", dead_port());
+    let out = run(app(model), &["server", "add", "eu-9", &dead], 1);
+    assert!(out.contains("server eu-9 was not added"), "{out}");
+    assert!(out.contains("server add --no-check"), "{out}");
+    assert!(out.contains("MTNT_SERVER_EU_9_PASSWORD"), "{out}");
+    let listed = run(app(model), &["server", "list"], 0);
+    assert!(
+        !listed.contains("eu-3") && !listed.contains("eu-9") && !listed.contains("itself"),
+        "{listed}"
+    );
+    let out = run(
+        app(model),
+        &["server", "add", "eu-9", &dead, "--no-check"],
+        0,
+    );
+    assert!(out.contains("not connected;"), "{out}");
+    assert!(run(app(model), &["server", "list"], 0).contains("eu-9"));
+
+    // Another database of the second cluster: another server with a schema per tenant
+    // (the check passes eu-9 by, which does not answer).
+    let other = TestDb::create_on(&second_admin_url(), "servers_other").await;
+    let code = match model.kind() {
+        Kind::PgSchema => 0,
+        _ => 1,
+    };
+    let out = run(app(model), &["server", "add", "eu-4", &other.url], code);
+    if code == 1 {
+        assert!(
+            out.contains("server eu-4 is the PostgreSQL cluster of server eu-2"),
+            "{out}"
+        );
+    }
+    other.drop_db().await;
+    second.finish().await;
+}

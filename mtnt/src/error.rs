@@ -166,6 +166,31 @@ pub enum Error {
     #[error("server {0} is registered already; remove it first to change its URL")]
     ServerExists(ServerName),
 
+    /// `server add` could not connect to the server, so it was not registered.
+    #[error("server {server} was not added: {source}")]
+    ServerNotAdded {
+        /// The server.
+        server: ServerName,
+        /// Why it could not be reached, password scrubbed.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// `server add` named the server (or, with a database per tenant, the cluster) of a
+    /// server registered already: its tenants would share one place under two names.
+    #[error("server {server} is {what} of server {other} (PostgreSQL system identifier {system_identifier}); a server is registered once")]
+    SameServer {
+        /// The server being added.
+        server: ServerName,
+        /// The registered server it is.
+        other: ServerName,
+        /// `the database` (schema per tenant: another database of the same cluster is
+        /// another server) or `the PostgreSQL cluster` (database per tenant).
+        what: &'static str,
+        /// The cluster's `system_identifier`.
+        system_identifier: String,
+    },
+
     /// A server that still holds tenants cannot be removed.
     #[error("server {server} holds {tenants} tenant(s); move or drop them before removing it")]
     ServerInUse {

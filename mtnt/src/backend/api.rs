@@ -693,10 +693,12 @@ pub trait Backend: Send + Sync {
 
     /// Registers the server `name` at `url`, stored without its password (which comes
     /// from [`ServerName::password`] or the engine's password file when connecting).
-    /// [`Error::ServerExists`] when it is registered already. By default the engine keeps
-    /// every tenant on one server: [`Error::OneServer`].
-    async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
-        let _ = (name, url);
+    /// [`Error::ServerExists`] when it is registered already. With `check`, only a server
+    /// that answers and is not a registered one under another name:
+    /// [`Error::ServerNotAdded`], [`Error::SameServer`]. By default the engine keeps every
+    /// tenant on one server: [`Error::OneServer`].
+    async fn add_server(&self, name: &ServerName, url: &str, check: bool) -> Result<()> {
+        let _ = (name, url, check);
         Err(Error::OneServer {
             engine: self.engine(),
         })

@@ -579,6 +579,10 @@ pub(crate) enum ServerCommand {
         /// Its URL, as postgres://user@host:5433/db (for database per tenant, the
         /// database to connect to for creating tenant databases)
         url: String,
+        /// Register it without connecting first (a server that is not up yet); by
+        /// default it must answer and not be a registered server under another name
+        #[arg(long)]
+        no_check: bool,
     },
     /// List the servers with how many tenants each holds (the control database's own is
     /// `default`)

@@ -59,6 +59,13 @@ pub fn cli_fix(error: &Error) -> Option<String> {
         Error::ServerInUse { server, .. } => format!(
             "`server drain {server}` moves every tenant elsewhere (or `tenant move NAME --to SERVER` one by one, or drop them); `tenant list` shows which are on {server}"
         ),
+        Error::ServerNotAdded { server, .. } => format!(
+            "check the URL and that the server is up, with its password in {} or the password file; `server add --no-check` registers it without connecting",
+            server.password_variable()
+        ),
+        Error::SameServer { other, .. } => format!(
+            "place tenants on server {other}, or check the URL (`server list` shows each server's)"
+        ),
         Error::ServerCordoned { server } => format!(
             "name another server (`server list`), or let {server} take tenants again with `server uncordon {server}`"
         ),

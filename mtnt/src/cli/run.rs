@@ -505,11 +505,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             outln!("wrote {}: {}", args.html.display(), report.summary());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Server(ServerCommand::Add { name, url }) => {
-            migrator.add_server(&name, &url).await?;
+        Command::Server(ServerCommand::Add {
+            name,
+            url,
+            no_check,
+        }) => {
+            if no_check {
+                migrator.add_server_unchecked(&name, &url).await?;
+            } else {
+                migrator.add_server(&name, &url).await?;
+            }
             outln!(
-                "added server {name}: {} (password from {} or the password file)",
+                "added server {name}: {} ({}password from {} or the password file)",
                 crate::url_without_password(&url)?,
+                if no_check {
+                    "not connected; "
+                } else {
+                    "connected; "
+                },
                 name.password_variable()
             );
             Ok(ExitCode::SUCCESS)

@@ -1145,12 +1145,23 @@ impl Migrator {
     }
 
     /// Registers the server `name` at `url`, stored without its password: connections take
-    /// it from [`ServerName::password_variable`] or the password file.
+    /// it from [`ServerName::password_variable`] or the password file. First it connects:
+    /// a server that does not answer is not added ([`Error::ServerNotAdded`]), nor one that
+    /// is a registered server under another name ([`Error::SameServer`]).
     pub async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
+        self.add_server_checked(name, url, true).await
+    }
+
+    /// [`Migrator::add_server`] without connecting to it: for a server that is not up yet.
+    pub async fn add_server_unchecked(&self, name: &ServerName, url: &str) -> Result<()> {
+        self.add_server_checked(name, url, false).await
+    }
+
+    async fn add_server_checked(&self, name: &ServerName, url: &str, check: bool) -> Result<()> {
         self.check_server_named(Some(name))?;
         crate::url_without_password(url)?;
         self.ready_to_write().await?;
-        self.backend.add_server(name, url).await
+        self.backend.add_server(name, url, check).await
     }
 
     /// Cordons the server `name` (`cordoned`: it keeps its tenants but takes no new ones,

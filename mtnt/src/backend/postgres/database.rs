@@ -404,8 +404,10 @@ impl Backend for PgDatabaseBackend {
             .await
     }
 
-    async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
-        self.control.add_server_of(name, url).await
+    async fn add_server(&self, name: &ServerName, url: &str, check: bool) -> Result<()> {
+        self.control
+            .add_server_of(name, url, check.then_some(super::schema::Distinct::Cluster))
+            .await
     }
 
     async fn remove_server(&self, name: &ServerName) -> Result<()> {

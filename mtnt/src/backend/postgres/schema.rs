@@ -29,6 +29,15 @@ use crate::{
 /// Tenants whose schemas one catalog query of `drift` describes.
 const DESCRIBE_PAGE: usize = 250;
 
+/// What a server being added must not share with a registered one: with a schema per
+/// tenant, the database (another database of one cluster is another server); with a
+/// database per tenant, the cluster (tenant databases of both would collide).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Distinct {
+    Database,
+    Cluster,
+}
+
 /// The setting that cordons the default server, which has no row in the servers table.
 const DEFAULT_CORDONED: &str = "default_server_cordoned";
 
@@ -393,9 +402,27 @@ impl PostgresBackend {
     }
 
     /// [`Backend::add_server`] of this registry.
-    pub(super) async fn add_server_of(&self, name: &ServerName, url: &str) -> Result<()> {
+    pub(super) async fn add_server_of(
+        &self,
+        name: &ServerName,
+        url: &str,
+        check: Option<Distinct>,
+    ) -> Result<()> {
         if name.is_default() {
             return Err(Error::ServerExists(name.clone()));
+        }
+        if let Some(distinct) = check {
+            let registered: bool = sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT FROM {} WHERE name = $1)",
+                self.servers.table
+            ))
+            .bind(name.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+            if registered {
+                return Err(Error::ServerExists(name.clone()));
+            }
+            self.check_new_server(name, url, distinct).await?;
         }
         let url = crate::url_without_password(url)?;
         let inserted = sqlx::query(&format!(
@@ -410,6 +437,64 @@ impl PostgresBackend {
             return Err(Error::ServerExists(name.clone()));
         }
         Ok(())
+    }
+
+    /// The server `name` at `url` answers (with its password), and is not a server
+    /// registered already: the same database (or, `Distinct::Cluster`, the same cluster) as
+    /// the default server or a registered one that answers.
+    async fn check_new_server(
+        &self,
+        name: &ServerName,
+        url: &str,
+        distinct: Distinct,
+    ) -> Result<()> {
+        let not_added = |e: Error| Error::ServerNotAdded {
+            server: name.clone(),
+            source: Box::new(e),
+        };
+        let pool = self.servers.connect(name, url).await.map_err(not_added)?;
+        let identity = Self::identity(&pool).await.map_err(not_added);
+        pool.close().await;
+        let (system_identifier, database) = identity?;
+        for server in self.servers_of().await? {
+            let other = if server.name.is_default() {
+                Self::identity(&self.pool).await
+            } else {
+                // A registered server that does not answer now cannot be told apart.
+                match self.pool_of(Some(&server.name)).await {
+                    Ok(pool) => Self::identity(&pool).await,
+                    Err(_) => continue,
+                }
+            };
+            let Ok((other_id, other_db)) = other else {
+                continue;
+            };
+            let same = match distinct {
+                Distinct::Database => other_id == system_identifier && other_db == database,
+                Distinct::Cluster => other_id == system_identifier,
+            };
+            if same {
+                return Err(Error::SameServer {
+                    server: name.clone(),
+                    other: server.name,
+                    what: match distinct {
+                        Distinct::Database => "the database",
+                        Distinct::Cluster => "the PostgreSQL cluster",
+                    },
+                    system_identifier,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster's system identifier and the database of `pool`.
+    async fn identity(pool: &PgPool) -> Result<(String, String)> {
+        Ok(sqlx::query_as(
+            "SELECT system_identifier::text, current_database()::text FROM pg_control_system()",
+        )
+        .fetch_one(pool)
+        .await?)
     }
 
     /// [`Backend::cordon_server`] of this registry: the default server's cordon is a
@@ -1144,8 +1229,9 @@ impl Backend for PostgresBackend {
             .await
     }
 
-    async fn add_server(&self, name: &ServerName, url: &str) -> Result<()> {
-        self.add_server_of(name, url).await
+    async fn add_server(&self, name: &ServerName, url: &str, check: bool) -> Result<()> {
+        self.add_server_of(name, url, check.then_some(Distinct::Database))
+            .await
     }
 
     async fn remove_server(&self, name: &ServerName) -> Result<()> {

@@ -146,7 +146,7 @@ impl Servers {
 
     /// A pool of `url` with the server's password, after first connections that check it
     /// (a pool would retry a refused connection until its acquire timeout).
-    async fn connect(&self, server: &ServerName, url: &str) -> Result<PgPool> {
+    pub(super) async fn connect(&self, server: &ServerName, url: &str) -> Result<PgPool> {
         // Parsing reads PGPASSFILE (or ~/.pgpass) where the URL has no password.
         let mut options: PgConnectOptions = url
             .parse()
