@@ -2010,3 +2010,73 @@ async fn a_server_is_reached_before_it_is_added(model: &Model) {
     other.drop_db().await;
     second.finish().await;
 }
+
+mtnt_test_support::scenarios_pg!(a_run_can_take_the_tenants_of_some_servers_only);
+
+/// `--server S` (repeatable) on `migrate`, `plan` (and `rollback`, `exec`): only the
+/// tenants placed on those servers, counted as the run's total; an unknown server is
+/// refused before anything runs.
+async fn a_run_can_take_the_tenants_of_some_servers_only(model: &Model) {
+    let second = Second::new(model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let (a, b, c) = (model.tenant("a"), model.tenant("b"), model.tenant("c"));
+    migrator
+        .create_tenant_on(&tenant(&a), Some(&ServerName::default_server()))
+        .await
+        .unwrap();
+    for name in [&b, &c] {
+        migrator
+            .create_tenant_on(&tenant(name), Some(&eu2))
+            .await
+            .unwrap();
+    }
+    let later = model.migrator(set_to(SECOND)).await;
+    let plan = later
+        .plan(&MigrateOptions::new().servers([eu2.clone()]))
+        .await
+        .unwrap();
+    let planned: Vec<String> = plan
+        .groups
+        .iter()
+        .flat_map(|g| g.tenants.iter().map(|t| t.to_string()))
+        .collect();
+    assert_eq!(planned.len(), 2, "{planned:?}");
+    assert!(planned.contains(&b) && planned.contains(&c), "{planned:?}");
+
+    assert!(matches!(
+        later
+            .migrate(&MigrateOptions::new().servers([server("nowhere")]))
+            .await,
+        Err(Error::UnknownServer { .. })
+    ));
+    let report = later
+        .migrate(&MigrateOptions::new().servers([eu2.clone()]))
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!((report.tenants_total, report.tenants_migrated), (2, 2));
+    assert_eq!(second.tracking(&b, SECOND).await.unwrap().0, "completed");
+    assert_eq!(
+        model.status(Place::Tenant(&a), SECOND).await,
+        None,
+        "a waits"
+    );
+
+    let report = later
+        .migrate(&MigrateOptions::new().servers([ServerName::default_server()]))
+        .await
+        .unwrap();
+    assert_eq!((report.tenants_total, report.tenants_migrated), (1, 1));
+    assert_eq!(
+        model.status(Place::Tenant(&a), SECOND).await.as_deref(),
+        Some("completed")
+    );
+    // The flags, read-only: an unknown server is refused, a dry run says the selection.
+    let out = run(app(model), &["plan", "--server", "nowhere"], 1);
+    assert!(out.contains("unknown server \"nowhere\""), "{out}");
+    let out = run(app(model), &["migrate", "--dry-run", "--server", "eu-2"], 0);
+    assert!(out.contains("only the tenants of server eu-2"), "{out}");
+    second.finish().await;
+}

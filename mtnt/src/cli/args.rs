@@ -341,6 +341,10 @@ pub(crate) struct PlanArgs {
     /// Only the tenants whose last attempt failed
     #[arg(long)]
     pub(crate) only_failed: bool,
+    /// Only the tenants placed on this server (repeatable; `server list`); default: every
+    /// server
+    #[arg(long = "server", value_name = "SERVER")]
+    pub(crate) servers: Vec<ServerName>,
     /// Print one JSON document instead of the groups
     #[arg(long)]
     pub(crate) json: bool,
@@ -390,6 +394,10 @@ pub(crate) struct RolloutArgs {
     /// The order tenants are taken in (and canaries picked from)
     #[arg(long, value_enum, value_name = "ORDER", default_value = "name")]
     pub(crate) order_by: OrderArg,
+    /// Only the tenants placed on this server (repeatable; `server list`); default: every
+    /// server
+    #[arg(long = "server", value_name = "SERVER")]
+    pub(crate) servers: Vec<ServerName>,
 }
 
 /// The order of a fleet run.

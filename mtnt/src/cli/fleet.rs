@@ -144,6 +144,7 @@ pub(crate) async fn plan(
         .shard(args.shard)
         .rollout(Rollout {
             only_failed: args.only_failed,
+            servers: args.servers,
             ..Rollout::default()
         });
     options.to = args.to;

@@ -27,6 +27,7 @@ impl RolloutArgs {
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             max_failure_rate: self.max_failure_rate,
             only_failed: self.only_failed,
+            servers: self.servers.clone(),
             order_by: self.order_by.into(),
         }
     }
@@ -99,6 +100,14 @@ impl RolloutArgs {
         }
         if self.only_failed {
             parts.push("only the tenants whose last attempt failed".to_owned());
+        }
+        if !self.servers.is_empty() {
+            let names: Vec<&str> = self.servers.iter().map(|s| s.as_str()).collect();
+            parts.push(format!(
+                "only the tenants of server{} {}",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            ));
         }
         match self.order_by {
             super::args::OrderArg::Name => {}

@@ -345,8 +345,11 @@ pub(crate) async fn migrate_fleet(
         claims,
     };
     let only_failed = rollout.only_failed;
+    let selection = rollout.clone();
     let records = pages(backend, tenants, page_size).try_filter(move |(record, _)| {
-        std::future::ready(!only_failed || record.failed_order.is_some())
+        std::future::ready(
+            (!only_failed || record.failed_order.is_some()) && selection.takes(&record.tenant),
+        )
     });
     let slots = ServerSlots::new(per_server);
     let wave = Wave {

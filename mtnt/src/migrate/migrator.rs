@@ -531,6 +531,7 @@ impl Migrator {
             Tenants::Listed(self.records(&options.tenants).await?)
         };
         self.refuse_ahead_of_code(&options.tenants).await?;
+        self.known_servers(&options.rollout.servers).await?;
         if let Canary::Tenants(names) = &options.rollout.canary {
             // A misspelt canary is refused before the public migrations run.
             self.records(names).await?;
@@ -556,6 +557,14 @@ impl Migrator {
         let prelude = async {
             let total = match &tenants {
                 Tenants::Listed(records) => records.len() as u64,
+                _ if !options.rollout.servers.is_empty() => self
+                    .backend
+                    .servers()
+                    .await?
+                    .iter()
+                    .filter(|s| options.rollout.servers.contains(&s.name))
+                    .map(|s| s.tenants)
+                    .sum(),
                 _ => self.backend.tenant_count().await?,
             };
             hooks::before_run(&self.hooks, &run(total, None)).await?;
@@ -852,6 +861,7 @@ impl Migrator {
     /// state have their tracking rows read (no lock, no write).
     pub async fn plan(&self, options: &MigrateOptions) -> Result<PlanReport> {
         self.ready_to_read().await?;
+        self.known_servers(&options.rollout.servers).await?;
         let public = {
             let mut conn = self.backend.connect(Target::Public).await?;
             let state = conn.read().await;
@@ -870,6 +880,7 @@ impl Migrator {
         if options.rollout.only_failed {
             records.retain(|(r, _)| r.failed_order.is_some());
         }
+        records.retain(|(r, _)| options.rollout.takes(&r.tenant));
         if let Some(shard) = options.shard {
             records.retain(|(r, _)| shard.contains(&r.tenant.name));
         }
@@ -1088,6 +1099,16 @@ impl Migrator {
             return Err(Error::NoServerTakesTenants { but: but.cloned() });
         }
         Ok(self.placement.place(name, &open))
+    }
+
+    /// Each of `servers` (a selection of a run), checked against the registry before
+    /// anything is written.
+    async fn known_servers(&self, servers: &[ServerName]) -> Result<()> {
+        for server in servers {
+            self.check_server_named(Some(server))?;
+            self.known_server(server).await?;
+        }
+        Ok(())
     }
 
     /// `server`, checked against the registry: [`Error::UnknownServer`] when it is not

@@ -66,6 +66,13 @@ impl MigrateOptions {
         self.rollout = rollout;
         self
     }
+
+    /// Only the tenants placed on these servers ([`Rollout::servers`]); call it after
+    /// [`MigrateOptions::rollout`], which sets them too.
+    pub fn servers(mut self, servers: impl IntoIterator<Item = crate::ServerName>) -> Self {
+        self.rollout.servers = servers.into_iter().collect();
+        self
+    }
 }
 
 /// How far [`Migrator::rollback`](crate::Migrator::rollback) goes.

@@ -94,11 +94,23 @@ pub struct Rollout {
     pub max_failure_rate: Option<f64>,
     /// Only the tenants whose last attempt failed.
     pub only_failed: bool,
+    /// Only the tenants placed on these servers (a fleet over several servers); empty:
+    /// every server.
+    pub servers: Vec<crate::ServerName>,
     /// The order tenants are taken in.
     pub order_by: TenantOrder,
 }
 
 impl Rollout {
+    /// Whether the run takes the tenant `record` by the selection of servers.
+    pub(crate) fn takes(&self, tenant: &crate::Tenant) -> bool {
+        self.servers.is_empty()
+            || self.servers.iter().any(|s| match &tenant.server {
+                Some(on) => on == s,
+                None => s.is_default(),
+            })
+    }
+
     /// How many failures the run may have in all over `total` tenants; `None`: no limit.
     pub(crate) fn budget(&self, total: usize) -> Option<usize> {
         let by_rate = self
