@@ -70,6 +70,15 @@ impl ServerName {
         )
     }
 
+    /// Where the server's password is looked for, as messages name it: the variable, else
+    /// the password file libpq reads (`PGPASSFILE`, by default `~/.pgpass`).
+    pub fn password_sources(&self) -> String {
+        format!(
+            "{} or a line for it in the file PGPASSFILE names (~/.pgpass by default, mode 0600)",
+            self.password_variable()
+        )
+    }
+
     /// The password from [`ServerName::password_variable`], if it is set. Without one,
     /// the driver looks in `PGPASSFILE` (or `~/.pgpass`) as libpq does.
     pub fn password(&self) -> Option<String> {

@@ -505,9 +505,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Server(ServerCommand::Add { name, url }) => {
             migrator.add_server(&name, &url).await?;
             outln!(
-                "added server {name}: {} (password from {} or the password file)",
+                "added server {name}: {} (its password from {})",
                 crate::url_without_password(&url)?,
-                name.password_variable()
+                name.password_sources()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -150,15 +150,46 @@ impl Servers {
         let mut options: PgConnectOptions = url
             .parse()
             .map_err(|source| super::super::tls::connect_error(url, source))?;
-        if let Some(password) = server.password() {
-            options = options.password(&password);
-        }
-        let options = pooler::first_connections(url, options).await?;
+        let password_from = match server.password() {
+            Some(password) => {
+                options = options.password(&password);
+                Some(server.password_variable())
+            }
+            None => sqlx::ConnectOptions::to_url_lossy(&options)
+                .password()
+                .is_some()
+                .then(|| "PGPASSWORD or the password file".to_owned()),
+        };
+        let options = pooler::first_connections(url, options)
+            .await
+            .map_err(|e| refused(server, password_from, e))?;
         Ok(PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options))
     }
+}
+
+/// `error` of a first connection to `server`, saying which password the server refused
+/// (`password_from`: where it came from; `None`: mtnt found none), so that the operator
+/// knows which one to correct.
+fn refused(server: &ServerName, password_from: Option<String>, error: Error) -> Error {
+    let Error::Connect {
+        source: sqlx::Error::Database(db),
+        ..
+    } = &error
+    else {
+        return error;
+    };
+    // invalid_password, invalid_authorization_specification (no pg_hba.conf entry).
+    if !matches!(db.code().as_deref(), Some("28P01" | "28000")) {
+        return error;
+    }
+    let which = match password_from {
+        Some(from) => format!("the password from {from} was refused"),
+        None => format!("no password was found in {}", server.password_sources()),
+    };
+    Error::Invalid(format!("{error} ({which})"))
 }
 
 fn unreachable(server: &ServerName, why: String) -> Error {
