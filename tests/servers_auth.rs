@@ -413,6 +413,18 @@ async fn a_password_from_the_environment_reaches_the_server_and_no_output(model:
         );
     }
     assert!(!eu2.table_exists(&c, "accounts").await);
+    // The status says so per tenant, in JSON, without either password.
+    let out = run(app(Auth::Env(WRONG)), &["status", "--json"], 0);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let detail = json["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == c.as_str())
+        .map(|t| t["detail"].to_string())
+        .unwrap_or_else(|| panic!("{c} not in {json}"));
+    assert!(detail.contains("server eu2 unreachable"), "{detail}");
+    assert!(detail.contains(&refused), "{detail}");
 
     let out = run(app(Auth::Env(PASSWORD)), &["migrate"], 0);
     assert!(out.all().contains("1 migrated"), "{}", out.brief());
