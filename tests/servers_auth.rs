@@ -12,8 +12,9 @@ use mtnt_test_support::cluster::{Cluster, ClusterConfig};
 use mtnt_test_support::models::{Kind, Model, Place};
 use sqlx::Connection as _;
 
-/// The cluster's password: distinctive, so that finding it in output is no accident.
-const PASSWORD: &str = "Qx7vRauthSecret41";
+/// The cluster's password: distinctive, so that finding it in output is no accident, and
+/// with what URLs and password files must escape (`:` `@` `%` `/` `\\`, a space, non-ASCII).
+const PASSWORD: &str = "Qx7v:R@uth%Se cret/41\\é";
 /// A password the cluster refuses.
 const WRONG: &str = "Wz3kWrongGuess93";
 
@@ -76,7 +77,7 @@ impl Eu2 {
     fn url_with_password(&self) -> String {
         let url = self
             .url()
-            .replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
+            .replacen("postgres@", &format!("postgres:{}@", encoded(PASSWORD)), 1);
         assert_ne!(url, self.url());
         url
     }
@@ -88,8 +89,9 @@ impl Eu2 {
         std::fs::write(
             &path,
             format!(
-                "# the private cluster\n127.0.0.1:{}:*:postgres:{PASSWORD}\n",
-                self.cluster.port
+                "# the private cluster\n127.0.0.1:{}:*:postgres:{}\n",
+                self.cluster.port,
+                PASSWORD.replace('\\', "\\\\").replace(':', "\\:")
             ),
         )
         .unwrap();
@@ -203,6 +205,19 @@ impl Eu2 {
     }
 }
 
+/// `text` percent-encoded as URLs carry it: every byte but ASCII letters and digits.
+fn encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// What a command printed.
 struct Out {
     stdout: String,
@@ -240,7 +255,7 @@ fn run(mut cmd: Command, args: &[&str], code: i32) -> Out {
 
 impl Out {
     fn checked(self, args: &[&str], got: Option<i32>, code: i32) -> Out {
-        for secret in [PASSWORD, WRONG] {
+        for secret in [PASSWORD, &encoded(PASSWORD), WRONG] {
             let secret = secret.to_lowercase();
             let all = self.all();
             let leaks: Vec<&str> = all
@@ -511,6 +526,7 @@ async fn a_password_file_serves_as_the_variable_does(model: &Model) {
         "{}",
         out.brief()
     );
+    assert!(out.all().contains("(chmod 0600 it)"), "{}", out.brief());
     run(
         app(Auth::File(&file)),
         &["tenant", "create", &a, "--server", EU2],
