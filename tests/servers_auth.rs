@@ -10,6 +10,7 @@ use std::process::Command;
 
 use mtnt_test_support::cluster::{Cluster, ClusterConfig};
 use mtnt_test_support::models::{Kind, Model, Place};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::Connection as _;
 
 /// The cluster's password: distinctive, so that finding it in output is no accident, and
@@ -242,31 +243,38 @@ impl Out {
 }
 
 /// Runs `cmd` with `args`, expecting exit code `code`; checks that neither the cluster's
-/// password nor the wrong one is anywhere in stdout or stderr.
+/// password nor the wrong one is anywhere in stdout or stderr, in any form ([`forms`]).
 fn run(mut cmd: Command, args: &[&str], code: i32) -> Out {
-    let out = cmd.args(args).output().expect("the test app runs");
-    let out = Out {
+    let out = cmd.args(args).output().expect("the command runs");
+    let printed = Out {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let all = printed.all().to_lowercase();
+    for secret in forms(PASSWORD).into_iter().chain(forms(WRONG)) {
+        let leaks: Vec<&str> = all
+            .lines()
+            .filter(|l| l.contains(&secret.to_lowercase()))
+            .collect();
+        assert!(leaks.is_empty(), "{args:?} printed a password:\n{leaks:#?}");
     }
-    .checked(args, out.status.code(), code);
-    out
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{args:?}\n{}",
+        printed.brief()
+    );
+    printed
 }
 
-impl Out {
-    fn checked(self, args: &[&str], got: Option<i32>, code: i32) -> Out {
-        for secret in [PASSWORD, &encoded(PASSWORD), WRONG] {
-            let secret = secret.to_lowercase();
-            let all = self.all();
-            let leaks: Vec<&str> = all
-                .lines()
-                .filter(|l| l.to_lowercase().contains(&secret))
-                .collect();
-            assert!(leaks.is_empty(), "{args:?} printed a password:\n{leaks:#?}");
-        }
-        assert_eq!(got, Some(code), "{args:?}\n{}", self.brief());
-        self
-    }
+/// `password` as text may carry it: as it is, percent-encoded (URLs), and escaped as JSON
+/// strings, Rust's `{:?}` and `COPY` data escape a backslash.
+fn forms(password: &str) -> [String; 3] {
+    [
+        password.to_owned(),
+        encoded(password),
+        password.replace('\\', "\\\\"),
+    ]
 }
 
 /// The error of a command that failed for want of the right password: it names the
@@ -497,7 +505,17 @@ async fn a_password_from_the_environment_reaches_the_server_and_no_output(model:
         0,
     );
     assert!(!eu2.storage_exists(&a).await);
-    eu2.cluster.stop();
+
+    // Nor did any of it (errors, runs, journal) land in the control database.
+    let server: PgConnectOptions = mtnt_test_support::postgres::admin_url().parse().unwrap();
+    let mut dump = Command::new("pg_dump");
+    dump.arg("--data-only")
+        .args(["--host", server.get_host()])
+        .args(["--port", &server.get_port().to_string()])
+        .args(["--username", server.get_username()])
+        .args(["--dbname", &model.control_name()]);
+    let out = run(dump, &[], 0);
+    assert!(out.stdout.contains(&eu2.url()), "{}", out.brief());
 }
 
 mtnt_test_support::scenarios_pg!(a_password_file_serves_as_the_variable_does);
@@ -560,5 +578,4 @@ async fn a_password_file_serves_as_the_variable_does(model: &Model) {
 
     run(app(Auth::File(&file)), &["tenant", "drop", &a, "--yes"], 0);
     assert!(!eu2.storage_exists(&a).await);
-    eu2.cluster.stop();
 }
