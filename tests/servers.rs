@@ -1001,12 +1001,86 @@ fn migrated_count(out: &str) -> usize {
         .unwrap_or_else(|| panic!("cannot read the migrated count of {line:?}"))
 }
 
-/// Four runner processes, each its own run identity (host, pid, connection tag), share one fleet over two servers
-/// through the leases in the control database: every migration of every tenant runs
-/// exactly once (each server's ledger says so), all of them complete, the runners share
-/// the work, and each records its finished run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_runners_split_a_fleet_over_two_servers() {
+/// The ledger of the fault app's migrations (`tests/support/fault_app.rs`).
+const LEDGER_DDL: &str = "CREATE TABLE public.fault_ledger (tenant text NOT NULL, \
+     migration bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())";
+
+/// Registers `names` on `server` (`None`: the default one) with empty storage and nothing
+/// applied, through `admin`, a connection to the database that holds the schemas (schema
+/// per tenant) or that tenant databases are created from (database per tenant). A tenant
+/// database gets the fault app's ledger of its own, from `template`: the app's migrations
+/// write it in the tenant's database, where no table of another database is reachable.
+async fn register_bare(
+    model: &Model,
+    admin: &mut PgConnection,
+    template: &str,
+    server: Option<&str>,
+    names: &[String],
+) {
+    let mut rows = String::from("BEGIN;");
+    for name in names {
+        let storage = match model.kind() {
+            Kind::PgDatabase => format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""),
+            _ => format!("CREATE SCHEMA \"{name}\""),
+        };
+        sqlx::raw_sql(&storage).execute(&mut *admin).await.unwrap();
+        rows.push_str(&match server {
+            Some(server) => format!(
+                "INSERT INTO mtnt_tenants (name, schema_name, server) VALUES ('{name}', '{name}', '{server}');"
+            ),
+            None => format!(
+                "INSERT INTO mtnt_tenants (name, schema_name) VALUES ('{name}', '{name}');"
+            ),
+        });
+    }
+    rows.push_str("COMMIT");
+    model.execute(Place::Control, &rows).await;
+}
+
+/// The fault app's ledger on one server for the tenants `names` there: (entries, distinct
+/// (tenant, migration) pairs), and the entries of tenants other than `names`' own. With
+/// schemas, the one ledger that `admin` reaches; with databases, each tenant's, opened
+/// from `options` (the server's admin connection options).
+async fn ledger_on(
+    kind: Kind,
+    admin: &mut PgConnection,
+    options: &PgConnectOptions,
+    names: &[String],
+) -> (i64, i64, i64) {
+    let listed = names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if kind != Kind::PgDatabase {
+        let sql = format!(
+            "SELECT count(*)::bigint, count(DISTINCT (tenant, migration))::bigint, \
+             count(*) FILTER (WHERE tenant NOT IN ({listed}))::bigint FROM public.fault_ledger"
+        );
+        return sqlx::query_as(&sql).fetch_one(admin).await.unwrap();
+    }
+    let mut total = (0, 0, 0);
+    for name in names {
+        let mut conn = options.clone().database(name).connect().await.unwrap();
+        let sql = format!(
+            "SELECT count(*)::bigint, count(DISTINCT (tenant, migration))::bigint, \
+             count(*) FILTER (WHERE tenant <> '{name}')::bigint FROM public.fault_ledger"
+        );
+        let (entries, distinct, others): (i64, i64, i64) =
+            sqlx::query_as(&sql).fetch_one(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        total = (total.0 + entries, total.1 + distinct, total.2 + others);
+    }
+    total
+}
+
+mtnt_test_support::scenarios_pg!(four_runners_split_a_fleet_over_two_servers);
+
+/// Four runner processes, each its own run identity (host, pid, connection tag), share one
+/// fleet over two servers through the leases in the control database: every migration of
+/// every tenant runs exactly once (each server's ledger says so), all of them complete, the
+/// runners share the work, and each records its finished run.
+async fn four_runners_split_a_fleet_over_two_servers(model: &Model) {
     const PER_SERVER: usize = 50;
     // The fault app's tenant migrations up to create_c, each appending to a ledger.
     const ORDERS: [i64; 4] = [
@@ -1015,8 +1089,8 @@ async fn four_runners_split_a_fleet_over_two_servers() {
         2024_01_02_0003,
         2024_01_02_0004,
     ];
-    let model = Model::new(Kind::PgSchema, "server_runners").await;
-    let second = Second::new(&model).await;
+    let databases = model.kind() == Kind::PgDatabase;
+    let second = Second::new(model).await;
     let fault_app = || {
         let mut cmd = model.command(env!("CARGO_BIN_EXE_mtnt-fault-app"));
         cmd.env_remove("MTNT_TEST_SLEEP_MS")
@@ -1026,34 +1100,48 @@ async fn four_runners_split_a_fleet_over_two_servers() {
     };
     run(fault_app(), &["migrate"], 0);
     run(fault_app(), &["server", "add", "eu-2", &second.url()], 0);
-    let ledger =
-        "CREATE TABLE public.fault_ledger (tenant text NOT NULL, migration bigint NOT NULL, \
-                  at timestamptz NOT NULL DEFAULT clock_timestamp())";
-    let mut remote = second.open("public").await;
-    sqlx::raw_sql(ledger).execute(&mut remote).await.unwrap();
+    // Where the storage of each server's tenants is made: the control database and the
+    // second server's database (schemas), or the servers' `postgres` databases.
+    let here: PgConnectOptions = mtnt_test_support::postgres::admin_url().parse().unwrap();
+    let there: PgConnectOptions = second.url().parse().unwrap();
+    let mut local_admin = match model.kind() {
+        Kind::PgDatabase => here.connect().await.unwrap(),
+        _ => here
+            .clone()
+            .database(&model.control_name())
+            .connect()
+            .await
+            .unwrap(),
+    };
+    let mut remote = there.connect().await.unwrap();
+    // With databases, each server's template of a tenant database with its own ledger
+    // (named with the model's prefix: dropped with the tenant databases).
+    let template = model.tenant("ledger");
+    if databases {
+        for admin in [&mut local_admin, &mut remote] {
+            sqlx::raw_sql(&format!("CREATE DATABASE \"{template}\""))
+                .execute(&mut *admin)
+                .await
+                .unwrap();
+        }
+        for options in [&here, &there] {
+            let mut conn = options.clone().database(&template).connect().await.unwrap();
+            sqlx::raw_sql(LEDGER_DDL).execute(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+        }
+    } else {
+        sqlx::raw_sql(LEDGER_DDL)
+            .execute(&mut remote)
+            .await
+            .unwrap();
+    }
     // Registered in bulk, nothing applied: half on each server.
     let names: Vec<String> = (0..2 * PER_SERVER)
         .map(|i| model.tenant(&format!("t{i:03}")))
         .collect();
     let (local, far) = names.split_at(PER_SERVER);
-    let mut register = String::from("BEGIN;");
-    for name in local {
-        register.push_str(&format!(
-            "CREATE SCHEMA \"{name}\"; INSERT INTO mtnt_tenants (name, schema_name) VALUES ('{name}', '{name}');"
-        ));
-    }
-    for name in far {
-        register.push_str(&format!(
-            "INSERT INTO mtnt_tenants (name, schema_name, server) VALUES ('{name}', '{name}', 'eu-2');"
-        ));
-    }
-    register.push_str("COMMIT");
-    model.execute(Place::Control, &register).await;
-    let schemas: String = far
-        .iter()
-        .map(|name| format!("CREATE SCHEMA \"{name}\";"))
-        .collect();
-    sqlx::raw_sql(&schemas).execute(&mut remote).await.unwrap();
+    register_bare(model, &mut local_admin, &template, None, local).await;
+    register_bare(model, &mut remote, &template, Some("eu-2"), far).await;
 
     let children: Vec<std::process::Child> = (0..4)
         .map(|_| {
@@ -1093,26 +1181,17 @@ async fn four_runners_split_a_fleet_over_two_servers() {
     );
 
     // Exactly once, on the server each tenant is on.
-    let count_sql = "SELECT count(*)::bigint, count(DISTINCT (tenant, migration))::bigint FROM public.fault_ledger";
-    let (entries, distinct): (i64, i64) = sqlx::query_as(count_sql)
-        .fetch_one(&mut remote)
-        .await
-        .unwrap();
-    assert_eq!(
-        (entries, distinct),
-        ((PER_SERVER * 4) as i64, (PER_SERVER * 4) as i64)
-    );
-    let local_entries = model
-        .int(Place::Control, "SELECT count(*) FROM public.fault_ledger")
-        .await;
-    let local_distinct = model
-        .int(
-            Place::Control,
-            "SELECT count(DISTINCT (tenant, migration)) FROM public.fault_ledger",
-        )
-        .await;
-    assert_eq!(local_entries, Some((PER_SERVER * 4) as i64));
-    assert_eq!(local_distinct, Some((PER_SERVER * 4) as i64));
+    let every = (PER_SERVER * ORDERS.len()) as i64;
+    for (server, admin, options, tenants) in [
+        ("default", &mut local_admin, &here, local),
+        ("eu-2", &mut remote, &there, far),
+    ] {
+        assert_eq!(
+            ledger_on(model.kind(), admin, options, tenants).await,
+            (every, every, 0),
+            "the ledger of server {server}: (entries, distinct, of other tenants)"
+        );
+    }
     for name in far.iter().step_by(7) {
         for order in ORDERS {
             assert_eq!(
@@ -1141,9 +1220,9 @@ async fn four_runners_split_a_fleet_over_two_servers() {
         );
         assert!(status.contains(&line), "{status}");
     }
+    local_admin.close().await.unwrap();
     remote.close().await.unwrap();
     second.finish().await;
-    model.finish().await;
 }
 
 mtnt_test_support::scenarios_pg!(

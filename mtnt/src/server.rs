@@ -70,6 +70,15 @@ impl ServerName {
         )
     }
 
+    /// Where the server's password is looked for, as messages name it: the variable, else
+    /// the password file libpq reads (`PGPASSFILE`, by default `~/.pgpass`).
+    pub fn password_sources(&self) -> String {
+        format!(
+            "{} or a line for it in the file PGPASSFILE names (~/.pgpass by default, mode 0600)",
+            self.password_variable()
+        )
+    }
+
     /// The password from [`ServerName::password_variable`], if it is set. Without one,
     /// the driver looks in `PGPASSFILE` (or `~/.pgpass`) as libpq does.
     pub fn password(&self) -> Option<String> {
@@ -77,6 +86,84 @@ impl ServerName {
             .ok()
             .filter(|p| !p.is_empty())
     }
+}
+
+/// The password for `user` on `database` at `host:port` from the password file, read as
+/// libpq reads it (sqlx's own reading keeps the password field's `\:` and `\\` escaped,
+/// so pg_dump and mtnt would disagree on it): the file `PGPASSFILE` names, else
+/// `~/.pgpass`. `Ok(None)`: no file, or no line for the server; `Err`: why the file was
+/// ignored (others may read it, or it cannot be read).
+pub(crate) fn password_from_file(
+    host: &str,
+    port: u16,
+    database: &str,
+    user: &str,
+) -> std::result::Result<Option<String>, String> {
+    let path = match std::env::var_os("PGPASSFILE").filter(|p| !p.is_empty()) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(home) => std::path::Path::new(&home).join(".pgpass"),
+            None => return Ok(None),
+        },
+    };
+    let shown = path.display();
+    let meta = match std::fs::metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("the password file {shown} cannot be read: {e}")),
+    };
+    if !meta.is_file() {
+        return Err(format!("the password file {shown} is not a plain file"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // As libpq: a file others may read holds no secret worth trusting.
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "the password file {shown} was ignored: group or others may read it (chmod 0600 it)"
+            ));
+        }
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("the password file {shown} cannot be read: {e}"))?;
+    Ok(password_in(&text, host, port, database, user))
+}
+
+/// The password of the first line of password-file `text` that matches; a field `*`
+/// matches anything, `\` escapes the next character (`:` and `\`).
+fn password_in(text: &str, host: &str, port: u16, database: &str, user: &str) -> Option<String> {
+    let port = port.to_string();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let fields = fields_of(line.trim_end_matches('\r'));
+            let [h, p, d, u, password, ..] = fields.as_slice() else {
+                return None;
+            };
+            let matches = |field: &str, value: &str| field == "*" || field == value;
+            (matches(h, host) && matches(p, &port) && matches(d, database) && matches(u, user))
+                .then(|| password.clone())
+        })
+        .filter(|p| !p.is_empty())
+}
+
+/// The `:`-separated fields of a password-file line, unescaped.
+fn fields_of(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    fields.last_mut().expect("one field at least").push(next);
+                }
+            }
+            ':' => fields.push(String::new()),
+            c => fields.last_mut().expect("one field at least").push(c),
+        }
+    }
+    fields
 }
 
 /// The control database's own server.
@@ -196,6 +283,24 @@ mod tests {
             "postgres://app@db/main"
         );
         assert!(url_without_password("not a url").is_err());
+    }
+
+    #[test]
+    fn password_file_lines_are_read_as_libpq_reads_them() {
+        let text = "# a comment:*:*:*:no\n\
+                    db.example:5432:*:app:first\n\
+                    *:5433:main:app:s\\:e\\\\cret:ignored\r\n\
+                    *:*:*:*:\n\
+                    *:*:*:other:any\n";
+        let find = |host, port, db, user| password_in(text, host, port, db, user);
+        assert_eq!(
+            find("db.example", 5432, "x", "app").as_deref(),
+            Some("first")
+        );
+        assert_eq!(find("h", 5433, "main", "app").as_deref(), Some("s:e\\cret"));
+        // The empty password of the catch-all line is none.
+        assert_eq!(find("h", 5433, "other", "app"), None);
+        assert_eq!(find("a comment", 1, "*", "*"), None);
     }
 
     #[test]

@@ -76,8 +76,8 @@ pub fn cli_fix(error: &Error) -> Option<String> {
             "leave out --server: every tenant is on the server of --database-url".to_owned()
         }
         Error::ServerUnreachable { server, .. } => format!(
-            "check that server {server} is up and its URL (`server list`) right, with its password in {} or the password file; the next `migrate` picks its tenants up",
-            server.password_variable()
+            "check that server {server} is up and its URL (`server list`) right, with its password in {}; the next `migrate` picks its tenants up",
+            server.password_sources()
         ),
         Error::Irreversible { .. } => {
             "roll back to an order at or after it (`rollback --to ORDER`), \

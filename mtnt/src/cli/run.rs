@@ -516,14 +516,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 migrator.add_server(&name, &url).await?;
             }
             outln!(
-                "added server {name}: {} ({}password from {} or the password file)",
+                "added server {name}: {} ({}its password from {})",
                 crate::url_without_password(&url)?,
                 if no_check {
                     "not connected; "
                 } else {
                     "connected; "
                 },
-                name.password_variable()
+                name.password_sources()
             );
             Ok(ExitCode::SUCCESS)
         }

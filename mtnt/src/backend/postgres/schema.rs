@@ -695,6 +695,10 @@ impl PostgresBackend {
                                AND attname = 'server' AND NOT attisdropped) THEN
                     ALTER TABLE {registry} ADD COLUMN server text REFERENCES {servers_table} (name);
                 END IF;
+                IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {servers_l}::regclass
+                               AND attname = 'cordoned' AND NOT attisdropped) THEN
+                    ALTER TABLE {servers_table} ADD COLUMN cordoned boolean NOT NULL DEFAULT false;
+                END IF;
                 IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {shared_l}::regclass
                                AND attname = 'run_id' AND NOT attisdropped) THEN
                     ALTER TABLE {shared_table} ADD COLUMN run_id text;
@@ -715,6 +719,7 @@ impl PostgresBackend {
             trigger = tracking_trigger_sql(&self.control_q, &self.registry()),
             servers = servers_ddl(&self.servers.table),
             servers_table = self.servers.table,
+            servers_l = literal(&self.servers.table),
         );
         let mut conn = self.pool.acquire().await?;
         if let Err(e) = exec_postgres(&mut conn, &sql).await {

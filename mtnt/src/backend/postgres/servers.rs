@@ -45,8 +45,7 @@ pub(super) struct Servers {
 pub(super) fn servers_ddl(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (name text PRIMARY KEY, url text NOT NULL, \
-         added_at timestamptz NOT NULL DEFAULT now(), cordoned boolean NOT NULL DEFAULT false); \
-         ALTER TABLE {table} ADD COLUMN IF NOT EXISTS cordoned boolean NOT NULL DEFAULT false"
+         added_at timestamptz NOT NULL DEFAULT now(), cordoned boolean NOT NULL DEFAULT false)"
     )
 }
 
@@ -147,19 +146,103 @@ impl Servers {
     /// A pool of `url` with the server's password, after first connections that check it
     /// (a pool would retry a refused connection until its acquire timeout).
     pub(super) async fn connect(&self, server: &ServerName, url: &str) -> Result<PgPool> {
-        // Parsing reads PGPASSFILE (or ~/.pgpass) where the URL has no password.
-        let mut options: PgConnectOptions = url
+        let options: PgConnectOptions = url
             .parse()
             .map_err(|source| super::super::tls::connect_error(url, source))?;
-        if let Some(password) = server.password() {
-            options = options.password(&password);
-        }
-        let options = pooler::first_connections(url, options).await?;
+        let (options, password_from, ignored_file) = with_password(server, url, options);
+        let options = pooler::first_connections(url, options)
+            .await
+            .map_err(|e| refused(server, password_from, ignored_file, e))?;
         Ok(PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options))
     }
+}
+
+/// `options` of `server` (from its stored `url`) with its password, as libpq would find it:
+/// the server's variable, else the URL's or `PGPASSWORD`, else the password file. Also where
+/// it came from (`None`: nowhere), and why the password file was ignored, if it was.
+///
+/// Parsing the URL read the password file already, but sqlx keeps the escapes (`\:`, `\\`)
+/// of its password field: the file is read again here as libpq reads it, so that mtnt and
+/// the pg_dump and psql of a move use the same password.
+fn with_password(
+    server: &ServerName,
+    url: &str,
+    mut options: PgConnectOptions,
+) -> (PgConnectOptions, Option<String>, Option<String>) {
+    if let Some(password) = server.password() {
+        return (
+            options.password(&password),
+            Some(server.password_variable()),
+            None,
+        );
+    }
+    if url_has_password(url) || std::env::var_os("PGPASSWORD").is_some_and(|p| !p.is_empty()) {
+        return (
+            options,
+            Some("the server's URL or PGPASSWORD".to_owned()),
+            None,
+        );
+    }
+    let user = options.get_username().to_owned();
+    let database = options.get_database().unwrap_or(&user).to_owned();
+    match crate::server::password_from_file(
+        options.get_host(),
+        options.get_port(),
+        &database,
+        &user,
+    ) {
+        Ok(Some(password)) => {
+            options = options.password(&password);
+            (options, Some("the password file".to_owned()), None)
+        }
+        Ok(None) => (options, None, None),
+        Err(why) => (options, None, Some(why)),
+    }
+}
+
+/// Whether `url` carries a password (user-info or `password=`).
+fn url_has_password(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| {
+        u.password().is_some()
+            || u.query_pairs()
+                .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+    })
+}
+
+/// `error` of a first connection to `server`, saying which password the server refused
+/// (`password_from`: where it came from; `None`: mtnt found none, and `ignored_file` says
+/// why the password file did not count), so that the operator knows which one to correct.
+fn refused(
+    server: &ServerName,
+    password_from: Option<String>,
+    ignored_file: Option<String>,
+    error: Error,
+) -> Error {
+    let Error::Connect {
+        source: sqlx::Error::Database(db),
+        ..
+    } = &error
+    else {
+        return error;
+    };
+    // invalid_password, invalid_authorization_specification (no pg_hba.conf entry).
+    if !matches!(db.code().as_deref(), Some("28P01" | "28000")) {
+        return error;
+    }
+    let which = match password_from {
+        Some(from) => format!("the password from {from} was refused"),
+        None => match ignored_file {
+            Some(why) => format!(
+                "no password was found in {}: {why}",
+                server.password_sources()
+            ),
+            None => format!("no password was found in {}", server.password_sources()),
+        },
+    };
+    Error::Invalid(format!("{error} ({which})"))
 }
 
 fn unreachable(server: &ServerName, why: String) -> Error {
