@@ -334,6 +334,12 @@ async fn a_server_lost_mid_run_fails_its_tenants_in_one_line(model: &Model) {
         down.contains(&format!("server default: 0/{TENANTS} tenants current")),
         "{down}"
     );
+    let json = run(model, &["status", "--json"], 1).await;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let unreachable = &json["unreachable_servers"];
+    assert_eq!(unreachable.as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(unreachable[0]["server"], "eu-2", "{json}");
+    assert_eq!(unreachable[0]["tenants"], TENANTS, "{json}");
 
     // eu-2's tenants: one line for all those not migrated, as the run went and at its end;
     // none named, whether it was cut mid-migration or never started.
