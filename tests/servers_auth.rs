@@ -436,9 +436,15 @@ async fn a_password_from_the_environment_reaches_the_server_and_no_output(model:
         );
     }
     assert!(!eu2.table_exists(&c, "accounts").await);
-    // The status says so per tenant, in JSON, without either password.
-    let out = run(app(Auth::Env(WRONG)), &["status", "--json"], 0);
+    // The status says so per tenant and per server, in JSON, without either password, and
+    // is no success while a server cannot be read.
+    let out = run(app(Auth::Env(WRONG)), &["status", "--json"], 1);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        json["unreachable_servers"][0]["server"], EU2,
+        "{}",
+        out.stdout
+    );
     let detail = json["tenants"]
         .as_array()
         .unwrap()
@@ -446,8 +452,12 @@ async fn a_password_from_the_environment_reaches_the_server_and_no_output(model:
         .find(|t| t["tenant"] == c.as_str())
         .map(|t| t["detail"].to_string())
         .unwrap_or_else(|| panic!("{c} not in {json}"));
-    assert!(detail.contains("server eu2 unreachable"), "{detail}");
-    assert!(detail.contains(&refused), "{detail}");
+    assert!(
+        detail.contains("server eu2 could not be reached"),
+        "{detail}"
+    );
+    let why = json["unreachable_servers"][0]["error"].to_string();
+    assert!(why.contains(&refused), "{why}");
 
     let out = run(app(Auth::Env(PASSWORD)), &["migrate"], 0);
     assert!(out.all().contains("1 migrated"), "{}", out.brief());

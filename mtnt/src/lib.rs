@@ -76,7 +76,7 @@ pub use migrate::{
     AfterTenantFn, Hook, HookFailure, HookKind, Hooks, RunCommand, RunHookFn, RunInfo,
     TenantOutcome,
 };
-pub use migrate::{ConditionCounts, ServerPlan, ServerStatus};
+pub use migrate::{ConditionCounts, ServerPlan, ServerStatus, UnreachableServer};
 pub use migrate::{Difference, DriftReport, DriftWay, DriftedTenant, OrderDrift, UnreadableTenant};
 pub use migrate::{DriftCheck, RunRecord, DEFAULT_RUN_HISTORY};
 pub use migrate::{RunReport, RunTenant};

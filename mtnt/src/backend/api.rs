@@ -740,6 +740,26 @@ pub trait Backend: Send + Sync {
         })
     }
 
+    /// How many tenants of the server `server` of the fleet can be worked on at once,
+    /// each with its connection there, without the server refusing one: what it has free,
+    /// less a few kept free. `None`: no such limit is known (or the server cannot be
+    /// asked; its tenants then fail on their own). A fleet run lowers its budget per
+    /// server to this.
+    async fn server_connection_budget(&self, server: &ServerName) -> Result<Option<usize>> {
+        let _ = server;
+        Ok(None)
+    }
+
+    /// `error` ended an attempt on `tenant`: if it cut the connection because the
+    /// tenant's server (another than the registry's) is gone, the error its tenants fail
+    /// with ([`Error::ServerUnreachable`]), and the server's other tenants then fail at
+    /// once; `None` (by default) when it is the tenant's own failure, retried or not as
+    /// it is.
+    async fn server_gone(&self, tenant: &Tenant, error: &Error) -> Option<Error> {
+        let _ = (tenant, error);
+        None
+    }
+
     /// What the engine can do for `tenant`: [`Backend::capabilities`], less what its
     /// server allows (a tenant on another server than the registry's has the registry as
     /// a cache, written after its commits).

@@ -34,19 +34,25 @@ impl Failure {
         let (at, cause) = split(error);
         let cause = the_tenant(&cause, tenant.as_str());
         let fix = cli_fix(error);
-        let key = format!(
-            "{at}\n{}\n{}",
-            anonymous(&cause, tenant.as_str(), "<tenant>"),
-            fix.as_deref()
-                .map(|f| anonymous(f, tenant.as_str(), "NAME"))
-                .unwrap_or_default()
-        );
+        let server = unreachable_server(error).cloned();
+        let key = match &server {
+            // One kind per server, whatever migration (if any) each of its tenants was at
+            // when the server went: one line tells them all.
+            Some(server) => format!("unreachable\n{server}"),
+            None => format!(
+                "{at}\n{}\n{}",
+                anonymous(&cause, tenant.as_str(), "<tenant>"),
+                fix.as_deref()
+                    .map(|f| anonymous(f, tenant.as_str(), "NAME"))
+                    .unwrap_or_default()
+            ),
+        };
         Self {
             at,
             cause,
             fix,
             key,
-            server: unreachable_server(error).cloned(),
+            server,
         }
     }
 
@@ -168,19 +174,44 @@ fn render_unreachable(failures: &[&FailedTenant]) -> String {
     servers.sort_by_key(|(server, _, _)| *server);
     let mut out = String::new();
     for (server, error, n) in servers {
-        let why = std::error::Error::source(error)
+        let why = unreachable_why(error)
             .map(ToString::to_string)
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "server {server} unreachable: {} tenant{} not migrated ({})",
-            thousands(n),
-            if n == 1 { "" } else { "s" },
-            indent(&why)
-        );
-        if let Some(fix) = cli_fix(error) {
-            let _ = writeln!(out, "  fix: {fix}");
-        }
+        out.push_str(&unreachable_line(server, n, "migrated", &why));
+    }
+    out
+}
+
+/// Why the server of an [`Error::ServerUnreachable`] (inside whatever names the
+/// migration) could not be reached.
+fn unreachable_why(error: &Error) -> Option<&(dyn std::error::Error + 'static)> {
+    match error {
+        Error::ServerUnreachable { source, .. } => Some(&**source),
+        Error::Migration { source, .. } | Error::GaveUp { source, .. } => unreachable_why(source),
+        _ => None,
+    }
+}
+
+/// `server eu-2 unreachable: 2,431 tenants not <done> (<why>)` and its fix: the line of a
+/// server that could not be reached, for `migrate` (not migrated) and `status` (not read).
+pub(crate) fn unreachable_line(
+    server: &ServerName,
+    tenants: usize,
+    done: &str,
+    why: &str,
+) -> String {
+    let mut out = format!(
+        "server {server} unreachable: {} tenant{} not {done} ({})\n",
+        thousands(tenants),
+        if tenants == 1 { "" } else { "s" },
+        indent(why)
+    );
+    let error = Error::ServerUnreachable {
+        server: server.clone(),
+        source: Box::new(Error::Invalid(why.to_owned())),
+    };
+    if let Some(fix) = cli_fix(&error) {
+        let _ = writeln!(out, "  fix: {fix}");
     }
     out
 }
@@ -400,6 +431,39 @@ mod tests {
         let all = name_list(&names, true);
         assert!(all.ends_with(" t24\n"), "{all}");
         assert_eq!(name_list(&names[..3], false), "    t00, t01, t02\n");
+    }
+
+    #[test]
+    fn a_lost_server_is_one_line_whatever_its_tenants_were_at() {
+        let eu2 = ServerName::new("eu-2").unwrap();
+        let lost = || Error::ServerUnreachable {
+            server: eu2.clone(),
+            source: Box::new(Error::Invalid("connection refused".to_owned())),
+        };
+        let cut = |t: &str| Error::Migration {
+            target: format!("tenant {t}"),
+            migration: "2024_01_02_0001 create_a".to_owned(),
+            reverting: false,
+            source: Box::new(lost()),
+        };
+        let failures = vec![
+            failed("t1", cut("t1")),
+            failed("t2", lost()),
+            failed("t3", lost()),
+        ];
+        let keys: Vec<String> = failures
+            .iter()
+            .map(|f| Failure::of(&f.tenant, &f.error).key)
+            .collect();
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        let text = render(&failures);
+        assert!(
+            text.starts_with(
+                "server eu-2 unreachable: 3 tenants not migrated (connection refused)\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("t1"), "{text}");
     }
 
     #[test]

@@ -369,6 +369,15 @@ pub(crate) fn status_report(
     }
     out.push_str(&report.summary());
     out.push('\n');
+    // A server down: its tenants' rows say failed; this says why, once for the server.
+    for server in &report.unreachable_servers {
+        out.push_str(&failures::unreachable_line(
+            &server.server,
+            server.tenants,
+            "read",
+            &server.error,
+        ));
+    }
     if !quiet {
         out.push_str(&journal_lines(report));
     }
@@ -716,6 +725,7 @@ mod tests {
             last_drift: None,
             last_run: None,
             invalid_registry_rows: Vec::new(),
+            unreachable_servers: Vec::new(),
             tenants,
         }
     }

@@ -491,6 +491,7 @@ pub(crate) mod tests {
                 name: "<b>Bad Name</b>".to_owned(),
                 reason: "not a valid tenant name",
             }],
+            unreachable_servers: Vec::new(),
         }
     }
 

@@ -458,7 +458,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 errln!("not current: {}", why.join("; "));
                 return Ok(ExitCode::FAILURE);
             }
-            Ok(ExitCode::SUCCESS)
+            // What it says of a server it could not reach is not the fleet's state.
+            Ok(match report.unreachable_servers.is_empty() {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::FAILURE,
+            })
         }
         Command::Drift(args) => {
             let report = migrator.drift(&args.tenants).await?;

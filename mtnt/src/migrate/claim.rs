@@ -307,6 +307,24 @@ pub(crate) fn is_transient(protocol: &Protocol<'_>, error: &Error) -> bool {
     }
 }
 
+/// `error` with `cause` in place of what it wraps: the migration it names stays.
+fn with_cause(error: &Error, cause: Error) -> Error {
+    match error {
+        Error::Migration {
+            target,
+            migration,
+            reverting,
+            ..
+        } => Error::Migration {
+            target: target.clone(),
+            migration: migration.clone(),
+            reverting: *reverting,
+            source: Box::new(cause),
+        },
+        _ => cause,
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails for good, or has failed transiently
 /// `settings.retries + 1` times, pausing with backoff and jitter in between. `attempt`
 /// is told whether it is the last (a failure will not be retried).
@@ -326,11 +344,21 @@ where
     let mut tries = 0u32;
     loop {
         tries += 1;
-        let result = attempt(tries > settings.retries).await;
-        let transient = result
+        let mut result = attempt(tries > settings.retries).await;
+        let mut transient = result
             .as_ref()
             .err()
             .is_some_and(|e| is_transient(protocol, e));
+        if let (Err(error), Some(tenant)) = (&result, target.tenant()) {
+            // A connection cut by its server going down: not retried (the server's other
+            // tenants fail at once too), and failed as the server's, not the tenant's.
+            if transient && tenant.server.is_some() {
+                if let Some(gone) = protocol.backend.server_gone(tenant, error).await {
+                    result = Err(with_cause(error, gone));
+                    transient = false;
+                }
+            }
+        }
         match result {
             Ok(value) => return Ok(value),
             Err(error) if transient && tries <= settings.retries => {

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::claim::FleetClaims;
@@ -162,32 +162,94 @@ fn interleave_by_server(
 }
 
 /// The budget per server of a run: at most `per_server` of one server's tenants at once,
-/// within the run's concurrency.
-pub(crate) struct ServerSlots {
+/// within the run's concurrency; on a server other than the control database's, no more
+/// than it has connections free for ([`Backend::server_connection_budget`], asked the
+/// first time one of its tenants comes up; a lowered budget is said through
+/// [`Progress::warning`], as the run's own concurrency is).
+pub(crate) struct ServerSlots<'a> {
     per_server: Option<usize>,
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The run's concurrency: what a server's budget is lowered from without `per_server`.
+    concurrency: usize,
+    backend: &'a dyn Backend,
+    progress: &'a dyn Progress,
+    /// Each server's slots, once known.
+    slots: Mutex<HashMap<String, Arc<OnceCell<Slots>>>>,
 }
 
-impl ServerSlots {
-    /// `per_server` tenants of each server at once; `None`: no budget but the run's.
-    pub(crate) fn new(per_server: Option<usize>) -> Self {
+/// One server's slots; `None`: no budget but the run's.
+type Slots = Option<Arc<Semaphore>>;
+
+impl<'a> ServerSlots<'a> {
+    /// `per_server` tenants of each server at once; `None`: no budget but the run's
+    /// `concurrency` (and each other server's connections).
+    pub(crate) fn new(
+        per_server: Option<usize>,
+        concurrency: usize,
+        backend: &'a dyn Backend,
+        progress: &'a dyn Progress,
+    ) -> Self {
         Self {
             per_server: per_server.map(|n| n.max(1)),
+            concurrency: concurrency.max(1),
+            backend,
+            progress,
             slots: Mutex::default(),
         }
     }
 
-    /// Waits for a slot of `server`, held until the permit drops; none without a budget.
-    async fn take(&self, server: &str) -> Option<OwnedSemaphorePermit> {
-        let per_server = self.per_server?;
-        let semaphore = self
+    /// Waits for a slot of `server` (`None`: the control database's own), held until the
+    /// permit drops; none without a budget.
+    async fn take(&self, server: Option<&ServerName>) -> Option<OwnedSemaphorePermit> {
+        let name = server.map_or(crate::DEFAULT_SERVER, ServerName::as_str);
+        let cell = self
             .slots
             .lock()
             .ok()?
-            .entry(server.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(per_server)))
+            .entry(name.to_owned())
+            .or_default()
             .clone();
+        let semaphore = cell
+            .get_or_init(|| async {
+                let budget = match server {
+                    Some(server) => self.budget(server).await,
+                    None => self.per_server,
+                };
+                budget.map(|n| Arc::new(Semaphore::new(n.max(1))))
+            })
+            .await
+            .clone()?;
         semaphore.acquire_owned().await.ok()
+    }
+
+    /// The budget of `server`, another than the control database's: `per_server`,
+    /// lowered to what the server has connections for.
+    async fn budget(&self, server: &ServerName) -> Option<usize> {
+        let free = match self.backend.server_connection_budget(server).await {
+            Ok(free) => free,
+            Err(e) => {
+                // Its tenants say what is wrong with it, each as it connects.
+                tracing::debug!("could not ask server {server} for its free connections: {e}");
+                None
+            }
+        };
+        let wanted = self.per_server.unwrap_or(self.concurrency);
+        match free {
+            Some(free) if free < wanted => {
+                // Fewer of its tenants at once rather than tenants refused a connection
+                // ("too many clients") or waiting for one the server cannot give.
+                let what = match self.per_server {
+                    Some(_) => "per-server concurrency",
+                    None => "concurrency",
+                };
+                let message = format!(
+                    "server {server}: {what} {wanted} lowered to {free}: the server (max_connections, less the sessions connected now) has connections for that many of its tenants at once"
+                );
+                tracing::warn!("{message}");
+                self.progress.warning(&message);
+                Some(free)
+            }
+            _ => self.per_server,
+        }
     }
 }
 
@@ -351,7 +413,7 @@ pub(crate) async fn migrate_fleet(
             (!only_failed || record.failed_order.is_some()) && selection.takes(&record.tenant),
         )
     });
-    let slots = ServerSlots::new(per_server);
+    let slots = ServerSlots::new(per_server, concurrency, backend, progress);
     let wave = Wave {
         protocol,
         op,
@@ -470,7 +532,7 @@ pub(crate) async fn migrate_fleet(
                     Duration::ZERO,
                 );
             }
-            let _slot = slots.take(record.tenant.server_name()).await;
+            let _slot = slots.take(record.tenant.server.as_ref()).await;
             let started = Instant::now();
             let outcome = TenantOutcome::from(
                 claims
@@ -501,7 +563,7 @@ struct Wave<'a> {
     protocol: &'a Protocol<'a>,
     op: FleetOp<'a>,
     concurrency: usize,
-    slots: &'a ServerSlots,
+    slots: &'a ServerSlots<'a>,
     stop: &'a Stop<'a>,
     /// The fingerprints a tenant is up to date with.
     current: Vec<(String, Option<i64>)>,
@@ -547,7 +609,7 @@ impl Wave<'_> {
                     // Up to date by its registry row: no session, no round trip.
                     return Ok((record.tenant.name, TenantOutcome::Current, Duration::ZERO));
                 }
-                let _slot = self.slots.take(record.tenant.server_name()).await;
+                let _slot = self.slots.take(record.tenant.server.as_ref()).await;
                 let started = Instant::now();
                 self.protocol.progress.tenant_started(&record.tenant.name);
                 let outcome = TenantOutcome::from(

@@ -80,6 +80,9 @@ pub(crate) struct Standing {
     pub(crate) detail: Option<String>,
     /// The migration a failed tenant failed at.
     pub(crate) failed_order: Option<i64>,
+    /// Why the tenant's server could not be reached, when that is why it could not be
+    /// read.
+    pub(crate) unreachable: Option<String>,
 }
 
 /// Classifies a target from its tracking rows, as a run would plan it.
@@ -96,6 +99,7 @@ pub(crate) fn classify_rows(
         pending,
         detail,
         failed_order: None,
+        unreachable: None,
     };
     match plan_up(target, rows, set, scope, to) {
         Err(e @ Error::ChecksumMismatch { .. }) => {
@@ -198,6 +202,7 @@ pub(crate) async fn standings(
                     pending: Vec::new(),
                     detail: None,
                     failed_order: None,
+                    unreachable: None,
                 });
             }
             if proven {
@@ -217,6 +222,7 @@ pub(crate) async fn standings(
                     pending,
                     detail: None,
                     failed_order: None,
+                    unreachable: None,
                 });
             }
             let target = Target::Tenant(&record.tenant);
@@ -231,12 +237,23 @@ pub(crate) async fn standings(
             let state = match state {
                 Ok(state) => state,
                 // One unreadable tenant is that tenant's failure, not the fleet's.
+                Err(Error::ServerUnreachable { server, source }) => {
+                    // Said once for the server ([`crate::StatusReport::unreachable_servers`]).
+                    return Ok(Standing {
+                        condition: Condition::Failed,
+                        pending: Vec::new(),
+                        detail: Some(format!("its server {server} could not be reached")),
+                        failed_order: None,
+                        unreachable: Some(source.to_string()),
+                    });
+                }
                 Err(e) => {
                     return Ok(Standing {
                         condition: Condition::Failed,
                         pending: Vec::new(),
                         detail: Some(format!("its tracking rows could not be read: {e}")),
                         failed_order: None,
+                        unreachable: None,
                     })
                 }
             };

@@ -14,7 +14,7 @@ use super::progress::Silent;
 use super::protocol::{Claim, FleetOp, Protocol};
 use super::report::{
     ConditionCounts, DrainReport, FailedMigration, FailedTenant, PublicStatus, RollbackReport,
-    StatusReport, TenantStatus,
+    StatusReport, TenantStatus, UnreachableServer,
 };
 use super::runs::RunReport;
 use super::template::TemplateChange;
@@ -791,6 +791,21 @@ impl Migrator {
             None,
         )
         .await?;
+        let mut unreachable_servers: Vec<UnreachableServer> = Vec::new();
+        for ((record, _), standing) in records.iter().zip(&standings) {
+            let (Some(why), Some(server)) = (&standing.unreachable, &record.tenant.server) else {
+                continue;
+            };
+            match unreachable_servers.iter_mut().find(|u| &u.server == server) {
+                Some(known) => known.tenants += 1,
+                None => unreachable_servers.push(UnreachableServer {
+                    server: server.clone(),
+                    tenants: 1,
+                    error: why.clone(),
+                }),
+            }
+        }
+        unreachable_servers.sort_by(|a, b| a.server.cmp(&b.server));
         let tenants: Vec<TenantStatus> = records
             .into_iter()
             .zip(standings)
@@ -851,6 +866,7 @@ impl Migrator {
             } else {
                 Vec::new()
             },
+            unreachable_servers,
             tenants,
         })
     }

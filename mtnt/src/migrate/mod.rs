@@ -41,7 +41,7 @@ pub use progress::Progress;
 pub(crate) use protocol::model_label;
 pub use report::{
     ConditionCounts, DrainReport, FailedMigration, FailedTenant, InvalidRegistryRow, MigrateReport,
-    PublicStatus, RollbackReport, ServerStatus, StatusReport, TenantStatus,
+    PublicStatus, RollbackReport, ServerStatus, StatusReport, TenantStatus, UnreachableServer,
 };
 pub use rollout::{Canary, Rollout, TenantOrder, WaveSize};
 pub use runs::{RunReport, RunTenant};

@@ -238,6 +238,21 @@ pub struct StatusReport {
     /// Registry rows whose name is no valid tenant name: not among `tenants`, and the
     /// fleet is not current while one is there.
     pub invalid_registry_rows: Vec<InvalidRegistryRow>,
+    /// The servers whose tenants could not be read, because the server could not be
+    /// reached (its tenants are among `tenants`, failed, with no migration named).
+    pub unreachable_servers: Vec<UnreachableServer>,
+}
+
+/// A server whose tenants `status` could not read: it could not be reached.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct UnreachableServer {
+    /// The server.
+    pub server: ServerName,
+    /// How many of its tenants could not be read.
+    pub tenants: usize,
+    /// Why (the first failure to connect, password scrubbed).
+    pub error: String,
 }
 
 /// How many of some tenants are in each condition: a [`StatusReport`]'s, or one
@@ -364,6 +379,7 @@ impl StatusReport {
     pub fn is_current(&self) -> bool {
         self.current == self.tenants.len()
             && self.invalid_registry_rows.is_empty()
+            && self.unreachable_servers.is_empty()
             && self.public.pending == 0
             && self.public.failed.is_none()
     }

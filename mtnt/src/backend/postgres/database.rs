@@ -10,6 +10,7 @@ use sqlx::{Connection as _, PgConnection};
 use super::super::sql::quote_ident;
 use super::catalog;
 use super::schema::{by_server, sizes_by_storage, PostgresBackend};
+use super::servers::cut_session;
 use super::target::{applied_from_row, PgConn, PgTarget, Spec};
 use super::tracking::{Tracking, COLUMNS};
 use super::{classify, is_code, tenant_key};
@@ -145,11 +146,12 @@ impl PgDatabaseBackend {
         match PgConnection::connect_with(&self.options_of(tenant).await?).await {
             Ok(conn) => Ok(conn),
             Err(e) if is_code(&e, "3D000") => Err(Error::storage_missing(tenant)),
-            // Another server that stopped answering: its other tenants fail at once.
-            Err(e @ sqlx::Error::Io(_)) => match &tenant.server {
-                Some(server) => Err(self.control.server_lost(server, &e).await),
-                None => Err(e.into()),
-            },
+            // Another server that stopped answering (or is shutting down): its other
+            // tenants fail at once.
+            Err(e) if cut_session(&e) && tenant.server.is_some() => {
+                let server = tenant.server.as_ref().expect("matched");
+                Err(self.control.server_lost(server, &e).await)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -267,6 +269,16 @@ impl Backend for PgDatabaseBackend {
             .saturating_sub(1);
         let budget = (server_free / 2).min(i64::from(pool)).max(1);
         Ok(Some(usize::try_from(budget).unwrap_or(1)))
+    }
+
+    async fn server_connection_budget(&self, server: &ServerName) -> Result<Option<usize>> {
+        // A tenant session is a connection of its own there; the control pool's
+        // connections (for whether the tenant is registered) are on the default server.
+        Ok(self.control.server_budget(server, false).await)
+    }
+
+    async fn server_gone(&self, tenant: &Tenant, error: &Error) -> Option<Error> {
+        self.control.server_gone(tenant, error).await
     }
 
     async fn connect<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Connection + 'a>> {

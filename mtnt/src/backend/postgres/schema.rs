@@ -11,7 +11,7 @@ use sqlx::Row;
 use super::super::sql::{invalid_names, quote_ident, valid_page};
 use super::catalog;
 use super::lease::PgLeases;
-use super::servers::{servers_ddl, Servers};
+use super::servers::{servers_ddl, sql_cause, Servers};
 use super::target::applied_from_row;
 use super::target::{PgConn, PgTarget, Probe, Spec};
 use super::tracking::{registered_here, shared_ddl, shared_table, TenantRow, Tracking, COLUMNS};
@@ -310,6 +310,11 @@ impl PostgresBackend {
             .into_iter()
             .filter(|s| !registered.contains(s))
             .collect())
+    }
+
+    /// [`Servers::budget`] of `server`.
+    pub(super) async fn server_budget(&self, server: &ServerName, pooled: bool) -> Option<usize> {
+        self.servers.budget(&self.pool, server, pooled).await
     }
 
     /// `server` failed to connect with `error`: see [`Servers::lost`].
@@ -898,6 +903,15 @@ impl Backend for PostgresBackend {
         Ok(Some(
             usize::try_from(server_free.min(i64::from(pool)).max(1)).unwrap_or(1),
         ))
+    }
+
+    async fn server_connection_budget(&self, server: &ServerName) -> Result<Option<usize>> {
+        Ok(self.server_budget(server, true).await)
+    }
+
+    async fn server_gone(&self, tenant: &Tenant, error: &Error) -> Option<Error> {
+        let server = tenant.server.as_ref()?;
+        self.servers.gone(server, sql_cause(error)?).await
     }
 
     async fn connect<'a>(&'a self, target: Target<'a>) -> Result<Box<dyn Connection + 'a>> {

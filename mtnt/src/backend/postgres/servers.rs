@@ -4,14 +4,16 @@
 //!
 //! A server that cannot be reached is remembered as such for the life of the backend:
 //! its tenants fail at once with [`Error::ServerUnreachable`] instead of each waiting for
-//! a connect timeout, and the next run (a new backend) tries it again.
+//! a connect timeout, and the next run (a new backend) tries it again. A server that goes
+//! down mid-run is found out by the connections it cuts: one new connection tells a lost
+//! session from a lost server ([`Servers::gone`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::Postgres;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection as _, Postgres};
 
 use super::pooler;
 use crate::migration::BoxFuture;
@@ -20,6 +22,18 @@ use crate::{Error, Result, ServerName};
 /// How long a tenant waits for a connection of its server's pool: past it, the server
 /// counts as unreachable for the rest of the run.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the one connection that checks a server after a cut session may take: a
+/// server that does not answer in that time counts as lost.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a tenant waits for a connection of its server's pool before the server is
+/// checked ([`Servers::check`]); the wait goes on while it answers.
+const SLOW_ACQUIRE: Duration = Duration::from_secs(2);
+
+/// Connections left free on a server beside a run's tenants (as on the control server):
+/// for the check after a cut session, and for whoever else needs one.
+const KEEP_FREE: i64 = 2;
 
 /// What is known of one server.
 #[derive(Debug)]
@@ -71,7 +85,8 @@ impl Servers {
 
     /// A connection of `server`'s pool. A server that stops answering mid-run is
     /// remembered as unreachable: its other tenants fail at once, not each after the
-    /// acquire timeout.
+    /// acquire timeout. A pool that timed out on a server that answers (all its
+    /// connections taken) is the tenant's failure, retried, not the server's.
     pub(super) fn acquire<'a>(
         &'a self,
         control: &'a PgPool,
@@ -79,26 +94,130 @@ impl Servers {
     ) -> BoxFuture<'a, Result<PoolConnection<Postgres>>> {
         Box::pin(async move {
             let pool = self.pool(control, server).await?;
-            match pool.acquire().await {
-                Ok(conn) => Ok(conn),
-                Err(e) => Err(self.lost(server, &e).await),
+            // The pool retries a refused connection until its acquire timeout; once the
+            // server is found lost (the pool closed), that wait ends at once.
+            let mut closed = pool.close_event();
+            let acquire = closed.do_until(pool.acquire());
+            tokio::pin!(acquire);
+            let acquired = tokio::select! {
+                acquired = &mut acquire => acquired,
+                () = tokio::time::sleep(SLOW_ACQUIRE) => {
+                    // A wait this long may be for a server that went down with no session
+                    // of this run open to be cut: one new connection tells.
+                    if let Some(gone) = self.check(server).await {
+                        return Err(gone);
+                    }
+                    acquire.await
+                }
+            };
+            match acquired {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(e)) | Err(e) if cut_session(&e) => match self.gone(server, &e).await {
+                    Some(gone) => Err(gone),
+                    None => Err(e.into()),
+                },
+                Ok(Err(e)) | Err(e) => Err(self.lost(server, &e).await),
             }
         })
     }
 
     /// `server` failed to connect with `error`: remembered as unreachable (its pool
-    /// closed), and the error its tenants fail with.
+    /// closed, which ends its tenants' waits for a connection), and the error its tenants
+    /// fail with. The first reason stays: every tenant of the server fails with the same.
     pub(super) async fn lost(&self, server: &ServerName, error: &sqlx::Error) -> Error {
+        let mut known = self.known.lock().await;
+        if let Some(Known::Unreachable(why)) = known.get(server) {
+            return unreachable(server, why.clone());
+        }
         let why = crate::redact_url(&error.to_string());
-        let before = self
-            .known
-            .lock()
-            .await
-            .insert(server.clone(), Known::Unreachable(why.clone()));
+        let before = known.insert(server.clone(), Known::Unreachable(why.clone()));
+        drop(known);
         if let Some(Known::Pool(pool)) = before {
-            pool.close().await;
+            // Marked closed now; the sessions still checked out close as they come back,
+            // which this need not wait for.
+            tokio::spawn(async move { pool.close().await });
         }
         unreachable(server, why)
+    }
+
+    /// Whether `error`, which cut a session on `server`, means the server is gone: one
+    /// new connection decides (a session ended by `pg_terminate_backend` leaves the
+    /// server up, and the tenant is retried). The error the server's tenants fail with
+    /// when it is gone; `None` when the server answers, or `error` is not of a lost
+    /// connection.
+    pub(super) fn gone<'a>(
+        &'a self,
+        server: &'a ServerName,
+        error: &'a sqlx::Error,
+    ) -> BoxFuture<'a, Option<Error>> {
+        Box::pin(async move {
+            if !cut_session(error) {
+                return None;
+            }
+            self.check(server).await
+        })
+    }
+
+    /// Whether `server`, connected in this run, is gone: one new connection decides. The
+    /// error its tenants fail with when it is; `None` while it answers.
+    fn check<'a>(&'a self, server: &'a ServerName) -> BoxFuture<'a, Option<Error>> {
+        Box::pin(async move {
+            let pool = match self.known.lock().await.get(server) {
+                Some(Known::Unreachable(why)) => return Some(unreachable(server, why.clone())),
+                Some(Known::Pool(pool)) => pool.clone(),
+                // Not connected in this run: nothing of it was cut.
+                None => return None,
+            };
+            let options = pool.connect_options().as_ref().clone();
+            let checked =
+                tokio::time::timeout(CHECK_TIMEOUT, PgConnection::connect_with(&options)).await;
+            match checked {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                    None
+                }
+                Ok(Err(e)) if cut_session(&e) => Some(self.lost(server, &e).await),
+                // Up, but refusing this one (too many clients, a password since changed):
+                // the tenant's own error says more.
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    let silent = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer to a new connection within {CHECK_TIMEOUT:?}"),
+                    );
+                    Some(self.lost(server, &sqlx::Error::Io(silent)).await)
+                }
+            }
+        })
+    }
+
+    /// How many of its tenants at once `server` has connections for, one each: what it
+    /// takes (`max_connections` less the superuser reserve and the client sessions
+    /// connected now), with [`KEEP_FREE`] left over; `pooled`: the connections of this
+    /// backend's pool there are its tenants' to use (schema per tenant), else they are
+    /// taken (database per tenant, whose tenants connect on their own). `None` when the
+    /// server cannot be asked: its tenants fail on their own.
+    pub(super) fn budget<'a>(
+        &'a self,
+        control: &'a PgPool,
+        server: &'a ServerName,
+        pooled: bool,
+    ) -> BoxFuture<'a, Option<usize>> {
+        Box::pin(async move {
+            let pool = self.pool(control, server).await.ok()?;
+            let (max, reserved, used): (i32, i32, i64) = sqlx::query_as(
+                "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, \
+                 (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            let mut free = i64::from(max - reserved) - used - KEEP_FREE;
+            if pooled {
+                free = (free + i64::from(pool.size())).min(i64::from(self.max_connections));
+            }
+            Some(usize::try_from(free.max(1)).unwrap_or(1))
+        })
     }
 
     async fn pool_inner(&self, control: &PgPool, server: &ServerName) -> Result<PgPool> {
@@ -243,6 +362,32 @@ fn refused(
         },
     };
     Error::Invalid(format!("{error} ({which})"))
+}
+
+/// Whether `error` is of a connection the server cut or never made: an I/O error, a
+/// closed connection, a shutdown (`57P01`, `57P02`, `57P03`) or a connection exception
+/// (`08...`).
+pub(super) fn cut_session(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
+/// The database error inside `error`, through the wrappers that name a migration.
+pub(super) fn sql_cause(error: &Error) -> Option<&sqlx::Error> {
+    match error {
+        Error::Sql(sql) | Error::Connect { source: sql, .. } => Some(sql),
+        Error::Migration { source, .. } | Error::GaveUp { source, .. } => sql_cause(source),
+        _ => None,
+    }
 }
 
 fn unreachable(server: &ServerName, why: String) -> Error {
