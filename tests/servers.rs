@@ -23,10 +23,12 @@ mod fleet {
         .await
     }
 
-    // Slow enough that tenants migrated at once overlap in their tracking times.
+    // Slow enough that tenants migrated at once overlap in their tracking times, however
+    // late a loaded machine starts the second server's first tenant (its first
+    // connections: 100-260 ms seen under load; 0.3 s was not always enough in CI).
     #[mtnt::migration(scope = "tenant", order = 2025_01_01_0002)]
     async fn create_invoices(ctx: &mut mtnt::Ctx<'_>) -> mtnt::Result<()> {
-        ctx.execute("SELECT pg_sleep(0.3); CREATE TABLE invoices (id bigserial PRIMARY KEY)")
+        ctx.execute("SELECT pg_sleep(1); CREATE TABLE invoices (id bigserial PRIMARY KEY)")
             .await
     }
 }
