@@ -601,3 +601,45 @@ async fn a_password_file_serves_as_the_variable_does(model: &Model) {
     run(app(Auth::File(&file)), &["tenant", "drop", &a, "--yes"], 0);
     assert!(!eu2.storage_exists(&a).await);
 }
+
+/// The control database's URL, without a password, takes it from the password file as
+/// libpq reads it (its `\:` and `\\` escapes undone), as a server's does: a password with
+/// `:` and `\` works there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_database_takes_its_password_from_the_file_as_libpq_reads_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(cluster) = Cluster::start(ClusterConfig {
+        password: Some(PASSWORD.to_owned()),
+        ..ClusterConfig::default()
+    }) else {
+        return;
+    };
+    cluster.execute("postgres", "CREATE DATABASE control").await;
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("pgpass");
+    std::fs::write(
+        &file,
+        format!(
+            "127.0.0.1:{}:control:postgres:{}\n",
+            cluster.port,
+            PASSWORD.replace('\\', "\\\\").replace(':', "\\:")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let app = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mtnt-test-app"));
+        cmd.env("DATABASE_URL", cluster.url("control"))
+            .env_remove("PGPASSWORD")
+            .env_remove(VARIABLE)
+            .env("PGPASSFILE", &file)
+            .env("HOME", home.path())
+            .env("MTNT_LOG", "debug")
+            .arg("--no-progress");
+        cmd
+    };
+    run(app(), &["migrate"], 0);
+    run(app(), &["tenant", "create", "acme"], 0);
+    let out = run(app(), &["tenant", "list"], 0);
+    assert!(out.stdout.contains("acme"), "{}", out.brief());
+}

@@ -172,6 +172,8 @@ pub(super) async fn connect(url: &str, options: &ConnectOptions) -> Result<Box<d
     }
     let connect_error = |source| super::tls::connect_error(url, source);
     let connect_options: PgConnectOptions = url.parse().map_err(connect_error)?;
+    // sqlx's own reading of the password file keeps its escapes (`\:`, `\\`).
+    let (connect_options, _, _) = servers::libpq_password(url, connect_options);
     // Direct connections first: a pool retries a refused connection until its acquire
     // timeout, while a user with a wrong URL wants to hear so at once. They also refuse a
     // pooler in transaction mode (see pooler.rs).

@@ -289,7 +289,7 @@ impl Servers {
 fn with_password(
     server: &ServerName,
     url: &str,
-    mut options: PgConnectOptions,
+    options: PgConnectOptions,
 ) -> (PgConnectOptions, Option<String>, Option<String>) {
     if let Some(password) = server.password() {
         return (
@@ -298,6 +298,16 @@ fn with_password(
             None,
         );
     }
+    libpq_password(url, options)
+}
+
+/// `options` of `url` with the password libpq would use: the URL's or `PGPASSWORD`, else
+/// the password file read as libpq reads it (see [`with_password`]); where it came from,
+/// and why the file was ignored. The control database's URL takes it so too.
+pub(super) fn libpq_password(
+    url: &str,
+    mut options: PgConnectOptions,
+) -> (PgConnectOptions, Option<String>, Option<String>) {
     if url_has_password(url) || std::env::var_os("PGPASSWORD").is_some_and(|p| !p.is_empty()) {
         return (
             options,
