@@ -93,6 +93,7 @@ impl ServerName {
 /// so pg_dump and mtnt would disagree on it): the file `PGPASSFILE` names, else
 /// `~/.pgpass`. `Ok(None)`: no file, or no line for the server; `Err`: why the file was
 /// ignored (others may read it, or it cannot be read).
+#[cfg(feature = "postgres")]
 pub(crate) fn password_from_file(
     host: &str,
     port: u16,
@@ -132,6 +133,7 @@ pub(crate) fn password_from_file(
 
 /// The password of the first line of password-file `text` that matches; a field `*`
 /// matches anything, `\` escapes the next character (`:` and `\`).
+#[cfg(feature = "postgres")]
 fn password_in(text: &str, host: &str, port: u16, database: &str, user: &str) -> Option<String> {
     let port = port.to_string();
     text.lines()
@@ -149,6 +151,7 @@ fn password_in(text: &str, host: &str, port: u16, database: &str, user: &str) ->
 }
 
 /// The `:`-separated fields of a password-file line, unescaped.
+#[cfg(feature = "postgres")]
 fn fields_of(line: &str) -> Vec<String> {
     let mut fields = vec![String::new()];
     let mut chars = line.chars();
@@ -285,6 +288,7 @@ mod tests {
         assert!(url_without_password("not a url").is_err());
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn password_file_lines_are_read_as_libpq_reads_them() {
         let text = "# a comment:*:*:*:no\n\
