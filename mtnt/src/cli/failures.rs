@@ -34,7 +34,7 @@ impl Failure {
         let (at, cause) = split(error);
         let cause = the_tenant(&cause, tenant.as_str());
         let fix = cli_fix(error);
-        let server = unreachable_server(error).cloned();
+        let server = unreachable(error).map(|(server, _)| server.clone());
         let key = match &server {
             // One kind per server, whatever migration (if any) each of its tenants was at
             // when the server went: one line tells them all.
@@ -146,13 +146,13 @@ fn indent(text: &str) -> String {
     text.trim_end().replace('\n', "\n    ")
 }
 
-/// The server whose being unreachable failed the tenant, if that is why.
-fn unreachable_server(error: &Error) -> Option<&ServerName> {
+/// The server whose being unreachable failed the tenant, if that is why, and why it
+/// could not be reached: the [`Error::ServerUnreachable`] inside whatever names the
+/// migration.
+fn unreachable(error: &Error) -> Option<(&ServerName, &Error)> {
     match error {
-        Error::ServerUnreachable { server, .. } => Some(server),
-        Error::Migration { source, .. } | Error::GaveUp { source, .. } => {
-            unreachable_server(source)
-        }
+        Error::ServerUnreachable { server, source } => Some((server, source)),
+        Error::Migration { source, .. } | Error::GaveUp { source, .. } => unreachable(source),
         _ => None,
     }
 }
@@ -163,33 +163,20 @@ fn unreachable_server(error: &Error) -> Option<&ServerName> {
 fn render_unreachable(failures: &[&FailedTenant]) -> String {
     let mut servers: Vec<(&ServerName, &Error, usize)> = Vec::new();
     for failed in failures {
-        let Some(server) = unreachable_server(&failed.error) else {
+        let Some((server, why)) = unreachable(&failed.error) else {
             continue;
         };
         match servers.iter_mut().find(|(s, _, _)| *s == server) {
             Some((_, _, n)) => *n += 1,
-            None => servers.push((server, &failed.error, 1)),
+            None => servers.push((server, why, 1)),
         }
     }
     servers.sort_by_key(|(server, _, _)| *server);
     let mut out = String::new();
-    for (server, error, n) in servers {
-        let why = unreachable_why(error)
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        out.push_str(&unreachable_line(server, n, "migrated", &why));
+    for (server, why, n) in servers {
+        out.push_str(&unreachable_line(server, n, "migrated", &why.to_string()));
     }
     out
-}
-
-/// Why the server of an [`Error::ServerUnreachable`] (inside whatever names the
-/// migration) could not be reached.
-fn unreachable_why(error: &Error) -> Option<&(dyn std::error::Error + 'static)> {
-    match error {
-        Error::ServerUnreachable { source, .. } => Some(&**source),
-        Error::Migration { source, .. } | Error::GaveUp { source, .. } => unreachable_why(source),
-        _ => None,
-    }
 }
 
 /// `server eu-2 unreachable: 2,431 tenants not <done> (<why>)` and its fix: the line of a
@@ -221,7 +208,7 @@ pub(crate) fn unreachable_line(
 pub(crate) fn render(failures: &[FailedTenant]) -> String {
     let (unreachable, failures): (Vec<&FailedTenant>, Vec<&FailedTenant>) = failures
         .iter()
-        .partition(|f| unreachable_server(&f.error).is_some());
+        .partition(|f| unreachable(&f.error).is_some());
     let mut out = render_unreachable(&unreachable);
     out.push_str(&render_reachable(&failures));
     out

@@ -406,13 +406,9 @@ pub(crate) async fn migrate_fleet(
         fail_fast,
         claims,
     };
-    let only_failed = rollout.only_failed;
     let selection = rollout.clone();
-    let records = pages(backend, tenants, page_size).try_filter(move |(record, _)| {
-        std::future::ready(
-            (!only_failed || record.failed_order.is_some()) && selection.takes(&record.tenant),
-        )
-    });
+    let records = pages(backend, tenants, page_size)
+        .try_filter(move |(record, _)| std::future::ready(selection.takes(record)));
     let slots = ServerSlots::new(per_server, concurrency, backend, progress);
     let wave = Wave {
         protocol,

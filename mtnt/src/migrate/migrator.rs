@@ -893,10 +893,7 @@ impl Migrator {
             options.to,
         );
         let mut records = self.records_with_fingerprints(&options.tenants).await?;
-        if options.rollout.only_failed {
-            records.retain(|(r, _)| r.failed_order.is_some());
-        }
-        records.retain(|(r, _)| options.rollout.takes(&r.tenant));
+        records.retain(|(r, _)| options.rollout.takes(r));
         if let Some(shard) = options.shard {
             records.retain(|(r, _)| shard.contains(&r.tenant.name));
         }
@@ -1083,22 +1080,12 @@ impl Migrator {
     /// `server` as the server of a new (or moved) tenant: [`Error::UnknownServer`] when it
     /// is not registered, [`Error::ServerCordoned`] when it takes no new tenants.
     async fn open_server(&self, server: &ServerName) -> Result<ServerName> {
-        match self
-            .backend
-            .servers()
-            .await?
-            .iter()
-            .find(|s| &s.name == server)
-        {
-            Some(s) if s.cordoned => Err(Error::ServerCordoned {
+        if registered(&self.backend.servers().await?, server)?.cordoned {
+            return Err(Error::ServerCordoned {
                 server: server.clone(),
-            }),
-            Some(_) => Ok(server.clone()),
-            None => Err(Error::UnknownServer {
-                server: server.clone(),
-                default: crate::DEFAULT_SERVER,
-            }),
+            });
         }
+        Ok(server.clone())
     }
 
     /// Where the [`Placement`] puts the tenant `name`, among the servers that take new
@@ -1120,9 +1107,15 @@ impl Migrator {
     /// Each of `servers` (a selection of a run), checked against the registry before
     /// anything is written.
     async fn known_servers(&self, servers: &[ServerName]) -> Result<()> {
+        if servers.is_empty() {
+            return Ok(());
+        }
         for server in servers {
             self.check_server_named(Some(server))?;
-            self.known_server(server).await?;
+        }
+        let listed = self.backend.servers().await?;
+        for server in servers {
+            registered(&listed, server)?;
         }
         Ok(())
     }
@@ -1130,22 +1123,10 @@ impl Migrator {
     /// `server`, checked against the registry: [`Error::UnknownServer`] when it is not
     /// registered.
     async fn known_server(&self, server: &ServerName) -> Result<ServerName> {
-        if server.is_default() {
-            return Ok(server.clone());
+        if !server.is_default() {
+            registered(&self.backend.servers().await?, server)?;
         }
-        if self
-            .backend
-            .servers()
-            .await?
-            .iter()
-            .any(|s| &s.name == server)
-        {
-            return Ok(server.clone());
-        }
-        Err(Error::UnknownServer {
-            server: server.clone(),
-            default: crate::DEFAULT_SERVER,
-        })
+        Ok(server.clone())
     }
 
     /// Moves the tenant `name` to `server`, under its lock (waiting at most the unlock
@@ -1469,4 +1450,16 @@ fn run_options(concurrency: usize, options: &MigrateOptions) -> String {
         out.push_str(", fail fast");
     }
     out
+}
+
+/// `server` among the `listed` servers of the registry; [`Error::UnknownServer`] when it is
+/// not there.
+fn registered<'a>(listed: &'a [Server], server: &ServerName) -> Result<&'a Server> {
+    listed
+        .iter()
+        .find(|s| &s.name == server)
+        .ok_or_else(|| Error::UnknownServer {
+            server: server.clone(),
+            default: crate::DEFAULT_SERVER,
+        })
 }

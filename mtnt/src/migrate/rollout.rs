@@ -102,13 +102,15 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    /// Whether the run takes the tenant `record` by the selection of servers.
-    pub(crate) fn takes(&self, tenant: &crate::Tenant) -> bool {
-        self.servers.is_empty()
-            || self.servers.iter().any(|s| match &tenant.server {
-                Some(on) => on == s,
-                None => s.is_default(),
-            })
+    /// Whether the run takes the tenant of `record` by its selection: only failed ones,
+    /// only those of some servers.
+    pub(crate) fn takes(&self, record: &crate::TenantRecord) -> bool {
+        (!self.only_failed || record.failed_order.is_some())
+            && (self.servers.is_empty()
+                || self.servers.iter().any(|s| match &record.tenant.server {
+                    Some(on) => on == s,
+                    None => s.is_default(),
+                }))
     }
 
     /// How many failures the run may have in all over `total` tenants; `None`: no limit.

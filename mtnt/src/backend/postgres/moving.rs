@@ -312,10 +312,7 @@ impl PostgresBackend {
         }
         .await;
         if let Err(e) = copied {
-            // Served from the source still: the partial copy goes, writes resume.
-            let _ = self.drop_storage_on(tenant, to, storage).await;
-            freeze.release().await;
-            let _ = self.forget_move(tenant).await;
+            self.abandon(tenant, to, storage, freeze).await;
             return Err(e);
         }
         if let Err(e) = self.switch(tenant, to, storage).await {
@@ -323,9 +320,7 @@ impl PostgresBackend {
             match self.server_in_registry(tenant).await {
                 Ok(Some(server)) if server.as_ref() == to => {}
                 Ok(_) => {
-                    let _ = self.drop_storage_on(tenant, to, storage).await;
-                    freeze.release().await;
-                    let _ = self.forget_move(tenant).await;
+                    self.abandon(tenant, to, storage, freeze).await;
                     return Err(e);
                 }
                 // Unknown whether it switched: nothing is dropped, the journal's entry
@@ -346,6 +341,20 @@ impl PostgresBackend {
             (_, true) => freeze.end_writers(tenant, storage).await?,
         }
         self.forget_move(tenant).await
+    }
+
+    /// A move that failed before its switch: served from the source still, the tenant's
+    /// partial copy on `to` goes, its writes resume, and the move is forgotten.
+    async fn abandon(
+        &self,
+        tenant: &Tenant,
+        to: Option<&ServerName>,
+        storage: Storage,
+        freeze: Freeze,
+    ) {
+        let _ = self.drop_storage_on(tenant, to, storage).await;
+        freeze.release().await;
+        let _ = self.forget_move(tenant).await;
     }
 
     /// The server of the tenant in the registry (`None` inside: the default server;
