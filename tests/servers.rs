@@ -303,6 +303,22 @@ async fn tenants_are_placed_migrated_and_dropped_on_both_servers(model: &Model) 
     second.finish().await;
 }
 
+/// The second server registered as `eu-2`, tenant `a` created on the default server and
+/// `b` on eu-2, with the fleet's first migration.
+async fn a_here_and_b_on_eu2(model: &Model) -> (Second, TenantName, TenantName) {
+    let second = Second::new(model).await;
+    let eu2 = server("eu-2");
+    let migrator = model.migrator(set_to(SECOND - 1)).await;
+    migrator.add_server(&eu2, &second.url()).await.unwrap();
+    let (a, b) = (tenant(&model.tenant("a")), tenant(&model.tenant("b")));
+    migrator
+        .create_tenant_on(&a, Some(&ServerName::default_server()))
+        .await
+        .unwrap();
+    migrator.create_tenant_on(&b, Some(&eu2)).await.unwrap();
+    (second, a, b)
+}
+
 /// The test app (`tests/support/app.rs`) for `model`.
 fn app(model: &Model) -> std::process::Command {
     model.command(env!("CARGO_BIN_EXE_mtnt-test-app"))
@@ -725,16 +741,8 @@ async fn a_budget_per_server_keeps_every_server_busy(model: &Model) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_connection_is_scoped_and_its_scope_never_leaks() {
     let model = Model::new(Kind::PgSchema, "server_app").await;
-    let second = Second::new(&model).await;
+    let (second, a, b) = a_here_and_b_on_eu2(&model).await;
     let eu2 = server("eu-2");
-    let migrator = model.migrator(set_to(SECOND - 1)).await;
-    migrator.add_server(&eu2, &second.url()).await.unwrap();
-    let (a, b) = (tenant(&model.tenant("a")), tenant(&model.tenant("b")));
-    migrator
-        .create_tenant_on(&a, Some(&ServerName::default_server()))
-        .await
-        .unwrap();
-    migrator.create_tenant_on(&b, Some(&eu2)).await.unwrap();
 
     let control = sqlx::PgPool::connect(model.url()).await.unwrap();
     // One connection per server: every checkout of a server reuses one session.
@@ -825,16 +833,8 @@ async fn a_tenant_connection_is_scoped_and_its_scope_never_leaks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_database_connection_is_of_its_database_on_its_server() {
     let model = Model::new(Kind::PgDatabase, "server_app_db").await;
-    let second = Second::new(&model).await;
+    let (second, a, b) = a_here_and_b_on_eu2(&model).await;
     let eu2 = server("eu-2");
-    let migrator = model.migrator(set_to(SECOND - 1)).await;
-    migrator.add_server(&eu2, &second.url()).await.unwrap();
-    let (a, b) = (tenant(&model.tenant("a")), tenant(&model.tenant("b")));
-    migrator
-        .create_tenant_on(&a, Some(&ServerName::default_server()))
-        .await
-        .unwrap();
-    migrator.create_tenant_on(&b, Some(&eu2)).await.unwrap();
 
     let control = sqlx::PgPool::connect(model.url()).await.unwrap();
     let pools = tenant_pools(&model, &control, 1).max_databases(1);

@@ -220,6 +220,18 @@ async fn history(
     (rows, ledger.iter().map(|o| o.parse().unwrap()).collect())
 }
 
+/// Every one of `tenants` (on `cluster`, or the default server) has each of [`ORDERS`]
+/// recorded completed once, and applied once by its ledger.
+async fn all_migrated_once(model: &Model, cluster: Option<&Cluster>, tenants: &[String]) {
+    for name in tenants {
+        assert_eq!(
+            history(model, cluster, name).await,
+            exactly(&ORDERS),
+            "{name}"
+        );
+    }
+}
+
 /// Every migration of `orders` completed once, and nothing else.
 fn exactly(orders: &[i64]) -> (Vec<(i64, String)>, Vec<i64>) {
     (
@@ -387,16 +399,8 @@ async fn a_server_lost_mid_run_fails_its_tenants_in_one_line(model: &Model) {
     let again = text(&again);
     assert!(!again.contains("unreachable"), "{again}");
     run(model, &["status", "--check"], 0).await;
-    for name in &local {
-        assert_eq!(history(model, None, name).await, exactly(&ORDERS), "{name}");
-    }
-    for name in &remote {
-        assert_eq!(
-            history(model, Some(&cluster), name).await,
-            exactly(&ORDERS),
-            "{name}"
-        );
-    }
+    all_migrated_once(model, None, &local).await;
+    all_migrated_once(model, Some(&cluster), &remote).await;
 }
 
 mtnt_test_support::scenarios_pg!(a_server_with_few_free_connections_gets_fewer_tenants_at_once);
@@ -439,13 +443,7 @@ async fn a_server_with_few_free_connections_gets_fewer_tenants_at_once(model: &M
     assert!(!out.contains("too many clients"), "{out}");
     assert!(!out.contains("refused a connection"), "{out}");
     run(model, &["status", "--check"], 0).await;
-    for name in &remote {
-        assert_eq!(
-            history(model, Some(&cluster), name).await,
-            exactly(&ORDERS),
-            "{name}"
-        );
-    }
+    all_migrated_once(model, Some(&cluster), &remote).await;
 }
 
 mtnt_test_support::scenarios_pg!(a_server_lost_between_its_tenants_is_found_at_once);
@@ -517,18 +515,10 @@ async fn a_server_lost_between_its_tenants_is_found_at_once(model: &Model) {
     for name in &remote[1..] {
         assert!(!out.contains(name.as_str()), "{name} named:\n{out}");
     }
-    for name in &local {
-        assert_eq!(history(model, None, name).await, exactly(&ORDERS), "{name}");
-    }
+    all_migrated_once(model, None, &local).await;
 
     cluster.start_again();
     run(model, &["migrate"], 0).await;
     run(model, &["status", "--check"], 0).await;
-    for name in &remote {
-        assert_eq!(
-            history(model, Some(&cluster), name).await,
-            exactly(&ORDERS),
-            "{name}"
-        );
-    }
+    all_migrated_once(model, Some(&cluster), &remote).await;
 }
