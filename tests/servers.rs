@@ -1792,6 +1792,21 @@ async fn a_move_under_load_loses_no_acknowledged_write(model: &Model) {
         Some(100_001)
     );
     assert!(second.storage_exists(&a).await, "--keep-source kept it");
+    // Read-only: a writer that still reaches it is refused, so its retry goes to the tenant.
+    let mut kept = second.open(&a).await;
+    let refused = sqlx::query("INSERT INTO accounts (id, email) VALUES (30000000, 'late')")
+        .execute(&mut kept)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, sqlx::Error::Database(e) if e.code().as_deref() == Some("25006")),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("this is its kept source"),
+        "{refused}"
+    );
+    kept.close().await.unwrap();
 
     // An open transaction of the application holds a table of the tenant all along: the
     // move gives up, the tenant stays where it is, nothing is left behind, and the

@@ -562,8 +562,8 @@ pub(crate) enum TenantCommand {
         /// The server to move it to (`server list`)
         #[arg(long, value_name = "SERVER")]
         to: ServerName,
-        /// Keep the source schema (database) after the switch (the writes held back at the
-        /// switch are ended, not let through to it)
+        /// Keep the source schema (database) after the switch, read-only (the writes held
+        /// back at the switch are ended, not let through to it)
         #[arg(long)]
         keep_source: bool,
     },

@@ -10,8 +10,9 @@
 //! Writes are paused for the copy ([`Freeze`]): a transaction on the source holds every
 //! table of the tenant in `EXCLUSIVE` mode, so the application's reads go on and its
 //! writes wait. A write acknowledged before the pause is in the copy; one that waited
-//! never commits at the source: after the switch the source goes within that
-//! transaction (or, with `--keep-source`, the waiting sessions are ended first), and the
+//! never commits at the source: after the switch, a schema goes within that transaction;
+//! a tenant database (or a kept source) is made read-only within it (a statement trigger
+//! on every table) and the waiting sessions are ended, then a database is dropped. The
 //! application's retry finds the tenant on its new server. A journal entry (`move`, keyed by the tenant)
 //! says a move is under way, so that a re-run after a crash finishes it: a copy left on the
 //! destination before the switch is dropped and made again; a source left after the switch
@@ -331,14 +332,18 @@ impl PostgresBackend {
                 }
             }
         }
-        match (storage, keep_source) {
-            (Storage::Schema, false) => freeze.drop_schema(tenant).await?,
-            (Storage::Database, false) => {
-                // FORCE ends the sessions in it: the freeze's, and the writes it held.
+        if storage == Storage::Schema && !keep_source {
+            freeze.drop_schema(tenant).await?;
+        } else {
+            // Not DROP DATABASE ... WITH (FORCE) with the freeze open: it ends the sessions
+            // one by one, and a held writer whose lock the ended freeze let go could commit
+            // before its own end came (an acknowledged write lost: seen in CI). The source is
+            // made read-only first, inside the freeze.
+            freeze.end_writers(tenant, storage).await?;
+            if !keep_source {
                 self.drop_storage_on(tenant, tenant.server.as_ref(), storage)
                     .await?;
             }
-            (_, true) => freeze.end_writers(tenant, storage).await?,
         }
         self.forget_move(tenant).await
     }
@@ -682,10 +687,44 @@ impl Freeze {
         )))
     }
 
-    /// The source kept: the sessions held back on its tables (or, for a tenant database,
-    /// in it) are ended, then writes are let through to a copy the registry no longer
-    /// names.
+    /// The source kept, read-only: every table of it refuses writes from now on (a
+    /// statement trigger), the sessions held back on its tables (or, for a tenant
+    /// database, in it) are ended, then the freeze ends.
     async fn end_writers(mut self, tenant: &Tenant, storage: Storage) -> Result<()> {
+        // A writer that looked the tenant up before the switch may reach the kept copy
+        // after the freeze ends: every write there fails from now on (read_only_sql_transaction),
+        // so that its retry looks the tenant up again.
+        let tables: Vec<(String, String)> = sqlx::query_as(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid::int8 = ANY($1) ORDER BY 1, 2",
+        )
+        .bind(&self.tables)
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut sql = String::new();
+        let mut schemas: Vec<&str> = tables.iter().map(|(schema, _)| schema.as_str()).collect();
+        schemas.dedup();
+        for schema in schemas {
+            sql.push_str(&format!(
+                "CREATE OR REPLACE FUNCTION {}.mtnt_moved() RETURNS trigger LANGUAGE plpgsql AS $mtnt$ BEGIN \
+                 RAISE EXCEPTION 'tenant % has moved to another server: this is its kept source, read-only', {} \
+                 USING ERRCODE = '25006'; END $mtnt$; ",
+                quote_ident(schema),
+                super::literal(tenant.name.as_str())
+            ));
+        }
+        for (schema, table) in &tables {
+            sql.push_str(&format!(
+                "CREATE TRIGGER mtnt_moved BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {}.{} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION {}.mtnt_moved(); ",
+                quote_ident(schema),
+                quote_ident(table),
+                quote_ident(schema)
+            ));
+        }
+        if !sql.is_empty() {
+            exec_postgres(&mut self.conn, &sql).await?;
+        }
         match storage {
             Storage::Schema => self.end_lockers().await?,
             Storage::Database => {
